@@ -1,0 +1,44 @@
+# Two commands on a fresh clone: `make run` and `make test`. See README.md.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 8000
+FAKE_LLM_PORT ?= 8001
+
+.PHONY: run test test-services lint install migrate worker fake-llm clean bench
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=python3"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+
+# The embedded default: SQLite, in-process channel layer and agent runs, the bundled LLM
+# stand-in unless OPENAI_API_KEY is set. Ctrl-C stops everything.
+run: migrate
+	@bash scripts/run.sh "$(HOST)" "$(PORT)" "$(FAKE_LLM_PORT)"
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+
+worker: install
+	$(BIN)/celery -A gateway_project worker -P threads -c $${CELERY_CONCURRENCY:-32} -Q gateway -l INFO
+
+fake-llm: install
+	$(BIN)/python manage.py fake_llm --port $(FAKE_LLM_PORT)
+
+clean:
+	rm -rf $(VENV) db.sqlite3 test-db.sqlite3 .pytest_cache

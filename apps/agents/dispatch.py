@@ -1,0 +1,40 @@
+"""Hand an accepted message to an agent run: a Celery task, or in-process in the embedded default."""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
+from django.db import close_old_connections
+
+logger = logging.getLogger(__name__)
+
+_embedded_pool: ThreadPoolExecutor | None = None
+
+
+def enqueue_agent_run(message_id) -> None:
+    """Queue ``run_agent(message_id)``. Call after the message is committed (on_commit)."""
+    from .tasks import run_agent
+
+    if settings.GATEWAY_AGENT_DISPATCH == "celery":
+        run_agent.delay(str(message_id))
+        return
+    # Embedded default: no broker. Run on a thread pool so the caller (often the event loop's
+    # helper thread) returns at once, as it would with a real queue.
+    global _embedded_pool
+    if _embedded_pool is None:
+        _embedded_pool = ThreadPoolExecutor(
+            max_workers=settings.GATEWAY_EMBEDDED_WORKERS, thread_name_prefix="agent"
+        )
+    _embedded_pool.submit(_run_embedded, str(message_id))
+
+
+def _run_embedded(message_id: str) -> None:
+    from .runtime import agent_run
+
+    try:
+        agent_run(message_id)
+    except Exception:
+        logger.exception("embedded agent run failed", extra={"message_id": message_id})
+    finally:
+        close_old_connections()

@@ -1,0 +1,90 @@
+"""Providers (OpenAI-compatible endpoints), their models with prices, and agents."""
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+
+
+class Provider(models.Model):
+    """An OpenAI-compatible endpoint (OpenAI, Qwen via DashScope, GLM via Zhipu, fake_llm, ...)."""
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=100)
+    base_url = models.URLField(max_length=300)
+    api_key_env = models.CharField(
+        max_length=100, blank=True,
+        help_text="Name of the environment variable holding the API key (the key itself is "
+        "never stored in the database).",
+    )
+    timeout_seconds = models.FloatField(default=60.0)
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def api_key(self) -> str:
+        """The key from the named environment variable (OPENAI_API_KEY when none is named).
+
+        Local stand-ins accept any value, and the client insists on one, hence the placeholder.
+        """
+        name = self.api_key_env or "OPENAI_API_KEY"
+        return os.environ.get(name) or settings.OPENAI_API_KEY or "no-key-configured"
+
+
+class LLMModel(models.Model):
+    """A model served by a provider, with its price per 1K tokens (in the billing currency)."""
+
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
+    name = models.CharField(max_length=100, help_text="The model id sent to the provider.")
+    input_price_per_1k = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+    output_price_per_1k = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+    context_window = models.PositiveIntegerField(default=8192)
+
+    class Meta:
+        verbose_name = "model"
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "name"], name="model_unique_per_provider")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} @ {self.provider.slug}"
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        return (
+            self.input_price_per_1k * prompt_tokens + self.output_price_per_1k * completion_tokens
+        ) / 1000
+
+
+class Visibility(models.TextChoices):
+    PUBLIC = "public", "Public (customers)"
+    INTERNAL = "internal", "Internal (employees)"
+    ADMIN = "admin", "Admin only"
+
+
+class Agent(models.Model):
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=100)
+    system_prompt = models.TextField(blank=True)
+    model = models.ForeignKey(LLMModel, on_delete=models.PROTECT, related_name="agents")
+    temperature = models.FloatField(default=0.7)
+    max_tokens = models.PositiveIntegerField(default=512)
+    history_messages = models.PositiveIntegerField(
+        default=20, help_text="How many earlier messages of the conversation the model sees."
+    )
+    visibility = models.CharField(
+        max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,0 +1,186 @@
+"""Running an agent on one inbound message: claim → history → model → reply → deliver.
+
+``agent_run`` is what the Celery task calls. It is idempotent under redelivery: the message is
+claimed with one conditional UPDATE (only an accepted message, or one whose previous worker's lease
+ran out, can be claimed), and a database constraint allows one agent reply per inbound message.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from apps.conversations.errors import AgentFailed
+from apps.conversations.models import Direction, Message, Status
+from apps.logs.models import LLMCall
+from apps.logs.structured import message_id_var
+
+from . import llm
+
+logger = logging.getLogger(__name__)
+
+
+def agent_run(message_id) -> Message | None:
+    """Answer one inbound message. Returns the reply, or None if there was nothing to do."""
+    token = message_id_var.set(str(message_id))
+    try:
+        message = claim(message_id)
+        if message is None:
+            return None
+        try:
+            return _answer(message)
+        except Exception:
+            # A bug or an outage must not leave the sender waiting in silence.
+            logger.exception("agent run crashed")
+            fail_message(message, llm.LLMError("internal_error", "The agent run crashed."))
+            return None
+    finally:
+        message_id_var.reset(token)
+
+
+def claim(message_id) -> Message | None:
+    """Take the message for this worker, or None if it is answered or another worker holds it."""
+    now = timezone.now()
+    claimed = (
+        Message.objects.filter(pk=message_id, direction=Direction.INBOUND)
+        .filter(Q(status=Status.ACCEPTED) | Q(status=Status.PROCESSING, lease_until__lt=now))
+        .update(
+            status=Status.PROCESSING,
+            attempts=F("attempts") + 1,
+            lease_until=now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS),
+        )
+    )
+    if not claimed:
+        logger.info("message not claimable (answered or in progress)")
+        return None
+    return Message.objects.select_related(
+        "conversation", "channel", "sender", "agent__model__provider"
+    ).get(pk=message_id)
+
+
+def _answer(message: Message) -> Message | None:
+    agent = message.agent
+    connector = message.channel.connector
+    prompt = build_prompt(message)
+    on_delta = None
+    if connector.wants_stream(message):
+        def on_delta(piece: str) -> None:
+            connector.send_delta(message, piece)
+    try:
+        result = llm.chat(
+            agent.model, prompt, max_tokens=agent.max_tokens, temperature=agent.temperature,
+            on_delta=on_delta,
+        )
+    except llm.LLMError as exc:
+        record_llm_call(message, error=exc)
+        fail_message(message, exc)
+        return None
+    call = record_llm_call(message, result=result)
+    reply = save_reply(message, result)
+    if reply is None:
+        return None
+    logger.info(
+        "agent answered",
+        extra={"model": result.model, "total_tokens": result.total_tokens,
+               "latency_ms": result.latency_ms, "llm_call_id": call.pk},
+    )
+    deliver(reply, inbound=message)
+    return reply
+
+
+def build_prompt(message: Message) -> list[dict]:
+    """System prompt + the conversation's recent messages (oldest first) + this message."""
+    agent = message.agent
+    window = min(agent.history_messages, settings.GATEWAY_HISTORY_MESSAGES)
+    earlier = list(
+        Message.objects.filter(conversation_id=message.conversation_id, created_at__lt=message.created_at)
+        .exclude(direction=Direction.INBOUND, status=Status.FAILED)
+        .order_by("-created_at")
+        .values_list("direction", "text")[:window]
+    )
+    prompt = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
+    for direction, text in reversed(earlier):
+        prompt.append({"role": "user" if direction == Direction.INBOUND else "assistant", "content": text})
+    prompt.append({"role": "user", "content": message.text})
+    return prompt
+
+
+def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
+    """Store the reply and mark the message answered, atomically. None if already answered."""
+    now = timezone.now()
+    latency_ms = int((now - message.created_at).total_seconds() * 1000)
+    try:
+        with transaction.atomic():
+            reply = Message.objects.create(
+                conversation_id=message.conversation_id,
+                channel_id=message.channel_id,
+                direction=Direction.OUTBOUND,
+                status=Status.PENDING,
+                reply_to=message,
+                agent=message.agent,
+                text=result.text,
+                model=result.model,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                total_tokens=result.total_tokens,
+                latency_ms=latency_ms,
+            )
+            Message.objects.filter(pk=message.pk).update(
+                status=Status.ANSWERED, lease_until=None, error_code="", error_message=""
+            )
+    except IntegrityError:
+        logger.warning("reply already stored by another run; not answering twice")
+        return None
+    return reply
+
+
+def deliver(reply: Message, *, inbound: Message) -> None:
+    """Hand the reply to the channel's connector and record whether it went out."""
+    from apps.connectors.base import ConnectorError
+
+    connector = inbound.channel.connector
+    try:
+        connector.send(reply, inbound=inbound)
+    except ConnectorError as exc:
+        logger.error("reply delivery failed", extra={"error": str(exc)})
+        reply.status, reply.error_code, reply.error_message = Status.FAILED, "delivery_failed", str(exc)[:2000]
+        reply.save(update_fields=["status", "error_code", "error_message", "updated_at"])
+        return
+    reply.status = Status.SENT
+    reply.save(update_fields=["status", "updated_at"])
+
+
+def fail_message(message: Message, exc: llm.LLMError) -> None:
+    """Mark the message failed and tell the sender, so a failure is never silence."""
+    Message.objects.filter(pk=message.pk).update(
+        status=Status.FAILED, lease_until=None, error_code=exc.code, error_message=exc.message[:2000]
+    )
+    logger.warning("agent run failed", extra={"error_code": exc.code, "error": exc.message})
+    message.channel.connector.send_error(
+        message, AgentFailed("The assistant could not answer right now. Please try again.")
+    )
+
+
+def record_llm_call(message: Message, *, result: llm.LLMResult | None = None,
+                    error: llm.LLMError | None = None, attempt: int = 1) -> LLMCall:
+    agent = message.agent
+    model = agent.model
+    fields = dict(
+        message=message, conversation_id=message.conversation_id, user_id=message.sender_id,
+        channel_id=message.channel_id, agent=agent, model=model.name,
+        provider=model.provider.slug, attempt=attempt,
+    )
+    if result is not None:
+        fields.update(
+            model=result.model or model.name, status=LLMCall.Status.OK,
+            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+            total_tokens=result.total_tokens, latency_ms=result.latency_ms, ttft_ms=result.ttft_ms,
+            cost=model.cost(result.prompt_tokens, result.completion_tokens),
+        )
+    else:
+        fields.update(status=LLMCall.Status.ERROR, error=str(error)[:2000])
+    return LLMCall.objects.create(**fields)

@@ -1,0 +1,21 @@
+"""The plain API channel: replies wake the HTTP request waiting for them (if any)."""
+from __future__ import annotations
+
+from apps.conversations.realtime import publish, reply_group
+
+from .base import Connector, reply_event
+
+
+class ApiConnector(Connector):
+    kind = "api"
+
+    def wants_stream(self, inbound) -> bool:
+        return bool(inbound.metadata.get("stream"))
+
+    def send_delta(self, inbound, piece: str) -> None:
+        publish(reply_group(inbound.id), {"type": "agent.delta", "delta": piece})
+
+    def send(self, reply, *, inbound) -> None:
+        # The reply is already stored; a client that did not wait reads it from the
+        # conversation, so the only delivery is waking a waiter.
+        publish(reply_group(inbound.id), reply_event(reply))

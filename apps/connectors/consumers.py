@@ -1,0 +1,175 @@
+"""The web chat websocket: ``/ws/chat/<slug>/`` (frames in DESIGN.md)."""
+from __future__ import annotations
+
+import logging
+from urllib.parse import parse_qs, urlparse
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from apps.conversations.errors import BadRequest, Forbidden, GatewayError, NotFound
+from apps.conversations.normalized import NormalizedMessage
+from apps.conversations.pipeline import accept
+from apps.conversations.realtime import conversation_group
+from apps.conversations.services import conversation_open
+
+from .models import Channel
+from .visitors import resolve_chat_user
+
+logger = logging.getLogger(__name__)
+
+CLIENT_ID_MAX_CHARS = 100
+CLOSE_POLICY_VIOLATION = 4403
+CLOSE_NOT_FOUND = 4404
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    """One browser tab in one web chat conversation.
+
+    Who: a logged-in session is that user; otherwise the ``visitor`` query parameter carries a
+    signed visitor token (issued by the chat page) and makes a customer, if the channel allows
+    visitors. The conversation is the ``conversation`` query parameter (the sender's own), or a
+    new one made with the first message.
+    """
+
+    channel_row: Channel
+    group: str | None = None
+    conversation_id: str | None = None
+
+    async def connect(self):
+        slug = self.scope["url_route"]["kwargs"]["slug"]
+        self.channel_row = await database_sync_to_async(
+            Channel.objects.select_related("default_agent").filter(slug=slug, kind="webchat").first
+        )()
+        if self.channel_row is None or not self.channel_row.enabled:
+            await self._refuse(NotFound("No such chat."), CLOSE_NOT_FOUND)
+            return
+        if not origin_allowed(self.scope, self.channel_row):
+            await self._refuse(Forbidden("This page may not open this chat."), CLOSE_POLICY_VIOLATION)
+            return
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        try:
+            self.user, self.conversation_id = await database_sync_to_async(resolve_chat_user)(
+                channel=self.channel_row,
+                session_user=self.scope.get("user"),
+                visitor_token=(query.get("visitor") or [""])[0],
+                conversation_id=(query.get("conversation") or [""])[0],
+            )
+        except GatewayError as error:
+            await self._refuse(error, CLOSE_POLICY_VIOLATION)
+            return
+        await self.accept()
+        if self.conversation_id:
+            await self._join(self.conversation_id)
+
+    async def _refuse(self, error: GatewayError, close_code: int) -> None:
+        # Accept first so the browser receives the reason, then close.
+        await self.accept()
+        await self.send_json(error.error_frame())
+        await self.close(code=close_code)
+
+    async def _join(self, conversation_id: str) -> None:
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+        self.conversation_id = conversation_id
+        self.group = conversation_group(conversation_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+
+    async def disconnect(self, code):
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        # Bad JSON is the client's mistake: answer with an error frame, keep the socket.
+        if text_data is None:
+            await self.send_json(BadRequest("Send JSON text frames.").error_frame())
+            return
+        try:
+            content = await self.decode_json(text_data)
+        except ValueError:
+            await self.send_json(BadRequest("The frame is not valid JSON.").error_frame())
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content, **kwargs):
+        client_id = content.get("client_id") if isinstance(content, dict) else None
+        try:
+            text, client_id = parse_message_frame(content)
+            if self.conversation_id is None:
+                # Open the conversation and listen to it before the agent can answer.
+                conversation = await database_sync_to_async(conversation_open)(
+                    channel=self.channel_row, user=self.user
+                )
+                await self._join(str(conversation.id))
+            msg = NormalizedMessage(
+                channel="webchat",
+                channel_id=self.channel_row.slug,
+                user_id=str(self.user.pk),
+                principal_id=str(self.user.pk),
+                message=text,
+                conversation_id=self.conversation_id,
+                external_id=f"{self.user.pk}:{client_id}" if client_id else None,
+            )
+            accepted = await database_sync_to_async(accept)(
+                msg, channel=self.channel_row, principal=self.user
+            )
+        except GatewayError as error:
+            frame = error.error_frame()
+            if isinstance(client_id, str):
+                frame["client_id"] = client_id
+            await self.send_json(frame)
+            return
+        await self.send_json({
+            "type": "ack",
+            "message_id": str(accepted.message.id),
+            "conversation_id": str(accepted.conversation.id),
+            "client_id": client_id,
+            "duplicate": accepted.duplicate,
+        })
+
+    # Channel-layer events from the agent run (see WebchatConnector).
+    async def chat_delta(self, event):
+        await self.send_json({"type": "delta", "reply_to": event["reply_to"], "delta": event["delta"]})
+
+    async def chat_reply(self, event):
+        await self.send_json({
+            "type": "reply", "message_id": event["message_id"], "reply_to": event["reply_to"],
+            "message": event["message"], "model": event.get("model", ""),
+        })
+
+    async def chat_error(self, event):
+        await self.send_json({
+            "type": "error", "code": event["code"], "message": event["message"],
+            "reply_to": event.get("reply_to"),
+        })
+
+
+def parse_message_frame(content) -> tuple[str, str | None]:
+    """Validate a client frame; returns (text, client_id) or raises BadRequest."""
+    if not isinstance(content, dict):
+        raise BadRequest("A frame must be a JSON object.")
+    if content.get("type") != "message":
+        raise BadRequest("Unknown frame type; send {\"type\": \"message\", \"message\": \"...\"}.")
+    text = content.get("message")
+    if not isinstance(text, str) or not text.strip():
+        raise BadRequest("message: must be a non-empty string.")
+    if len(text) > settings.GATEWAY_MAX_MESSAGE_CHARS:
+        raise BadRequest(f"message: at most {settings.GATEWAY_MAX_MESSAGE_CHARS} characters.")
+    client_id = content.get("client_id")
+    if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= CLIENT_ID_MAX_CHARS):
+        raise BadRequest(f"client_id: must be a string of 1 to {CLIENT_ID_MAX_CHARS} characters.")
+    return text, client_id
+
+
+def origin_allowed(scope, channel: Channel) -> bool:
+    """The page's Origin must be listed on the channel, or be the gateway's own host."""
+    origin = dict(scope.get("headers", [])).get(b"origin", b"").decode("latin-1")
+    if not origin:
+        # Browsers always send Origin on websockets; non-browser clients are not cross-site.
+        return True
+    allowed = list(channel.allowed_origins or []) + list(settings.WEBCHAT_ALLOWED_ORIGINS)
+    if origin in allowed or "*" in allowed:
+        return True
+    host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
+    return urlparse(origin).netloc == host

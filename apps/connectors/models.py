@@ -1,0 +1,39 @@
+"""A configured channel instance: one Slack workspace app, one web chat, the API, ..."""
+from __future__ import annotations
+
+from django.db import models
+
+from .registry import KIND_CHOICES
+
+
+class Channel(models.Model):
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=32, choices=KIND_CHOICES)
+    enabled = models.BooleanField(default=True)
+    default_agent = models.ForeignKey(
+        "agents.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    allow_visitors = models.BooleanField(
+        default=True, help_text="Web chat: anonymous visitors may talk (as customers)."
+    )
+    allowed_origins = models.JSONField(
+        default=list, blank=True,
+        help_text="Web chat: browser origins allowed to open the websocket, e.g. "
+        '["https://example.com"]. Empty: same host as the gateway only.',
+    )
+    config = models.JSONField(default=dict, blank=True, help_text="Kind-specific settings.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.kind})"
+
+    @property
+    def connector(self):
+        from .registry import connector_for
+
+        return connector_for(self)

@@ -1,0 +1,28 @@
+"""Channel kind → connector class, imported lazily on first use.
+
+To add a connector: write a ``Connector`` subclass in its own module and add one line here
+(see CONTRIBUTING.md).
+"""
+from __future__ import annotations
+
+from functools import cache
+from importlib import import_module
+
+CONNECTORS: dict[str, tuple[str, str]] = {
+    # kind: (label, dotted path of the connector class)
+    "api": ("API", "apps.connectors.api.ApiConnector"),
+    "webchat": ("Web chat", "apps.connectors.webchat.WebchatConnector"),
+}
+
+KIND_CHOICES = [(kind, label) for kind, (label, _path) in CONNECTORS.items()]
+
+
+@cache
+def connector_class(kind: str):
+    module_path, _, class_name = CONNECTORS[kind][1].rpartition(".")
+    return getattr(import_module(module_path), class_name)
+
+
+def connector_for(channel):
+    """The connector instance serving a configured ``Channel``."""
+    return connector_class(channel.kind)(channel)

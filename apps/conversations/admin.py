@@ -1,0 +1,49 @@
+from django.contrib import admin
+
+from .models import Conversation, Message
+
+
+class MessageInline(admin.TabularInline):
+    """The conversation's messages, in order, with what produced each reply."""
+
+    model = Message
+    fk_name = "conversation"
+    extra = 0
+    ordering = ("created_at",)
+    fields = ("created_at", "direction", "status", "sender", "text", "model", "total_tokens",
+              "latency_ms", "error_code")
+    readonly_fields = fields
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = ("id", "channel", "user", "agent", "created_at", "last_message_at")
+    list_filter = ("channel", "agent")
+    search_fields = ("id", "user__username", "external_thread_id", "messages__text")
+    list_select_related = ("channel", "user", "agent")
+    readonly_fields = ("id", "channel", "user", "created_at", "last_message_at", "external_thread_id")
+    inlines = [MessageInline]
+    date_hierarchy = "last_message_at"
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "direction", "status", "channel", "sender", "short_text", "model",
+                    "total_tokens", "latency_ms")
+    list_filter = ("direction", "status", "channel")
+    search_fields = ("id", "external_id", "text", "sender__username")
+    list_select_related = ("channel", "sender")
+    date_hierarchy = "created_at"
+    readonly_fields = [f.name for f in Message._meta.fields]
+
+    @admin.display(description="text")
+    def short_text(self, obj) -> str:
+        return obj.text[:80]
+
+    def has_add_permission(self, request) -> bool:
+        return False

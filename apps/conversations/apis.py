@@ -1,0 +1,154 @@
+"""The API channel: ``POST /api/v1/messages`` and ``GET /api/v1/conversations/<id>/messages``."""
+from __future__ import annotations
+
+import contextlib
+
+from adrf.views import APIView as AsyncAPIView
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.connectors.models import Channel
+
+from .errors import AgentFailed, ChannelDisabled, NotFound, ReplyTimeout
+from .models import Conversation, Direction, Message
+from .normalized import NormalizedMessage
+from .pipeline import Accepted, accept
+from .serializers import (
+    ConversationMessageSerializer,
+    MessageAcceptedSerializer,
+    MessageAnsweredSerializer,
+    MessageInSerializer,
+)
+from .waiters import ReplyWaiter
+
+API_CHANNEL_SLUG = "api"
+
+ErrorSerializer = inline_serializer(
+    "Error",
+    {"error": inline_serializer("ErrorDetail", {
+        "code": serializers.CharField(), "message": serializers.CharField(),
+        "retry_after": serializers.IntegerField(required=False),
+    })},
+)
+
+
+def api_channel() -> Channel:
+    channel = (
+        Channel.objects.select_related("default_agent")
+        .filter(slug=API_CHANNEL_SLUG, kind="api")
+        .first()
+    )
+    if channel is None:
+        raise ChannelDisabled("The API channel is not configured.")
+    return channel
+
+
+class MessageCreateApi(AsyncAPIView):
+    """Send a message to the agent of the API channel; optionally wait for the reply."""
+
+    @extend_schema(
+        request=MessageInSerializer,
+        parameters=[OpenApiParameter(
+            "Idempotency-Key", location=OpenApiParameter.HEADER, required=False,
+            description="Repeat a request with the same key: the message is accepted once.",
+        )],
+        responses={
+            200: MessageAnsweredSerializer, 202: MessageAcceptedSerializer,
+            **{code: OpenApiResponse(ErrorSerializer) for code in (400, 401, 403, 404, 413, 415, 429, 502, 503, 504)},
+        },
+    )
+    async def post(self, request):
+        data = MessageInSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        fields = data.validated_data
+        channel = await sync_to_async(api_channel)()
+        user = request.user
+        idempotency_key = request.headers.get("Idempotency-Key", "")[:200]
+        msg = NormalizedMessage(
+            channel=channel.kind,
+            channel_id=channel.slug,
+            user_id=str(user.pk),
+            principal_id=str(user.pk),
+            message=fields["message"],
+            conversation_id=str(fields["conversation_id"]) if fields.get("conversation_id") else None,
+            external_id=f"{user.pk}:{idempotency_key}" if idempotency_key else None,
+            metadata=fields.get("metadata") or {},
+            raw=request.data,
+        )
+        wait = fields.get("wait") or 0
+        if not wait:
+            accepted = await sync_to_async(accept)(msg, channel=channel, principal=user)
+            return Response(_accepted_body(accepted), status=202)
+        return await self._accept_and_wait(msg, channel, user, wait)
+
+    async def _accept_and_wait(self, msg, channel, user, wait: float) -> Response:
+        # Listen before the message is enqueued, so a fast reply cannot slip by.
+        async with contextlib.AsyncExitStack() as stack:
+            waiter = await stack.enter_async_context(ReplyWaiter(msg.id))
+            accepted = await sync_to_async(accept)(msg, channel=channel, principal=user)
+            if accepted.duplicate:
+                waiter = await stack.enter_async_context(ReplyWaiter(accepted.message.id))
+                stored = await sync_to_async(stored_reply_event)(accepted.message)
+                if stored is not None:
+                    return Response(_answered_body(accepted, stored))
+            try:
+                event = await waiter.final_event(wait)
+            except TimeoutError:
+                error = ReplyTimeout()
+                return Response(
+                    {**error.error_body(), **_accepted_ids(accepted)}, status=error.status
+                )
+        if event["type"] == "agent.error":
+            error = AgentFailed(event.get("message"))
+            return Response({**error.error_body(), **_accepted_ids(accepted)}, status=error.status)
+        return Response(_answered_body(accepted, event))
+
+
+def stored_reply_event(message: Message) -> dict | None:
+    """The reply (or failure) already stored for ``message``, as the waiter's event."""
+    from apps.connectors.base import reply_event
+
+    if message.status == "failed":
+        return {"type": "agent.error", "code": "agent_failed", "message": AgentFailed.default_message}
+    reply = message.replies.filter(direction=Direction.OUTBOUND).order_by("created_at").first()
+    return reply_event(reply) if reply is not None else None
+
+
+def _accepted_ids(accepted: Accepted) -> dict:
+    return {"message_id": str(accepted.message.id), "conversation_id": str(accepted.conversation.id)}
+
+
+def _accepted_body(accepted: Accepted) -> dict:
+    return {**_accepted_ids(accepted), "status": "accepted"}
+
+
+def _answered_body(accepted: Accepted, event: dict) -> dict:
+    if event["type"] == "agent.error":
+        raise AgentFailed(event.get("message"))
+    reply = {k: event[k] for k in ("message", "model", "usage", "latency_ms")}
+    return {**_accepted_ids(accepted), "reply": {"message_id": event["message_id"], **reply}}
+
+
+class ConversationMessagesApi(APIView):
+    """The messages of one of the caller's own conversations, oldest first."""
+
+    @extend_schema(responses={200: ConversationMessageSerializer(many=True), 404: ErrorSerializer})
+    def get(self, request, conversation_id):
+        conversation = Conversation.objects.filter(pk=conversation_id, user=request.user).first()
+        if conversation is None:
+            raise NotFound("No such conversation.")
+        limit = settings.GATEWAY_HISTORY_MESSAGES * 10
+        messages = conversation.messages.order_by("created_at")[:limit]
+        return Response({
+            "conversation_id": str(conversation.id),
+            "messages": ConversationMessageSerializer(messages, many=True).data,
+        })

@@ -1,0 +1,167 @@
+"""The gateway's one error type and its wire forms.
+
+Every step that refuses a message raises a ``GatewayError`` subclass. Each entry point turns it into
+its own form: ``error_body()`` for HTTP JSON, ``error_frame()`` for the web chat, ``user_text`` for a
+channel reply. ``message`` is always safe to show to the sender.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.http import JsonResponse
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+
+class GatewayError(Exception):
+    code = "error"
+    status = 400
+    default_message = "The request could not be handled."
+
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None):
+        self.message = message or self.default_message
+        self.retry_after = retry_after
+        super().__init__(self.message)
+
+    def error_body(self) -> dict:
+        error: dict = {"code": self.code, "message": self.message}
+        if self.retry_after is not None:
+            error["retry_after"] = self.retry_after
+        return {"error": error}
+
+    def error_frame(self) -> dict:
+        return {"type": "error", **self.error_body()["error"]}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+class BadRequest(GatewayError):
+    code = "invalid_request"
+    status = 400
+    default_message = "The request is malformed."
+
+
+class Unauthenticated(GatewayError):
+    code = "unauthenticated"
+    status = 401
+    default_message = "A valid API key is required."
+
+
+class Forbidden(GatewayError):
+    code = "forbidden"
+    status = 403
+    default_message = "You are not allowed to do this."
+
+
+class NotFound(GatewayError):
+    code = "not_found"
+    status = 404
+    default_message = "Not found."
+
+
+class PayloadTooLarge(GatewayError):
+    code = "payload_too_large"
+    status = 413
+    default_message = "The request body is too large."
+
+
+class UnsupportedMediaType(GatewayError):
+    code = "unsupported_media_type"
+    status = 415
+    default_message = "The request body must be JSON (Content-Type: application/json)."
+
+
+class RateLimited(GatewayError):
+    code = "rate_limited"
+    status = 429
+    default_message = "Too many requests; slow down."
+
+
+class ChannelDisabled(GatewayError):
+    code = "channel_disabled"
+    status = 403
+    default_message = "This channel is not accepting messages."
+
+
+class NoRoute(GatewayError):
+    code = "no_agent"
+    status = 503
+    default_message = "No agent is available for this message."
+
+
+class ReplyTimeout(GatewayError):
+    code = "reply_timeout"
+    status = 504
+    default_message = "The reply did not arrive in time; it will still land in the conversation."
+
+
+class AgentFailed(GatewayError):
+    code = "agent_failed"
+    status = 502
+    default_message = "The agent could not answer this message."
+
+
+class ServiceUnavailable(GatewayError):
+    code = "service_unavailable"
+    status = 503
+    default_message = "The gateway is temporarily unavailable; retry shortly."
+
+
+def error_response(error: GatewayError) -> JsonResponse:
+    return JsonResponse(error.error_body(), status=error.status, headers=error.headers())
+
+
+_DRF_TO_GATEWAY = {
+    drf_exceptions.ParseError: BadRequest,
+    drf_exceptions.NotAuthenticated: Unauthenticated,
+    drf_exceptions.AuthenticationFailed: Unauthenticated,
+    drf_exceptions.PermissionDenied: Forbidden,
+    drf_exceptions.NotFound: NotFound,
+    drf_exceptions.UnsupportedMediaType: UnsupportedMediaType,
+}
+
+
+def drf_exception_handler(exc: Exception, context: dict) -> Response | None:
+    """DRF's EXCEPTION_HANDLER: every API error in the gateway's ``{"error": {...}}`` shape."""
+    from django.core.exceptions import RequestDataTooBig
+    from django.http import Http404
+
+    if isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge()
+    elif isinstance(exc, Http404):
+        exc = NotFound()
+    if isinstance(exc, drf_exceptions.ValidationError):
+        exc = BadRequest(validation_message(exc.detail))
+    elif isinstance(exc, drf_exceptions.Throttled):
+        exc = RateLimited(retry_after=int(exc.wait or 1))
+    elif isinstance(exc, drf_exceptions.MethodNotAllowed):
+        error = GatewayError(str(exc.detail))
+        error.code, error.status = "method_not_allowed", 405
+        exc = error
+    elif isinstance(exc, drf_exceptions.APIException):
+        mapped = next((g for d, g in _DRF_TO_GATEWAY.items() if isinstance(exc, d)), None)
+        if mapped is None:
+            error = GatewayError(str(exc.detail))
+            error.status = exc.status_code
+            exc = error
+        else:
+            exc = mapped(str(exc.detail))
+    if isinstance(exc, GatewayError):
+        return Response(exc.error_body(), status=exc.status, headers=exc.headers())
+    return None
+
+
+def validation_message(detail) -> str:
+    """Flatten DRF validation detail into one readable sentence: ``field: problem; ...``."""
+    if isinstance(detail, dict):
+        parts = []
+        for field, problems in detail.items():
+            text = validation_message(problems)
+            parts.append(text if field == "non_field_errors" else f"{field}: {text}")
+        return "; ".join(parts)
+    if isinstance(detail, list):
+        return " ".join(validation_message(item) for item in detail)
+    return str(detail)

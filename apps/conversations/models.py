@@ -1,0 +1,117 @@
+"""Conversations and their messages, inbound and outbound."""
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Conversation(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    channel = models.ForeignKey(
+        "connectors.Channel", on_delete=models.PROTECT, related_name="conversations"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    agent = models.ForeignKey(
+        "agents.Agent", null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="conversations", help_text="The agent this conversation sticks to.",
+    )
+    external_thread_id = models.CharField(
+        max_length=255, blank=True, help_text="The channel's own thread/chat id, if any."
+    )
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_message_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-last_message_at"]
+        indexes = [models.Index(fields=["channel", "user", "-last_message_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.channel.slug} / {self.user} / {self.id}"
+
+
+class Direction(models.TextChoices):
+    INBOUND = "in", "Inbound"
+    OUTBOUND = "out", "Outbound"
+
+
+class Status(models.TextChoices):
+    # inbound lifecycle
+    ACCEPTED = "accepted", "Accepted"
+    PROCESSING = "processing", "Processing"
+    ANSWERED = "answered", "Answered"
+    FAILED = "failed", "Failed"
+    # outbound lifecycle
+    PENDING = "pending", "Pending delivery"
+    SENT = "sent", "Sent"
+
+
+class Message(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    channel = models.ForeignKey(
+        "connectors.Channel", on_delete=models.PROTECT, related_name="messages"
+    )
+    direction = models.CharField(max_length=3, choices=Direction.choices)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    sender = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+", help_text="Inbound: the speaker. Outbound: a human agent, if any.",
+    )
+    # NULL, not "": messages without a channel id must not collide in the dedupe constraint.
+    external_id = models.CharField(  # noqa: DJ001
+        max_length=255, null=True, blank=True,
+        help_text="The channel's own event/message id: the dedupe key.",
+    )
+    external_user_id = models.CharField(max_length=255, blank=True)
+    text = models.TextField()
+    attachments = models.JSONField(default=list, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    raw_payload = models.JSONField(null=True, blank=True)
+    channel_timestamp = models.FloatField(null=True, blank=True)
+    reply_to = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies"
+    )
+    agent = models.ForeignKey(
+        "agents.Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # outbound: what produced it
+    model = models.CharField(max_length=100, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    total_tokens = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    # inbound: agent run bookkeeping
+    attempts = models.PositiveSmallIntegerField(default=0)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "external_id"], name="message_dedupe_key",
+                condition=models.Q(external_id__isnull=False),
+            ),
+            # One agent reply per inbound message, however often the task is redelivered.
+            models.UniqueConstraint(
+                fields=["reply_to"], name="one_reply_per_message",
+                condition=models.Q(direction="out", sender__isnull=True),
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["conversation", "created_at"]),
+            models.Index(fields=["status", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.direction} {self.status}: {self.text[:40]}"

@@ -1,0 +1,141 @@
+"""The inbound pipeline: every channel's message goes through these steps, in this order.
+
+    dedupe → identify → authorize → limit → route → persist → enqueue
+
+``accept()`` reads top to bottom as that list. Each step either returns what the next one needs or
+raises a ``GatewayError`` (see errors.py) that the entry point turns into its wire form. Nothing
+here calls a model or waits for one: the agent runs later in a Celery worker.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from apps.agents.dispatch import enqueue_agent_run
+from apps.connectors.models import Channel
+from apps.identities.services import identify_sender
+from apps.quotas.limits import check_request_rate
+from apps.routing.router import route_message
+
+from .errors import ChannelDisabled, Forbidden, NotFound
+from .models import Conversation, Direction, Message, Status
+from .normalized import NormalizedMessage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Accepted:
+    message: Message
+    conversation: Conversation
+    duplicate: bool = False
+
+
+def accept(msg: NormalizedMessage, *, channel: Channel, principal=None) -> Accepted:
+    """Take one inbound message through every step. Raises GatewayError when refused.
+
+    ``principal`` is the gateway user when the entry point already knows it (API key owner,
+    logged-in web chat session, visitor); otherwise the sender is looked up by channel identity.
+    A repeated delivery (same channel and external_id) returns the original message, unqueued.
+    """
+    if (original := dedupe(msg, channel)) is not None:
+        return original
+    user = identify_sender(msg, channel=channel, principal=principal)
+    authorize(user, channel)
+    check_request_rate(user=user, channel=channel)
+    conversation = find_conversation(msg, channel=channel, user=user)
+    agent = route_message(msg, channel=channel, user=user, conversation=conversation)
+    accepted = persist(msg, channel=channel, user=user, conversation=conversation, agent=agent)
+    if not accepted.duplicate:
+        transaction.on_commit(lambda: enqueue_agent_run(accepted.message.id))
+    return accepted
+
+
+def dedupe(msg: NormalizedMessage, channel: Channel) -> Accepted | None:
+    """The message already accepted under this (channel, external_id), if any."""
+    if not msg.external_id:
+        return None
+    original = (
+        Message.objects.select_related("conversation")
+        .filter(channel=channel, external_id=msg.external_id, direction=Direction.INBOUND)
+        .first()
+    )
+    if original is None:
+        return None
+    logger.info("duplicate delivery", extra={"external_id": msg.external_id})
+    return Accepted(message=original, conversation=original.conversation, duplicate=True)
+
+
+def authorize(user, channel: Channel) -> None:
+    """The sender may use this channel at all (finer agent/tool rights are checked later)."""
+    if not channel.enabled:
+        raise ChannelDisabled()
+    if not user.is_active:
+        raise Forbidden("This account is disabled.")
+
+
+def find_conversation(msg: NormalizedMessage, *, channel: Channel, user) -> Conversation | None:
+    """The conversation the message continues: by id (the sender's own only) or channel thread."""
+    if msg.conversation_id:
+        conversation = (
+            Conversation.objects.select_related("agent")
+            .filter(pk=msg.conversation_id, channel=channel, user=user)
+            .first()
+        )
+        if conversation is None:
+            raise NotFound("No such conversation.")
+        return conversation
+    thread = msg.metadata.get("thread_id")
+    if thread:
+        return (
+            Conversation.objects.select_related("agent")
+            .filter(channel=channel, external_thread_id=thread)
+            .first()
+        )
+    return None
+
+
+def persist(
+    msg: NormalizedMessage, *, channel: Channel, user, conversation: Conversation | None, agent
+) -> Accepted:
+    """Store the inbound message (and a new conversation if needed) in one transaction."""
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            if conversation is None:
+                conversation = Conversation.objects.create(
+                    channel=channel, user=user, agent=agent,
+                    external_thread_id=msg.metadata.get("thread_id") or "",
+                )
+            else:
+                updates = {"last_message_at": now}
+                if conversation.agent_id != agent.id:
+                    updates["agent"] = agent
+                Conversation.objects.filter(pk=conversation.pk).update(**updates)
+            message = Message.objects.create(
+                id=msg.id,
+                conversation=conversation,
+                channel=channel,
+                direction=Direction.INBOUND,
+                status=Status.ACCEPTED,
+                sender=user,
+                agent=agent,
+                external_id=msg.external_id,
+                external_user_id=msg.user_id,
+                text=msg.message,
+                attachments=msg.attachments,
+                metadata=msg.metadata,
+                raw_payload=msg.raw,
+                channel_timestamp=msg.timestamp,
+            )
+    except IntegrityError:
+        # Two identical deliveries raced past dedupe(); the first insert won.
+        if (original := dedupe(msg, channel)) is not None:
+            return original
+        raise
+    msg.principal_id = str(user.pk)
+    msg.conversation_id = str(conversation.pk)
+    return Accepted(message=message, conversation=conversation)

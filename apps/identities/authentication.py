@@ -1,0 +1,57 @@
+"""API key authentication: ``Authorization: Bearer gw_<prefix>_<secret>``."""
+from __future__ import annotations
+
+import hmac
+from datetime import timedelta
+
+from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions
+
+from .models import ApiKey, hash_api_key
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)  # write last_used_at at most this often per key
+
+
+def api_key_user(raw_key: str):
+    """(user, ApiKey) for a usable key, or raise AuthenticationFailed. One indexed query."""
+    parts = raw_key.split("_")
+    if len(parts) < 3 or parts[0] != "gw" or not parts[1]:
+        raise exceptions.AuthenticationFailed("Malformed API key.")
+    key = ApiKey.objects.select_related("user").filter(prefix=parts[1]).first()
+    # Compare even when the prefix is unknown, so timing does not tell which prefixes exist.
+    expected = key.key_hash if key is not None else "0" * 64
+    if not hmac.compare_digest(expected, hash_api_key(raw_key)) or key is None:
+        raise exceptions.AuthenticationFailed("Invalid API key.")
+    if not key.is_usable:
+        raise exceptions.AuthenticationFailed("This API key is revoked or expired.")
+    if not key.user.is_active:
+        raise exceptions.AuthenticationFailed("This account is disabled.")
+    now = timezone.now()
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    return key.user, key
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        if not header:
+            return None
+        scheme, _, raw_key = header.partition(" ")
+        if scheme.lower() != self.keyword.lower() or not raw_key.strip():
+            raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <API key>'.")
+        return api_key_user(raw_key.strip())
+
+    def authenticate_header(self, request) -> str:
+        return self.keyword
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "apps.identities.authentication.ApiKeyAuthentication"
+    name = "ApiKey"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "A gateway API key (gw_...)."}

@@ -1,0 +1,115 @@
+"""People and their credentials: one User behind many channel identities and API keys."""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser
+from django.db import models
+from django.utils import timezone
+
+from .roles import ROLE_ORDER, Role
+
+
+class User(AbstractUser):
+    """The one person behind any number of channel identities. Roles are Groups (see roles.py)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    is_visitor = models.BooleanField(
+        default=False, help_text="Created for an anonymous web chat visitor."
+    )
+
+    class Meta(AbstractUser.Meta):
+        swappable = "AUTH_USER_MODEL"
+
+    @property
+    def role(self) -> str:
+        """The highest role among the user's groups (customer when none)."""
+        names = {g.name for g in self.groups.all()}
+        for role in reversed(ROLE_ORDER):
+            if role in names:
+                return role
+        return Role.CUSTOMER
+
+
+class ChannelIdentity(models.Model):
+    """Who a sender is on one configured channel: (channel, external id) → user."""
+
+    channel = models.ForeignKey(
+        "connectors.Channel", on_delete=models.CASCADE, related_name="identities"
+    )
+    external_id = models.CharField(max_length=255)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="identities"
+    )
+    display_name = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "external_id"], name="identity_unique_per_channel"
+            )
+        ]
+        verbose_name_plural = "channel identities"
+
+    def __str__(self) -> str:
+        return f"{self.channel_id}:{self.external_id} → {self.user_id}"
+
+
+API_KEY_PREFIX_CHARS = 8
+
+
+def hash_api_key(raw_key: str) -> str:
+    """API keys carry 256 bits of randomness, so one SHA-256 is the right hash (no salt/KDF)."""
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def usable(self):
+        now = timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            models.Q(expires_at__isnull=True) | models.Q(expires_at__gt=now)
+        )
+
+
+class ApiKey(models.Model):
+    """A secret for the API channel. Only its SHA-256 is stored; the key is shown once."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"gw_{self.prefix}_… ({self.user})"
+
+    @classmethod
+    def generate(cls, *, user, name: str = "", expires_at=None) -> tuple[ApiKey, str]:
+        """Create a key; returns (row, raw key). The raw key is never stored or shown again."""
+        prefix = secrets.token_hex(API_KEY_PREFIX_CHARS // 2)
+        raw_key = f"gw_{prefix}_{secrets.token_urlsafe(32)}"
+        key = cls.objects.create(
+            user=user, name=name, prefix=prefix, key_hash=hash_api_key(raw_key),
+            expires_at=expires_at,
+        )
+        return key, raw_key
+
+    @property
+    def is_usable(self) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or self.expires_at > timezone.now()

@@ -1,0 +1,25 @@
+"""Project-wide 404/500 handlers: JSON error bodies for API paths, plain pages elsewhere."""
+from django.http import HttpResponse, JsonResponse
+from django.views.defaults import page_not_found, server_error
+
+
+def _is_api(request) -> bool:
+    return request.path.startswith(("/api/", "/v1/"))
+
+
+def json_404(request, exception=None):
+    if _is_api(request):
+        return JsonResponse({"error": {"code": "not_found", "message": "Not found."}}, status=404)
+    return page_not_found(request, exception)
+
+
+def json_500(request):
+    if _is_api(request):
+        return JsonResponse(
+            {"error": {"code": "internal_error", "message": "Something went wrong on our side."}},
+            status=500,
+        )
+    try:
+        return server_error(request)
+    except Exception:
+        return HttpResponse("Server error", status=500)

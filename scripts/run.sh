@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Start the gateway on the embedded default (used by `make run`).
+set -euo pipefail
+host="$1"; port="$2"; fake_port="$3"
+bin=.venv/bin
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+trap cleanup EXIT INT TERM
+
+if [ -z "${OPENAI_API_KEY:-}" ]; then
+  export OPENAI_BASE_URL="http://127.0.0.1:${fake_port}/v1"
+  "$bin/python" manage.py fake_llm --port "$fake_port" &
+  pids+=($!)
+fi
+"$bin/python" manage.py seed_demo
+if [ -n "${REDIS_URL:-}" ]; then
+  "$bin/celery" -A gateway_project worker -P threads -c "${CELERY_CONCURRENCY:-32}" -Q gateway -l WARNING &
+  pids+=($!)
+fi
+"$bin/daphne" -b "$host" -p "$port" gateway_project.asgi:application &
+pids+=($!)
+
+for _ in $(seq 1 50); do
+  curl -fs "http://$host:$port/healthz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+cat <<TXT
+
+  Agent Gateway is running (embedded default${REDIS_URL:+, with Redis and a Celery worker}).
+    Web chat:   http://$host:$port/chat/web/
+    Admin:      http://$host:$port/admin/   (user: staff, password: gateway-demo)
+    API docs:   http://$host:$port/api/v1/docs
+    Demo keys:  .venv/bin/python manage.py seed_demo --json
+  Ctrl-C to stop.
+
+TXT
+wait -n "${pids[@]}"

@@ -1,0 +1,120 @@
+"""The agent run: claim, history, model call through the real openai client, reply, logs."""
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.utils import timezone
+
+from apps.agents.runtime import agent_run
+from apps.conversations import pipeline
+from apps.conversations.models import Message
+from apps.conversations.normalized import NormalizedMessage
+from apps.conversations.realtime import conversation_group, reply_group
+from apps.logs.models import LLMCall
+
+
+def send(channel, user, text, **fields):
+    msg = NormalizedMessage(channel=channel.kind, channel_id=channel.slug, user_id=str(user.pk), message=text,
+                            **fields)
+    return pipeline.accept(msg, channel=channel, principal=user).message
+
+
+class Listener:
+    """Subscribes a fresh channel-layer channel to a group and drains what arrived."""
+
+    def __init__(self, group):
+        self.layer = get_channel_layer()
+        self.name = async_to_sync(self.layer.new_channel)()
+        async_to_sync(self.layer.group_add)(group, self.name)
+
+    def drain(self):
+        async def take_all():
+            import asyncio
+            events = []
+            while True:
+                try:
+                    events.append(await asyncio.wait_for(self.layer.receive(self.name), 0.5))
+                except TimeoutError:
+                    return events
+        return async_to_sync(take_all)()
+
+
+@pytest.mark.django_db
+class TestAgentRun:
+    def test_answers_and_logs_tokens_cost_latency(self, api_channel, customer, fake_llm):
+        message = send(api_channel, customer, "hello agent")
+        listener = Listener(reply_group(message.id))
+        reply = agent_run(message.id)
+        message.refresh_from_db()
+        assert message.status == "answered"
+        assert reply.text == "Echo: hello agent" and reply.direction == "out" and reply.status == "sent"
+        assert reply.reply_to_id == message.id and reply.total_tokens > 0
+        call = LLMCall.objects.get(message=message)
+        assert call.status == "ok" and call.model == "fake-gpt" and call.user == customer
+        assert call.total_tokens == call.prompt_tokens + call.completion_tokens == reply.total_tokens
+        expected_cost = (call.prompt_tokens * 0.001 + call.completion_tokens * 0.002) / 1000
+        assert float(call.cost) == pytest.approx(expected_cost)
+        events = listener.drain()
+        assert [e["type"] for e in events] == ["agent.reply"]
+        assert events[0]["message"] == "Echo: hello agent" and events[0]["usage"]["total_tokens"] > 0
+
+    def test_redelivered_task_answers_once(self, api_channel, customer, fake_llm):
+        message = send(api_channel, customer, "only once please")
+        before = fake_llm.stats()["requests"]
+        assert agent_run(message.id) is not None
+        assert agent_run(message.id) is None
+        assert Message.objects.filter(reply_to=message).count() == 1
+        assert fake_llm.stats()["requests"] == before + 1
+
+    def test_a_dead_workers_claim_expires(self, api_channel, customer):
+        message = send(api_channel, customer, "retry me")
+        Message.objects.filter(pk=message.pk).update(status="processing", lease_until=timezone.now() + timedelta(minutes=5))
+        assert agent_run(message.id) is None  # another worker holds it
+        Message.objects.filter(pk=message.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
+        assert agent_run(message.id).text == "Echo: retry me"
+        message.refresh_from_db()
+        assert message.attempts == 1 and message.status == "answered"
+
+    def test_history_is_sent_to_the_model(self, api_channel, customer, fake_llm):
+        first = send(api_channel, customer, "my name is Ada")
+        agent_run(first.id)
+        second = send(api_channel, customer, "what is my name?", conversation_id=str(first.conversation_id))
+        agent_run(second.id)
+        sent = fake_llm.stats()["last_request"]["messages"]
+        assert [(m["role"], m["content"]) for m in sent] == [
+            ("system", "Be brief."), ("user", "my name is Ada"), ("assistant", "Echo: my name is Ada"),
+            ("user", "what is my name?"),
+        ]
+
+    def test_model_error_fails_the_message_logs_it_and_tells_the_sender(self, api_channel, customer):
+        message = send(api_channel, customer, "boom [[fail:500]]")
+        listener = Listener(reply_group(message.id))
+        assert agent_run(message.id) is None
+        message.refresh_from_db()
+        assert message.status == "failed" and message.error_code == "provider_error"
+        call = LLMCall.objects.get(message=message)
+        assert call.status == "error" and "500" in call.error
+        events = listener.drain()
+        assert [e["type"] for e in events] == ["agent.error"]
+        assert events[0]["code"] == "agent_failed"
+
+    def test_web_chat_streams_deltas_then_the_reply(self, webchat_channel, customer):
+        message = send(webchat_channel, customer, "stream this please")
+        listener = Listener(conversation_group(message.conversation_id))
+        reply = agent_run(message.id)
+        events = listener.drain()
+        deltas = [e["delta"] for e in events if e["type"] == "chat.delta"]
+        assert "".join(deltas) == reply.text == "Echo: stream this please"
+        assert len(deltas) > 1
+        assert events[-1]["type"] == "chat.reply" and events[-1]["reply_to"] == str(message.id)
+        assert LLMCall.objects.get(message=message).ttft_ms is not None
+
+    def test_truncated_stream_is_an_error_not_a_half_answer(self, webchat_channel, customer):
+        message = send(webchat_channel, customer, "cut me [[truncate]]")
+        listener = Listener(conversation_group(message.conversation_id))
+        assert agent_run(message.id) is None
+        message.refresh_from_db()
+        assert message.status == "failed"
+        assert not Message.objects.filter(reply_to=message).exists()
+        assert listener.drain()[-1]["type"] == "chat.error"

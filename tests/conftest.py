@@ -1,0 +1,155 @@
+"""Shared fixtures: role users, API keys, the LLM stand-in, demo channels and agents.
+
+Tests marked ``services`` need PostgreSQL and Redis (DATABASE_URL + REDIS_URL). On the embedded
+default they are skipped and listed at the end of the run; with GATEWAY_REQUIRE_SERVICES=1 (CI)
+a missing service fails the run instead.
+"""
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+
+import pytest
+from django.conf import settings
+
+from apps.agents.fake_llm import FakeLLMServer
+from apps.agents.models import Agent, LLMModel, Provider, Visibility
+from apps.connectors.models import Channel
+from apps.identities.models import ApiKey
+from apps.identities.roles import Role, ensure_role_groups
+
+SERVICES = bool(settings.REDIS_URL) and settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+REQUIRE_SERVICES = os.environ.get("GATEWAY_REQUIRE_SERVICES") == "1"
+SKIP_REASON = "needs PostgreSQL and Redis: set DATABASE_URL and REDIS_URL (as .ci/run does)"
+
+_skipped_services: list[str] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    if SERVICES:
+        return
+    if REQUIRE_SERVICES:
+        raise pytest.UsageError(
+            "GATEWAY_REQUIRE_SERVICES=1 but DATABASE_URL (PostgreSQL) and REDIS_URL are not both set"
+        )
+    for item in items:
+        if "services" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
+            _skipped_services.append(item.nodeid)
+
+
+def pytest_sessionstart(session):
+    if not (SERVICES and REQUIRE_SERVICES):
+        return
+    import psycopg
+    import redis
+
+    # Fail fast and clearly when CI's services are down, rather than test by test.
+    redis.Redis.from_url(settings.REDIS_URL, socket_timeout=3).ping()
+    db = settings.DATABASES["default"]
+    psycopg.connect(
+        host=db["HOST"] or "localhost", port=db["PORT"] or 5432, user=db["USER"],
+        password=db["PASSWORD"], dbname="postgres", connect_timeout=3,
+    ).close()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _skipped_services:
+        terminalreporter.section("service-backed tests skipped")
+        terminalreporter.write_line(f"{len(_skipped_services)} tests skipped: {SKIP_REASON}")
+        for nodeid in _skipped_services:
+            terminalreporter.write_line(f"  {nodeid}")
+
+
+# --- people ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def roles(db):
+    return ensure_role_groups()
+
+
+@pytest.fixture
+def make_user(roles, django_user_model):
+    counter = iter(range(1, 10_000))
+
+    def make(role: str | None = Role.CUSTOMER, **fields):
+        fields.setdefault("username", f"{role or 'nobody'}-{next(counter)}-{os.urandom(3).hex()}")
+        user = django_user_model.objects.create_user(password="pw-for-tests", **fields)
+        if role:
+            user.groups.add(roles[role])
+        return user
+
+    return make
+
+
+@pytest.fixture
+def customer(make_user):
+    return make_user(Role.CUSTOMER)
+
+
+@pytest.fixture
+def employee(make_user):
+    return make_user(Role.EMPLOYEE)
+
+
+@pytest.fixture
+def admin_user(make_user):
+    return make_user(Role.ADMIN, is_staff=True)
+
+
+@pytest.fixture
+def outsider(make_user):
+    """Signed up, but in no role: owns nothing and may use nothing beyond the basics."""
+    return make_user(None)
+
+
+@pytest.fixture
+def api_key_for(db):
+    def issue(user) -> str:
+        return ApiKey.generate(user=user, name="test")[1]
+
+    return issue
+
+
+# --- the LLM stand-in and the demo setup ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fake_llm():
+    """The OpenAI-compatible stand-in, in this process, on a free port."""
+    server = FakeLLMServer()
+    server.start_in_thread()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def provider(db, fake_llm):
+    return Provider.objects.create(slug="fake", name="Fake", base_url=fake_llm.base_url, timeout_seconds=10)
+
+
+@pytest.fixture
+def llm_model(provider):
+    return LLMModel.objects.create(
+        provider=provider, name="fake-gpt",
+        input_price_per_1k=Decimal("0.001"), output_price_per_1k=Decimal("0.002"),
+    )
+
+
+@pytest.fixture
+def agent(llm_model):
+    return Agent.objects.create(
+        slug="assistant", name="Assistant", model=llm_model, system_prompt="Be brief.",
+        visibility=Visibility.PUBLIC, max_tokens=200,
+    )
+
+
+@pytest.fixture
+def api_channel(agent):
+    return Channel.objects.create(slug="api", name="API", kind="api", default_agent=agent)
+
+
+@pytest.fixture
+def webchat_channel(agent):
+    return Channel.objects.create(slug="web", name="Web chat", kind="webchat", default_agent=agent)

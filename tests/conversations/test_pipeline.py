@@ -1,0 +1,113 @@
+"""Each pipeline step, from the side that passes and the side that must be refused."""
+import pytest
+
+from apps.conversations import pipeline
+from apps.conversations.errors import ChannelDisabled, Forbidden, NoRoute, NotFound, RateLimited
+from apps.conversations.models import Conversation, Message
+from apps.conversations.normalized import NormalizedMessage
+from apps.identities.models import ChannelIdentity
+
+
+def normalized(channel, text="hello", **fields):
+    return NormalizedMessage(channel=channel.kind, channel_id=channel.slug,
+                             user_id=fields.pop("user_id", "u-1"), message=text, **fields)
+
+
+@pytest.mark.django_db
+class TestAccept:
+    def test_persists_message_and_conversation_and_enqueues_after_commit(
+        self, api_channel, customer, django_capture_on_commit_callbacks
+    ):
+        with django_capture_on_commit_callbacks() as callbacks:
+            accepted = pipeline.accept(normalized(api_channel, "hi there"), channel=api_channel, principal=customer)
+        message = Message.objects.get(pk=accepted.message.pk)
+        assert (message.direction, message.status, message.text) == ("in", "accepted", "hi there")
+        assert message.conversation.user == customer
+        assert message.conversation.agent == api_channel.default_agent
+        assert accepted.duplicate is False
+        assert len(callbacks) == 1  # the agent run is queued only once the message is committed
+
+    def test_repeated_delivery_returns_the_original_and_enqueues_nothing(
+        self, api_channel, customer, django_capture_on_commit_callbacks
+    ):
+        first = pipeline.accept(normalized(api_channel, external_id="evt-1"), channel=api_channel, principal=customer)
+        with django_capture_on_commit_callbacks() as callbacks:
+            again = pipeline.accept(normalized(api_channel, external_id="evt-1"), channel=api_channel,
+                                    principal=customer)
+        assert again.duplicate is True
+        assert again.message.pk == first.message.pk
+        assert callbacks == []
+        assert Message.objects.filter(external_id="evt-1").count() == 1
+
+    def test_racing_duplicate_insert_is_turned_into_the_original(self, api_channel, customer):
+        first = pipeline.accept(normalized(api_channel, external_id="evt-2"), channel=api_channel, principal=customer)
+        # A second delivery that got past dedupe() before the first was stored:
+        raced = pipeline.persist(normalized(api_channel, external_id="evt-2"), channel=api_channel, user=customer,
+                                 conversation=None, agent=api_channel.default_agent)
+        assert raced.duplicate is True and raced.message.pk == first.message.pk
+
+    def test_continues_the_senders_own_conversation(self, api_channel, customer):
+        first = pipeline.accept(normalized(api_channel), channel=api_channel, principal=customer)
+        second = pipeline.accept(normalized(api_channel, conversation_id=str(first.conversation.pk)),
+                                 channel=api_channel, principal=customer)
+        assert second.conversation.pk == first.conversation.pk
+        assert Conversation.objects.count() == 1
+
+    def test_refuses_another_users_conversation(self, api_channel, customer, outsider):
+        theirs = pipeline.accept(normalized(api_channel), channel=api_channel, principal=customer)
+        with pytest.raises(NotFound):
+            pipeline.accept(normalized(api_channel, conversation_id=str(theirs.conversation.pk)),
+                            channel=api_channel, principal=outsider)
+        assert Message.objects.count() == 1
+
+    def test_refuses_a_disabled_channel(self, api_channel, customer):
+        api_channel.enabled = False
+        with pytest.raises(ChannelDisabled) as refused:
+            pipeline.accept(normalized(api_channel), channel=api_channel, principal=customer)
+        assert refused.value.status == 403
+        assert not Message.objects.exists()
+
+    def test_refuses_an_inactive_user(self, api_channel, customer):
+        customer.is_active = False
+        with pytest.raises(Forbidden):
+            pipeline.accept(normalized(api_channel), channel=api_channel, principal=customer)
+
+    def test_rate_limit_refuses_past_the_named_rate_with_retry_after(self, api_channel, customer, settings):
+        settings.GATEWAY_USER_RATE = "2/m"
+        for _ in range(2):
+            pipeline.accept(normalized(api_channel), channel=api_channel, principal=customer)
+        with pytest.raises(RateLimited) as refused:
+            pipeline.accept(normalized(api_channel), channel=api_channel, principal=customer)
+        assert refused.value.status == 429
+        assert 1 <= refused.value.retry_after <= 60
+        assert Message.objects.count() == 2
+
+    def test_rate_limit_is_per_user(self, api_channel, customer, employee, settings):
+        settings.GATEWAY_USER_RATE = "1/m"
+        pipeline.accept(normalized(api_channel), channel=api_channel, principal=customer)
+        pipeline.accept(normalized(api_channel), channel=api_channel, principal=employee)
+        with pytest.raises(RateLimited):
+            pipeline.accept(normalized(api_channel), channel=api_channel, principal=customer)
+
+    def test_no_agent_for_the_channel_is_a_clear_503(self, api_channel, customer):
+        api_channel.default_agent = None
+        with pytest.raises(NoRoute) as refused:
+            pipeline.accept(normalized(api_channel), channel=api_channel, principal=customer)
+        assert refused.value.status == 503
+
+    def test_unknown_sender_becomes_a_customer_with_an_identity(self, api_channel, roles):
+        accepted = pipeline.accept(normalized(api_channel, user_id="ext-42"), channel=api_channel)
+        identity = ChannelIdentity.objects.get(channel=api_channel, external_id="ext-42")
+        assert accepted.message.sender == identity.user
+        assert identity.user.role == "customer"
+        again = pipeline.accept(normalized(api_channel, user_id="ext-42"), channel=api_channel)
+        assert again.message.sender == identity.user  # known identity, same person
+
+    def test_sticks_to_the_conversations_agent(self, api_channel, customer, llm_model):
+        from apps.agents.models import Agent
+
+        first = pipeline.accept(normalized(api_channel), channel=api_channel, principal=customer)
+        api_channel.default_agent = Agent.objects.create(slug="other", name="Other", model=llm_model)
+        second = pipeline.accept(normalized(api_channel, conversation_id=str(first.conversation.pk)),
+                                 channel=api_channel, principal=customer)
+        assert second.message.agent == first.message.agent
