@@ -86,15 +86,15 @@ class MessageCreateApi(AsyncAPIView):
         )
         wait = fields.get("wait") or 0
         if not wait:
-            accepted = await sync_to_async(accept)(msg, channel=channel, principal=user)
+            accepted = await sync_to_async(accept)(msg, channel=channel, principal=user, api_key=request.auth)
             return Response(_accepted_body(accepted), status=202)
-        return await self._accept_and_wait(msg, channel, user, wait)
+        return await self._accept_and_wait(msg, channel, user, wait, api_key=request.auth)
 
-    async def _accept_and_wait(self, msg, channel, user, wait: float) -> Response:
+    async def _accept_and_wait(self, msg, channel, user, wait: float, *, api_key) -> Response:
         # Listen before the message is enqueued, so a fast reply cannot slip by.
         async with contextlib.AsyncExitStack() as stack:
             waiter = await stack.enter_async_context(ReplyWaiter(msg.id))
-            accepted = await sync_to_async(accept)(msg, channel=channel, principal=user)
+            accepted = await sync_to_async(accept)(msg, channel=channel, principal=user, api_key=api_key)
             if accepted.duplicate:
                 waiter = await stack.enter_async_context(ReplyWaiter(accepted.message.id))
                 stored = await sync_to_async(stored_reply_event)(accepted.message)

@@ -34,11 +34,15 @@ class Accepted:
     duplicate: bool = False
 
 
-def accept(msg: NormalizedMessage, *, channel: Channel, principal=None) -> Accepted:
+def accept(
+    msg: NormalizedMessage, *, channel: Channel, principal=None, api_key=None, client_ip: str | None = None
+) -> Accepted:
     """Take one inbound message through every step. Raises GatewayError when refused.
 
     ``principal`` is the gateway user when the entry point already knows it (API key owner,
     logged-in web chat session, visitor); otherwise the sender is looked up by channel identity.
+    ``api_key`` is the ApiKey row that authenticated the request, if any; ``client_ip`` the
+    caller's address as the entry point determined it (for limits and IP rules).
     A repeated delivery (same channel and external_id) returns the original message, unqueued.
     """
     if (original := dedupe(msg, channel)) is not None:

@@ -69,7 +69,8 @@ class TestAgentRun:
 
     def test_a_dead_workers_claim_expires(self, api_channel, customer):
         message = send(api_channel, customer, "retry me")
-        Message.objects.filter(pk=message.pk).update(status="processing", lease_until=timezone.now() + timedelta(minutes=5))
+        held_until = timezone.now() + timedelta(minutes=5)
+        Message.objects.filter(pk=message.pk).update(status="processing", lease_until=held_until)
         assert agent_run(message.id) is None  # another worker holds it
         Message.objects.filter(pk=message.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
         assert agent_run(message.id).text == "Echo: retry me"
