@@ -63,7 +63,6 @@ def claim(message_id) -> Message | None:
 
 
 def _answer(message: Message) -> Message | None:
-    agent = message.agent
     connector = message.channel.connector
     prompt = build_prompt(message)
     on_delta = None
@@ -71,25 +70,40 @@ def _answer(message: Message) -> Message | None:
         def on_delta(piece: str) -> None:
             connector.send_delta(message, piece)
     try:
-        result = llm.chat(
-            agent.model, prompt, max_tokens=agent.max_tokens, temperature=agent.temperature,
-            on_delta=on_delta,
-        )
+        result = call_model(message, message.agent.model, prompt, on_delta=on_delta)
     except llm.LLMError as exc:
-        record_llm_call(message, error=exc)
         fail_message(message, exc)
         return None
-    call = record_llm_call(message, result=result)
     reply = save_reply(message, result)
     if reply is None:
         return None
-    logger.info(
-        "agent answered",
-        extra={"model": result.model, "total_tokens": result.total_tokens,
-               "latency_ms": result.latency_ms, "llm_call_id": call.pk},
-    )
     deliver(reply, inbound=message)
     return reply
+
+
+def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict] | None = None,
+               on_delta=None, attempt: int = 1) -> llm.LLMResult:
+    """One attempt at one model call for ``message``, always logged as an LLMCall row.
+
+    Every model call of an agent run goes through here (fallbacks and tool steps included), so
+    per-call concerns (logging, token reservations) live in one place. Raises llm.LLMError.
+    """
+    agent = message.agent
+    try:
+        result = llm.chat(
+            model, prompt, max_tokens=agent.max_tokens, temperature=agent.temperature,
+            tools=tools, on_delta=on_delta,
+        )
+    except llm.LLMError as exc:
+        record_llm_call(message, model=model, error=exc, attempt=attempt)
+        raise
+    call = record_llm_call(message, model=model, result=result, attempt=attempt)
+    logger.info(
+        "model answered",
+        extra={"model": result.model, "total_tokens": result.total_tokens,
+               "latency_ms": result.latency_ms, "llm_call_id": call.pk, "attempt": attempt},
+    )
+    return result
 
 
 def build_prompt(message: Message) -> list[dict]:
@@ -165,10 +179,9 @@ def fail_message(message: Message, exc: llm.LLMError) -> None:
     )
 
 
-def record_llm_call(message: Message, *, result: llm.LLMResult | None = None,
+def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = None,
                     error: llm.LLMError | None = None, attempt: int = 1) -> LLMCall:
     agent = message.agent
-    model = agent.model
     fields = dict(
         message=message, conversation_id=message.conversation_id, user_id=message.sender_id,
         channel_id=message.channel_id, agent=agent, model=model.name,
