@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import LLMCall
+from .models import AuditEvent, LLMCall, RequestLog
 
 
 @admin.register(LLMCall)
@@ -18,4 +18,37 @@ class LLMCallAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(RequestLog)
+class RequestLogAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "channel_kind", "channel", "status_code", "rejection", "client_ip", "latency_ms")
+    list_filter = ("status_code", "rejection", "channel_kind")
+    search_fields = ("client_ip", "request_id", "user__username")
+    date_hierarchy = "created_at"
+    list_select_related = ("channel",)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "action", "actor", "target_type", "target_id", "client_ip")
+    list_filter = ("action", "target_type")
+    search_fields = ("action", "target_id", "actor__username")
+    date_hierarchy = "created_at"
+    list_select_related = ("actor",)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False
