@@ -1,0 +1,178 @@
+"""Start the gateway's real processes (fake_llm, Daphne, Celery worker) as subprocesses.
+
+Used by the end-to-end tests and the benchmarks. Each process logs to a file; ``Stack.stop()``
+ends them all (SIGTERM, then SIGKILL). Nothing here is imported by the gateway itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 30.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (found := re.search(pattern, self.log())) is not None:
+                return found
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not log {pattern!r} (exit {self.popen.poll()}):\n{self.log()[-4000:]}")
+
+    def wait_for_http(self, url: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not answer {url} (exit {self.popen.poll()}):\n{self.log()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.popen.poll() is not None:
+            return
+        self.popen.send_signal(sig)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to clean up (for fault tests)."""
+        self.stop(signal.SIGKILL)
+
+
+@dataclass
+class Stack:
+    """A set of processes sharing one environment (database, Redis, provider URL)."""
+
+    env: dict[str, str]
+    log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gateway-stack-")))
+    processes: list[Process] = field(default_factory=list)
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
+        log_path = self.log_dir / f"{name}-{len(self.processes)}.log"
+        with open(log_path, "wb") as log:
+            popen = subprocess.Popen(
+                args, cwd=BASE_DIR, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        process = Process(name, popen, log_path)
+        self.processes.append(process)
+        return process
+
+    def manage(self, *args: str, timeout: float = 120.0) -> str:
+        """Run a management command to completion; returns its stdout."""
+        done = subprocess.run(
+            [PYTHON, "manage.py", *args], cwd=BASE_DIR, env=self.env, capture_output=True, text=True,
+            timeout=timeout,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
+    def fake_llm(self, *extra: str) -> str:
+        """Start the LLM stand-in; returns its base URL (``http://127.0.0.1:PORT/v1``)."""
+        process = self.spawn("fake_llm", [PYTHON, "manage.py", "fake_llm", "--port", "0", *extra])
+        return process.wait_for_log(r"listening on (http://\S+/v1)").group(1)
+
+    def daphne(self, port: int | None = None, env: dict[str, str] | None = None) -> str:
+        """Start one Daphne process; returns its base URL once /healthz answers."""
+        port = port or free_port()
+        process = self.spawn(
+            "daphne", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "gateway_project.asgi:application"],
+            env=env,
+        )
+        url = f"http://127.0.0.1:{port}"
+        process.wait_for_http(f"{url}/healthz")
+        return url
+
+    def worker(self, concurrency: int = 8, env: dict[str, str] | None = None) -> Process:
+        """Start a Celery worker on the gateway queue (threads pool); returns once it is ready."""
+        process = self.spawn(
+            "celery",
+            [str(BIN / "celery"), "-A", "gateway_project", "worker", "-P", "threads", "-c", str(concurrency),
+             "-Q", "gateway", "-l", "INFO", "--without-mingle", "--without-gossip", "--without-heartbeat"],
+            env=env,
+        )
+        process.wait_for_log(r"ready\.", timeout=60)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"===== {p.name} ({p.log_path})\n{p.log()[-3000:]}" for p in self.processes)
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    """This environment minus anything that would point children at another database or Redis."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in {"DATABASE_URL", "REDIS_URL", "GATEWAY_AGENT_DISPATCH", "CELERY_BROKER_URL"}}
+    env.update({"PYTHONUNBUFFERED": "1", "DJANGO_SETTINGS_MODULE": "gateway_project.settings"})
+    env.update(overrides)
+    return env
+
+
+def database_url(db: dict) -> str:
+    """A DATABASE_URL for a Django DATABASES entry (PostgreSQL)."""
+    auth = db.get("USER") or "postgres"
+    if db.get("PASSWORD"):
+        auth += f":{db['PASSWORD']}"
+    return f"postgres://{auth}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+def http(method: str, url: str, body=None, headers: dict | None = None, timeout: float = 30):
+    """(status, parsed JSON or text, headers) — errors are answers too, not exceptions."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw, response_headers = response.status, response.read(), response.headers
+    except urllib.error.HTTPError as error:
+        status, raw, response_headers = error.code, error.read(), error.headers
+    try:
+        return status, json.loads(raw), response_headers
+    except ValueError:
+        return status, raw.decode(errors="replace"), response_headers
+
+
+def visitor_token(base_url: str, slug: str) -> str:
+    _status, page, _headers = http("GET", f"{base_url}/chat/{slug}/")
+    return json.loads(re.search(r'id="visitor-token" type="application/json">(.*?)</script>', page).group(1))

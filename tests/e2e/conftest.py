@@ -1,0 +1,46 @@
+"""End-to-end fixtures: real fake_llm, Daphne and Celery worker processes."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from gateway_project.stack import Stack, base_env, database_url
+
+
+@pytest.fixture(scope="session")
+def services_stack(django_db_setup, django_db_blocker):
+    """fake_llm + Celery worker + Daphne on the test database and Redis (services mode)."""
+    from django.conf import settings
+
+    stack = Stack(base_env(DATABASE_URL=database_url(settings.DATABASES["default"]), REDIS_URL=settings.REDIS_URL))
+    try:
+        llm_url = stack.fake_llm()
+        stack.worker()
+        url = stack.daphne()
+        yield SimpleNamespace(stack=stack, url=url, llm_url=llm_url)
+    except Exception:
+        print(stack.logs())
+        raise
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def embedded_stack(tmp_path_factory):
+    """The embedded default, as `make run` starts it: SQLite, no Redis, one Daphne + fake_llm."""
+    db_path = tmp_path_factory.mktemp("embedded") / "gateway.sqlite3"
+    stack = Stack(base_env(DATABASE_URL=f"sqlite:///{db_path}"))
+    try:
+        llm_url = stack.fake_llm()
+        stack.env["OPENAI_BASE_URL"] = llm_url
+        stack.manage("migrate", "--noinput")
+        demo = json.loads(stack.manage("seed_demo", "--json"))
+        url = stack.daphne()
+        yield SimpleNamespace(stack=stack, url=url, llm_url=llm_url, demo=demo)
+    except Exception:
+        print(stack.logs())
+        raise
+    finally:
+        stack.stop()
