@@ -153,3 +153,11 @@ def api_channel(agent):
 @pytest.fixture
 def webchat_channel(agent):
     return Channel.objects.create(slug="web", name="Web chat", kind="webchat", default_agent=agent)
+
+
+@pytest.fixture(autouse=True)
+def _queue_agent_runs_to_the_broker(settings):
+    """Unit tests run agents themselves (``agent_run``), as a worker would. Accepted messages go
+    to the broker (memory:// on the embedded default), not to background threads that would
+    outlive the test; the end-to-end tests run real workers."""
+    settings.GATEWAY_AGENT_DISPATCH = "celery"

@@ -1,0 +1,138 @@
+"""The web chat websocket, driven through the real ASGI application (frames in DESIGN.md)."""
+import uuid
+
+import pytest
+from channels.testing import WebsocketCommunicator
+
+from apps.connectors.visitors import visitor_token_issue
+from apps.conversations.models import Conversation, Message
+from gateway_project.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def connect(path, origin=None, user=None):
+    headers = [(b"host", b"testserver")]
+    if origin:
+        headers.append((b"origin", origin.encode()))
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    if user is not None:
+        communicator.scope["user"] = user
+    connected, _ = await communicator.connect()
+    assert connected
+    return communicator
+
+
+def visitor_path(channel, **params):
+    query = "&".join(f"{k}={v}" for k, v in {"visitor": visitor_token_issue(channel), **params}.items())
+    return f"/ws/chat/{channel.slug}/?{query}"
+
+
+async def refused_with(communicator, code):
+    frame = await communicator.receive_json_from(timeout=5)
+    assert frame["type"] == "error" and frame["code"] == code, frame
+    closed = await communicator.receive_output(timeout=5)
+    assert closed["type"] == "websocket.close"
+    await communicator.disconnect()
+
+
+async def test_visitor_message_is_acked_and_persisted(webchat_channel):
+    ws = await connect(visitor_path(webchat_channel), origin="http://testserver")
+    await ws.send_json_to({"type": "message", "message": "hi", "client_id": "c-1"})
+    ack = await ws.receive_json_from(timeout=5)
+    assert ack["type"] == "ack" and ack["client_id"] == "c-1" and ack["duplicate"] is False
+    message = await Message.objects.select_related("sender").aget(pk=ack["message_id"])
+    assert message.text == "hi" and message.sender.is_visitor
+    assert str(message.conversation_id) == ack["conversation_id"]
+    await ws.send_json_to({"type": "message", "message": "hi", "client_id": "c-1"})
+    again = await ws.receive_json_from(timeout=5)
+    assert again["duplicate"] is True and again["message_id"] == ack["message_id"]
+    await ws.disconnect()
+
+
+async def test_logged_in_session_is_that_user(webchat_channel, employee):
+    ws = await connect(f"/ws/chat/{webchat_channel.slug}/", user=employee)
+    await ws.send_json_to({"type": "message", "message": "as staff"})
+    ack = await ws.receive_json_from(timeout=5)
+    message = await Message.objects.aget(pk=ack["message_id"])
+    assert message.sender_id == employee.pk
+    await ws.disconnect()
+
+
+async def test_no_identity_is_refused(webchat_channel):
+    await refused_with(await connect(f"/ws/chat/{webchat_channel.slug}/"), "unauthenticated")
+
+
+async def test_forged_visitor_token_is_refused(webchat_channel):
+    path = f"/ws/chat/{webchat_channel.slug}/?visitor=" + visitor_token_issue(webchat_channel)[:-3] + "abc"
+    await refused_with(await connect(path), "unauthenticated")
+
+
+async def test_token_of_another_chat_is_refused(webchat_channel):
+    from apps.connectors.models import Channel
+
+    other = await Channel.objects.acreate(slug="other", name="Other", kind="webchat")
+    path = f"/ws/chat/{webchat_channel.slug}/?visitor={visitor_token_issue(other)}"
+    await refused_with(await connect(path), "unauthenticated")
+
+
+async def test_visitors_refused_where_the_channel_wants_sign_in(webchat_channel):
+    webchat_channel.allow_visitors = False
+    await webchat_channel.asave()
+    await refused_with(await connect(visitor_path(webchat_channel)), "forbidden")
+
+
+async def test_foreign_origin_is_refused(webchat_channel):
+    await refused_with(await connect(visitor_path(webchat_channel), origin="https://evil.example"), "forbidden")
+
+
+async def test_listed_origin_is_allowed(webchat_channel):
+    webchat_channel.allowed_origins = ["https://shop.example"]
+    await webchat_channel.asave()
+    ws = await connect(visitor_path(webchat_channel), origin="https://shop.example")
+    await ws.send_json_to({"type": "message", "message": "hello"})
+    assert (await ws.receive_json_from(timeout=5))["type"] == "ack"
+    await ws.disconnect()
+
+
+async def test_unknown_and_disabled_chats_are_refused(webchat_channel):
+    await refused_with(await connect("/ws/chat/nope/"), "not_found")
+    webchat_channel.enabled = False
+    await webchat_channel.asave()
+    await refused_with(await connect(visitor_path(webchat_channel)), "not_found")
+
+
+async def test_another_users_conversation_is_refused(webchat_channel, customer):
+    theirs = await Conversation.objects.acreate(channel=webchat_channel, user=customer)
+    await refused_with(await connect(visitor_path(webchat_channel, conversation=theirs.pk)), "not_found")
+    await refused_with(await connect(visitor_path(webchat_channel, conversation="not-a-uuid")), "not_found")
+    await refused_with(await connect(visitor_path(webchat_channel, conversation=uuid.uuid4())), "not_found")
+
+
+@pytest.mark.parametrize("frame", [
+    {"type": "message"}, {"type": "message", "message": ""}, {"type": "message", "message": 5},
+    {"type": "hello"}, ["message"], {"type": "message", "message": "x", "client_id": 7},
+    {"type": "message", "message": "x" * 8001},
+])
+async def test_bad_frames_get_an_error_frame_and_the_socket_stays(webchat_channel, frame):
+    ws = await connect(visitor_path(webchat_channel))
+    await ws.send_json_to(frame)
+    error = await ws.receive_json_from(timeout=5)
+    assert error["type"] == "error" and error["code"] == "invalid_request"
+    await ws.send_to(text_data="{not json")
+    assert (await ws.receive_json_from(timeout=5))["code"] == "invalid_request"
+    await ws.send_json_to({"type": "message", "message": "still here"})
+    assert (await ws.receive_json_from(timeout=5))["type"] == "ack"
+    await ws.disconnect()
+    assert await Message.objects.acount() == 1
+
+
+async def test_rate_limit_is_an_error_frame_with_retry_after(webchat_channel, settings):
+    settings.GATEWAY_USER_RATE = "1/m"
+    ws = await connect(visitor_path(webchat_channel))
+    await ws.send_json_to({"type": "message", "message": "one"})
+    assert (await ws.receive_json_from(timeout=5))["type"] == "ack"
+    await ws.send_json_to({"type": "message", "message": "two", "client_id": "c-2"})
+    error = await ws.receive_json_from(timeout=5)
+    assert error["code"] == "rate_limited" and error["retry_after"] >= 1 and error["client_id"] == "c-2"
+    await ws.disconnect()
