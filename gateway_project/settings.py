@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "guardian",
     "apps.identities",
@@ -152,6 +153,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "One front door for channels (API, web chat, Slack, WeCom, CRM) to AI agents.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI served from the project itself: the gateway works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
 LANGUAGE_CODE = "en-us"

@@ -1,0 +1,30 @@
+# The gateway image: Daphne (HTTP + websockets), Celery workers and beat all run from it.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# curl for the container health checks.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends curl \
+    && rm -rf /var/lib/apt/lists/*
+
+COPY pyproject.toml README.md ./
+COPY gateway_project ./gateway_project
+COPY apps ./apps
+RUN pip install .
+
+COPY manage.py ./
+COPY templates ./templates
+RUN SECRET_KEY=build-only python manage.py collectstatic --noinput
+
+RUN useradd --system --uid 10001 --home-dir /app gateway && chown -R gateway /app
+USER gateway
+
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --retries=3 CMD curl -fs http://127.0.0.1:8000/healthz || exit 1
+CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "gateway_project.asgi:application"]
