@@ -12,6 +12,7 @@ from apps.conversations.errors import BadRequest, Forbidden, GatewayError, NotFo
 from apps.conversations.normalized import NormalizedMessage
 from apps.conversations.pipeline import accept
 from apps.conversations.realtime import conversation_group
+from apps.conversations.selectors import conversation_history
 from apps.conversations.services import conversation_open
 
 from .models import Channel
@@ -62,6 +63,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         if self.conversation_id:
             await self._join(self.conversation_id)
+            # A returning tab sees what was said, including replies that landed while it was away.
+            history = await database_sync_to_async(conversation_history)(self.conversation_id)
+            await self.send_json({"type": "history", "conversation_id": self.conversation_id, "messages": history})
 
     async def _refuse(self, error: GatewayError, close_code: int) -> None:
         # Accept first so the browser receives the reason, then close.

@@ -136,3 +136,16 @@ async def test_rate_limit_is_an_error_frame_with_retry_after(webchat_channel, se
     error = await ws.receive_json_from(timeout=5)
     assert error["code"] == "rate_limited" and error["retry_after"] >= 1 and error["client_id"] == "c-2"
     await ws.disconnect()
+
+
+async def test_reconnecting_to_a_conversation_replays_its_history(webchat_channel):
+    token = visitor_token_issue(webchat_channel)
+    ws = await connect(f"/ws/chat/{webchat_channel.slug}/?visitor={token}")
+    await ws.send_json_to({"type": "message", "message": "remember me"})
+    ack = await ws.receive_json_from(timeout=5)
+    await ws.disconnect()
+    ws = await connect(f"/ws/chat/{webchat_channel.slug}/?visitor={token}&conversation={ack['conversation_id']}")
+    history = await ws.receive_json_from(timeout=5)
+    assert history["type"] == "history" and history["conversation_id"] == ack["conversation_id"]
+    assert [(m["direction"], m["message"]) for m in history["messages"]] == [("in", "remember me")]
+    await ws.disconnect()
