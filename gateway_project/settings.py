@@ -175,6 +175,14 @@ GATEWAY_HISTORY_MESSAGES = env.int("GATEWAY_HISTORY_MESSAGES", default=20)
 # A worker that claimed a message and then died loses it after this long.
 GATEWAY_AGENT_LEASE_SECONDS = env.int("GATEWAY_AGENT_LEASE_SECONDS", default=300)
 GATEWAY_EMBEDDED_WORKERS = env.int("GATEWAY_EMBEDDED_WORKERS", default=16)
+# Agent runs (apps/agents/orchestrator.py): retries per model before the next of the fallback
+# chain, exponential backoff between them, Retry-After honoured up to a cap; tool loop bound.
+GATEWAY_LLM_RETRIES = env.int("GATEWAY_LLM_RETRIES", default=2)
+GATEWAY_LLM_BACKOFF_BASE_SECONDS = env.float("GATEWAY_LLM_BACKOFF_BASE_SECONDS", default=0.5)
+GATEWAY_LLM_BACKOFF_MAX_SECONDS = env.float("GATEWAY_LLM_BACKOFF_MAX_SECONDS", default=8.0)
+GATEWAY_LLM_RETRY_AFTER_MAX_SECONDS = env.float("GATEWAY_LLM_RETRY_AFTER_MAX_SECONDS", default=30.0)
+GATEWAY_TOOL_MAX_STEPS = env.int("GATEWAY_TOOL_MAX_STEPS", default=4)
+GATEWAY_TOOL_RESULT_MAX_CHARS = env.int("GATEWAY_TOOL_RESULT_MAX_CHARS", default=8000)
 WEBCHAT_ALLOWED_ORIGINS = env.list("WEBCHAT_ALLOWED_ORIGINS", default=[])
 WEBCHAT_VISITOR_TOKEN_MAX_AGE_SECONDS = env.int(
     "WEBCHAT_VISITOR_TOKEN_MAX_AGE_SECONDS", default=30 * 24 * 3600

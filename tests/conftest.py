@@ -61,6 +61,13 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"  {nodeid}")
 
 
+@pytest.fixture(autouse=True)
+def _no_llm_backoff(settings):
+    """Retries of model calls happen at once in tests (backoff is tested as a function)."""
+    settings.GATEWAY_LLM_BACKOFF_BASE_SECONDS = 0
+    settings.GATEWAY_LLM_RETRY_AFTER_MAX_SECONDS = 0
+
+
 # --- people ------------------------------------------------------------------------------
 
 

@@ -1,6 +1,7 @@
 from django.contrib import admin
+from guardian.admin import GuardedModelAdmin
 
-from .models import Agent, LLMModel, Provider
+from .models import Agent, AgentFallback, LLMModel, Provider, Tool, ToolCall
 
 
 @admin.register(Provider)
@@ -18,9 +19,48 @@ class LLMModelAdmin(admin.ModelAdmin):
     list_select_related = ("provider",)
 
 
+class AgentFallbackInline(admin.TabularInline):
+    """The fallback chain: tried in position order when the agent's model keeps failing."""
+
+    model = AgentFallback
+    extra = 0
+    ordering = ("position",)
+    autocomplete_fields = ("model",)
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
     list_display = ("slug", "name", "model", "visibility", "max_tokens", "temperature", "enabled")
     list_filter = ("visibility", "enabled", "model__provider")
     search_fields = ("slug", "name", "system_prompt")
     list_select_related = ("model__provider",)
+    filter_horizontal = ("tools",)
+    inlines = [AgentFallbackInline]
+
+
+@admin.register(Tool)
+class ToolAdmin(GuardedModelAdmin):
+    """Who may use a tool: its visibility (by role), or per user/group via Object permissions."""
+
+    list_display = ("slug", "name", "visibility", "enabled")
+    list_filter = ("visibility", "enabled")
+    search_fields = ("slug", "name", "description")
+    readonly_fields = ("slug", "parameters")
+
+    def has_add_permission(self, request) -> bool:
+        return False  # rows come from the tool registry (code), see apps/agents/tools
+
+
+@admin.register(ToolCall)
+class ToolCallAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "name", "status", "user", "step", "latency_ms")
+    list_filter = ("status", "name")
+    search_fields = ("name", "user__username", "message__id")
+    list_select_related = ("user",)
+    readonly_fields = [f.name for f in ToolCall._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -14,11 +14,13 @@ from .models import LLMModel, Provider
 class LLMError(Exception):
     """A model call that produced no usable answer. ``retryable``: worth another attempt."""
 
-    def __init__(self, code: str, message: str, *, retryable: bool = False, status: int | None = None):
+    def __init__(self, code: str, message: str, *, retryable: bool = False, status: int | None = None,
+                 retry_after: float | None = None):
         self.code = code
         self.message = message
         self.retryable = retryable
         self.status = status
+        self.retry_after = retry_after  # seconds the provider asked us to wait (Retry-After)
         super().__init__(f"{code}: {message}")
 
 
@@ -88,6 +90,7 @@ def chat(
         raise LLMError(
             "provider_error", _status_text(exc), status=exc.status_code,
             retryable=exc.status_code in (408, 409, 429) or exc.status_code >= 500,
+            retry_after=_retry_after(exc),
         ) from exc
     except openai.APITimeoutError as exc:
         raise LLMError("timeout", "The model did not answer in time.", retryable=True) from exc
@@ -142,6 +145,9 @@ def _stream(client: openai.OpenAI, params: dict, on_delta, started: float) -> LL
                     _merge_tool_call_delta(tool_calls, tc)
                 if choice.finish_reason:
                     result.finish_reason = choice.finish_reason
+    except openai.APIConnectionError as exc:
+        # The connection dropped mid-answer (the client reports it as a connection error).
+        raise LLMError("truncated_stream", "The model's answer was cut off.", retryable=True) from exc
     finally:
         stream.close()
     if result.finish_reason is None:
@@ -160,6 +166,14 @@ def _merge_tool_call_delta(calls: dict[int, dict], delta) -> None:
     if delta.function is not None:
         call["function"]["name"] += delta.function.name or ""
         call["function"]["arguments"] += delta.function.arguments or ""
+
+
+def _retry_after(exc: openai.APIStatusError) -> float | None:
+    try:
+        value = float(exc.response.headers.get("retry-after", ""))
+    except (TypeError, ValueError):
+        return None  # absent, or an HTTP date: fall back to our own backoff
+    return max(0.0, value)
 
 
 def _status_text(exc: openai.APIStatusError) -> str:

@@ -77,6 +77,12 @@ class Agent(models.Model):
     history_messages = models.PositiveIntegerField(
         default=20, help_text="How many earlier messages of the conversation the model sees."
     )
+    history_tokens = models.PositiveIntegerField(
+        default=0, help_text="Also cap the earlier messages at about this many tokens (0: no cap)."
+    )
+    tools = models.ManyToManyField(
+        "Tool", blank=True, related_name="agents", help_text="The tools this agent's models may call."
+    )
     visibility = models.CharField(
         max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC
     )
@@ -88,3 +94,76 @@ class Agent(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class AgentFallback(models.Model):
+    """One step of an agent's fallback chain: tried in ``position`` order after the main model."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="fallbacks")
+    model = models.ForeignKey(LLMModel, on_delete=models.PROTECT, related_name="+")
+    position = models.PositiveSmallIntegerField(default=1)
+
+    class Meta:
+        ordering = ["agent", "position", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "model"], name="fallback_model_once_per_agent")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent.slug} #{self.position}: {self.model}"
+
+
+class Tool(models.Model):
+    """A Python tool the models may call (function calling). The code lives in the tool registry
+    (apps/agents/tools); this row is what staff manage: who may use it and whether it is on."""
+
+    slug = models.SlugField(max_length=64, unique=True, help_text="The registry name; what the model calls.")
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True, help_text="What the model is told the tool does.")
+    parameters = models.JSONField(default=dict, blank=True, help_text="JSON schema of the arguments.")
+    visibility = models.CharField(max_length=16, choices=Visibility.choices, default=Visibility.ADMIN)
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["slug"]
+        permissions = [("use_tool", "Can use the tool (grant per tool as an object permission)")]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    def spec(self) -> dict:
+        """The OpenAI ``tools`` entry for this tool."""
+        return {"type": "function", "function": {
+            "name": self.slug, "description": self.description,
+            "parameters": self.parameters or {"type": "object", "properties": {}},
+        }}
+
+
+class ToolCall(models.Model):
+    """One tool call a model asked for during an agent run, and what came of it."""
+
+    class Status(models.TextChoices):
+        OK = "ok", "OK"
+        REFUSED = "refused", "Refused (not permitted)"
+        INVALID = "invalid", "Invalid arguments"
+        UNKNOWN = "unknown", "Unknown tool"
+        ERROR = "error", "Tool error"
+
+    message = models.ForeignKey(
+        "conversations.Message", null=True, on_delete=models.SET_NULL, related_name="tool_calls"
+    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    tool = models.ForeignKey(Tool, null=True, blank=True, on_delete=models.SET_NULL, related_name="calls")
+    name = models.CharField(max_length=100, help_text="The tool name the model asked for.")
+    step = models.PositiveSmallIntegerField(default=1)
+    arguments = models.TextField(blank=True)
+    result = models.TextField(blank=True)
+    status = models.CharField(max_length=8, choices=Status.choices)
+    latency_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.status}"

@@ -19,7 +19,7 @@ from apps.conversations.models import Direction, Message, Status
 from apps.logs.models import LLMCall
 from apps.logs.structured import message_id_var
 
-from . import llm
+from . import llm, orchestrator
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +65,16 @@ def claim(message_id) -> Message | None:
 def _answer(message: Message) -> Message | None:
     connector = message.channel.connector
     prompt = build_prompt(message)
-    on_delta = None
+    on_delta = on_reset = None
     if connector.wants_stream(message):
         def on_delta(piece: str) -> None:
             connector.send_delta(message, piece)
+
+        def on_reset() -> None:
+            connector.send_reset(message)
     try:
-        result = call_model(message, message.agent.model, prompt, on_delta=on_delta)
+        # Tool loop, retries and the fallback chain; every model call goes through call_model.
+        result = orchestrator.generate(message, prompt, on_delta=on_delta, on_reset=on_reset)
     except llm.LLMError as exc:
         fail_message(message, exc)
         return None
@@ -116,6 +120,7 @@ def build_prompt(message: Message) -> list[dict]:
         .order_by("-created_at")
         .values_list("direction", "text")[:window]
     )
+    earlier = earlier[: orchestrator.trim_history_to_tokens([t for _, t in earlier], agent.history_tokens)]
     prompt = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
     for direction, text in reversed(earlier):
         prompt.append({"role": "user" if direction == Direction.INBOUND else "assistant", "content": text})

@@ -15,6 +15,9 @@ class ApiConnector(Connector):
     def send_delta(self, inbound, piece: str) -> None:
         publish(reply_group(inbound.id), {"type": "agent.delta", "delta": piece})
 
+    def send_reset(self, inbound) -> None:
+        publish(reply_group(inbound.id), {"type": "agent.reset"})
+
     def send(self, reply, *, inbound) -> None:
         # The reply is already stored; a client that did not wait reads it from the
         # conversation, so the only delivery is waking a waiter.

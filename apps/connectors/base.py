@@ -5,7 +5,9 @@ Subclasses set ``kind`` and override what their channel needs:
 - ``send(reply, inbound=...)`` — deliver a reply; return None on success, raise ConnectorError
   (``permanent=True`` when retrying cannot help).
 - ``send_error(inbound, error)`` — tell the sender their message could not be answered.
-- ``wants_stream(inbound)`` / ``send_delta(inbound, piece)`` — for channels that stream.
+- ``wants_stream(inbound)`` / ``send_delta(inbound, piece)`` — for channels that stream;
+  ``send_reset(inbound)`` — discard the pieces streamed so far (that attempt failed; another
+  attempt, or an error, follows).
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ class Connector:
 
     def send_delta(self, inbound, piece: str) -> None:
         """A streamed piece of the reply (only called when wants_stream() is true)."""
+
+    def send_reset(self, inbound) -> None:
+        """The pieces streamed so far are void (only called after send_delta)."""
 
     def send(self, reply, *, inbound) -> None:
         raise NotImplementedError

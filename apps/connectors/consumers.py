@@ -136,6 +136,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def chat_delta(self, event):
         await self.send_json({"type": "delta", "reply_to": event["reply_to"], "delta": event["delta"]})
 
+    async def chat_reset(self, event):
+        # The streamed attempt failed: the client drops the deltas it shows for this reply_to.
+        await self.send_json({"type": "reset", "reply_to": event["reply_to"]})
+
     async def chat_reply(self, event):
         await self.send_json({
             "type": "reply", "message_id": event["message_id"], "reply_to": event["reply_to"],

@@ -18,6 +18,9 @@ class WebchatConnector(Connector):
             {"type": "chat.delta", "reply_to": str(inbound.id), "delta": piece},
         )
 
+    def send_reset(self, inbound) -> None:
+        publish(conversation_group(inbound.conversation_id), {"type": "chat.reset", "reply_to": str(inbound.id)})
+
     def send(self, reply, *, inbound) -> None:
         publish(conversation_group(inbound.conversation_id), {**reply_event(reply), "type": "chat.reply"})
 

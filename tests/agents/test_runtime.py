@@ -94,8 +94,9 @@ class TestAgentRun:
         assert agent_run(message.id) is None
         message.refresh_from_db()
         assert message.status == "failed" and message.error_code == "provider_error"
-        call = LLMCall.objects.get(message=message)
-        assert call.status == "error" and "500" in call.error
+        calls = LLMCall.objects.filter(message=message).order_by("attempt")
+        assert [c.attempt for c in calls] == [1, 2, 3]  # the first try and two retries, all logged
+        assert all(c.status == "error" and "500" in c.error for c in calls)
         events = listener.drain()
         assert [e["type"] for e in events] == ["agent.error"]
         assert events[0]["code"] == "agent_failed"
