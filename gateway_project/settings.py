@@ -194,6 +194,23 @@ LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)
 SLACK_API_BASE_URL = env.str("SLACK_API_BASE_URL", default="https://slack.com/api")
 WECOM_API_BASE_URL = env.str("WECOM_API_BASE_URL", default="https://qyapi.weixin.qq.com/cgi-bin")
 
+# --- Connectors (Slack, WeCom, CRM webhooks) ------------------------------------------------
+# Fernet key for channel secrets at rest; empty: derived from SECRET_KEY (see apps/connectors/secrets.py).
+FIELD_ENCRYPTION_KEY = env.str("FIELD_ENCRYPTION_KEY", default="")
+CONNECTOR_WEBHOOK_MAX_BODY_BYTES = env.int("CONNECTOR_WEBHOOK_MAX_BODY_BYTES", default=64 * 1024)
+# Signed webhook requests older (or newer) than this are refused as replays.
+CONNECTOR_SIGNATURE_MAX_AGE_SECONDS = env.int("CONNECTOR_SIGNATURE_MAX_AGE_SECONDS", default=300)
+CONNECTOR_HTTP_TIMEOUT_SECONDS = env.float("CONNECTOR_HTTP_TIMEOUT_SECONDS", default=10.0)
+# Outbound sends: attempts, first backoff (doubles each time), and the longest wait we accept.
+CONNECTOR_SEND_ATTEMPTS = env.int("CONNECTOR_SEND_ATTEMPTS", default=4)
+CONNECTOR_SEND_BACKOFF_SECONDS = env.float("CONNECTOR_SEND_BACKOFF_SECONDS", default=0.5)
+CONNECTOR_SEND_MAX_WAIT_SECONDS = env.float("CONNECTOR_SEND_MAX_WAIT_SECONDS", default=30.0)
+WECOM_ROBOT_MESSAGES_PER_MINUTE = env.int("WECOM_ROBOT_MESSAGES_PER_MINUTE", default=20)
+# Per-conversation order: a message waits while an earlier one of its conversation is in flight,
+# re-checking every GATEWAY_ORDER_RETRY_DELAY_SECONDS, for at most GATEWAY_ORDER_MAX_WAIT_SECONDS.
+GATEWAY_ORDER_RETRY_DELAY_SECONDS = env.float("GATEWAY_ORDER_RETRY_DELAY_SECONDS", default=0.5)
+GATEWAY_ORDER_MAX_WAIT_SECONDS = env.float("GATEWAY_ORDER_MAX_WAIT_SECONDS", default=300.0)
+
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {

@@ -3,6 +3,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.connectors.views import chat_page
+from apps.connectors.webhooks import channel_webhook
 from apps.conversations.apis import ConversationMessagesApi, MessageCreateApi
 from apps.logs.health import healthz, readyz
 
@@ -15,6 +16,7 @@ urlpatterns = [
         ConversationMessagesApi.as_view(),
         name="api-conversation-messages",
     ),
+    path("api/v1/channels/<slug:slug>/webhook", channel_webhook, name="channel-webhook"),
     path("api/v1/schema", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/v1/docs", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("chat/<slug:slug>/", chat_page, name="chat-page"),

@@ -30,10 +30,19 @@ def enqueue_agent_run(message_id) -> None:
 
 
 def _run_embedded(message_id: str) -> None:
-    from .runtime import agent_run
+    import time
+
+    from .runtime import WaitingForEarlier, agent_run
+    from .tasks import order_retries
 
     try:
-        agent_run(message_id)
+        # Same order rule as the Celery task: wait for an earlier message of the conversation.
+        for attempt in range(order_retries() + 1):
+            try:
+                agent_run(message_id, ignore_order=attempt >= order_retries())
+                break
+            except WaitingForEarlier:
+                time.sleep(settings.GATEWAY_ORDER_RETRY_DELAY_SECONDS)
     except Exception:
         logger.exception("embedded agent run failed", extra={"message_id": message_id})
     finally:

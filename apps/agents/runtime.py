@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from apps.conversations.errors import AgentFailed
@@ -24,11 +24,19 @@ from . import llm, orchestrator
 logger = logging.getLogger(__name__)
 
 
-def agent_run(message_id) -> Message | None:
-    """Answer one inbound message. Returns the reply, or None if there was nothing to do."""
+class WaitingForEarlier(Exception):
+    """An earlier message of the same conversation is still being answered: try again shortly."""
+
+
+def agent_run(message_id, *, ignore_order: bool = False) -> Message | None:
+    """Answer one inbound message. Returns the reply, or None if there was nothing to do.
+
+    Raises WaitingForEarlier (nothing changed) while an earlier message of its conversation is
+    in flight; the caller retries later, and finally passes ``ignore_order=True``.
+    """
     token = message_id_var.set(str(message_id))
     try:
-        message = claim(message_id)
+        message = claim(message_id, ignore_order=ignore_order)
         if message is None:
             return None
         try:
@@ -42,18 +50,36 @@ def agent_run(message_id) -> Message | None:
         message_id_var.reset(token)
 
 
-def claim(message_id) -> Message | None:
-    """Take the message for this worker, or None if it is answered or another worker holds it."""
+def claim(message_id, *, ignore_order: bool = False) -> Message | None:
+    """Take the message for this worker, or None if it is answered or another worker holds it.
+
+    Messages of one conversation are answered in arrival order: the claim fails with
+    WaitingForEarlier while an earlier inbound message is accepted or leased, or an earlier
+    message's reply is still being delivered.
+    """
     now = timezone.now()
-    claimed = (
+    claimable = (
         Message.objects.filter(pk=message_id, direction=Direction.INBOUND)
         .filter(Q(status=Status.ACCEPTED) | Q(status=Status.PROCESSING, lease_until__lt=now))
+    )
+    same_conversation = Message.objects.filter(conversation_id=OuterRef("conversation_id"))
+    earlier_in_flight = Exists(same_conversation.filter(
+        Q(status=Status.ACCEPTED) | Q(status=Status.PROCESSING, lease_until__gte=now),
+        direction=Direction.INBOUND, created_at__lt=OuterRef("created_at"),
+    )) | Exists(same_conversation.filter(
+        direction=Direction.OUTBOUND, status=Status.PENDING, reply_to__created_at__lt=OuterRef("created_at"),
+    ))
+    claimed = (
+        (claimable if ignore_order else claimable.filter(~earlier_in_flight))
         .update(
             status=Status.PROCESSING,
             attempts=F("attempts") + 1,
             lease_until=now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS),
         )
     )
+    if not claimed and not ignore_order and claimable.filter(earlier_in_flight).exists():
+        logger.info("waiting for an earlier message of the conversation")
+        raise WaitingForEarlier()
     if not claimed:
         logger.info("message not claimable (answered or in progress)")
         return None
@@ -158,19 +184,20 @@ def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
 
 
 def deliver(reply: Message, *, inbound: Message) -> None:
-    """Hand the reply to the channel's connector and record whether it went out."""
-    from apps.connectors.base import ConnectorError
+    """Hand the reply to the channel's connector (retrying transient errors) and record the outcome."""
+    from apps.connectors.base import ChannelMisconfigured, ConnectorError, send_with_retries
 
     connector = inbound.channel.connector
     try:
-        connector.send(reply, inbound=inbound)
-    except ConnectorError as exc:
-        logger.error("reply delivery failed", extra={"error": str(exc)})
+        reply.attempts = send_with_retries(lambda: connector.send(reply, inbound=inbound))
+    except (ConnectorError, ChannelMisconfigured) as exc:
+        reply.attempts = getattr(exc, "attempts", 1)
+        logger.error("reply delivery failed", extra={"error": str(exc), "attempts": reply.attempts})
         reply.status, reply.error_code, reply.error_message = Status.FAILED, "delivery_failed", str(exc)[:2000]
-        reply.save(update_fields=["status", "error_code", "error_message", "updated_at"])
+        reply.save(update_fields=["status", "error_code", "error_message", "attempts", "updated_at"])
         return
     reply.status = Status.SENT
-    reply.save(update_fields=["status", "updated_at"])
+    reply.save(update_fields=["status", "attempts", "updated_at"])
 
 
 def fail_message(message: Message, exc: llm.LLMError) -> None:

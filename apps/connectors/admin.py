@@ -1,12 +1,74 @@
+from django import forms
 from django.contrib import admin
 
+from .base import ConfigError
 from .models import Channel
+from .registry import connector_class
+
+# Every secret any kind uses. Write-only: the form never shows a stored value; leaving a field
+# blank keeps what is stored, ticking "clear" removes it.
+SECRET_FIELDS = {
+    "signing_secret": "Slack signing secret",
+    "bot_token": "Slack bot token (xoxb-...)",
+    "token": "WeCom callback Token",
+    "encoding_aes_key": "WeCom EncodingAESKey (43 characters)",
+    "secret": "WeCom app Secret / CRM shared secret",
+    "webhook_key": "WeCom group robot webhook key",
+}
+
+
+class ChannelAdminForm(forms.ModelForm):
+    clear_secrets = forms.BooleanField(required=False, help_text="Remove every stored secret of this channel.")
+
+    class Meta:
+        model = Channel
+        fields = ("name", "slug", "kind", "enabled", "default_agent", "config", "allow_visitors", "allowed_origins")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        stored = self.instance.secrets if self.instance.pk else {}
+        for name, label in SECRET_FIELDS.items():
+            self.fields[name] = forms.CharField(
+                label=label, required=False, strip=True,
+                widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+                help_text="Stored (hidden); type to replace." if name in stored else "Not set.",
+            )
+
+    def clean(self):
+        cleaned = super().clean()
+        kind = cleaned.get("kind")
+        if not kind:
+            return cleaned
+        secrets = {} if cleaned.get("clear_secrets") else dict(self.instance.secrets if self.instance.pk else {})
+        secrets.update({name: cleaned[name] for name in SECRET_FIELDS if cleaned.get(name)})
+        self._new_secrets = secrets
+        if cleaned.get("enabled", True):
+            try:
+                connector_class(kind).parse_config(cleaned.get("config") or {}, secrets)
+            except ConfigError as exc:
+                raise forms.ValidationError(f"{kind} channel: {exc}") from exc
+        return cleaned
+
+    def save(self, commit=True):
+        channel = super().save(commit=False)
+        channel.secrets_ciphertext = ""
+        channel.set_secrets(**self._new_secrets)
+        if commit:
+            channel.save()
+            self.save_m2m()
+        return channel
 
 
 @admin.register(Channel)
 class ChannelAdmin(admin.ModelAdmin):
+    form = ChannelAdminForm
     list_display = ("slug", "name", "kind", "enabled", "default_agent", "allow_visitors", "created_at")
     list_filter = ("kind", "enabled")
     search_fields = ("slug", "name")
     list_select_related = ("default_agent",)
     prepopulated_fields = {"slug": ("name",)}
+    fieldsets = (
+        (None, {"fields": ("name", "slug", "kind", "enabled", "default_agent", "config")}),
+        ("Secrets (write-only, encrypted at rest)", {"fields": (*SECRET_FIELDS, "clear_secrets")}),
+        ("Web chat", {"fields": ("allow_visitors", "allowed_origins"), "classes": ("collapse",)}),
+    )

@@ -3,15 +3,33 @@
 
 Subclasses set ``kind`` and override what their channel needs:
 - ``send(reply, inbound=...)`` — deliver a reply; return None on success, raise ConnectorError
-  (``permanent=True`` when retrying cannot help).
+  (``permanent=True`` when retrying cannot help, ``retry_after`` when the platform said when).
+  Never retry inside ``send``: ``send_with_retries`` (below) is the one place that retries.
 - ``send_error(inbound, error)`` — tell the sender their message could not be answered.
 - ``wants_stream(inbound)`` / ``send_delta(inbound, piece)`` — for channels that stream;
   ``send_reset(inbound)`` — discard the pieces streamed so far (that attempt failed; another
   attempt, or an error, follows).
+- Webhook channels: ``verify(request)`` (raise GatewayError unless authentic) and
+  ``parse(request)`` (return a WebhookResult); ``handle_webhook`` runs them and the pipeline.
+- ``Config``: a dataclass the channel's ``config`` + ``secrets`` are validated into (``conf``).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from django.conf import settings
+from django.http import HttpResponse
+
+from apps.conversations.errors import GatewayError, Unauthenticated
 from apps.conversations.realtime import publish, reply_group
+
+logger = logging.getLogger(__name__)
 
 
 class ConnectorError(Exception):
@@ -21,12 +39,82 @@ class ConnectorError(Exception):
         self.retry_after = retry_after
 
 
+class ChannelMisconfigured(GatewayError):
+    code = "channel_misconfigured"
+    status = 503
+    default_message = "This channel is not configured correctly."
+
+
+class ConfigError(ValueError):
+    """A channel's config or secrets do not fit its kind (message names the field)."""
+
+
+@dataclass
+class WebhookRequest:
+    """What a webhook connector sees of an HTTP request: the raw body, never a parsed one."""
+
+    method: str
+    headers: dict[str, str]  # lower-cased names
+    query: dict[str, str]
+    body: bytes
+    client_ip: str | None = None
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name.lower(), "")
+
+
+@dataclass
+class WebhookResult:
+    """What a parsed webhook asks for: messages for the pipeline, and the HTTP answer."""
+
+    messages: list = field(default_factory=list)
+    response: HttpResponse | None = None
+
+
 class Connector:
     kind: str = ""
+    Config: ClassVar[type | None] = None
+    webhook: ClassVar[bool] = False  # served by /api/v1/channels/<slug>/webhook
+    content_types: ClassVar[tuple[str, ...]] = ("application/json",)
+    # Platforms retry a refused delivery; a refusal by our pipeline (limits, disabled sender)
+    # is answered 200 to them and logged, so it is not redelivered again and again.
+    ack_refusals: ClassVar[bool] = True
 
     def __init__(self, channel):
         self.channel = channel
+        self._conf = None
 
+    # --- configuration ------------------------------------------------------------------
+    @property
+    def conf(self):
+        """The channel's config and secrets as this kind's Config dataclass."""
+        if self._conf is None:
+            try:
+                self._conf = self.parse_config(self.channel.config or {}, self.channel.secrets)
+            except ConfigError as exc:
+                logger.error("channel misconfigured", extra={"channel": self.channel.slug, "error": str(exc)})
+                raise ChannelMisconfigured() from exc
+        return self._conf
+
+    @classmethod
+    def parse_config(cls, config: dict, secrets: dict):
+        """Validate ``config`` + ``secrets`` into ``cls.Config``; raises ConfigError."""
+        if cls.Config is None:
+            return None
+        values: dict[str, Any] = {}
+        merged = {**(config or {}), **(secrets or {})}
+        for f in dataclasses.fields(cls.Config):
+            required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            if f.name in merged and merged[f.name] not in ("", None):
+                values[f.name] = merged[f.name]
+            elif required:
+                raise ConfigError(f"{f.name}: required for a {cls.kind} channel.")
+        try:
+            return cls.Config(**values)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from exc
+
+    # --- outbound -----------------------------------------------------------------------
     def wants_stream(self, inbound) -> bool:
         return False
 
@@ -42,6 +130,87 @@ class Connector:
     def send_error(self, inbound, error) -> None:
         """Default: wake whoever waits on the message (API waiters) with the error."""
         publish(reply_group(inbound.id), {"type": "agent.error", **error.error_body()["error"]})
+
+    # --- inbound (webhook kinds) --------------------------------------------------------
+    def verify(self, request: WebhookRequest) -> None:
+        """Raise a GatewayError unless the request really comes from the platform."""
+        raise NotImplementedError
+
+    def parse(self, request: WebhookRequest) -> WebhookResult:
+        """The normalized messages in a verified request, and what to answer."""
+        raise NotImplementedError
+
+    def handle_webhook(self, request: WebhookRequest) -> HttpResponse:
+        """verify → parse → pipeline for each message → the platform's answer."""
+        from apps.conversations.pipeline import accept
+
+        self.verify(request)
+        result = self.parse(request)
+        for msg in result.messages:
+            try:
+                accept(msg, channel=self.channel, client_ip=request.client_ip)
+            except GatewayError as error:
+                if not self.ack_refusals:
+                    raise
+                logger.warning("webhook message refused", extra={"code": error.code, "channel": self.channel.slug})
+        return result.response or HttpResponse(status=200)
+
+
+# --- signatures: every connector verifies through these ---------------------------------
+
+
+def hmac_sha256_hex(secret: str, data: bytes) -> str:
+    return hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()
+
+
+def constant_time_equals(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def check_timestamp(value: str, *, now: float | None = None) -> int:
+    """The request's epoch-seconds timestamp, refused unless within the replay window."""
+    try:
+        stamp = int(value)
+    except (TypeError, ValueError) as exc:
+        raise Unauthenticated("The request timestamp is missing or malformed.") from exc
+    now = time.time() if now is None else now
+    if abs(now - stamp) > settings.CONNECTOR_SIGNATURE_MAX_AGE_SECONDS:
+        raise Unauthenticated("The request timestamp is too old (or in the future); possible replay.")
+    return stamp
+
+
+def require_signature(expected: str, given: str) -> None:
+    if not given or not constant_time_equals(expected, given):
+        raise Unauthenticated("The request signature does not match.")
+
+
+# --- outbound retries: the one place ------------------------------------------------------
+
+
+def send_with_retries(send, *, what: str = "reply") -> int:
+    """Call ``send()`` until it succeeds; returns the number of attempts.
+
+    Transient ConnectorErrors are retried with exponential backoff
+    (CONNECTOR_SEND_BACKOFF_SECONDS × 2^n), waiting at least the platform's Retry-After.
+    Raises the last ConnectorError when it is permanent, when CONNECTOR_SEND_ATTEMPTS are used
+    up, or when the platform asks to wait longer than CONNECTOR_SEND_MAX_WAIT_SECONDS.
+    """
+    attempts = settings.CONNECTOR_SEND_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        try:
+            send()
+            return attempt
+        except ConnectorError as exc:
+            wait = max(exc.retry_after or 0.0, settings.CONNECTOR_SEND_BACKOFF_SECONDS * 2 ** (attempt - 1))
+            if exc.permanent or attempt == attempts or wait > settings.CONNECTOR_SEND_MAX_WAIT_SECONDS:
+                exc.attempts = attempt
+                raise
+            logger.warning(
+                "send failed, retrying",
+                extra={"what": what, "attempt": attempt, "wait_seconds": wait, "error": str(exc)},
+            )
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def reply_event(reply) -> dict:

@@ -22,7 +22,11 @@ class Channel(models.Model):
         help_text="Web chat: browser origins allowed to open the websocket, e.g. "
         '["https://example.com"]. Empty: same host as the gateway only.',
     )
-    config = models.JSONField(default=dict, blank=True, help_text="Kind-specific settings.")
+    config = models.JSONField(default=dict, blank=True, help_text="Kind-specific settings (no secrets).")
+    secrets_ciphertext = models.TextField(
+        blank=True, editable=False,
+        help_text="Kind-specific secrets (signing secrets, tokens, keys), Fernet-encrypted JSON.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -31,6 +35,20 @@ class Channel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.kind})"
+
+    @property
+    def secrets(self) -> dict[str, str]:
+        """The decrypted secrets (never log or display them)."""
+        from .secrets import secrets_decrypt
+
+        return secrets_decrypt(self.secrets_ciphertext)
+
+    def set_secrets(self, **values: str) -> None:
+        """Store or replace secrets by name (an empty value removes one); call save() after."""
+        from .secrets import secrets_encrypt
+
+        merged = {**self.secrets, **values}
+        self.secrets_ciphertext = secrets_encrypt({k: v for k, v in merged.items() if v})
 
     @property
     def connector(self):

@@ -12,6 +12,10 @@ CONNECTORS: dict[str, tuple[str, str]] = {
     # kind: (label, dotted path of the connector class)
     "api": ("API", "apps.connectors.api.ApiConnector"),
     "webchat": ("Web chat", "apps.connectors.webchat.WebchatConnector"),
+    "slack": ("Slack", "apps.connectors.slack.SlackConnector"),
+    "wecom": ("WeCom app", "apps.connectors.wecom.WeComConnector"),
+    "wecom_robot": ("WeCom group robot (outbound only)", "apps.connectors.wecom_robot.WeComRobotConnector"),
+    "crm": ("CRM webhook", "apps.connectors.crm.CrmConnector"),
 }
 
 KIND_CHOICES = [(kind, label) for kind, (label, _path) in CONNECTORS.items()]

@@ -11,7 +11,7 @@ class MessageInline(admin.TabularInline):
     extra = 0
     ordering = ("created_at",)
     fields = ("created_at", "direction", "status", "sender", "text", "model", "total_tokens",
-              "latency_ms", "error_code")
+              "latency_ms", "attempts", "error_code", "error_message")
     readonly_fields = fields
     can_delete = False
     show_change_link = True
@@ -34,7 +34,7 @@ class ConversationAdmin(admin.ModelAdmin):
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
     list_display = ("created_at", "direction", "status", "channel", "sender", "short_text", "model",
-                    "total_tokens", "latency_ms")
+                    "total_tokens", "latency_ms", "error_code")
     list_filter = ("direction", "status", "channel")
     search_fields = ("id", "external_id", "text", "sender__username")
     list_select_related = ("channel", "sender")

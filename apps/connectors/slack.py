@@ -1,0 +1,134 @@
+"""Slack (Events API in, ``chat.postMessage`` out).
+
+In: ``X-Slack-Signature`` = ``v0=`` HMAC-SHA256 of ``v0:{timestamp}:{raw body}`` with the
+signing secret (slack_sdk's verifier), timestamps older than CONNECTOR_SIGNATURE_MAX_AGE_SECONDS
+refused; ``url_verification`` answered with its challenge; ``message`` / ``app_mention`` events
+become messages, anything from a bot (ours included) or with a subtype is dropped. The dedupe key
+is the Slack message itself (``channel:ts``), so a retried event (``X-Slack-Retry-Num``) and the
+``message`` + ``app_mention`` pair Slack sends for one mention run the agent once.
+Out: the bot token posts into the thread (``thread_ts`` = the thread's root) through slack_sdk's
+WebClient at SLACK_API_BASE_URL.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.http import JsonResponse
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.signature import SignatureVerifier
+
+from apps.conversations.errors import BadRequest, Unauthenticated
+from apps.conversations.normalized import NormalizedMessage
+
+from .base import Connector, ConnectorError, WebhookRequest, WebhookResult, check_timestamp
+
+# Slack errors worth another try; every other ``ok: false`` is permanent (bad token, channel...).
+TRANSIENT_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+MESSAGE_EVENTS = {"message", "app_mention"}
+
+
+@dataclass(frozen=True)
+class SlackConfig:
+    signing_secret: str
+    bot_token: str
+    bot_user_id: str = ""  # our bot's user id (U...): its messages are never answered
+
+    def __post_init__(self):
+        if not self.bot_token.startswith("xox"):
+            raise ValueError("bot_token: a Slack bot token starts with xoxb-.")
+
+
+class SlackConnector(Connector):
+    kind = "slack"
+    Config = SlackConfig
+    webhook = True
+    content_types = ("application/json",)
+
+    def verify(self, request: WebhookRequest) -> None:
+        timestamp = request.header("X-Slack-Request-Timestamp")
+        check_timestamp(timestamp)
+        verifier = SignatureVerifier(self.conf.signing_secret)
+        if not verifier.is_valid(request.body, timestamp, request.header("X-Slack-Signature")):
+            raise Unauthenticated("The request signature does not match.")
+
+    def parse(self, request: WebhookRequest) -> WebhookResult:
+        try:
+            payload = json.loads(request.body)
+        except ValueError as exc:
+            raise BadRequest("The body is not valid JSON.") from exc
+        if not isinstance(payload, dict):
+            raise BadRequest("The body must be a JSON object.")
+        if payload.get("type") == "url_verification":
+            return WebhookResult(response=JsonResponse({"challenge": str(payload.get("challenge", ""))}))
+        if payload.get("type") != "event_callback" or not isinstance(payload.get("event"), dict):
+            return WebhookResult()  # other envelopes (app_rate_limited, ...): acknowledged, ignored
+        msg = self.normalize(payload)
+        return WebhookResult(messages=[msg] if msg else [])
+
+    def normalize(self, payload: dict) -> NormalizedMessage | None:
+        """The message in an ``event_callback``, or None when it is not one to answer."""
+        event = payload["event"]
+        if event.get("type") not in MESSAGE_EVENTS or event.get("subtype") or event.get("bot_id"):
+            return None
+        user, text, channel, ts = (event.get(k) for k in ("user", "text", "channel", "ts"))
+        if not all(isinstance(v, str) and v for v in (user, text, channel, ts)):
+            return None
+        if user == self.conf.bot_user_id:
+            return None
+        if self.conf.bot_user_id:
+            text = re.sub(rf"<@{re.escape(self.conf.bot_user_id)}>\s*", "", text).strip() or text
+        thread_ts = event.get("thread_ts")
+        if thread_ts:
+            thread_id, reply_thread = f"{channel}:{thread_ts}", thread_ts
+        elif event.get("channel_type") == "im":
+            thread_id, reply_thread = channel, None  # a DM is one conversation, answered in place
+        else:
+            thread_id, reply_thread = f"{channel}:{ts}", ts
+        return NormalizedMessage(
+            channel=self.kind,
+            channel_id=self.channel.slug,
+            user_id=user,
+            message=text[: settings.GATEWAY_MAX_MESSAGE_CHARS],
+            external_id=f"{channel}:{ts}",
+            timestamp=float(ts),
+            metadata={
+                "thread_id": thread_id, "slack_channel": channel, "slack_thread_ts": reply_thread,
+                "slack_event_id": payload.get("event_id"), "slack_team": payload.get("team_id"),
+            },
+            raw=payload,
+        )
+
+    def client(self) -> WebClient:
+        # retry_handlers=[]: retries happen once, in send_with_retries.
+        return WebClient(token=self.conf.bot_token, base_url=settings.SLACK_API_BASE_URL.rstrip("/") + "/",
+                         timeout=int(settings.CONNECTOR_HTTP_TIMEOUT_SECONDS), retry_handlers=[])
+
+    def post(self, *, channel: str, text: str, thread_ts: str | None) -> None:
+        try:
+            self.client().chat_postMessage(channel=channel, text=text, thread_ts=thread_ts)
+        except SlackApiError as exc:
+            error = exc.response.get("error", "") if isinstance(exc.response.data, dict) else ""
+            status = exc.response.status_code
+            retry_after = exc.response.headers.get("Retry-After") or exc.response.headers.get("retry-after")
+            transient = status == 429 or status >= 500 or error in TRANSIENT_ERRORS
+            raise ConnectorError(
+                f"chat.postMessage: HTTP {status} {error or 'error'}", permanent=not transient,
+                retry_after=float(retry_after) if retry_after else None,
+            ) from exc
+        except (SlackRequestError, OSError) as exc:
+            raise ConnectorError(f"chat.postMessage: {exc}") from exc
+
+    def send(self, reply, *, inbound) -> None:
+        self.post(channel=inbound.metadata["slack_channel"], text=reply.text,
+                  thread_ts=inbound.metadata.get("slack_thread_ts"))
+
+    def send_error(self, inbound, error) -> None:
+        try:
+            self.post(channel=inbound.metadata["slack_channel"], text=error.message,
+                      thread_ts=inbound.metadata.get("slack_thread_ts"))
+        except ConnectorError:
+            pass  # the failure itself is already recorded on the message

@@ -1,0 +1,64 @@
+"""``GET|POST /api/v1/channels/<slug>/webhook``: one entry point for every webhook connector.
+
+It reads the raw body (size-limited, content type checked), finds the channel and hands the
+request to its connector, which verifies, parses and feeds the pipeline. Every refusal is a
+``{"error": {...}}`` 4xx; nothing here calls a model.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods
+
+from apps.conversations.errors import (
+    GatewayError,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    error_response,
+)
+
+from .base import WebhookRequest
+from .models import Channel
+
+logger = logging.getLogger(__name__)
+
+
+@csrf_exempt
+@require_http_methods(["GET", "POST"])
+def channel_webhook(request, slug: str):
+    try:
+        channel = Channel.objects.select_related("default_agent").filter(slug=slug, enabled=True).first()
+        connector = channel.connector if channel is not None else None
+        if connector is None or not connector.webhook:
+            raise NotFound("No such webhook channel.")
+        return connector.handle_webhook(read_webhook_request(request, connector))
+    except GatewayError as error:
+        logger.info("webhook refused", extra={"channel": slug, "code": error.code, "status": error.status})
+        return error_response(error)
+
+
+def read_webhook_request(request, connector) -> WebhookRequest:
+    """The request as the connector sees it; raises 413/415 before the body is parsed."""
+    body = b""
+    if request.method == "POST":
+        limit = settings.CONNECTOR_WEBHOOK_MAX_BODY_BYTES
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = 0
+        if declared > limit:
+            raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+        content_type = request.META.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+        if content_type not in connector.content_types:
+            raise UnsupportedMediaType(f"Send the body as {' or '.join(connector.content_types)}.")
+        body = request.read(limit + 1)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    return WebhookRequest(
+        method=request.method, headers=headers, query=request.GET.dict(), body=body,
+        client_ip=request.META.get("REMOTE_ADDR"),
+    )

@@ -1,0 +1,65 @@
+"""Per-conversation order: two messages of one user are answered in the order they arrived."""
+import threading
+
+import pytest
+from connector_helpers import slack_event, slack_post
+
+from apps.agents import dispatch
+from apps.agents.runtime import WaitingForEarlier, agent_run
+from apps.agents.tasks import run_agent
+from apps.conversations.models import Message
+
+pytestmark = pytest.mark.django_db
+
+
+def two_dm_messages(client, slack_channel, first="first [[delay:0.3]]", second="second"):
+    slack_post(client, slack_channel, slack_event("message_im.json", text=first))
+    slack_post(client, slack_channel, slack_event("message_im.json", text=second))
+    return list(Message.objects.filter(direction="in").order_by("created_at"))
+
+
+def test_the_later_message_waits_while_the_earlier_is_unanswered(client, slack_channel, platforms):
+    first, second = two_dm_messages(client, slack_channel)
+    with pytest.raises(WaitingForEarlier):
+        agent_run(second.id)
+    second.refresh_from_db()
+    assert (second.status, second.attempts) == ("accepted", 0)  # untouched, retried later
+    agent_run(first.id)
+    agent_run(second.id)
+    assert [m["text"] for m in platforms.state.slack_messages] == ["Echo: first", "Echo: second"]
+
+
+def test_other_conversations_are_not_held_up(client, slack_channel, platforms):
+    slack_post(client, slack_channel, slack_event("message_im.json", text="mine"))
+    slack_post(client, slack_channel, slack_event("message_im.json", channel="D0OTHER", user="U0OTHER",
+                                                  text="theirs"))
+    later = Message.objects.get(text="theirs")
+    assert agent_run(later.id).status == "sent"
+
+
+def test_a_stuck_earlier_message_stops_blocking_once_order_is_given_up(client, slack_channel, platforms):
+    first, second = two_dm_messages(client, slack_channel)
+    assert agent_run(second.id, ignore_order=True).status == "sent"
+
+
+def test_embedded_dispatch_answers_in_arrival_order(client, slack_channel, platforms, settings, transactional_db):
+    settings.GATEWAY_ORDER_RETRY_DELAY_SECONDS = 0.05
+    first, second = two_dm_messages(client, slack_channel)
+    # Both runs start at once, the later one first; it must wait for the earlier one.
+    runs = [threading.Thread(target=dispatch._run_embedded, args=(str(m.id),)) for m in (second, first)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=30)
+    assert [m["text"] for m in platforms.state.slack_messages] == ["Echo: first", "Echo: second"]
+
+
+def test_celery_task_retries_then_gives_up_on_a_stuck_earlier_message(client, slack_channel, platforms, settings):
+    settings.GATEWAY_ORDER_RETRY_DELAY_SECONDS = 0.01
+    settings.GATEWAY_ORDER_MAX_WAIT_SECONDS = 0.03  # three re-checks, then answer anyway
+    first, second = two_dm_messages(client, slack_channel)
+    run_agent.apply(args=[str(second.id)])  # eager: retries run inline
+    second.refresh_from_db()
+    assert second.status == "answered" and second.attempts == 1
+    first.refresh_from_db()
+    assert first.status == "accepted"
