@@ -4,11 +4,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from connector_helpers import CRM_SECRET, SLACK_BOT_USER, SLACK_SECRET, WECOM
 from django.core.cache import cache
 
 from apps.connectors.fake_platforms import FakePlatforms
 from apps.connectors.models import Channel
+from tests.connectors.connector_helpers import CRM_SECRET, SLACK_BOT_USER, SLACK_SECRET, WECOM
 
 
 @pytest.fixture(scope="session")

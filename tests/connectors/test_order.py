@@ -2,12 +2,12 @@
 import threading
 
 import pytest
-from connector_helpers import slack_event, slack_post
 
 from apps.agents import dispatch
 from apps.agents.runtime import WaitingForEarlier, agent_run
 from apps.agents.tasks import run_agent
 from apps.conversations.models import Message
+from tests.connectors.connector_helpers import slack_event, slack_post
 
 pytestmark = pytest.mark.django_db
 

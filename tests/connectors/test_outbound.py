@@ -1,10 +1,10 @@
 """Outbound delivery: one place retries transient errors, honours Retry-After, and records failure."""
 import pytest
-from connector_helpers import slack_event, slack_post
 
 from apps.agents.runtime import agent_run
 from apps.connectors.base import ConnectorError, send_with_retries
 from apps.conversations.models import Message
+from tests.connectors.connector_helpers import slack_event, slack_post
 
 pytestmark = pytest.mark.django_db
 

@@ -3,18 +3,18 @@ import json
 import time
 
 import pytest
-from connector_helpers import (
+from slack_sdk.signature import SignatureVerifier
+
+from apps.agents.runtime import agent_run
+from apps.connectors.base import hmac_sha256_hex
+from apps.conversations.models import Conversation, Message
+from tests.connectors.connector_helpers import (
     SLACK_SECRET,
     assert_refused,
     fixture_json,
     slack_event,
     slack_post,
 )
-from slack_sdk.signature import SignatureVerifier
-
-from apps.agents.runtime import agent_run
-from apps.connectors.base import hmac_sha256_hex
-from apps.conversations.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db
 
