@@ -17,7 +17,20 @@ SECRET_FIELDS = {
 }
 
 
+def secret_field(name: str) -> forms.CharField:
+    return forms.CharField(
+        label=SECRET_FIELDS[name], required=False, strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+    )
+
+
 class ChannelAdminForm(forms.ModelForm):
+    signing_secret = secret_field("signing_secret")
+    bot_token = secret_field("bot_token")
+    token = secret_field("token")
+    encoding_aes_key = secret_field("encoding_aes_key")
+    secret = secret_field("secret")
+    webhook_key = secret_field("webhook_key")
     clear_secrets = forms.BooleanField(required=False, help_text="Remove every stored secret of this channel.")
 
     class Meta:
@@ -27,12 +40,8 @@ class ChannelAdminForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         stored = self.instance.secrets if self.instance.pk else {}
-        for name, label in SECRET_FIELDS.items():
-            self.fields[name] = forms.CharField(
-                label=label, required=False, strip=True,
-                widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-                help_text="Stored (hidden); type to replace." if name in stored else "Not set.",
-            )
+        for name in SECRET_FIELDS:
+            self.fields[name].help_text = "Stored (hidden); type to replace." if name in stored else "Not set."
 
     def clean(self):
         cleaned = super().clean()

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from apps.agents.models import Agent, LLMModel, Provider, Visibility
+from apps.connectors.demo import demo_webhook_channels
 from apps.connectors.models import Channel
 from apps.identities.models import ApiKey, hash_api_key
 from apps.identities.roles import Role, ensure_role_groups
@@ -86,10 +87,12 @@ class Command(BaseCommand):
                 defaults={"kind": kind, "name": name, "enabled": True, "default_agent": agents["assistant"]},
             )
 
+        webhook_channels = demo_webhook_channels(agent=agents["assistant"])
+
         summary = {
             "staff": {"username": DEMO_STAFF_USERNAME, "password": DEMO_STAFF_PASSWORD},
             "api_keys": api_keys,
-            "channels": {kind: {"slug": channel.slug} for kind, channel in channels.items()},
+            "channels": {**{kind: {"slug": channel.slug} for kind, channel in channels.items()}, **webhook_channels},
             "agents": sorted(agents),
         }
         if options["json"]:
