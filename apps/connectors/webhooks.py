@@ -10,7 +10,6 @@ import logging
 
 from django.conf import settings
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_http_methods
 
 from apps.conversations.errors import (
     GatewayError,
@@ -26,10 +25,20 @@ from .models import Channel
 logger = logging.getLogger(__name__)
 
 
+class MethodNotAllowed(GatewayError):
+    code = "method_not_allowed"
+    status = 405
+    default_message = "Use GET (URL verification) or POST."
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": "GET, POST"}
+
+
 @csrf_exempt
-@require_http_methods(["GET", "POST"])
 def channel_webhook(request, slug: str):
     try:
+        if request.method not in ("GET", "POST"):
+            raise MethodNotAllowed()
         channel = Channel.objects.select_related("default_agent").filter(slug=slug, enabled=True).first()
         connector = channel.connector if channel is not None else None
         if connector is None or not connector.webhook:

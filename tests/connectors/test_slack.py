@@ -146,4 +146,4 @@ class TestRefusals:
 
     def test_other_methods_are_refused(self, client, slack_channel):
         response = client.put(f"/api/v1/channels/{slack_channel.slug}/webhook", data=b"{}")
-        assert response.status_code == 405
+        assert_refused(response, 405, code="method_not_allowed")

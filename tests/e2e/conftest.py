@@ -6,20 +6,33 @@ from types import SimpleNamespace
 
 import pytest
 
+from apps.connectors.fake_platforms import FakePlatforms
 from gateway_project.stack import Stack, base_env, database_url
 
 
 @pytest.fixture(scope="session")
-def services_stack(django_db_setup, django_db_blocker):
+def fake_platforms_live():
+    """Local Slack / WeCom / CRM-callback servers, for every process of the stack."""
+    server = FakePlatforms()
+    server.start_in_thread()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def services_stack(django_db_setup, django_db_blocker, fake_platforms_live):
     """fake_llm + Celery worker + Daphne on the test database and Redis (services mode)."""
     from django.conf import settings
 
-    stack = Stack(base_env(DATABASE_URL=database_url(settings.DATABASES["default"]), REDIS_URL=settings.REDIS_URL))
+    stack = Stack(base_env(
+        DATABASE_URL=database_url(settings.DATABASES["default"]), REDIS_URL=settings.REDIS_URL,
+        SLACK_API_BASE_URL=fake_platforms_live.slack_base_url, WECOM_API_BASE_URL=fake_platforms_live.wecom_base_url,
+    ))
     try:
         llm_url = stack.fake_llm()
         stack.worker()
         url = stack.daphne()
-        yield SimpleNamespace(stack=stack, url=url, llm_url=llm_url)
+        yield SimpleNamespace(stack=stack, url=url, llm_url=llm_url, platforms=fake_platforms_live)
     except Exception:
         print(stack.logs())
         raise
