@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 FAKE_LLM_PORT ?= 8001
 
-.PHONY: run test test-services lint install migrate worker fake-llm clean bench
+.PHONY: run test test-services test-reliability lint install migrate worker fake-llm clean bench
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=python3"; exit 1; }
@@ -30,6 +30,12 @@ run: migrate
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Faults on purpose (worker SIGKILL, Redis down, PostgreSQL restart, provider faults, fuzzing,
+# security). Needs DATABASE_URL + REDIS_URL like CI; the tests start their own private
+# PostgreSQL and Redis to break, never the shared ones.
+test-reliability: install
+	$(BIN)/python -m pytest tests/reliability -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

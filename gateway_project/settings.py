@@ -121,7 +121,17 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_TASK_DEFAULT_QUEUE = "gateway"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_BEAT_SCHEDULE: dict = {}
+# Periodic (celery beat): re-enqueue messages stranded in accepted / expired processing.
+GATEWAY_REQUEUE_INTERVAL_SECONDS = env.float("GATEWAY_REQUEUE_INTERVAL_SECONDS", default=30.0)
+GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS = env.int("GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS", default=60)
+GATEWAY_REQUEUE_MAX_AGE_SECONDS = env.int("GATEWAY_REQUEUE_MAX_AGE_SECONDS", default=24 * 3600)
+GATEWAY_REQUEUE_BATCH_SIZE = env.int("GATEWAY_REQUEUE_BATCH_SIZE", default=500)
+CELERY_BEAT_SCHEDULE: dict = {
+    "requeue-stuck-messages": {
+        "task": "agents.requeue_stuck_messages",
+        "schedule": GATEWAY_REQUEUE_INTERVAL_SECONDS,
+    },
+}
 
 # --- Auth -----------------------------------------------------------------------------------
 AUTH_USER_MODEL = "identities.User"
@@ -171,9 +181,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 GATEWAY_MAX_MESSAGE_CHARS = env.int("GATEWAY_MAX_MESSAGE_CHARS", default=8000)
 GATEWAY_API_WAIT_MAX_SECONDS = env.float("GATEWAY_API_WAIT_MAX_SECONDS", default=120.0)
 GATEWAY_USER_RATE = env.str("GATEWAY_USER_RATE", default="60/m")
+# API key brute force: this many failed authentications per client IP per window, then 429.
+GATEWAY_AUTH_FAILURES_PER_IP = env.int("GATEWAY_AUTH_FAILURES_PER_IP", default=20)
+GATEWAY_AUTH_FAILURE_WINDOW_SECONDS = env.int("GATEWAY_AUTH_FAILURE_WINDOW_SECONDS", default=300)
 GATEWAY_HISTORY_MESSAGES = env.int("GATEWAY_HISTORY_MESSAGES", default=20)
 # A worker that claimed a message and then died loses it after this long.
 GATEWAY_AGENT_LEASE_SECONDS = env.int("GATEWAY_AGENT_LEASE_SECONDS", default=300)
+# Retry-After of the 503 given while PostgreSQL or Redis is unreachable.
+GATEWAY_OUTAGE_RETRY_AFTER_SECONDS = env.int("GATEWAY_OUTAGE_RETRY_AFTER_SECONDS", default=5)
 GATEWAY_EMBEDDED_WORKERS = env.int("GATEWAY_EMBEDDED_WORKERS", default=16)
 # Agent runs (apps/agents/orchestrator.py): retries per model before the next of the fallback
 # chain, exponential backoff between them, Retry-After honoured up to a cap; tool loop bound.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,6 +36,7 @@ class Process:
     name: str
     popen: subprocess.Popen
     log_path: Path
+    port: int | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -132,6 +134,26 @@ class Stack:
         process.wait_for_log(r"ready\.", timeout=60)
         return process
 
+    def beat(self, env: dict[str, str] | None = None) -> Process:
+        """Start celery beat (the periodic requeue of stuck messages); returns once it runs."""
+        process = self.spawn(
+            "beat",
+            [str(BIN / "celery"), "-A", "gateway_project", "beat", "-l", "INFO",
+             "-s", str(self.log_dir / "beat-schedule"), "--pidfile="],
+            env=env,
+        )
+        process.wait_for_log(r"beat: Starting", timeout=60)
+        return process
+
+    def redis(self, port: int | None = None) -> Process:
+        """A private redis-server (no persistence) on ``port`` (a free one by default)."""
+        port = port or free_port()
+        process = self.spawn("redis", [shutil.which("redis-server") or "redis-server", "--port", str(port),
+                                       "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        process.wait_for_log(r"Ready to accept connections", timeout=20)
+        process.port = port
+        return process
+
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
@@ -176,3 +198,69 @@ def http(method: str, url: str, body=None, headers: dict | None = None, timeout:
 def visitor_token(base_url: str, slug: str) -> str:
     _status, page, _headers = http("GET", f"{base_url}/chat/{slug}/")
     return json.loads(re.search(r'id="visitor-token" type="application/json">(.*?)</script>', page).group(1))
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster in a temp dir, on its own port: safe to stop and restart.
+
+    Fault tests restart *this* server, never a shared one. As root, the cluster is owned by and run
+    as the ``postgres`` OS user (PostgreSQL refuses to run as root).
+    """
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="gateway-pg-"))
+        self.data = self.dir / "data"
+        self.log_path = self.dir / "postgres.log"
+        self.bin = _postgres_bin()
+        self._as = []
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres")
+            self._as = ["runuser", "-u", "postgres", "--"]
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+
+    def _run(self, tool: str, *args: str) -> None:
+        done = subprocess.run([*self._as, str(self.bin / tool), *args], capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} failed:\n{done.stdout}\n{done.stderr}\n{self.log()[-2000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self) -> None:
+        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.log_path), "-w", "-t", "60", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """``fast`` disconnects clients cleanly; ``immediate`` is a crash (recovery on next start)."""
+        if (self.data / "postmaster.pid").exists():
+            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+    def create_database(self, name: str) -> str:
+        """Create ``name``; returns its DATABASE_URL."""
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def url(self, name: str) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
+    def destroy(self) -> None:
+        try:
+            self.stop("immediate")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _postgres_bin() -> Path:
+    """The newest /usr/lib/postgresql/<v>/bin, else wherever pg_ctl is on PATH."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name))
+    if versions:
+        return versions[-1].parent
+    found = shutil.which("pg_ctl")
+    if found is None:
+        raise RuntimeError("PostgreSQL server binaries (pg_ctl, initdb) are not installed")
+    return Path(found).resolve().parent

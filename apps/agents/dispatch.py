@@ -6,10 +6,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.db import close_old_connections
+from kombu.exceptions import OperationalError as BrokerOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 logger = logging.getLogger(__name__)
 
 _embedded_pool: ThreadPoolExecutor | None = None
+BROKER_ERRORS = (BrokerOperationalError, RedisConnectionError, RedisTimeoutError, ConnectionError)
 
 
 def enqueue_agent_run(message_id) -> None:
@@ -17,7 +21,12 @@ def enqueue_agent_run(message_id) -> None:
     from .tasks import run_agent
 
     if settings.GATEWAY_AGENT_DISPATCH == "celery":
-        run_agent.delay(str(message_id))
+        try:
+            run_agent.delay(str(message_id))
+        except BROKER_ERRORS:
+            # The message is committed: the periodic requeue task (apps.agents.recovery) queues it
+            # once the broker is back, so the sender's "accepted" still means "will be answered".
+            logger.warning("broker unavailable; message left for requeue", extra={"message_id": str(message_id)})
         return
     # Embedded default: no broker. Run on a thread pool so the caller (often the event loop's
     # helper thread) returns at once, as it would with a real queue.

@@ -4,6 +4,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
+from .recovery import requeue_stuck_messages
 from .runtime import WaitingForEarlier, agent_run
 
 
@@ -20,3 +21,9 @@ def run_agent(self, message_id: str) -> None:
         agent_run(message_id, ignore_order=self.request.retries >= order_retries())
     except WaitingForEarlier as exc:
         raise self.retry(countdown=settings.GATEWAY_ORDER_RETRY_DELAY_SECONDS, exc=exc) from exc
+
+
+@shared_task(name="agents.requeue_stuck_messages", ignore_result=True)
+def requeue_stuck() -> int:
+    """Periodic (CELERY_BEAT_SCHEDULE): queue runs for messages stranded in accepted/processing."""
+    return requeue_stuck_messages()

@@ -8,7 +8,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from apps.conversations.errors import BadRequest, Forbidden, GatewayError, NotFound
+from apps.conversations.errors import BadRequest, Forbidden, GatewayError, NotFound, outage_error
 from apps.conversations.normalized import NormalizedMessage
 from apps.conversations.pipeline import accept
 from apps.conversations.realtime import conversation_group
@@ -98,6 +98,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content, **kwargs):
         client_id = content.get("client_id") if isinstance(content, dict) else None
+        try:
+            await self._accept_message(content, client_id)
+        except Exception as exc:
+            # PostgreSQL or Redis away: a retryable error frame, and the socket stays open.
+            if (error := outage_error(exc)) is None:
+                raise
+            await self.send_json({**error.error_frame(), "client_id": client_id})
+
+    async def _accept_message(self, content, client_id) -> None:
         try:
             text, client_id = parse_message_frame(content)
             if self.conversation_id is None:

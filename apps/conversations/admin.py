@@ -1,4 +1,4 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from .models import Conversation, Message
 
@@ -40,6 +40,19 @@ class MessageAdmin(admin.ModelAdmin):
     list_select_related = ("channel", "sender")
     date_hierarchy = "created_at"
     readonly_fields = [f.name for f in Message._meta.fields]
+    actions = ["requeue_unanswered"]
+
+    @admin.action(description="Re-enqueue unanswered (accepted / processing) messages")
+    def requeue_unanswered(self, request, queryset):
+        """What the periodic requeue task does, on demand; answered messages are left alone."""
+        from apps.agents.dispatch import enqueue_agent_run
+
+        ids = list(queryset.filter(direction="in", status__in=["accepted", "processing"])
+                   .values_list("pk", flat=True))
+        for message_id in ids:
+            enqueue_agent_run(message_id)
+        self.message_user(request, f"Re-enqueued {len(ids)} message(s); an answered one is never answered twice.",
+                          messages.SUCCESS)
 
     @admin.display(description="text")
     def short_text(self, obj) -> str:

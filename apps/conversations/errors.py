@@ -110,6 +110,23 @@ class ServiceUnavailable(GatewayError):
     default_message = "The gateway is temporarily unavailable; retry shortly."
 
 
+def outage_error(exc: BaseException) -> ServiceUnavailable | None:
+    """A ServiceUnavailable (503, retry_after) if ``exc`` means PostgreSQL or Redis is unreachable.
+
+    An outage is not the client's fault and not a bug: the client should retry, so it gets a
+    retryable status instead of a 500.
+    """
+    from django.conf import settings
+    from django.db import InterfaceError, OperationalError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(exc, OperationalError | InterfaceError | RedisConnectionError | RedisTimeoutError):
+        logger.warning("dependency outage", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+        return ServiceUnavailable(retry_after=settings.GATEWAY_OUTAGE_RETRY_AFTER_SECONDS)
+    return None
+
+
 def error_response(error: GatewayError) -> JsonResponse:
     return JsonResponse(error.error_body(), status=error.status, headers=error.headers())
 
@@ -129,7 +146,9 @@ def drf_exception_handler(exc: Exception, context: dict) -> Response | None:
     from django.core.exceptions import RequestDataTooBig
     from django.http import Http404
 
-    if isinstance(exc, RequestDataTooBig):
+    if (outage := outage_error(exc)) is not None:
+        exc = outage
+    elif isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge()
     elif isinstance(exc, Http404):
         exc = NotFound()

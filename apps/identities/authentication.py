@@ -8,6 +8,8 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
+from apps.quotas.auth_failures import check_auth_failures, record_auth_failure
+
 from .models import ApiKey, hash_api_key
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # write last_used_at at most this often per key
@@ -40,10 +42,16 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).decode("latin-1")
         if not header:
             return None
-        scheme, _, raw_key = header.partition(" ")
-        if scheme.lower() != self.keyword.lower() or not raw_key.strip():
-            raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <API key>'.")
-        return api_key_user(raw_key.strip())
+        client_ip = request.META.get("REMOTE_ADDR")
+        check_auth_failures(client_ip)  # brute force: refused (429) before the key is even looked at
+        try:
+            scheme, _, raw_key = header.partition(" ")
+            if scheme.lower() != self.keyword.lower() or not raw_key.strip():
+                raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <API key>'.")
+            return api_key_user(raw_key.strip())
+        except exceptions.AuthenticationFailed as failure:
+            record_auth_failure(client_ip, reason=str(failure.detail))
+            raise
 
     def authenticate_header(self, request) -> str:
         return self.keyword

@@ -1,0 +1,52 @@
+"""The periodic requeue of stranded messages (apps.agents.recovery)."""
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from apps.agents.recovery import requeue_stuck_messages, stuck_messages
+from apps.agents.runtime import agent_run
+from apps.conversations.models import Conversation, Direction, Message, Status
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def make_inbound(api_channel, customer, agent):
+    conversation = Conversation.objects.create(channel=api_channel, user=customer, agent=agent)
+
+    def make(status, *, age_seconds=0, lease_in_seconds=None, text="hello"):
+        message = Message.objects.create(
+            conversation=conversation, channel=api_channel, direction=Direction.INBOUND, status=status,
+            sender=customer, agent=agent, text=text,
+            lease_until=timezone.now() + timedelta(seconds=lease_in_seconds) if lease_in_seconds is not None else None,
+        )
+        Message.objects.filter(pk=message.pk).update(created_at=timezone.now() - timedelta(seconds=age_seconds))
+        return message
+
+    return make
+
+
+def test_stuck_means_old_accepted_or_expired_lease(make_inbound, settings):
+    settings.GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS = 60
+    old_accepted = make_inbound(Status.ACCEPTED, age_seconds=120)
+    expired = make_inbound(Status.PROCESSING, age_seconds=120, lease_in_seconds=-5)
+    make_inbound(Status.ACCEPTED, age_seconds=5)  # just accepted: its task is probably on its way
+    make_inbound(Status.PROCESSING, age_seconds=120, lease_in_seconds=60)  # a worker holds it
+    make_inbound(Status.ANSWERED, age_seconds=120)
+    make_inbound(Status.ACCEPTED, age_seconds=3 * 24 * 3600)  # too old to answer now
+    assert set(stuck_messages()) == {old_accepted, expired}
+
+
+def test_requeued_message_is_answered_once_even_if_the_original_task_also_runs(make_inbound, settings):
+    settings.GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS = 0
+    settings.GATEWAY_AGENT_DISPATCH = "thread"
+    message = make_inbound(Status.ACCEPTED, age_seconds=10)
+    assert requeue_stuck_messages() >= 1
+    agent_run(message.id)  # the "lost" task turns up after all
+    deadline = timezone.now() + timedelta(seconds=20)
+    while Message.objects.get(pk=message.pk).status != Status.ANSWERED and timezone.now() < deadline:
+        time.sleep(0.05)
+    assert Message.objects.get(pk=message.pk).status == Status.ANSWERED
+    assert Message.objects.filter(reply_to=message).count() == 1

@@ -1,0 +1,100 @@
+"""Duplicate and retried deliveries: every message is answered exactly once."""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import websockets
+
+from gateway_project.stack import visitor_token
+
+from .conftest import post_message, replies_per_message, sql, wait_until_answered
+
+pytestmark = [pytest.mark.services, pytest.mark.e2e]
+
+
+def test_api_retries_with_one_idempotency_key_are_one_message_and_one_reply(gw, ledger):
+    """Must hold: a client retrying with the same Idempotency-Key (after a timeout, say) gets the same
+    message id and the same reply each time; the agent runs once."""
+    key = f"retry-{uuid.uuid4()}"
+    answers = []
+    for _ in range(4):
+        status, body, _ = post_message(gw, {"message": "pay invoice 7", "wait": 30}, {"Idempotency-Key": key})
+        ledger.sent += 1
+        ledger.errors_500 += status >= 500
+        answers.append((status, body))
+    assert {status for status, _ in answers} == {200}
+    assert len({body["message_id"] for _, body in answers}) == 1
+    assert len({body["reply"]["message_id"] for _, body in answers}) == 1
+    counts = replies_per_message(gw, [answers[0][1]["message_id"]])
+    ledger.answered += sum(1 for n in counts.values() if n)
+    ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
+    assert list(counts.values()) == [1]
+    calls = sql(gw, "SELECT count(*) FROM logs_llmcall WHERE message_id::text = %s", answers[0][1]["message_id"])
+    assert calls[0][0] == 1
+
+
+def test_concurrent_identical_requests_race_to_one_message(gw, ledger):
+    """Must hold: 20 identical requests at once (a client's retry storm) make one inbound message
+    and one reply; every caller gets that message id and no caller gets a 500."""
+    keys = [f"race-{uuid.uuid4()}" for _ in range(3)]
+
+    def deliver(i):
+        return post_message(gw, {"message": f"race {i % 3}", "wait": 30}, {"Idempotency-Key": keys[i % 3]})
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(deliver, range(30)))
+    ledger.sent += len(results)
+    ledger.errors_500 += sum(status >= 500 for status, _b, _h in results)
+    assert {status for status, _b, _h in results} == {200}, [b for s, b, _ in results if s != 200][:3]
+    message_ids = {body["message_id"] for _s, body, _h in results}
+    assert len(message_ids) == 3
+    counts = replies_per_message(gw, message_ids)
+    ledger.answered += sum(1 for n in counts.values() if n)
+    ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
+    assert set(counts.values()) == {1}
+
+
+async def _chat(url: str, frames: list[dict], wait_for_replies: int, timeout: float = 30) -> list[dict]:
+    received: list[dict] = []
+    async with websockets.connect(url) as ws:
+        for frame in frames:
+            await ws.send(json.dumps(frame))
+        replies = 0
+        while replies < wait_for_replies:
+            received.append(json.loads(await asyncio.wait_for(ws.recv(), timeout)))
+            replies += received[-1]["type"] in ("reply", "error")
+        # Anything else that would arrive (a duplicate reply) arrives now.
+        try:
+            while True:
+                received.append(json.loads(await asyncio.wait_for(ws.recv(), 1.0)))
+        except TimeoutError:
+            pass
+    return received
+
+
+def test_websocket_resends_are_acknowledged_and_answered_once(gw, ledger):
+    """Must hold: a browser resending the same client_id (flaky network) — on the same socket, and
+    again after reconnecting — gets acks for one message id and exactly one reply."""
+    slug = gw.demo["channels"]["webchat"]["slug"]
+    token = visitor_token(gw.url, slug)
+    url = gw.url.replace("http", "ws") + f"/ws/chat/{slug}/?visitor={token}"
+    frame = {"type": "message", "message": "resend me", "client_id": f"c-{uuid.uuid4()}"}
+    first = asyncio.run(_chat(url, [frame, frame, frame], wait_for_replies=1))
+    ledger.sent += 3
+    acks = [f for f in first if f["type"] == "ack"]
+    assert len(acks) == 3 and len({a["message_id"] for a in acks}) == 1
+    assert [f["type"] for f in first].count("reply") == 1
+    message_id = acks[0]["message_id"]
+    conversation = acks[0]["conversation_id"]
+    again = asyncio.run(_chat(url + f"&conversation={conversation}", [frame], wait_for_replies=0))
+    ledger.sent += 1
+    assert again[0]["type"] == "ack" and again[0]["duplicate"] is True and again[0]["message_id"] == message_id
+    assert not [f for f in again if f["type"] == "reply"]
+    counts = wait_until_answered(gw, [message_id])
+    ledger.answered += 1
+    ledger.duplicates += max(0, counts[message_id] - 1)
+    assert counts[message_id] == 1

@@ -1,0 +1,148 @@
+"""Processes and services die under the gateway: a worker, Redis, PostgreSQL.
+
+Every test restores what it broke, so the next one starts from a healthy stack.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from gateway_project.stack import http
+
+from .conftest import post_message, sql, wait_until_answered
+
+pytestmark = [pytest.mark.services, pytest.mark.e2e]
+
+
+def wait_for_status(gw, message_id: str, status: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = sql(gw, "SELECT status FROM conversations_message WHERE id::text = %s", message_id)
+        if rows and rows[0][0] == status:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"message {message_id} never reached {status}")
+
+
+def restart_workers(gw) -> None:
+    for worker in gw.workers:
+        worker.stop()
+    gw.workers = [gw.stack.worker()]
+
+
+def test_worker_killed_mid_run_is_answered_once_after_restart(gw, ledger):
+    """Must hold: SIGKILL of the worker while the model call is in flight loses nothing — once a
+    worker runs again (redelivery or the requeue task after the claim lease runs out) the message
+    is answered, exactly once."""
+    status, body, _ = post_message(gw, {"message": "long thought [[delay:2.5]]"})
+    ledger.sent += 1
+    assert status == 202, body
+    message_id = body["message_id"]
+    wait_for_status(gw, message_id, "processing")
+    for worker in gw.workers:
+        worker.kill()
+    ledger.faults += 1
+    gw.workers = [gw.stack.worker()]
+    counts = wait_until_answered(gw, [message_id], timeout=60)
+    ledger.answered += counts[message_id] > 0
+    ledger.duplicates += max(0, counts[message_id] - 1)
+    assert counts[message_id] == 1
+    (status_now, attempts), = sql(gw, "SELECT status, attempts FROM conversations_message WHERE id::text = %s",
+                                  message_id)
+    assert status_now == "answered" and attempts >= 2
+
+
+def test_redis_down_then_back_every_accepted_message_is_answered(gw, ledger):
+    """Must hold: while Redis is down, the API answers 503 with retry_after (retryable) or 202 —
+    never a 500 — and /readyz says so; messages accepted before the outage whose queued tasks died
+    with Redis are answered once Redis is back (the periodic requeue task), exactly once."""
+    for worker in gw.workers:  # nothing consumes the queue: the tasks live only in Redis
+        worker.stop()
+    gw.workers = []
+    accepted = []
+    for i in range(5):
+        status, body, _ = post_message(gw, {"message": f"queued before outage {i}"})
+        ledger.sent += 1
+        assert status == 202, body
+        accepted.append(body["message_id"])
+    port = gw.redis.port
+    gw.redis.kill()  # the queue is gone: no persistence
+    ledger.faults += 1
+    try:
+        during = []
+        for i in range(5):
+            status, body, headers = post_message(gw, {"message": f"during outage {i}"}, timeout=30)
+            ledger.sent += 1
+            ledger.errors_500 += status >= 500 and status != 503
+            during.append((status, body))
+            if status == 202:
+                accepted.append(body["message_id"])
+            else:
+                assert status == 503, body
+                assert body["error"]["code"] == "service_unavailable" and body["error"]["retry_after"] > 0
+                assert int(headers["Retry-After"]) > 0
+        ready_status, ready, _ = http("GET", f"{gw.url}/readyz")
+        assert ready_status == 503 and ready["checks"]["redis"].startswith("error")
+    finally:
+        gw.redis = gw.stack.redis(port=port)
+        gw.workers = [gw.stack.worker()]
+    counts = wait_until_answered(gw, accepted, timeout=60)
+    ledger.answered += sum(1 for n in counts.values() if n)
+    ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
+    assert set(counts.values()) == {1}, counts
+    status, body, _ = post_message(gw, {"message": "after the outage", "wait": 30})
+    ledger.sent += 1
+    assert status == 200, body
+    ledger.answered += 1
+
+
+def test_postgres_restarted_during_traffic_recovers_without_a_manual_step(gw, ledger):
+    """Must hold: while PostgreSQL restarts under steady traffic, callers get answers, 503s or 504s
+    — never a 500 — and afterwards the same processes (no restart) answer again; every message the
+    gateway accepted is answered exactly once."""
+    stop = threading.Event()
+    outcomes: list[tuple[int, dict]] = []
+
+    def traffic(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            status, body, _ = post_message(gw, {"message": f"steady {n}-{i}", "wait": 10}, timeout=30)
+            outcomes.append((status, body if isinstance(body, dict) else {"raw": body}))
+            i += 1
+            time.sleep(0.05)
+
+    with ThreadPoolExecutor(3) as pool:
+        for n in range(3):
+            pool.submit(traffic, n)
+        time.sleep(1.5)
+        gw.pg.stop("fast")
+        ledger.faults += 1
+        time.sleep(2)
+        gw.pg.start()
+        time.sleep(2)
+        stop.set()
+    ledger.sent += len(outcomes)
+    statuses = [status for status, _ in outcomes]
+    ledger.errors_500 += sum(s >= 500 and s not in (503, 504) for s in statuses)
+    assert set(statuses) <= {200, 503, 504}, [b for s, b in outcomes if s not in (200, 503, 504)][:3]
+    assert 503 in statuses or 504 in statuses or len(outcomes) > 0
+    # No manual step: the very same Daphne and worker answer now.
+    deadline = time.monotonic() + 30
+    while True:
+        status, body, _ = post_message(gw, {"message": "after restart", "wait": 15})
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    ledger.sent += 1
+    assert status == 200, body
+    accepted = [body["message_id"] for _s, body in outcomes if "message_id" in body]
+    counts = wait_until_answered(gw, accepted, timeout=60)
+    ledger.answered += sum(1 for n in counts.values() if n) + 1
+    ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
+    assert all(n <= 1 for n in counts.values()), counts
+    rows = sql(gw, "SELECT status, count(*) FROM conversations_message WHERE id::text = ANY(%s) GROUP BY 1",
+               accepted)
+    assert {status for status, _n in rows} <= {"answered", "failed"}, rows
