@@ -92,7 +92,8 @@ def test_websocket_resends_are_acknowledged_and_answered_once(gw, ledger):
     conversation = acks[0]["conversation_id"]
     again = asyncio.run(_chat(url + f"&conversation={conversation}", [frame], wait_for_replies=0))
     ledger.sent += 1
-    assert again[0]["type"] == "ack" and again[0]["duplicate"] is True and again[0]["message_id"] == message_id
+    ack = next(f for f in again if f["type"] == "ack")  # a returning tab may get a history frame first
+    assert ack["duplicate"] is True and ack["message_id"] == message_id
     assert not [f for f in again if f["type"] == "reply"]
     counts = wait_until_answered(gw, [message_id])
     ledger.answered += 1

@@ -1,0 +1,151 @@
+"""The load generator: a separate process that drives one scenario over loopback and prints JSON.
+
+    python bench/load.py '<json spec>'
+
+Spec kinds:
+- ``http``: POST ``body`` to ``url`` ``count`` times at ``concurrency`` (``idempotency``: a unique
+  Idempotency-Key per request, ``repeat_every``: also resend every Nth request with its key).
+- ``ws_hold``: open ``connections`` websockets to ``url`` and hold them; then send ``messages``
+  messages on ``message_sockets`` of them and time message→reply; reports connect/hold numbers.
+Bounded by counts and a wall-clock ``timeout``; loopback only.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+import uuid
+
+import aiohttp
+
+
+def summarize(latencies: list[float], duration: float, errors: dict, extra: dict | None = None) -> dict:
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float | None:
+        if not ordered:
+            return None
+        return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000, 2)
+
+    return {
+        "ok": len(ordered), "errors": errors, "seconds": round(duration, 3),
+        "rps": round(len(ordered) / duration, 1) if duration else None,
+        "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 2) if ordered else None,
+        **(extra or {}),
+    }
+
+
+async def run_http(spec: dict) -> dict:
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    accepted: list[str] = []
+    keys: list[str] = []
+    queue: asyncio.Queue = asyncio.Queue()
+    for i in range(spec["count"]):
+        key = f"bench-{uuid.uuid4()}" if spec.get("idempotency") else None
+        queue.put_nowait(key)
+        if key:
+            keys.append(key)
+            if spec.get("repeat_every") and i % spec["repeat_every"] == 0:
+                queue.put_nowait(key)  # a retried delivery of the same message
+    connector = aiohttp.TCPConnector(limit=spec["concurrency"] + 5, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=spec.get("request_timeout", 60))
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        async def one_worker():
+            while not queue.empty():
+                key = queue.get_nowait()
+                headers = {"Content-Type": "application/json", **spec.get("headers", {})}
+                if key:
+                    headers["Idempotency-Key"] = key
+                started = time.perf_counter()
+                try:
+                    async with session.post(spec["url"], data=json.dumps(spec["body"]), headers=headers) as resp:
+                        raw = await resp.read()
+                        if resp.status in spec.get("ok_status", [200]):
+                            latencies.append(time.perf_counter() - started)
+                            if spec.get("collect_ids"):
+                                accepted.append(json.loads(raw)["message_id"])
+                        else:
+                            errors[str(resp.status)] = errors.get(str(resp.status), 0) + 1
+                except Exception as exc:  # noqa: BLE001 - the bench counts every failure kind
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+
+        if spec.get("warmup"):
+            for _ in range(spec["warmup"]):
+                async with session.post(spec["url"], data=json.dumps(spec["body"]),
+                                        headers={"Content-Type": "application/json", **spec.get("headers", {})}):
+                    pass
+        started = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(one_worker() for _ in range(spec["concurrency"]))), spec["timeout"])
+        duration = time.perf_counter() - started
+    extra = {"sent": spec["count"] + (len(keys) // spec["repeat_every"] + 1 if spec.get("repeat_every") else 0)}
+    if spec.get("collect_ids"):
+        extra.update(keys=keys, accepted_ids=accepted)
+    return summarize(latencies, duration, errors, extra)
+
+
+async def run_ws_hold(spec: dict) -> dict:
+    import websockets
+
+    sockets = []
+    errors: dict[str, int] = {}
+    semaphore = asyncio.Semaphore(spec.get("connect_concurrency", 50))
+
+    async def connect():
+        async with semaphore:
+            try:
+                ws = await websockets.connect(spec["url"], open_timeout=30, ping_interval=None, max_queue=64)
+                sockets.append(ws)
+            except Exception as exc:  # noqa: BLE001
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+
+    started = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(connect() for _ in range(spec["connections"]))), spec["timeout"])
+    connect_seconds = time.perf_counter() - started
+    held = len(sockets)
+    # Report, then wait for the orchestrator to read Daphne's memory while everything is connected.
+    print(json.dumps({"event": "held", "held": held}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    latencies: list[float] = []
+    reply_errors: dict[str, int] = {}
+
+    async def converse(ws, n: int):
+        for i in range(n):
+            started = time.perf_counter()
+            await ws.send(json.dumps({"type": "message", "message": f"hello {i}", "client_id": str(uuid.uuid4())}))
+            while True:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if frame["type"] == "reply":
+                    latencies.append(time.perf_counter() - started)
+                    break
+                if frame["type"] == "error":
+                    reply_errors[frame["code"]] = reply_errors.get(frame["code"], 0) + 1
+                    break
+
+    talkers = sockets[: spec["message_sockets"]]
+    per_socket = max(1, spec["messages"] // max(1, len(talkers)))
+    chat_started = time.perf_counter()
+    results = await asyncio.gather(*(converse(ws, per_socket) for ws in talkers), return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            reply_errors[type(result).__name__] = reply_errors.get(type(result).__name__, 0) + 1
+    chat_seconds = time.perf_counter() - chat_started
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    return summarize(latencies, chat_seconds, reply_errors,
+                     {"connections_requested": spec["connections"], "connections_held": held,
+                      "connect_errors": errors, "connect_seconds": round(connect_seconds, 2),
+                      "connected_while_chatting": held})
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    runner = {"http": run_http, "ws_hold": run_ws_hold}[spec["kind"]]
+    result = asyncio.run(runner(spec))
+    print(json.dumps({"event": "result", **result}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

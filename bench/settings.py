@@ -1,0 +1,4 @@
+"""Settings for the benchmark's Daphne: the gateway's, plus a bare DRF endpoint (the stack's ceiling)."""
+from gateway_project.settings import *  # noqa: F403
+
+ROOT_URLCONF = "bench.urls"

@@ -1,0 +1,119 @@
+"""Attacks from the outside, each refused (and audited where the gateway audits that refusal)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+import redis
+import websockets
+
+from gateway_project.stack import http, visitor_token
+
+from .conftest import post_message, sql
+
+pytestmark = [pytest.mark.services, pytest.mark.e2e]
+
+
+def clear_auth_failures(gw) -> None:
+    client = redis.Redis(port=gw.redis.port)
+    for key in client.scan_iter("*gateway:authfail:*"):
+        client.delete(key)
+
+
+def test_another_users_conversation_is_not_found_anywhere(gw, ledger):
+    """Must hold: a conversation id of someone else's is 404 for reading, for posting into, and for
+    joining over the websocket — indistinguishable from an id that does not exist."""
+    status, mine, _ = post_message(gw, {"message": "private things", "wait": 20})
+    assert status == 200, mine
+    other = {"Authorization": f"Bearer {gw.demo['api_keys']['employee']}"}
+    status, body, _ = http("GET", f"{gw.url}/api/v1/conversations/{mine['conversation_id']}/messages", headers=other)
+    assert status == 404 and body["error"]["code"] == "not_found"
+    status, body, _ = http("POST", f"{gw.url}/api/v1/messages",
+                           {"message": "let me in", "conversation_id": mine["conversation_id"]}, other)
+    assert status == 404 and body["error"]["code"] == "not_found"
+    slug = gw.demo["channels"]["webchat"]["slug"]
+    url = (gw.url.replace("http", "ws") + f"/ws/chat/{slug}/?visitor={visitor_token(gw.url, slug)}"
+           f"&conversation={mine['conversation_id']}")
+
+    async def join():
+        async with websockets.connect(url) as ws:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+            return frame, closed.value.rcvd.code
+
+    frame, code = asyncio.run(join())
+    assert frame["type"] == "error" and frame["code"] == "not_found" and code == 4403
+    ledger.sent += 4
+    # Nothing of the victim's leaked into the attacker's reach: still one inbound message there.
+    rows = sql(gw, "SELECT count(*) FROM conversations_message WHERE conversation_id::text = %s AND direction='in'",
+               mine["conversation_id"])
+    assert rows[0][0] == 1
+
+
+def test_api_key_brute_force_is_cut_off_and_audited(gw, ledger):
+    """Must hold: after GATEWAY_AUTH_FAILURES_PER_IP (15 here) wrong keys from one address, every
+    attempt from it is 429 with Retry-After — the right key too — and the failures and the block
+    are audit events."""
+    clear_auth_failures(gw)
+    before = dict(sql(gw, "SELECT action, count(*) FROM logs_auditevent GROUP BY 1"))
+    try:
+        statuses = []
+        for _ in range(20):
+            guess = {"Authorization": f"Bearer gw_{uuid.uuid4().hex[:8]}_{uuid.uuid4().hex}"}
+            statuses.append(http("POST", f"{gw.url}/api/v1/messages", {"message": "x"}, guess)[0])
+        ledger.sent += 20
+        assert statuses[:15] == [401] * 15 and set(statuses[15:]) == {429}
+        status, body, headers = post_message(gw, {"message": "the real key"})
+        assert status == 429 and body["error"]["code"] == "rate_limited" and int(headers["Retry-After"]) > 0
+        after = dict(sql(gw, "SELECT action, count(*) FROM logs_auditevent GROUP BY 1"))
+        assert after.get("apikey.auth_failed", 0) - before.get("apikey.auth_failed", 0) == 15
+        assert after.get("apikey.auth_blocked", 0) - before.get("apikey.auth_blocked", 0) == 1
+    finally:
+        clear_auth_failures(gw)
+    assert post_message(gw, {"message": "back in"})[0] == 202
+
+
+def test_oversized_and_hostile_bodies_are_refused(gw, ledger):
+    """Must hold: a body over GATEWAY_MAX_BODY_BYTES is 413, an over-long message 400, XML (with an
+    entity bomb) 415 — and none is stored."""
+    count_before = sql(gw, "SELECT count(*) FROM conversations_message")[0][0]
+    big = {"message": "x" * (300 * 1024)}
+    status, body, _ = post_message(gw, big)
+    assert status == 413 and body["error"]["code"] == "payload_too_large", body
+    status, body, _ = post_message(gw, {"message": "y" * 8001})
+    assert status == 400 and body["error"]["code"] == "invalid_request"
+    bomb = ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
+            "<xml><Content>&lol2;</Content></xml>")
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{gw.url}/api/v1/messages", data=bomb.encode(), method="POST",
+                                     headers={**gw.auth, "Content-Type": "application/xml"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 415
+    ledger.sent += 3
+    assert sql(gw, "SELECT count(*) FROM conversations_message")[0][0] == count_before
+
+
+def test_oversized_websocket_frame_does_not_take_the_server_down(gw, ledger):
+    """Must hold: a 2 MB frame is refused (error frame or close), and the next client is served."""
+    slug = gw.demo["channels"]["webchat"]["slug"]
+    url = gw.url.replace("http", "ws") + f"/ws/chat/{slug}/?visitor={visitor_token(gw.url, slug)}"
+
+    async def flood():
+        async with websockets.connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "message", "message": "z" * (2 * 1024 * 1024)}))
+            try:
+                return json.loads(await asyncio.wait_for(ws.recv(), 15))
+            except websockets.ConnectionClosed as closed:
+                return {"closed": closed.rcvd.code if closed.rcvd else None}
+
+    outcome = asyncio.run(flood())
+    assert outcome.get("type") == "error" or "closed" in outcome, outcome
+    status, body, _ = post_message(gw, {"message": "still serving", "wait": 20})
+    ledger.sent += 2
+    assert status == 200, body
