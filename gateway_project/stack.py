@@ -86,11 +86,12 @@ class Stack:
     log_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gateway-stack-")))
     processes: list[Process] = field(default_factory=list)
 
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Process:
+    def spawn(self, name: str, args: list[str], env: dict[str, str | None] | None = None) -> Process:
         log_path = self.log_dir / f"{name}-{len(self.processes)}.log"
+        merged = {k: v for k, v in {**self.env, **(env or {})}.items() if v is not None}  # None: unset it
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(
-                args, cwd=BASE_DIR, env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                args, cwd=BASE_DIR, env=merged, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
         process = Process(name, popen, log_path)

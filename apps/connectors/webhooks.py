@@ -17,6 +17,7 @@ from apps.conversations.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
     error_response,
+    outage_error,
 )
 
 from .base import WebhookRequest
@@ -47,6 +48,11 @@ def channel_webhook(request, slug: str):
     except GatewayError as error:
         logger.info("webhook refused", extra={"channel": slug, "code": error.code, "status": error.status})
         return error_response(error)
+    except Exception as exc:
+        # PostgreSQL or Redis away: 503 + Retry-After, so the platform redelivers later.
+        if (outage := outage_error(exc)) is None:
+            raise
+        return error_response(outage)
 
 
 def read_webhook_request(request, connector) -> WebhookRequest:

@@ -15,7 +15,20 @@ from types import SimpleNamespace
 import psycopg
 import pytest
 
+from apps.connectors.fake_platforms import FakePlatforms
 from gateway_project.stack import PrivatePostgres, Stack, base_env, http
+
+SLACK_SECRET = "reliability-slack-signing-secret"
+SLACK_BOT_USER = "U0RELBOT"
+CREATE_SLACK_CHANNEL = f"""
+from apps.agents.models import Agent
+from apps.connectors.models import Channel
+channel = Channel.objects.filter(slug="slack").first() or Channel(
+    slug="slack", name="Slack", kind="slack", default_agent=Agent.objects.get(slug="assistant"),
+    config={{"bot_user_id": "{SLACK_BOT_USER}"}})
+channel.set_secrets(signing_secret="{SLACK_SECRET}", bot_token="xoxb-reliability")
+channel.save()
+"""
 
 FAST_RECOVERY_ENV = {
     "GATEWAY_AGENT_LEASE_SECONDS": "4",
@@ -75,17 +88,20 @@ def gw():
     """fake_llm + private PostgreSQL + private Redis + Celery worker + beat + Daphne, seeded with the demo."""
     pg = PrivatePostgres()
     stack = Stack(base_env(**FAST_RECOVERY_ENV))
+    platforms = FakePlatforms()
+    platforms.start_in_thread()
     try:
         pg.start()
         database = pg.create_database("gateway")
         redis_process = stack.redis()
         llm_url = stack.fake_llm()
         stack.env.update(DATABASE_URL=database, REDIS_URL=f"redis://127.0.0.1:{redis_process.port}/0",
-                         OPENAI_BASE_URL=llm_url)
+                         OPENAI_BASE_URL=llm_url, SLACK_API_BASE_URL=platforms.slack_base_url)
         stack.manage("migrate", "--noinput")
         demo = json.loads(stack.manage("seed_demo", "--json"))
+        stack.manage("shell", "-c", CREATE_SLACK_CHANNEL)
         gateway = SimpleNamespace(stack=stack, pg=pg, database=database, redis=redis_process, llm_url=llm_url,
-                                  demo=demo, workers=[stack.worker()], beat=stack.beat())
+                                  demo=demo, workers=[stack.worker()], beat=stack.beat(), platforms=platforms)
         gateway.url = stack.daphne()
         gateway.auth = {"Authorization": f"Bearer {demo['api_keys']['customer']}"}
         yield gateway
@@ -95,6 +111,7 @@ def gw():
     finally:
         stack.stop()
         pg.destroy()
+        platforms.stop()
 
 
 def sql(gw, query: str, *params):
@@ -128,3 +145,41 @@ def wait_until_answered(gw, message_ids, timeout: float = 60) -> dict[str, int]:
 
 def post_message(gw, body, headers=None, timeout: float = 60):
     return http("POST", f"{gw.url}/api/v1/messages", body, {**gw.auth, **(headers or {})}, timeout=timeout)
+
+
+def slack_deliver(gw, payload: dict, *, retry_num: int | None = None, secret: str = SLACK_SECRET,
+                  timestamp: int | None = None, signature: str | None = None):
+    """POST a Slack Events API payload, signed as Slack signs it (v0 HMAC-SHA256)."""
+    import hashlib
+    import hmac
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps(payload).encode()
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    if signature is None:
+        digest = hmac.new(secret.encode(), b"v0:" + stamp.encode() + b":" + body, hashlib.sha256).hexdigest()
+        signature = f"v0={digest}"
+    headers = {"Content-Type": "application/json", "X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": signature}
+    if retry_num is not None:
+        headers.update({"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_timeout"})
+    request = urllib.request.Request(f"{gw.url}/api/v1/channels/slack/webhook", data=body, method="POST",
+                                     headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def slack_message_event(text: str, *, channel: str = "C0REL", user: str = "U0ALICE", ts: str | None = None) -> dict:
+    """An Events API ``message`` event as Slack sends it (recorded shape, fresh ids)."""
+    import uuid
+
+    ts = ts or f"{time.time():.6f}"
+    return {
+        "token": "unused-verification-token", "team_id": "T0REL", "api_app_id": "A0REL", "type": "event_callback",
+        "event_id": f"Ev{uuid.uuid4().hex[:10].upper()}", "event_time": int(time.time()),
+        "event": {"type": "message", "channel": channel, "user": user, "text": text, "ts": ts,
+                  "event_ts": ts, "channel_type": "channel"},
+    }

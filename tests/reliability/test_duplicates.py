@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -99,3 +100,36 @@ def test_websocket_resends_are_acknowledged_and_answered_once(gw, ledger):
     ledger.answered += 1
     ledger.duplicates += max(0, counts[message_id] - 1)
     assert counts[message_id] == 1
+
+
+def test_slack_retries_and_mention_pairs_are_answered_once(gw, ledger):
+    """Must hold: Slack's retries of one event (X-Slack-Retry-Num 1, 2, sent while the first is in
+    flight) and the app_mention Slack sends alongside the message are one inbound message and one
+    chat.postMessage in the thread."""
+    from .conftest import slack_deliver, slack_message_event
+
+    event = slack_message_event("hello from slack [[delay:0.5]]")
+    mention = json.loads(json.dumps(event))
+    mention["event"]["type"] = "app_mention"
+    mention["event_id"] = "EvMENTION" + event["event_id"][-4:]
+    deliveries = [(event, None), (event, 1), (event, 2), (mention, None)]
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(lambda d: slack_deliver(gw, d[0], retry_num=d[1])[0], deliveries))
+    ledger.sent += len(deliveries)
+    ledger.errors_500 += sum(s >= 500 for s in statuses)
+    assert set(statuses) == {200}, statuses
+    ts = event["event"]["ts"]
+    rows = sql(gw, "SELECT id::text FROM conversations_message WHERE direction='in' AND external_id = %s",
+               f"C0REL:{ts}")
+    assert len(rows) == 1
+    counts = wait_until_answered(gw, [rows[0][0]])
+    deadline = time.monotonic() + 20
+    while not [m for m in gw.platforms.state.slack_messages if m["thread_ts"] == ts]:
+        assert time.monotonic() < deadline, "the reply never reached Slack"
+        time.sleep(0.2)
+    time.sleep(1.5)  # a duplicate post would arrive now
+    posts = [m for m in gw.platforms.state.slack_messages if m["thread_ts"] == ts]
+    ledger.answered += 1
+    ledger.duplicates += max(0, len(posts) - 1) + max(0, counts[rows[0][0]] - 1)
+    assert len(posts) == 1 and counts[rows[0][0]] == 1
+    assert posts[0]["text"] == "Echo: hello from slack"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
 import pytest
@@ -79,7 +80,8 @@ def test_api_key_brute_force_is_cut_off_and_audited(gw, ledger):
 def test_oversized_and_hostile_bodies_are_refused(gw, ledger):
     """Must hold: a body over GATEWAY_MAX_BODY_BYTES is 413, an over-long message 400, XML (with an
     entity bomb) 415 — and none is stored."""
-    count_before = sql(gw, "SELECT count(*) FROM conversations_message")[0][0]
+    inbound = "SELECT count(*) FROM conversations_message WHERE direction = 'in'"
+    count_before = sql(gw, inbound)[0][0]
     big = {"message": "x" * (300 * 1024)}
     status, body, _ = post_message(gw, big)
     assert status == 413 and body["error"]["code"] == "payload_too_large", body
@@ -96,7 +98,7 @@ def test_oversized_and_hostile_bodies_are_refused(gw, ledger):
         urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 415
     ledger.sent += 3
-    assert sql(gw, "SELECT count(*) FROM conversations_message")[0][0] == count_before
+    assert sql(gw, inbound)[0][0] == count_before
 
 
 def test_oversized_websocket_frame_does_not_take_the_server_down(gw, ledger):
@@ -117,3 +119,27 @@ def test_oversized_websocket_frame_does_not_take_the_server_down(gw, ledger):
     status, body, _ = post_message(gw, {"message": "still serving", "wait": 20})
     ledger.sent += 2
     assert status == 200, body
+
+
+def test_forged_and_replayed_slack_signatures_are_refused(gw, ledger):
+    """Must hold: a wrong signing secret, a tampered body and a replay of a correctly signed request
+    older than CONNECTOR_SIGNATURE_MAX_AGE_SECONDS are 401; nothing is stored or answered."""
+    from .conftest import slack_deliver, slack_message_event
+
+    inbound = "SELECT count(*) FROM conversations_message WHERE direction = 'in'"
+    before = sql(gw, inbound)[0][0]
+    forged = slack_deliver(gw, slack_message_event("forged"), secret="not-the-secret")
+    stale = slack_deliver(gw, slack_message_event("replayed"), timestamp=int(time.time()) - 3600)
+    tampered_event = slack_message_event("original")
+    import hashlib
+    import hmac
+
+    stamp = str(int(time.time()))
+    good_sig = "v0=" + hmac.new(b"reliability-slack-signing-secret",
+                                b"v0:" + stamp.encode() + b":" + json.dumps(tampered_event).encode(),
+                                hashlib.sha256).hexdigest()
+    tampered_event["event"]["text"] = "tampered"
+    tampered = slack_deliver(gw, tampered_event, timestamp=int(stamp), signature=good_sig)
+    ledger.sent += 3
+    assert [forged[0], stale[0], tampered[0]] == [401, 401, 401], (forged, stale, tampered)
+    assert sql(gw, inbound)[0][0] == before
