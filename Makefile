@@ -37,6 +37,11 @@ test: install
 test-reliability: install
 	$(BIN)/python -m pytest tests/reliability -p no:cacheprovider $(PYTEST_ARGS)
 
+# Benchmarks (services mode on its own database + Redis db; LiteLLM side by side). Results in
+# bench/results/. Knobs: BENCH_REQUESTS, BENCH_ROUNDS, BENCH_WS_CONNECTIONS, BENCH_LLM_DELAY_MS, ...
+bench: install
+	ulimit -n $$(ulimit -Hn) && $(BIN)/python bench/run.py
+
 lint: install
 	$(BIN)/ruff check .
 
