@@ -12,6 +12,7 @@ WebClient at SLACK_API_BASE_URL.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 
@@ -21,10 +22,12 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.signature import SignatureVerifier
 
-from apps.conversations.errors import BadRequest, Unauthenticated
+from apps.conversations.errors import BadRequest, GatewayError, Unauthenticated
 from apps.conversations.normalized import NormalizedMessage
 
 from .base import Connector, ConnectorError, WebhookRequest, WebhookResult, check_timestamp
+
+logger = logging.getLogger(__name__)
 
 # Slack errors worth another try; every other ``ok: false`` is permanent (bad token, channel...).
 TRANSIENT_ERRORS = {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
@@ -130,5 +133,6 @@ class SlackConnector(Connector):
         try:
             self.post(channel=inbound.metadata["slack_channel"], text=error.message,
                       thread_ts=inbound.metadata.get("slack_thread_ts"))
-        except ConnectorError:
-            pass  # the failure itself is already recorded on the message
+        except (ConnectorError, GatewayError) as exc:
+            # The failure itself is already recorded on the message; telling the sender is best effort.
+            logger.warning("could not tell the sender about the failure", extra={"error": str(exc)})

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpResponse
 
-from apps.conversations.errors import BadRequest, Unauthenticated
+from apps.conversations.errors import BadRequest, GatewayError, Unauthenticated
 from apps.conversations.normalized import NormalizedMessage
 
 from .base import Connector, ConnectorError, WebhookRequest, WebhookResult, check_timestamp
@@ -165,5 +165,6 @@ class WeComConnector(Connector):
     def send_error(self, inbound, error) -> None:
         try:
             self.post_text(user=inbound.metadata["wecom_user"], text=error.message)
-        except ConnectorError:
-            pass
+        except (ConnectorError, GatewayError) as exc:
+            # The failure itself is already recorded on the message; telling the sender is best effort.
+            logger.warning("could not tell the sender about the failure", extra={"error": str(exc)})

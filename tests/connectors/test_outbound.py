@@ -62,3 +62,23 @@ def test_send_with_retries_waits_at_least_retry_after(settings, monkeypatch):
 
     assert send_with_retries(send) == 3
     assert waits == [2.0, 0.02]  # Retry-After first, then exponential backoff
+
+
+def test_a_channel_whose_secrets_are_gone_fails_the_reply_instead_of_crashing(client, slack_channel, platforms):
+    message = inbound(client, slack_channel)
+    slack_channel.secrets_ciphertext = ""
+    slack_channel.save()
+    reply = agent_run(message.id)
+    reply.refresh_from_db()
+    assert (reply.status, reply.error_code) == ("failed", "delivery_failed")
+    assert not platforms.state.slack_messages
+
+
+def test_a_failed_run_tells_the_slack_user_in_the_thread(client, slack_channel, platforms):
+    slack_post(client, slack_channel, slack_event("app_mention.json", text="<@U0LAN0Z89> [[fail:400]]"))
+    message = Message.objects.get()
+    assert agent_run(message.id) is None
+    message.refresh_from_db()
+    assert message.status == "failed"
+    [posted] = platforms.state.slack_messages
+    assert posted["thread_ts"] == message.metadata["slack_thread_ts"] and "could not answer" in posted["text"]
