@@ -144,6 +144,9 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
 LOGIN_URL = "/admin/login/"
+# An unknown sender whose channel vouches for their email (metadata["verified_email"]) is linked to
+# the one existing user with that email instead of becoming a new customer.
+IDENTITY_LINK_VERIFIED_EMAIL = env.bool("IDENTITY_LINK_VERIFIED_EMAIL", default=False)
 
 # --- HTTP -----------------------------------------------------------------------------------
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("GATEWAY_MAX_BODY_BYTES", default=256 * 1024)

@@ -91,6 +91,8 @@ class Agent(models.Model):
 
     class Meta:
         ordering = ["slug"]
+        # Granted per agent with django-guardian: one user or group may use one agent beyond its role.
+        permissions = [("use_agent", "Can use this agent")]
 
     def __str__(self) -> str:
         return self.name

@@ -56,6 +56,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 session_user=self.scope.get("user"),
                 visitor_token=(query.get("visitor") or [""])[0],
                 conversation_id=(query.get("conversation") or [""])[0],
+                client_ip=(self.scope.get("client") or [None])[0],
             )
         except GatewayError as error:
             await self._refuse(error, CLOSE_POLICY_VIOLATION)

@@ -3,7 +3,14 @@ from __future__ import annotations
 
 from django.db import models
 
+from apps.agents.models import Visibility
+
 from .registry import KIND_CHOICES
+
+
+class UnknownSenders(models.TextChoices):
+    CREATE_CUSTOMER = "create_customer", "Create a customer"
+    REFUSE = "refuse", "Refuse politely"
 
 
 class Channel(models.Model):
@@ -27,11 +34,25 @@ class Channel(models.Model):
         blank=True, editable=False,
         help_text="Kind-specific secrets (signing secrets, tokens, keys), Fernet-encrypted JSON.",
     )
+    visibility = models.CharField(
+        max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC,
+        help_text="Who may talk on this channel; grant single users or groups more with object permissions.",
+    )
+    unknown_senders = models.CharField(
+        max_length=16, choices=UnknownSenders.choices, default=UnknownSenders.CREATE_CUSTOMER,
+        help_text="What happens to a sender with no identity on this channel yet.",
+    )
+    refusal_message = models.CharField(
+        max_length=500, blank=True,
+        help_text="The polite reply to a refused unknown sender (a default text when empty).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["slug"]
+        # Granted per channel with django-guardian: one user or group may use one channel beyond its role.
+        permissions = [("use_channel", "Can use this channel")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.kind})"

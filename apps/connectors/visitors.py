@@ -8,6 +8,7 @@ from django.core import signing
 
 from apps.conversations.errors import Forbidden, NotFound, Unauthenticated
 from apps.conversations.models import Conversation
+from apps.identities.access import check_channel_access
 from apps.identities.models import ChannelIdentity
 from apps.identities.services import identity_create_customer
 
@@ -32,8 +33,12 @@ def visitor_token_read(token: str, channel) -> str:
     return data["v"]
 
 
-def resolve_chat_user(*, channel, session_user, visitor_token: str, conversation_id: str):
-    """(user, conversation id or None) for a web chat connection; raises GatewayError."""
+def resolve_chat_user(*, channel, session_user, visitor_token: str, conversation_id: str,
+                      client_ip: str | None = None):
+    """(user, conversation id or None) for a web chat connection; raises GatewayError.
+
+    Blocked users, and users who may not use this channel, are refused here (and audited).
+    """
     if session_user is not None and session_user.is_authenticated:
         user = session_user
     elif visitor_token:
@@ -50,8 +55,7 @@ def resolve_chat_user(*, channel, session_user, visitor_token: str, conversation
         user = identity.user
     else:
         raise Unauthenticated("Sign in, or open the chat from its page.")
-    if not user.is_active:
-        raise Forbidden("This account is disabled.")
+    check_channel_access(user=user, channel=channel, client_ip=client_ip)
     if not conversation_id:
         return user, None
     try:

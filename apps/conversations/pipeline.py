@@ -1,6 +1,6 @@
 """The inbound pipeline: every channel's message goes through these steps, in this order.
 
-    dedupe → identify → authorize → limit → route → persist → enqueue
+    dedupe → identify → authorize → limit → route → authorize agent → persist → enqueue
 
 ``accept()`` reads top to bottom as that list. Each step either returns what the next one needs or
 raises a ``GatewayError`` (see errors.py) that the entry point turns into its wire form. Nothing
@@ -16,11 +16,12 @@ from django.utils import timezone
 
 from apps.agents.dispatch import enqueue_agent_run
 from apps.connectors.models import Channel
+from apps.identities.access import check_agent_access, check_channel_access
 from apps.identities.services import identify_sender
 from apps.quotas.limits import check_request_rate
 from apps.routing.router import route_message
 
-from .errors import ChannelDisabled, Forbidden, NotFound
+from .errors import ChannelDisabled, NotFound
 from .models import Conversation, Direction, Message, Status
 from .normalized import NormalizedMessage
 
@@ -47,11 +48,12 @@ def accept(
     """
     if (original := dedupe(msg, channel)) is not None:
         return original
-    user = identify_sender(msg, channel=channel, principal=principal)
-    authorize(user, channel)
+    user = identify_sender(msg, channel=channel, principal=principal, client_ip=client_ip)
+    authorize(user, channel, api_key=api_key, client_ip=client_ip)
     check_request_rate(user=user, channel=channel)
     conversation = find_conversation(msg, channel=channel, user=user)
     agent = route_message(msg, channel=channel, user=user, conversation=conversation)
+    check_agent_access(user=user, agent=agent, api_key=api_key, client_ip=client_ip)
     accepted = persist(msg, channel=channel, user=user, conversation=conversation, agent=agent)
     if not accepted.duplicate:
         transaction.on_commit(lambda: enqueue_agent_run(accepted.message.id))
@@ -73,12 +75,12 @@ def dedupe(msg: NormalizedMessage, channel: Channel) -> Accepted | None:
     return Accepted(message=original, conversation=original.conversation, duplicate=True)
 
 
-def authorize(user, channel: Channel) -> None:
-    """The sender may use this channel at all (finer agent/tool rights are checked later)."""
+def authorize(user, channel: Channel, *, api_key=None, client_ip: str | None = None) -> None:
+    """The sender may use this channel at all: not blocked, role or object permission, API key
+    scope (agent and tool rights are checked later). Refusals are audited."""
     if not channel.enabled:
         raise ChannelDisabled()
-    if not user.is_active:
-        raise Forbidden("This account is disabled.")
+    check_channel_access(user=user, channel=channel, api_key=api_key, client_ip=client_ip)
 
 
 def find_conversation(msg: NormalizedMessage, *, channel: Channel, user) -> Conversation | None:

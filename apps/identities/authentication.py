@@ -10,6 +10,7 @@ from rest_framework import authentication, exceptions
 
 from apps.quotas.auth_failures import check_auth_failures, record_auth_failure
 
+from .access import check_user_active
 from .models import ApiKey, hash_api_key
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # write last_used_at at most this often per key
@@ -29,6 +30,7 @@ def api_key_user(raw_key: str):
         raise exceptions.AuthenticationFailed("This API key is revoked or expired.")
     if not key.user.is_active:
         raise exceptions.AuthenticationFailed("This account is disabled.")
+    check_user_active(key.user)  # blocked users are refused on every endpoint (403, audited)
     now = timezone.now()
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)

@@ -20,9 +20,33 @@ class User(AbstractUser):
     is_visitor = models.BooleanField(
         default=False, help_text="Created for an anonymous web chat visitor."
     )
+    blocked_at = models.DateTimeField(
+        null=True, blank=True, db_index=True,
+        help_text="When set, the user is refused on every channel (see identities.access).",
+    )
+    blocked_reason = models.CharField(max_length=255, blank=True)
+    merged_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="merged_users",
+        help_text="This account was merged into another; its history moved there.",
+    )
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
+        # Global (not per-object) permissions. Role groups get them in roles.ROLE_PERMISSIONS.
+        permissions = [
+            *[(f"use_{level}_{kind}", f"Can use {level} {kind}")
+              for kind in ("agents", "tools") for level in ("public", "internal", "admin")],
+            # Public channels are open to every active user (see Channel.unknown_senders for strangers).
+            ("use_internal_channels", "Can use internal channels"),
+            ("use_admin_channels", "Can use admin channels"),
+            ("grant_role", "Can grant and revoke roles and permissions"),
+            ("block_user", "Can block and unblock users"),
+            ("merge_users", "Can merge users and link identities"),
+        ]
+
+    @property
+    def is_blocked(self) -> bool:
+        return self.blocked_at is not None
 
     @property
     def role(self) -> str:
@@ -89,6 +113,16 @@ class ApiKey(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
+    # Scopes: empty means every channel / every agent the owner may use.
+    channels = models.ManyToManyField(
+        "connectors.Channel", blank=True, related_name="+",
+        help_text="Channels this key may be used on (none selected: any).",
+    )
+    agents = models.ManyToManyField(
+        "agents.Agent", blank=True, related_name="+",
+        help_text="Agents this key may talk to (none selected: any the owner may use).",
+    )
+
     objects = ApiKeyQuerySet.as_manager()
 
     class Meta:
@@ -100,13 +134,21 @@ class ApiKey(models.Model):
     @classmethod
     def generate(cls, *, user, name: str = "", expires_at=None) -> tuple[ApiKey, str]:
         """Create a key; returns (row, raw key). The raw key is never stored or shown again."""
-        prefix = secrets.token_hex(API_KEY_PREFIX_CHARS // 2)
-        raw_key = f"gw_{prefix}_{secrets.token_urlsafe(32)}"
-        key = cls.objects.create(
-            user=user, name=name, prefix=prefix, key_hash=hash_api_key(raw_key),
-            expires_at=expires_at,
-        )
+        key = cls(user=user, name=name, expires_at=expires_at)
+        raw_key = key.set_new_secret()
+        key.save()
         return key, raw_key
+
+    def set_new_secret(self) -> str:
+        """Give this (unsaved) key a fresh prefix and secret; returns the raw key, kept nowhere."""
+        self.prefix = secrets.token_hex(API_KEY_PREFIX_CHARS // 2)
+        raw_key = f"gw_{self.prefix}_{secrets.token_urlsafe(32)}"
+        self.key_hash = hash_api_key(raw_key)
+        return raw_key
+
+    @property
+    def masked(self) -> str:
+        return f"gw_{self.prefix}_…"
 
     @property
     def is_usable(self) -> bool:

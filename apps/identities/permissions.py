@@ -1,13 +1,22 @@
 """What a user may use: agents, tools and channels, by role and by object permission.
 
-Visibility ladder: ``public`` (customers and up), ``internal`` (employees and up), ``admin``.
-Object permissions (django-guardian) grant single objects beyond the role (identities issue).
+This is the one place the rest of the gateway asks. Two ways to be allowed:
+
+- the role: an object's ``visibility`` (``public``, ``internal``, ``admin``) needs the global
+  permission ``identities.use_<visibility>_<kind>`` (agents, tools, channels), which the role groups
+  carry (see roles.ROLE_PERMISSIONS): customers public, employees internal, admins admin.
+  A public channel is open to every active user (strangers are its ``unknown_senders`` policy);
+- an object permission (django-guardian) on that one object, given to the user or one of their
+  groups: ``agents.use_agent``, ``connectors.use_channel``, ``<app>.use_tool``.
+
+Blocked, merged-away and inactive users may use nothing. These functions only answer; the
+refusals (error + audit event) are in ``access.py``.
 """
 from __future__ import annotations
 
-from .roles import ROLE_ORDER, Role
+from .roles import ROLE_ORDER
 
-VISIBILITY_MIN_ROLE = {"public": Role.CUSTOMER, "internal": Role.EMPLOYEE, "admin": Role.ADMIN}
+VISIBILITIES = ("public", "internal", "admin")
 
 
 def role_rank(user) -> int:
@@ -17,15 +26,55 @@ def role_rank(user) -> int:
     return max(ranks, default=-1)
 
 
-def visibility_allows(user, visibility: str) -> bool:
-    needed = VISIBILITY_MIN_ROLE.get(visibility, Role.ADMIN)
-    return role_rank(user) >= ROLE_ORDER.index(needed)
+def visibility_allows(user, visibility: str, kind: str = "agents") -> bool:
+    """The user's role lets them use ``kind`` ("agents", "tools", "channels") of this visibility.
+
+    An unknown visibility is treated as the strictest one.
+    """
+    if visibility not in VISIBILITIES:
+        visibility = "admin"
+    if kind == "channels" and visibility == "public":
+        return True
+    return user.has_perm(f"identities.use_{visibility}_{kind}")
+
+
+def user_may_act(user) -> bool:
+    """An active user, not blocked (blocked users are refused everywhere)."""
+    return bool(user.is_active) and getattr(user, "blocked_at", None) is None
+
+
+def _allowed(user, obj, kind: str, object_perm: str) -> bool:
+    if not user_may_act(user):
+        return False
+    if visibility_allows(user, getattr(obj, "visibility", "admin"), kind):
+        return True
+    return user.has_perm(object_perm, obj)
 
 
 def user_can_use_agent(user, agent) -> bool:
-    return user.is_active and visibility_allows(user, agent.visibility)
+    return _allowed(user, agent, "agents", "agents.use_agent")
 
 
 def user_can_use_tool(user, tool) -> bool:
     """Checked when a tool is about to run, whatever the model asked for."""
-    return user.is_active and visibility_allows(user, tool.visibility)
+    return _allowed(user, tool, "tools", f"{tool._meta.app_label}.use_tool")
+
+
+def user_can_use_channel(user, channel) -> bool:
+    return _allowed(user, channel, "channels", "connectors.use_channel")
+
+
+def api_key_allows_channel(api_key, channel) -> bool:
+    """The key's channel scope (no channels listed: any)."""
+    if api_key is None:
+        return True
+    scoped = set(api_key.channels.values_list("pk", flat=True))
+    return not scoped or channel.pk in scoped
+
+
+def api_key_allows_agent(api_key, agent) -> bool:
+    """The key's agent scope (no agents listed: any the owner may use)."""
+    if api_key is None:
+        return True
+    scoped = set(api_key.agents.values_list("pk", flat=True))
+    return not scoped or agent.pk in scoped

@@ -15,7 +15,7 @@ from apps.agents.models import Agent, LLMModel, Provider, Visibility
 from apps.connectors.demo import demo_webhook_channels
 from apps.connectors.models import Channel
 from apps.identities.models import ApiKey, hash_api_key
-from apps.identities.roles import Role, ensure_role_groups
+from apps.identities.roles import Role, ensure_role_groups, grant_role_permissions
 
 DEMO_STAFF_USERNAME = "staff"
 DEMO_STAFF_PASSWORD = "gateway-demo"
@@ -39,6 +39,7 @@ class Command(BaseCommand):
     @transaction.atomic
     def handle(self, *args, **options):
         groups = ensure_role_groups()
+        grant_role_permissions(groups)
         User = get_user_model()
 
         staff, _ = User.objects.get_or_create(username=DEMO_STAFF_USERNAME)
