@@ -1,9 +1,8 @@
 """Per-conversation order: two messages of one user are answered in the order they arrived."""
-import threading
+import time
 
 import pytest
 
-from apps.agents import dispatch
 from apps.agents.runtime import WaitingForEarlier, agent_run
 from apps.agents.tasks import run_agent
 from apps.conversations.models import Message
@@ -43,14 +42,14 @@ def test_a_stuck_earlier_message_stops_blocking_once_order_is_given_up(client, s
 
 
 def test_embedded_dispatch_answers_in_arrival_order(client, slack_channel, platforms, settings, transactional_db):
+    # The in-process pool (not the broker: in services mode a live e2e worker may be listening).
+    settings.GATEWAY_AGENT_DISPATCH = "thread"
     settings.GATEWAY_ORDER_RETRY_DELAY_SECONDS = 0.05
-    first, second = two_dm_messages(client, slack_channel)
-    # Both runs start at once, the later one first; it must wait for the earlier one.
-    runs = [threading.Thread(target=dispatch._run_embedded, args=(str(m.id),)) for m in (second, first)]
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join(timeout=30)
+    # Both runs start at once on the pool; the second must wait while the first is with the model.
+    two_dm_messages(client, slack_channel)
+    deadline = time.monotonic() + 30
+    while len(platforms.state.slack_messages) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert [m["text"] for m in platforms.state.slack_messages] == ["Echo: first", "Echo: second"]
 
 
