@@ -1,14 +1,148 @@
-"""The pipeline's *route* step: which agent answers a message."""
+"""The pipeline's *route* step: which agent answers a message.
+
+Order of decisions:
+1. An agent the message asks for by name (``metadata["requested_agent"]``, set by the
+   OpenAI-compatible face from ``model``): that one, if the sender may use it, else refused.
+2. The rules, by ascending priority, first match wins. For a conversation that already has an
+   agent only ``reroutes`` rules apply (conversations stick to their agent until a rule or a
+   staff member moves them).
+3. The conversation's agent (sticky), else the channel's default agent.
+A rule whose agent is disabled or not permitted to the sender is skipped; the final choice must be
+an enabled agent the sender may use (``user_can_use_agent``), else the message is refused.
+"""
 from __future__ import annotations
 
-from apps.conversations.errors import NoRoute
+import logging
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from apps.conversations.errors import Forbidden, NoRoute, NotFound
+
+logger = logging.getLogger(__name__)
+
+REQUESTED_AGENT_KEY = "requested_agent"
+
+
+@dataclass
+class RuleCheck:
+    route: object
+    matched: bool
+    reasons: list[str]
+    skipped: str = ""  # why a matching rule was not used
+
+
+@dataclass
+class RouteDecision:
+    agent: object | None
+    route: object | None = None
+    reason: str = ""
+    checks: list[RuleCheck] = field(default_factory=list)
 
 
 def route_message(msg, *, channel, user, conversation):
-    """The conversation's agent if it has one (conversations stick), else the channel default."""
-    agent = conversation.agent if conversation is not None and conversation.agent_id else None
-    if agent is None:
-        agent = channel.default_agent
-    if agent is None or not agent.enabled:
+    """The agent that answers ``msg``. Raises NoRoute, NotFound or Forbidden."""
+    decision = decide_route(
+        text=msg.message, metadata=msg.metadata or {}, channel=channel, user=user, conversation=conversation,
+    )
+    if decision.agent is None:
         raise NoRoute()
-    return agent
+    from apps.identities.permissions import user_can_use_agent
+
+    if not user_can_use_agent(user, decision.agent):
+        raise Forbidden("You are not allowed to use this assistant.")
+    logger.info("routed", extra={"agent": decision.agent.slug, "route_id": getattr(decision.route, "pk", None),
+                                 "route_reason": decision.reason})
+    return decision.agent
+
+
+def decide_route(*, text: str, metadata: dict, channel, user, conversation=None) -> RouteDecision:
+    """Which agent would answer, and why (also what the admin's route tester shows)."""
+    from apps.agents.models import Agent
+    from apps.identities.permissions import user_can_use_agent
+
+    from .models import Route
+
+    requested = metadata.get(REQUESTED_AGENT_KEY)
+    if requested:
+        agent = Agent.objects.select_related("model__provider").filter(slug=str(requested), enabled=True).first()
+        if agent is None or not user_can_use_agent(user, agent):
+            # The same answer for "no such agent" and "not yours": names are not disclosed.
+            raise NotFound(f"No assistant named {str(requested)[:64]!r} is available to you.")
+        return RouteDecision(agent=agent, reason=f"requested by name: {agent.slug}")
+
+    sticky = conversation.agent if conversation is not None and conversation.agent_id else None
+    merged = {**metadata, **(conversation.metadata if conversation is not None else {})}
+    groups = {g.pk: g.name for g in user.groups.all()}
+    decision = RouteDecision(agent=None)
+    routes = Route.objects.filter(enabled=True).select_related("agent", "channel", "sender_group")
+    for route in routes:
+        if sticky is not None and not route.reroutes:
+            decision.checks.append(RuleCheck(route, False, ["the conversation already has an agent and this "
+                                                            "rule does not reroute"]))
+            continue
+        matched, reasons = rule_matches(route, text=text, metadata=merged, channel=channel, groups=groups)
+        check = RuleCheck(route, matched, reasons)
+        decision.checks.append(check)
+        if not matched:
+            continue
+        if not route.agent.enabled:
+            check.skipped = f"agent {route.agent.slug} is disabled"
+        elif not user_can_use_agent(user, route.agent):
+            check.skipped = f"the sender may not use agent {route.agent.slug}"
+        else:
+            decision.agent, decision.route = route.agent, route
+            decision.reason = f"rule {route.name!r} (priority {route.priority}) matched"
+            return decision
+    if sticky is not None and sticky.enabled:
+        decision.agent, decision.reason = sticky, f"the conversation sticks to {sticky.slug}"
+    elif channel.default_agent_id and channel.default_agent.enabled:
+        default = channel.default_agent
+        decision.agent, decision.reason = default, f"the channel's default agent {default.slug}"
+    else:
+        decision.reason = "no rule matched and the channel has no enabled default agent"
+    return decision
+
+
+def rule_matches(route, *, text: str, metadata: dict, channel, groups: dict) -> tuple[bool, list[str]]:
+    """(every condition holds, one line per condition saying why it does or does not)."""
+    results: list[tuple[bool, str]] = []
+    if route.channel_id:
+        results.append((route.channel_id == channel.pk, f"channel is {route.channel.slug}"))
+    if route.channel_kind:
+        results.append((route.channel_kind == channel.kind, f"channel kind is {route.channel_kind}"))
+    if route.sender_role:
+        results.append((route.sender_role in groups.values(), f"sender has role {route.sender_role}"))
+    if route.sender_group_id:
+        results.append((route.sender_group_id in groups, f"sender is in group {route.sender_group.name}"))
+    if route.command:
+        results.append((command_of(text) == route.command.lower(), f"text starts with /{route.command}"))
+    if route.keyword:
+        results.append((route.keyword.casefold() in text.casefold(), f"text contains {route.keyword!r}"))
+    if route.pattern:
+        results.append((_pattern_search(route.pattern, text), f"text matches /{route.pattern}/"))
+    for key, value in (route.metadata or {}).items():
+        results.append((key in metadata and metadata[key] == value, f"metadata {key} = {value!r}"))
+    if not results:
+        return True, ["no conditions: matches every message"]
+    return all(ok for ok, _ in results), [("✓ " if ok else "✗ ") + why for ok, why in results]
+
+
+def command_of(text: str) -> str:
+    """``/billing my invoice`` → ``billing``; '' when the text is not a command."""
+    if not text.startswith("/"):
+        return ""
+    return text[1:].split(None, 1)[0].lower() if len(text) > 1 and not text[1].isspace() else ""
+
+
+@lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern | None:
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error:
+        return None  # saved before validation existed, or edited in the database: never matches
+
+
+def _pattern_search(pattern: str, text: str) -> bool:
+    compiled = _compiled(pattern)
+    return bool(compiled and compiled.search(text))

@@ -1,0 +1,101 @@
+"""Routes in the admin, with a tester: paste a message and a sender, see which rule matches and why."""
+from __future__ import annotations
+
+import json
+
+from django import forms
+from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.template.response import TemplateResponse
+from django.urls import path
+
+from apps.connectors.models import Channel
+from apps.conversations.errors import GatewayError
+from apps.conversations.models import Conversation
+
+from .models import Route
+from .router import decide_route
+
+
+class RouteTestForm(forms.Form):
+    channel = forms.ModelChoiceField(queryset=Channel.objects.all())
+    sender = forms.CharField(label="Sender username", max_length=150)
+    message = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "cols": 80}))
+    metadata = forms.CharField(
+        required=False, initial="{}", help_text="Message metadata as a JSON object.",
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 80}),
+    )
+    conversation = forms.UUIDField(required=False, help_text="Optional: an existing conversation (stickiness).")
+
+    def clean_sender(self):
+        user = get_user_model().objects.filter(username=self.cleaned_data["sender"]).first()
+        if user is None:
+            raise forms.ValidationError("No such user.")
+        return user
+
+    def clean_metadata(self):
+        try:
+            value = json.loads(self.cleaned_data["metadata"] or "{}")
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError("A JSON object, please.")
+        return value
+
+    def clean_conversation(self):
+        pk = self.cleaned_data["conversation"]
+        if pk is None:
+            return None
+        conversation = Conversation.objects.select_related("agent").filter(pk=pk).first()
+        if conversation is None:
+            raise forms.ValidationError("No such conversation.")
+        return conversation
+
+
+@admin.register(Route)
+class RouteAdmin(admin.ModelAdmin):
+    list_display = ("priority", "name", "agent", "enabled", "reroutes", "channel", "channel_kind", "sender_role",
+                    "command", "keyword", "pattern")
+    list_display_links = ("name",)
+    list_editable = ("enabled",)
+    list_filter = ("enabled", "agent", "channel", "channel_kind", "sender_role")
+    search_fields = ("name", "keyword", "pattern", "command")
+    list_select_related = ("agent", "channel")
+    ordering = ("priority", "id")
+    fieldsets = (
+        (None, {"fields": ("name", "priority", "enabled", "agent", "reroutes")}),
+        ("Conditions (all that are set must hold)", {"fields": (
+            "channel", "channel_kind", "sender_role", "sender_group", "command", "keyword", "pattern", "metadata",
+        )}),
+    )
+    change_list_template = "admin/routing/route/change_list.html"
+
+    def get_urls(self):
+        tester = path("test/", self.admin_site.admin_view(self.test_view), name="routing_route_test")
+        return [tester, *super().get_urls()]
+
+    def test_view(self, request):
+        """Which route would answer this message from this sender, and why (nothing is sent)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        form = RouteTestForm(request.POST or None)
+        decision = error = None
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                decision = decide_route(
+                    text=data["message"], metadata=data["metadata"], channel=data["channel"],
+                    user=data["sender"], conversation=data["conversation"],
+                )
+                from apps.identities.permissions import user_can_use_agent
+
+                if decision.agent is not None and not user_can_use_agent(data["sender"], decision.agent):
+                    error = f"The sender may not use {decision.agent.slug}: the message would be refused."
+            except GatewayError as exc:
+                error = exc.message
+        context = {
+            **self.admin_site.each_context(request), "opts": self.model._meta, "title": "Test routes",
+            "form": form, "decision": decision, "error": error,
+        }
+        return TemplateResponse(request, "admin/routing/route/test.html", context)
