@@ -1,14 +1,55 @@
+from django import forms
 from django.contrib import admin
 from guardian.admin import GuardedModelAdmin
 
 from .models import Agent, AgentFallback, LLMModel, Provider, Tool, ToolCall
 
 
+class ProviderForm(forms.ModelForm):
+    """The API key is write-only: it can be set or cleared, never read back."""
+
+    base_url = forms.URLField(
+        max_length=300, required=False, assume_scheme="https",
+        help_text="Empty: the preset's URL.",
+    )
+    new_api_key = forms.CharField(
+        label="API key", required=False, strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Stored encrypted; leave empty to keep the current one. Never shown again.",
+    )
+    clear_api_key = forms.BooleanField(
+        label="Remove the stored API key", required=False,
+        help_text="The key then comes from the environment variable named above.",
+    )
+
+    class Meta:
+        model = Provider
+        fields = ("slug", "name", "preset", "base_url", "api_key_env", "timeout_seconds", "enabled")
+
+    def save(self, commit=True):
+        provider = super().save(commit=False)
+        if self.cleaned_data.get("new_api_key"):
+            provider.set_api_key(self.cleaned_data["new_api_key"])
+        elif self.cleaned_data.get("clear_api_key"):
+            provider.set_api_key("")
+        if commit:
+            provider.save()
+        return provider
+
+
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
-    list_display = ("slug", "name", "base_url", "api_key_env", "timeout_seconds", "enabled")
-    list_filter = ("enabled",)
+    form = ProviderForm
+    list_display = ("slug", "name", "preset", "base_url", "api_key_env", "key_stored", "timeout_seconds", "enabled")
+    list_filter = ("enabled", "preset")
     search_fields = ("slug", "name", "base_url")
+    fields = ("slug", "name", "preset", "base_url", "api_key_env", "key_stored", "new_api_key", "clear_api_key",
+              "timeout_seconds", "enabled")
+    readonly_fields = ("key_stored",)
+
+    @admin.display(boolean=True, description="key stored")
+    def key_stored(self, obj) -> bool:
+        return bool(obj and obj.has_stored_key)
 
 
 @admin.register(LLMModel)

@@ -7,17 +7,36 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 
+# Presets for well-known OpenAI-compatible endpoints: (label, base URL, usual key variable).
+PROVIDER_PRESETS: dict[str, tuple[str, str, str]] = {
+    "openai": ("OpenAI", "https://api.openai.com/v1", "OPENAI_API_KEY"),
+    # Qwen through DashScope's OpenAI-compatible mode (mainland; international accounts use
+    # https://dashscope-intl.aliyuncs.com/compatible-mode/v1).
+    "qwen": ("Qwen (DashScope compatible mode)", "https://dashscope.aliyuncs.com/compatible-mode/v1",
+             "DASHSCOPE_API_KEY"),
+    # GLM through Zhipu's open platform (international: https://api.z.ai/api/paas/v4).
+    "glm": ("GLM (Zhipu BigModel)", "https://open.bigmodel.cn/api/paas/v4", "ZHIPUAI_API_KEY"),
+}
+PRESET_CHOICES = [("custom", "Custom endpoint")] + [(k, v[0]) for k, v in PROVIDER_PRESETS.items()]
+
 
 class Provider(models.Model):
     """An OpenAI-compatible endpoint (OpenAI, Qwen via DashScope, GLM via Zhipu, fake_llm, ...)."""
 
     slug = models.SlugField(max_length=64, unique=True)
     name = models.CharField(max_length=100)
-    base_url = models.URLField(max_length=300)
+    preset = models.CharField(
+        max_length=16, choices=PRESET_CHOICES, default="custom",
+        help_text="Fills in the base URL and key variable of a known provider when they are left empty.",
+    )
+    base_url = models.URLField(max_length=300, blank=True)
     api_key_env = models.CharField(
         max_length=100, blank=True,
-        help_text="Name of the environment variable holding the API key (the key itself is "
-        "never stored in the database).",
+        help_text="Name of the environment variable holding the API key.",
+    )
+    api_key_encrypted = models.TextField(
+        blank=True, editable=False,
+        help_text="The API key, Fernet-encrypted (set in the admin; write-only). Wins over api_key_env.",
     )
     timeout_seconds = models.FloatField(default=60.0)
     enabled = models.BooleanField(default=True)
@@ -28,11 +47,36 @@ class Provider(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        preset = PROVIDER_PRESETS.get(self.preset)
+        if preset is not None:
+            self.base_url = self.base_url or preset[1]
+            self.api_key_env = self.api_key_env or preset[2]
+        if not self.base_url:
+            raise ValidationError({"base_url": "A base URL is needed (or pick a preset)."})
+
+    def set_api_key(self, raw_key: str) -> None:
+        """Store ``raw_key`` encrypted ('' clears it). The caller saves the row."""
+        from .secrets import encrypt_secret
+
+        self.api_key_encrypted = encrypt_secret(raw_key) if raw_key else ""
+
+    @property
+    def has_stored_key(self) -> bool:
+        return bool(self.api_key_encrypted)
+
     def api_key(self) -> str:
-        """The key from the named environment variable (OPENAI_API_KEY when none is named).
+        """The stored (encrypted) key, else the one in the named environment variable
+        (OPENAI_API_KEY when none is named).
 
         Local stand-ins accept any value, and the client insists on one, hence the placeholder.
         """
+        if self.api_key_encrypted:
+            from .secrets import decrypt_secret
+
+            return decrypt_secret(self.api_key_encrypted)
         name = self.api_key_env or "OPENAI_API_KEY"
         return os.environ.get(name) or settings.OPENAI_API_KEY or "no-key-configured"
 
