@@ -207,8 +207,6 @@ WEBCHAT_VISITOR_TOKEN_MAX_AGE_SECONDS = env.int(
 )
 
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
-# Fernet key for secrets stored in the database (provider API keys); derived from SECRET_KEY if empty.
-FIELD_ENCRYPTION_KEY = env.str("FIELD_ENCRYPTION_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="http://127.0.0.1:8001/v1")
 LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)
 SLACK_API_BASE_URL = env.str("SLACK_API_BASE_URL", default="https://slack.com/api")
