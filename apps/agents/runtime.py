@@ -89,6 +89,10 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
 
 
 def _answer(message: Message) -> Message | None:
+    from apps.routing.services import hold_for_handoff
+
+    if hold_for_handoff(message):
+        return None  # a human has the conversation
     connector = message.channel.connector
     prompt = build_prompt(message)
     on_delta = on_reset = None

@@ -1,5 +1,7 @@
 from django.contrib import admin, messages
 
+from apps.routing.handoff_admin import HandoffAdminMixin
+
 from .models import Conversation, Message
 
 
@@ -10,7 +12,7 @@ class MessageInline(admin.TabularInline):
     fk_name = "conversation"
     extra = 0
     ordering = ("created_at",)
-    fields = ("created_at", "direction", "status", "sender", "text", "model", "total_tokens",
+    fields = ("created_at", "direction", "status", "answered_by", "sender", "text", "model", "total_tokens",
               "latency_ms", "attempts", "error_code", "error_message")
     readonly_fields = fields
     can_delete = False
@@ -19,9 +21,21 @@ class MessageInline(admin.TabularInline):
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("sender", "agent")
+
+    @admin.display(description="answered by")
+    def answered_by(self, obj) -> str:
+        """Outbound: the human (staff) or the agent that wrote it."""
+        if obj.direction != "out":
+            return ""
+        if obj.sender_id:
+            return f"human: {obj.sender}"
+        return f"agent: {obj.agent.slug}" if obj.agent_id else "agent"
+
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(HandoffAdminMixin, admin.ModelAdmin):
     list_display = ("id", "channel", "user", "agent", "created_at", "last_message_at")
     list_filter = ("channel", "agent")
     search_fields = ("id", "user__username", "external_thread_id", "messages__text")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
@@ -74,3 +75,31 @@ class Route(models.Model):
             errors["metadata"] = "A JSON object of key → value."
         if errors:
             raise ValidationError(errors)
+
+
+class Handoff(models.Model):
+    """A staff member has taken a conversation over: the agent does not answer while it is open
+    (``ended_at`` empty). Kept afterwards as the record of who handled what, when."""
+
+    conversation = models.ForeignKey(
+        "conversations.Conversation", on_delete=models.CASCADE, related_name="handoffs"
+    )
+    staff = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="handoffs"
+    )
+    started_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    ended_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation"], condition=models.Q(ended_at__isnull=True), name="one_open_handoff"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.conversation_id} by {self.staff} ({'open' if self.ended_at is None else 'closed'})"

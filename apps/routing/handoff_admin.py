@@ -1,0 +1,49 @@
+"""Human handoff in the conversation admin: take over, reply as yourself, hand back."""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+
+from apps.conversations.errors import GatewayError
+
+from .services import handoff_end, handoff_open, handoff_reply, handoff_start
+
+
+class HandoffAdminMixin:
+    """For the Conversation admin: POST endpoints for the handoff and its panel's context."""
+
+    def get_urls(self):
+        view = self.admin_site.admin_view
+        return [
+            path("<uuid:pk>/handoff/<str:action>/", view(self.handoff_view), name="conversations_conversation_handoff"),
+            *super().get_urls(),
+        ]
+
+    def handoff_view(self, request, pk, action):
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        conversation = get_object_or_404(self.model, pk=pk)
+        if not self.has_change_permission(request, conversation):
+            raise PermissionDenied
+        try:
+            if action == "start":
+                handoff_start(conversation=conversation, staff=request.user)
+                messages.success(request, "You have the conversation; the agent is paused.")
+            elif action == "reply":
+                handoff_reply(conversation=conversation, staff=request.user, text=request.POST.get("text", ""))
+                messages.success(request, "Reply sent.")
+            elif action == "end":
+                handoff_end(conversation=conversation, staff=request.user)
+                messages.success(request, "Handed back to the agent.")
+            else:
+                raise PermissionDenied
+        except GatewayError as exc:
+            messages.error(request, exc.message)
+        return HttpResponseRedirect(reverse("admin:conversations_conversation_change", args=[pk]))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "handoff": handoff_open(object_id) if object_id else None}
+        return super().change_view(request, object_id, form_url, extra_context)

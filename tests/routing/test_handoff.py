@@ -1,0 +1,143 @@
+"""Human handoff: staff take over from the admin, the agent pauses, staff reply on the channel, hand back."""
+import asyncio
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from apps.agents.runtime import agent_run
+from apps.conversations import pipeline
+from apps.conversations.models import Message
+from apps.conversations.normalized import NormalizedMessage
+from apps.conversations.realtime import conversation_group, reply_group
+from apps.logs.models import AuditEvent, LLMCall
+from apps.routing.models import Handoff
+
+
+def send(channel, user, text, **fields):
+    msg = NormalizedMessage(channel=channel.kind, channel_id=channel.slug, user_id=str(user.pk), message=text,
+                            **fields)
+    return pipeline.accept(msg, channel=channel, principal=user).message
+
+
+class Listener:
+    def __init__(self, group):
+        self.layer = get_channel_layer()
+        self.name = async_to_sync(self.layer.new_channel)()
+        async_to_sync(self.layer.group_add)(group, self.name)
+
+    def drain(self):
+        async def take_all():
+            events = []
+            while True:
+                try:
+                    events.append(await asyncio.wait_for(self.layer.receive(self.name), 0.5))
+                except TimeoutError:
+                    return events
+        return async_to_sync(take_all)()
+
+
+@pytest.fixture
+def staff(admin_user):
+    admin_user.is_superuser = True
+    admin_user.save()
+    return admin_user
+
+
+def handoff_url(conversation_id, action):
+    return f"/admin/conversations/conversation/{conversation_id}/handoff/{action}/"
+
+
+@pytest.mark.django_db
+class TestHandoff:
+    def test_take_over_reply_and_hand_back(self, client, staff, webchat_channel, customer, fake_llm):
+        first = send(webchat_channel, customer, "hello bot")
+        agent_run(first.id)
+        conversation_id = first.conversation_id
+        client.force_login(staff)
+        assert client.post(handoff_url(conversation_id, "start")).status_code == 302
+        assert Handoff.objects.get(conversation_id=conversation_id).staff == staff
+
+        # The agent pauses: no model call, the message waits for the human.
+        held = send(webchat_channel, customer, "I want a person", conversation_id=str(conversation_id))
+        before = fake_llm.stats()["requests"]
+        assert agent_run(held.id) is None
+        assert fake_llm.stats()["requests"] == before
+        held.refresh_from_db()
+        assert held.status == "accepted" and not LLMCall.objects.filter(message=held).exists()
+
+        # The human's reply goes out on the web chat, as the staff member.
+        listener = Listener(conversation_group(conversation_id))
+        client.post(handoff_url(conversation_id, "reply"), {"text": "Hi, Sam from support here."})
+        reply = Message.objects.get(reply_to=held)
+        assert reply.sender == staff and reply.direction == "out" and reply.status == "sent"
+        events = listener.drain()
+        assert [e["type"] for e in events] == ["chat.reply"] and events[0]["message"] == "Hi, Sam from support here."
+        held.refresh_from_db()
+        assert held.status == "answered"
+
+        # Handed back: the agent answers again.
+        client.post(handoff_url(conversation_id, "end"))
+        after = send(webchat_channel, customer, "thanks", conversation_id=str(conversation_id))
+        assert agent_run(after.id).text == "Echo: thanks"
+        assert set(AuditEvent.objects.filter(actor=staff).values_list("action", flat=True)) == {
+            "handoff.started", "handoff.replied", "handoff.ended"}
+
+        # The conversation page shows who answered what.
+        page = client.get(f"/admin/conversations/conversation/{conversation_id}/change/").content.decode()
+        assert f"human: {staff.username}" in page and "agent: assistant" in page
+
+    def test_human_reply_wakes_an_api_waiter(self, staff, api_channel, customer):
+        from apps.routing.services import handoff_reply, handoff_start
+
+        message = send(api_channel, customer, "hello")
+        handoff_start(conversation=message.conversation, staff=staff)
+        agent_run(message.id)
+        listener = Listener(reply_group(message.id))
+        handoff_reply(conversation=message.conversation, staff=staff, text="A human answer")
+        events = listener.drain()
+        assert [e["type"] for e in events] == ["agent.reply"] and events[0]["message"] == "A human answer"
+
+    def test_hand_back_requeues_unanswered_messages(self, staff, api_channel, customer,
+                                                    django_capture_on_commit_callbacks):
+        from apps.routing.services import handoff_end, handoff_start
+
+        message = send(api_channel, customer, "anyone?")
+        handoff_start(conversation=message.conversation, staff=staff)
+        assert agent_run(message.id) is None
+        with django_capture_on_commit_callbacks() as callbacks:
+            handoff_end(conversation=message.conversation, staff=staff)
+        assert len(callbacks) == 1  # the held message goes back to the agent queue
+        assert agent_run(message.id).text == "Echo: anyone?"
+
+    def test_a_second_staff_member_cannot_take_over_or_reply(self, client, staff, make_user, api_channel, customer):
+        from apps.routing.services import handoff_start
+
+        message = send(api_channel, customer, "hello")
+        handoff_start(conversation=message.conversation, staff=staff)
+        other = make_user("admin", is_staff=True, is_superuser=True)
+        client.force_login(other)
+        response = client.post(handoff_url(message.conversation_id, "start"), follow=True)
+        assert "is handling this conversation" in response.content.decode()
+        client.post(handoff_url(message.conversation_id, "reply"), {"text": "me too"})
+        assert not Message.objects.filter(reply_to=message).exists()
+        assert Handoff.objects.get(conversation_id=message.conversation_id).staff == staff
+
+    def test_staff_without_change_permission_is_refused(self, client, make_user, api_channel, customer):
+        message = send(api_channel, customer, "hello")
+        employee_staff = make_user("employee", is_staff=True)
+        client.force_login(employee_staff)
+        assert client.post(handoff_url(message.conversation_id, "start")).status_code == 403
+        assert not Handoff.objects.exists()
+
+    def test_customers_cannot_reach_the_handoff(self, client, customer, api_channel):
+        message = send(api_channel, customer, "hello")
+        client.force_login(customer)
+        response = client.post(handoff_url(message.conversation_id, "start"))
+        assert response.status_code == 302 and "/admin/login/" in response["Location"]
+        assert not Handoff.objects.exists()
+
+    def test_get_is_not_allowed(self, client, staff, api_channel, customer):
+        message = send(api_channel, customer, "hello")
+        client.force_login(staff)
+        assert client.get(handoff_url(message.conversation_id, "start")).status_code == 405
