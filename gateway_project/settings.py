@@ -183,6 +183,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Gateway --------------------------------------------------------------------------------
 GATEWAY_MAX_MESSAGE_CHARS = env.int("GATEWAY_MAX_MESSAGE_CHARS", default=8000)
 GATEWAY_API_WAIT_MAX_SECONDS = env.float("GATEWAY_API_WAIT_MAX_SECONDS", default=120.0)
+# How long POST /v1/chat/completions waits for the agent's answer (or between streamed pieces' end).
+GATEWAY_OPENAI_REPLY_TIMEOUT_SECONDS = env.float("GATEWAY_OPENAI_REPLY_TIMEOUT_SECONDS", default=120.0)
 GATEWAY_USER_RATE = env.str("GATEWAY_USER_RATE", default="60/m")
 # API key brute force: this many failed authentications per client IP per window, then 429.
 GATEWAY_AUTH_FAILURES_PER_IP = env.int("GATEWAY_AUTH_FAILURES_PER_IP", default=20)

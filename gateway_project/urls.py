@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from apps.connectors.views import chat_page
 from apps.connectors.webhooks import channel_webhook
 from apps.conversations.apis import ConversationMessagesApi, MessageCreateApi
+from apps.conversations.openai_face import ChatCompletionsApi, ModelsApi
 from apps.logs.health import healthz, readyz
 
 from .errors import json_404, json_500
@@ -16,6 +17,8 @@ urlpatterns = [
         ConversationMessagesApi.as_view(),
         name="api-conversation-messages",
     ),
+    path("v1/chat/completions", ChatCompletionsApi.as_view(), name="openai-chat-completions"),
+    path("v1/models", ModelsApi.as_view(), name="openai-models"),
     path("api/v1/channels/<slug:slug>/webhook", channel_webhook, name="channel-webhook"),
     path("api/v1/schema", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/v1/docs", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

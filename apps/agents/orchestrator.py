@@ -121,6 +121,24 @@ class _StreamGuard:
         self.on_delta(piece)
 
 
+CLIENT_HISTORY_ROLES = {"system", "developer", "user", "assistant"}
+
+
+def client_history(message) -> list[dict] | None:
+    """The earlier turns a client sent with the message (the OpenAI face), newest first; None when
+    the conversation's stored messages are the history. Client system turns become system
+    messages *after* the agent's own system prompt."""
+    turns = (message.metadata or {}).get("client_history") if isinstance(message.metadata, dict) else None
+    if not isinstance(turns, list):
+        return None
+    cleaned = [
+        {"role": "system" if t["role"] == "developer" else t["role"], "content": t["content"]}
+        for t in turns
+        if isinstance(t, dict) and t.get("role") in CLIENT_HISTORY_ROLES and isinstance(t.get("content"), str)
+    ]
+    return list(reversed(cleaned))
+
+
 def trim_history_to_tokens(texts_newest_first: list[str], budget: int) -> int:
     """How many of the newest earlier messages fit in ``budget`` tokens (0 budget: all).
 

@@ -144,16 +144,21 @@ def build_prompt(message: Message) -> list[dict]:
     """System prompt + the conversation's recent messages (oldest first) + this message."""
     agent = message.agent
     window = min(agent.history_messages, settings.GATEWAY_HISTORY_MESSAGES)
-    earlier = list(
-        Message.objects.filter(conversation_id=message.conversation_id, created_at__lt=message.created_at)
-        .exclude(direction=Direction.INBOUND, status=Status.FAILED)
-        .order_by("-created_at")
-        .values_list("direction", "text")[:window]
-    )
-    earlier = earlier[: orchestrator.trim_history_to_tokens([t for _, t in earlier], agent.history_tokens)]
+    # Newest first. The OpenAI face brings the client's own history instead of the conversation's.
+    earlier = orchestrator.client_history(message)
+    if earlier is None:
+        earlier = [
+            {"role": "user" if direction == Direction.INBOUND else "assistant", "content": text}
+            for direction, text in Message.objects.filter(
+                conversation_id=message.conversation_id, created_at__lt=message.created_at)
+            .exclude(direction=Direction.INBOUND, status=Status.FAILED)
+            .order_by("-created_at")
+            .values_list("direction", "text")[:window]
+        ]
+    earlier = earlier[:window]
+    earlier = earlier[: orchestrator.trim_history_to_tokens([t["content"] for t in earlier], agent.history_tokens)]
     prompt = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
-    for direction, text in reversed(earlier):
-        prompt.append({"role": "user" if direction == Direction.INBOUND else "assistant", "content": text})
+    prompt.extend(reversed(earlier))
     prompt.append({"role": "user", "content": message.text})
     return prompt
 

@@ -81,6 +81,8 @@ class Command(BaseCommand):
                 defaults={"name": name, "visibility": visibility, "system_prompt": prompt, "model": model},
             )
 
+        seed_demo_tools_and_routes(agents)
+
         channels = {}
         for kind, slug, name in [("api", "api", "API"), ("webchat", "web", "Web chat")]:
             channels[kind], _ = Channel.objects.update_or_create(
@@ -103,3 +105,19 @@ class Command(BaseCommand):
                 f"Demo ready: staff {DEMO_STAFF_USERNAME}/{DEMO_STAFF_PASSWORD}, "
                 f"channels {', '.join(c.slug for c in channels.values())}, agents {', '.join(sorted(agents))}."
             )
+
+
+def seed_demo_tools_and_routes(agents: dict) -> None:
+    """Built-in tools on the demo agents, and command routes: ``/staff ...`` and ``/ops ...``."""
+    from apps.agents.services import tool_sync
+    from apps.routing.models import Route
+
+    tools = {tool.slug: tool for tool in tool_sync()}
+    agents["assistant"].tools.set([tools["current_time"]])
+    agents["internal-helper"].tools.set([tools[s] for s in ("current_time", "search_conversations", "customer_lookup")])
+    agents["ops"].tools.set([tools[s] for s in ("current_time", "usage_report", "block_user")])
+    for priority, command, agent in [(10, "staff", "internal-helper"), (20, "ops", "ops")]:
+        Route.objects.update_or_create(
+            name=f"/{command} command",
+            defaults={"priority": priority, "command": command, "agent": agents[agent], "reroutes": True},
+        )

@@ -1,0 +1,220 @@
+"""The OpenAI-compatible face: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+``model`` names an agent. A completion request is one message on the API channel through the same
+pipeline as every other (limits, routing, logging) and the same agent run; the view waits for it on
+the channel layer like ``POST /api/v1/messages`` with ``wait``. The earlier messages the client
+sends become the prompt's history (the gateway keeps no conversation between such requests), the
+last one must be the user's. Tools are the agent's own: a request's ``tools`` is refused.
+
+Streaming (``stream: true``) sends OpenAI ``chat.completion.chunk`` events and ``data: [DONE]``.
+If the agent's model fails after pieces were streamed and the run falls back to another model, the
+pieces already sent cannot be taken back over SSE: the stream ends with an error event (the openai
+client raises ``APIError``) and the client retries. Errors are OpenAI-shaped:
+``{"error": {"message", "type", "param", "code"}}``.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from adrf.views import APIView as AsyncAPIView
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.routing.router import REQUESTED_AGENT_KEY
+
+from .apis import api_channel
+from .errors import AgentFailed, BadRequest, ReplyTimeout, drf_exception_handler
+from .normalized import NormalizedMessage
+from .pipeline import accept
+from .waiters import ReplyWaiter
+
+CLIENT_HISTORY_KEY = "client_history"  # read by the runtime's build_prompt
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+                429: "rate_limit_error"}
+
+
+def text_of(content) -> str:
+    """Text of an OpenAI message content: a string or a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def openai_error_body(code: str, message: str, status: int, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": OPENAI_TYPES.get(status, "server_error"),
+                      "param": param, "code": code}}
+
+
+def openai_exception_handler(exc, context):
+    """The gateway's errors, reshaped as OpenAI's (the official client reads message and code)."""
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(response.data, dict) and "error" in response.data:
+        error = response.data["error"]
+        code = "model_not_found" if response.status_code == 404 and error.get("code") == "not_found" else error["code"]
+        response.data = openai_error_body(code, error["message"], response.status_code, getattr(exc, "param", None))
+    return response
+
+
+class ParamError(BadRequest):
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+class OpenAIErrorsMixin:
+    def get_exception_handler(self):
+        return openai_exception_handler
+
+
+def parse_completion_request(body) -> dict:
+    """Validate the parts of an OpenAI chat request the gateway uses; raises ParamError."""
+    if not isinstance(body, dict):
+        raise ParamError(None, "The body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ParamError("model", "'model' must name an agent (see GET /v1/models).")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ParamError("messages", "'messages' must be a non-empty list.")
+    turns = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise ParamError(f"messages[{i}]", f"messages[{i}]: each message needs a role in {sorted(ROLES)}.")
+        content = m.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise ParamError(f"messages[{i}].content", f"messages[{i}].content must be a string or a list of parts.")
+        turns.append({"role": m["role"], "content": text_of(content)})
+    last = turns[-1]
+    if last["role"] != "user" or not last["content"].strip():
+        raise ParamError("messages", "The last message must be the user's, with text content.")
+    if len(last["content"]) > settings.GATEWAY_MAX_MESSAGE_CHARS:
+        raise ParamError("messages", f"The last message is limited to {settings.GATEWAY_MAX_MESSAGE_CHARS} characters.")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ParamError("stream", "'stream' must be a boolean.")
+    if body.get("n") not in (None, 1):
+        raise ParamError("n", "Only n=1 is supported.")
+    if body.get("tools") or body.get("functions"):
+        raise ParamError("tools", "Tools are configured on the agent; a request cannot bring its own.")
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if isinstance(
+        body.get("stream_options"), dict) else False
+    history = [t for t in turns[:-1] if t["role"] in ("system", "developer", "user", "assistant") and t["content"]]
+    return {"model": model.strip(), "text": last["content"], "stream": stream, "include_usage": include_usage,
+            "history": history[-settings.GATEWAY_HISTORY_MESSAGES:]}
+
+
+class ChatCompletionsApi(OpenAIErrorsMixin, AsyncAPIView):
+    """OpenAI chat completions, answered by the agent named in ``model``."""
+
+    @extend_schema(request=dict, responses={200: dict})
+    async def post(self, request):
+        fields = parse_completion_request(request.data)
+        channel = await sync_to_async(api_channel)()
+        user = request.user
+        msg = NormalizedMessage(
+            channel=channel.kind, channel_id=channel.slug, user_id=str(user.pk), principal_id=str(user.pk),
+            message=fields["text"],
+            metadata={REQUESTED_AGENT_KEY: fields["model"], "stream": fields["stream"], "openai": True,
+                      CLIENT_HISTORY_KEY: fields["history"]},
+        )
+        waiter = ReplyWaiter(msg.id)
+        await waiter.__aenter__()  # listen before the message is enqueued
+        try:
+            accepted = await sync_to_async(accept)(msg, channel=channel, principal=user, api_key=request.auth)
+        except BaseException:
+            await waiter.__aexit__(None, None, None)
+            raise
+        completion_id = f"chatcmpl-{accepted.message.id.hex}"
+        created = int(time.time())
+        if fields["stream"]:
+            response = StreamingHttpResponse(
+                _sse(waiter, completion_id, created, fields["model"], fields["include_usage"]),
+                content_type="text/event-stream",
+            )
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"
+            return response
+        try:
+            event = await waiter.final_event(settings.GATEWAY_OPENAI_REPLY_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise ReplyTimeout() from None
+        finally:
+            await waiter.__aexit__(None, None, None)
+        if event["type"] == "agent.error":
+            raise AgentFailed(event.get("message"))
+        return Response({
+            "id": completion_id, "object": "chat.completion", "created": created, "model": fields["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": event["message"], "refusal": None},
+                         "logprobs": None, "finish_reason": "stop"}],
+            "usage": event["usage"], "system_fingerprint": None,
+        })
+
+
+async def _sse(waiter: ReplyWaiter, completion_id: str, created: int, model: str, include_usage: bool):
+    head = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": None}
+
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        body = {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        if include_usage:
+            body["usage"] = None
+        return f"data: {json.dumps(body)}\n\n"
+
+    def error(err) -> str:
+        return f"data: {json.dumps(openai_error_body(err.code, err.message, err.status))}\n\n"
+
+    loop_deadline = time.monotonic() + settings.GATEWAY_OPENAI_REPLY_TIMEOUT_SECONDS
+    sent_text = False
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while True:
+            try:
+                event = await waiter.next_event(max(0.0, loop_deadline - time.monotonic()))
+            except TimeoutError:
+                yield error(ReplyTimeout())
+                return
+            kind = event["type"]
+            if kind == "agent.delta":
+                sent_text = True
+                yield chunk({"content": event["delta"]})
+            elif kind == "agent.reset":
+                if sent_text:
+                    yield error(AgentFailed("The model's answer was cut off; retry the request."))
+                    return
+            elif kind == "agent.error":
+                yield error(AgentFailed(event.get("message")))
+                return
+            elif kind == "agent.reply":
+                if not sent_text and event["message"]:
+                    yield chunk({"content": event["message"]})  # e.g. a human's reply: not streamed
+                yield chunk({}, "stop")
+                if include_usage:
+                    yield f"data: {json.dumps({**head, 'choices': [], 'usage': event['usage']})}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+    finally:
+        await waiter.__aexit__(None, None, None)
+
+
+class ModelsApi(OpenAIErrorsMixin, APIView):
+    """The agents the caller's API key may use, as OpenAI models."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request):
+        from apps.agents.models import Agent
+        from apps.identities.permissions import user_can_use_agent
+
+        agents = [a for a in Agent.objects.filter(enabled=True).order_by("slug") if user_can_use_agent(request.user, a)]
+        return Response({"object": "list", "data": [
+            {"id": a.slug, "object": "model", "created": int(a.created_at.timestamp()), "owned_by": "gateway"}
+            for a in agents
+        ]})
