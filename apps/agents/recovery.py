@@ -12,7 +12,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from apps.conversations.models import Direction, Message, Status
@@ -35,8 +35,15 @@ def stuck_messages(*, now=None) -> QuerySet[Message]:
             Q(status=Status.ACCEPTED, created_at__lt=accepted_before)
             | Q(status=Status.PROCESSING, lease_until__lt=now)
         )
+        .exclude(in_open_handoff())  # held for a human on purpose, not stranded
         .order_by("created_at")
     )
+
+
+def in_open_handoff() -> Exists:
+    from apps.routing.models import Handoff
+
+    return Exists(Handoff.objects.filter(conversation_id=OuterRef("conversation_id"), ended_at__isnull=True))
 
 
 def requeue_stuck_messages(*, limit: int | None = None) -> int:

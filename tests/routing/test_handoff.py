@@ -141,3 +141,17 @@ class TestHandoff:
         message = send(api_channel, customer, "hello")
         client.force_login(staff)
         assert client.get(handoff_url(message.conversation_id, "start")).status_code == 405
+
+
+@pytest.mark.django_db
+def test_messages_held_for_a_human_are_not_requeued_as_stuck(staff, api_channel, customer, settings):
+    from apps.agents.recovery import stuck_messages
+    from apps.routing.services import handoff_end, handoff_start
+
+    settings.GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS = 0
+    message = send(api_channel, customer, "waiting for a person")
+    handoff_start(conversation=message.conversation, staff=staff)
+    agent_run(message.id)
+    assert message not in stuck_messages()
+    handoff_end(conversation=message.conversation, staff=staff)
+    assert message in stuck_messages()
