@@ -45,7 +45,8 @@ def text_of(content) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        parts = [p for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return "".join(p["text"] for p in parts if isinstance(p.get("text"), str))
     return ""
 
 
@@ -87,7 +88,7 @@ def parse_completion_request(body) -> dict:
         raise ParamError("messages", "'messages' must be a non-empty list.")
     turns = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or m["role"] not in ROLES:
             raise ParamError(f"messages[{i}]", f"messages[{i}]: each message needs a role in {sorted(ROLES)}.")
         content = m.get("content")
         if content is not None and not isinstance(content, str | list):

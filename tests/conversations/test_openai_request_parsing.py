@@ -1,0 +1,36 @@
+"""Parsing OpenAI chat requests: every malformed body is a ParamError (a 400), never a crash."""
+import pytest
+
+from apps.conversations.openai_face import ParamError, parse_completion_request
+
+USER = {"role": "user", "content": "hi"}
+
+
+@pytest.mark.parametrize("body, param", [
+    (None, None),
+    ([], None),
+    ({"messages": [USER]}, "model"),
+    ({"model": ["x"], "messages": [USER]}, "model"),
+    ({"model": "a", "messages": "hi"}, "messages"),
+    ({"model": "a", "messages": [{"role": ["user"], "content": "x"}]}, "messages[0]"),
+    ({"model": "a", "messages": [{"role": {"a": 1}}]}, "messages[0]"),
+    ({"model": "a", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"model": "a", "messages": [{"role": "user", "content": [{"type": "text", "text": 7}]}]}, "messages"),
+    ({"model": "a", "messages": [USER], "stream": "yes"}, "stream"),
+    ({"model": "a", "messages": [USER], "n": [1]}, "n"),
+    ({"model": "a", "messages": [USER], "functions": [{"name": "f"}]}, "tools"),
+])
+def test_malformed_bodies_name_the_bad_parameter(body, param):
+    with pytest.raises(ParamError) as info:
+        parse_completion_request(body)
+    assert info.value.param == param
+
+
+def test_a_valid_request(settings):
+    fields = parse_completion_request({
+        "model": " assistant ", "stream": True, "stream_options": {"include_usage": True},
+        "messages": [{"role": "developer", "content": "terse"}, {"role": "tool", "content": "x"},
+                     {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "image_url"}]}],
+    })
+    assert fields == {"model": "assistant", "text": "hi ", "stream": True, "include_usage": True,
+                      "history": [{"role": "developer", "content": "terse"}]}
