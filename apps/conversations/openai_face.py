@@ -212,9 +212,12 @@ class ModelsApi(OpenAIErrorsMixin, APIView):
     @extend_schema(responses={200: dict})
     def get(self, request):
         from apps.agents.models import Agent
-        from apps.identities.permissions import user_can_use_agent
+        from apps.identities.permissions import api_key_allows_agent, user_can_use_agent
 
-        agents = [a for a in Agent.objects.filter(enabled=True).order_by("slug") if user_can_use_agent(request.user, a)]
+        agents = [
+            a for a in Agent.objects.filter(enabled=True).order_by("slug")
+            if user_can_use_agent(request.user, a) and api_key_allows_agent(request.auth, a)
+        ]
         return Response({"object": "list", "data": [
             {"id": a.slug, "object": "model", "created": int(a.created_at.timestamp()), "owned_by": "gateway"}
             for a in agents

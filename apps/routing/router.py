@@ -7,8 +7,8 @@ Order of decisions:
    agent only ``reroutes`` rules apply (conversations stick to their agent until a rule or a
    staff member moves them).
 3. The conversation's agent (sticky), else the channel's default agent.
-A rule whose agent is disabled or not permitted to the sender is skipped; the final choice must be
-an enabled agent the sender may use (``user_can_use_agent``), else the message is refused.
+A rule whose agent is disabled or not permitted to the sender is skipped; the pipeline then checks
+the final choice (``check_agent_access``: the sender's permission and their API key's scope).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from apps.conversations.errors import Forbidden, NoRoute, NotFound
+from apps.conversations.errors import NoRoute, NotFound
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +47,8 @@ def route_message(msg, *, channel, user, conversation):
     )
     if decision.agent is None:
         raise NoRoute()
-    from apps.identities.permissions import user_can_use_agent
-
-    if not user_can_use_agent(user, decision.agent):
-        raise Forbidden("You are not allowed to use this assistant.")
+    # Whether the sender (and their API key) may use the chosen agent is the pipeline's next step
+    # (apps.identities.access.check_agent_access), which audits a refusal.
     logger.info("routed", extra={"agent": decision.agent.slug, "route_id": getattr(decision.route, "pk", None),
                                  "route_reason": decision.reason})
     return decision.agent

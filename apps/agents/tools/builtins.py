@@ -130,16 +130,13 @@ def usage_report(ctx: ToolContext, *, days: int = 7) -> dict:
 def block_user(ctx: ToolContext, *, username: str, reason: str) -> dict:
     from django.contrib.auth import get_user_model
 
-    from apps.logs.services import audit
+    from apps.identities.services import user_block
 
     user = get_user_model().objects.filter(username=username).first()
     if user is None:
         raise ToolFailed(f"No user named {username!r}.")
     if user.is_superuser or user.is_staff or user.pk == ctx.user.pk:
         raise ToolFailed("Staff accounts (and your own) cannot be blocked by a tool.")
-    if user.is_active:
-        user.is_active = False
-        user.save(update_fields=["is_active"])
-        audit(action="user.blocked", actor=ctx.user, target=user, before={"is_active": True},
-              after={"is_active": False}, reason=reason, via="tool")
+    if user.blocked_at is None:
+        user_block(user=user, actor=ctx.user, reason=reason)  # audited as user.blocked
     return {"username": user.username, "blocked": True}

@@ -20,8 +20,7 @@ def run_tool_call(message, call: dict, *, allowed: dict, step: int) -> str:
     checked here, at execution, whatever the model was offered: a refusal runs nothing, tells the
     model so, and is audited. Every call is logged as a ToolCall row. Never raises for bad input.
     """
-    from apps.identities.permissions import user_can_use_tool
-    from apps.logs.services import audit
+    from apps.identities.access import tool_permitted
 
     from ..models import ToolCall
 
@@ -42,9 +41,7 @@ def run_tool_call(message, call: dict, *, allowed: dict, step: int) -> str:
 
     if code is None:
         return done(ToolCall.Status.UNKNOWN, f"Error: there is no tool named {name!r} available.")
-    if not user_can_use_tool(message.sender, tool):
-        audit(action="tool.refused", actor=message.sender, target=tool, message_id=str(message.pk),
-              agent=message.agent.slug if message.agent else None, step=step)
+    if not tool_permitted(user=message.sender, tool=tool, message=message):  # audits the refusal
         return done(ToolCall.Status.REFUSED,
                     f"Error: the user is not permitted to use the tool {name!r}. It was not run.")
     try:

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('agents', '0002_tools_fallbacks_history_tokens'),
+        ('agents', '0003_agent_use_permission'),
     ]
 
     operations = [
