@@ -125,6 +125,10 @@ async def run_ws_hold(spec: dict) -> dict:
                     reply_errors[frame["code"]] = reply_errors.get(frame["code"], 0) + 1
                     break
 
+    # Chat with ``keep_for_chat`` connected: close the rest first.
+    keep = spec.get("keep_for_chat", held)
+    await asyncio.gather(*(ws.close() for ws in sockets[keep:]), return_exceptions=True)
+    sockets = sockets[:keep]
     talkers = sockets[: spec["message_sockets"]]
     per_socket = max(1, spec["messages"] // max(1, len(talkers)))
     chat_started = time.perf_counter()
@@ -137,7 +141,7 @@ async def run_ws_hold(spec: dict) -> dict:
     return summarize(latencies, chat_seconds, reply_errors,
                      {"connections_requested": spec["connections"], "connections_held": held,
                       "connect_errors": errors, "connect_seconds": round(connect_seconds, 2),
-                      "connected_while_chatting": held})
+                      "connected_while_chatting": len(sockets)})
 
 
 def main() -> None:

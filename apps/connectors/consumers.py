@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import parse_qs, urlparse
 
-from channels.db import database_sync_to_async
+from channels.db import DatabaseSyncToAsync
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
@@ -21,6 +21,17 @@ from .visitors import resolve_chat_user
 logger = logging.getLogger(__name__)
 
 CLIENT_ID_MAX_CHARS = 100
+
+
+def database_sync_to_async(func):
+    """channels' database_sync_to_async on the event loop's thread pool.
+
+    Consumers run outside Django's per-request ThreadSensitiveContext, so the default
+    (thread_sensitive) puts the database work of *every* websocket of the process on one thread:
+    with many tabs connecting or talking at once, handshakes queued past Daphne's connect timeout.
+    Each call still closes stale connections before and after (DatabaseSyncToAsync).
+    """
+    return DatabaseSyncToAsync(func, thread_sensitive=False)
 CLOSE_POLICY_VIOLATION = 4403
 CLOSE_NOT_FOUND = 4404
 

@@ -109,7 +109,8 @@ def gw():
         print(stack.logs())
         raise
     finally:
-        stack.stop()
+        for process in stack.processes:  # throwaway stack: no graceful shutdown to wait for
+            process.kill()
         pg.destroy()
         platforms.stop()
 
