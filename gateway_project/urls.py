@@ -21,7 +21,9 @@ urlpatterns = [
     path("v1/models", ModelsApi.as_view(), name="openai-models"),
     path("api/v1/channels/<slug:slug>/webhook", channel_webhook, name="channel-webhook"),
     path("api/v1/schema", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/v1/docs", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # GET only: the HTML renderer has no template for an OPTIONS metadata answer (a 500).
+    path("api/v1/docs", SpectacularSwaggerView.as_view(url_name="api-schema", http_method_names=["get", "head"]),
+         name="api-docs"),
     path("chat/<slug:slug>/", chat_page, name="chat-page"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
