@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin
-from guardian.admin import GuardedModelAdmin
+
+from apps.identities.guarded_admin import ObjectPermissionsAdmin
 
 from .models import Agent, AgentFallback, LLMModel, Provider, Tool, ToolCall
 
@@ -70,7 +71,9 @@ class AgentFallbackInline(admin.TabularInline):
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(ObjectPermissionsAdmin):
+    """Who may use an agent: its visibility (by role), or per user/group via Object permissions."""
+
     list_display = ("slug", "name", "model", "visibility", "max_tokens", "temperature", "enabled")
     list_filter = ("visibility", "enabled", "model__provider")
     search_fields = ("slug", "name", "system_prompt")
@@ -80,7 +83,7 @@ class AgentAdmin(admin.ModelAdmin):
 
 
 @admin.register(Tool)
-class ToolAdmin(GuardedModelAdmin):
+class ToolAdmin(ObjectPermissionsAdmin):
     """Who may use a tool: its visibility (by role), or per user/group via Object permissions."""
 
     list_display = ("slug", "name", "visibility", "enabled")

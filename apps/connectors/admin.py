@@ -1,6 +1,8 @@
 from django import forms
 from django.contrib import admin
 
+from apps.identities.guarded_admin import ObjectPermissionsAdmin
+
 from .base import ConfigError
 from .models import Channel
 from .registry import connector_class
@@ -35,7 +37,8 @@ class ChannelAdminForm(forms.ModelForm):
 
     class Meta:
         model = Channel
-        fields = ("name", "slug", "kind", "enabled", "default_agent", "config", "allow_visitors", "allowed_origins")
+        fields = ("name", "slug", "kind", "enabled", "default_agent", "config", "allow_visitors", "allowed_origins",
+                  "visibility", "unknown_senders", "refusal_message")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -69,15 +72,20 @@ class ChannelAdminForm(forms.ModelForm):
 
 
 @admin.register(Channel)
-class ChannelAdmin(admin.ModelAdmin):
+class ChannelAdmin(ObjectPermissionsAdmin):
+    """Who may talk on a channel: its visibility and unknown-sender policy, or per user/group via
+    Object permissions (``use_channel``)."""
+
     form = ChannelAdminForm
-    list_display = ("slug", "name", "kind", "enabled", "default_agent", "allow_visitors", "created_at")
-    list_filter = ("kind", "enabled")
+    list_display = ("slug", "name", "kind", "enabled", "visibility", "unknown_senders", "default_agent",
+                    "allow_visitors", "created_at")
+    list_filter = ("kind", "enabled", "visibility", "unknown_senders")
     search_fields = ("slug", "name")
     list_select_related = ("default_agent",)
     prepopulated_fields = {"slug": ("name",)}
     fieldsets = (
         (None, {"fields": ("name", "slug", "kind", "enabled", "default_agent", "config")}),
+        ("Who may talk", {"fields": ("visibility", "unknown_senders", "refusal_message")}),
         ("Secrets (write-only, encrypted at rest)", {"fields": (*SECRET_FIELDS, "clear_secrets")}),
         ("Web chat", {"fields": ("allow_visitors", "allowed_origins"), "classes": ("collapse",)}),
     )

@@ -1,49 +1,325 @@
-from django.contrib import admin
-from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+"""Staff manage people here: users and their roles, blocks and merges, channel identities, API keys.
 
+Every action is permission-checked (``identities.grant_role``, ``block_user``, ``merge_users`` on top
+of the usual model permissions) and every change writes an audit event.
+"""
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.models import Group
+from django.template.response import TemplateResponse
+
+from apps.logs.services import audit
+
+from .guarded_admin import client_ip
 from .models import ApiKey, ChannelIdentity, User
+from .roles import ROLE_ORDER, Role
+from .services import (
+    api_key_describe,
+    api_key_revoke,
+    identity_link,
+    user_block,
+    user_merge,
+    user_set_role,
+    user_unblock,
+)
+
+# Fields that decide what a user may do: only staff with identities.grant_role may change them.
+PRIVILEGE_FIELDS = ("groups", "user_permissions", "is_staff", "is_superuser")
+
+
+def user_snapshot(user) -> dict:
+    """What an audit event records about a user's privileges."""
+    return {
+        "groups": sorted(user.groups.values_list("name", flat=True)),
+        "user_permissions": sorted(
+            f"{app}.{code}" for app, code in user.user_permissions.values_list("content_type__app_label", "codename")
+        ),
+        "is_staff": user.is_staff, "is_superuser": user.is_superuser, "is_active": user.is_active,
+    }
 
 
 class ChannelIdentityInline(admin.TabularInline):
+    """The user's identities; to move one to another person, open it (Channel identities)."""
+
     model = ChannelIdentity
     extra = 0
     fields = ("channel", "external_id", "display_name", "created_at")
-    readonly_fields = ("created_at",)
+    readonly_fields = fields
+    show_change_link = True
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class RoleFilter(admin.SimpleListFilter):
+    title = "role"
+    parameter_name = "role"
+
+    def lookups(self, request, model_admin):
+        return [(role, role) for role in ROLE_ORDER] + [("none", "no role (outsider)")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "none":
+            return queryset.exclude(groups__name__in=ROLE_ORDER)
+        if self.value() in ROLE_ORDER:
+            return queryset.filter(groups__name=self.value())
+        return queryset
+
+
+class BlockedFilter(admin.SimpleListFilter):
+    title = "blocked"
+    parameter_name = "blocked"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Blocked"), ("no", "Not blocked")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(blocked_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(blocked_at__isnull=True)
+        return queryset
 
 
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
-    list_display = ("username", "email", "first_name", "is_active", "is_staff", "is_visitor", "date_joined")
-    list_filter = ("is_active", "is_staff", "is_visitor", "groups")
-    search_fields = ("username", "email", "first_name", "last_name", "identities__external_id")
+    list_display = ("username", "email", "first_name", "roles", "is_staff", "is_blocked", "is_active",
+                    "is_visitor", "date_joined")
+    list_filter = (RoleFilter, BlockedFilter, "is_staff", "is_active", "is_visitor", "groups")
+    search_fields = ("username", "email", "first_name", "last_name", "identities__external_id",
+                     "identities__display_name")
     inlines = [ChannelIdentityInline]
-    fieldsets = BaseUserAdmin.fieldsets + (("Gateway", {"fields": ("is_visitor",)}),)
+    fieldsets = BaseUserAdmin.fieldsets + (
+        ("Gateway", {"fields": ("is_visitor", "blocked_at", "blocked_reason", "merged_into")}),
+    )
+    actions = ["make_customer", "make_employee", "make_admin", "block_users", "unblock_users", "merge_users"]
+
+    @admin.display(description="roles")
+    def roles(self, obj) -> str:
+        return ", ".join(g.name for g in obj.groups.all() if g.name in ROLE_ORDER) or "—"
+
+    @admin.display(description="blocked", boolean=True)
+    def is_blocked(self, obj) -> bool:
+        return obj.blocked_at is not None
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("groups")
+
+    # --- who may do what ---
+
+    def has_grant_role_permission(self, request) -> bool:
+        return request.user.has_perm("identities.grant_role")
+
+    def has_block_user_permission(self, request) -> bool:
+        return request.user.has_perm("identities.block_user")
+
+    def has_merge_users_permission(self, request) -> bool:
+        return request.user.has_perm("identities.merge_users")
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = ["is_visitor", "blocked_at", "blocked_reason", "merged_into", "last_login", "date_joined"]
+        if not self.has_grant_role_permission(request):
+            readonly += PRIVILEGE_FIELDS
+        elif not request.user.is_superuser:
+            readonly.append("is_superuser")  # only a superuser makes another
+        return readonly
+
+    # --- audited saves ---
+
+    def save_model(self, request, obj, form, change):
+        request._user_before = user_snapshot(User.objects.get(pk=obj.pk)) if change else None
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        before, after = getattr(request, "_user_before", None), user_snapshot(form.instance)
+        if not change:
+            audit(action="user.created", actor=request.user, target=form.instance, after=after,
+                  client_ip=client_ip(request))
+        elif before != after:
+            audit(action="user.privileges_changed", actor=request.user, target=form.instance, before=before,
+                  after=after, client_ip=client_ip(request))
+
+    # --- actions ---
+
+    def _set_role(self, request, queryset, role: str) -> None:
+        for user in queryset:
+            user_set_role(user=user, role=role, actor=request.user, client_ip=client_ip(request))
+        self.message_user(request, f"{queryset.count()} user(s) now have the role {role}.", messages.SUCCESS)
+
+    @admin.action(description="Make the selected users customers", permissions=["grant_role"])
+    def make_customer(self, request, queryset):
+        self._set_role(request, queryset, Role.CUSTOMER)
+
+    @admin.action(description="Make the selected users employees", permissions=["grant_role"])
+    def make_employee(self, request, queryset):
+        self._set_role(request, queryset, Role.EMPLOYEE)
+
+    @admin.action(description="Make the selected users admins", permissions=["grant_role"])
+    def make_admin(self, request, queryset):
+        self._set_role(request, queryset, Role.ADMIN)
+
+    @admin.action(description="Block the selected users (refused on every channel)", permissions=["block_user"])
+    def block_users(self, request, queryset):
+        targets = [u for u in queryset if u.pk != request.user.pk and not u.is_superuser]
+        for user in targets:
+            user_block(user=user, actor=request.user, reason="blocked by staff in the admin",
+                       client_ip=client_ip(request))
+        skipped = queryset.count() - len(targets)
+        self.message_user(request, f"Blocked {len(targets)} user(s)"
+                          + (f"; skipped {skipped} (yourself or a superuser)." if skipped else "."))
+
+    @admin.action(description="Unblock the selected users", permissions=["block_user"])
+    def unblock_users(self, request, queryset):
+        for user in queryset.filter(blocked_at__isnull=False):
+            user_unblock(user=user, actor=request.user, client_ip=client_ip(request))
+        self.message_user(request, "Unblocked.")
+
+    @admin.action(description="Merge the selected users into one…", permissions=["merge_users"])
+    def merge_users(self, request, queryset):
+        users = list(queryset.order_by("date_joined"))
+        if len(users) < 2:
+            self.message_user(request, "Select at least two users to merge.", messages.WARNING)
+            return None
+        if "apply" in request.POST:
+            survivor = next((u for u in users if str(u.pk) == request.POST.get("survivor")), None)
+            if survivor is None:
+                self.message_user(request, "Choose the user who remains.", messages.ERROR)
+                return None
+            for merged in users:
+                if merged.pk != survivor.pk:
+                    user_merge(survivor=survivor, merged=merged, actor=request.user, client_ip=client_ip(request))
+            self.message_user(request, f"Merged {len(users) - 1} user(s) into {survivor}.", messages.SUCCESS)
+            return None
+        return TemplateResponse(request, "admin/identities/user/merge.html", {
+            **self.admin_site.each_context(request),
+            "title": "Merge users", "opts": self.model._meta, "users": users,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        })
 
 
 @admin.register(ChannelIdentity)
 class ChannelIdentityAdmin(admin.ModelAdmin):
+    """Linking: change an identity's user to say it is the same person as another account."""
+
     list_display = ("external_id", "channel", "user", "display_name", "created_at")
     list_filter = ("channel",)
     search_fields = ("external_id", "display_name", "user__username", "user__email")
     list_select_related = ("channel", "user")
     autocomplete_fields = ("user",)
 
+    def get_readonly_fields(self, request, obj=None):
+        if obj is not None:
+            readonly = ["channel", "external_id", "created_at"]
+            if not request.user.has_perm("identities.merge_users"):
+                readonly.append("user")
+            return readonly
+        return ["created_at"]
+
+    def save_model(self, request, obj, form, change):
+        if change and "user" in form.changed_data:
+            new_user = obj.user
+            obj.user_id = form.initial["user"]
+            identity_link(identity=obj, user=new_user, actor=request.user, client_ip=client_ip(request))
+            if form.changed_data != ["user"]:
+                super().save_model(request, obj, form, change)
+            return
+        super().save_model(request, obj, form, change)
+        if not change:
+            audit(action="identity.created", actor=request.user, target=obj, client_ip=client_ip(request),
+                  after={"user": str(obj.user_id), "channel": obj.channel.slug, "external_id": obj.external_id})
+
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    """Keys are created with `create_api_key` (the secret is printed once); here they are only
-    inspected, named, given an expiry or revoked. The hash is never shown."""
+    """A new key is shown once, on the page after it is created; only its hash is kept.
+
+    Keys are never deleted (revoke them: the history stays); scopes, name and expiry can change.
+    """
 
     list_display = ("masked", "name", "user", "created_at", "last_used_at", "expires_at", "revoked_at")
-    list_filter = ("revoked_at", "expires_at")
-    search_fields = ("prefix", "name", "user__username")
+    list_filter = ("revoked_at", "expires_at", "channels", "agents")
+    search_fields = ("prefix", "name", "user__username", "user__email")
     list_select_related = ("user",)
-    fields = ("masked", "user", "name", "created_at", "last_used_at", "expires_at", "revoked_at")
-    readonly_fields = ("masked", "user", "created_at", "last_used_at")
+    autocomplete_fields = ("user",)
+    filter_horizontal = ("channels", "agents")
+    actions = ["revoke_keys"]
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("user", "name", "expires_at", "channels", "agents")
+        return ("masked", "user", "name", "created_at", "last_used_at", "expires_at", "revoked_at",
+                "channels", "agents")
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        return ("masked", "user", "created_at", "last_used_at", "revoked_at")
 
     @admin.display(description="key")
     def masked(self, obj) -> str:
-        return f"gw_{obj.prefix}_…"
+        return obj.masked
 
-    def has_add_permission(self, request) -> bool:
+    def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            request._key_before = api_key_describe(ApiKey.objects.get(pk=obj.pk))
+        else:
+            request._raw_api_key = obj.set_new_secret()
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        after = api_key_describe(form.instance)
+        if not change:
+            audit(action="apikey.created", actor=request.user, target=form.instance, after=after,
+                  client_ip=client_ip(request))
+        elif (before := getattr(request, "_key_before", None)) != after:
+            audit(action="apikey.changed", actor=request.user, target=form.instance, before=before, after=after,
+                  client_ip=client_ip(request))
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """Show the raw key on this one page (not in a message, which would sit in a cookie)."""
+        raw_key = getattr(request, "_raw_api_key", None)
+        if raw_key is None:
+            return super().response_add(request, obj, post_url_continue)
+        return TemplateResponse(request, "admin/identities/apikey/created.html", {
+            **self.admin_site.each_context(request),
+            "title": "API key created", "opts": self.model._meta, "key": obj, "raw_key": raw_key,
+        }, headers={"Cache-Control": "no-store"})
+
+    @admin.action(description="Revoke the selected keys", permissions=["change"])
+    def revoke_keys(self, request, queryset):
+        for key in queryset.filter(revoked_at__isnull=True):
+            api_key_revoke(key=key, actor=request.user, client_ip=client_ip(request))
+        self.message_user(request, "Revoked.")
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class GroupAdmin(BaseGroupAdmin):
+    """Role groups and other groups; changing a group's permissions is audited."""
+
+    def save_model(self, request, obj, form, change):
+        request._group_before = sorted(obj.permissions.values_list("codename", flat=True)) if change else []
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        after = sorted(form.instance.permissions.values_list("codename", flat=True))
+        if after != request._group_before:
+            audit(action="group.permissions_changed", actor=request.user, target=form.instance,
+                  before={"permissions": request._group_before}, after={"permissions": after},
+                  client_ip=client_ip(request))
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return super().has_change_permission(request, obj) and request.user.has_perm("identities.grant_role")

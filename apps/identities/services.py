@@ -125,14 +125,14 @@ def user_set_role(*, user, role: str, actor, client_ip: str | None = None) -> No
 
 
 @transaction.atomic
-def user_block(*, user, actor, reason: str = "", client_ip: str | None = None) -> None:
-    """Refuse the user on every channel from now on."""
+def user_block(*, user, actor, reason: str = "", client_ip: str | None = None, **detail) -> None:
+    """Refuse the user on every channel from now on. ``detail`` goes into the audit event."""
     before = {"blocked_at": user.blocked_at.isoformat() if user.blocked_at else None}
     user.blocked_at = timezone.now()
     user.blocked_reason = reason[:255]
     user.save(update_fields=["blocked_at", "blocked_reason"])
     audit(action="user.blocked", actor=actor, target=user, client_ip=client_ip, before=before,
-          after={"blocked_at": user.blocked_at.isoformat(), "reason": user.blocked_reason})
+          after={"blocked_at": user.blocked_at.isoformat()}, reason=user.blocked_reason, **detail)
 
 
 @transaction.atomic

@@ -48,7 +48,8 @@ class TestAdmin:
     def form_data(self, channel, **overrides):
         return {"name": channel.name, "slug": channel.slug, "kind": channel.kind, "enabled": "on",
                 "default_agent": channel.default_agent_id, "config": '{"bot_user_id": "U0LAN0Z89"}',
-                "allow_visitors": "on", "allowed_origins": "[]", **overrides}
+                "allow_visitors": "on", "allowed_origins": "[]", "visibility": "public",
+                "unknown_senders": "create_customer", **overrides}
 
     def test_change_page_never_shows_a_stored_secret(self, staff_client, slack_channel):
         page = staff_client.get(reverse("admin:connectors_channel_change", args=[slack_channel.pk]))
@@ -73,11 +74,14 @@ class TestAdmin:
     def test_adding_a_wecom_channel_needs_its_secrets(self, staff_client, agent):
         url = reverse("admin:connectors_channel_add")
         data = {"name": "WeCom", "slug": "wecom", "kind": "wecom", "enabled": "on", "default_agent": agent.pk,
-                "config": '{"corp_id": "ww1", "agent_id": "1000002"}', "allowed_origins": "[]"}
+                "config": '{"corp_id": "ww1", "agent_id": "1000002"}', "allowed_origins": "[]",
+                "visibility": "internal", "unknown_senders": "refuse"}
         assert staff_client.post(url, data).status_code == 200  # token / key / secret missing
         data.update(token="t", encoding_aes_key="jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C", secret="s")
         assert staff_client.post(url, data).status_code == 302
-        assert Channel.objects.get(slug="wecom").secrets["token"] == "t"
+        wecom = Channel.objects.get(slug="wecom")
+        assert wecom.secrets["token"] == "t"
+        assert (wecom.visibility, wecom.unknown_senders) == ("internal", "refuse")
 
 
 def test_a_misconfigured_channel_refuses_webhooks_with_503(client, agent):

@@ -236,3 +236,17 @@ class TestOverHttp:
         bearer(raw).post(URL, {"message": "x"}, format="json")
         key.refresh_from_db()
         assert key.last_used_at is not None
+
+
+@pytest.mark.django_db
+def test_create_api_key_command_prints_a_scoped_expiring_key_once(customer, api_channel, agent, capsys):
+    from django.core.management import call_command
+
+    call_command("create_api_key", customer.username, "--name", "ci", "--expires-days", "7",
+                 "--channel", "api", "--agent", agent.slug)
+    raw = capsys.readouterr().out.strip()
+    key = ApiKey.objects.get(name="ci")
+    assert raw.startswith(f"gw_{key.prefix}_") and raw not in key.key_hash
+    assert key.expires_at > timezone.now() + timedelta(days=6)
+    assert list(key.channels.all()) == [api_channel] and list(key.agents.all()) == [agent]
+    assert last_audit("apikey.created").after["channels"] == ["api"]

@@ -1,7 +1,12 @@
+from datetime import timedelta
+
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
-from apps.identities.models import ApiKey
+from apps.agents.models import Agent
+from apps.connectors.models import Channel
+from apps.identities.services import api_key_create
 
 
 class Command(BaseCommand):
@@ -10,11 +15,22 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("username")
         parser.add_argument("--name", default="", help="A label for the key.")
+        parser.add_argument("--expires-days", type=int, default=None, help="The key stops working after N days.")
+        parser.add_argument("--channel", action="append", default=[], metavar="SLUG",
+                            help="Only usable on this channel (repeat for several; default: any).")
+        parser.add_argument("--agent", action="append", default=[], metavar="SLUG",
+                            help="Only usable with this agent (repeat for several; default: any).")
 
-    def handle(self, *args, username: str, name: str, **options):
+    def handle(self, *args, username: str, name: str, expires_days, channel, agent, **options):
         user = get_user_model().objects.filter(username=username).first()
         if user is None:
             raise CommandError(f"No user named {username!r}.")
-        key, raw_key = ApiKey.generate(user=user, name=name)
-        self.stderr.write(f"API key gw_{key.prefix}_… for {username}; store it now, it is not shown again:")
+        channels = list(Channel.objects.filter(slug__in=channel))
+        agents = list(Agent.objects.filter(slug__in=agent))
+        if missing := set(channel) - {c.slug for c in channels} | set(agent) - {a.slug for a in agents}:
+            raise CommandError(f"Unknown channel or agent: {', '.join(sorted(missing))}.")
+        expires_at = timezone.now() + timedelta(days=expires_days) if expires_days else None
+        key, raw_key = api_key_create(user=user, actor=None, name=name, expires_at=expires_at,
+                                      channels=channels, agents=agents)
+        self.stderr.write(f"API key {key.masked} for {username}; store it now, it is not shown again:")
         self.stdout.write(raw_key)
