@@ -132,7 +132,8 @@ def user_block(*, user, actor, reason: str = "", client_ip: str | None = None, *
     user.blocked_reason = reason[:255]
     user.save(update_fields=["blocked_at", "blocked_reason"])
     audit(action="user.blocked", actor=actor, target=user, client_ip=client_ip, before=before,
-          after={"blocked_at": user.blocked_at.isoformat()}, reason=user.blocked_reason, **detail)
+          after={"blocked_at": user.blocked_at.isoformat(), "reason": user.blocked_reason},
+          reason=user.blocked_reason, **detail)
 
 
 @transaction.atomic
