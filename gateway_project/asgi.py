@@ -14,6 +14,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from apps.connectors.routing import websocket_urlpatterns  # noqa: E402
 from apps.conversations.realtime import remember_server_loop  # noqa: E402
+from apps.logs.periodic import start_embedded_periodic  # noqa: E402
 
 router = ProtocolTypeRouter({
     "http": ASGIStaticFilesHandler(django_asgi_app),
@@ -25,4 +26,5 @@ router = ProtocolTypeRouter({
 async def application(scope, receive, send):
     # Embedded default: workers publish to the in-memory channel layer on this loop.
     remember_server_loop(asyncio.get_running_loop())
+    start_embedded_periodic()  # embedded default: flush request logs, rebuild rollups (no beat)
     await router(scope, receive, send)

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "apps.logs.middleware.RequestContextMiddleware",  # first: the request id covers everything after
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -126,6 +127,7 @@ GATEWAY_REQUEUE_INTERVAL_SECONDS = env.float("GATEWAY_REQUEUE_INTERVAL_SECONDS",
 GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS = env.int("GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS", default=60)
 GATEWAY_REQUEUE_MAX_AGE_SECONDS = env.int("GATEWAY_REQUEUE_MAX_AGE_SECONDS", default=24 * 3600)
 GATEWAY_REQUEUE_BATCH_SIZE = env.int("GATEWAY_REQUEUE_BATCH_SIZE", default=500)
+# Apps add their own entries below (search "CELERY_BEAT_SCHEDULE[").
 CELERY_BEAT_SCHEDULE: dict = {
     "requeue-stuck-messages": {
         "task": "agents.requeue_stuck_messages",
@@ -230,6 +232,26 @@ WECOM_ROBOT_MESSAGES_PER_MINUTE = env.int("WECOM_ROBOT_MESSAGES_PER_MINUTE", def
 # re-checking every GATEWAY_ORDER_RETRY_DELAY_SECONDS, for at most GATEWAY_ORDER_MAX_WAIT_SECONDS.
 GATEWAY_ORDER_RETRY_DELAY_SECONDS = env.float("GATEWAY_ORDER_RETRY_DELAY_SECONDS", default=0.5)
 GATEWAY_ORDER_MAX_WAIT_SECONDS = env.float("GATEWAY_ORDER_MAX_WAIT_SECONDS", default=300.0)
+
+# --- Logs, dashboards, metrics (apps.logs) ---------------------------------------------------
+# Request-log rows are buffered (Redis list / process memory) and written in batches this often.
+GATEWAY_LOG_FLUSH_SECONDS = env.float("GATEWAY_LOG_FLUSH_SECONDS", default=5.0)
+GATEWAY_LOG_FLUSH_BATCH_ROWS = env.int("GATEWAY_LOG_FLUSH_BATCH_ROWS", default=1000)
+GATEWAY_LOG_REDIS_TIMEOUT_SECONDS = env.float("GATEWAY_LOG_REDIS_TIMEOUT_SECONDS", default=0.5)
+# Daily rollups (dashboard charts) are rebuilt this often for the last GATEWAY_LOG_ROLLUP_DAYS days.
+GATEWAY_LOG_ROLLUP_SECONDS = env.float("GATEWAY_LOG_ROLLUP_SECONDS", default=300.0)
+GATEWAY_LOG_ROLLUP_DAYS = env.int("GATEWAY_LOG_ROLLUP_DAYS", default=2)
+# Raw LLM-call and request rows older than this are deleted (rollups are kept); audit rows live longer.
+GATEWAY_LOG_RETENTION_DAYS = env.int("GATEWAY_LOG_RETENTION_DAYS", default=30)
+GATEWAY_AUDIT_RETENTION_DAYS = env.int("GATEWAY_AUDIT_RETENTION_DAYS", default=365)
+GATEWAY_LOG_PURGE_SECONDS = env.float("GATEWAY_LOG_PURGE_SECONDS", default=3600.0)
+# When set, GET /metrics requires "Authorization: Bearer <token>".
+GATEWAY_METRICS_TOKEN = env.str("GATEWAY_METRICS_TOKEN", default="")
+CELERY_BEAT_SCHEDULE["logs.flush_request_logs"] = {
+    "task": "logs.flush_request_logs", "schedule": GATEWAY_LOG_FLUSH_SECONDS,
+}
+CELERY_BEAT_SCHEDULE["logs.rollup_daily"] = {"task": "logs.rollup_daily", "schedule": GATEWAY_LOG_ROLLUP_SECONDS}
+CELERY_BEAT_SCHEDULE["logs.purge_old_logs"] = {"task": "logs.purge_old_logs", "schedule": GATEWAY_LOG_PURGE_SECONDS}
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

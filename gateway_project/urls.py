@@ -7,6 +7,7 @@ from apps.connectors.webhooks import channel_webhook
 from apps.conversations.apis import ConversationMessagesApi, MessageCreateApi
 from apps.conversations.openai_face import ChatCompletionsApi, ModelsApi
 from apps.logs.health import healthz, readyz
+from apps.logs.metrics import metrics_view
 
 from .errors import json_404, json_500
 
@@ -27,6 +28,7 @@ urlpatterns = [
     path("chat/<slug:slug>/", chat_page, name="chat-page"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]
 

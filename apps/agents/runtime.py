@@ -16,8 +16,9 @@ from django.utils import timezone
 
 from apps.conversations.errors import AgentFailed
 from apps.conversations.models import Direction, Message, Status
+from apps.logs.metrics import llm_call_observed
 from apps.logs.models import LLMCall
-from apps.logs.structured import message_id_var
+from apps.logs.structured import message_id_var, request_id_var
 
 from . import llm, orchestrator
 
@@ -35,10 +36,13 @@ def agent_run(message_id, *, ignore_order: bool = False) -> Message | None:
     in flight; the caller retries later, and finally passes ``ignore_order=True``.
     """
     token = message_id_var.set(str(message_id))
+    request_token = None
     try:
         message = claim(message_id, ignore_order=ignore_order)
         if message is None:
             return None
+        # The id of the request that brought the message in, so its logs join up with the reply's.
+        request_token = request_id_var.set(message.request_id or None)
         try:
             return _answer(message)
         except Exception:
@@ -47,6 +51,8 @@ def agent_run(message_id, *, ignore_order: bool = False) -> Message | None:
             fail_message(message, llm.LLMError("internal_error", "The agent run crashed."))
             return None
     finally:
+        if request_token is not None:
+            request_id_var.reset(request_token)
         message_id_var.reset(token)
 
 
@@ -227,6 +233,7 @@ def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = N
         message=message, conversation_id=message.conversation_id, user_id=message.sender_id,
         channel_id=message.channel_id, agent=agent, model=model.name,
         provider=model.provider.slug, attempt=attempt,
+        api_key_id=message.api_key_id, request_id=message.request_id,
     )
     if result is not None:
         fields.update(
@@ -237,4 +244,6 @@ def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = N
         )
     else:
         fields.update(status=LLMCall.Status.ERROR, error=str(error)[:2000])
-    return LLMCall.objects.create(**fields)
+    call = LLMCall.objects.create(**fields)
+    llm_call_observed(call)
+    return call

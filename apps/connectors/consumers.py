@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import logging
+import time
 from urllib.parse import parse_qs, urlparse
 
-from channels.db import DatabaseSyncToAsync
+from asgiref.sync import sync_to_async
+from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
@@ -14,6 +16,9 @@ from apps.conversations.pipeline import accept
 from apps.conversations.realtime import conversation_group
 from apps.conversations.selectors import conversation_history
 from apps.conversations.services import conversation_open
+from apps.logs.middleware import new_request_id
+from apps.logs.request_log import request_log_record
+from apps.logs.structured import request_id_var
 
 from .models import Channel
 from .visitors import resolve_chat_user
@@ -80,6 +85,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "history", "conversation_id": self.conversation_id, "messages": history})
 
     async def _refuse(self, error: GatewayError, close_code: int) -> None:
+        await sync_to_async(request_log_record, thread_sensitive=False)(
+            status_code=error.status, rejection=error.code, channel=getattr(self, "channel_row", None),
+            channel_kind="webchat", client_ip=(self.scope.get("client") or [None])[0],
+            request_id=new_request_id(),
+        )
         # Accept first so the browser receives the reason, then close.
         await self.accept()
         await self.send_json(error.error_frame())
@@ -109,6 +119,20 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.receive_json(content)
 
     async def receive_json(self, content, **kwargs):
+        started = time.monotonic()
+        token = request_id_var.set(new_request_id())
+        try:
+            status_code, rejection, message_id = await self._receive_message(content)
+            await sync_to_async(request_log_record, thread_sensitive=False)(
+                status_code=status_code, rejection=rejection, channel=self.channel_row, user=self.user,
+                message=message_id, client_ip=(self.scope.get("client") or [None])[0],
+                latency_ms=int((time.monotonic() - started) * 1000), request_id=request_id_var.get(),
+            )
+        finally:
+            request_id_var.reset(token)
+
+    async def _receive_message(self, content) -> tuple[int, str, str | None]:
+        """Handle one message frame; returns (status code, rejection code, message id) for the log."""
         client_id = content.get("client_id") if isinstance(content, dict) else None
         try:
             await self._accept_message(content, client_id)
@@ -144,7 +168,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if isinstance(client_id, str):
                 frame["client_id"] = client_id
             await self.send_json(frame)
-            return
+            return error.status, error.code, None
         await self.send_json({
             "type": "ack",
             "message_id": str(accepted.message.id),
@@ -152,6 +176,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             "client_id": client_id,
             "duplicate": accepted.duplicate,
         })
+        return 202, "", str(accepted.message.id)
 
     # Channel-layer events from the agent run (see WebchatConnector).
     async def chat_delta(self, event):

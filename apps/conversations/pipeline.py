@@ -18,6 +18,7 @@ from apps.agents.dispatch import enqueue_agent_run
 from apps.connectors.models import Channel
 from apps.identities.access import check_agent_access, check_channel_access
 from apps.identities.services import identify_sender
+from apps.logs.structured import request_id_var
 from apps.quotas.limits import check_request_rate
 from apps.routing.router import route_message
 
@@ -54,7 +55,7 @@ def accept(
     conversation = find_conversation(msg, channel=channel, user=user)
     agent = route_message(msg, channel=channel, user=user, conversation=conversation)
     check_agent_access(user=user, agent=agent, api_key=api_key, client_ip=client_ip)
-    accepted = persist(msg, channel=channel, user=user, conversation=conversation, agent=agent)
+    accepted = persist(msg, channel=channel, user=user, conversation=conversation, agent=agent, api_key=api_key)
     if not accepted.duplicate:
         transaction.on_commit(lambda: enqueue_agent_run(accepted.message.id))
     return accepted
@@ -105,7 +106,7 @@ def find_conversation(msg: NormalizedMessage, *, channel: Channel, user) -> Conv
 
 
 def persist(
-    msg: NormalizedMessage, *, channel: Channel, user, conversation: Conversation | None, agent
+    msg: NormalizedMessage, *, channel: Channel, user, conversation: Conversation | None, agent, api_key=None
 ) -> Accepted:
     """Store the inbound message (and a new conversation if needed) in one transaction."""
     now = timezone.now()
@@ -134,6 +135,8 @@ def persist(
                 text=msg.message,
                 attachments=msg.attachments,
                 metadata=msg.metadata,
+                request_id=request_id_var.get() or "",
+                api_key=api_key,
                 raw_payload=msg.raw,
                 channel_timestamp=msg.timestamp,
             )

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class LLMCall(models.Model):
@@ -25,6 +26,11 @@ class LLMCall(models.Model):
         "connectors.Channel", null=True, on_delete=models.SET_NULL, related_name="+"
     )
     agent = models.ForeignKey("agents.Agent", null=True, on_delete=models.SET_NULL, related_name="+")
+    api_key = models.ForeignKey(
+        "identities.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The API key that sent the message, if it came through the API.",
+    )
+    request_id = models.CharField(max_length=64, blank=True)
     model = models.CharField(max_length=100)
     provider = models.CharField(max_length=64)
     attempt = models.PositiveSmallIntegerField(default=1)
@@ -36,12 +42,17 @@ class LLMCall(models.Model):
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=8, choices=Status.choices)
     error = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
         verbose_name = "LLM call"
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "created_at"])]
+        indexes = [
+            models.Index(fields=["status", "created_at"]),
+            # The conversation view lists a conversation's calls in order.
+            models.Index(fields=["conversation", "created_at"]),
+        ]
+        permissions = [("view_dashboard", "Can view the logs dashboards")]
 
     def __str__(self) -> str:
         return f"{self.model} {self.status} {self.total_tokens} tokens"
@@ -60,6 +71,9 @@ class RequestLog(models.Model):
     message = models.ForeignKey(
         "conversations.Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    api_key = models.ForeignKey(
+        "identities.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     status_code = models.PositiveSmallIntegerField()
     rejection = models.CharField(
         max_length=64, blank=True, db_index=True,
@@ -67,8 +81,9 @@ class RequestLog(models.Model):
     )
     client_ip = models.GenericIPAddressField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(default=0)
-    request_id = models.CharField(max_length=64, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    request_id = models.CharField(max_length=64, blank=True, db_index=True)
+    # Set by the entry point (rows are written in batches, after the request).
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -100,3 +115,86 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.target_type}:{self.target_id}"
+
+
+# --- Daily rollups: what the dashboards' charts and cost tables read -------------------------
+# Rebuilt per day from the raw rows by a beat task (apps.logs.rollups), so a dashboard reads a
+# few thousand rollup rows instead of scanning millions of raw ones, and raw rows can be purged.
+
+
+class DailyCallStats(models.Model):
+    """Model calls of one day, per (channel, agent, user, API key, model, provider)."""
+
+    day = models.DateField()
+    channel = models.ForeignKey(
+        "connectors.Channel", null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    agent = models.ForeignKey(
+        "agents.Agent", null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    api_key = models.ForeignKey(
+        "identities.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    model = models.CharField(max_length=100)
+    provider = models.CharField(max_length=64)
+    calls = models.PositiveIntegerField(default=0)
+    failed_calls = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=18, decimal_places=6, default=0)
+    latency_ms_total = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "daily call stats"
+        indexes = [models.Index(fields=["day"])]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model}: {self.calls} calls"
+
+
+class DailyMessageStats(models.Model):
+    """Messages of one day on one channel: inbound, replies, failures, active users, reply latency."""
+
+    day = models.DateField()
+    channel = models.ForeignKey(
+        "connectors.Channel", null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    inbound = models.PositiveIntegerField(default=0)
+    replies = models.PositiveIntegerField(default=0)
+    failures = models.PositiveIntegerField(default=0)
+    active_users = models.PositiveIntegerField(default=0)
+    latency_buckets = models.JSONField(
+        default=list, help_text="Reply latency histogram: counts per bound of LATENCY_BUCKETS_MS (+ overflow).",
+    )
+
+    class Meta:
+        verbose_name_plural = "daily message stats"
+        indexes = [models.Index(fields=["day"])]
+
+    def __str__(self) -> str:
+        return f"{self.day} channel {self.channel_id}: {self.inbound} in"
+
+
+class DailyRequestStats(models.Model):
+    """Inbound requests of one day per (channel, status code, rejection reason)."""
+
+    day = models.DateField()
+    channel = models.ForeignKey(
+        "connectors.Channel", null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    channel_kind = models.CharField(max_length=32, blank=True)
+    status_code = models.PositiveSmallIntegerField()
+    rejection = models.CharField(max_length=64, blank=True)
+    requests = models.PositiveIntegerField(default=0)
+    latency_ms_total = models.BigIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "daily request stats"
+        indexes = [models.Index(fields=["day"])]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.channel_kind} {self.status_code}: {self.requests}"

@@ -1,0 +1,218 @@
+"""Prometheus metrics for ``GET /metrics``, shared by every Daphne process and Celery worker.
+
+Choice: counters and histogram buckets live in one Redis hash (``HINCRBYFLOAT``, one pipelined
+round trip per observation) and ``/metrics`` renders them with prometheus-client's exposition code.
+prometheus-client's multiprocess mode only aggregates processes that share a directory on one
+machine; the gateway scales out to several machines behind a load balancer, where a scrape reaches
+any one process. With the counters in Redis every scrape returns the totals of the whole
+deployment. (A Redis restart resets them; Prometheus treats that as a counter reset.)
+On the embedded default (one process, no Redis) the same counters are kept in this process.
+
+Recording never raises: metrics must not break a request.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import defaultdict
+
+from django.conf import settings
+from django.http import HttpResponse
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+logger = logging.getLogger(__name__)
+
+METRICS_KEY = "gateway:metrics"
+
+REQUEST_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+MODEL_LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+
+# name → (type, help, label names). Counters are named without the "_total" suffix here.
+FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "gateway_requests": ("counter", "Inbound requests at the entry points.", ("channel", "status")),
+    "gateway_rejections": ("counter", "Refused inbound requests by reason (the error code).", ("channel", "reason")),
+    "gateway_request_latency_seconds": (
+        "histogram", "Time an entry point spent on a request (pipeline included).", ("channel",)),
+    "gateway_model_calls": ("counter", "Model call attempts.", ("model", "provider", "status")),
+    "gateway_model_latency_seconds": ("histogram", "Model call latency.", ("model",)),
+    "gateway_tokens": ("counter", "Tokens used by model calls.", ("model", "kind")),
+    "gateway_cost": ("counter", "Cost of model calls, in the providers' price unit.", ("model",)),
+}
+
+
+class _MemoryStore:
+    def __init__(self):
+        self.values: dict[str, float] = defaultdict(float)
+        self.lock = threading.Lock()
+
+    def add(self, increments: dict[str, float]) -> None:
+        with self.lock:
+            for field, amount in increments.items():
+                self.values[field] += amount
+
+    def read(self) -> dict[str, float]:
+        with self.lock:
+            return dict(self.values)
+
+
+class _RedisStore:
+    def add(self, increments: dict[str, float]) -> None:
+        from .buffer import redis_client
+
+        pipe = redis_client().pipeline(transaction=False)
+        for field, amount in increments.items():
+            pipe.hincrbyfloat(METRICS_KEY, field, amount)
+        pipe.execute()
+
+    def read(self) -> dict[str, float]:
+        from .buffer import redis_client
+
+        return {k.decode(): float(v) for k, v in redis_client().hgetall(METRICS_KEY).items()}
+
+
+_store = None
+
+
+def store():
+    global _store
+    if _store is None:
+        _store = _RedisStore() if settings.REDIS_URL else _MemoryStore()
+    return _store
+
+
+def _field(name: str, labels: dict[str, str]) -> str:
+    return json.dumps([name, sorted(labels.items())], separators=(",", ":"))
+
+
+def _counter(increments: dict, name: str, labels: dict, amount: float = 1.0) -> None:
+    increments[_field(name, labels)] = increments.get(_field(name, labels), 0.0) + amount
+
+
+def _histogram(increments: dict, name: str, labels: dict, value: float, bounds) -> None:
+    for bound in bounds:
+        if value <= bound:
+            _counter(increments, name + "_bucket", {**labels, "le": repr(float(bound))})
+    _counter(increments, name + "_bucket", {**labels, "le": "+Inf"})
+    _counter(increments, name + "_sum", labels, value)
+    _counter(increments, name + "_count", labels)
+
+
+def _add(increments: dict) -> None:
+    try:
+        store().add(increments)
+    except Exception:
+        logger.warning("metrics update failed", exc_info=True)
+
+
+def request_observed(*, channel: str, status_code: int, rejection: str, latency_ms: int) -> None:
+    increments: dict[str, float] = {}
+    _counter(increments, "gateway_requests", {"channel": channel, "status": str(status_code)})
+    if rejection:
+        _counter(increments, "gateway_rejections", {"channel": channel, "reason": rejection})
+    _histogram(increments, "gateway_request_latency_seconds", {"channel": channel}, latency_ms / 1000,
+               REQUEST_LATENCY_BUCKETS_S)
+    _add(increments)
+
+
+def llm_call_observed(call) -> None:
+    """Count one LLMCall row (tokens, cost, latency)."""
+    increments: dict[str, float] = {}
+    _counter(increments, "gateway_model_calls",
+             {"model": call.model, "provider": call.provider, "status": call.status})
+    if call.status == "ok":
+        _histogram(increments, "gateway_model_latency_seconds", {"model": call.model},
+                   (call.latency_ms or 0) / 1000, MODEL_LATENCY_BUCKETS_S)
+        _counter(increments, "gateway_tokens", {"model": call.model, "kind": "prompt"}, call.prompt_tokens)
+        _counter(increments, "gateway_tokens", {"model": call.model, "kind": "completion"}, call.completion_tokens)
+        _counter(increments, "gateway_cost", {"model": call.model}, float(call.cost or 0))
+    _add(increments)
+
+
+# --- exposition --------------------------------------------------------------------------------
+
+
+class StoreCollector:
+    """Turns the stored fields back into Prometheus metric families."""
+
+    def collect(self):
+        values = store().read()
+        counters: dict[str, list] = defaultdict(list)
+        hist: dict[str, dict] = defaultdict(lambda: defaultdict(lambda: {"buckets": {}, "sum": 0.0}))
+        for field, value in values.items():
+            try:
+                name, items = json.loads(field)
+            except ValueError:
+                continue
+            labels = dict(items)
+            for base, (kind, _help, _names) in FAMILIES.items():
+                if kind == "counter" and name == base:
+                    counters[base].append((labels, value))
+                elif kind == "histogram" and name.startswith(base + "_"):
+                    part = name[len(base) + 1:]
+                    le = labels.pop("le", None)
+                    series = hist[base][tuple(sorted(labels.items()))]
+                    if part == "bucket" and le is not None:
+                        series["buckets"][le] = value
+                    elif part == "sum":
+                        series["sum"] = value
+        for base, (kind, help_text, label_names) in FAMILIES.items():
+            if kind == "counter":
+                family = CounterMetricFamily(base, help_text, labels=label_names)
+                for labels, value in counters.get(base, []):
+                    family.add_metric([labels.get(n, "") for n in label_names], value)
+            else:
+                family = HistogramMetricFamily(base, help_text, labels=label_names)
+                for key, series in hist.get(base, {}).items():
+                    labels = dict(key)
+                    buckets = sorted(series["buckets"].items(),
+                                     key=lambda kv: float("inf") if kv[0] == "+Inf" else float(kv[0]))
+                    family.add_metric([labels.get(n, "") for n in label_names], buckets, series["sum"])
+            yield family
+        depth = GaugeMetricFamily("gateway_queue_depth", "Agent runs waiting in the queue.", labels=["queue"])
+        depth.add_metric([settings.CELERY_TASK_DEFAULT_QUEUE], queue_depth())
+        yield depth
+
+
+def queue_depth() -> int:
+    """Messages waiting in the Celery queue (kombu's Redis list, priority sub-lists included)."""
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    if settings.GATEWAY_AGENT_DISPATCH == "celery" and settings.CELERY_BROKER_URL.startswith("redis"):
+        import redis
+
+        client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2)
+        try:
+            sep = "\x06\x16"
+            names = [queue] + [f"{queue}{sep}{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9)]
+            pipe = client.pipeline(transaction=False)
+            for name in names:
+                pipe.llen(name)
+            return int(sum(pipe.execute()))
+        finally:
+            client.close()
+    from apps.agents import dispatch
+
+    pool = getattr(dispatch, "_embedded_pool", None)
+    return pool._work_queue.qsize() if pool is not None else 0
+
+
+def metrics_view(request):
+    """``GET /metrics``: Prometheus text format. With GATEWAY_METRICS_TOKEN set, a matching
+    ``Authorization: Bearer`` header is required (the counters reveal traffic and spend)."""
+    token = settings.GATEWAY_METRICS_TOKEN
+    if token:
+        import hmac
+
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return HttpResponse("metrics token required\n", status=401, content_type="text/plain")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector())
+    try:
+        body = generate_latest(registry)
+    except Exception:
+        logger.exception("metrics rendering failed")
+        return HttpResponse("metrics unavailable\n", status=503, content_type="text/plain")
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,73 @@
+"""GET /metrics: Prometheus text with requests, rejections, latency histograms, tokens, cost, queue."""
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from rest_framework.test import APIClient
+
+from apps.agents.runtime import agent_run
+from apps.conversations.models import Message
+
+
+def scrape(client) -> dict[tuple, float]:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.content.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name, **labels) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.mark.django_db
+class TestMetrics:
+    def test_counts_requests_rejections_model_calls_tokens_and_cost(
+        self, client, api_key_for, customer, api_channel, fake_llm
+    ):
+        before = scrape(client)
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_for(customer)}")
+        accepted = api.post("/api/v1/messages", {"message": "count me"}, format="json")
+        assert accepted.status_code == 202
+        assert api.post("/api/v1/messages", {"message": ""}, format="json").status_code == 400
+        agent_run(Message.objects.get(pk=accepted.json()["message_id"]).id)
+        after = scrape(client)
+
+        def grew(name, **labels):
+            return value(after, name, **labels) - value(before, name, **labels)
+
+        assert grew("gateway_requests_total", channel="api", status="202") == 1
+        assert grew("gateway_requests_total", channel="api", status="400") == 1
+        assert grew("gateway_rejections_total", channel="api", reason="invalid_request") == 1
+        assert grew("gateway_request_latency_seconds_count", channel="api") == 2
+        assert grew("gateway_request_latency_seconds_bucket", channel="api", le="+Inf") == 2
+        assert grew("gateway_model_calls_total", model="fake-gpt", provider="fake", status="ok") == 1
+        assert grew("gateway_model_latency_seconds_count", model="fake-gpt") == 1
+        assert grew("gateway_tokens_total", model="fake-gpt", kind="prompt") > 0
+        assert grew("gateway_tokens_total", model="fake-gpt", kind="completion") > 0
+        assert grew("gateway_cost_total", model="fake-gpt") > 0
+        assert ("gateway_queue_depth", (("queue", "gateway"),)) in after
+
+    def test_token_setting_refuses_a_scrape_without_it(self, client, settings):
+        settings.GATEWAY_METRICS_TOKEN = "s3cret"
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+        assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
+
+
+@pytest.mark.services
+@pytest.mark.django_db
+def test_queue_depth_reads_the_celery_queue_in_redis(client, settings):
+    import redis
+
+    settings.GATEWAY_AGENT_DISPATCH = "celery"
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.delete("gateway")
+    broker.rpush("gateway", b"{}", b"{}", b"{}")
+    try:
+        assert value(scrape(client), "gateway_queue_depth", queue="gateway") == 3
+    finally:
+        broker.delete("gateway")
