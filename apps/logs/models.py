@@ -122,24 +122,9 @@ class AuditEvent(models.Model):
 # few thousand rollup rows instead of scanning millions of raw ones, and raw rows can be purged.
 
 
-class DailyCallStats(models.Model):
-    """Model calls of one day, per (channel, agent, user, API key, model, provider)."""
+class CallMeasures(models.Model):
+    """What a call rollup row sums."""
 
-    day = models.DateField()
-    channel = models.ForeignKey(
-        "connectors.Channel", null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
-    )
-    agent = models.ForeignKey(
-        "agents.Agent", null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
-    )
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
-    )
-    api_key = models.ForeignKey(
-        "identities.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
-    )
-    model = models.CharField(max_length=100)
-    provider = models.CharField(max_length=64)
     calls = models.PositiveIntegerField(default=0)
     failed_calls = models.PositiveIntegerField(default=0)
     prompt_tokens = models.BigIntegerField(default=0)
@@ -149,11 +134,50 @@ class DailyCallStats(models.Model):
     latency_ms_total = models.BigIntegerField(default=0)
 
     class Meta:
+        abstract = True
+
+
+class DailyCallStats(CallMeasures):
+    """Model calls of one day per (channel, agent, model, provider): a few dozen rows a day."""
+
+    day = models.DateField()
+    channel = models.ForeignKey(
+        "connectors.Channel", null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    agent = models.ForeignKey(
+        "agents.Agent", null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    model = models.CharField(max_length=100)
+    provider = models.CharField(max_length=64)
+
+    class Meta:
         verbose_name_plural = "daily call stats"
         indexes = [models.Index(fields=["day"])]
 
     def __str__(self) -> str:
         return f"{self.day} {self.model}: {self.calls} calls"
+
+
+class DailySpenderStats(CallMeasures):
+    """Model calls of one day per (user, API key): one row per active spender a day.
+
+    Kept apart from DailyCallStats so the per-model/agent/channel rollup stays tiny however many
+    users there are."""
+
+    day = models.DateField()
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    api_key = models.ForeignKey(
+        "identities.ApiKey", null=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+
+    class Meta:
+        verbose_name_plural = "daily spender stats"
+        indexes = [models.Index(fields=["day"])]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.user_id}: {self.cost}"
 
 
 class DailyMessageStats(models.Model):

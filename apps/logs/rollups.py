@@ -17,7 +17,15 @@ from django.utils import timezone
 
 from apps.conversations.models import Direction, Message, Status
 
-from .models import AuditEvent, DailyCallStats, DailyMessageStats, DailyRequestStats, LLMCall, RequestLog
+from .models import (
+    AuditEvent,
+    DailyCallStats,
+    DailyMessageStats,
+    DailyRequestStats,
+    DailySpenderStats,
+    LLMCall,
+    RequestLog,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,19 +59,26 @@ def rollup_day(day: date) -> None:
     _rollup_requests(day, start, end)
 
 
+_CALL_SUMS = {
+    "calls": Count("id"), "failed_calls": Count("id", filter=Q(status=LLMCall.Status.ERROR)),
+    "prompt_tokens": Sum("prompt_tokens"), "completion_tokens": Sum("completion_tokens"),
+    "total_tokens": Sum("total_tokens"), "cost": Sum("cost"), "latency_ms_total": Sum("latency_ms"),
+}
+
+
 def _rollup_calls(day, start, end) -> None:
-    groups = (
-        LLMCall.objects.filter(created_at__gte=start, created_at__lt=end)
-        .order_by()
-        .values("channel_id", "agent_id", "user_id", "api_key_id", "model", "provider")
-        .annotate(
-            calls=Count("id"), failed_calls=Count("id", filter=Q(status=LLMCall.Status.ERROR)),
-            prompt_tokens=Sum("prompt_tokens"), completion_tokens=Sum("completion_tokens"),
-            total_tokens=Sum("total_tokens"), cost=Sum("cost"), latency_ms_total=Sum("latency_ms"),
-        )
-    )
+    in_day = LLMCall.objects.filter(created_at__gte=start, created_at__lt=end).order_by()
     DailyCallStats.objects.filter(day=day).delete()
-    DailyCallStats.objects.bulk_create([DailyCallStats(day=day, **g) for g in groups], batch_size=2000)
+    DailyCallStats.objects.bulk_create(
+        [DailyCallStats(day=day, **g) for g in
+         in_day.values("channel_id", "agent_id", "model", "provider").annotate(**_CALL_SUMS)],
+        batch_size=2000,
+    )
+    DailySpenderStats.objects.filter(day=day).delete()
+    DailySpenderStats.objects.bulk_create(
+        [DailySpenderStats(day=day, **g) for g in in_day.values("user_id", "api_key_id").annotate(**_CALL_SUMS)],
+        batch_size=2000,
+    )
 
 
 def _rollup_messages(day, start, end) -> None:

@@ -12,6 +12,7 @@ from apps.logs.models import (
     DailyCallStats,
     DailyMessageStats,
     DailyRequestStats,
+    DailySpenderStats,
     LLMCall,
     RequestLog,
 )
@@ -36,11 +37,12 @@ class TestRollups:
         call(agent, api_channel, employee)
         call(agent, api_channel, customer, when=today - timedelta(days=1))
         rollup_day(timezone.localdate())
-        row = DailyCallStats.objects.get(user=customer)
+        row = DailySpenderStats.objects.get(user=customer)
         assert (row.calls, row.failed_calls, row.prompt_tokens, row.completion_tokens, row.total_tokens) == (
             3, 1, 30, 15, 45)
         assert row.cost == Decimal("0.03") and row.latency_ms_total == 500
-        assert DailyCallStats.objects.filter(day=timezone.localdate()).count() == 2
+        assert DailySpenderStats.objects.filter(day=timezone.localdate()).count() == 2
+        assert DailyCallStats.objects.get(day=timezone.localdate()).calls == 4
 
     def test_rebuilding_a_day_is_idempotent(self, agent, api_channel, customer):
         call(agent, api_channel, customer)

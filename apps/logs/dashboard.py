@@ -1,0 +1,174 @@
+"""The staff dashboards at ``/dashboard/``: overview, cost, conversations, errors and security.
+
+Who: active staff with the ``logs.view_dashboard`` permission (or in the admin role). Anyone else
+who is signed in gets 403; anonymous visitors are sent to the login page. Every page takes a date
+range (``from``/``to``, YYYY-MM-DD, inclusive) and every table exports as CSV (``?export=<table>``).
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import json
+from datetime import date, timedelta
+
+from django.contrib.auth.views import redirect_to_login
+from django.http import Http404, HttpResponse
+from django.shortcuts import render
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from apps.conversations.models import Status
+from apps.identities.permissions import role_rank
+from apps.identities.roles import ROLE_ORDER, Role
+
+from . import selectors
+from .selectors import Period
+
+DASHBOARD_PERMISSION = "logs.view_dashboard"
+DEFAULT_PERIOD_DAYS = 14
+MAX_PERIOD_DAYS = 366
+PAGE_ROWS = 50
+
+
+def dashboard_allowed(user) -> bool:
+    """Staff only, and permission-checked: the explicit permission, or the admin role."""
+    if not (user.is_authenticated and user.is_active and user.is_staff):
+        return False
+    return user.has_perm(DASHBOARD_PERMISSION) or role_rank(user) >= ROLE_ORDER.index(Role.ADMIN)
+
+
+def staff_dashboard(view):
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+        if not dashboard_allowed(request.user):
+            return render(request, "dashboard/refused.html", status=403)
+        try:
+            return view(request, *args, **kwargs)
+        except BadInput as error:
+            return render(request, "dashboard/refused.html", {"reason": str(error)}, status=400)
+    return require_GET(wrapper)
+
+
+class BadInput(ValueError):
+    """A query parameter the dashboard cannot use (shown to the staff member, status 400)."""
+
+
+def period_from(request) -> Period:
+    today = timezone.localdate()
+    try:
+        end = date.fromisoformat(request.GET["to"]) if request.GET.get("to") else today
+        start = (date.fromisoformat(request.GET["from"]) if request.GET.get("from")
+                 else end - timedelta(days=DEFAULT_PERIOD_DAYS - 1))
+    except ValueError as exc:
+        raise BadInput("Dates must look like 2026-01-31.") from exc
+    if start > end:
+        raise BadInput("The start date is after the end date.")
+    if (end - start).days >= MAX_PERIOD_DAYS:
+        raise BadInput(f"Choose at most {MAX_PERIOD_DAYS} days.")
+    return Period(start, end)
+
+
+def render_page(request, template: str, period: Period | None, context: dict):
+    """Render a dashboard page, or one of its tables as CSV when ``?export=<name>`` is given."""
+    export = request.GET.get("export")
+    if export:
+        table = next((t for t in context.get("tables", []) if t.name == export), None)
+        if table is None:
+            raise BadInput(f"No table named {export!r} on this page.")
+        return csv_response(table, period)
+    context.update({
+        "period": period,
+        "charts_json": json.dumps([c.config() for c in context.get("charts", [])]),
+        "query": request.GET.urlencode(),
+        "nav": NAV,
+        "active": request.resolver_match.url_name,
+    })
+    return render(request, template, context)
+
+
+def csv_response(table, period: Period | None) -> HttpResponse:
+    suffix = f"-{period.start}-{period.end}" if period else ""
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{table.name}{suffix}.csv"'
+    writer = csv.writer(response)
+    writer.writerow([heading for _key, heading in table.columns])
+    for row in table.rows:
+        writer.writerow([_csv_cell(row.get(key)) for key, _heading in table.columns])
+    return response
+
+
+def _csv_cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    text = str(value)
+    # A cell starting with =, +, - or @ would be run as a formula by spreadsheet programs.
+    return "'" + text if text[:1] in ("=", "+", "-", "@") and not _is_number(text) else text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+NAV = [("dashboard-overview", "Overview"), ("dashboard-cost", "Cost"),
+       ("dashboard-conversations", "Conversations"), ("dashboard-errors", "Errors & security")]
+
+
+@staff_dashboard
+def overview(request):
+    period = period_from(request)
+    return render_page(request, "dashboard/overview.html", period, selectors.overview(period))
+
+
+@staff_dashboard
+def cost(request):
+    period = period_from(request)
+    return render_page(request, "dashboard/cost.html", period, selectors.cost(period))
+
+
+@staff_dashboard
+def conversations(request):
+    period = period_from(request)
+    try:
+        page = max(1, int(request.GET.get("page") or 1))
+    except ValueError as exc:
+        raise BadInput("page must be a number.") from exc
+    status = request.GET.get("status", "")
+    if status and status not in (Status.ACCEPTED, Status.PROCESSING, Status.ANSWERED, Status.FAILED):
+        raise BadInput("Unknown status.")
+    export = bool(request.GET.get("export"))
+    table = selectors.conversation_search(
+        period, user=request.GET.get("user", "").strip(), channel=request.GET.get("channel", "").strip(),
+        text=request.GET.get("text", "").strip(), status=status,
+        limit=selectors.GROUP_ROWS * 10 if export else PAGE_ROWS, offset=0 if export else (page - 1) * PAGE_ROWS,
+    )
+    from apps.connectors.models import Channel
+
+    return render_page(request, "dashboard/conversations.html", period, {
+        "tables": [table], "page": page, "has_next": len(table.rows) == PAGE_ROWS,
+        "channels": list(Channel.objects.values_list("slug", flat=True)),
+        "statuses": [Status.ACCEPTED, Status.PROCESSING, Status.ANSWERED, Status.FAILED],
+        "filters": {k: request.GET.get(k, "") for k in ("user", "channel", "text", "status")},
+    })
+
+
+@staff_dashboard
+def conversation(request, conversation_id):
+    detail = selectors.conversation_detail(conversation_id)
+    if detail is None:
+        raise Http404("No such conversation.")
+    return render_page(request, "dashboard/conversation.html", None, detail)
+
+
+@staff_dashboard
+def errors(request):
+    period = period_from(request)
+    return render_page(request, "dashboard/errors.html", period, selectors.errors_and_security(
+        period, action=request.GET.get("action", "").strip()))

@@ -1,0 +1,346 @@
+"""Reads for the dashboards. Charts and cost tables read the daily rollups (a few rows per day),
+never the raw log tables; only the "latest N" lists and one conversation read raw rows, through
+indexes (created_at, (status, created_at), (conversation, created_at))."""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+from django.db.models import Count, Exists, OuterRef, Q, Sum
+from django.utils import timezone
+
+from apps.conversations.models import Conversation, Direction, Message
+
+from .models import (
+    AuditEvent,
+    DailyCallStats,
+    DailyMessageStats,
+    DailyRequestStats,
+    DailySpenderStats,
+    LLMCall,
+    RequestLog,
+)
+from .rollups import LATENCY_BUCKETS_MS, day_bounds, percentile_ms
+
+LATEST_ROWS = 100
+TOP_SPENDERS = 20
+GROUP_ROWS = 500
+
+
+@dataclass
+class Period:
+    start: date  # inclusive
+    end: date  # inclusive
+
+    @property
+    def days(self) -> list[date]:
+        return [self.start + timedelta(days=n) for n in range((self.end - self.start).days + 1)]
+
+    @property
+    def bounds(self):
+        return day_bounds(self.start)[0], day_bounds(self.end)[1]
+
+
+@dataclass
+class Table:
+    """A titled table; every one can be exported as CSV (``?export=<name>``)."""
+
+    name: str
+    title: str
+    columns: list[tuple[str, str]]  # (key, heading)
+    rows: list[dict] = field(default_factory=list)
+    link_column: str | None = None  # key whose cell links to row["url"]
+
+    @property
+    def body(self) -> list[dict]:
+        """Rows as cell lists in column order (what the template loops over)."""
+        return [{"url": row.get("url"), "cells": [(key == self.link_column, _display(row.get(key)))
+                                                  for key, _ in self.columns]} for row in self.rows]
+
+
+def _display(value):
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, Decimal):
+        return f"{value:.6f}".rstrip("0").rstrip(".") if value else "0"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return value
+
+
+@dataclass
+class Chart:
+    name: str
+    title: str
+    kind: str  # "line" | "bar"
+    labels: list[str]
+    datasets: list[dict]  # {"label", "data"}
+    stacked: bool = False
+
+    def config(self) -> dict:
+        return {"name": self.name, "title": self.title, "kind": self.kind, "labels": self.labels,
+                "datasets": self.datasets, "stacked": self.stacked}
+
+
+def _channel_names() -> dict:
+    from apps.connectors.models import Channel
+
+    return dict(Channel.objects.values_list("id", "slug"))
+
+
+def _series(per_day: dict, days: list[date]) -> list:
+    return [per_day.get(day, 0) for day in days]
+
+
+# --- overview --------------------------------------------------------------------------------
+
+
+def overview(period: Period) -> dict:
+    days = period.days
+    labels = [d.isoformat() for d in days]
+    names = _channel_names()
+    msg_rows = DailyMessageStats.objects.filter(day__gte=period.start, day__lte=period.end).values(
+        "day", "channel_id", "inbound", "replies", "failures", "active_users", "latency_buckets")
+    inbound_by_channel: dict = defaultdict(dict)
+    per_day: dict = defaultdict(lambda: {"inbound": 0, "replies": 0, "failures": 0, "active_users": 0,
+                                          "buckets": [0] * (len(LATENCY_BUCKETS_MS) + 1)})
+    all_buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+    for row in msg_rows:
+        channel = names.get(row["channel_id"], "(deleted)")
+        inbound_by_channel[channel][row["day"]] = inbound_by_channel[channel].get(row["day"], 0) + row["inbound"]
+        totals = per_day[row["day"]]
+        for key in ("inbound", "replies", "failures", "active_users"):
+            totals[key] += row[key]
+        for i, count in enumerate(row["latency_buckets"] or []):
+            totals["buckets"][i] += count
+            all_buckets[i] += count
+
+    calls = {
+        row["day"]: row for row in
+        DailyCallStats.objects.filter(day__gte=period.start, day__lte=period.end).order_by().values("day")
+        .annotate(tokens=Sum("total_tokens"), cost=Sum("cost"), calls=Sum("calls"), failed=Sum("failed_calls"))
+    }
+    rejections: dict = defaultdict(dict)
+    for row in (DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end).exclude(rejection="")
+                .order_by().values("day", "rejection").annotate(n=Sum("requests"))):
+        rejections[row["rejection"]][row["day"]] = row["n"]
+
+    charts = [
+        Chart("messages", "Messages per channel", "line", labels,
+              [{"label": ch, "data": _series(series, days)} for ch, series in sorted(inbound_by_channel.items())]),
+        Chart("replies", "Replies and failures", "bar", labels, [
+            {"label": "replies", "data": [per_day[d]["replies"] if d in per_day else 0 for d in days]},
+            {"label": "failures", "data": [per_day[d]["failures"] if d in per_day else 0 for d in days]},
+        ]),
+        Chart("users", "Active users (per channel, summed)", "line", labels,
+              [{"label": "active users", "data": [per_day[d]["active_users"] if d in per_day else 0 for d in days]}]),
+        Chart("latency", "Reply latency (ms)", "line", labels, [
+            {"label": "p50", "data": [percentile_ms(per_day[d]["buckets"], 0.5) if d in per_day else None
+                                      for d in days]},
+            {"label": "p95", "data": [percentile_ms(per_day[d]["buckets"], 0.95) if d in per_day else None
+                                      for d in days]},
+        ]),
+        Chart("tokens", "Tokens per day", "bar", labels,
+              [{"label": "tokens", "data": [int(calls[d]["tokens"] or 0) if d in calls else 0 for d in days]}]),
+        Chart("cost", "Cost per day", "bar", labels,
+              [{"label": "cost", "data": [float(calls[d]["cost"] or 0) if d in calls else 0 for d in days]}]),
+        Chart("rejections", "Refused requests by reason", "bar", labels,
+              [{"label": reason, "data": _series(series, days)} for reason, series in sorted(rejections.items())],
+              stacked=True),
+    ]
+    daily = Table("daily", "Per day", [
+        ("day", "Day"), ("inbound", "Messages"), ("replies", "Replies"), ("failures", "Failures"),
+        ("active_users", "Active users"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("calls", "Model calls"),
+        ("tokens", "Tokens"), ("cost", "Cost"), ("rate_limited", "Rate-limited"), ("quota", "Quota refusals"),
+    ])
+    for d in days:
+        totals = per_day.get(d)
+        call = calls.get(d, {})
+        daily.rows.append({
+            "day": d.isoformat(),
+            "inbound": totals["inbound"] if totals else 0,
+            "replies": totals["replies"] if totals else 0,
+            "failures": totals["failures"] if totals else 0,
+            "active_users": totals["active_users"] if totals else 0,
+            "p50_ms": percentile_ms(totals["buckets"], 0.5) if totals else None,
+            "p95_ms": percentile_ms(totals["buckets"], 0.95) if totals else None,
+            "calls": int(call.get("calls") or 0),
+            "tokens": int(call.get("tokens") or 0),
+            "cost": call.get("cost") or Decimal(0),
+            "rate_limited": sum(s.get(d, 0) for reason, s in rejections.items() if "rate" in reason),
+            "quota": sum(s.get(d, 0) for reason, s in rejections.items() if "quota" in reason),
+        })
+    summary = {
+        "messages": sum(r["inbound"] for r in daily.rows),
+        "replies": sum(r["replies"] for r in daily.rows),
+        "failures": sum(r["failures"] for r in daily.rows),
+        "tokens": sum(r["tokens"] for r in daily.rows),
+        "cost": sum((r["cost"] for r in daily.rows), Decimal(0)),
+        "p50_ms": percentile_ms(all_buckets, 0.5),
+        "p95_ms": percentile_ms(all_buckets, 0.95),
+        "rejections": sum(sum(s.values()) for s in rejections.values()),
+    }
+    return {"charts": charts, "tables": [daily], "summary": summary}
+
+
+# --- cost ------------------------------------------------------------------------------------
+
+_COST_COLUMNS = [("calls", "Calls"), ("failed_calls", "Failed"), ("prompt_tokens", "Prompt tokens"),
+                 ("completion_tokens", "Completion tokens"), ("total_tokens", "Tokens"), ("cost", "Cost")]
+_COST_SUMS = {key: Sum(key) for key, _ in _COST_COLUMNS}
+
+
+def cost(period: Period) -> dict:
+    rollups = DailyCallStats.objects.filter(day__gte=period.start, day__lte=period.end).order_by()
+    spender_rollups = DailySpenderStats.objects.filter(day__gte=period.start, day__lte=period.end).order_by()
+    groups = [
+        ("model", "By model", rollups, ["model", "provider"], [("model", "Model"), ("provider", "Provider")]),
+        ("agent", "By agent", rollups, ["agent__slug"], [("agent__slug", "Agent")]),
+        ("user", "By user", spender_rollups, ["user__username"], [("user__username", "User")]),
+        ("channel", "By channel", rollups, ["channel__slug", "channel__kind"],
+         [("channel__slug", "Channel"), ("channel__kind", "Kind")]),
+        ("api_key", "By API key", spender_rollups, ["api_key__prefix", "api_key__name", "api_key__user__username"],
+         [("api_key__prefix", "Key prefix"), ("api_key__name", "Key name"), ("api_key__user__username", "Owner")]),
+    ]
+    tables = []
+    for name, title, source, fields, columns in groups:
+        rows = list(source.values(*fields).annotate(**_COST_SUMS).order_by("-cost")[:GROUP_ROWS])
+        tables.append(Table(name, title, columns + _COST_COLUMNS, rows))
+    spenders = list(spender_rollups.filter(user__isnull=False).values("user__username").annotate(**_COST_SUMS)
+                    .order_by("-cost")[:TOP_SPENDERS])
+    tables.insert(0, Table("top_spenders", f"Top {TOP_SPENDERS} spenders", [("user__username", "User")]
+                           + _COST_COLUMNS, spenders))
+    labels = [d.isoformat() for d in period.days]
+    per_model: dict = defaultdict(dict)
+    for row in rollups.values("day", "model").annotate(cost=Sum("cost")):
+        per_model[row["model"]][row["day"]] = float(row["cost"] or 0)
+    chart = Chart("cost_by_model", "Cost per day by model", "bar", labels,
+                  [{"label": m, "data": _series(s, period.days)} for m, s in sorted(per_model.items())],
+                  stacked=True)
+    total = rollups.aggregate(cost=Sum("cost"), tokens=Sum("total_tokens"), calls=Sum("calls"))
+    return {"charts": [chart], "tables": tables,
+            "summary": {"cost": total["cost"] or Decimal(0), "tokens": total["tokens"] or 0,
+                        "calls": total["calls"] or 0}}
+
+
+# --- conversations ---------------------------------------------------------------------------
+
+
+def conversation_search(period: Period, *, user: str = "", channel: str = "", text: str = "", status: str = "",
+                        limit: int = 50, offset: int = 0) -> Table:
+    start, end = period.bounds
+    found = (Conversation.objects.filter(last_message_at__gte=start, last_message_at__lt=end)
+             .select_related("channel", "user", "agent").order_by("-last_message_at"))
+    if user:
+        found = found.filter(user__username__icontains=user)
+    if channel:
+        found = found.filter(channel__slug=channel)
+    if text:
+        found = found.filter(Exists(Message.objects.filter(conversation=OuterRef("pk"), text__icontains=text)))
+    if status:
+        found = found.filter(Exists(Message.objects.filter(conversation=OuterRef("pk"), direction=Direction.INBOUND,
+                                                           status=status)))
+    page = list(found[offset:offset + limit])
+    counts = dict(Message.objects.filter(conversation__in=[c.id for c in page]).order_by().values("conversation_id")
+                  .annotate(n=Count("id")).values_list("conversation_id", "n"))
+    table = Table("conversations", "Conversations", [
+        ("id", "Conversation"), ("last_message_at", "Last message"), ("channel", "Channel"), ("user", "User"),
+        ("agent", "Agent"), ("message_count", "Messages"),
+    ], link_column="id")
+    for c in page:
+        table.rows.append({
+            "id": str(c.id), "url": f"/dashboard/conversations/{c.id}/",
+            "last_message_at": c.last_message_at, "channel": c.channel.slug, "user": c.user.username,
+            "agent": c.agent.slug if c.agent else "", "message_count": counts.get(c.id, 0),
+        })
+    return table
+
+
+def conversation_detail(conversation_id) -> dict | None:
+    conversation = (Conversation.objects.select_related("channel", "user", "agent")
+                    .filter(pk=conversation_id).first())
+    if conversation is None:
+        return None
+    usage = {
+        row["message_id"]: row for row in
+        LLMCall.objects.filter(conversation=conversation).order_by().values("message_id")
+        .annotate(cost=Sum("cost"), calls=Count("id"), failed=Count("id", filter=Q(status="error")))
+    }
+    messages = Table("messages", "Messages", [
+        ("created_at", "Time"), ("direction", "Who"), ("text", "Message"), ("status", "Status"), ("model", "Model"),
+        ("prompt_tokens", "Prompt"), ("completion_tokens", "Completion"), ("total_tokens", "Tokens"),
+        ("cost", "Cost"), ("latency_ms", "Latency ms"), ("request_id", "Request id"),
+    ])
+    for m in conversation.messages.order_by("created_at"):
+        row = {
+            "id": str(m.id), "created_at": m.created_at, "text": m.text, "status": m.status,
+            "direction": "user" if m.direction == Direction.INBOUND else ("agent" if m.sender_id is None else "staff"),
+            "model": m.model, "prompt_tokens": m.prompt_tokens, "completion_tokens": m.completion_tokens,
+            "total_tokens": m.total_tokens, "latency_ms": m.latency_ms, "request_id": m.request_id, "cost": None,
+        }
+        if m.direction == Direction.OUTBOUND and m.reply_to_id in usage:
+            row["cost"] = usage[m.reply_to_id]["cost"]
+        if m.direction == Direction.INBOUND and m.error_code:
+            row["status"] = f"{m.status} ({m.error_code})"
+        messages.rows.append(row)
+    calls = Table("calls", "Model calls", [
+        ("created_at", "Time"), ("model", "Model"), ("provider", "Provider"), ("attempt", "Attempt"),
+        ("status", "Status"), ("total_tokens", "Tokens"), ("cost", "Cost"), ("latency_ms", "Latency ms"),
+        ("ttft_ms", "TTFT ms"), ("error", "Error"),
+    ], rows=list(LLMCall.objects.filter(conversation=conversation).order_by("created_at").values(
+        "created_at", "model", "provider", "attempt", "status", "total_tokens", "cost", "latency_ms", "ttft_ms",
+        "error")))
+    return {"conversation": conversation, "tables": [messages, calls]}
+
+
+# --- errors and security ---------------------------------------------------------------------
+
+
+def errors_and_security(period: Period, *, action: str = "") -> dict:
+    start, end = period.bounds
+    failed = Table("failed_calls", "Failed model calls (latest)", [
+        ("created_at", "Time"), ("model", "Model"), ("provider", "Provider"), ("attempt", "Attempt"),
+        ("error", "Error"), ("agent__slug", "Agent"), ("channel__slug", "Channel"), ("user__username", "User"),
+        ("conversation_id", "Conversation"),
+    ], rows=list(LLMCall.objects.filter(status=LLMCall.Status.ERROR, created_at__gte=start, created_at__lt=end)
+                 .order_by("-created_at").values("created_at", "model", "provider", "attempt", "error",
+                                                 "agent__slug", "channel__slug", "user__username",
+                                                 "conversation_id")[:LATEST_ROWS]))
+    by_reason = Table("refusals_by_reason", "Refused requests by reason", [
+        ("rejection", "Reason"), ("channel_kind", "Channel kind"), ("status_code", "Status"), ("requests", "Requests"),
+    ], rows=list(DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end).exclude(rejection="")
+                 .order_by().values("rejection", "channel_kind", "status_code").annotate(requests=Sum("requests"))
+                 .order_by("-requests")))
+    refused = Table("refused_requests", "Refused requests (latest)", [
+        ("created_at", "Time"), ("rejection", "Reason"), ("status_code", "Status"), ("channel_kind", "Kind"),
+        ("channel__slug", "Channel"), ("user__username", "User"), ("client_ip", "Client IP"),
+        ("request_id", "Request id"),
+    ], rows=list(RequestLog.objects.filter(created_at__gte=start, created_at__lt=end, rejection__gt="")
+                 .order_by("-created_at").values("created_at", "rejection", "status_code", "channel_kind",
+                                                 "channel__slug", "user__username", "client_ip",
+                                                 "request_id")[:LATEST_ROWS]))
+    audit_rows = AuditEvent.objects.filter(created_at__gte=start, created_at__lt=end)
+    if action:
+        audit_rows = audit_rows.filter(action=action)
+    audit = Table("audit", "Audit log (latest)", [
+        ("created_at", "Time"), ("action", "Action"), ("actor__username", "Actor"), ("target_type", "Target type"),
+        ("target_id", "Target"), ("before", "Before"), ("after", "After"), ("detail", "Detail"),
+        ("client_ip", "Client IP"),
+    ], rows=list(audit_rows.order_by("-created_at").values(
+        "created_at", "action", "actor__username", "target_type", "target_id", "before", "after", "detail",
+        "client_ip")[:LATEST_ROWS]))
+    labels = [d.isoformat() for d in period.days]
+    per_reason: dict = defaultdict(dict)
+    for row in (DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end).exclude(rejection="")
+                .order_by().values("day", "rejection").annotate(n=Sum("requests"))):
+        per_reason[row["rejection"]][row["day"]] = row["n"]
+    chart = Chart("refusals", "Refused requests per day", "bar", labels,
+                  [{"label": r, "data": _series(s, period.days)} for r, s in sorted(per_reason.items())],
+                  stacked=True)
+    actions = list(AuditEvent.objects.order_by().values_list("action", flat=True).distinct()[:200])
+    return {"charts": [chart], "tables": [failed, by_reason, refused, audit], "actions": sorted(actions)}
