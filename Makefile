@@ -9,6 +9,8 @@ FAKE_LLM_PORT ?= 8001
 
 .PHONY: run test test-services test-reliability lint install migrate worker fake-llm clean bench
 
+.PHONY: run test test-services lint install migrate worker fake-llm clean bench browser-deps
+
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=python3"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +30,7 @@ migrate: install
 run: migrate
 	@bash scripts/run.sh "$(HOST)" "$(PORT)" "$(FAKE_LLM_PORT)"
 
-test: install
+test: install browser-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Faults on purpose (worker SIGKILL, Redis down, PostgreSQL restart, provider faults, fuzzing,
@@ -42,6 +44,15 @@ test-reliability: install
 bench: install
 	ulimit -n $$(ulimit -Hn) && $(BIN)/python bench/run.py
 
+# The browser tests drive Debian's chromium package through Playwright (pip, dev deps); Playwright's
+# own browser download is never used. Installed here when missing (root, or passwordless sudo).
+browser-deps:
+	@[ -x /usr/bin/chromium ] || { \
+	  echo "installing chromium (apt-get) for the browser tests"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo "sudo -n"); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	  || echo "could not install chromium: browser tests are skipped (CI, with GATEWAY_REQUIRE_SERVICES=1, fails)"; }
+
 lint: install
 	$(BIN)/ruff check .
 
@@ -52,4 +63,8 @@ fake-llm: install
 	$(BIN)/python manage.py fake_llm --port $(FAKE_LLM_PORT)
 
 clean:
-	rm -rf $(VENV) db.sqlite3 test-db.sqlite3 .pytest_cache
+	rm -rf $(VENV) db.sqlite3 test-db.sqlite3 .pytest_cache test-artifacts
+
+# Scale check (PostgreSQL): 1M model-call rows, then each dashboard page's render time.
+bench-dashboard: install
+	$(BIN)/python bench/dashboard_bench.py $(BENCH_ARGS)
