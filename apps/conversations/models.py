@@ -88,7 +88,7 @@ class Message(models.Model):
     total_tokens = models.PositiveIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     # inbound: where it came from, for the logs (the agent run logs under the same request id)
-    request_id = models.CharField(max_length=64, blank=True)
+    request_id = models.CharField(max_length=64, blank=True, db_index=True)
     api_key = models.ForeignKey(
         "identities.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="The API key that sent it, if it came through the API.",

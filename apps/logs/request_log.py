@@ -135,6 +135,7 @@ def _write_rows(rows: list[dict]) -> None:
     from apps.conversations.models import Message
     from apps.identities.models import ApiKey, User
 
+    _link_messages_by_request_id(rows)
     slugs = {row["channel_slug"] for row in rows if row["channel_slug"]}
     channels = {slug: (pk, kind) for slug, pk, kind in
                 Channel.objects.filter(slug__in=slugs).values_list("slug", "id", "kind")} if slugs else {}
@@ -154,6 +155,27 @@ def _write_rows(rows: list[dict]) -> None:
         )
         for row in rows
     ])
+
+
+def _link_messages_by_request_id(rows: list[dict]) -> None:
+    """Entry points that do not name the message they accepted (webhooks answer the platform, not
+    with our ids) are linked through the request id the pipeline stored on the message."""
+    from apps.conversations.models import Direction, Message
+
+    wanted = {row["request_id"] for row in rows
+              if row["request_id"] and not row["message_id"] and row["status_code"] < 400}
+    if not wanted:
+        return
+    found: dict[str, tuple[str, str | None]] = {}
+    for request_id, message_id, sender_id in (
+        Message.objects.filter(request_id__in=wanted, direction=Direction.INBOUND)
+        .order_by("created_at").values_list("request_id", "id", "sender_id")
+    ):
+        found.setdefault(request_id, (str(message_id), str(sender_id) if sender_id else None))
+    for row in rows:
+        if row["request_id"] in found and not row["message_id"] and row["status_code"] < 400:
+            row["message_id"], sender = found[row["request_id"]]
+            row["user_id"] = row["user_id"] or sender
 
 
 def _existing(model, ids: set) -> set[str]:

@@ -131,3 +131,32 @@ class TestRequestLog:
         assert list(RequestLog.objects.order_by("id").values_list("status_code", flat=True)) == [
             202, 429, 401, 202, 400]
         assert request_log_flush() == 0
+
+
+@pytest.mark.django_db
+def test_a_row_without_a_message_id_is_linked_through_the_request_id(customer, api_channel):
+    """Webhook answers do not carry our message id; the request id stored on the message links them."""
+    from apps.conversations.normalized import NormalizedMessage
+    from apps.conversations.pipeline import accept
+    from apps.logs.structured import request_id_var
+
+    token = request_id_var.set("hook-req-1")
+    try:
+        accepted = accept(NormalizedMessage(channel="api", channel_id="api", user_id=str(customer.pk), message="hi"),
+                          channel=api_channel, principal=customer)
+    finally:
+        request_id_var.reset(token)
+    request_log_record(status_code=200, channel_slug="api", request_id="hook-req-1")
+    request_log_flush()
+    row = RequestLog.objects.get()
+    assert row.message_id == accepted.message.id and row.user == customer
+
+
+@pytest.mark.django_db
+def test_webhook_refusals_are_logged_by_the_middleware(client, api_channel):
+    response = client.post("/api/v1/channels/no-such-channel/webhook", data=b"{}", content_type="application/json")
+    assert response.status_code == 404
+    request_log_flush()
+    row = RequestLog.objects.get()
+    assert (row.status_code, row.rejection, row.channel) == (404, "not_found", None)
+    assert row.request_id == response["X-Request-ID"]

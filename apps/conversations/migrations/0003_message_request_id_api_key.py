@@ -20,6 +20,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='message',
             name='request_id',
-            field=models.CharField(blank=True, max_length=64),
+            field=models.CharField(blank=True, db_index=True, max_length=64),
         ),
     ]
