@@ -19,7 +19,7 @@ from django.core.exceptions import ValidationError
 
 from . import metrics
 from .buffer import make_buffer
-from .models import RequestLog
+from .models import AuditEvent, RequestLog
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,9 @@ _buffer = None
 _buffer_lock = threading.Lock()
 _flush_lock = threading.Lock()
 FLUSH_LOCK_KEY = "gateway:logbuffer:requests:flushing"
+# Refusals that are security events (bad credentials, forbidden, blocked) also get an audit row;
+# floods of rate-limited or malformed requests stay in the request log only.
+AUDITED_REFUSAL_STATUSES = frozenset({401, 403})
 FLUSH_LOCK_SECONDS = 120  # a crashed flusher's lock expires after this long
 
 
@@ -142,7 +145,7 @@ def _write_rows(rows: list[dict]) -> None:
     users = _existing(User, {row["user_id"] for row in rows})
     messages = _existing(Message, {row["message_id"] for row in rows})
     api_keys = _existing(ApiKey, {row["api_key_id"] for row in rows})
-    RequestLog.objects.bulk_create([
+    logs = RequestLog.objects.bulk_create([
         RequestLog(
             channel_id=channels.get(row["channel_slug"], (None, ""))[0],
             channel_kind=row["channel_kind"] or channels.get(row["channel_slug"], (None, ""))[1],
@@ -154,6 +157,15 @@ def _write_rows(rows: list[dict]) -> None:
             created_at=datetime.fromtimestamp(row["ts"], tz=UTC),
         )
         for row in rows
+    ])
+    AuditEvent.objects.bulk_create([
+        AuditEvent(
+            actor_id=log.user_id, action="request.refused", target_type="logs.requestlog",
+            target_id=str(log.pk or ""), client_ip=log.client_ip,
+            detail={"code": log.rejection, "status": log.status_code, "channel": log.channel_kind,
+                    "request_id": log.request_id},
+        )
+        for log in logs if log.status_code in AUDITED_REFUSAL_STATUSES
     ])
 
 

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 from apps.agents.runtime import agent_run
 from apps.conversations.models import Message
 from apps.identities.models import ApiKey
-from apps.logs.models import LLMCall, RequestLog
+from apps.logs.models import AuditEvent, LLMCall, RequestLog
 from apps.logs.request_log import request_log_flush, request_log_record
 from apps.logs.structured import ContextFilter, JsonFormatter
 
@@ -97,12 +97,16 @@ class TestRequestLog:
         request_log_flush()
         row = RequestLog.objects.get()
         assert (row.status_code, row.rejection, row.user) == (401, "unauthenticated", None)
+        event = AuditEvent.objects.get(action="request.refused")  # a security refusal is audited too
+        assert event.target_id == str(row.pk) and event.detail["code"] == "unauthenticated"
+        assert event.detail["request_id"] == row.request_id
 
     def test_bad_input_is_logged_as_invalid_request(self, key_client, customer, api_channel):
         client, _ = key_client(customer)
         assert client.post(URL, {"message": ""}, format="json").status_code == 400
         request_log_flush()
         assert RequestLog.objects.get().rejection == "invalid_request"
+        assert not AuditEvent.objects.exists()  # bad input is not a security event
 
     def test_rate_limited_is_logged_with_its_reason(self, key_client, customer, api_channel, settings):
         settings.GATEWAY_USER_RATE = "1/m"
