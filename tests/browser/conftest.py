@@ -35,9 +35,12 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.skip(reason=f"{', '.join(missing)}; `make test` installs them"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def live_server_stack(django_db_setup, django_db_blocker):
-    """One Daphne (plus a Celery worker in services mode) on the test database."""
+    """One Daphne (plus a Celery worker in services mode) on the test database.
+
+    Module-scoped: the worker must be gone before other tests queue agent runs to the same
+    broker, or it would answer their messages behind their backs."""
     db = settings.DATABASES["default"]
     if db["ENGINE"].endswith("sqlite3"):
         env = base_env(DATABASE_URL=f"sqlite:///{Path(db['NAME']).resolve()}")
