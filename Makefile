@@ -7,9 +7,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 FAKE_LLM_PORT ?= 8001
 
-.PHONY: run test test-services test-reliability lint install migrate worker fake-llm clean bench
-
-.PHONY: run test test-services lint install migrate worker fake-llm clean bench browser-deps
+.PHONY: run test test-services test-reliability lint install migrate worker fake-llm clean bench browser-deps \
+	bench-dashboard
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=python3"; exit 1; }
