@@ -135,14 +135,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         """Handle one message frame; returns (status code, rejection code, message id) for the log."""
         client_id = content.get("client_id") if isinstance(content, dict) else None
         try:
-            await self._accept_message(content, client_id)
+            return await self._accept_message(content, client_id)
         except Exception as exc:
             # PostgreSQL or Redis away: a retryable error frame, and the socket stays open.
             if (error := outage_error(exc)) is None:
                 raise
             await self.send_json({**error.error_frame(), "client_id": client_id})
+            return error.status, error.code, None
 
-    async def _accept_message(self, content, client_id) -> None:
+    async def _accept_message(self, content, client_id) -> tuple[int, str, str | None]:
         try:
             text, client_id = parse_message_frame(content)
             if self.conversation_id is None:

@@ -181,7 +181,7 @@ class TestPages:
         assert tables["refusals_by_reason"].rows == [
             {"rejection": "unauthenticated", "channel_kind": "api", "status_code": 401, "requests": 1}]
         assert tables["refused_requests"].rows[0]["rejection"] == "unauthenticated"
-        assert {r["action"] for r in tables["audit"].rows} == {"apikey.revoked", "tool.refused", "request.refused"}
+        assert {"apikey.revoked", "tool.refused", "request.refused"} <= {r["action"] for r in tables["audit"].rows}
         filtered = staff_client.get("/dashboard/errors/", {"action": "apikey.revoked"}).context["tables"][3]
         assert [r["after"] for r in filtered.rows] == [{"active": False}]
 
