@@ -39,7 +39,10 @@ def traffic(api_key_for, customer, api_channel, fake_llm):
         agent_run(ids[-1])
     bad = APIClient()
     bad.credentials(HTTP_AUTHORIZATION="Bearer gw_nope_nope")
-    assert bad.post("/api/v1/messages", {"message": "x"}, format="json").status_code == 401
+    import uuid
+
+    ip = f"198.51.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 1}"  # failed logins are limited per IP
+    assert bad.post("/api/v1/messages", {"message": "x"}, format="json", REMOTE_ADDR=ip).status_code == 401
     request_log_flush()
     rollup_days(recent_days())
     return [Message.objects.get(pk=i) for i in ids]

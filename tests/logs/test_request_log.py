@@ -17,6 +17,10 @@ from apps.logs.structured import ContextFilter, JsonFormatter
 URL = "/api/v1/messages"
 
 
+def _fresh_ip() -> str:
+    return f"198.51.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250 + 1}"
+
+
 @pytest.fixture
 def key_client(api_key_for):
     def make(user):
@@ -93,7 +97,8 @@ class TestRequestLog:
     def test_bad_key_is_logged_as_unauthenticated(self, api_channel):
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION="Bearer gw_nope_nope")
-        assert client.post(URL, {"message": "hi"}, format="json").status_code == 401
+        # Its own address: failed logins are limited per IP, and other tests share 127.0.0.1.
+        assert client.post(URL, {"message": "hi"}, format="json", REMOTE_ADDR=_fresh_ip()).status_code == 401
         request_log_flush()
         row = RequestLog.objects.get()
         assert (row.status_code, row.rejection, row.user) == (401, "unauthenticated", None)
@@ -103,7 +108,7 @@ class TestRequestLog:
 
     def test_bad_input_is_logged_as_invalid_request(self, key_client, customer, api_channel):
         client, _ = key_client(customer)
-        assert client.post(URL, {"message": ""}, format="json").status_code == 400
+        assert client.post(URL, {"message": ""}, format="json", REMOTE_ADDR=_fresh_ip()).status_code == 400
         request_log_flush()
         assert RequestLog.objects.get().rejection == "invalid_request"
         assert not AuditEvent.objects.exists()  # bad input is not a security event
@@ -112,7 +117,9 @@ class TestRequestLog:
         settings.GATEWAY_USER_RATE = "1/m"
         client, _ = key_client(customer)
         # A fresh user per run, so the shared cache's counter starts at zero.
-        statuses = [client.post(URL, {"message": f"m{i}"}, format="json").status_code for i in range(2)]
+        ip = _fresh_ip()
+        statuses = [client.post(URL, {"message": f"m{i}"}, format="json", REMOTE_ADDR=ip).status_code
+                    for i in range(2)]
         assert statuses == [202, 429]
         request_log_flush()
         assert sorted(RequestLog.objects.values_list("rejection", flat=True)) == ["", "rate_limited"]
