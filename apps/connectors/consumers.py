@@ -6,7 +6,7 @@ import time
 from urllib.parse import parse_qs, urlparse
 
 from asgiref.sync import sync_to_async
-from channels.db import DatabaseSyncToAsync, database_sync_to_async
+from channels.db import DatabaseSyncToAsync
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
