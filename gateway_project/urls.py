@@ -6,6 +6,7 @@ from apps.connectors.views import chat_page
 from apps.connectors.webhooks import channel_webhook
 from apps.conversations.apis import ConversationMessagesApi, MessageCreateApi
 from apps.logs.health import healthz, readyz
+from apps.quotas.apis import UsageApi
 
 from .errors import json_404, json_500
 
@@ -17,6 +18,7 @@ urlpatterns = [
         name="api-conversation-messages",
     ),
     path("api/v1/channels/<slug:slug>/webhook", channel_webhook, name="channel-webhook"),
+    path("api/v1/usage", UsageApi.as_view(), name="api-usage"),
     path("api/v1/schema", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/v1/docs", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("chat/<slug:slug>/", chat_page, name="chat-page"),

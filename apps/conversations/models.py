@@ -64,6 +64,10 @@ class Message(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
         related_name="+", help_text="Inbound: the speaker. Outbound: a human agent, if any.",
     )
+    api_key = models.ForeignKey(
+        "identities.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Inbound: the API key that sent it (its quotas are charged for the agent run).",
+    )
     # NULL, not "": messages without a channel id must not collide in the dedupe constraint.
     external_id = models.CharField(  # noqa: DJ001
         max_length=255, null=True, blank=True,
