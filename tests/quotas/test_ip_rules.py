@@ -2,7 +2,6 @@
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ValidationError
-from quota_helpers import assert_error, open_chat
 
 from apps.connectors.models import Channel
 from apps.conversations import pipeline
@@ -77,13 +76,13 @@ class TestRules:
 
 @pytest.mark.django_db
 class TestRefusedOverHttp:
-    def test_denied_address_gets_403_and_nothing_is_stored(self, api_channel, customer, key_client):
+    def test_denied_address_gets_403_and_nothing_is_stored(self, api_channel, customer, key_client, assert_error):
         rule("deny", "198.51.100.0/24")
         client, _ = key_client(customer, remote_addr="198.51.100.9")
         assert_error(client.post(URL, {"message": "x"}, format="json"), 403, "ip_forbidden")
         assert not Message.objects.exists()
 
-    def test_allow_list_through_a_trusted_proxy(self, api_channel, customer, key_client, settings):
+    def test_allow_list_through_a_trusted_proxy(self, api_channel, customer, key_client, settings, assert_error):
         settings.GATEWAY_TRUSTED_PROXIES = ["10.0.0.0/8"]
         rule("allow", "203.0.113.0/24", channel=api_channel)
         inside, _ = key_client(customer, remote_addr="10.0.0.5", HTTP_X_FORWARDED_FOR="203.0.113.7")
@@ -104,21 +103,21 @@ class TestRefusedOverHttp:
 
 @pytest.mark.django_db(transaction=True)
 class TestRefusedOverWebsocket:
-    async def test_denied_address_gets_an_error_frame_and_close(self, webchat_channel):
+    async def test_denied_address_gets_an_error_frame_and_close(self, webchat_channel, open_chat):
         await sync_to_async(rule)("deny", "2001:db8::/32", channel=webchat_channel)
         chat = await open_chat(webchat_channel, client=("2001:db8::7", 40000))
         frame = await chat.receive_json_from(5)
         assert frame == {"type": "error", "code": "ip_forbidden", "message": IpForbidden.default_message}
         assert (await chat.receive_output(5))["type"] == "websocket.close"
 
-    async def test_allowed_address_chats(self, webchat_channel):
+    async def test_allowed_address_chats(self, webchat_channel, open_chat):
         await sync_to_async(rule)("allow", "192.0.2.0/24", channel=webchat_channel)
         chat = await open_chat(webchat_channel, client=("192.0.2.10", 40000))
         await chat.send_json_to({"type": "message", "message": "hello"})
         assert (await chat.receive_json_from(5))["type"] == "ack"
         await chat.disconnect()
 
-    async def test_rule_added_while_connected_refuses_the_next_message(self, webchat_channel):
+    async def test_rule_added_while_connected_refuses_the_next_message(self, webchat_channel, open_chat):
         chat = await open_chat(webchat_channel, client=("192.0.2.10", 40000))
         await sync_to_async(rule)("deny", "192.0.2.10/32")
         await chat.send_json_to({"type": "message", "message": "hello", "client_id": "c-9"})

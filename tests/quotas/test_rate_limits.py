@@ -1,7 +1,6 @@
 """Request rates per user, role, API key, channel and client address, from the side refused."""
 import pytest
 from django.test import override_settings
-from quota_helpers import assert_error, open_chat
 
 from apps.conversations.models import Message
 
@@ -15,7 +14,7 @@ def post(client, text="hi"):
 @pytest.mark.django_db
 class TestHttpRates:
     def test_role_default_policy_limits_each_user_of_the_role(self, api_channel, customer, make_user, policy,
-                                                             key_client):
+                                                             key_client, assert_error):
         policy("role", "customer", request_rate="2/m")
         client, _ = key_client(customer)
         assert [post(client).status_code for _ in range(2)] == [202, 202]
@@ -36,7 +35,7 @@ class TestHttpRates:
         client, _ = key_client(employee)
         assert [post(client).status_code for _ in range(3)] == [202, 202, 202]
 
-    def test_api_key_policy_limits_that_key_only(self, api_channel, customer, policy, key_client):
+    def test_api_key_policy_limits_that_key_only(self, api_channel, customer, policy, key_client, assert_error):
         first, key = key_client(customer)
         second, _ = key_client(customer)
         policy("api_key", key, request_rate="1/m")
@@ -49,14 +48,18 @@ class TestHttpRates:
         client, _ = key_client(customer)
         assert [post(client).status_code for _ in range(2)] == [202, 429]
 
-    def test_channel_policy_is_shared_by_everyone_on_it(self, api_channel, customer, employee, policy, key_client):
+    def test_channel_policy_is_shared_by_everyone_on_it(
+        self, api_channel, customer, employee, policy, key_client, assert_error
+    ):
         policy("channel", api_channel, request_rate="2/m")
         a, _ = key_client(customer)
         b, _ = key_client(employee)
         assert [post(a).status_code, post(b).status_code] == [202, 202]
         assert "channel" in assert_error(post(a), 429, "rate_limited")["message"]
 
-    def test_per_address_rate_from_the_setting(self, api_channel, customer, employee, key_client, settings):
+    def test_per_address_rate_from_the_setting(
+        self, api_channel, customer, employee, key_client, settings, assert_error
+    ):
         settings.GATEWAY_IP_RATE = "2/m"
         a, _ = key_client(customer, remote_addr="198.51.100.20")
         b, _ = key_client(employee, remote_addr="198.51.100.20")
@@ -65,7 +68,9 @@ class TestHttpRates:
         assert "address" in assert_error(post(a), 429, "rate_limited")["message"]
         assert post(c).status_code == 202
 
-    def test_per_address_rate_uses_the_proxied_address(self, api_channel, customer, employee, key_client, settings):
+    def test_per_address_rate_uses_the_proxied_address(
+        self, api_channel, customer, employee, key_client, settings, assert_error
+    ):
         settings.GATEWAY_IP_RATE = "1/m"
         settings.GATEWAY_TRUSTED_PROXIES = ["10.0.0.0/8"]
         a, _ = key_client(customer, remote_addr="10.0.0.5", HTTP_X_FORWARDED_FOR="203.0.113.1")
@@ -107,7 +112,7 @@ class TestHttpRates:
 
 @pytest.mark.django_db(transaction=True)
 class TestWebchatRates:
-    async def test_rate_limited_is_an_error_frame_and_the_socket_stays_open(self, webchat_channel, policy):
+    async def test_rate_limited_is_an_error_frame_and_the_socket_stays_open(self, webchat_channel, policy, open_chat):
         from asgiref.sync import sync_to_async
 
         await sync_to_async(policy)("role", "customer", request_rate="1/m")
@@ -136,7 +141,7 @@ class TestRedisUnavailable:
         assert Message.objects.count() == 3
 
     @pytest.mark.django_db
-    def test_rates_can_fail_closed(self, api_channel, customer, key_client, settings):
+    def test_rates_can_fail_closed(self, api_channel, customer, key_client, settings, assert_error):
         client, _ = key_client(customer)
         settings.GATEWAY_RATE_LIMIT_FAIL_OPEN = False
         with override_settings(CACHES=self.DEAD_CACHE):
