@@ -211,6 +211,8 @@ GATEWAY_LIMIT_KEY_PREFIX = env.str("GATEWAY_LIMIT_KEY_PREFIX", default="gw")
 GATEWAY_RATE_LIMIT_FAIL_OPEN = env.bool("GATEWAY_RATE_LIMIT_FAIL_OPEN", default=True)
 GATEWAY_BUDGET_FAIL_OPEN = env.bool("GATEWAY_BUDGET_FAIL_OPEN", default=False)
 GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS = env.int("GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS", default=5)
+# A Slack/WeCom sender refused by a limit is told so at most once per this many seconds.
+GATEWAY_REFUSAL_NOTICE_INTERVAL_SECONDS = env.int("GATEWAY_REFUSAL_NOTICE_INTERVAL_SECONDS", default=300)
 GATEWAY_HISTORY_MESSAGES = env.int("GATEWAY_HISTORY_MESSAGES", default=20)
 # A worker that claimed a message and then died loses it after this long.
 GATEWAY_AGENT_LEASE_SECONDS = env.int("GATEWAY_AGENT_LEASE_SECONDS", default=300)
