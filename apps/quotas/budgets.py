@@ -225,20 +225,26 @@ def _settle(reservation: Reservation, amounts: list[int]) -> None:
 
 def usage_record(*, user_id, api_key_id, channel_id, prompt_tokens: int, completion_tokens: int,
                  total_tokens: int, cost: Decimal, day: date | None = None) -> None:
-    """Add one model call to the day's rollup row (created on first use)."""
+    """Add one model call to the day's rollup row: one UPDATE, or an INSERT for the day's first call
+    (a concurrent first INSERT loses on the unique key and becomes the UPDATE)."""
+    from django.db import IntegrityError, transaction
     from django.db.models import F
 
     day = day or utc_today(time.time())
-    where = dict(date=day, user_id=user_id, api_key_id=api_key_id, channel_id=channel_id)
-    updated = UsageDaily.objects.filter(**where).update(
-        calls=F("calls") + 1, prompt_tokens=F("prompt_tokens") + prompt_tokens,
-        completion_tokens=F("completion_tokens") + completion_tokens,
-        total_tokens=F("total_tokens") + total_tokens, cost=F("cost") + cost,
-    )
-    if not updated:
-        # Two first calls of a day may both land here; the extra row only splits the sum.
-        UsageDaily.objects.create(**where, calls=1, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                  total_tokens=total_tokens, cost=cost)
+    key = ":".join(str(v) if v is not None else "-" for v in (user_id, api_key_id, channel_id))
+    rows = UsageDaily.objects.filter(date=day, key=key)
+    add = dict(calls=F("calls") + 1, prompt_tokens=F("prompt_tokens") + prompt_tokens,
+               completion_tokens=F("completion_tokens") + completion_tokens,
+               total_tokens=F("total_tokens") + total_tokens, cost=F("cost") + cost)
+    if rows.update(**add):
+        return
+    try:
+        with transaction.atomic():
+            UsageDaily.objects.create(date=day, key=key, user_id=user_id, api_key_id=api_key_id,
+                                      channel_id=channel_id, calls=1, prompt_tokens=prompt_tokens,
+                                      completion_tokens=completion_tokens, total_tokens=total_tokens, cost=cost)
+    except IntegrityError:
+        rows.update(**add)
 
 
 # --- the pipeline's entry check ----------------------------------------------------------------

@@ -159,6 +159,10 @@ class UsageDaily(models.Model):
     """
 
     date = models.DateField()
+    key = models.CharField(
+        max_length=120, editable=False,
+        help_text="user:api_key:channel ids, '-' for none: one row per combination and day.",
+    )
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
     )
@@ -178,6 +182,7 @@ class UsageDaily(models.Model):
         verbose_name = "daily usage"
         verbose_name_plural = "daily usage"
         ordering = ["-date"]
+        constraints = [models.UniqueConstraint(fields=["date", "key"], name="usage_daily_one_row_per_key")]
         indexes = [
             models.Index(fields=["user", "date"]),
             models.Index(fields=["api_key", "date"]),

@@ -127,24 +127,44 @@ class TestWebchatRates:
 
 
 class TestRedisUnavailable:
-    """Request rates fail open (logged and counted); configurable to fail closed."""
+    """Request rates fail open (logged and counted); configurable to fail closed.
+
+    Tested at the pipeline: over HTTP the API key check's brute-force counter (same cache) already
+    answers 503 when the cache is down.
+    """
 
     DEAD_CACHE = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
                               "LOCATION": "redis://127.0.0.1:1/0"}}
 
-    @pytest.mark.django_db
-    def test_rates_fail_open_by_default(self, api_channel, customer, key_client, settings):
-        client, _ = key_client(customer)
-        settings.GATEWAY_USER_RATE = "1/m"
-        with override_settings(CACHES=self.DEAD_CACHE):
-            assert [post(client).status_code for _ in range(3)] == [202, 202, 202]
-        assert Message.objects.count() == 3
+    @staticmethod
+    def accept(channel, user):
+        from apps.conversations import pipeline
+        from apps.conversations.normalized import NormalizedMessage
+
+        msg = NormalizedMessage(channel="api", channel_id="api", user_id=str(user.pk), message="hi")
+        return pipeline.accept(msg, channel=channel, principal=user, client_ip="198.51.100.1")
 
     @pytest.mark.django_db
-    def test_rates_can_fail_closed(self, api_channel, customer, key_client, settings, assert_error):
-        client, _ = key_client(customer)
-        settings.GATEWAY_RATE_LIMIT_FAIL_OPEN = False
+    def test_rates_fail_open_by_default(self, api_channel, customer, settings):
+        from apps.quotas.metrics import LIMIT_BACKEND_ERRORS
+
+        settings.GATEWAY_USER_RATE = "1/m"
+        settings.GATEWAY_IP_RATE = "1/m"
+        counted = LIMIT_BACKEND_ERRORS.labels(limit="rate", outcome="open")
+        before = counted._value.get()
         with override_settings(CACHES=self.DEAD_CACHE):
-            error = assert_error(post(client), 503, "service_unavailable")
-        assert error["retry_after"] == settings.GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS
+            for _ in range(3):
+                self.accept(api_channel, customer)
+        assert Message.objects.count() == 3
+        assert counted._value.get() == before + 6  # two rates per message, each let through
+
+    @pytest.mark.django_db
+    def test_rates_can_fail_closed(self, api_channel, customer, settings):
+        from apps.conversations.errors import ServiceUnavailable
+
+        settings.GATEWAY_RATE_LIMIT_FAIL_OPEN = False
+        with override_settings(CACHES=self.DEAD_CACHE), pytest.raises(ServiceUnavailable) as refused:
+            self.accept(api_channel, customer)
+        assert refused.value.status == 503
+        assert refused.value.retry_after == settings.GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS
         assert not Message.objects.exists()
