@@ -207,16 +207,9 @@ def webchat(stack, urls: dict, demo: dict) -> dict:
 
 
 def limit_step() -> dict:
-    """The limit step (check_request_rate on Redis), timed in a Django process."""
-    code = (
-        "import time\nfrom apps.quotas.limits import check_request_rate\n"
-        "from apps.identities.models import User\nfrom apps.connectors.models import Channel\n"
-        "u=User.objects.first(); c=Channel.objects.first(); ts=[]\n"
-        "for _ in range(2000):\n t=time.perf_counter(); check_request_rate(user=u, channel=c); "
-        "ts.append(time.perf_counter()-t)\n"
-        "ts.sort(); import json; print(json.dumps({'calls': len(ts), 'p50_ms': round(ts[len(ts)//2]*1000,3), "
-        "'p99_ms': round(ts[int(len(ts)*.99)]*1000,3)}))"
-    )
+    """The limit step (IP rules + rates + budget check) and the model-call hooks, at 100 concurrent,
+    timed in a Django process against Redis (see bench/limits.py)."""
+    code = "import json\nfrom bench.limits import measure\nprint(json.dumps(measure(concurrency=100, requests=5000)))"
     return {"code": code}
 
 
@@ -333,7 +326,16 @@ def render(results: dict) -> str:
                   f"({w['ok']} replies on 100 sockets, 5 messages each in turn): p50 **{w['p50_ms']} ms**, "
                   f"p95 {w['p95_ms']} ms, p99 {w['p99_ms']} ms ({w['errors'] or 'no errors'})"]
     if results.get("limit_step"):
-        lines += ["", "## Limit step", "", f"- check_request_rate on Redis: {results['limit_step']}"]
+        step = results["limit_step"]
+        lines += ["", "## Limit step (bench/limits.py)", ""]
+        if "error" in step:
+            lines.append(f"- failed: {step['error']}")
+        for name in ("harness", "limit_step_alone", "limit_step", "model_call_hooks_alone", "model_call_hooks"):
+            if name in step:
+                r = step[name]
+                at = 1 if name.endswith("_alone") else step["concurrency"]
+                lines.append(f"- {name} at {at} concurrent: p50 {r['p50_ms']} ms, "
+                             f"p99 {r['p99_ms']} ms ({r['calls']} calls)")
     for name, profile in (results.get("profile") or {}).items():
         lines += ["", f"## Profile of {name} during the overhead runs (inclusive share of busy samples)", ""]
         lines += [f"- {p['share']:.1%} {p['frame']}" for p in profile["top"][:25]]

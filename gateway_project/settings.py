@@ -191,6 +191,32 @@ GATEWAY_USER_RATE = env.str("GATEWAY_USER_RATE", default="60/m")
 # API key brute force: this many failed authentications per client IP per window, then 429.
 GATEWAY_AUTH_FAILURES_PER_IP = env.int("GATEWAY_AUTH_FAILURES_PER_IP", default=20)
 GATEWAY_AUTH_FAILURE_WINDOW_SECONDS = env.int("GATEWAY_AUTH_FAILURE_WINDOW_SECONDS", default=300)
+# Traffic and spend control (apps/quotas, README "Traffic and spend control"). Rates: "20/m", "500/h",
+# "5/10s", "1000/d"; empty: no limit unless a policy sets one.
+GATEWAY_API_KEY_RATE = env.str("GATEWAY_API_KEY_RATE", default="")
+GATEWAY_CHANNEL_RATE = env.str("GATEWAY_CHANNEL_RATE", default="")
+GATEWAY_IP_RATE = env.str("GATEWAY_IP_RATE", default="")
+# Webhook channels' requests all come from the platform's servers: no per-address rate there.
+GATEWAY_IP_RATE_EXEMPT_KINDS = env.list(
+    "GATEWAY_IP_RATE_EXEMPT_KINDS", default=["slack", "wecom", "wecom_robot", "crm"]
+)
+# Reverse proxies (CIDRs) whose X-Forwarded-For hops are believed; empty: the TCP peer is the client.
+GATEWAY_TRUSTED_PROXIES = env.list("GATEWAY_TRUSTED_PROXIES", default=[])
+GATEWAY_IP_RULES_CACHE_SECONDS = env.float("GATEWAY_IP_RULES_CACHE_SECONDS", default=10.0)
+GATEWAY_QUOTA_POLICY_CACHE_SECONDS = env.float("GATEWAY_QUOTA_POLICY_CACHE_SECONDS", default=10.0)
+# Budget counters: Redis (services) or, when empty, a process-local ledger (embedded default).
+GATEWAY_QUOTA_REDIS_URL = env.str("GATEWAY_QUOTA_REDIS_URL", default=REDIS_URL)
+GATEWAY_QUOTA_REDIS_TIMEOUT_SECONDS = env.float("GATEWAY_QUOTA_REDIS_TIMEOUT_SECONDS", default=1.0)
+# An unsettled reservation (its worker died) stops counting after this long.
+GATEWAY_QUOTA_RESERVATION_TTL_SECONDS = env.int("GATEWAY_QUOTA_RESERVATION_TTL_SECONDS", default=600)
+GATEWAY_QUOTA_DEFAULT_MAX_TOKENS = env.int("GATEWAY_QUOTA_DEFAULT_MAX_TOKENS", default=1024)
+GATEWAY_LIMIT_KEY_PREFIX = env.str("GATEWAY_LIMIT_KEY_PREFIX", default="gw")
+# Redis unreachable: request rates let traffic through, budgets refuse (money is at stake).
+GATEWAY_RATE_LIMIT_FAIL_OPEN = env.bool("GATEWAY_RATE_LIMIT_FAIL_OPEN", default=True)
+GATEWAY_BUDGET_FAIL_OPEN = env.bool("GATEWAY_BUDGET_FAIL_OPEN", default=False)
+GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS = env.int("GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS", default=5)
+# A Slack/WeCom sender refused by a limit is told so at most once per this many seconds.
+GATEWAY_REFUSAL_NOTICE_INTERVAL_SECONDS = env.int("GATEWAY_REFUSAL_NOTICE_INTERVAL_SECONDS", default=300)
 GATEWAY_HISTORY_MESSAGES = env.int("GATEWAY_HISTORY_MESSAGES", default=20)
 # A worker that claimed a message and then died loses it after this long.
 GATEWAY_AGENT_LEASE_SECONDS = env.int("GATEWAY_AGENT_LEASE_SECONDS", default=300)

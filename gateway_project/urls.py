@@ -8,6 +8,7 @@ from apps.conversations.apis import ConversationMessagesApi, MessageCreateApi
 from apps.conversations.openai_face import ChatCompletionsApi, ModelsApi
 from apps.logs.health import healthz, readyz
 from apps.logs.metrics import metrics_view
+from apps.quotas.apis import UsageApi
 
 from .errors import json_404, json_500
 
@@ -21,6 +22,7 @@ urlpatterns = [
     path("v1/chat/completions", ChatCompletionsApi.as_view(), name="openai-chat-completions"),
     path("v1/models", ModelsApi.as_view(), name="openai-models"),
     path("api/v1/channels/<slug:slug>/webhook", channel_webhook, name="channel-webhook"),
+    path("api/v1/usage", UsageApi.as_view(), name="api-usage"),
     path("api/v1/schema", SpectacularAPIView.as_view(), name="api-schema"),
     # GET only: the HTML renderer has no template for an OPTIONS metadata answer (a 500).
     path("api/v1/docs", SpectacularSwaggerView.as_view(url_name="api-schema", http_method_names=["get", "head"]),

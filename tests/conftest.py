@@ -168,3 +168,14 @@ def _queue_agent_runs_to_the_broker(settings):
     to the broker (memory:// on the embedded default), not to background threads that would
     outlive the test; the end-to-end tests run real workers."""
     settings.GATEWAY_AGENT_DISPATCH = "celery"
+
+
+@pytest.fixture(autouse=True)
+def _own_limit_counters(settings):
+    """Each test counts on its own rate/quota keys and sees policy and IP-rule edits at once."""
+    from apps.quotas.iprules import invalidate_ip_rules
+    from apps.quotas.policies import invalidate_policies
+
+    settings.GATEWAY_LIMIT_KEY_PREFIX = f"t{os.urandom(6).hex()}"
+    invalidate_policies()
+    invalidate_ip_rules()

@@ -19,6 +19,7 @@ from apps.conversations.models import Direction, Message, Status
 from apps.logs.metrics import llm_call_observed
 from apps.logs.models import LLMCall
 from apps.logs.structured import message_id_var, request_id_var
+from apps.quotas import budgets
 
 from . import llm, orchestrator
 
@@ -129,14 +130,21 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
     per-call concerns (logging, token reservations) live in one place. Raises llm.LLMError.
     """
     agent = message.agent
+    # Raises QuotaRefused (an LLMError) before the model is called when a budget is used up.
+    reservation = budgets.reserve_model_call(message, model, prompt, max_tokens=agent.max_tokens, tools=tools)
     try:
         result = llm.chat(
             model, prompt, max_tokens=agent.max_tokens, temperature=agent.temperature,
             tools=tools, on_delta=on_delta,
         )
     except llm.LLMError as exc:
+        budgets.release_model_call(reservation)
         record_llm_call(message, model=model, error=exc, attempt=attempt)
         raise
+    except BaseException:
+        budgets.release_model_call(reservation)
+        raise
+    budgets.settle_model_call(reservation, result)
     call = record_llm_call(message, model=model, result=result, attempt=attempt)
     logger.info(
         "model answered",
@@ -221,8 +229,9 @@ def fail_message(message: Message, exc: llm.LLMError) -> None:
         status=Status.FAILED, lease_until=None, error_code=exc.code, error_message=exc.message[:2000]
     )
     logger.warning("agent run failed", extra={"error_code": exc.code, "error": exc.message})
+    error = getattr(exc, "gateway_error", None)  # e.g. a quota refusal, told as such
     message.channel.connector.send_error(
-        message, AgentFailed("The assistant could not answer right now. Please try again.")
+        message, error or AgentFailed("The assistant could not answer right now. Please try again.")
     )
 
 

@@ -143,6 +143,7 @@ class Connector:
     def handle_webhook(self, request: WebhookRequest) -> HttpResponse:
         """verify → parse → pipeline for each message → the platform's answer."""
         from apps.conversations.pipeline import accept
+        from apps.quotas.notices import tell_refused
 
         self.verify(request)
         result = self.parse(request)
@@ -153,6 +154,7 @@ class Connector:
                 if not self.ack_refusals:
                     raise
                 logger.warning("webhook message refused", extra={"code": error.code, "channel": self.channel.slug})
+                tell_refused(self, msg, error)  # a polite reply for limit refusals, off the request path
         return result.response or HttpResponse(status=200)
 
 

@@ -19,6 +19,8 @@ from apps.conversations.services import conversation_open
 from apps.logs.middleware import new_request_id
 from apps.logs.request_log import request_log_record
 from apps.logs.structured import request_id_var
+from apps.quotas.client_ip import client_ip_for_scope
+from apps.quotas.iprules import check_ip_rules
 
 from .models import Channel
 from .visitors import resolve_chat_user
@@ -51,6 +53,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     """
 
     channel_row: Channel
+    client_ip: str | None = None
     group: str | None = None
     conversation_id: str | None = None
 
@@ -64,6 +67,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         if not origin_allowed(self.scope, self.channel_row):
             await self._refuse(Forbidden("This page may not open this chat."), CLOSE_POLICY_VIOLATION)
+            return
+        self.client_ip = client_ip_for_scope(self.scope)
+        try:
+            await database_sync_to_async(check_ip_rules)(self.client_ip, channel=self.channel_row)
+        except GatewayError as error:
+            await self._refuse(error, CLOSE_POLICY_VIOLATION)
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         try:
@@ -162,7 +171,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 external_id=f"{self.user.pk}:{client_id}" if client_id else None,
             )
             accepted = await database_sync_to_async(accept)(
-                msg, channel=self.channel_row, principal=self.user
+                msg, channel=self.channel_row, principal=self.user, client_ip=self.client_ip
             )
         except GatewayError as error:
             frame = error.error_frame()
@@ -194,10 +203,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         })
 
     async def chat_error(self, event):
-        await self.send_json({
-            "type": "error", "code": event["code"], "message": event["message"],
-            "reply_to": event.get("reply_to"),
-        })
+        frame = {"type": "error", "code": event["code"], "message": event["message"], "reply_to": event.get("reply_to")}
+        if event.get("retry_after") is not None:
+            frame["retry_after"] = event["retry_after"]
+        await self.send_json(frame)
 
 
 def parse_message_frame(content) -> tuple[str, str | None]:

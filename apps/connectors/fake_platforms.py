@@ -8,7 +8,8 @@ Pure aiohttp module: importable without Django settings.
   "ratelimited"}`` with ``Retry-After``.
 - WeCom under ``/wecom/cgi-bin``: ``GET gettoken?corpid&corpsecret`` →
   ``{"errcode": 0, "access_token", "expires_in": 7200}``; ``POST message/send?access_token``
-  (errcode 42001 for an expired or unknown token); ``POST webhook/send?key`` (group robot, at most
+  (errcode 42001 for an expired or unknown token); ``GET getcallbackip?access_token`` (the
+  published callback ranges, ``WECOM_CALLBACK_IPS``); ``POST webhook/send?key`` (group robot, at most
   20 messages a minute per key, then errcode 45009).
 - ``POST /crm/callback``: records CRM reply callbacks with their headers.
 - ``GET /_fake/state``: everything received; ``POST /_fake/reset``; ``POST /_fake/script``.
@@ -30,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 ROBOT_MESSAGES_PER_MINUTE = 20
+WECOM_CALLBACK_IPS = ("203.0.113.0/28", "198.51.100.17")
 
 
 @dataclass
@@ -99,6 +101,13 @@ async def wecom_gettoken(request: web.Request) -> web.Response:
     token = secrets.token_urlsafe(24)
     state.tokens[token] = time.time() + 7200
     return web.json_response({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": 7200})
+
+
+async def wecom_getcallbackip(request: web.Request) -> web.Response:
+    """The addresses WeCom's callbacks come from (documentation example ranges here)."""
+    if request.query.get("access_token") not in request.app[STATE_KEY].tokens:
+        return web.json_response({"errcode": 42001, "errmsg": "access_token expired", "ip_list": []})
+    return web.json_response({"errcode": 0, "errmsg": "ok", "ip_list": list(WECOM_CALLBACK_IPS)})
 
 
 async def wecom_message_send(request: web.Request) -> web.Response:
@@ -171,6 +180,7 @@ def create_app() -> web.Application:
     app.router.add_post("/slack/api/chat.postMessage", slack_post_message)
     app.router.add_get("/wecom/cgi-bin/gettoken", wecom_gettoken)
     app.router.add_post("/wecom/cgi-bin/message/send", wecom_message_send)
+    app.router.add_get("/wecom/cgi-bin/getcallbackip", wecom_getcallbackip)
     app.router.add_post("/wecom/cgi-bin/webhook/send", robot_send)
     app.router.add_post("/crm/callback", crm_callback)
     app.router.add_get("/_fake/state", fake_state)

@@ -19,6 +19,8 @@ from apps.conversations.errors import (
     error_response,
     outage_error,
 )
+from apps.quotas.client_ip import client_ip_for_request
+from apps.quotas.iprules import check_ip_rules
 
 from .base import WebhookRequest
 from .models import Channel
@@ -44,6 +46,7 @@ def channel_webhook(request, slug: str):
         connector = channel.connector if channel is not None else None
         if connector is None or not connector.webhook:
             raise NotFound("No such webhook channel.")
+        check_ip_rules(client_ip_for_request(request), channel=channel)  # before the body is read
         return connector.handle_webhook(read_webhook_request(request, connector))
     except GatewayError as error:
         logger.info("webhook refused", extra={"channel": slug, "code": error.code, "status": error.status})
@@ -75,5 +78,5 @@ def read_webhook_request(request, connector) -> WebhookRequest:
     headers = {name.lower(): value for name, value in request.headers.items()}
     return WebhookRequest(
         method=request.method, headers=headers, query=request.GET.dict(), body=body,
-        client_ip=request.META.get("REMOTE_ADDR"),
+        client_ip=client_ip_for_request(request),
     )

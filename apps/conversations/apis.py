@@ -17,8 +17,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.connectors.models import Channel
+from apps.quotas.client_ip import client_ip_for_request
 
-from .errors import AgentFailed, ChannelDisabled, NotFound, ReplyTimeout
+from .errors import AgentFailed, ChannelDisabled, NotFound, ReplyTimeout, error_from_event
 from .models import Conversation, Direction, Message
 from .normalized import NormalizedMessage
 from .pipeline import Accepted, accept
@@ -85,16 +86,21 @@ class MessageCreateApi(AsyncAPIView):
             raw=request.data,
         )
         wait = fields.get("wait") or 0
+        client_ip = client_ip_for_request(request)
         if not wait:
-            accepted = await sync_to_async(accept)(msg, channel=channel, principal=user, api_key=request.auth)
+            accepted = await sync_to_async(accept)(
+                msg, channel=channel, principal=user, api_key=request.auth, client_ip=client_ip
+            )
             return Response(_accepted_body(accepted), status=202)
-        return await self._accept_and_wait(msg, channel, user, wait, api_key=request.auth)
+        return await self._accept_and_wait(msg, channel, user, wait, api_key=request.auth, client_ip=client_ip)
 
-    async def _accept_and_wait(self, msg, channel, user, wait: float, *, api_key) -> Response:
+    async def _accept_and_wait(self, msg, channel, user, wait: float, *, api_key, client_ip) -> Response:
         # Listen before the message is enqueued, so a fast reply cannot slip by.
         async with contextlib.AsyncExitStack() as stack:
             waiter = await stack.enter_async_context(ReplyWaiter(msg.id))
-            accepted = await sync_to_async(accept)(msg, channel=channel, principal=user, api_key=api_key)
+            accepted = await sync_to_async(accept)(
+                msg, channel=channel, principal=user, api_key=api_key, client_ip=client_ip
+            )
             if accepted.duplicate:
                 waiter = await stack.enter_async_context(ReplyWaiter(accepted.message.id))
                 stored = await sync_to_async(stored_reply_event)(accepted.message)
@@ -108,8 +114,9 @@ class MessageCreateApi(AsyncAPIView):
                     {**error.error_body(), **_accepted_ids(accepted)}, status=error.status
                 )
         if event["type"] == "agent.error":
-            error = AgentFailed(event.get("message"))
-            return Response({**error.error_body(), **_accepted_ids(accepted)}, status=error.status)
+            error = error_from_event(event)
+            return Response({**error.error_body(), **_accepted_ids(accepted)}, status=error.status,
+                            headers=error.headers())
         return Response(_answered_body(accepted, event))
 
 

@@ -80,6 +80,20 @@ class RateLimited(GatewayError):
     default_message = "Too many requests; slow down."
 
 
+class QuotaExceeded(GatewayError):
+    """A token or cost budget is used up; ``retry_after`` is the seconds until it resets."""
+
+    code = "quota_exceeded"
+    status = 429
+    default_message = "Your usage quota is used up for now."
+
+
+class IpForbidden(GatewayError):
+    code = "ip_forbidden"
+    status = 403
+    default_message = "Requests from your network address are not allowed here."
+
+
 class ChannelDisabled(GatewayError):
     code = "channel_disabled"
     status = 403
@@ -125,6 +139,13 @@ def outage_error(exc: BaseException) -> ServiceUnavailable | None:
         logger.warning("dependency outage", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
         return ServiceUnavailable(retry_after=settings.GATEWAY_OUTAGE_RETRY_AFTER_SECONDS)
     return None
+
+
+def error_from_event(event: dict) -> GatewayError:
+    """The error an ``agent.error`` channel-layer event stands for (what a waiting client gets)."""
+    if event.get("code") == QuotaExceeded.code:
+        return QuotaExceeded(event.get("message"), retry_after=event.get("retry_after"))
+    return AgentFailed(event.get("message"))
 
 
 def error_response(error: GatewayError) -> JsonResponse:

@@ -1,6 +1,6 @@
 """The inbound pipeline: every channel's message goes through these steps, in this order.
 
-    dedupe → identify → authorize → limit → route → authorize agent → persist → enqueue
+    ip rules → dedupe → identify → authorize → limit → route → authorize agent → persist → enqueue
 
 ``accept()`` reads top to bottom as that list. Each step either returns what the next one needs or
 raises a ``GatewayError`` (see errors.py) that the entry point turns into its wire form. Nothing
@@ -19,7 +19,8 @@ from apps.connectors.models import Channel
 from apps.identities.access import check_agent_access, check_channel_access
 from apps.identities.services import identify_sender
 from apps.logs.structured import request_id_var
-from apps.quotas.limits import check_request_rate
+from apps.quotas.iprules import check_ip_rules
+from apps.quotas.limits import check_limits
 from apps.routing.router import route_message
 
 from .errors import ChannelDisabled, NotFound
@@ -47,11 +48,12 @@ def accept(
     caller's address as the entry point determined it (for limits and IP rules).
     A repeated delivery (same channel and external_id) returns the original message, unqueued.
     """
+    check_ip_rules(client_ip, channel=channel)
     if (original := dedupe(msg, channel)) is not None:
         return original
     user = identify_sender(msg, channel=channel, principal=principal, client_ip=client_ip)
     authorize(user, channel, api_key=api_key, client_ip=client_ip)
-    check_request_rate(user=user, channel=channel)
+    check_limits(user=user, channel=channel, api_key=api_key, client_ip=client_ip)
     conversation = find_conversation(msg, channel=channel, user=user)
     agent = route_message(msg, channel=channel, user=user, conversation=conversation)
     check_agent_access(user=user, agent=agent, api_key=api_key, client_ip=client_ip)

@@ -9,6 +9,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from apps.quotas.auth_failures import check_auth_failures, record_auth_failure
+from apps.quotas.client_ip import client_ip_for_request
 
 from .access import check_user_active
 from .models import ApiKey, hash_api_key
@@ -44,7 +45,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).decode("latin-1")
         if not header:
             return None
-        client_ip = request.META.get("REMOTE_ADDR")
+        client_ip = client_ip_for_request(request)  # behind a proxy: the real client, not the proxy
         check_auth_failures(client_ip)  # brute force: refused (429) before the key is even looked at
         try:
             scheme, _, raw_key = header.partition(" ")

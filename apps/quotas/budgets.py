@@ -1,0 +1,320 @@
+"""Token quotas and cost budgets: reserve before a model call, settle after, refuse when used up.
+
+Meters: ``tokens`` (total tokens) and ``cost`` (money in millionths of the price currency, so the
+counters stay integers). Periods are UTC days and months. Subjects of a model call: the sender
+(their own policy, else their role's), the API key that sent the message, and the channel.
+
+    reservation = reserve_model_call(message, model, prompt, max_tokens=..., tools=...)
+    try:  result = llm.chat(...)
+    except ...:  release_model_call(reservation); raise
+    settle_model_call(reservation, result)
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.conf import settings
+from django.db.models import Sum
+
+from apps.agents import llm
+from apps.conversations.errors import GatewayError, QuotaExceeded, ServiceUnavailable
+
+from .ledger import ADMITTED, MISSING, CounterCall, get_ledger
+from .metrics import count_backend_error, count_rejection
+from .models import Period, QuotaCredit, UsageDaily
+from .policies import Limits, api_key_limits, channel_limits, user_limits
+
+MICROS = Decimal(1_000_000)
+COST_QUANTUM = Decimal("0.000001")
+COUNTER_GRACE_SECONDS = 2 * 86400  # a counter outlives its period, for late settlements
+
+
+class QuotaRefused(llm.LLMError):
+    """A model call refused before it was made. ``gateway_error`` is what the sender is told."""
+
+    def __init__(self, error: GatewayError):
+        super().__init__(error.code, error.message, retryable=False, status=error.status)
+        self.gateway_error = error
+
+
+@dataclass(frozen=True)
+class Counter:
+    subject: str  # "user:<uuid>", "api_key:<id>", "channel:<id>"
+    meter: str  # "tokens" or "cost"
+    period: str  # Period.DAY or Period.MONTH
+    start: date
+    limit: int
+
+    @property
+    def key(self) -> str:
+        return f"{settings.GATEWAY_LIMIT_KEY_PREFIX}:q:{self.meter}:{self.period}:{self.start:%Y%m%d}:{self.subject}"
+
+    @property
+    def end(self) -> date:
+        if self.period == Period.DAY:
+            return self.start + timedelta(days=1)
+        return (self.start.replace(day=28) + timedelta(days=4)).replace(day=1)
+
+    @property
+    def resets_at(self) -> datetime:
+        return datetime(self.end.year, self.end.month, self.end.day, tzinfo=UTC)
+
+    def describe(self) -> str:
+        if self.meter == "tokens":
+            return f"{self.limit} tokens per {self.period}"
+        return f"{Decimal(self.limit) / MICROS:.2f} per {self.period}"
+
+
+@dataclass
+class Reservation:
+    """An admitted model call: what it reserved, and whose usage it will become."""
+
+    id: str
+    counters: list[Counter]
+    tokens: int
+    cost_micros: int
+    user_id: object
+    api_key_id: int | None
+    channel_id: int | None
+    model: object = field(repr=False, default=None)
+
+
+def period_start(period: str, today: date) -> date:
+    return today if period == Period.DAY else today.replace(day=1)
+
+
+def counters_for(limits: Limits, today: date) -> list[Counter]:
+    counters = []
+    if limits.tokens_per_day is not None:
+        counters.append(Counter(limits.subject, "tokens", Period.DAY, today, int(limits.tokens_per_day)))
+    if limits.tokens_per_month is not None:
+        counters.append(Counter(limits.subject, "tokens", Period.MONTH, today.replace(day=1),
+                                int(limits.tokens_per_month)))
+    if limits.cost_limit is not None:
+        start = period_start(limits.cost_period, today)
+        counters.append(Counter(limits.subject, "cost", limits.cost_period, start, to_micros(limits.cost_limit)))
+    return counters
+
+
+def subject_limits(*, user, api_key_id, channel_id) -> list[Limits]:
+    limits = []
+    if user is not None:
+        limits.append(user_limits(user))
+    if api_key_id is not None:
+        limits.append(api_key_limits(api_key_id))
+    if channel_id is not None:
+        limits.append(channel_limits(channel_id))
+    return limits
+
+
+def to_micros(amount: Decimal) -> int:
+    return int(Decimal(amount).quantize(COST_QUANTUM, rounding=ROUND_HALF_UP) * MICROS)
+
+
+def model_cost(model, prompt_tokens: int, completion_tokens: int) -> Decimal:
+    return model.cost(prompt_tokens, completion_tokens).quantize(COST_QUANTUM, rounding=ROUND_HALF_UP)
+
+
+def utc_today(now: float) -> date:
+    return datetime.fromtimestamp(now, UTC).date()
+
+
+# --- estimating ---------------------------------------------------------------------------
+
+
+def text_tokens(text: str) -> int:
+    """A generous token count: ~3 ASCII characters (or one word) per token, 1 per other character.
+
+    Generous on purpose: the reservation bounds what one call may spend past a quota.
+    """
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return max(len(text.split()), math.ceil(ascii_chars / 3)) + (len(text) - ascii_chars)
+
+
+def estimate_prompt_tokens(prompt: list[dict], tools: list[dict] | None = None) -> int:
+    total = 3
+    for message in prompt:
+        content = message.get("content") or ""
+        total += 4 + text_tokens(content if isinstance(content, str) else json.dumps(content))
+        if message.get("tool_calls"):
+            total += text_tokens(json.dumps(message["tool_calls"]))
+    if tools:
+        total += text_tokens(json.dumps(tools))
+    return total
+
+
+# --- the model-call hooks -----------------------------------------------------------------
+
+
+def reserve_model_call(message, model, prompt: list[dict], *, max_tokens: int | None,
+                       tools: list[dict] | None = None) -> Reservation:
+    """Reserve the call's estimate (prompt + max_tokens) on every budget of the message's sender,
+    API key and channel. Raises QuotaRefused when one is used up (the model is not called)."""
+    prompt_estimate = estimate_prompt_tokens(prompt, tools)
+    completion_estimate = max_tokens or settings.GATEWAY_QUOTA_DEFAULT_MAX_TOKENS
+    reservation = Reservation(
+        id=uuid.uuid4().hex, counters=[], tokens=prompt_estimate + completion_estimate,
+        cost_micros=to_micros(model.cost(prompt_estimate, completion_estimate)),
+        user_id=message.sender_id, api_key_id=getattr(message, "api_key_id", None),
+        channel_id=message.channel_id, model=model,
+    )
+    now = time.time()
+    counters = [
+        c for limits in subject_limits(user=message.sender, api_key_id=reservation.api_key_id,
+                                       channel_id=reservation.channel_id)
+        for c in counters_for(limits, utc_today(now))
+    ]
+    if not counters:
+        return reservation
+    amounts = [reservation.tokens if c.meter == "tokens" else reservation.cost_micros for c in counters]
+    try:
+        refused = _admit(counters, amounts, reservation_id=reservation.id, now=now)
+    except Exception as exc:  # the ledger's store is unreachable
+        if settings.GATEWAY_BUDGET_FAIL_OPEN:
+            count_backend_error("budget", "open", exc)
+            return reservation
+        count_backend_error("budget", "closed", exc)
+        raise QuotaRefused(ServiceUnavailable(
+            "Usage limits cannot be checked right now; please try again shortly.",
+            retry_after=settings.GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS,
+        )) from exc
+    if refused is not None:
+        count_rejection(QuotaExceeded.code, message.channel, limit=f"{refused.meter}_{refused.period}")
+        raise QuotaRefused(quota_error(refused, now))
+    reservation.counters = counters
+    return reservation
+
+
+def settle_model_call(reservation: Reservation, result) -> None:
+    """Book the call's real usage (from the response) and write it to the daily rollup."""
+    prompt, completion = result.prompt_tokens or 0, result.completion_tokens or 0
+    total = result.total_tokens or (prompt + completion)
+    if not total:  # the provider reported no usage: book the estimate rather than nothing
+        total = reservation.tokens
+        cost = Decimal(reservation.cost_micros) / MICROS
+    else:
+        cost = model_cost(reservation.model, prompt, completion)
+    if reservation.counters:
+        amounts = [total if c.meter == "tokens" else to_micros(cost) for c in reservation.counters]
+        _settle(reservation, amounts)
+    usage_record(
+        user_id=reservation.user_id, api_key_id=reservation.api_key_id, channel_id=reservation.channel_id,
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, cost=cost,
+    )
+
+
+def release_model_call(reservation: Reservation) -> None:
+    """The call failed: give back what it reserved (nothing is booked)."""
+    if reservation.counters:
+        _settle(reservation, [0] * len(reservation.counters))
+
+
+def _settle(reservation: Reservation, amounts: list[int]) -> None:
+    try:
+        get_ledger().settle([c.key for c in reservation.counters], reservation_id=reservation.id, amounts=amounts)
+    except Exception as exc:
+        # The usage still reaches the rollup (below), which re-seeds the counters if Redis lost them.
+        count_backend_error("budget_settle", "deferred", exc)
+
+
+def usage_record(*, user_id, api_key_id, channel_id, prompt_tokens: int, completion_tokens: int,
+                 total_tokens: int, cost: Decimal, day: date | None = None) -> None:
+    """Add one model call to the day's rollup row: one UPDATE, or an INSERT for the day's first call
+    (a concurrent first INSERT loses on the unique key and becomes the UPDATE)."""
+    from django.db import IntegrityError, transaction
+    from django.db.models import F
+
+    day = day or utc_today(time.time())
+    key = ":".join(str(v) if v is not None else "-" for v in (user_id, api_key_id, channel_id))
+    rows = UsageDaily.objects.filter(date=day, key=key)
+    add = dict(calls=F("calls") + 1, prompt_tokens=F("prompt_tokens") + prompt_tokens,
+               completion_tokens=F("completion_tokens") + completion_tokens,
+               total_tokens=F("total_tokens") + total_tokens, cost=F("cost") + cost)
+    if rows.update(**add):
+        return
+    try:
+        with transaction.atomic():
+            UsageDaily.objects.create(date=day, key=key, user_id=user_id, api_key_id=api_key_id,
+                                      channel_id=channel_id, calls=1, prompt_tokens=prompt_tokens,
+                                      completion_tokens=completion_tokens, total_tokens=total_tokens, cost=cost)
+    except IntegrityError:
+        rows.update(**add)
+
+
+# --- the pipeline's entry check ----------------------------------------------------------------
+
+
+def check_budgets_open(*, user, api_key_id=None, channel=None) -> None:
+    """Refuse a message at entry when a budget it would spend from is already used up."""
+    now = time.time()
+    counters = [
+        c for limits in subject_limits(user=user, api_key_id=api_key_id, channel_id=getattr(channel, "pk", None))
+        for c in counters_for(limits, utc_today(now))
+    ]
+    if not counters:
+        return
+    try:
+        refused = _admit(counters, [0] * len(counters), reservation_id="", now=now)
+    except Exception as exc:
+        if settings.GATEWAY_BUDGET_FAIL_OPEN:
+            count_backend_error("budget", "open", exc)
+            return
+        count_backend_error("budget", "closed", exc)
+        raise ServiceUnavailable(retry_after=settings.GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS) from exc
+    if refused is not None:
+        count_rejection(QuotaExceeded.code, channel, limit=f"{refused.meter}_{refused.period}")
+        raise quota_error(refused, now)
+
+
+def quota_error(counter: Counter, now: float) -> QuotaExceeded:
+    whose = {"user": "Your", "api_key": "This API key's", "channel": "This channel's"}[counter.subject.split(":")[0]]
+    meter = "token quota" if counter.meter == "tokens" else "cost budget"
+    resets = counter.resets_at
+    return QuotaExceeded(
+        f"{whose} {meter} ({counter.describe()}) is used up; it resets at {resets:%Y-%m-%d %H:%M} UTC.",
+        retry_after=max(1, math.ceil(resets.timestamp() - now)),
+    )
+
+
+def _admit(counters: list[Counter], amounts: list[int], *, reservation_id: str, now: float) -> Counter | None:
+    """Admit on the ledger, seeding missing counters from the rollup. Returns the refusing counter."""
+    ledger = get_ledger()
+    expires = [int(c.resets_at.timestamp()) + COUNTER_GRACE_SECONDS for c in counters]
+    calls = [CounterCall(c.key, c.limit, a, e) for c, a, e in zip(counters, amounts, expires, strict=True)]
+    reservation_expires_at = now + settings.GATEWAY_QUOTA_RESERVATION_TTL_SECONDS
+    admission = ledger.admit(calls, reservation_id=reservation_id, now=now,
+                             reservation_expires_at=reservation_expires_at)
+    if admission.outcome == MISSING:
+        calls = [
+            CounterCall(call.key, call.limit, call.amount, call.expires_at,
+                        seed=seed_from_rollup(counters[i]) if i in admission.missing else None)
+            for i, call in enumerate(calls)
+        ]
+        admission = ledger.admit(calls, reservation_id=reservation_id, now=now,
+                                 reservation_expires_at=reservation_expires_at)
+    if admission.outcome == ADMITTED:
+        return None
+    if admission.outcome == MISSING:  # dropped between the two calls (period rollover): be strict
+        raise RuntimeError("quota counters vanished while being seeded")
+    return counters[admission.refused_index]
+
+
+def seed_from_rollup(counter: Counter) -> int:
+    """The counter's usage so far from the durable rollup, minus what staff resets forgave."""
+    kind, _, ident = counter.subject.partition(":")
+    rows = UsageDaily.objects.filter(**{f"{kind}_id": ident}, date__gte=counter.start, date__lt=counter.end)
+    totals = rows.aggregate(tokens=Sum("total_tokens"), cost=Sum("cost"))
+    if counter.meter == "tokens":
+        used = totals["tokens"] or 0
+    else:
+        used = to_micros(totals["cost"] or Decimal(0))
+    forgiven = QuotaCredit.objects.filter(
+        subject=counter.subject, meter=counter.meter, period=counter.period, period_start=counter.start,
+    ).aggregate(total=Sum("amount"))["total"] or 0
+    return max(0, int(used) - int(forgiven))

@@ -1,0 +1,78 @@
+"""IP allow/deny rules, global and per channel (CIDR, IPv4 and IPv6).
+
+The rules are read from the database at most every GATEWAY_IP_RULES_CACHE_SECONDS per process
+(they change rarely and are checked on every request), so an admin edit applies within that time
+everywhere; saving a rule refreshes the process that saved it at once.
+"""
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from apps.conversations.errors import IpForbidden
+
+from .client_ip import parse_ip
+from .metrics import count_rejection
+from .models import IpRule
+
+
+@dataclass
+class _RuleSet:
+    allow: list = field(default_factory=list)
+    deny: list = field(default_factory=list)
+
+
+_lock = threading.Lock()
+_cache: tuple[float, dict] | None = None
+
+
+def invalidate_ip_rules() -> None:
+    global _cache
+    _cache = None
+
+
+def _rules() -> dict:
+    """{channel_id or None: _RuleSet}, from the process cache when fresh."""
+    global _cache
+    cached = _cache
+    ttl = settings.GATEWAY_IP_RULES_CACHE_SECONDS
+    if cached is not None and time.monotonic() - cached[0] < ttl:
+        return cached[1]
+    rules: dict = defaultdict(_RuleSet)
+    for channel_id, action, cidr in IpRule.objects.filter(enabled=True).values_list("channel_id", "action", "cidr"):
+        network = ipaddress.ip_network(cidr, strict=False)
+        getattr(rules[channel_id], action).append(network)
+    with _lock:
+        _cache = (time.monotonic(), dict(rules))
+    return _cache[1]
+
+
+def ip_allowed(client_ip: str | None, *, channel=None) -> bool:
+    """Whether ``client_ip`` may reach ``channel`` (None: only the global rules count)."""
+    rules = _rules()
+    if not rules:
+        return True
+    address = parse_ip(client_ip)
+    scopes = [rules.get(None)] + ([rules.get(channel.pk)] if channel is not None else [])
+    for ruleset in filter(None, scopes):
+        if address is not None and any(address in net for net in ruleset.deny):
+            return False
+        if ruleset.allow and (address is None or not any(address in net for net in ruleset.allow)):
+            return False
+    return True
+
+
+def check_ip_rules(client_ip: str | None, *, channel=None) -> None:
+    """Raise IpForbidden (403) unless ``client_ip`` may reach ``channel``.
+
+    Webhook views can call this first thing, before verifying or parsing the body; the pipeline
+    calls it again for every message (cheap: the rules are cached in the process).
+    """
+    if not ip_allowed(client_ip, channel=channel):
+        count_rejection("ip_forbidden", channel)
+        raise IpForbidden()

@@ -1,0 +1,292 @@
+"""Budget counters with atomic reservations: a Redis Lua script, or a process-local twin.
+
+Each counter (one subject, one meter, one period) holds ``used`` (settled usage) and ``reserved``
+(the sum of open reservations, each with an expiry). ``admit`` checks every counter of a model call
+and reserves on all of them, or on none, in one atomic step: in Redis one Lua script (scripts run
+alone), in the embedded default one lock. A counter admits while ``used + reserved < limit``, so N
+concurrent callers can overshoot a limit by at most the last admitted reservation. A reservation
+that is never settled (its worker crashed) expires after the TTL given at reservation.
+
+Missing counters (a new period, or Redis lost its data) are seeded from the durable rollup: admit
+returns which are missing, the caller computes the seeds from the database and admits again.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+MISSING = "missing"
+ADMITTED = "admitted"
+REFUSED = "refused"
+
+
+@dataclass(frozen=True)
+class Admission:
+    outcome: str  # ADMITTED, REFUSED or MISSING
+    refused_index: int | None = None  # which counter refused (0-based)
+    missing: tuple[int, ...] = ()  # which counters need a seed (0-based)
+
+
+@dataclass(frozen=True)
+class CounterCall:
+    """One counter as the ledger sees it."""
+
+    key: str
+    limit: int
+    amount: int
+    expires_at: int  # epoch seconds after which the counter itself may be dropped
+    seed: int | None = None
+
+
+_PURGE = """
+local function purge(h, z, now)
+  local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now)
+  for _, rid in ipairs(expired) do
+    local amount = redis.call('HGET', h, 'r:' .. rid)
+    if amount then
+      redis.call('HINCRBY', h, 'reserved', -tonumber(amount))
+      redis.call('HDEL', h, 'r:' .. rid)
+    end
+  end
+  if #expired > 0 then redis.call('ZREMRANGEBYSCORE', z, '-inf', now) end
+end
+"""
+
+# KEYS: per counter, its hash then its reservation-expiry zset.
+# ARGV: now, reservation id ('' = only check), reservation expiry, then per counter:
+#       limit, amount, seed ('' = none), counter expiry.
+ADMIT_LUA = _PURGE + """
+local now, rid, rexp = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
+local n = #KEYS / 2
+local missing = {}
+for i = 1, n do
+  local h, base = KEYS[2 * i - 1], 3 + (i - 1) * 4
+  if redis.call('EXISTS', h) == 0 then
+    if ARGV[base + 3] == '' then
+      missing[#missing + 1] = i
+    else
+      redis.call('HSET', h, 'used', ARGV[base + 3], 'reserved', 0)
+      redis.call('EXPIREAT', h, ARGV[base + 4])
+    end
+  end
+end
+if #missing > 0 then return {-1, missing} end
+for i = 1, n do
+  local h, z, base = KEYS[2 * i - 1], KEYS[2 * i], 3 + (i - 1) * 4
+  purge(h, z, now)
+  local used = tonumber(redis.call('HGET', h, 'used') or '0')
+  local reserved = tonumber(redis.call('HGET', h, 'reserved') or '0')
+  if used + reserved >= tonumber(ARGV[base + 1]) then return {0, i} end
+end
+if rid ~= '' then
+  for i = 1, n do
+    local h, z, base = KEYS[2 * i - 1], KEYS[2 * i], 3 + (i - 1) * 4
+    redis.call('HINCRBY', h, 'reserved', ARGV[base + 2])
+    redis.call('HSET', h, 'r:' .. rid, ARGV[base + 2])
+    redis.call('ZADD', z, rexp, rid)
+    redis.call('EXPIREAT', z, ARGV[base + 4])
+  end
+end
+return {1}
+"""
+
+# ARGV: reservation id, then per counter the usage to book.
+SETTLE_LUA = """
+local rid = ARGV[1]
+for i = 1, #KEYS / 2 do
+  local h, z = KEYS[2 * i - 1], KEYS[2 * i]
+  local amount = redis.call('HGET', h, 'r:' .. rid)
+  if amount then
+    redis.call('HINCRBY', h, 'reserved', -tonumber(amount))
+    redis.call('HDEL', h, 'r:' .. rid)
+  end
+  redis.call('ZREM', z, rid)
+  if redis.call('EXISTS', h) == 1 then redis.call('HINCRBY', h, 'used', ARGV[1 + i]) end
+end
+return 1
+"""
+
+# ARGV: now. Returns used, reserved per counter (-1, 0 when missing).
+READ_LUA = _PURGE + """
+local now, out = tonumber(ARGV[1]), {}
+for i = 1, #KEYS / 2 do
+  local h, z = KEYS[2 * i - 1], KEYS[2 * i]
+  if redis.call('EXISTS', h) == 0 then
+    out[#out + 1] = -1
+    out[#out + 1] = 0
+  else
+    purge(h, z, now)
+    out[#out + 1] = tonumber(redis.call('HGET', h, 'used') or '0')
+    out[#out + 1] = tonumber(redis.call('HGET', h, 'reserved') or '0')
+  end
+end
+return out
+"""
+
+# Sets used to 0 and returns what it was (-1 when missing); open reservations stay.
+TAKE_USED_LUA = """
+local out = {}
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    out[#out + 1] = -1
+  else
+    out[#out + 1] = tonumber(redis.call('HGET', KEYS[i], 'used') or '0')
+    redis.call('HSET', KEYS[i], 'used', 0)
+  end
+end
+return out
+"""
+
+
+def _zkey(key: str) -> str:
+    return f"{key}:res"
+
+
+class RedisLedger:
+    """The services-mode ledger: every process and worker shares these counters."""
+
+    def __init__(self, client):
+        self.client = client
+        self._admit = client.register_script(ADMIT_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+        self._read = client.register_script(READ_LUA)
+        self._take_used = client.register_script(TAKE_USED_LUA)
+
+    @staticmethod
+    def _keys(keys: list[str]) -> list[str]:
+        return [k for key in keys for k in (key, _zkey(key))]
+
+    def admit(self, counters: list[CounterCall], *, reservation_id: str, now: float,
+              reservation_expires_at: float) -> Admission:
+        args: list = [now, reservation_id, reservation_expires_at]
+        for c in counters:
+            args += [c.limit, c.amount, "" if c.seed is None else c.seed, c.expires_at]
+        reply = self._admit(keys=self._keys([c.key for c in counters]), args=args)
+        if reply[0] == -1:
+            return Admission(MISSING, missing=tuple(i - 1 for i in reply[1]))
+        if reply[0] == 0:
+            return Admission(REFUSED, refused_index=reply[1] - 1)
+        return Admission(ADMITTED)
+
+    def settle(self, keys: list[str], *, reservation_id: str, amounts: list[int]) -> None:
+        self._settle(keys=self._keys(keys), args=[reservation_id, *amounts])
+
+    def read(self, keys: list[str], *, now: float) -> list[tuple[int, int] | None]:
+        flat = self._read(keys=self._keys(keys), args=[now])
+        pairs = zip(flat[::2], flat[1::2], strict=True)
+        return [None if used == -1 else (int(used), int(reserved)) for used, reserved in pairs]
+
+    def take_used(self, keys: list[str]) -> list[int | None]:
+        return [None if v == -1 else int(v) for v in self._take_used(keys=keys)]
+
+    def clear(self, prefix: str) -> None:
+        """Drop every counter under ``prefix`` (tests and benchmarks only)."""
+        for key in self.client.scan_iter(match=f"{prefix}*", count=1000):
+            self.client.delete(key)
+
+
+class LocalLedger:
+    """The embedded default's ledger: the same rules in this process, under one lock.
+
+    The embedded default is one process (like its local-memory cache and in-memory channel
+    layer), so a process-local ledger is shared by everything that can spend; a crash takes its
+    open reservations with it, and the counters are re-seeded from the rollup at the next start.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counters: dict[str, dict] = {}
+
+    def _purge(self, entry: dict, now: float) -> None:
+        for rid, (amount, expires) in list(entry["res"].items()):
+            if expires <= now:
+                entry["reserved"] -= amount
+                del entry["res"][rid]
+
+    def admit(self, counters: list[CounterCall], *, reservation_id: str, now: float,
+              reservation_expires_at: float) -> Admission:
+        with self._lock:
+            for c in counters:
+                entry = self._counters.get(c.key)
+                if entry is not None and entry["expires_at"] <= now:
+                    del self._counters[c.key]
+            missing = tuple(i for i, c in enumerate(counters) if c.key not in self._counters and c.seed is None)
+            if missing:
+                return Admission(MISSING, missing=missing)
+            for c in counters:
+                self._counters.setdefault(c.key, {"used": c.seed, "reserved": 0, "res": {}, "expires_at": c.expires_at})
+            for i, c in enumerate(counters):
+                entry = self._counters[c.key]
+                self._purge(entry, now)
+                if entry["used"] + entry["reserved"] >= c.limit:
+                    return Admission(REFUSED, refused_index=i)
+            if reservation_id:
+                for c in counters:
+                    entry = self._counters[c.key]
+                    entry["reserved"] += c.amount
+                    entry["res"][reservation_id] = (c.amount, reservation_expires_at)
+            return Admission(ADMITTED)
+
+    def settle(self, keys: list[str], *, reservation_id: str, amounts: list[int]) -> None:
+        with self._lock:
+            for key, amount in zip(keys, amounts, strict=True):
+                entry = self._counters.get(key)
+                if entry is None:
+                    continue
+                held = entry["res"].pop(reservation_id, None)
+                if held is not None:
+                    entry["reserved"] -= held[0]
+                entry["used"] += amount
+
+    def read(self, keys: list[str], *, now: float) -> list[tuple[int, int] | None]:
+        with self._lock:
+            out = []
+            for key in keys:
+                entry = self._counters.get(key)
+                if entry is None:
+                    out.append(None)
+                    continue
+                self._purge(entry, now)
+                out.append((entry["used"], entry["reserved"]))
+            return out
+
+    def take_used(self, keys: list[str]) -> list[int | None]:
+        with self._lock:
+            out = []
+            for key in keys:
+                entry = self._counters.get(key)
+                out.append(None if entry is None else entry["used"])
+                if entry is not None:
+                    entry["used"] = 0
+            return out
+
+    def clear(self, prefix: str) -> None:
+        with self._lock:
+            for key in [k for k in self._counters if k.startswith(prefix)]:
+                del self._counters[key]
+
+
+_ledgers: dict[str, object] = {}
+_ledgers_lock = threading.Lock()
+
+
+def get_ledger():
+    """The ledger for GATEWAY_QUOTA_REDIS_URL (Redis), or the process-local one when it is empty."""
+    from django.conf import settings
+
+    url = settings.GATEWAY_QUOTA_REDIS_URL
+    ledger = _ledgers.get(url)
+    if ledger is None:
+        with _ledgers_lock:
+            ledger = _ledgers.get(url)
+            if ledger is None:
+                if url:
+                    import redis
+
+                    timeout = settings.GATEWAY_QUOTA_REDIS_TIMEOUT_SECONDS
+                    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+                    ledger = RedisLedger(client)
+                else:
+                    ledger = LocalLedger()
+                _ledgers[url] = ledger
+    return ledger

@@ -1,0 +1,222 @@
+"""Traffic and spend policies (admin-editable), IP rules, and the durable usage rollup."""
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from apps.identities.models import User
+from apps.identities.roles import ROLE_ORDER
+
+RATE_RE = re.compile(r"^\d+/\d*[smhd]$")
+
+
+def validate_rate(value: str) -> None:
+    """A django-ratelimit rate: ``20/m``, ``100/h``, ``5/10s``, ``1000/d``."""
+    if value and not RATE_RE.match(value):
+        raise ValidationError(f"{value!r} is not a rate like 20/m, 100/h, 5/10s or 1000/d.")
+
+
+def validate_cidr(value: str) -> None:
+    try:
+        ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError as exc:
+        raise ValidationError(f"{value!r} is not an IPv4/IPv6 address or CIDR network.") from exc
+
+
+class Period(models.TextChoices):
+    DAY = "day", "Day (UTC)"
+    MONTH = "month", "Month (UTC)"
+
+
+class QuotaPolicy(models.Model):
+    """Limits for one subject. A blank field sets nothing: the next policy down applies.
+
+    Users: the user's own policy, else their role's policy, else the settings default
+    (GATEWAY_USER_RATE; budgets have no default). Each user has their own counters.
+    API key and channel policies limit that key's / that channel's own shared counters,
+    in addition to the user's.
+    """
+
+    class Scope(models.TextChoices):
+        ROLE = "role", "Role default"
+        USER = "user", "User"
+        API_KEY = "api_key", "API key"
+        CHANNEL = "channel", "Channel"
+
+    scope = models.CharField(max_length=16, choices=Scope.choices)
+    role = models.CharField(max_length=32, blank=True, choices=[(r, r) for r in ROLE_ORDER])
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="quota_policies"
+    )
+    api_key = models.ForeignKey(
+        "identities.ApiKey", null=True, blank=True, on_delete=models.CASCADE, related_name="quota_policies"
+    )
+    channel = models.ForeignKey(
+        "connectors.Channel", null=True, blank=True, on_delete=models.CASCADE, related_name="quota_policies"
+    )
+    request_rate = models.CharField(
+        max_length=32, blank=True, validators=[validate_rate],
+        help_text="Requests per period, e.g. 20/m, 500/h, 5/10s, 1000/d.",
+    )
+    per_ip_rate = models.CharField(
+        max_length=32, blank=True, validators=[validate_rate],
+        help_text="Channel policies only: requests per client address on this channel (else GATEWAY_IP_RATE).",
+    )
+    tokens_per_day = models.PositiveBigIntegerField(null=True, blank=True)
+    tokens_per_month = models.PositiveBigIntegerField(null=True, blank=True)
+    cost_limit = models.DecimalField(
+        max_digits=14, decimal_places=4, null=True, blank=True,
+        help_text="Money per cost period, in the currency of the model prices.",
+    )
+    cost_period = models.CharField(max_length=8, choices=Period.choices, default=Period.MONTH)
+    enabled = models.BooleanField(default=True)
+    note = models.CharField(max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "quota policy"
+        verbose_name_plural = "quota policies"
+        ordering = ["scope", "role"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["role"], condition=models.Q(scope="role"), name="quota_policy_one_per_role"
+            ),
+            models.UniqueConstraint(fields=["user"], name="quota_policy_one_per_user"),
+            models.UniqueConstraint(fields=["api_key"], name="quota_policy_one_per_api_key"),
+            models.UniqueConstraint(fields=["channel"], name="quota_policy_one_per_channel"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_scope_display()}: {self.subject_label}"
+
+    @property
+    def subject_label(self) -> str:
+        target = {"role": self.role, "user": self.user, "api_key": self.api_key, "channel": self.channel}
+        return str(target.get(self.scope) or "?")
+
+    def clean(self) -> None:
+        targets = {"role": bool(self.role), "user": self.user_id is not None,
+                   "api_key": self.api_key_id is not None, "channel": self.channel_id is not None}
+        chosen = [name for name, present in targets.items() if present]
+        if chosen != [self.scope]:
+            raise ValidationError(
+                f"A {self.get_scope_display()} policy names exactly its {self.scope.replace('_', ' ')}, nothing else."
+            )
+        if self.per_ip_rate and self.scope != self.Scope.CHANNEL:
+            raise ValidationError({"per_ip_rate": "Only channel policies set a per-address rate."})
+
+
+class IpRule(models.Model):
+    """Allow or deny a network, everywhere (no channel) or on one channel.
+
+    A matching deny always refuses. Where allow rules exist (globally, or on the channel) the
+    address must match one of them. See README "Traffic and spend control".
+    """
+
+    class Action(models.TextChoices):
+        ALLOW = "allow", "Allow"
+        DENY = "deny", "Deny"
+
+    channel = models.ForeignKey(
+        "connectors.Channel", null=True, blank=True, on_delete=models.CASCADE, related_name="ip_rules",
+        help_text="Blank: every channel.",
+    )
+    action = models.CharField(max_length=8, choices=Action.choices)
+    cidr = models.CharField(max_length=64, validators=[validate_cidr], help_text="e.g. 203.0.113.0/24 or 2001:db8::/32")
+    source = models.CharField(
+        max_length=64, blank=True, default="manual",
+        help_text="Where the range came from (manual, or a platform's published list).",
+    )
+    note = models.CharField(max_length=200, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "IP rule"
+        ordering = ["channel_id", "action", "cidr"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.cidr} on {self.channel or 'every channel'}"
+
+    def save(self, *args, **kwargs):
+        self.cidr = str(ipaddress.ip_network(self.cidr.strip(), strict=False))
+        super().save(*args, **kwargs)
+
+    @property
+    def network(self):
+        return ipaddress.ip_network(self.cidr, strict=False)
+
+
+class UsageDaily(models.Model):
+    """Model usage per day, user, API key and channel: the durable record behind the live counters.
+
+    Written by the agent run when a model call settles (off the request path); the live Redis
+    counters are re-seeded from these rows when they are missing.
+    """
+
+    date = models.DateField()
+    key = models.CharField(
+        max_length=120, editable=False,
+        help_text="user:api_key:channel ids, '-' for none: one row per combination and day.",
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        "identities.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    channel = models.ForeignKey(
+        "connectors.Channel", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    calls = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    total_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=16, decimal_places=6, default=0)
+
+    class Meta:
+        verbose_name = "daily usage"
+        verbose_name_plural = "daily usage"
+        ordering = ["-date"]
+        constraints = [models.UniqueConstraint(fields=["date", "key"], name="usage_daily_one_row_per_key")]
+        indexes = [
+            models.Index(fields=["user", "date"]),
+            models.Index(fields=["api_key", "date"]),
+            models.Index(fields=["channel", "date"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.date} {self.user_id} {self.total_tokens} tokens"
+
+
+class QuotaCredit(models.Model):
+    """Usage forgiven by a staff reset: subtracted when a counter is re-seeded from the rollup."""
+
+    subject = models.CharField(max_length=80, help_text='e.g. "user:<uuid>", "api_key:7", "channel:2"')
+    meter = models.CharField(max_length=16)
+    period = models.CharField(max_length=8, choices=Period.choices)
+    period_start = models.DateField()
+    amount = models.BigIntegerField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["subject", "meter", "period", "period_start"])]
+
+    def __str__(self) -> str:
+        return f"{self.subject} {self.meter}/{self.period} -{self.amount}"
+
+
+class UserQuota(User):
+    """Staff view of each user's effective limits and remaining quota (admin only, no table)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "user quota"
+        permissions = [("reset_quota", "Can reset a user's quota")]

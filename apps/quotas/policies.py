@@ -1,0 +1,114 @@
+"""Effective limits: which policy (or setting) gives each limit of a user, API key or channel.
+
+Policies are few and read on every request, so each process keeps a snapshot of all enabled ones
+for GATEWAY_QUOTA_POLICY_CACHE_SECONDS; an admin edit applies everywhere within that time.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.conf import settings
+
+from .models import Period, QuotaPolicy
+
+BUDGET_FIELDS = ("tokens_per_day", "tokens_per_month", "cost_limit")
+FIELDS = ("request_rate", "per_ip_rate", *BUDGET_FIELDS)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One subject's limits. A rate of "" and a budget of None mean unlimited."""
+
+    subject: str  # "user:<uuid>", "api_key:<id>", "channel:<id>"
+    request_rate: str = ""
+    per_ip_rate: str = ""
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+    cost_limit: Decimal | None = None
+    cost_period: str = Period.MONTH
+    sources: dict = field(default_factory=dict, compare=False)  # limit name → where it came from
+
+    @property
+    def has_budget(self) -> bool:
+        return any(getattr(self, name) is not None for name in BUDGET_FIELDS)
+
+
+_lock = threading.Lock()
+_snapshot: tuple[float, dict] | None = None
+
+
+def invalidate_policies() -> None:
+    global _snapshot
+    _snapshot = None
+
+
+def _policies() -> dict:
+    """{("role", name) | ("user", id) | ("api_key", id) | ("channel", id): QuotaPolicy}."""
+    global _snapshot
+    cached = _snapshot
+    if cached is not None and time.monotonic() - cached[0] < settings.GATEWAY_QUOTA_POLICY_CACHE_SECONDS:
+        return cached[1]
+    table = {}
+    for policy in QuotaPolicy.objects.filter(enabled=True):
+        target = {"role": policy.role, "user": policy.user_id, "api_key": policy.api_key_id,
+                  "channel": policy.channel_id}[policy.scope]
+        table[(policy.scope, target)] = policy
+    with _lock:
+        _snapshot = (time.monotonic(), table)
+    return table
+
+
+def _merge(subject: str, layers: list[tuple[str, QuotaPolicy | None]], defaults: dict) -> Limits:
+    values: dict = {}
+    sources: dict = {}
+    for name in FIELDS:
+        for label, policy in layers:
+            value = getattr(policy, name, None) if policy is not None else None
+            if value not in (None, ""):
+                values[name], sources[name] = value, label
+                if name == "cost_limit":
+                    values["cost_period"] = policy.cost_period
+                break
+        else:
+            if defaults.get(name):
+                values[name], sources[name] = defaults[name][0], defaults[name][1]
+    return Limits(subject=subject, sources=sources, **values)
+
+
+def user_limits(user, *, role: str | None = None) -> Limits:
+    """The user's own policy, else their role's, else GATEWAY_USER_RATE (budgets: none)."""
+    table = _policies()
+    role = role or _role_of(user)
+    return _merge(
+        f"user:{user.pk}",
+        [("user policy", table.get(("user", user.pk))), (f"role {role}", table.get(("role", role)))],
+        {"request_rate": (settings.GATEWAY_USER_RATE, "setting GATEWAY_USER_RATE")},
+    )
+
+
+def _role_of(user) -> str:
+    """The user's role, looked up once per user object (a request checks several limits)."""
+    role = getattr(user, "_quota_role", None)
+    if role is None:
+        role = user._quota_role = user.role
+    return role
+
+
+def api_key_limits(api_key_id) -> Limits:
+    return _merge(
+        f"api_key:{api_key_id}",
+        [("API key policy", _policies().get(("api_key", api_key_id)))],
+        {"request_rate": (settings.GATEWAY_API_KEY_RATE, "setting GATEWAY_API_KEY_RATE")},
+    )
+
+
+def channel_limits(channel_id) -> Limits:
+    return _merge(
+        f"channel:{channel_id}",
+        [("channel policy", _policies().get(("channel", channel_id)))],
+        {"request_rate": (settings.GATEWAY_CHANNEL_RATE, "setting GATEWAY_CHANNEL_RATE"),
+         "per_ip_rate": (settings.GATEWAY_IP_RATE, "setting GATEWAY_IP_RATE")},
+    )
