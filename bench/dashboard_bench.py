@@ -161,12 +161,12 @@ def fill_calls(calls: int, days: int) -> None:
                 request_id, model, provider, attempt, prompt_tokens, completion_tokens, total_tokens, cost,
                 latency_ms, ttft_ms, status, error, created_at)
             SELECT b.id, b.conversation_id, b.sender_id, b.channel_id, b.agent_id, b.api_key_id,
-                md5(g::text), (ARRAY['gpt-large','gpt-small','local-llama'])[1 + g % 3], 'bench-provider',
-                1 + (g % 17 = 0)::int, 100 + g % 400, 20 + g % 200, 120 + g % 400 + g % 200,
-                ((100 + g % 400) * 0.0005 + (20 + g % 200) * 0.0015) / 1000,
+                md5(g::text), (ARRAY['gpt-large','gpt-small','local-llama'])[1 + g %% 3], 'bench-provider',
+                1 + (g %% 17 = 0)::int, 100 + g %% 400, 20 + g %% 200, 120 + g %% 400 + g %% 200,
+                ((100 + g %% 400) * 0.0005 + (20 + g %% 200) * 0.0015) / 1000,
                 200 + (random() * 3000)::int, 50 + (random() * 400)::int,
-                CASE WHEN g % 33 = 0 THEN 'error' ELSE 'ok' END,
-                CASE WHEN g % 33 = 0 THEN 'provider_error: HTTP 500 from the model provider' ELSE '' END,
+                CASE WHEN g %% 33 = 0 THEN 'error' ELSE 'ok' END,
+                CASE WHEN g %% 33 = 0 THEN 'provider_error: HTTP 500 from the model provider' ELSE '' END,
                 b.created_at + (random() * interval '20 seconds')
             FROM generate_series(1, %s) AS g
             JOIN bench_inbound b ON b.rn = 1 + (g %% %s)
@@ -178,8 +178,8 @@ def fill_calls(calls: int, days: int) -> None:
             INSERT INTO logs_requestlog (channel_id, channel_kind, user_id, message_id, api_key_id, status_code,
                 rejection, client_ip, latency_ms, request_id, created_at)
             SELECT b.channel_id, 'api', b.sender_id, b.id, b.api_key_id,
-                CASE WHEN g % 40 = 0 THEN 429 WHEN g % 97 = 0 THEN 401 ELSE 202 END,
-                CASE WHEN g % 40 = 0 THEN 'rate_limited' WHEN g % 97 = 0 THEN 'unauthenticated' ELSE '' END,
+                CASE WHEN g %% 40 = 0 THEN 429 WHEN g %% 97 = 0 THEN 401 ELSE 202 END,
+                CASE WHEN g %% 40 = 0 THEN 'rate_limited' WHEN g %% 97 = 0 THEN 'unauthenticated' ELSE '' END,
                 '203.0.113.7', 5 + (random() * 40)::int, md5(g::text), b.created_at
             FROM generate_series(1, %s) AS g
             JOIN bench_inbound b ON b.rn = 1 + (g %% %s)
