@@ -15,6 +15,7 @@ from apps.agents.models import Agent, LLMModel, Provider
 from apps.agents.runtime import build_prompt
 from apps.connectors.models import Channel
 from apps.conversations import pipeline
+from apps.conversations.errors import QuotaExceeded
 from apps.conversations.models import Message
 from apps.conversations.normalized import NormalizedMessage
 from apps.identities.models import ApiKey
@@ -76,11 +77,16 @@ def test_parallel_model_calls_never_overshoot_a_token_quota_by_more_than_one_est
     QuotaPolicy.objects.create(scope="user", user=customer, tokens_per_day=limit)
     # Every answer uses the agent's whole max_tokens (40 words), so real usage ≈ the estimate.
     answer = " ".join(["word"] * gateway.default_agent.max_tokens)
-    messages = []
+    messages, refused_at_entry = [], 0
     for n in range(30):
         msg = NormalizedMessage(channel="api", channel_id="api", user_id=str(customer.pk),
                                 message=f"question {n} [[delay:0.4]] [[reply:{answer}]]")
-        messages.append(pipeline.accept(msg, channel=gateway, principal=customer).message)  # queued to Redis
+        try:
+            messages.append(pipeline.accept(msg, channel=gateway, principal=customer).message)  # queued to Redis
+        except QuotaExceeded:
+            # A worker already running (the session's) may spend the quota while we submit: from
+            # then on the pipeline refuses at entry, which is the rule working, not a crash.
+            refused_at_entry += 1
     estimate = max(estimate_prompt_tokens(build_prompt(m)) for m in messages) + gateway.default_agent.max_tokens
     stack.worker(concurrency=8)
     stack.worker(concurrency=8)
@@ -94,10 +100,11 @@ def test_parallel_model_calls_never_overshoot_a_token_quota_by_more_than_one_est
     assert set(outcomes.values()) <= {"answered", "failed"}, outcomes  # nothing lost or stuck
     spent = sum(LLMCall.objects.filter(user=customer, status="ok").values_list("total_tokens", flat=True))
     answered = list(outcomes.values()).count("answered")
-    assert 0 < answered < len(messages)
-    assert spent <= limit + estimate, (spent, limit, estimate)
     refused = Message.objects.filter(pk__in=outcomes, status="failed")
-    assert set(refused.values_list("error_code", flat=True)) == {"quota_exceeded"}
+    assert answered > 0
+    assert refused_at_entry + refused.count() > 0  # the quota did stop some of the 30
+    assert spent <= limit + estimate, (spent, limit, estimate)
+    assert set(refused.values_list("error_code", flat=True)) <= {"quota_exceeded"}
     [day] = budget_states(user_limits(customer))
     assert (day["used"], day["reserved"]) == (spent, 0)  # every reservation settled or released
     assert sum(UsageDaily.objects.filter(user=customer).values_list("total_tokens", flat=True)) == spent
