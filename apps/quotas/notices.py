@@ -1,4 +1,4 @@
-"""Telling a webhook channel's sender, politely, that a limit refused their message.
+"""Telling a webhook channel's sender, politely, that a limit or an identity rule refused their message.
 
 Slack and WeCom must get their 200 at once, so the notice goes out from a small thread pool,
 through the connector's ``send_error`` (the same path as a failed agent run). One notice per
@@ -19,7 +19,11 @@ from apps.conversations.errors import GatewayError, QuotaExceeded, RateLimited
 
 logger = logging.getLogger(__name__)
 
-NOTICE_CODES = {RateLimited.code, QuotaExceeded.code}
+LIMIT_CODES = {RateLimited.code, QuotaExceeded.code}
+# Identity refusals (an unknown sender on a channel that refuses strangers, a blocked user) carry
+# the channel's own polite text (apps.identities.access).
+IDENTITY_CODES = {"unknown_sender", "blocked"}
+NOTICE_CODES = LIMIT_CODES | IDENTITY_CODES
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -44,6 +48,8 @@ def tell_refused(connector, msg, error: GatewayError) -> bool:
 
 
 def polite_text(error: GatewayError) -> str:
+    if error.code not in LIMIT_CODES:
+        return error.message
     wait = error.retry_after or 0
     when = (f"in about {wait // 3600} h" if wait >= 3600 else f"in about {max(1, wait // 60)} min"
             if wait >= 60 else f"in {max(1, wait)} s")

@@ -115,3 +115,16 @@ def test_kinds_without_published_ranges_say_so(slack_channel):
         call_command("ip_allowlist", slack_channel.slug, "--published")
     with pytest.raises(CommandError, match="not an IPv4"):
         call_command("ip_allowlist", slack_channel.slug, "--cidr", "nonsense")
+
+
+def test_slack_unknown_sender_on_a_refusing_channel_gets_the_channels_polite_text(client, slack_channel, platforms):
+    slack_channel.unknown_senders = "refuse"
+    slack_channel.refusal_message = "Sorry, this workspace bot only answers registered staff."
+    slack_channel.save()
+    for _ in range(2):
+        assert slack_post(client, slack_channel, slack_event("app_mention.json")).status_code == 200
+    assert not Message.objects.exists()
+    [notice] = wait_for(lambda: platforms.state.slack_messages)
+    assert notice["text"] == "Sorry, this workspace bot only answers registered staff."
+    time.sleep(0.3)
+    assert len(platforms.state.slack_messages) == 1  # once per window, however often they write
