@@ -153,6 +153,21 @@ def agent(llm_model):
 
 
 @pytest.fixture
+def tools(db):
+    """The built-in tools, synced to Tool rows."""
+    from apps.agents.services import tool_sync
+
+    return {tool.slug: tool for tool in tool_sync()}
+
+
+@pytest.fixture
+def tool_agent(agent, tools):
+    """The assistant agent, allowed every built-in tool (permissions still apply per user)."""
+    agent.tools.set(tools.values())
+    return agent
+
+
+@pytest.fixture
 def api_channel(agent):
     return Channel.objects.create(slug="api", name="API", kind="api", default_agent=agent)
 

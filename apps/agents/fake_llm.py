@@ -30,8 +30,6 @@ import asyncio
 import json
 import random
 import re
-import signal
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -39,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from aiohttp import web
+
+from gateway_project.aioserve import ThreadedServer, serve_until_signal
 
 MODELS = ("fake-gpt", "fake-qwen", "fake-glm")
 
@@ -414,16 +414,6 @@ def create_app(config: FakeLLMConfig | None = None) -> web.Application:
     return app
 
 
-async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
-    # No access log: it costs more than the request itself under benchmark load.
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    bound = runner.addresses[0][1]  # port 0 means "pick a free one"
-    shown = f"[{host}]" if ":" in host else host
-    return runner, f"http://{shown}:{bound}/v1"
-
-
 def run_server(
     host: str = "127.0.0.1",
     port: int = 8001,
@@ -435,24 +425,13 @@ def run_server(
 
     ``options`` are FakeLLMConfig fields; ``on_ready(base_url)`` runs once listening.
     """
-
-    async def main() -> None:
-        runner, base_url = await _start(create_app(FakeLLMConfig(**options)), host, port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            if on_ready is not None:
-                on_ready(base_url)
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(main())
+    serve_until_signal(
+        create_app(FakeLLMConfig(**options)), host, port,
+        on_ready=None if on_ready is None else (lambda root: on_ready(f"{root}/v1")),
+    )
 
 
-class FakeLLMServer:
+class FakeLLMServer(ThreadedServer):
     """The server on a background thread with its own event loop, for tests.
 
     ``FakeLLMServer(port=0, **FakeLLMConfig fields).start_in_thread()`` returns the
@@ -461,50 +440,19 @@ class FakeLLMServer:
     usable as a context manager.
     """
 
+    thread_name = "fake-llm"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
-        self.host, self.port = host, port
-        self.app = create_app(FakeLLMConfig(**options))
-        self.base_url: str | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(create_app(FakeLLMConfig(**options)), host, port)
+
+    @property
+    def base_url(self) -> str | None:
+        return f"{self.root}/v1" if self.root else None
 
     def start_in_thread(self, timeout: float = 10.0) -> str:
         """Start serving on a daemon thread; return the base URL once it is listening."""
-        if self._thread is not None:
-            raise RuntimeError("FakeLLMServer already started")
-        ready, failure = threading.Event(), []
-        loop = self._loop = asyncio.new_event_loop()
-
-        def run() -> None:
-            try:
-                runner, self.base_url = loop.run_until_complete(_start(self.app, self.host, self.port))
-            except BaseException as exc:  # surfaced in the starting thread
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-llm", daemon=True)
-        self._thread.start()
-        if not ready.wait(timeout):
-            raise TimeoutError("fake_llm did not start in time")
-        if failure:
-            self._thread = None
-            raise failure[0]
-        assert self.base_url is not None
+        super().start_in_thread(timeout)
         return self.base_url
-
-    def stop(self) -> None:
-        """Stop the loop and join the thread; safe to call twice."""
-        if self._thread is None or self._loop is None:
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._thread = None
 
     def stats(self) -> dict[str, Any]:
         """Same as GET /_fake/stats (a snapshot; read it between requests)."""

@@ -18,17 +18,16 @@ Use ``FakePlatforms().start_in_thread()`` in tests, or ``manage.py fake_platform
 """
 from __future__ import annotations
 
-import asyncio
 import itertools
 import secrets
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from gateway_project.aioserve import ThreadedServer, serve_until_signal
 
 ROBOT_MESSAGES_PER_MINUTE = 20
 WECOM_CALLBACK_IPS = ("203.0.113.0/28", "198.51.100.17")
@@ -189,41 +188,18 @@ def create_app() -> web.Application:
     return app
 
 
-async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner, f"http://{host}:{runner.addresses[0][1]}"
-
-
 def run_server(host: str = "127.0.0.1", port: int = 8002, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve until SIGINT/SIGTERM; ``on_ready(root_url)`` runs once listening."""
-
-    async def main() -> None:
-        runner, root = await _start(create_app(), host, port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            if on_ready is not None:
-                on_ready(root)
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(main())
+    serve_until_signal(create_app(), host, port, on_ready=on_ready)
 
 
-class FakePlatforms:
+class FakePlatforms(ThreadedServer):
     """The server on a background thread with its own event loop (tests)."""
 
+    thread_name = "fake-platforms"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self.host, self.port = host, port
-        self.app = create_app()
-        self.root: str | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(create_app(), host, port)
 
     @property
     def slack_base_url(self) -> str:
@@ -242,40 +218,7 @@ class FakePlatforms:
         return self.app[STATE_KEY]
 
     def script(self, **options: Any) -> None:
-        self._loop.call_soon_threadsafe(lambda: script(self.state, **options))
-        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self._loop).result(5)
+        self.call_in_loop(lambda: script(self.state, **options))
 
     def reset(self) -> None:
-        self._loop.call_soon_threadsafe(self.state.reset)
-        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self._loop).result(5)
-
-    def start_in_thread(self, timeout: float = 10.0) -> str:
-        ready, failure = threading.Event(), []
-        loop = self._loop = asyncio.new_event_loop()
-
-        def run() -> None:
-            try:
-                runner, self.root = loop.run_until_complete(_start(self.app, self.host, self.port))
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-platforms", daemon=True)
-        self._thread.start()
-        if not ready.wait(timeout):
-            raise TimeoutError("fake_platforms did not start in time")
-        if failure:
-            raise failure[0]
-        return self.root
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._thread = None
+        self.call_in_loop(self.state.reset)

@@ -1,43 +1,14 @@
 """Retries with backoff, then the fallback chain, every attempt logged; truncated streams."""
-import asyncio
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 
 from apps.agents.models import AgentFallback, LLMModel
 from apps.agents.orchestrator import backoff_seconds, model_chain, trim_history_to_tokens
 from apps.agents.runtime import agent_run, build_prompt
-from apps.conversations import pipeline
 from apps.conversations.models import Message
-from apps.conversations.normalized import NormalizedMessage
 from apps.conversations.realtime import conversation_group
 from apps.logs.models import LLMCall
-
-
-class Listener:
-    """Subscribes a fresh channel-layer channel to a group and drains what arrived."""
-
-    def __init__(self, group):
-        self.layer = get_channel_layer()
-        self.name = async_to_sync(self.layer.new_channel)()
-        async_to_sync(self.layer.group_add)(group, self.name)
-
-    def drain(self):
-        async def take_all():
-            events = []
-            while True:
-                try:
-                    events.append(await asyncio.wait_for(self.layer.receive(self.name), 0.5))
-                except TimeoutError:
-                    return events
-        return async_to_sync(take_all)()
-
-
-def send(channel, user, text, **fields):
-    msg = NormalizedMessage(channel=channel.kind, channel_id=channel.slug, user_id=str(user.pk), message=text,
-                            **fields)
-    return pipeline.accept(msg, channel=channel, principal=user).message
+from tests.helpers import Listener, send
 
 
 @pytest.fixture

@@ -7,26 +7,9 @@ from apps.agents.models import Tool, ToolCall
 from apps.agents.runtime import agent_run
 from apps.agents.services import tool_sync
 from apps.agents.tools import registered_tool
-from apps.conversations import pipeline
 from apps.conversations.models import Message
-from apps.conversations.normalized import NormalizedMessage
 from apps.logs.models import AuditEvent, LLMCall
-
-
-def send(channel, user, text):
-    msg = NormalizedMessage(channel=channel.kind, channel_id=channel.slug, user_id=str(user.pk), message=text)
-    return pipeline.accept(msg, channel=channel, principal=user).message
-
-
-@pytest.fixture
-def tools(db):
-    return {tool.slug: tool for tool in tool_sync()}
-
-
-@pytest.fixture
-def tool_agent(agent, tools):
-    agent.tools.set(tools.values())
-    return agent
+from tests.helpers import send
 
 
 @pytest.mark.django_db

@@ -7,29 +7,13 @@ from guardian.shortcuts import assign_perm
 
 from apps.agents.models import ToolCall
 from apps.agents.runtime import agent_run
-from apps.agents.services import tool_sync
-from apps.conversations import pipeline
-from apps.conversations.normalized import NormalizedMessage
 from apps.identities.models import User
 from apps.logs.models import AuditEvent
+from tests.helpers import send
 
 SEARCH = '[[tool:search_conversations {"query": "refund"}]]'
 
 
-def send(channel, user, text):
-    msg = NormalizedMessage(channel=channel.kind, channel_id=channel.slug, user_id=str(user.pk), message=text)
-    return pipeline.accept(msg, channel=channel, principal=user).message
-
-
-@pytest.fixture
-def tools(db):
-    return {tool.slug: tool for tool in tool_sync()}
-
-
-@pytest.fixture
-def tool_agent(agent, tools):
-    agent.tools.set(tools.values())
-    return agent
 
 
 @pytest.fixture

@@ -1,40 +1,13 @@
 """Human handoff: staff take over from the admin, the agent pauses, staff reply on the channel, hand back."""
-import asyncio
 
 import pytest
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 
 from apps.agents.runtime import agent_run
-from apps.conversations import pipeline
 from apps.conversations.models import Message
-from apps.conversations.normalized import NormalizedMessage
 from apps.conversations.realtime import conversation_group, reply_group
 from apps.logs.models import AuditEvent, LLMCall
 from apps.routing.models import Handoff
-
-
-def send(channel, user, text, **fields):
-    msg = NormalizedMessage(channel=channel.kind, channel_id=channel.slug, user_id=str(user.pk), message=text,
-                            **fields)
-    return pipeline.accept(msg, channel=channel, principal=user).message
-
-
-class Listener:
-    def __init__(self, group):
-        self.layer = get_channel_layer()
-        self.name = async_to_sync(self.layer.new_channel)()
-        async_to_sync(self.layer.group_add)(group, self.name)
-
-    def drain(self):
-        async def take_all():
-            events = []
-            while True:
-                try:
-                    events.append(await asyncio.wait_for(self.layer.receive(self.name), 0.5))
-                except TimeoutError:
-                    return events
-        return async_to_sync(take_all)()
+from tests.helpers import Listener, send
 
 
 @pytest.fixture
