@@ -1,6 +1,7 @@
 """The whole gateway on real services and real processes: Daphne, a Celery worker, fake_llm."""
 import asyncio
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -39,6 +40,12 @@ def test_api_message_with_wait_is_answered_by_the_worker(live):
     assert body["reply"]["message"] == "Echo: hello worker"
     assert body["reply"]["model"] == "fake-gpt" and body["reply"]["latency_ms"] >= 0
     reply = Message.objects.get(pk=body["reply"]["message_id"])
+    # The waiter is woken by the delivery itself; the worker records "sent" just after.
+    for _ in range(50):
+        if reply.status == "sent":
+            break
+        time.sleep(0.1)
+        reply.refresh_from_db()
     assert reply.status == "sent" and reply.reply_to_id is not None
     call = LLMCall.objects.get(message_id=body["message_id"])
     assert call.status == "ok" and call.total_tokens == body["reply"]["usage"]["total_tokens"]
