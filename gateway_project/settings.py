@@ -120,7 +120,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # A message whose worker died is redelivered after this long (acks_late).
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=600),
 }
-CELERY_TASK_DEFAULT_QUEUE = "gateway"
+# The queue agent runs (and every other task) go to; workers consume it (`-Q`).
+CELERY_TASK_DEFAULT_QUEUE = env.str("GATEWAY_AGENT_QUEUE", default="gateway")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Periodic (celery beat): re-enqueue messages stranded in accepted / expired processing.
 GATEWAY_REQUEUE_INTERVAL_SECONDS = env.float("GATEWAY_REQUEUE_INTERVAL_SECONDS", default=30.0)

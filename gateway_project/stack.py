@@ -126,10 +126,11 @@ class Stack:
 
     def worker(self, concurrency: int = 8, env: dict[str, str] | None = None) -> Process:
         """Start a Celery worker on the gateway queue (threads pool); returns once it is ready."""
+        queue = {**self.env, **(env or {})}.get("GATEWAY_AGENT_QUEUE", "gateway")
         process = self.spawn(
             "celery",
             [str(BIN / "celery"), "-A", "gateway_project", "worker", "-P", "threads", "-c", str(concurrency),
-             "-Q", "gateway", "-l", "INFO", "--without-mingle", "--without-gossip", "--without-heartbeat"],
+             "-Q", queue, "-l", "INFO", "--without-mingle", "--without-gossip", "--without-heartbeat"],
             env=env,
         )
         process.wait_for_log(r"ready\.", timeout=60)
