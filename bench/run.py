@@ -27,7 +27,8 @@ from gateway_project.stack import PYTHON, Stack, base_env, free_port, http, visi
 
 RESULTS = BASE / "bench" / "results"
 LITELLM_VENV = BASE / "bench" / ".venv-litellm"
-LITELLM_REQS = Path(os.environ.get("BENCH_LITELLM_REQS", "/work/shared/peers/litellm-proxy-reqs.txt"))
+# The peer's pinned requirements live in shared/, beside the checkout.
+LITELLM_REQS = Path(os.environ.get("BENCH_LITELLM_REQS", BASE.parent / "shared" / "peers" / "litellm-proxy-reqs.txt"))
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gateway_bench")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 LLM_DELAY_MS = os.environ.get("BENCH_LLM_DELAY_MS", "0")
