@@ -14,11 +14,14 @@ from guardian.admin import (
     ReinforcedGuardedModelAdminMixin,
 )
 
+from apps.quotas.client_ip import client_ip_for_request
+
 from .services import object_permission_set
 
 
 def client_ip(request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
+    # The one trusted-proxy-aware answer, so audit rows name the client, not the proxy.
+    return client_ip_for_request(request)
 
 
 def _audited(form_class, request, holder_attr: str):

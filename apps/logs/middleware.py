@@ -9,6 +9,8 @@ import uuid
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.utils.functional import SimpleLazyObject, empty
 
+from apps.quotas.client_ip import client_ip_for_request
+
 from .request_log import request_log_record
 from .structured import request_id_var
 
@@ -95,7 +97,7 @@ def record_http_request(request, response, *, kind: str, latency_ms: int) -> Non
         user=_resolved_user(request),
         message=body.get("message_id") if isinstance(body.get("message_id"), str) else None,
         api_key=getattr(getattr(request, "auth", None), "pk", None),
-        client_ip=request.META.get("REMOTE_ADDR"),
+        client_ip=client_ip_for_request(request),
         latency_ms=latency_ms,
         request_id=request.request_id,
     )
