@@ -81,11 +81,11 @@ def measure(*, concurrency: int = 100, requests: int = 10_000) -> dict:
     from apps.identities.models import User
     from apps.identities.roles import Role, ensure_role_groups
     from apps.quotas import budgets
-    from apps.quotas.iprules import check_ip_rules, invalidate_ip_rules
+    from apps.quotas.iprules import check_ip_rules
     from apps.quotas.ledger import get_ledger
     from apps.quotas.limits import check_limits
     from apps.quotas.models import IpRule, QuotaPolicy, UsageDaily
-    from apps.quotas.policies import invalidate_policies
+    from gateway_project import config_cache
 
     tag = uuid.uuid4().hex[:8]
     settings.GATEWAY_LIMIT_KEY_PREFIX = f"bench-{tag}"  # counters of this run only
@@ -97,8 +97,7 @@ def measure(*, concurrency: int = 100, requests: int = 10_000) -> dict:
         QuotaPolicy.objects.create(scope="user", user=user, request_rate="100000000/m", tokens_per_day=10**12,
                                    tokens_per_month=10**13, cost_limit=Decimal("1000000"), cost_period="month")
     IpRule.objects.create(channel=channel, action="deny", cidr="192.0.2.0/24", source=f"bench-{tag}")
-    invalidate_policies()
-    invalidate_ip_rules()
+    config_cache.clear()
     model = SimpleNamespace(cost=lambda p, c: Decimal(p + 2 * c) / Decimal(1_000_000))
     per_thread = max(1, requests // concurrency)
     addresses = [f"198.51.100.{i % 250 + 1}" for i in range(concurrency)]
@@ -133,8 +132,7 @@ def measure(*, concurrency: int = 100, requests: int = 10_000) -> dict:
         User.objects.filter(pk__in=[u.pk for u in users]).delete()
         channel.delete()
         get_ledger().clear(f"bench-{tag}:")
-        invalidate_policies()
-        invalidate_ip_rules()
+        config_cache.clear()
     return results
 
 

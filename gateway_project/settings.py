@@ -82,6 +82,19 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Worker threads and the server share one file: wait for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
     DATABASES["default"].setdefault("TEST", {})["NAME"] = BASE_DIR / "test-db.sqlite3"
+elif env.bool("DATABASE_POOL", default=True):
+    # psycopg 3's connection pool (Django 5.1+): a request or task borrows an open connection and
+    # gives it back, instead of opening one (TCP + auth + session setup) every time. Each borrowed
+    # connection is checked first (CONN_HEALTH_CHECKS), so a PostgreSQL restart costs failed
+    # checks, not errors. Agent runs give theirs back while a model answers
+    # (apps.agents.runtime.call_model).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # required with a pool: "closing" returns it
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
+        "timeout": env.float("DATABASE_POOL_TIMEOUT_SECONDS", default=10.0),
+    }
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE_SECONDS", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -91,6 +104,8 @@ if REDIS_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
+            # One pool per process, not one per thread or request (gateway_project/redis_pool.py).
+            "OPTIONS": {"pool_class": "gateway_project.redis_pool.SharedConnectionPool"},
         }
     }
     CHANNEL_LAYERS = {
@@ -105,6 +120,11 @@ else:
     # One process holds everything in the embedded default, so a process-local cache is shared
     # by every request it serves; django-ratelimit's checks assume several processes.
     SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+
+# Channels, agents, routes, key scopes, roles, quota policies and IP rules are kept in each
+# process; a change made elsewhere applies here within this many seconds
+# (gateway_project/config_cache.py).
+GATEWAY_CONFIG_CHECK_SECONDS = env.float("GATEWAY_CONFIG_CHECK_SECONDS", default=1.0)
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
@@ -203,8 +223,6 @@ GATEWAY_IP_RATE_EXEMPT_KINDS = env.list(
 )
 # Reverse proxies (CIDRs) whose X-Forwarded-For hops are believed; empty: the TCP peer is the client.
 GATEWAY_TRUSTED_PROXIES = env.list("GATEWAY_TRUSTED_PROXIES", default=[])
-GATEWAY_IP_RULES_CACHE_SECONDS = env.float("GATEWAY_IP_RULES_CACHE_SECONDS", default=10.0)
-GATEWAY_QUOTA_POLICY_CACHE_SECONDS = env.float("GATEWAY_QUOTA_POLICY_CACHE_SECONDS", default=10.0)
 # Budget counters: Redis (services) or, when empty, a process-local ledger (embedded default).
 GATEWAY_QUOTA_REDIS_URL = env.str("GATEWAY_QUOTA_REDIS_URL", default=REDIS_URL)
 GATEWAY_QUOTA_REDIS_TIMEOUT_SECONDS = env.float("GATEWAY_QUOTA_REDIS_TIMEOUT_SECONDS", default=1.0)

@@ -24,6 +24,12 @@ SKIP_REASON = "needs PostgreSQL and Redis: set DATABASE_URL and REDIS_URL (as .c
 
 _skipped_services: list[str] = []
 
+# The gateway processes the end-to-end tests start (they inherit this environment) compare the
+# configuration generation on every lookup instead of every second: each test creates its own
+# channels and agents just before sending, and the database is emptied between tests without the
+# ORM's signals. Production keeps the default interval (gateway_project/config_cache.py).
+os.environ.setdefault("GATEWAY_CONFIG_CHECK_SECONDS", "0")
+
 
 def pytest_collection_modifyitems(config, items):
     if SERVICES:
@@ -177,6 +183,19 @@ def webchat_channel(agent):
     return Channel.objects.create(slug="web", name="Web chat", kind="webchat", default_agent=agent)
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Close the PostgreSQL connection pool before the test database is dropped (its idle
+    connections would keep the database in use)."""
+    yield
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for conn in connections.all(initialized_only=True):
+            if getattr(conn, "pool", None) is not None:
+                conn.close_pool()
+
+
 @pytest.fixture(autouse=True)
 def _queue_agent_runs_to_the_broker(settings):
     """Unit tests run agents themselves (``agent_run``), as a worker would. Accepted messages go
@@ -188,9 +207,7 @@ def _queue_agent_runs_to_the_broker(settings):
 @pytest.fixture(autouse=True)
 def _own_limit_counters(settings):
     """Each test counts on its own rate/quota keys and sees policy and IP-rule edits at once."""
-    from apps.quotas.iprules import invalidate_ip_rules
-    from apps.quotas.policies import invalidate_policies
+    from gateway_project import config_cache
 
     settings.GATEWAY_LIMIT_KEY_PREFIX = f"t{os.urandom(6).hex()}"
-    invalidate_policies()
-    invalidate_ip_rules()
+    config_cache.clear()

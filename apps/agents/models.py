@@ -142,6 +142,29 @@ class Agent(models.Model):
         return self.name
 
 
+def agent_by_slug(slug: str) -> Agent | None:
+    """The enabled agent named ``slug`` (with its model and provider), kept per process."""
+    from gateway_project.config_cache import cached
+
+    return cached("agent_by_slug", slug, lambda: (
+        Agent.objects.select_related("model__provider").filter(slug=slug, enabled=True).first()))
+
+
+def agent_tools(agent: Agent) -> list[Tool]:
+    """The agent's enabled tools, kept per process."""
+    from gateway_project.config_cache import cached
+
+    return cached("agent_tools", agent.pk, lambda: list(agent.tools.filter(enabled=True)))
+
+
+def agent_fallback_models(agent: Agent) -> list[LLMModel]:
+    """The agent's fallback models in order (with their providers), kept per process."""
+    from gateway_project.config_cache import cached
+
+    return cached("agent_fallbacks", agent.pk, lambda: [
+        f.model for f in agent.fallbacks.select_related("model__provider")])
+
+
 class AgentFallback(models.Model):
     """One step of an agent's fallback chain: tried in ``position`` order after the main model."""
 

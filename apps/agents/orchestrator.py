@@ -17,7 +17,7 @@ from collections.abc import Callable
 from django.conf import settings
 
 from . import llm, runtime
-from .models import Tool
+from .models import Tool, agent_fallback_models, agent_tools
 from .tools.runner import run_tool_call
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def generate(message, prompt: list[dict], *, on_delta: Callable[[str], None] | N
     Token counts of the result add up every model call of the run (tool steps included).
     """
     agent = message.agent
-    allowed = {tool.slug: tool for tool in agent.tools.filter(enabled=True)}
+    allowed = {tool.slug: tool for tool in agent_tools(agent)}
     specs = [tool.spec() for tool in offered_tools(allowed.values(), message.sender)] or None
     totals = [0, 0, 0]
     for step in range(1, settings.GATEWAY_TOOL_MAX_STEPS + 2):
@@ -62,7 +62,7 @@ def offered_tools(tools, user) -> list[Tool]:
 
 def model_chain(agent) -> list:
     """The agent's model, then its fallbacks in order; models of disabled providers are skipped."""
-    chain = [agent.model] + [f.model for f in agent.fallbacks.select_related("model__provider")]
+    chain = [agent.model] + agent_fallback_models(agent)
     seen, models = set(), []
     for model in chain:
         if model.pk not in seen and model.provider.enabled:

@@ -10,7 +10,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
@@ -90,8 +90,12 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
     if not claimed:
         logger.info("message not claimable (answered or in progress)")
         return None
+    from apps.routing.models import Handoff
+
     return Message.objects.select_related(
         "conversation", "channel", "sender", "agent__model__provider"
+    ).annotate(  # read in the same query: whether a human has the conversation (hold_for_handoff)
+        in_handoff=Exists(Handoff.objects.filter(conversation_id=OuterRef("conversation_id"), ended_at__isnull=True))
     ).get(pk=message_id)
 
 
@@ -132,6 +136,7 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
     agent = message.agent
     # Raises QuotaRefused (an LLMError) before the model is called when a budget is used up.
     reservation = budgets.reserve_model_call(message, model, prompt, max_tokens=agent.max_tokens, tools=tools)
+    release_database_connection()
     try:
         result = llm.chat(
             model, prompt, max_tokens=agent.max_tokens, temperature=agent.temperature,
@@ -152,6 +157,17 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
                "latency_ms": result.latency_ms, "llm_call_id": call.pk, "attempt": attempt},
     )
     return result
+
+
+def release_database_connection() -> None:
+    """Give this thread's database connection back to the pool while a model answers.
+
+    A model can take many seconds; a worker thread holding a pooled connection all that time would
+    make the pool (and PostgreSQL's max_connections) the limit on concurrent agent runs. Without a
+    pool, or inside a transaction, the connection is kept: reopening it would cost more than it saves.
+    """
+    if connection.settings_dict.get("OPTIONS", {}).get("pool") and not connection.in_atomic_block:
+        connection.close()
 
 
 def build_prompt(message: Message) -> list[dict]:

@@ -1,6 +1,8 @@
 """A configured channel instance: one Slack workspace app, one web chat, the API, ..."""
 from __future__ import annotations
 
+import copy
+
 from django.db import models
 
 from apps.agents.models import Visibility
@@ -76,3 +78,16 @@ class Channel(models.Model):
         from .registry import connector_for
 
         return connector_for(self)
+
+
+def channel_by_slug(slug: str, *, kind: str | None = None) -> Channel | None:
+    """The channel named ``slug`` (of ``kind`` if given), enabled or not, with its default agent.
+
+    Kept per process (gateway_project.config_cache); each call gets its own copy of the row.
+    """
+    from gateway_project.config_cache import cached
+
+    channel = cached("channel", slug, lambda: Channel.objects.select_related("default_agent").filter(slug=slug).first())
+    if channel is None or (kind is not None and channel.kind != kind):
+        return None
+    return copy.copy(channel)

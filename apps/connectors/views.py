@@ -5,14 +5,14 @@ from django.http import Http404
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from .models import Channel
+from .models import channel_by_slug
 from .visitors import visitor_token_issue
 
 
 @require_GET
 def chat_page(request, slug: str):
-    channel = Channel.objects.filter(slug=slug, kind="webchat", enabled=True).first()
-    if channel is None:
+    channel = channel_by_slug(slug, kind="webchat")
+    if channel is None or not channel.enabled:
         raise Http404("No such chat.")
     signed_in = request.user.is_authenticated
     return render(request, "chat.html", {

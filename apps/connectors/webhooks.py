@@ -23,7 +23,7 @@ from apps.quotas.client_ip import client_ip_for_request
 from apps.quotas.iprules import check_ip_rules
 
 from .base import WebhookRequest
-from .models import Channel
+from .models import channel_by_slug
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ def channel_webhook(request, slug: str):
     try:
         if request.method not in ("GET", "POST"):
             raise MethodNotAllowed()
-        channel = Channel.objects.select_related("default_agent").filter(slug=slug, enabled=True).first()
-        connector = channel.connector if channel is not None else None
+        channel = channel_by_slug(slug)
+        connector = channel.connector if channel is not None and channel.enabled else None
         if connector is None or not connector.webhook:
             raise NotFound("No such webhook channel.")
         check_ip_rules(client_ip_for_request(request), channel=channel)  # before the body is read

@@ -16,7 +16,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.connectors.models import Channel
+from apps.connectors.models import Channel, channel_by_slug
 from apps.quotas.client_ip import client_ip_for_request
 
 from .errors import AgentFailed, ChannelDisabled, NotFound, ReplyTimeout, error_from_event
@@ -43,11 +43,7 @@ ErrorSerializer = inline_serializer(
 
 
 def api_channel() -> Channel:
-    channel = (
-        Channel.objects.select_related("default_agent")
-        .filter(slug=API_CHANNEL_SLUG, kind="api")
-        .first()
-    )
+    channel = channel_by_slug(API_CHANNEL_SLUG, kind="api")
     if channel is None:
         raise ChannelDisabled("The API channel is not configured.")
     return channel

@@ -46,16 +46,40 @@ def publish(group: str, event: dict) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    loop = server_loop()
-    if loop is not None and _is_in_memory(layer):
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not loop:
-            asyncio.run_coroutine_threadsafe(layer.group_send(group, event), loop).result(10)
-            return
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if _is_in_memory(layer):
+        loop = server_loop()  # the in-memory layer lives on the server's loop
+    else:
+        loop = None if running is not None else _publisher_loop()
+    if loop is not None and running is not loop:
+        asyncio.run_coroutine_threadsafe(layer.group_send(group, event), loop).result(10)
+        return
     async_to_sync(layer.group_send)(group, event)
+
+
+_publisher: asyncio.AbstractEventLoop | None = None
+
+
+def _publisher_loop() -> asyncio.AbstractEventLoop:
+    """One event loop per process, on a daemon thread, for publishing from synchronous code.
+
+    The Redis channel layer keeps its connections per event loop: ``async_to_sync`` would make a
+    new loop, and so a new Redis connection, for every reply and every streamed piece. Here every
+    publish of the process shares one loop and its connection pool.
+    """
+    global _publisher
+    loop = _publisher
+    if loop is not None and not loop.is_closed():
+        return loop
+    with _loop_lock:
+        if _publisher is None or _publisher.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="channel-layer-publisher", daemon=True).start()
+            _publisher = loop
+        return _publisher
 
 
 def _is_in_memory(layer) -> bool:

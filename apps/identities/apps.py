@@ -1,6 +1,32 @@
 from django.apps import AppConfig
+from django.db.models.signals import m2m_changed
 
 
 class IdentitiesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "apps.identities"
+
+    def ready(self) -> None:
+        from django.contrib.auth.models import Group
+
+        from gateway_project.config_cache import watch
+
+        from .models import ApiKey, User
+
+        # What is kept per user is their groups and global permissions (permissions.user_access):
+        # a user's save matters only when it can change what has_perm answers.
+        watch(User, Group, ApiKey, fields={User: {"is_active", "is_superuser"}}, m2m_through=[
+            User.groups.through, User.user_permissions.through, Group.permissions.through,
+            ApiKey.channels.through, ApiKey.agents.through,
+        ])
+        for through in (User.groups.through, User.user_permissions.through):
+            m2m_changed.connect(_forget_access_of_instance, sender=through, weak=False,
+                                dispatch_uid=f"forget-access-{through._meta.label}")
+
+
+def _forget_access_of_instance(instance, action: str, **kwargs) -> None:
+    """``user.groups.add(...)``: that user object forgets what it had loaded (as on a new request)."""
+    from .permissions import forget_access
+
+    if action.startswith("post_"):
+        forget_access(instance)

@@ -51,7 +51,9 @@ class User(AbstractUser):
     @property
     def role(self) -> str:
         """The highest role among the user's groups (customer when none)."""
-        names = {g.name for g in self.groups.all()}
+        from .permissions import user_access
+
+        names = set(user_access(self).groups.values())
         for role in reversed(ROLE_ORDER):
             if role in names:
                 return role

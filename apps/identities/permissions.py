@@ -14,14 +14,62 @@ refusals (error + audit event) are in ``access.py``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.backends import ModelBackend
+
+from gateway_project.config_cache import cached
+
 from .roles import ROLE_ORDER
 
 VISIBILITIES = ("public", "internal", "admin")
 
 
+@dataclass(frozen=True)
+class UserAccess:
+    """A user's groups and global permissions, as Django's ModelBackend would load them."""
+
+    groups: dict  # group id → name
+    user_perms: frozenset
+    group_perms: frozenset
+
+
+def user_access(user) -> UserAccess:
+    """The user's groups and global permissions, kept per process (gateway_project.config_cache).
+
+    Also fills the caches ModelBackend reads, so ``user.has_perm("app.codename")`` on this user
+    object asks no query. Object permissions (django-guardian) are always read fresh.
+    """
+    access = getattr(user, "_gateway_access", None)
+    if access is None:
+        access = cached("user_access", user.pk, lambda: _load_access(user))
+        user._gateway_access = access
+        user._user_perm_cache = set(access.user_perms)
+        user._group_perm_cache = set(access.group_perms)
+        user._perm_cache = user._user_perm_cache | user._group_perm_cache
+    return access
+
+
+def forget_access(user) -> None:
+    """Drop what this user object has loaded about its groups and permissions."""
+    for name in ("_gateway_access", "_perm_cache", "_user_perm_cache", "_group_perm_cache"):
+        user.__dict__.pop(name, None)
+
+
+def _load_access(user) -> UserAccess:
+    fresh = get_user_model()(pk=user.pk, is_active=True, is_superuser=user.is_superuser)
+    backend = ModelBackend()
+    return UserAccess(
+        groups=dict(user.groups.values_list("pk", "name")),
+        user_perms=frozenset(backend.get_user_permissions(fresh)),
+        group_perms=frozenset(backend.get_group_permissions(fresh)),
+    )
+
+
 def role_rank(user) -> int:
     """0 customer, 1 employee, 2 admin; -1 for a user in no role (an outsider)."""
-    names = {g.name for g in user.groups.all()}
+    names = set(user_access(user).groups.values())
     ranks = [ROLE_ORDER.index(name) for name in names if name in ROLE_ORDER]
     return max(ranks, default=-1)
 
@@ -35,6 +83,7 @@ def visibility_allows(user, visibility: str, kind: str = "agents") -> bool:
         visibility = "admin"
     if kind == "channels" and visibility == "public":
         return True
+    user_access(user)
     return user.has_perm(f"identities.use_{visibility}_{kind}")
 
 
@@ -64,11 +113,19 @@ def user_can_use_channel(user, channel) -> bool:
     return _allowed(user, channel, "channels", "connectors.use_channel")
 
 
+def api_key_scope(api_key) -> tuple[frozenset, frozenset]:
+    """(channel ids, agent ids) the key is limited to; empty means any. Kept per process."""
+    return cached("api_key_scope", api_key.pk, lambda: (
+        frozenset(api_key.channels.values_list("pk", flat=True)),
+        frozenset(api_key.agents.values_list("pk", flat=True)),
+    ))
+
+
 def api_key_allows_channel(api_key, channel) -> bool:
     """The key's channel scope (no channels listed: any)."""
     if api_key is None:
         return True
-    scoped = set(api_key.channels.values_list("pk", flat=True))
+    scoped = api_key_scope(api_key)[0]
     return not scoped or channel.pk in scoped
 
 
@@ -76,5 +133,5 @@ def api_key_allows_agent(api_key, agent) -> bool:
     """The key's agent scope (no agents listed: any the owner may use)."""
     if api_key is None:
         return True
-    scoped = set(api_key.agents.values_list("pk", flat=True))
+    scoped = api_key_scope(api_key)[1]
     return not scoped or agent.pk in scoped

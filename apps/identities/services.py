@@ -14,6 +14,7 @@ from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from apps.logs.services import audit
+from gateway_project import config_cache
 
 from .access import refuse_unknown_sender
 from .models import ApiKey, ChannelIdentity
@@ -86,7 +87,8 @@ def identity_create_customer(*, channel, external_id: str, display_name: str = "
     """Create a customer user and its identity on ``channel`` (idempotent under races)."""
     User = get_user_model()
     try:
-        with transaction.atomic():
+        # Nobody can have kept anything about a user who did not exist: not a configuration change.
+        with transaction.atomic(), config_cache.unchanged():
             user = User.objects.create(
                 username=f"{channel.kind}-{uuid.uuid4().hex[:12]}",
                 first_name=display_name[:150],

@@ -1,7 +1,8 @@
 """Prometheus metrics for ``GET /metrics``, shared by every Daphne process and Celery worker.
 
 Choice: counters and histogram buckets live in one Redis hash (``HINCRBYFLOAT``, one pipelined
-round trip per observation) and ``/metrics`` renders them with prometheus-client's exposition code.
+round trip per observation; a histogram observation touches only its own bucket and the sum) and
+``/metrics`` renders them with prometheus-client's exposition code.
 prometheus-client's multiprocess mode only aggregates processes that share a directory on one
 machine; the gateway scales out to several machines behind a load balancer, where a scrape reaches
 any one process. With the counters in Redis every scrape returns the totals of the whole
@@ -92,12 +93,11 @@ def _counter(increments: dict, name: str, labels: dict, amount: float = 1.0) -> 
 
 
 def _histogram(increments: dict, name: str, labels: dict, value: float, bounds) -> None:
-    for bound in bounds:
-        if value <= bound:
-            _counter(increments, name + "_bucket", {**labels, "le": repr(float(bound))})
-    _counter(increments, name + "_bucket", {**labels, "le": "+Inf"})
+    """One observation: only the bucket it falls in, and the sum, are stored (two fields, not one
+    per bound); ``StoreCollector`` adds the buckets up into Prometheus' cumulative form."""
+    bound = next((repr(float(b)) for b in bounds if value <= b), "+Inf")
+    _counter(increments, name + "_bucket", {**labels, "le": bound})
     _counter(increments, name + "_sum", labels, value)
-    _counter(increments, name + "_count", labels)
 
 
 def _add(increments: dict) -> None:
@@ -167,13 +167,27 @@ class StoreCollector:
                 family = HistogramMetricFamily(base, help_text, labels=label_names)
                 for key, series in hist.get(base, {}).items():
                     labels = dict(key)
-                    buckets = sorted(series["buckets"].items(),
-                                     key=lambda kv: float("inf") if kv[0] == "+Inf" else float(kv[0]))
-                    family.add_metric([labels.get(n, "") for n in label_names], buckets, series["sum"])
+                    family.add_metric([labels.get(n, "") for n in label_names],
+                                      _cumulative(series["buckets"], HISTOGRAM_BOUNDS[base]), series["sum"])
             yield family
         depth = GaugeMetricFamily("gateway_queue_depth", "Agent runs waiting in the queue.", labels=["queue"])
         depth.add_metric([settings.CELERY_TASK_DEFAULT_QUEUE], queue_depth())
         yield depth
+
+
+HISTOGRAM_BOUNDS = {
+    "gateway_request_latency_seconds": REQUEST_LATENCY_BUCKETS_S,
+    "gateway_model_latency_seconds": MODEL_LATENCY_BUCKETS_S,
+}
+
+
+def _cumulative(counts: dict[str, float], bounds) -> list[tuple[str, float]]:
+    """Per-bucket counts (by "le") → Prometheus buckets: each counts every observation ≤ its bound."""
+    total, buckets = 0.0, []
+    for le in [repr(float(b)) for b in bounds] + ["+Inf"]:
+        total += counts.get(le, 0.0)
+        buckets.append((le, total))
+    return buckets
 
 
 def queue_depth() -> int:

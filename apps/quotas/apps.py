@@ -7,13 +7,8 @@ class QuotasConfig(AppConfig):
     verbose_name = "Traffic and spend control"
 
     def ready(self):
-        from django.db.models.signals import post_delete, post_save
+        from gateway_project.config_cache import watch
 
-        from .iprules import invalidate_ip_rules
         from .models import IpRule, QuotaPolicy
-        from .policies import invalidate_policies
 
-        # Other processes pick edits up within their cache time; this one at once.
-        for signal in (post_save, post_delete):
-            signal.connect(lambda **_: invalidate_policies(), sender=QuotaPolicy, weak=False)
-            signal.connect(lambda **_: invalidate_ip_rules(), sender=IpRule, weak=False)
+        watch(IpRule, QuotaPolicy)

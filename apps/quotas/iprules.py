@@ -1,20 +1,17 @@
 """IP allow/deny rules, global and per channel (CIDR, IPv4 and IPv6).
 
-The rules are read from the database at most every GATEWAY_IP_RULES_CACHE_SECONDS per process
-(they change rarely and are checked on every request), so an admin edit applies within that time
-everywhere; saving a rule refreshes the process that saved it at once.
+The rules change rarely and are checked on every request: each process keeps them
+(gateway_project.config_cache), and an edit applies at once where it was made and within
+GATEWAY_CONFIG_CHECK_SECONDS everywhere else.
 """
 from __future__ import annotations
 
 import ipaddress
-import threading
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from django.conf import settings
-
 from apps.conversations.errors import IpForbidden
+from gateway_project.config_cache import cached
 
 from .client_ip import parse_ip
 from .metrics import count_rejection
@@ -27,29 +24,17 @@ class _RuleSet:
     deny: list = field(default_factory=list)
 
 
-_lock = threading.Lock()
-_cache: tuple[float, dict] | None = None
-
-
-def invalidate_ip_rules() -> None:
-    global _cache
-    _cache = None
-
-
 def _rules() -> dict:
-    """{channel_id or None: _RuleSet}, from the process cache when fresh."""
-    global _cache
-    cached = _cache
-    ttl = settings.GATEWAY_IP_RULES_CACHE_SECONDS
-    if cached is not None and time.monotonic() - cached[0] < ttl:
-        return cached[1]
+    """{channel_id or None: _RuleSet}, from the process cache."""
+    return cached("ip_rules", None, _load_rules)
+
+
+def _load_rules() -> dict:
     rules: dict = defaultdict(_RuleSet)
     for channel_id, action, cidr in IpRule.objects.filter(enabled=True).values_list("channel_id", "action", "cidr"):
         network = ipaddress.ip_network(cidr, strict=False)
         getattr(rules[channel_id], action).append(network)
-    with _lock:
-        _cache = (time.monotonic(), dict(rules))
-    return _cache[1]
+    return dict(rules)
 
 
 def ip_allowed(client_ip: str | None, *, channel=None) -> bool:

@@ -1,16 +1,17 @@
 """Effective limits: which policy (or setting) gives each limit of a user, API key or channel.
 
 Policies are few and read on every request, so each process keeps a snapshot of all enabled ones
-for GATEWAY_QUOTA_POLICY_CACHE_SECONDS; an admin edit applies everywhere within that time.
+(gateway_project.config_cache): an admin edit applies at once where it was made and within
+GATEWAY_CONFIG_CHECK_SECONDS everywhere else.
 """
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
+
+from gateway_project.config_cache import cached
 
 from .models import Period, QuotaPolicy
 
@@ -36,28 +37,17 @@ class Limits:
         return any(getattr(self, name) is not None for name in BUDGET_FIELDS)
 
 
-_lock = threading.Lock()
-_snapshot: tuple[float, dict] | None = None
-
-
-def invalidate_policies() -> None:
-    global _snapshot
-    _snapshot = None
-
-
 def _policies() -> dict:
     """{("role", name) | ("user", id) | ("api_key", id) | ("channel", id): QuotaPolicy}."""
-    global _snapshot
-    cached = _snapshot
-    if cached is not None and time.monotonic() - cached[0] < settings.GATEWAY_QUOTA_POLICY_CACHE_SECONDS:
-        return cached[1]
+    return cached("quota_policies", None, _load_policies)
+
+
+def _load_policies() -> dict:
     table = {}
     for policy in QuotaPolicy.objects.filter(enabled=True):
         target = {"role": policy.role, "user": policy.user_id, "api_key": policy.api_key_id,
                   "channel": policy.channel_id}[policy.scope]
         table[(policy.scope, target)] = policy
-    with _lock:
-        _snapshot = (time.monotonic(), table)
     return table
 
 

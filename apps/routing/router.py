@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from apps.conversations.errors import NoRoute, NotFound
+from gateway_project.config_cache import cached
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +57,12 @@ def route_message(msg, *, channel, user, conversation):
 
 def decide_route(*, text: str, metadata: dict, channel, user, conversation=None) -> RouteDecision:
     """Which agent would answer, and why (also what the admin's route tester shows)."""
-    from apps.agents.models import Agent
-    from apps.identities.permissions import user_can_use_agent
-
-    from .models import Route
+    from apps.agents.models import agent_by_slug
+    from apps.identities.permissions import user_access, user_can_use_agent
 
     requested = metadata.get(REQUESTED_AGENT_KEY)
     if requested:
-        agent = Agent.objects.select_related("model__provider").filter(slug=str(requested), enabled=True).first()
+        agent = agent_by_slug(str(requested))
         if agent is None or not user_can_use_agent(user, agent):
             # The same answer for "no such agent" and "not yours": names are not disclosed.
             raise NotFound(f"No assistant named {str(requested)[:64]!r} is available to you.")
@@ -71,10 +70,9 @@ def decide_route(*, text: str, metadata: dict, channel, user, conversation=None)
 
     sticky = conversation.agent if conversation is not None and conversation.agent_id else None
     merged = {**metadata, **(conversation.metadata if conversation is not None else {})}
-    groups = {g.pk: g.name for g in user.groups.all()}
+    groups = user_access(user).groups
     decision = RouteDecision(agent=None)
-    routes = Route.objects.filter(enabled=True).select_related("agent", "channel", "sender_group")
-    for route in routes:
+    for route in enabled_routes():
         if sticky is not None and not route.reroutes:
             decision.checks.append(RuleCheck(route, False, ["the conversation already has an agent and this "
                                                             "rule does not reroute"]))
@@ -100,6 +98,14 @@ def decide_route(*, text: str, metadata: dict, channel, user, conversation=None)
     else:
         decision.reason = "no rule matched and the channel has no enabled default agent"
     return decision
+
+
+def enabled_routes() -> list:
+    """The enabled rules by priority, kept per process (gateway_project.config_cache)."""
+    from .models import Route
+
+    return cached("routes", None, lambda: list(
+        Route.objects.filter(enabled=True).select_related("agent", "channel", "sender_group")))
 
 
 def rule_matches(route, *, text: str, metadata: dict, channel, groups: dict) -> tuple[bool, list[str]]:

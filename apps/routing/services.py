@@ -70,7 +70,10 @@ def handoff_end(*, conversation, staff) -> None:
 def hold_for_handoff(message) -> bool:
     """In the agent run: True (and the message is put back, unanswered) if a human has the
     conversation, so the agent stays quiet."""
-    if handoff_open(message.conversation_id) is None:
+    held = getattr(message, "in_handoff", None)  # annotated by the agent run's claim
+    if held is None:
+        held = handoff_open(message.conversation_id) is not None
+    if not held:
         return False
     Message.objects.filter(pk=message.pk).update(status=Status.ACCEPTED, lease_until=None)
     logger.info("conversation in human handoff; the agent does not answer")

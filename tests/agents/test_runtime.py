@@ -91,3 +91,27 @@ class TestAgentRun:
         assert message.status == "failed"
         assert not Message.objects.filter(reply_to=message).exists()
         assert listener.drain()[-1]["type"] == "chat.error"
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+class TestDatabaseConnectionDuringModelCalls:
+    """A worker thread gives its pooled connection back while a model answers (runtime.call_model)."""
+
+    def test_released_to_the_pool_outside_a_transaction(self):
+        from django.db import connection, transaction
+
+        from apps.agents.runtime import release_database_connection
+
+        assert connection.settings_dict["OPTIONS"].get("pool"), "services mode uses the pool"
+        Message.objects.exists()  # borrow a connection
+        pool = connection.pool
+        lent = pool.get_stats()["pool_size"] - pool.get_stats()["pool_available"]
+        assert connection.connection is not None
+        release_database_connection()
+        assert connection.connection is None
+        assert pool.get_stats()["pool_size"] - pool.get_stats()["pool_available"] == lent - 1
+        with transaction.atomic():
+            Message.objects.exists()
+            release_database_connection()  # inside a transaction the connection must stay
+            assert connection.connection is not None and connection.in_atomic_block

@@ -51,6 +51,21 @@ class TestMetrics:
         assert grew("gateway_cost_total", model="fake-gpt") > 0
         assert ("gateway_queue_depth", (("queue", "gateway"),)) in after
 
+    def test_histogram_buckets_are_cumulative(self, client):
+        from apps.logs.metrics import REQUEST_LATENCY_BUCKETS_S, request_observed
+
+        channel = f"histogram-{id(self)}"  # a label of this test only
+        for latency_ms in (20, 20, 300, 90_000):  # 0.02 s twice, 0.3 s, and past the last bound
+            request_observed(channel=channel, status_code=200, rejection="", latency_ms=latency_ms)
+        samples = scrape(client)
+        counts = {le: value(samples, "gateway_request_latency_seconds_bucket", channel=channel, le=le)
+                  for le in [str(b) for b in REQUEST_LATENCY_BUCKETS_S] + ["+Inf"]}
+        assert counts["0.01"] == 0 and counts["0.025"] == 2 and counts["0.25"] == 2
+        assert counts["0.5"] == 3 and counts["60.0"] == 3 and counts["+Inf"] == 4
+        assert list(counts.values()) == sorted(counts.values())  # never decreasing
+        assert value(samples, "gateway_request_latency_seconds_count", channel=channel) == 4
+        assert value(samples, "gateway_request_latency_seconds_sum", channel=channel) == pytest.approx(90.34)
+
     def test_token_setting_refuses_a_scrape_without_it(self, client, settings):
         settings.GATEWAY_METRICS_TOKEN = "s3cret"
         assert client.get("/metrics").status_code == 401

@@ -1,0 +1,145 @@
+"""Configuration read on every message, kept in each process until somebody changes it.
+
+Channels, agents (with their fallbacks and tools), routes, API key scopes and each user's roles and
+permissions change rarely, yet every request and every agent run reads them: loading them from
+PostgreSQL each time was most of the gateway's per-message work. Each process keeps what it has
+loaded. Any change saved through the ORM (the admin, commands, services; see ``watch()``) drops
+this process's copies at once and, after the transaction commits, writes a new generation token to
+the shared cache. Every process compares that token at most every GATEWAY_CONFIG_CHECK_SECONDS
+(default 1 s) and drops its copies when it differs: a change applies at once in the process that
+made it and within that time everywhere else.
+
+``QuerySet.update()`` sends no signal: call ``config_changed()`` after one on these models. When
+the shared cache is unreachable nothing is kept (every read goes to the database).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save
+
+logger = logging.getLogger(__name__)
+
+GENERATION_KEY = "gateway:config-generation"
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_entries: dict[tuple, object] = {}
+_epoch = 0  # bumped whenever _entries is emptied, so a load that raced a change is not kept
+_shared_token: object = None  # the shared generation the entries belong to
+_checked_at = float("-inf")
+_quiet = threading.local()
+_watched_fields: dict[type, frozenset[str]] = {}
+
+
+def cached(namespace: str, key, load: Callable[[], T]) -> T:
+    """The value kept for (namespace, key), else ``load()`` (kept unless a change raced it).
+
+    Values are shared by every thread of the process: treat them as read-only.
+    """
+    if not _in_sync():
+        return load()
+    entry_key = (namespace, key)
+    try:
+        return _entries[entry_key]  # type: ignore[return-value]
+    except KeyError:
+        pass
+    epoch = _epoch
+    value = load()
+    with _lock:
+        if epoch == _epoch:
+            _entries[entry_key] = value
+    return value
+
+
+def config_changed() -> None:
+    """Forget everything here now, and tell the other processes once the change is committed."""
+    clear()
+    transaction.on_commit(_publish_generation)
+
+
+@contextlib.contextmanager
+def unchanged():
+    """Saves inside this block are not configuration changes: for rows nobody can have cached yet
+    (a customer seen for the first time, given the customer role)."""
+    previous = getattr(_quiet, "on", False)
+    _quiet.on = True
+    try:
+        yield
+    finally:
+        _quiet.on = previous
+
+
+def clear() -> None:
+    """Forget everything this process keeps (tests call this between tests)."""
+    global _epoch, _checked_at
+    with _lock:
+        _entries.clear()
+        _epoch += 1
+        _checked_at = float("-inf")
+
+
+def _publish_generation() -> None:
+    clear()  # anything loaded between the change and its commit may be the old state
+    try:
+        cache.set(GENERATION_KEY, uuid.uuid4().hex, None)
+    except Exception:  # the shared cache is down: other processes stop caching until it is back
+        logger.warning("could not publish a configuration change to the shared cache")
+
+
+def _in_sync() -> bool:
+    """Whether the kept entries may be used: the shared generation is the one they belong to."""
+    global _shared_token, _checked_at, _epoch
+    now = time.monotonic()
+    if now - _checked_at < settings.GATEWAY_CONFIG_CHECK_SECONDS:
+        return True
+    try:
+        token = cache.get(GENERATION_KEY)
+    except Exception:
+        clear()
+        return False
+    with _lock:
+        if token != _shared_token:
+            _entries.clear()
+            _epoch += 1
+            _shared_token = token
+        _checked_at = now
+    return True
+
+
+def watch(*models, m2m_through=(), fields: dict | None = None) -> None:
+    """Treat saves and deletes of ``models`` and membership changes of the ``m2m_through``
+    tables as configuration changes. ``fields`` ({model: names}) limits a model's saves to those
+    that may change one of these fields. Called from AppConfig.ready()."""
+    for model, names in (fields or {}).items():
+        _watched_fields[model] = frozenset(names)
+    for model in models:
+        post_save.connect(_on_change, sender=model, weak=False, dispatch_uid=f"config-save-{model._meta.label}")
+        post_delete.connect(_on_change, sender=model, weak=False,
+                            dispatch_uid=f"config-delete-{model._meta.label}")
+    for through in m2m_through:
+        m2m_changed.connect(_on_m2m_change, sender=through, weak=False,
+                            dispatch_uid=f"config-m2m-{through._meta.label}")
+
+
+def _on_change(sender, created: bool = False, update_fields=None, **kwargs) -> None:
+    if getattr(_quiet, "on", False):
+        return
+    names = _watched_fields.get(sender)
+    if names is not None and (created or (update_fields is not None and not names & set(update_fields))):
+        return  # a new row, or a save that left the fields read from the cache alone
+    config_changed()
+
+
+def _on_m2m_change(action: str, **kwargs) -> None:
+    if action in ("post_add", "post_remove", "post_clear") and not getattr(_quiet, "on", False):
+        config_changed()

@@ -1,0 +1,100 @@
+"""Configuration kept per process (gateway_project.config_cache): fewer queries per message, and
+every change still applies: at once in the process that made it, within
+GATEWAY_CONFIG_CHECK_SECONDS in the others (simulated here by writing the shared generation the
+way another process's commit does)."""
+import pytest
+from django.contrib.auth.models import Permission
+from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from apps.agents.models import agent_by_slug, agent_tools
+from apps.connectors.models import Channel, channel_by_slug
+from apps.identities.permissions import role_rank, user_access, visibility_allows
+from apps.identities.roles import Role, ensure_role_groups
+from apps.identities.services import identity_create_customer
+from gateway_project import config_cache
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def another_process_committed_a_change():
+    """What another process does after its commit: a new shared generation token."""
+    cache.set(config_cache.GENERATION_KEY, f"other-{id(object())}", None)
+
+
+class TestKeptUntilChanged:
+    def test_a_second_lookup_asks_no_query(self, api_channel):
+        assert channel_by_slug("api").pk == api_channel.pk
+        with CaptureQueriesContext(connection) as queries:
+            again = channel_by_slug("api", kind="api")
+        assert again.pk == api_channel.pk and len(queries) == 0
+
+    def test_each_caller_gets_its_own_copy(self, api_channel):
+        first = channel_by_slug("api")
+        first.name = "changed by one caller"
+        assert channel_by_slug("api").name == api_channel.name
+
+    def test_a_save_here_applies_at_once(self, api_channel):
+        assert channel_by_slug("api").enabled
+        api_channel.enabled = False
+        api_channel.save()
+        assert not channel_by_slug("api").enabled
+
+    def test_a_change_elsewhere_applies_after_the_check_interval(self, api_channel, settings):
+        settings.GATEWAY_CONFIG_CHECK_SECONDS = 3600
+        assert channel_by_slug("api").enabled
+        Channel.objects.filter(pk=api_channel.pk).update(enabled=False)  # no signal: "elsewhere"
+        another_process_committed_a_change()
+        assert channel_by_slug("api").enabled  # not looked at yet: within the interval
+        settings.GATEWAY_CONFIG_CHECK_SECONDS = 0
+        assert not channel_by_slug("api").enabled
+
+    def test_queryset_update_then_config_changed(self, agent):
+        assert agent_by_slug(agent.slug) is not None
+        type(agent).objects.filter(pk=agent.pk).update(enabled=False)
+        assert agent_by_slug(agent.slug) is not None  # an update() sends no signal ...
+        config_cache.config_changed()
+        assert agent_by_slug(agent.slug) is None  # ... which is why callers say so
+
+    def test_tool_membership_changes_apply(self, tool_agent, tools):
+        before = {t.slug for t in agent_tools(tool_agent)}
+        removed = tool_agent.tools.first()
+        tool_agent.tools.remove(removed)
+        assert {t.slug for t in agent_tools(tool_agent)} == before - {removed.slug}
+
+
+class TestUserAccess:
+    def test_role_and_permissions_without_queries_the_second_time(self, employee):
+        assert role_rank(employee) == 1
+        fresh = type(employee).objects.get(pk=employee.pk)
+        with CaptureQueriesContext(connection) as queries:
+            assert role_rank(fresh) == 1
+            assert visibility_allows(fresh, "internal") and not visibility_allows(fresh, "admin")
+        assert len(queries) == 0
+
+    def test_a_new_role_applies_at_once(self, customer):
+        assert not visibility_allows(customer, "internal")
+        customer.groups.add(ensure_role_groups()[Role.EMPLOYEE])
+        fresh = type(customer).objects.get(pk=customer.pk)
+        assert visibility_allows(fresh, "internal") and role_rank(fresh) == 1
+
+    def test_a_granted_permission_applies_at_once(self, customer):
+        fresh = type(customer).objects.get(pk=customer.pk)
+        assert not fresh.has_perm("identities.use_admin_agents")
+        customer.user_permissions.add(Permission.objects.get(codename="use_admin_agents"))
+        fresh = type(customer).objects.get(pk=customer.pk)
+        assert user_access(fresh) and fresh.has_perm("identities.use_admin_agents")
+
+    def test_a_disabled_user_has_no_permission_even_when_kept(self, employee):
+        assert visibility_allows(employee, "internal")
+        type(employee).objects.filter(pk=employee.pk).update(is_active=False)
+        fresh = type(employee).objects.get(pk=employee.pk)
+        assert not visibility_allows(fresh, "internal")  # is_active is read from the row, not kept
+
+    def test_a_first_time_customer_is_not_a_configuration_change(self, api_channel):
+        another_process_committed_a_change()
+        before = cache.get(config_cache.GENERATION_KEY)
+        identity = identity_create_customer(channel=api_channel, external_id="first-timer")
+        assert role_rank(identity.user) == 0
+        assert cache.get(config_cache.GENERATION_KEY) == before
