@@ -60,26 +60,35 @@ def wecom_text_xml(*, user="zhangsan", text="你好", msg_id=None, msg_type="tex
             f"<MsgId>{msg_id}</MsgId><AgentID>{WECOM['agent_id']}</AgentID>{extra}</xml>").encode()
 
 
-def wecom_post(client, channel, plaintext: bytes | None = None, *, crypto=None, timestamp=None, nonce="1372623149",
-               signature=None, encrypt=None, body=None, content_type="text/xml"):
+def wecom_callback(plaintext: bytes | None = None, *, crypto=None, timestamp=None, nonce="1372623149",
+                   signature=None, encrypt=None, body=None) -> tuple[str, str]:
+    """(query string, XML body) of a callback as WeCom sends it: encrypted, then signed."""
     crypto = crypto or wecom_crypto()
     timestamp = str(int(time.time())) if timestamp is None else str(timestamp)
     encrypt = encrypt if encrypt is not None else crypto.encrypt(plaintext)
     signature = signature or crypto.signature(timestamp, nonce, encrypt)
     if body is None:
-        body = (f"<xml><ToUserName><![CDATA[{WECOM['corp_id']}]]></ToUserName>"
+        body = (f"<xml><ToUserName><![CDATA[{crypto.receive_id}]]></ToUserName>"
                 f"<Encrypt><![CDATA[{encrypt}]]></Encrypt><AgentID><![CDATA[{WECOM['agent_id']}]]></AgentID></xml>")
-    query = f"msg_signature={signature}&timestamp={timestamp}&nonce={nonce}"
+    return f"msg_signature={signature}&timestamp={timestamp}&nonce={nonce}", body
+
+
+def wecom_post(client, channel, plaintext: bytes | None = None, *, content_type="text/xml", **callback):
+    query, body = wecom_callback(plaintext, **callback)
     return client.post(f"/api/v1/channels/{channel.slug}/webhook?{query}", data=body, content_type=content_type)
+
+
+def crm_headers(body: bytes, *, secret=CRM_SECRET, timestamp=None, signature=None) -> dict[str, str]:
+    """The signature headers a CRM sends with ``body``."""
+    timestamp = str(int(time.time())) if timestamp is None else str(timestamp)
+    return {"X-Gateway-Timestamp": timestamp, "X-Gateway-Signature": signature or crm_sign(secret, timestamp, body)}
 
 
 def crm_post(client, channel, payload, *, secret=CRM_SECRET, timestamp=None, signature=None, body=None,
              content_type="application/json"):
     body = json.dumps(payload).encode() if body is None else body
-    timestamp = str(int(time.time())) if timestamp is None else str(timestamp)
-    signature = signature or crm_sign(secret, timestamp, body)
     return client.post(f"/api/v1/channels/{channel.slug}/webhook", data=body, content_type=content_type,
-                       headers={"X-Gateway-Timestamp": timestamp, "X-Gateway-Signature": signature})
+                       headers=crm_headers(body, secret=secret, timestamp=timestamp, signature=signature))
 
 
 def assert_refused(response, status: int, *, code: str | None = None):
