@@ -91,6 +91,21 @@ def crm_post(client, channel, payload, *, secret=CRM_SECRET, timestamp=None, sig
                        headers=crm_headers(body, secret=secret, timestamp=timestamp, signature=signature))
 
 
+def assert_refusal_logged_and_audited(response, channel, *, code: str = "unauthenticated"):
+    """The refused request is a RequestLog row naming the channel, and a ``request.refused`` audit event."""
+    from apps.logs.models import AuditEvent, RequestLog
+    from apps.logs.request_log import request_log_flush
+
+    request_log_flush()
+    row = RequestLog.objects.get(request_id=response["X-Request-ID"])
+    assert (row.status_code, row.rejection, row.channel, row.client_ip) == (
+        response.status_code, code, channel, "127.0.0.1")
+    event = AuditEvent.objects.get(action="request.refused", detail__request_id=row.request_id)
+    assert event.target_id == str(row.pk) and event.client_ip == "127.0.0.1"
+    assert event.detail == {"code": code, "status": response.status_code, "channel": channel.kind,
+                            "request_id": row.request_id}  # no body, no signature
+
+
 def assert_refused(response, status: int, *, code: str | None = None):
     """A clear 4xx in the gateway's error shape, and no message stored (so no agent run)."""
     assert response.status_code == status, response.content

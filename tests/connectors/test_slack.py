@@ -10,6 +10,7 @@ from apps.connectors.base import hmac_sha256_hex
 from apps.conversations.models import Conversation, Message
 from tests.connectors.connector_helpers import (
     SLACK_SECRET,
+    assert_refusal_logged_and_audited,
     assert_refused,
     fixture_json,
     slack_event,
@@ -104,6 +105,12 @@ class TestRefusals:
     def test_forged_signature(self, client, slack_channel):
         assert_refused(slack_post(client, slack_channel, slack_event("app_mention.json"), secret="not-the-secret"),
                        401, code="unauthenticated")
+
+    def test_forged_and_replayed_requests_are_logged_and_audited(self, client, slack_channel):
+        forged = slack_post(client, slack_channel, slack_event("app_mention.json"), secret="not-the-secret")
+        replayed = slack_post(client, slack_channel, slack_event("app_mention.json"), timestamp=int(time.time()) - 3600)
+        for response in (forged, replayed):
+            assert_refusal_logged_and_audited(response, slack_channel)
 
     def test_missing_signature(self, client, slack_channel):
         assert_refused(slack_post(client, slack_channel, slack_event("app_mention.json"), signature=""), 401)

@@ -9,6 +9,7 @@ from apps.connectors.wecom_crypto import WeComCrypto, WeComCryptoError
 from apps.conversations.models import Message
 from tests.connectors.connector_helpers import (
     WECOM,
+    assert_refusal_logged_and_audited,
     assert_refused,
     fixture_json,
     wecom_crypto,
@@ -123,6 +124,12 @@ class TestRefusals:
 
     def test_stale_timestamp(self, client, wecom_channel):
         assert_refused(wecom_post(client, wecom_channel, wecom_text_xml(), timestamp=int(time.time()) - 3600), 401)
+
+    def test_forged_and_replayed_callbacks_are_logged_and_audited(self, client, wecom_channel):
+        forged = wecom_post(client, wecom_channel, wecom_text_xml(), crypto=wecom_crypto(token="forged"))
+        replayed = wecom_post(client, wecom_channel, wecom_text_xml(), timestamp=int(time.time()) - 3600)
+        for response in (forged, replayed):
+            assert_refusal_logged_and_audited(response, wecom_channel)
 
     def test_tampered_ciphertext_correctly_signed(self, client, wecom_channel):
         encrypt = wecom_crypto().encrypt(wecom_text_xml())
