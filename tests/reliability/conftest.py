@@ -17,6 +17,7 @@ import pytest
 
 from apps.connectors.fake_platforms import FakePlatforms
 from gateway_project.stack import PrivatePostgres, Stack, base_env, http
+from tests.connectors.connector_helpers import crm_headers, wecom_crypto
 
 SLACK_SECRET = "reliability-slack-signing-secret"
 SLACK_BOT_USER = "U0RELBOT"
@@ -28,6 +29,12 @@ channel = Channel.objects.filter(slug="slack").first() or Channel(
     config={{"bot_user_id": "{SLACK_BOT_USER}"}})
 channel.set_secrets(signing_secret="{SLACK_SECRET}", bot_token="xoxb-reliability")
 channel.save()
+"""
+# seed_demo points the CRM channel's callbacks at fake_platforms' default port; ours is a free one.
+POINT_CRM_CALLBACKS_AT = """
+crm = Channel.objects.get(slug="crm")
+crm.config = {{**crm.config, "callback_url": "{url}"}}
+crm.save()
 """
 
 FAST_RECOVERY_ENV = {
@@ -96,10 +103,12 @@ def gw():
         redis_process = stack.redis()
         llm_url = stack.fake_llm()
         stack.env.update(DATABASE_URL=database, REDIS_URL=f"redis://127.0.0.1:{redis_process.port}/0",
-                         OPENAI_BASE_URL=llm_url, SLACK_API_BASE_URL=platforms.slack_base_url)
+                         OPENAI_BASE_URL=llm_url, SLACK_API_BASE_URL=platforms.slack_base_url,
+                         WECOM_API_BASE_URL=platforms.wecom_base_url)
         stack.manage("migrate", "--noinput")
         demo = json.loads(stack.manage("seed_demo", "--json"))
-        stack.manage("shell", "-c", CREATE_SLACK_CHANNEL)
+        channels = CREATE_SLACK_CHANNEL + POINT_CRM_CALLBACKS_AT.format(url=platforms.crm_callback_url)
+        stack.manage("shell", "-c", channels)
         gateway = SimpleNamespace(stack=stack, pg=pg, database=database, redis=redis_process, llm_url=llm_url,
                                   demo=demo, workers=[stack.worker()], beat=stack.beat(), platforms=platforms)
         gateway.url = stack.daphne()
@@ -148,29 +157,57 @@ def post_message(gw, body, headers=None, timeout: float = 60):
     return http("POST", f"{gw.url}/api/v1/messages", body, {**gw.auth, **(headers or {})}, timeout=timeout)
 
 
+def webhook_deliver(gw, slug: str, body: bytes | str, headers: dict, query: str = ""):
+    """POST raw bytes to a channel's webhook as the platform would; (status, body bytes)."""
+    import urllib.error
+    import urllib.request
+
+    data = body.encode() if isinstance(body, str) else body
+    url = f"{gw.url}/api/v1/channels/{slug}/webhook" + (f"?{query}" if query else "")
+    request = urllib.request.Request(url, data=data, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
 def slack_deliver(gw, payload: dict, *, retry_num: int | None = None, secret: str = SLACK_SECRET,
-                  timestamp: int | None = None, signature: str | None = None):
+                  timestamp: int | None = None, signature: str | None = None, headers: dict | None = None):
     """POST a Slack Events API payload, signed as Slack signs it (v0 HMAC-SHA256)."""
     import hashlib
     import hmac
-    import urllib.error
-    import urllib.request
 
     body = json.dumps(payload).encode()
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     if signature is None:
         digest = hmac.new(secret.encode(), b"v0:" + stamp.encode() + b":" + body, hashlib.sha256).hexdigest()
         signature = f"v0={digest}"
-    headers = {"Content-Type": "application/json", "X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": signature}
+    headers = {"Content-Type": "application/json", "X-Slack-Request-Timestamp": stamp, "X-Slack-Signature": signature,
+               **(headers or {})}
     if retry_num is not None:
         headers.update({"X-Slack-Retry-Num": str(retry_num), "X-Slack-Retry-Reason": "http_timeout"})
-    request = urllib.request.Request(f"{gw.url}/api/v1/channels/slack/webhook", data=body, method="POST",
-                                     headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+    return webhook_deliver(gw, "slack", body, headers)
+
+
+def wecom_deliver(gw, callback: tuple[str, str], headers: dict | None = None):
+    """POST a WeCom callback ((query, body) from ``wecom_callback``) to the demo WeCom channel."""
+    query, body = callback
+    return webhook_deliver(gw, gw.demo["channels"]["wecom"]["slug"], body,
+                           {"Content-Type": "text/xml", **(headers or {})}, query)
+
+
+def wecom_demo_crypto(gw):
+    """The demo WeCom channel's callback crypto (its Token, EncodingAESKey and CorpID)."""
+    return wecom_crypto(**gw.demo["channels"]["wecom"])
+
+
+def crm_deliver(gw, payload: dict, **signing):
+    """POST a CRM event to the demo CRM channel, signed with its shared secret."""
+    crm = gw.demo["channels"]["crm"]
+    body = json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json", **crm_headers(body, secret=crm["secret"], **signing)}
+    return webhook_deliver(gw, crm["slug"], body, headers)
 
 
 def slack_message_event(text: str, *, channel: str = "C0REL", user: str = "U0ALICE", ts: str | None = None) -> dict:
