@@ -11,8 +11,17 @@ import pytest
 import websockets
 
 from gateway_project.stack import visitor_token
+from tests.connectors.connector_helpers import wecom_callback, wecom_text_xml
 
-from .conftest import post_message, replies_per_message, sql, wait_until_answered
+from .conftest import (
+    crm_deliver,
+    post_message,
+    replies_per_message,
+    sql,
+    wait_until_answered,
+    wecom_deliver,
+    wecom_demo_crypto,
+)
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
@@ -57,6 +66,38 @@ def test_concurrent_identical_requests_race_to_one_message(gw, ledger):
     ledger.answered += sum(1 for n in counts.values() if n)
     ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
     assert set(counts.values()) == {1}
+
+
+def delivered(matching, platform: str, timeout: float = 20) -> list:
+    """What ``matching()`` finds on the fake platform once something arrived and a duplicate had time to."""
+    deadline = time.monotonic() + timeout
+    while not matching():
+        assert time.monotonic() < deadline, f"the reply never reached {platform}"
+        time.sleep(0.2)
+    time.sleep(1.5)  # a duplicate post would arrive now
+    return matching()
+
+
+def deliver_repeatedly(deliver, times: int, *, at_once: bool) -> list[int]:
+    """HTTP statuses of ``times`` identical deliveries, one after another or all at once."""
+    if not at_once:
+        return [deliver()[0] for _ in range(times)]
+    with ThreadPoolExecutor(times) as pool:
+        return [status for status, _body in pool.map(lambda _: deliver(), range(times))]
+
+
+def answered_once(gw, ledger, external_id: str) -> str:
+    """The one inbound message stored under ``external_id``, once answered; counts it in the ledger."""
+    rows = sql(gw, "SELECT id::text FROM conversations_message WHERE direction='in' AND external_id = %s", external_id)
+    assert len(rows) == 1, rows
+    message_id = rows[0][0]
+    counts = wait_until_answered(gw, [message_id])
+    ledger.answered += bool(counts[message_id])
+    ledger.duplicates += max(0, counts[message_id] - 1)
+    assert counts[message_id] == 1
+    calls = sql(gw, "SELECT count(*) FROM logs_llmcall WHERE message_id::text = %s", message_id)
+    assert calls[0][0] == 1
+    return message_id
 
 
 async def _chat(url: str, frames: list[dict], wait_for_replies: int, timeout: float = 30) -> list[dict]:
@@ -123,13 +164,46 @@ def test_slack_retries_and_mention_pairs_are_answered_once(gw, ledger):
                f"C0REL:{ts}")
     assert len(rows) == 1
     counts = wait_until_answered(gw, [rows[0][0]])
-    deadline = time.monotonic() + 20
-    while not [m for m in gw.platforms.state.slack_messages if m["thread_ts"] == ts]:
-        assert time.monotonic() < deadline, "the reply never reached Slack"
-        time.sleep(0.2)
-    time.sleep(1.5)  # a duplicate post would arrive now
-    posts = [m for m in gw.platforms.state.slack_messages if m["thread_ts"] == ts]
+    posts = delivered(lambda: [m for m in gw.platforms.state.slack_messages if m["thread_ts"] == ts], "Slack")
     ledger.answered += 1
     ledger.duplicates += max(0, len(posts) - 1) + max(0, counts[rows[0][0]] - 1)
     assert len(posts) == 1 and counts[rows[0][0]] == 1
     assert posts[0]["text"] == "Echo: hello from slack"
+
+
+@pytest.mark.parametrize("at_once", [False, True], ids=["in_turn", "at_once"])
+def test_wecom_repeats_of_one_callback_are_answered_once(gw, ledger, at_once):
+    """Must hold: WeCom re-sending one callback (same MsgId, it got no answer within 5 s) three more
+    times — one after another, or all at once — is one inbound message, one model call and one
+    message/send to the user."""
+    user, msg_id = f"wecom-{uuid.uuid4().hex[:8]}", str(uuid.uuid4().int % 10**19)
+    callback = wecom_callback(wecom_text_xml(user=user, text="退款进度 [[delay:0.5]]", msg_id=msg_id),
+                              crypto=wecom_demo_crypto(gw))
+    statuses = deliver_repeatedly(lambda: wecom_deliver(gw, callback), 4, at_once=at_once)
+    ledger.sent += len(statuses)
+    ledger.errors_500 += sum(s >= 500 for s in statuses)
+    assert statuses == [200] * 4, statuses
+    answered_once(gw, ledger, msg_id)
+    sends = delivered(lambda: [m for m in gw.platforms.state.wecom_messages if m["touser"] == user], "WeCom")
+    ledger.duplicates += max(0, len(sends) - 1)
+    assert len(sends) == 1
+    assert sends[0]["text"]["content"] == "Echo: 退款进度"
+
+
+@pytest.mark.parametrize("at_once", [False, True], ids=["in_turn", "at_once"])
+def test_crm_redeliveries_of_one_event_are_answered_once(gw, ledger, at_once):
+    """Must hold: a CRM delivering one event (same event id) four times — one after another, or all at
+    once — is one inbound message, one model call and one signed callback with the reply."""
+    event_id = f"evt-{uuid.uuid4()}"
+    event = {"id": event_id, "user_id": f"contact-{uuid.uuid4().hex[:8]}", "message": "where is my order [[delay:0.5]]",
+             "timestamp": int(time.time())}
+    statuses = deliver_repeatedly(lambda: crm_deliver(gw, event), 4, at_once=at_once)
+    ledger.sent += len(statuses)
+    ledger.errors_500 += sum(s >= 500 for s in statuses)
+    assert statuses == [202] * 4, statuses
+    answered_once(gw, ledger, event_id)
+    callbacks = delivered(lambda: [json.loads(c["body"]) for c in gw.platforms.state.crm_callbacks
+                                   if json.loads(c["body"])["reply_to"] == event_id], "the CRM")
+    ledger.duplicates += max(0, len(callbacks) - 1)
+    assert len(callbacks) == 1
+    assert callbacks[0]["message"] == "Echo: where is my order" and callbacks[0]["user_id"] == event["user_id"]
