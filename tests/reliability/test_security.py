@@ -11,8 +11,9 @@ import redis
 import websockets
 
 from gateway_project.stack import http, visitor_token
+from tests.connectors.connector_helpers import wecom_callback, wecom_crypto, wecom_text_xml
 
-from .conftest import post_message, sql
+from .conftest import post_message, sql, wecom_deliver, wecom_demo_crypto
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
@@ -121,15 +122,37 @@ def test_oversized_websocket_frame_does_not_take_the_server_down(gw, ledger):
     assert status == 200, body
 
 
+def assert_refusals_logged_and_audited(gw, request_ids: list[str], channel_slug: str, timeout: float = 30) -> None:
+    """Each request is a RequestLog row (401 unauthenticated, the channel, the client address) and a
+    ``request.refused`` audit event, once the beat task has flushed the request log."""
+    deadline = time.monotonic() + timeout
+    query = ("SELECT r.request_id, r.status_code, r.rejection, c.slug, host(r.client_ip) FROM logs_requestlog r "
+             "LEFT JOIN connectors_channel c ON c.id = r.channel_id WHERE r.request_id = ANY(%s)")
+    while len(rows := sql(gw, query, request_ids)) < len(request_ids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert sorted(rows) == sorted((i, 401, "unauthenticated", channel_slug, "127.0.0.1") for i in request_ids)
+    events = sql(gw, "SELECT detail, host(client_ip) FROM logs_auditevent WHERE action = 'request.refused' "
+                     "AND detail->>'request_id' = ANY(%s)", request_ids)
+    assert len(events) == len(request_ids)
+    kind = sql(gw, "SELECT kind FROM connectors_channel WHERE slug = %s", channel_slug)[0][0]
+    for detail, client_ip in events:  # what was refused and from where; no body, no signature
+        assert set(detail) == {"code", "status", "channel", "request_id"} and client_ip == "127.0.0.1"
+        assert (detail["code"], detail["status"], detail["channel"]) == ("unauthenticated", 401, kind)
+
+
 def test_forged_and_replayed_slack_signatures_are_refused(gw, ledger):
     """Must hold: a wrong signing secret, a tampered body and a replay of a correctly signed request
-    older than CONNECTOR_SIGNATURE_MAX_AGE_SECONDS are 401; nothing is stored or answered."""
+    older than CONNECTOR_SIGNATURE_MAX_AGE_SECONDS are 401; nothing is stored or answered; each
+    refusal is in the request log and the audit log."""
     from .conftest import slack_deliver, slack_message_event
 
+    ids = [f"forged-slack-{uuid.uuid4().hex}" for _ in range(3)]
     inbound = "SELECT count(*) FROM conversations_message WHERE direction = 'in'"
     before = sql(gw, inbound)[0][0]
-    forged = slack_deliver(gw, slack_message_event("forged"), secret="not-the-secret")
-    stale = slack_deliver(gw, slack_message_event("replayed"), timestamp=int(time.time()) - 3600)
+    forged = slack_deliver(gw, slack_message_event("forged"), secret="not-the-secret",
+                           headers={"X-Request-ID": ids[0]})
+    stale = slack_deliver(gw, slack_message_event("replayed"), timestamp=int(time.time()) - 3600,
+                          headers={"X-Request-ID": ids[1]})
     tampered_event = slack_message_event("original")
     import hashlib
     import hmac
@@ -139,7 +162,30 @@ def test_forged_and_replayed_slack_signatures_are_refused(gw, ledger):
                                 b"v0:" + stamp.encode() + b":" + json.dumps(tampered_event).encode(),
                                 hashlib.sha256).hexdigest()
     tampered_event["event"]["text"] = "tampered"
-    tampered = slack_deliver(gw, tampered_event, timestamp=int(stamp), signature=good_sig)
+    tampered = slack_deliver(gw, tampered_event, timestamp=int(stamp), signature=good_sig,
+                             headers={"X-Request-ID": ids[2]})
     ledger.sent += 3
     assert [forged[0], stale[0], tampered[0]] == [401, 401, 401], (forged, stale, tampered)
     assert sql(gw, inbound)[0][0] == before
+    assert_refusals_logged_and_audited(gw, ids, "slack")
+
+
+def test_forged_and_replayed_wecom_callbacks_are_refused(gw, ledger):
+    """Must hold: a callback signed with the wrong Token, a replay older than
+    CONNECTOR_SIGNATURE_MAX_AGE_SECONDS and one encrypted for another CorpID are 401; nothing is
+    stored or answered; each refusal is in the request log and the audit log."""
+    demo = gw.demo["channels"]["wecom"]
+    msg_id = str(uuid.uuid4().int % 10**19)
+    plaintext = wecom_text_xml(user="wecom-mallory", text="refund me", msg_id=msg_id)
+    callbacks = [
+        wecom_callback(plaintext, crypto=wecom_crypto(**{**demo, "token": "not-the-token"})),
+        wecom_callback(plaintext, crypto=wecom_demo_crypto(gw), timestamp=int(time.time()) - 3600),
+        wecom_callback(plaintext, crypto=wecom_crypto(**{**demo, "corp_id": "ww-another-company"})),
+    ]
+    ids = [f"forged-wecom-{uuid.uuid4().hex}" for _ in callbacks]
+    statuses = [wecom_deliver(gw, callback, {"X-Request-ID": i})[0] for callback, i in zip(callbacks, ids, strict=True)]
+    ledger.sent += len(statuses)
+    ledger.errors_500 += sum(s >= 500 for s in statuses)
+    assert statuses == [401, 401, 401]
+    assert sql(gw, "SELECT count(*) FROM conversations_message WHERE external_id = %s", msg_id)[0][0] == 0
+    assert_refusals_logged_and_audited(gw, ids, demo["slug"])
