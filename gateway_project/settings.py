@@ -273,9 +273,12 @@ CONNECTOR_SEND_ATTEMPTS = env.int("CONNECTOR_SEND_ATTEMPTS", default=4)
 CONNECTOR_SEND_BACKOFF_SECONDS = env.float("CONNECTOR_SEND_BACKOFF_SECONDS", default=0.5)
 CONNECTOR_SEND_MAX_WAIT_SECONDS = env.float("CONNECTOR_SEND_MAX_WAIT_SECONDS", default=30.0)
 WECOM_ROBOT_MESSAGES_PER_MINUTE = env.int("WECOM_ROBOT_MESSAGES_PER_MINUTE", default=20)
-# Per-conversation order: a message waits while an earlier one of its conversation is in flight,
-# re-checking every GATEWAY_ORDER_RETRY_DELAY_SECONDS, for at most GATEWAY_ORDER_MAX_WAIT_SECONDS.
+# Per-conversation order: a message waits while an earlier one of its conversation is in flight.
+# The earlier one's run queues it as soon as it is done; meanwhile it re-checks after
+# GATEWAY_ORDER_RETRY_DELAY_SECONDS, doubling up to GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS, and
+# after GATEWAY_ORDER_MAX_WAIT_SECONDS in all it is answered anyway.
 GATEWAY_ORDER_RETRY_DELAY_SECONDS = env.float("GATEWAY_ORDER_RETRY_DELAY_SECONDS", default=0.5)
+GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS = env.float("GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS", default=10.0)
 GATEWAY_ORDER_MAX_WAIT_SECONDS = env.float("GATEWAY_ORDER_MAX_WAIT_SECONDS", default=300.0)
 
 # --- Logs, dashboards, metrics (apps.logs) ---------------------------------------------------

@@ -42,7 +42,7 @@ def _run_embedded(message_id: str) -> None:
     import time
 
     from .runtime import WaitingForEarlier, agent_run
-    from .tasks import order_retries
+    from .tasks import order_retries, order_retry_delay
 
     try:
         # Same order rule as the Celery task: wait for an earlier message of the conversation.
@@ -51,7 +51,7 @@ def _run_embedded(message_id: str) -> None:
                 agent_run(message_id, ignore_order=attempt >= order_retries())
                 break
             except WaitingForEarlier:
-                time.sleep(settings.GATEWAY_ORDER_RETRY_DELAY_SECONDS)
+                time.sleep(order_retry_delay(attempt))
     except Exception:
         logger.exception("embedded agent run failed", extra={"message_id": message_id})
     finally:

@@ -45,12 +45,15 @@ def agent_run(message_id, *, ignore_order: bool = False) -> Message | None:
         # The id of the request that brought the message in, so its logs join up with the reply's.
         request_token = request_id_var.set(message.request_id or None)
         try:
-            return _answer(message)
+            reply = _answer(message)
         except Exception:
             # A bug or an outage must not leave the sender waiting in silence.
             logger.exception("agent run crashed")
             fail_message(message, llm.LLMError("internal_error", "The agent run crashed."))
-            return None
+            reply = None
+        if message.status != Status.ACCEPTED:  # not put back for a human (handoff)
+            hand_over(message)
+        return reply
     finally:
         if request_token is not None:
             request_id_var.reset(request_token)
@@ -97,6 +100,20 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
     ).annotate(  # read in the same query: whether a human has the conversation (hold_for_handoff)
         in_handoff=Exists(Handoff.objects.filter(conversation_id=OuterRef("conversation_id"), ended_at__isnull=True))
     ).get(pk=message_id)
+
+
+def hand_over(message: Message) -> None:
+    """Queue the conversation's next waiting message now that this one is done, rather than
+    leaving it to find out at its next re-check (a burst from one sender drains at model speed)."""
+    from .dispatch import enqueue_agent_run
+
+    waiting = (
+        Message.objects.filter(conversation_id=message.conversation_id, direction=Direction.INBOUND,
+                               status=Status.ACCEPTED, created_at__gt=message.created_at)
+        .order_by("created_at").values_list("pk", flat=True).first()
+    )
+    if waiting is not None:
+        transaction.on_commit(lambda: enqueue_agent_run(waiting))
 
 
 def _answer(message: Message) -> Message | None:

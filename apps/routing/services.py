@@ -76,6 +76,7 @@ def hold_for_handoff(message) -> bool:
     if not held:
         return False
     Message.objects.filter(pk=message.pk).update(status=Status.ACCEPTED, lease_until=None)
+    message.status, message.lease_until = Status.ACCEPTED, None
     logger.info("conversation in human handoff; the agent does not answer")
     return True
 

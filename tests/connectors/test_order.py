@@ -62,3 +62,35 @@ def test_celery_task_retries_then_gives_up_on_a_stuck_earlier_message(client, sl
     assert second.status == "answered" and second.attempts == 1
     first.refresh_from_db()
     assert first.status == "accepted"
+
+
+def queued() -> int:
+    """Agent runs waiting in the broker's queue (nobody consumes it during unit tests)."""
+    from django.conf import settings
+
+    from gateway_project.celery import app
+
+    with app.connection_for_write() as conn:
+        return conn.default_channel.queue_declare(queue=settings.CELERY_TASK_DEFAULT_QUEUE, passive=True).message_count
+
+
+def test_answering_a_message_queues_the_next_one_of_its_conversation(client, slack_channel, platforms,
+                                                                      transactional_db):
+    """The next message does not wait for its own re-check: its predecessor's run hands over."""
+    first, second = two_dm_messages(client, slack_channel, first="first")
+    before = queued()
+    agent_run(first.id)
+    assert queued() == before + 1  # the second message, queued again now that the first is done
+    agent_run(second.id)
+    assert queued() == before + 1  # nothing waits after the last one
+
+
+def test_re_checks_back_off_and_add_up_to_the_longest_wait(settings):
+    from apps.agents.tasks import order_retries, order_retry_delay
+
+    settings.GATEWAY_ORDER_RETRY_DELAY_SECONDS = 0.5
+    settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS = 4
+    settings.GATEWAY_ORDER_MAX_WAIT_SECONDS = 20
+    assert [order_retry_delay(n) for n in range(6)] == [0.5, 1, 2, 4, 4, 4]
+    assert sum(order_retry_delay(n) for n in range(order_retries())) >= 20
+    assert sum(order_retry_delay(n) for n in range(order_retries() - 1)) < 20
