@@ -5,6 +5,9 @@
 Spec kinds:
 - ``http``: POST ``body`` to ``url`` ``count`` times at ``concurrency`` (``idempotency``: a unique
   Idempotency-Key per request, ``repeat_every``: also resend every Nth request with its key).
+  With ``slack_signing_secret``, each request is instead a distinct Slack ``message`` event
+  (a DM from one of ``slack_users`` senders), signed as Slack signs; a resend is Slack's retry of
+  the same event (same body, ``X-Slack-Retry-Num``), re-signed with a fresh timestamp.
 - ``ws_hold``: open ``connections`` websockets to ``url`` and hold them; then send ``messages``
   messages on ``message_sockets`` of them and time message→reply; reports connect/hold numbers.
 Bounded by counts and a wall-clock ``timeout``; loopback only.
@@ -12,6 +15,8 @@ Bounded by counts and a wall-clock ``timeout``; loopback only.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import statistics
 import sys
@@ -38,31 +43,57 @@ def summarize(latencies: list[float], duration: float, errors: dict, extra: dict
     }
 
 
+def slack_event(i: int, users: int) -> tuple[str, str]:
+    """(dedupe key "channel:ts", body) of the i-th Slack DM event."""
+    channel, ts = f"D{i % users:08d}", f"{int(time.time())}.{i:06d}"
+    event = {"type": "message", "channel": channel, "channel_type": "im", "user": f"UBENCH{i % users:05d}",
+             "text": f"benchmark hello {i}", "ts": ts}
+    body = {"token": "bench", "team_id": "TBENCH", "api_app_id": "ABENCH", "type": "event_callback",
+            "event_id": f"Ev{uuid.uuid4().hex[:12]}", "event_time": int(time.time()), "event": event}
+    return f"{channel}:{ts}", json.dumps(body)
+
+
+def slack_headers(secret: str, body: str) -> dict:
+    timestamp = str(int(time.time()))
+    digest = hmac.new(secret.encode(), f"v0:{timestamp}:{body}".encode(), hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": timestamp, "X-Slack-Signature": f"v0={digest}"}
+
+
 async def run_http(spec: dict) -> dict:
     latencies: list[float] = []
     errors: dict[str, int] = {}
     accepted: list[str] = []
     keys: list[str] = []
     queue: asyncio.Queue = asyncio.Queue()
+    slack_secret = spec.get("slack_signing_secret")
+    bodies: dict[str, str] = {}
     for i in range(spec["count"]):
         key = f"bench-{uuid.uuid4()}" if spec.get("idempotency") else None
-        queue.put_nowait(key)
+        if slack_secret:
+            key, bodies[key] = slack_event(i, spec.get("slack_users", 50))
+        queue.put_nowait((key, False))
         if key:
             keys.append(key)
             if spec.get("repeat_every") and i % spec["repeat_every"] == 0:
-                queue.put_nowait(key)  # a retried delivery of the same message
+                queue.put_nowait((key, True))  # a retried delivery of the same message
     connector = aiohttp.TCPConnector(limit=spec["concurrency"] + 5, force_close=False)
     timeout = aiohttp.ClientTimeout(total=spec.get("request_timeout", 60))
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         async def one_worker():
             while not queue.empty():
-                key = queue.get_nowait()
+                key, retry = queue.get_nowait()
                 headers = {"Content-Type": "application/json", **spec.get("headers", {})}
-                if key:
+                data = json.dumps(spec.get("body"))
+                if slack_secret:
+                    data = bodies[key]
+                    headers.update(slack_headers(slack_secret, data))
+                    if retry:
+                        headers.update({"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "http_timeout"})
+                elif key:
                     headers["Idempotency-Key"] = key
                 started = time.perf_counter()
                 try:
-                    async with session.post(spec["url"], data=json.dumps(spec["body"]), headers=headers) as resp:
+                    async with session.post(spec["url"], data=data, headers=headers) as resp:
                         raw = await resp.read()
                         if resp.status in spec.get("ok_status", [200]):
                             latencies.append(time.perf_counter() - started)
@@ -73,7 +104,7 @@ async def run_http(spec: dict) -> dict:
                 except Exception as exc:  # noqa: BLE001 - the bench counts every failure kind
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
 
-        if spec.get("warmup"):
+        if spec.get("warmup") and not slack_secret:  # Slack events are all counted: no warm-up
             for _ in range(spec["warmup"]):
                 async with session.post(spec["url"], data=json.dumps(spec["body"]),
                                         headers={"Content-Type": "application/json", **spec.get("headers", {})}):
@@ -82,8 +113,10 @@ async def run_http(spec: dict) -> dict:
         await asyncio.wait_for(asyncio.gather(*(one_worker() for _ in range(spec["concurrency"]))), spec["timeout"])
         duration = time.perf_counter() - started
     extra = {"sent": spec["count"] + (len(keys) // spec["repeat_every"] + 1 if spec.get("repeat_every") else 0)}
+    if keys:
+        extra["keys"] = keys
     if spec.get("collect_ids"):
-        extra.update(keys=keys, accepted_ids=accepted)
+        extra["accepted_ids"] = accepted
     return summarize(latencies, duration, errors, extra)
 
 

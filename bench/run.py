@@ -38,6 +38,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 WS_CONNECTIONS = int(os.environ.get("BENCH_WS_CONNECTIONS", "5000"))
 INGEST = int(os.environ.get("BENCH_INGEST", "1000"))
 SCENARIOS = set(os.environ.get("BENCH_SCENARIOS", "overhead,ingest,webchat,limits").split(","))
+WORKER_CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", "64"))
 MASTER_KEY = "sk-bench-master"
 CHAT_BODY = {"model": "fake-gpt", "messages": [{"role": "user", "content": "benchmark hello"}]}
 
@@ -151,41 +152,75 @@ def best_of(results: list[dict]) -> dict:
 
 
 def ingest(stack, urls: dict, demo: dict) -> list[dict]:
-    """Messages accepted per second (persisted + enqueued) vs a bare DRF endpoint; lost/duplicates counted."""
-    import psycopg
+    """Messages accepted per second (persisted + enqueued) vs a bare DRF endpoint; lost/duplicates counted.
 
+    Each front door runs twice: with the worker stopped (the entry point alone on the machine, as
+    the bare endpoint is measured; the worker then starts and drains the queue) and with the worker
+    answering at the same time (both on the same 2 cores). Every accepted message must be stored
+    once and answered once the queue drains.
+    """
     auth = {"Authorization": f"Bearer {demo['api_keys']['employee']}"}
     bare = load({"kind": "http", "url": f"{urls['gateway']}/bench/bare", "body": {"message": "x"}, "concurrency": 50,
                  "count": INGEST, "ok_status": [202], "timeout": 300, "warmup": 5})
-    api = load({"kind": "http", "url": f"{urls['gateway']}/api/v1/messages", "headers": auth,
-                "body": {"message": "ingest"}, "concurrency": 50, "count": INGEST, "ok_status": [202],
-                "idempotency": True, "repeat_every": 10, "collect_ids": True, "timeout": 300, "warmup": 5})
-    keys, accepted = api.pop("keys"), api.pop("accepted_ids")
-    # Every key must be stored exactly once, and every distinct accepted id must be in the database.
+    rows = [{"scenario": "bare DRF endpoint (ceiling)", "concurrency": 50, **bare}]
+    doors = {
+        "API messages accepted (202, 10% retried)": {
+            "url": f"{urls['gateway']}/api/v1/messages", "headers": auth, "body": {"message": "ingest"},
+            "ok_status": [202], "idempotency": True, "collect_ids": True},
+        "signed Slack events accepted (200, 10% Slack retries)": {
+            "url": f"{urls['gateway']}/api/v1/channels/{demo['channels']['slack']['slug']}/webhook",
+            "slack_signing_secret": demo["channels"]["slack"]["signing_secret"], "slack_users": 50,
+            "ok_status": [200]},
+    }
+    for worker_running in (False, True):
+        if not worker_running:
+            next(p for p in stack.processes if p.name == "celery" and p.popen.poll() is None).stop(timeout=60)
+        for name, door in doors.items():
+            result = load({"kind": "http", "concurrency": 50, "count": INGEST, "repeat_every": 10, "timeout": 300,
+                           "warmup": 5, **door})
+            label = f"{name}, worker {'answering meanwhile' if worker_running else 'stopped'}"
+            log(f"ingest {label}: {result['rps']}/s errors {result['errors']}")
+            rows.append({"scenario": label, "concurrency": 50, **result,
+                         "ratio_to_ceiling": round(result["rps"] / bare["rps"], 2) if bare["rps"] else None})
+        if not worker_running:
+            stack.worker(concurrency=WORKER_CONCURRENCY)
+        pending = drain()
+        for row in rows[-2:]:
+            row.update(count_stored(row.pop("keys"), row.pop("accepted_ids", [])), unanswered_after_drain=pending)
+    return rows
+
+
+def count_stored(keys: list[str], accepted_ids: list[str]) -> dict:
+    """Lost: an accepted message (or a sent key) not in the database. Duplicates: a key stored twice.
+    Answered: the distinct keys whose inbound message is answered."""
+    import psycopg
+
     with psycopg.connect(DATABASE_URL) as conn:
         rows = conn.execute(
-            "SELECT external_id, count(*) FROM conversations_message WHERE direction = 'in' AND external_id LIKE %s "
-            "GROUP BY 1", ("%bench-%",)).fetchall()
-        stored = {external.split(":", 1)[1]: n for external, n in rows}
+            "SELECT external_id, count(*), count(*) FILTER (WHERE status = 'answered') FROM conversations_message "
+            "WHERE direction = 'in' AND (external_id = ANY(%s) OR split_part(external_id, ':', 2) = ANY(%s)) "
+            "GROUP BY 1", (keys, keys)).fetchall()
         present = conn.execute("SELECT count(*) FROM conversations_message WHERE id::text = ANY(%s)",
-                               (sorted(set(accepted)),)).fetchone()[0]
-    lost = len(set(accepted)) - present + sum(1 for k in keys if k not in stored)
-    duplicates = sum(n - 1 for n in stored.values() if n > 1)
-    # Ingest then drains through the worker; wait for it so later scenarios start quiet.
-    deadline = time.monotonic() + 120
+                               (sorted(set(accepted_ids)),)).fetchone()[0]
+    stored = {external: (n, answered) for external, n, answered in rows}
+    stored_keys = {external if external in keys else external.split(":", 1)[1] for external in stored}
+    return {"distinct_keys": len(set(keys)), "lost": len(set(accepted_ids)) - present + len(set(keys) - stored_keys),
+            "duplicates": sum(n - 1 for n, _a in stored.values() if n > 1),
+            "answered": sum(1 for _n, answered in stored.values() if answered)}
+
+
+def drain(timeout: float = 300) -> int:
+    """Wait until no inbound message is accepted or processing; returns how many still are."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout
     with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
-        while time.monotonic() < deadline:
+        while True:
             pending = conn.execute("SELECT count(*) FROM conversations_message WHERE direction='in' "
                                    "AND status IN ('accepted','processing')").fetchone()[0]
-            if not pending:
-                break
+            if not pending or time.monotonic() > deadline:
+                return pending
             time.sleep(1)
-    return [
-        {"scenario": "bare DRF endpoint (ceiling)", "concurrency": 50, **bare},
-        {"scenario": "API messages accepted (202, 10% retried)", "concurrency": 50, **api,
-         "ratio_to_ceiling": round(api["rps"] / bare["rps"], 2) if bare["rps"] else None,
-         "lost": lost, "duplicates": duplicates, "distinct_keys": len(keys), "unanswered_after_drain": pending},
-    ]
 
 
 def webchat(stack, urls: dict, demo: dict) -> dict:
@@ -228,12 +263,16 @@ def main() -> None:
     stack = Stack(env)
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                      "machine": {"cpus": os.cpu_count(), "fd_limit": hard}, "llm_delay_ms": float(LLM_DELAY_MS)}
+    from apps.connectors.fake_platforms import FakePlatforms
+
+    platforms = FakePlatforms()  # Slack's Web API for the replies to the ingested Slack events
+    platforms.start_in_thread()
     try:
         llm_url = stack.fake_llm("--delay-ms", LLM_DELAY_MS)
-        stack.env["OPENAI_BASE_URL"] = llm_url
+        stack.env.update(OPENAI_BASE_URL=llm_url, SLACK_API_BASE_URL=platforms.slack_base_url)
         stack.manage("migrate", "--noinput")
         demo = json.loads(stack.manage("seed_demo", "--json"))
-        stack.worker(concurrency=int(os.environ.get("BENCH_WORKER_CONCURRENCY", "64")))
+        stack.worker(concurrency=WORKER_CONCURRENCY)
         urls = {"llm": llm_url, "gateway": stack.daphne()}
         urls["litellm"] = start_litellm(stack, llm_url)
         profiler = start_profiler(stack) if os.environ.get("BENCH_PROFILE") == "1" else None
@@ -255,6 +294,7 @@ def main() -> None:
         raise
     finally:
         stack.stop()
+        platforms.stop()
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
     (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2))
@@ -318,11 +358,13 @@ def render(results: dict) -> str:
         lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['rps']} | {r['p50_ms']} | {r['p95_ms']} | "
                      f"{r['p99_ms']} | {r['overhead_p50_ms']} | {r['errors'] or ''} |")
     lines += ["", "## Ingest (accepted = persisted + enqueued) vs a bare DRF endpoint on the same Daphne", "",
-              "| scenario | conc. | accepted/s | p50 ms | p99 ms | ratio to ceiling | lost | duplicates |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "| scenario | conc. | accepted/s | p50 ms | p99 ms | ratio to ceiling | distinct | lost | duplicates "
+              "| answered after drain | errors |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results.get("ingest", []):
         lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | "
-                     f"{r.get('ratio_to_ceiling', '')} | {r.get('lost', '')} | {r.get('duplicates', '')} |")
+                     f"{r.get('ratio_to_ceiling', '')} | {r.get('distinct_keys', '')} | {r.get('lost', '')} | "
+                     f"{r.get('duplicates', '')} | {r.get('answered', '')} | {r.get('errors') or ''} |")
     w = results.get("webchat")
     if w:
         lines += ["", "## Web chat (one Daphne process)", "",
