@@ -37,7 +37,9 @@ REQUESTS = int(os.environ.get("BENCH_REQUESTS", "100"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 WS_CONNECTIONS = int(os.environ.get("BENCH_WS_CONNECTIONS", "5000"))
 INGEST = int(os.environ.get("BENCH_INGEST", "1000"))
-SCENARIOS = set(os.environ.get("BENCH_SCENARIOS", "overhead,ingest,webchat,limits").split(","))
+ALL_SCENARIOS = ("overhead", "ingest", "webchat", "limits")
+SCENARIOS = set(os.environ.get("BENCH_SCENARIOS", ",".join(ALL_SCENARIOS)).split(","))
+RESULT_KEYS = ("overhead", "profile", "ingest", "webchat", "limit_step")
 WORKER_CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", "64"))
 MASTER_KEY = "sk-bench-master"
 CHAT_BODY = {"model": "fake-gpt", "messages": [{"role": "user", "content": "benchmark hello"}]}
@@ -296,6 +298,14 @@ def main() -> None:
         stack.stop()
         platforms.stop()
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    results["runs"] = {name: results["started"] for name in RESULT_KEYS if name in results}
+    if (RESULTS / "latest.json").exists() and SCENARIOS != set(ALL_SCENARIOS):
+        # A partial run (BENCH_SCENARIOS) keeps the other scenarios' latest results, each with its run's time.
+        previous = json.loads((RESULTS / "latest.json").read_text())
+        for name in RESULT_KEYS:
+            if name not in results and name in previous:
+                results[name] = previous[name]
+                results["runs"][name] = previous.get("runs", {}).get(name, previous.get("started"))
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
     (RESULTS / f"{stamp}.json").write_text(json.dumps(results, indent=2))
     markdown = render(results)
@@ -351,6 +361,7 @@ def render(results: dict) -> str:
     lines = [f"# Benchmark results ({results['started']})", "",
              f"Machine: {results['machine']['cpus']} CPUs; fake_llm delay {results['llm_delay_ms']} ms; "
              "one Daphne, one Celery worker (threads), one LiteLLM worker; load from a separate process on loopback.",
+             "", "Runs: " + "; ".join(f"{name} {when}" for name, when in results.get("runs", {}).items()),
              "", "## Gateway overhead vs the model directly (median of interleaved rounds)", "",
              "| scenario | conc. | req/s | p50 ms | p95 ms | p99 ms | p50 overhead ms | errors |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
