@@ -37,6 +37,7 @@ _entries: dict[tuple, object] = {}
 _epoch = 0  # bumped whenever _entries is emptied, so a load that raced a change is not kept
 _shared_token: object = None  # the shared generation the entries belong to
 _checked_at = float("-inf")
+_reachable = True  # whether the last look at the shared generation succeeded
 _quiet = threading.local()
 _watched_fields: dict[type, frozenset[str]] = {}
 
@@ -97,22 +98,29 @@ def _publish_generation() -> None:
 
 
 def _in_sync() -> bool:
-    """Whether the kept entries may be used: the shared generation is the one they belong to."""
-    global _shared_token, _checked_at, _epoch
+    """Whether the kept entries may be used: the shared generation is the one they belong to.
+
+    While the shared cache cannot be read, nothing is kept (a change elsewhere could go unseen);
+    it is asked again at the next interval, not on every lookup.
+    """
+    global _shared_token, _checked_at, _epoch, _reachable
     now = time.monotonic()
     if now - _checked_at < settings.GATEWAY_CONFIG_CHECK_SECONDS:
-        return True
+        return _reachable
     try:
         token = cache.get(GENERATION_KEY)
     except Exception:
-        clear()
+        with _lock:
+            _entries.clear()
+            _epoch += 1
+            _shared_token, _checked_at, _reachable = None, now, False
         return False
     with _lock:
-        if token != _shared_token:
+        if token != _shared_token or not _reachable:
             _entries.clear()
             _epoch += 1
             _shared_token = token
-        _checked_at = now
+        _checked_at, _reachable = now, True
     return True
 
 

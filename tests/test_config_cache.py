@@ -98,3 +98,17 @@ class TestUserAccess:
         identity = identity_create_customer(channel=api_channel, external_id="first-timer")
         assert role_rank(identity.user) == 0
         assert cache.get(config_cache.GENERATION_KEY) == before
+
+
+class TestSharedCacheDown:
+    def test_nothing_is_kept_while_the_generation_cannot_be_read(self, api_channel, settings):
+        """A change made elsewhere while Redis is unreachable could go unseen: read the database."""
+        settings.GATEWAY_CONFIG_CHECK_SECONDS = 3600
+        # A Redis nobody listens on (port 9, refused); Django swaps its cache handlers on this change.
+        settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                       "LOCATION": "redis://127.0.0.1:9/0",
+                                       "OPTIONS": {"socket_connect_timeout": 0.5}}}
+        config_cache.clear()
+        assert channel_by_slug("api").enabled
+        Channel.objects.filter(pk=api_channel.pk).update(enabled=False)  # no signal
+        assert not channel_by_slug("api").enabled  # read again, not kept
