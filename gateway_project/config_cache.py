@@ -5,7 +5,8 @@ permissions change rarely, yet every request and every agent run reads them: loa
 PostgreSQL each time was most of the gateway's per-message work. Each process keeps what it has
 loaded. Any change saved through the ORM (the admin, commands, services; see ``watch()``) drops
 this process's copies at once and, after the transaction commits, writes a new generation token to
-the shared cache. Every process compares that token at most every GATEWAY_CONFIG_CHECK_SECONDS
+the shared cache (``CACHES["config"]``: Redis, or a file on the embedded default). Every process
+compares that token at most every GATEWAY_CONFIG_CHECK_SECONDS
 (default 1 s) and drops its copies when it differs: a change applies at once in the process that
 made it and within that time everywhere else.
 
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import caches
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save
 
@@ -92,7 +93,7 @@ def clear() -> None:
 def _publish_generation() -> None:
     clear()  # anything loaded between the change and its commit may be the old state
     try:
-        cache.set(GENERATION_KEY, uuid.uuid4().hex, None)
+        caches["config"].set(GENERATION_KEY, uuid.uuid4().hex, None)
     except Exception:  # the shared cache is down: other processes stop caching until it is back
         logger.warning("could not publish a configuration change to the shared cache")
 
@@ -108,7 +109,7 @@ def _in_sync() -> bool:
     if now - _checked_at < settings.GATEWAY_CONFIG_CHECK_SECONDS:
         return _reachable
     try:
-        token = cache.get(GENERATION_KEY)
+        token = caches["config"].get(GENERATION_KEY)
     except Exception:
         with _lock:
             _entries.clear()

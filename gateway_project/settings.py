@@ -124,6 +124,13 @@ else:
     # by every request it serves; django-ratelimit's checks assume several processes.
     SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
 
+# Where processes tell each other that the configuration changed (gateway_project/config_cache.py):
+# Redis with services; on the embedded default a file beside the database, so that a command run
+# from another shell (seed_demo, create_api_key, ...) reaches the running server too.
+CACHES["config"] = CACHES["default"] if REDIS_URL else {
+    "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+    "LOCATION": env.str("GATEWAY_CONFIG_GENERATION_DIR", default=str(BASE_DIR / "var" / "config-generation")),
+}
 # Channels, agents, routes, key scopes, roles, quota policies and IP rules are kept in each
 # process; a change made elsewhere applies here within this many seconds
 # (gateway_project/config_cache.py).

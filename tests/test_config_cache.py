@@ -4,7 +4,7 @@ GATEWAY_CONFIG_CHECK_SECONDS in the others (simulated here by writing the shared
 way another process's commit does)."""
 import pytest
 from django.contrib.auth.models import Permission
-from django.core.cache import cache
+from django.core.cache import caches
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def another_process_committed_a_change():
     """What another process does after its commit: a new shared generation token."""
-    cache.set(config_cache.GENERATION_KEY, f"other-{id(object())}", None)
+    caches["config"].set(config_cache.GENERATION_KEY, f"other-{id(object())}", None)
 
 
 class TestKeptUntilChanged:
@@ -94,10 +94,10 @@ class TestUserAccess:
 
     def test_a_first_time_customer_is_not_a_configuration_change(self, api_channel):
         another_process_committed_a_change()
-        before = cache.get(config_cache.GENERATION_KEY)
+        before = caches["config"].get(config_cache.GENERATION_KEY)
         identity = identity_create_customer(channel=api_channel, external_id="first-timer")
         assert role_rank(identity.user) == 0
-        assert cache.get(config_cache.GENERATION_KEY) == before
+        assert caches["config"].get(config_cache.GENERATION_KEY) == before
 
 
 class TestSharedCacheDown:
@@ -105,9 +105,9 @@ class TestSharedCacheDown:
         """A change made elsewhere while Redis is unreachable could go unseen: read the database."""
         settings.GATEWAY_CONFIG_CHECK_SECONDS = 3600
         # A Redis nobody listens on (port 9, refused); Django swaps its cache handlers on this change.
-        settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                                       "LOCATION": "redis://127.0.0.1:9/0",
-                                       "OPTIONS": {"socket_connect_timeout": 0.5}}}
+        unreachable = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": "redis://127.0.0.1:9/0",
+                       "OPTIONS": {"socket_connect_timeout": 0.5}}
+        settings.CACHES = {"default": unreachable, "config": unreachable}
         config_cache.clear()
         assert channel_by_slug("api").enabled
         Channel.objects.filter(pk=api_channel.pk).update(enabled=False)  # no signal

@@ -47,7 +47,8 @@ def services_stack(django_db_setup, django_db_blocker, fake_platforms_live):
 def embedded_stack(tmp_path_factory):
     """The embedded default, as `make run` starts it: SQLite, no Redis, one Daphne + fake_llm."""
     db_path = tmp_path_factory.mktemp("embedded") / "gateway.sqlite3"
-    stack = Stack(base_env(DATABASE_URL=f"sqlite:///{db_path}"))
+    stack = Stack(base_env(DATABASE_URL=f"sqlite:///{db_path}",
+                           GATEWAY_CONFIG_GENERATION_DIR=str(db_path.parent / "config-generation")))
     try:
         llm_url = stack.fake_llm()
         stack.env["OPENAI_BASE_URL"] = llm_url

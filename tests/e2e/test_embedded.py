@@ -48,3 +48,27 @@ def test_health_and_readiness(embedded_stack):
     assert http("GET", f"{embedded_stack.url}/healthz")[0] == 200
     status, body, _ = http("GET", f"{embedded_stack.url}/readyz")
     assert status == 200 and body["checks"] == {"database": "ok"}
+
+
+SET_API_CHANNEL = "from apps.connectors.models import Channel; c = Channel.objects.get(slug='api'); " \
+                  "c.enabled = {enabled}; c.save()"
+
+
+def test_a_change_made_from_another_shell_reaches_the_running_server(embedded_stack):
+    """The embedded default has no Redis: a command run beside `make run` (another process) tells
+    the server that the configuration changed through the generation file, so its kept copy of the
+    channel is dropped."""
+    key = embedded_stack.demo["api_keys"]["customer"]
+
+    def send():
+        return http("POST", f"{embedded_stack.url}/api/v1/messages", {"message": "are you there"},
+                    {"Authorization": f"Bearer {key}"})
+
+    assert send()[0] == 202  # the server now keeps the API channel
+    embedded_stack.stack.manage("shell", "-c", SET_API_CHANNEL.format(enabled=False))
+    try:
+        status, body, _ = send()
+        assert status == 403 and body["error"]["code"] == "channel_disabled", body
+    finally:
+        embedded_stack.stack.manage("shell", "-c", SET_API_CHANNEL.format(enabled=True))
+    assert send()[0] == 202
