@@ -46,7 +46,10 @@ _watched_fields: dict[type, frozenset[str]] = {}
 def cached(namespace: str, key, load: Callable[[], T]) -> T:
     """The value kept for (namespace, key), else ``load()`` (kept unless a change raced it).
 
-    Values are shared by every thread of the process: treat them as read-only.
+    Values are shared by every thread of the process: treat them as read-only. ``None`` (nothing
+    found) is not kept: keys can be names a caller chose (a webhook slug, a requested model), and
+    misses must not grow the cache. At GATEWAY_CONFIG_CACHE_MAX_ENTRIES (one per active user,
+    among others) everything is dropped and reloaded as needed.
     """
     if not _in_sync():
         return load()
@@ -57,8 +60,12 @@ def cached(namespace: str, key, load: Callable[[], T]) -> T:
         pass
     epoch = _epoch
     value = load()
+    if value is None:
+        return value
     with _lock:
         if epoch == _epoch:
+            if len(_entries) >= settings.GATEWAY_CONFIG_CACHE_MAX_ENTRIES:
+                _entries.clear()
             _entries[entry_key] = value
     return value
 

@@ -135,6 +135,7 @@ CACHES["config"] = CACHES["default"] if REDIS_URL else {
 # process; a change made elsewhere applies here within this many seconds
 # (gateway_project/config_cache.py).
 GATEWAY_CONFIG_CHECK_SECONDS = env.float("GATEWAY_CONFIG_CHECK_SECONDS", default=1.0)
+GATEWAY_CONFIG_CACHE_MAX_ENTRIES = env.int("GATEWAY_CONFIG_CACHE_MAX_ENTRIES", default=20000)
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")

@@ -112,3 +112,26 @@ class TestSharedCacheDown:
         assert channel_by_slug("api").enabled
         Channel.objects.filter(pk=api_channel.pk).update(enabled=False)  # no signal
         assert not channel_by_slug("api").enabled  # read again, not kept
+
+
+class TestBounded:
+    def test_a_miss_is_not_kept(self, agent):
+        """Unknown names (chosen by callers) do not fill the cache, and a row that appears without a
+        signal (bulk_create) is found."""
+        assert channel_by_slug("not-yet") is None
+        Channel.objects.bulk_create([Channel(slug="not-yet", name="Late", kind="api", default_agent=agent)])
+        assert channel_by_slug("not-yet").name == "Late"
+
+    def test_never_more_entries_than_the_limit(self, settings, make_user):
+        settings.GATEWAY_CONFIG_CACHE_MAX_ENTRIES = 3
+        users = [make_user(Role.CUSTOMER) for _ in range(5)]
+        for user in users:
+            assert role_rank(type(user).objects.get(pk=user.pk)) == 0
+            assert len(config_cache._entries) <= 3
+
+
+def test_an_anonymous_user_has_no_role_and_no_permission():
+    from django.contrib.auth.models import AnonymousUser
+
+    assert role_rank(AnonymousUser()) == -1
+    assert not visibility_allows(AnonymousUser(), "public")

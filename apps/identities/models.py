@@ -51,13 +51,10 @@ class User(AbstractUser):
     @property
     def role(self) -> str:
         """The highest role among the user's groups (customer when none)."""
-        from .permissions import user_access
+        from .permissions import role_rank
 
-        names = set(user_access(self).groups.values())
-        for role in reversed(ROLE_ORDER):
-            if role in names:
-                return role
-        return Role.CUSTOMER
+        rank = role_rank(self)
+        return ROLE_ORDER[rank] if rank >= 0 else Role.CUSTOMER
 
 
 class ChannelIdentity(models.Model):

@@ -35,12 +35,17 @@ class UserAccess:
     group_perms: frozenset
 
 
+NO_ACCESS = UserAccess(groups={}, user_perms=frozenset(), group_perms=frozenset())
+
+
 def user_access(user) -> UserAccess:
     """The user's groups and global permissions, kept per process (gateway_project.config_cache).
 
     Also fills the caches ModelBackend reads, so ``user.has_perm("app.codename")`` on this user
     object asks no query. Object permissions (django-guardian) are always read fresh.
     """
+    if user.pk is None or not user.is_authenticated:
+        return NO_ACCESS  # anonymous: no groups, no permissions (and nothing to load)
     access = getattr(user, "_gateway_access", None)
     if access is None:
         access = cached("user_access", user.pk, lambda: _load_access(user))
