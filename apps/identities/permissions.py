@@ -88,7 +88,7 @@ def visibility_allows(user, visibility: str, kind: str = "agents") -> bool:
         visibility = "admin"
     if kind == "channels" and visibility == "public":
         return True
-    user_access(user)
+    user_access(user)  # fills ModelBackend's caches on this user object: has_perm asks no query
     return user.has_perm(f"identities.use_{visibility}_{kind}")
 
 

@@ -71,20 +71,12 @@ def _merge(subject: str, layers: list[tuple[str, QuotaPolicy | None]], defaults:
 def user_limits(user, *, role: str | None = None) -> Limits:
     """The user's own policy, else their role's, else GATEWAY_USER_RATE (budgets: none)."""
     table = _policies()
-    role = role or _role_of(user)
+    role = role or user.role  # kept per process with the user's groups (identities.permissions)
     return _merge(
         f"user:{user.pk}",
         [("user policy", table.get(("user", user.pk))), (f"role {role}", table.get(("role", role)))],
         {"request_rate": (settings.GATEWAY_USER_RATE, "setting GATEWAY_USER_RATE")},
     )
-
-
-def _role_of(user) -> str:
-    """The user's role, looked up once per user object (a request checks several limits)."""
-    role = getattr(user, "_quota_role", None)
-    if role is None:
-        role = user._quota_role = user.role
-    return role
 
 
 def api_key_limits(api_key_id) -> Limits:
