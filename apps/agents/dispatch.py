@@ -41,17 +41,31 @@ def enqueue_agent_run(message_id) -> None:
 def _run_embedded(message_id: str) -> None:
     import time
 
-    from .runtime import WaitingForEarlier, agent_run
-    from .tasks import order_retries, order_retry_delay
+    from .runtime import DatabaseUnavailable, WaitingForEarlier, agent_run
+    from .tasks import DATABASE_RETRIES, database_retry_delay, order_retries, order_retry_delay
 
+    # The Celery task's retry rules, as a loop: wait for an earlier message of the conversation,
+    # and retry a run the database failed under.
+    order_waits = database_retries = 0
+    release_attempt = None
     try:
-        # Same order rule as the Celery task: wait for an earlier message of the conversation.
-        for attempt in range(order_retries() + 1):
+        while True:
             try:
-                agent_run(message_id, ignore_order=attempt >= order_retries())
-                break
+                agent_run(message_id, ignore_order=order_waits >= order_retries(), release_attempt=release_attempt)
+                return
             except WaitingForEarlier:
-                time.sleep(order_retry_delay(attempt))
+                time.sleep(order_retry_delay(order_waits))
+                order_waits += 1
+                release_attempt = None
+            except DatabaseUnavailable as exc:
+                close_old_connections()
+                if database_retries >= DATABASE_RETRIES:
+                    logger.error("database still unavailable; the message is left to the requeue task",
+                                 extra={"message_id": message_id})
+                    return
+                time.sleep(database_retry_delay(database_retries))
+                database_retries += 1
+                release_attempt = exc.claimed_attempt
     except Exception:
         logger.exception("embedded agent run failed", extra={"message_id": message_id})
     finally:

@@ -10,7 +10,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
@@ -26,19 +26,43 @@ from . import llm, orchestrator
 logger = logging.getLogger(__name__)
 
 
+# The database connection failed (PostgreSQL restarting, a pool timeout, a dropped connection):
+# the run is retried rather than the message failed, since nothing about the message is wrong.
+DATABASE_OUTAGE = (OperationalError, InterfaceError)
+
+
 class WaitingForEarlier(Exception):
     """An earlier message of the same conversation is still being answered: try again shortly."""
 
 
-def agent_run(message_id, *, ignore_order: bool = False) -> Message | None:
+class DatabaseUnavailable(Exception):
+    """The database went away during the run and the message is not answered: try again shortly.
+
+    ``claimed_attempt`` is the message's ``attempts`` as this run claimed it (None if the claim
+    was not made or already given back); the retry passes it as ``release_attempt``.
+    """
+
+    def __init__(self, claimed_attempt: int | None):
+        super().__init__("database unavailable during the agent run")
+        self.claimed_attempt = claimed_attempt
+
+
+def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | None = None) -> Message | None:
     """Answer one inbound message. Returns the reply, or None if there was nothing to do.
 
     Raises WaitingForEarlier (nothing changed) while an earlier message of its conversation is
     in flight; the caller retries later, and finally passes ``ignore_order=True``.
+
+    Raises DatabaseUnavailable when the database fails mid-run; the caller retries later with
+    ``release_attempt=exc.claimed_attempt``, which first gives back the claim the failed run left.
     """
     token = message_id_var.set(str(message_id))
     request_token = None
+    message = None
     try:
+        if release_attempt is not None:
+            release_claim(message_id, release_attempt)
+            release_attempt = None
         message = claim(message_id, ignore_order=ignore_order)
         if message is None:
             return None
@@ -46,6 +70,8 @@ def agent_run(message_id, *, ignore_order: bool = False) -> Message | None:
         request_token = request_id_var.set(message.request_id or None)
         try:
             reply = _answer(message)
+        except DATABASE_OUTAGE:
+            raise
         except Exception:
             # A bug or an outage must not leave the sender waiting in silence.
             logger.exception("agent run crashed")
@@ -54,6 +80,11 @@ def agent_run(message_id, *, ignore_order: bool = False) -> Message | None:
         if message.status != Status.ACCEPTED:  # not put back for a human (handoff)
             hand_over(message)
         return reply
+    except DATABASE_OUTAGE as exc:
+        logger.warning("database unavailable during the agent run; it will be retried",
+                       extra={"error": str(exc)[:500]})
+        claimed = message.attempts if message is not None else release_attempt
+        raise DatabaseUnavailable(claimed) from exc
     finally:
         if request_token is not None:
             request_id_var.reset(request_token)
@@ -100,6 +131,17 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
     ).annotate(  # read in the same query: whether a human has the conversation (hold_for_handoff)
         in_handoff=Exists(Handoff.objects.filter(conversation_id=OuterRef("conversation_id"), ended_at__isnull=True))
     ).get(pk=message_id)
+
+
+def release_claim(message_id, attempt: int) -> int:
+    """Give back the claim of a run the database failed under, so the retry can claim it again.
+
+    Only the claim that run made is released (``attempts`` is still ``attempt``): a message
+    answered meanwhile, or claimed again after its lease ran out, is left as it is.
+    """
+    return Message.objects.filter(
+        pk=message_id, direction=Direction.INBOUND, status=Status.PROCESSING, attempts=attempt
+    ).update(status=Status.ACCEPTED, lease_until=None)
 
 
 def hand_over(message: Message) -> None:

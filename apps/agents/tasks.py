@@ -1,11 +1,24 @@
 """Celery tasks. They take ids and call a service; the service is idempotent under redelivery."""
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 from django.conf import settings
 
 from .recovery import requeue_stuck_messages
-from .runtime import WaitingForEarlier, agent_run
+from .runtime import DatabaseUnavailable, WaitingForEarlier, agent_run
+
+logger = logging.getLogger(__name__)
+
+# A run the database failed under is retried after 1, 2, 4, 8, then every 10 seconds, this many
+# times (about three minutes); after that the message is left to the periodic requeue task.
+DATABASE_RETRIES = 20
+DATABASE_RETRY_MAX_DELAY_SECONDS = 10.0
+
+
+def database_retry_delay(retries: int) -> float:
+    return min(2.0 ** min(retries, 30), DATABASE_RETRY_MAX_DELAY_SECONDS)
 
 
 def order_retry_delay(retries: int) -> float:
@@ -26,12 +39,26 @@ def order_retries() -> int:
 
 @shared_task(bind=True, name="agents.run_agent", acks_late=True, reject_on_worker_lost=True, ignore_result=True,
              max_retries=None)
-def run_agent(self, message_id: str) -> None:
-    """Answer one inbound message (no-op if it is already answered or being answered)."""
+def run_agent(self, message_id: str, release_attempt: int | None = None, database_retries: int = 0) -> None:
+    """Answer one inbound message (no-op if it is already answered or being answered).
+
+    Two kinds of retry, counted apart: waiting for an earlier message of the conversation, and
+    the database failing mid-run (the retry first releases the claim the failed run left).
+    """
+    order_waits = self.request.retries - database_retries
     try:
-        agent_run(message_id, ignore_order=self.request.retries >= order_retries())
+        agent_run(message_id, ignore_order=order_waits >= order_retries(), release_attempt=release_attempt)
     except WaitingForEarlier as exc:
-        raise self.retry(countdown=order_retry_delay(self.request.retries), exc=exc) from exc
+        raise self.retry(countdown=order_retry_delay(order_waits), exc=exc, args=(message_id,),
+                         kwargs={"database_retries": database_retries}) from exc
+    except DatabaseUnavailable as exc:
+        if database_retries >= DATABASE_RETRIES:
+            logger.error("database still unavailable; the message is left to the requeue task",
+                         extra={"message_id": message_id})
+            return
+        raise self.retry(countdown=database_retry_delay(database_retries), exc=exc, args=(message_id,),
+                         kwargs={"release_attempt": exc.claimed_attempt,
+                                 "database_retries": database_retries + 1}) from exc
 
 
 @shared_task(name="agents.requeue_stuck_messages", ignore_result=True)

@@ -4,7 +4,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from apps.agents.runtime import agent_run
+from apps.agents.runtime import agent_run, claim, release_claim
 from apps.conversations.models import Message
 from apps.conversations.realtime import conversation_group, reply_group
 from apps.logs.models import LLMCall
@@ -47,6 +47,23 @@ class TestAgentRun:
         assert agent_run(message.id).text == "Echo: retry me"
         message.refresh_from_db()
         assert message.attempts == 1 and message.status == "answered"
+
+    def test_a_run_the_database_failed_under_gives_back_only_its_own_claim(self, api_channel, customer):
+        message = send(api_channel, customer, "the database went away")
+        first = claim(message.id)
+        assert first.attempts == 1
+        assert release_claim(message.id, 1) == 1  # the retry of the failed run takes it back
+        message.refresh_from_db()
+        assert message.status == "accepted" and message.lease_until is None
+        claim(message.id)  # claimed again (attempts 2), e.g. by the requeue task after the lease
+        assert release_claim(message.id, 1) == 0  # a stale release leaves the new claim alone
+        message.refresh_from_db()
+        assert (message.status, message.attempts) == ("processing", 2)
+        Message.objects.filter(pk=message.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
+        assert agent_run(message.id, release_attempt=1).text == "Echo: the database went away"
+        assert release_claim(message.id, 3) == 0  # answered: nothing to give back
+        message.refresh_from_db()
+        assert message.status == "answered"
 
     def test_history_is_sent_to_the_model(self, api_channel, customer, fake_llm):
         first = send(api_channel, customer, "my name is Ada")

@@ -8,6 +8,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
 import pytest
 
 from gateway_project.stack import http
@@ -60,6 +61,41 @@ def test_worker_killed_mid_run_is_answered_once_after_restart(gw, ledger):
     (status_now, attempts), = sql(gw, "SELECT status, attempts FROM conversations_message WHERE id::text = %s",
                                   message_id)
     assert status_now == "answered" and attempts >= 2
+
+
+@pytest.mark.parametrize("fault", ["pg_cancel_backend", "pg_terminate_backend"], ids=["cancelled", "killed"])
+def test_database_fault_mid_run_is_retried_not_failed(gw, ledger, fault):
+    """Must hold: when PostgreSQL cancels the worker's statement (statement timeout, deadlock,
+    an operator) or ends its connection (a restart or failover does that to every backend) mid-run,
+    the message is not failed: the run is retried and the message answered exactly once."""
+    status, body, _ = post_message(gw, {"message": f"think a moment ({fault}) [[delay:1.5]]"})
+    ledger.sent += 1
+    assert status == 202, body
+    message_id = body["message_id"]
+    wait_for_status(gw, message_id, "processing")
+    # While the model answers, lock the tables the run writes next; once the worker waits on the
+    # lock, cancel its statement or end its connection. The database itself stays up, so a run
+    # that took the fault for a failed answer would manage to mark the message failed.
+    with psycopg.connect(gw.database, connect_timeout=5) as conn:
+        conn.execute("LOCK TABLE quotas_usagedaily, logs_llmcall IN ACCESS EXCLUSIVE MODE")
+        deadline, hit = time.monotonic() + 20, []
+        while not hit and time.monotonic() < deadline:
+            time.sleep(0.05)
+            conn.execute("SELECT pg_stat_clear_snapshot()")  # a transaction sees one snapshot otherwise
+            hit = conn.execute(
+                f"SELECT {fault}(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock' "
+                "AND (query ILIKE '%%quotas_usagedaily%%' OR query ILIKE '%%logs_llmcall%%')"
+            ).fetchall()
+        assert hit, "the run never reached the locked tables"
+        ledger.faults += 1
+    counts = wait_until_answered(gw, [message_id], timeout=60)
+    ledger.answered += counts[message_id] > 0
+    ledger.duplicates += max(0, counts[message_id] - 1)
+    (status_now, attempts), = sql(gw, "SELECT status, attempts FROM conversations_message WHERE id::text = %s",
+                                  message_id)
+    assert (status_now, counts[message_id]) == ("answered", 1)
+    assert attempts >= 2  # claimed again by the retry
 
 
 def test_redis_down_then_back_every_accepted_message_is_answered(gw, ledger):
