@@ -150,6 +150,14 @@ def agent_by_slug(slug: str) -> Agent | None:
         Agent.objects.select_related("model__provider").filter(slug=slug, enabled=True).first()))
 
 
+def agent_by_id(pk) -> Agent | None:
+    """The agent with primary key ``pk``, enabled or not (a message keeps the agent it was routed
+    to), with its model and provider; kept per process."""
+    from gateway_project.config_cache import cached
+
+    return cached("agent_by_id", pk, lambda: Agent.objects.select_related("model__provider").filter(pk=pk).first())
+
+
 def agent_tools(agent: Agent) -> list[Tool]:
     """The agent's enabled tools, kept per process."""
     from gateway_project.config_cache import cached

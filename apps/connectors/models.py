@@ -91,3 +91,12 @@ def channel_by_slug(slug: str, *, kind: str | None = None) -> Channel | None:
     if channel is None or (kind is not None and channel.kind != kind):
         return None
     return copy.copy(channel)
+
+
+def channel_by_id(pk) -> Channel | None:
+    """The channel with primary key ``pk`` (for a worker answering one of its messages), kept per
+    process like channel_by_slug; each call gets its own copy of the row."""
+    from gateway_project.config_cache import cached
+
+    channel = cached("channel_by_id", pk, lambda: Channel.objects.select_related("default_agent").filter(pk=pk).first())
+    return None if channel is None else copy.copy(channel)
