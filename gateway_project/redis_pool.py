@@ -3,13 +3,15 @@
 Django makes a cache object per thread and per async context, and each RedisCache object makes its
 own connection pool: under Daphne every request (and every websocket's helper thread) opened a new
 TCP connection to Redis for its first rate-limit check. ``CACHES["default"]["OPTIONS"]["pool_class"]``
-points here so all of them share one pool (redis-py's pools are thread-safe and reset after fork).
+points here so all of them share one pool (redis-py's pools are thread-safe and reset after fork),
+and the ``SharedRedisCache`` backend shares one client object per pool as well.
 """
 from __future__ import annotations
 
 import threading
 
 import redis
+from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 
 
 class SharedConnectionPool(redis.ConnectionPool):
@@ -26,3 +28,26 @@ class SharedConnectionPool(redis.ConnectionPool):
                 if pool is None:
                     pool = cls._shared[key] = redis.ConnectionPool.from_url(url, **kwargs)
         return pool
+
+
+class SharedClientRedisCacheClient(RedisCacheClient):
+    """Django's Redis cache client, handing out one ``redis.Redis`` per pool instead of a new one
+    per cache call (building a client costs more CPU than the GET it sends; a client over a pool
+    is thread-safe)."""
+
+    _clients: dict[redis.ConnectionPool, redis.Redis] = {}
+
+    def get_client(self, key=None, *, write=False) -> redis.Redis:
+        pool = self._get_connection_pool(write)
+        client = self._clients.get(pool)
+        if client is None:
+            client = self._clients.setdefault(pool, self._client(connection_pool=pool))
+        return client
+
+
+class SharedRedisCache(RedisCache):
+    """``CACHES[...]["BACKEND"]``: Django's RedisCache with SharedClientRedisCacheClient."""
+
+    def __init__(self, server, params):
+        super().__init__(server, params)
+        self._class = SharedClientRedisCacheClient

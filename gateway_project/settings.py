@@ -102,9 +102,10 @@ else:
 if REDIS_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "gateway_project.redis_pool.SharedRedisCache",
             "LOCATION": REDIS_URL,
-            # One pool per process, not one per thread or request (gateway_project/redis_pool.py).
+            # One pool and one client per process, not one per thread, request or call
+            # (gateway_project/redis_pool.py).
             "OPTIONS": {"pool_class": "gateway_project.redis_pool.SharedConnectionPool"},
         }
     }

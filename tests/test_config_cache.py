@@ -135,3 +135,34 @@ def test_an_anonymous_user_has_no_role_and_no_permission():
 
     assert role_rank(AnonymousUser()) == -1
     assert not visibility_allows(AnonymousUser(), "public")
+
+
+class TestApiKeys:
+    def test_a_key_is_looked_up_once_and_each_request_gets_its_own_copy(self, customer, api_key_for):
+        from apps.identities.authentication import api_key_user
+
+        raw = api_key_for(customer)
+        user, key = api_key_user(raw)
+        user.first_name = "changed by one request"
+        with CaptureQueriesContext(connection) as queries:
+            again_user, again_key = api_key_user(raw)
+        assert len(queries) == 0  # last_used_at was written a moment ago: not again within the minute
+        assert again_key.pk == key.pk and again_user.pk == customer.pk and again_user.first_name != user.first_name
+
+    def test_revoking_the_key_or_blocking_the_user_applies_at_once(self, customer, api_key_for):
+        from rest_framework.exceptions import AuthenticationFailed
+
+        from apps.identities.access import Blocked
+        from apps.identities.authentication import api_key_user
+        from apps.identities.models import ApiKey
+        from apps.identities.services import api_key_revoke, user_block
+
+        revoked, kept = api_key_for(customer), api_key_for(customer)
+        api_key_user(revoked), api_key_user(kept)
+        api_key_revoke(key=ApiKey.objects.get(prefix=revoked.split("_")[1]), actor=None)
+        with pytest.raises(AuthenticationFailed):
+            api_key_user(revoked)
+        api_key_user(kept)
+        user_block(user=customer, actor=None, reason="abuse")
+        with pytest.raises(Blocked):
+            api_key_user(kept)

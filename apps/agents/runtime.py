@@ -100,8 +100,8 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
     message's reply is still being delivered.
 
     One statement claims and reads the message (UPDATE … RETURNING, with whether a human has the
-    conversation); its channel and agent come from the per-process configuration cache. (The
-    ORM's seven-table select_related spent more time in PostgreSQL's planner than running.)
+    conversation); its channel, agent and sender come from the per-process configuration cache.
+    (The ORM's seven-table select_related spent more time in PostgreSQL's planner than running.)
     """
     now = timezone.now()
     ops = connection.ops  # values as the database stores them (SQLite: uuid hex, naive UTC text)
@@ -122,14 +122,14 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
         return None
     message = claimed[0]
     from apps.connectors.models import channel_by_id
+    from apps.identities.models import user_by_id
 
-    # Shared read-only configuration rows; the sender and conversation load on first use.
-    channel = channel_by_id(message.channel_id)
-    if channel is not None:
-        message.channel = channel
-    agent = agent_by_id(message.agent_id) if message.agent_id else None
-    if agent is not None:
-        message.agent = agent
+    # Copies of rows kept per process; the conversation loads on first use (few runs need it).
+    for field, by_id in (("channel", channel_by_id), ("agent", agent_by_id), ("sender", user_by_id)):
+        pk = getattr(message, f"{field}_id")
+        related = by_id(pk) if pk is not None else None
+        if related is not None:
+            setattr(message, field, related)
     return message
 
 

@@ -13,9 +13,10 @@ class IdentitiesConfig(AppConfig):
 
         from .models import ApiKey, User
 
-        # What is kept per user is their groups and global permissions (permissions.user_access):
-        # a user's save matters only when it can change what has_perm answers.
-        watch(User, Group, ApiKey, fields={User: {"is_active", "is_superuser"}}, m2m_through=[
+        # What is kept per user is their groups and global permissions (permissions.user_access),
+        # and with an API key, the user row itself: a user's save matters only when it can change
+        # what has_perm answers or whether the user may come in at all.
+        watch(User, Group, ApiKey, fields={User: {"is_active", "is_superuser", "blocked_at"}}, m2m_through=[
             User.groups.through, User.user_permissions.through, Group.permissions.through,
             ApiKey.channels.through, ApiKey.agents.through,
         ])

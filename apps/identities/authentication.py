@@ -1,8 +1,9 @@
 """API key authentication: ``Authorization: Bearer gw_<prefix>_<secret>``."""
 from __future__ import annotations
 
+import copy
 import hmac
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -15,14 +16,29 @@ from .access import check_user_active
 from .models import ApiKey, hash_api_key
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # write last_used_at at most this often per key
+_last_used_written: dict[str, datetime] = {}  # per process: key prefix → when this process last wrote it
+
+
+def api_key_by_prefix(prefix: str) -> ApiKey | None:
+    """The key with this prefix and its user, kept per process (gateway_project.config_cache):
+    a revoked key, a disabled or blocked user is refused everywhere within
+    GATEWAY_CONFIG_CHECK_SECONDS. Unknown prefixes are not kept. Each call gets its own copies."""
+    from gateway_project.config_cache import cached
+
+    key = cached("api_key", prefix, lambda: ApiKey.objects.select_related("user").filter(prefix=prefix).first())
+    if key is None:
+        return None
+    key = copy.copy(key)
+    key.user = copy.copy(key.user)
+    return key
 
 
 def api_key_user(raw_key: str):
-    """(user, ApiKey) for a usable key, or raise AuthenticationFailed. One indexed query."""
+    """(user, ApiKey) for a usable key, or raise AuthenticationFailed. At most one indexed query."""
     parts = raw_key.split("_")
     if len(parts) < 3 or parts[0] != "gw" or not parts[1]:
         raise exceptions.AuthenticationFailed("Malformed API key.")
-    key = ApiKey.objects.select_related("user").filter(prefix=parts[1]).first()
+    key = api_key_by_prefix(parts[1])
     # Compare even when the prefix is unknown, so timing does not tell which prefixes exist.
     expected = key.key_hash if key is not None else "0" * 64
     if not hmac.compare_digest(expected, hash_api_key(raw_key)) or key is None:
@@ -33,8 +49,13 @@ def api_key_user(raw_key: str):
         raise exceptions.AuthenticationFailed("This account is disabled.")
     check_user_active(key.user)  # blocked users are refused on every endpoint (403, audited)
     now = timezone.now()
-    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    last_used = max(filter(None, (key.last_used_at, _last_used_written.get(key.prefix))), default=None)
+    if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)  # not a configuration change
+        if len(_last_used_written) > 10_000:
+            _last_used_written.clear()
+        _last_used_written[key.prefix] = now
+        key.last_used_at = now
     return key.user, key
 
 

@@ -1,6 +1,7 @@
 """People and their credentials: one User behind many channel identities and API keys."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import secrets
 import uuid
@@ -83,6 +84,16 @@ class ChannelIdentity(models.Model):
 
 
 API_KEY_PREFIX_CHARS = 8
+
+
+def user_by_id(pk) -> User | None:
+    """The user with primary key ``pk`` (a worker answering them), kept per process like an API
+    key's user (gateway_project.config_cache: a save that may change whether or what they may do
+    clears it). Each call gets its own copy."""
+    from gateway_project.config_cache import cached
+
+    user = cached("user_by_id", pk, lambda: User.objects.filter(pk=pk).first())
+    return None if user is None else copy.copy(user)
 
 
 def hash_api_key(raw_key: str) -> str:

@@ -17,7 +17,7 @@ from apps.conversations.models import Message
 from apps.conversations.normalized import NormalizedMessage
 from apps.identities.access import Blocked, UnknownSender
 from apps.identities.models import ApiKey, ChannelIdentity, User
-from apps.identities.services import api_key_create
+from apps.identities.services import api_key_create, user_block
 from apps.logs.models import AuditEvent
 
 URL = "/api/v1/messages"
@@ -199,8 +199,8 @@ class TestOverHttp:
     def test_blocked_users_key_gets_403_blocked_on_every_endpoint(self, api_channel, customer, api_key_for):
         client = bearer(api_key_for(customer))
         conversation_id = client.post(URL, {"message": "before"}, format="json").json()["conversation_id"]
-        User.objects.filter(pk=customer.pk).update(blocked_at=timezone.now(), blocked_reason="abuse")
-        response = client.post(URL, {"message": "after"}, format="json")
+        user_block(user=User.objects.get(pk=customer.pk), actor=None, reason="abuse")  # as staff do
+        response = client.post(URL, {"message": "after"}, format="json")  # the key's user is kept per process
         assert response.status_code == 403 and response.json()["error"]["code"] == "blocked"
         response = client.get(f"/api/v1/conversations/{conversation_id}/messages")
         assert response.status_code == 403 and response.json()["error"]["code"] == "blocked"
