@@ -42,15 +42,17 @@ INSTALLED_APPS = [
     "apps.logs",
 ]
 
+# Django's own middleware, as subclasses that spare Daphne a thread hop per hook
+# (gateway_project/middleware.py); the behaviour on browser pages is Django's.
 MIDDLEWARE = [
     "apps.logs.middleware.RequestContextMiddleware",  # first: the request id covers everything after
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "gateway_project.middleware.SecurityMiddleware",
+    "gateway_project.middleware.SessionMiddleware",
+    "gateway_project.middleware.CommonMiddleware",
+    "gateway_project.middleware.CsrfViewMiddleware",
+    "gateway_project.middleware.AuthenticationMiddleware",
+    "gateway_project.middleware.MessageMiddleware",
+    "gateway_project.middleware.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "gateway_project.urls"
