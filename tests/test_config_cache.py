@@ -166,3 +166,18 @@ class TestApiKeys:
         user_block(user=customer, actor=None, reason="abuse")
         with pytest.raises(Blocked):
             api_key_user(kept)
+
+
+class TestChannelIdentities:
+    def test_a_known_sender_is_looked_up_once_and_a_moved_identity_applies_at_once(self, webchat_channel, customer):
+        from apps.identities.models import ChannelIdentity
+        from apps.identities.services import identity_link, identity_user
+
+        identity = identity_create_customer(channel=webchat_channel, external_id="U0KNOWN", display_name="Kim")
+        assert identity_user(webchat_channel, "U0KNOWN").pk == identity.user_id
+        with CaptureQueriesContext(connection) as queries:
+            assert identity_user(webchat_channel, "U0KNOWN").pk == identity.user_id
+        assert len(queries) == 0
+        assert identity_user(webchat_channel, "U0NOBODY") is None  # unknown senders are not kept
+        identity_link(identity=ChannelIdentity.objects.get(pk=identity.pk), user=customer, actor=None)
+        assert identity_user(webchat_channel, "U0KNOWN").pk == customer.pk

@@ -11,12 +11,14 @@ class IdentitiesConfig(AppConfig):
 
         from gateway_project.config_cache import watch
 
-        from .models import ApiKey, User
+        from .models import ApiKey, ChannelIdentity, User
 
         # What is kept per user is their groups and global permissions (permissions.user_access),
-        # and with an API key, the user row itself: a user's save matters only when it can change
-        # what has_perm answers or whether the user may come in at all.
-        watch(User, Group, ApiKey, fields={User: {"is_active", "is_superuser", "blocked_at"}}, m2m_through=[
+        # the user row itself (behind an API key or a channel identity): a user's save matters only
+        # when it can change what has_perm answers or whether the user may come in at all; an
+        # identity's only when it moves to another user (a new one was not kept: nothing to drop).
+        watch(User, Group, ApiKey, ChannelIdentity,
+              fields={User: {"is_active", "is_superuser", "blocked_at"}, ChannelIdentity: {"user"}}, m2m_through=[
             User.groups.through, User.user_permissions.through, Group.permissions.through,
             ApiKey.channels.through, ApiKey.agents.through,
         ])

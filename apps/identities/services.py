@@ -41,13 +41,9 @@ def identify_sender(msg, *, channel, principal=None, client_ip: str | None = Non
     """
     if principal is not None:
         return principal
-    identity = (
-        ChannelIdentity.objects.select_related("user")
-        .filter(channel=channel, external_id=msg.user_id)
-        .first()
-    )
-    if identity is not None:
-        return identity.user
+    known = identity_user(channel, msg.user_id)
+    if known is not None:
+        return known
     display_name = str(msg.metadata.get("user_name", ""))
     if (user := user_with_verified_email(msg.metadata.get("verified_email"))) is not None:
         return identity_attach(channel=channel, external_id=msg.user_id, user=user,
@@ -55,6 +51,20 @@ def identify_sender(msg, *, channel, principal=None, client_ip: str | None = Non
     if channel.unknown_senders == "refuse":
         refuse_unknown_sender(channel=channel, external_id=msg.user_id, client_ip=client_ip)
     return identity_create_customer(channel=channel, external_id=msg.user_id, display_name=display_name).user
+
+
+def identity_user(channel, external_id: str):
+    """The user behind a known (channel, sender id) identity, or None. Kept per process (a busy
+    Slack or WeCom channel asks for the same senders all day); moving an identity to another user
+    (identity_link) or merging users counts as a change (gateway_project.config_cache)."""
+    from gateway_project.config_cache import cached
+
+    from .models import user_by_id
+
+    user_id = cached("identity", (channel.pk, external_id), lambda: (
+        ChannelIdentity.objects.filter(channel=channel, external_id=external_id).values_list("user_id", flat=True)
+        .first()))
+    return user_by_id(user_id) if user_id is not None else None
 
 
 def user_with_verified_email(email):
