@@ -98,11 +98,18 @@ def clear() -> None:
 
 
 def _publish_generation() -> None:
-    clear()  # anything loaded between the change and its commit may be the old state
     try:
-        caches["config"].set(GENERATION_KEY, uuid.uuid4().hex, None)
+        reload_everywhere()
     except Exception:  # the shared cache is down: other processes stop caching until it is back
         logger.warning("could not publish a configuration change to the shared cache")
+
+
+def reload_everywhere() -> None:
+    """Drop what this process keeps and write a new shared generation, so every other process drops
+    its entries within GATEWAY_CONFIG_CHECK_SECONDS (``manage.py reload_config``). Raises if the
+    shared cache cannot be written."""
+    clear()  # anything loaded between a change and its commit may be the old state
+    caches["config"].set(GENERATION_KEY, uuid.uuid4().hex, None)
 
 
 def _in_sync() -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from django.contrib.auth.middleware import AuthenticationMiddleware as DjangoAuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware as DjangoMessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
+from django.core.handlers.asgi import ASGIRequest
 from django.middleware.clickjacking import XFrameOptionsMiddleware as DjangoXFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware as DjangoCommonMiddleware
 from django.middleware.csrf import CsrfViewMiddleware as DjangoCsrfViewMiddleware
@@ -69,8 +70,8 @@ class SessionMiddleware(BrowserOnlyMixin, DjangoSessionMiddleware):
 
 class CsrfViewMiddleware(BrowserOnlyMixin, DjangoCsrfViewMiddleware):
     def process_view(self, request, callback, callback_args, callback_kwargs):
-        if serves_programs(request.path_info):
-            return None  # no cookie authority there to forge requests with (see above)
+        if isinstance(request, ASGIRequest) and serves_programs(request.path_info):
+            return None  # async mode: no session there, so no cookie authority to forge requests with
         return super().process_view(request, callback, callback_args, callback_kwargs)
 
 

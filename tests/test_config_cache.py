@@ -181,3 +181,20 @@ class TestChannelIdentities:
         assert identity_user(webchat_channel, "U0NOBODY") is None  # unknown senders are not kept
         identity_link(identity=ChannelIdentity.objects.get(pk=identity.pk), user=customer, actor=None)
         assert identity_user(webchat_channel, "U0KNOWN").pk == customer.pk
+
+
+def test_reload_config_applies_changes_made_behind_djangos_back(customer, api_key_for):
+    from django.core.management import call_command
+    from django.utils import timezone
+    from rest_framework.exceptions import AuthenticationFailed
+
+    from apps.identities.authentication import api_key_user
+    from apps.identities.models import ApiKey
+
+    raw = api_key_for(customer)
+    api_key_user(raw)
+    ApiKey.objects.filter(prefix=raw.split("_")[1]).update(revoked_at=timezone.now())  # as SQL would: no signal
+    api_key_user(raw)  # still kept here
+    call_command("reload_config")
+    with pytest.raises(AuthenticationFailed):
+        api_key_user(raw)

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.core import checks
 from django.db.models.signals import post_migrate
 
 
@@ -12,7 +13,22 @@ class AgentsConfig(AppConfig):
         from .models import Agent, AgentFallback, LLMModel, Provider, Tool
 
         post_migrate.connect(_sync_tools, sender=self)
+        checks.register(_sqlite_returns_rows, checks.Tags.database)
         watch(Provider, LLMModel, Agent, AgentFallback, Tool, m2m_through=[Agent.tools.through])
+
+
+def _sqlite_returns_rows(app_configs=None, databases=None, **kwargs) -> list:
+    """The claim is one UPDATE … RETURNING (apps/agents/runtime.py): SQLite 3.35 or newer."""
+    from django.db import connections
+
+    errors = []
+    for alias in databases or []:
+        connection = connections[alias]
+        if connection.vendor == "sqlite" and not connection.features.can_return_columns_from_insert:
+            errors.append(checks.Error(
+                f"SQLite {connection.Database.sqlite_version} is too old: the gateway needs 3.35 or newer "
+                "(UPDATE … RETURNING).", id="agents.E001"))
+    return errors
 
 
 def _sync_tools(sender, using="default", **kwargs) -> None:

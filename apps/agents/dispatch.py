@@ -42,7 +42,7 @@ def _run_embedded(message_id: str) -> None:
     import time
 
     from .runtime import DatabaseUnavailable, WaitingForEarlier, agent_run
-    from .tasks import DATABASE_RETRIES, database_retry_delay, order_retries, order_retry_delay
+    from .tasks import DATABASE_RETRIES, database_retry_delay, give_up, order_retries, order_retry_delay
 
     # The Celery task's retry rules, as a loop: wait for an earlier message of the conversation,
     # and retry a run the database failed under.
@@ -60,8 +60,7 @@ def _run_embedded(message_id: str) -> None:
             except DatabaseUnavailable as exc:
                 close_old_connections()
                 if database_retries >= DATABASE_RETRIES:
-                    logger.error("database still unavailable; the message is left to the requeue task",
-                                 extra={"message_id": message_id})
+                    give_up(message_id, exc.claimed_attempt)
                     return
                 time.sleep(database_retry_delay(database_retries))
                 database_retries += 1

@@ -20,6 +20,7 @@ from apps.logs.metrics import llm_call_observed
 from apps.logs.models import LLMCall
 from apps.logs.structured import message_id_var, request_id_var
 from apps.quotas import budgets
+from gateway_project.db import is_database_outage, through_outage
 
 from . import llm, orchestrator
 from .models import agent_by_id
@@ -27,9 +28,10 @@ from .models import agent_by_id
 logger = logging.getLogger(__name__)
 
 
-# The database connection failed (PostgreSQL restarting, a pool timeout, a dropped connection):
-# the run is retried rather than the message failed, since nothing about the message is wrong.
-DATABASE_OUTAGE = (OperationalError, InterfaceError)
+# The database connection failed (PostgreSQL restarting, a pool timeout, a dropped connection, a
+# cancelled statement): the run is retried rather than the message failed, since nothing about the
+# message is wrong. Other database errors are bugs, and fail the message as any crash does.
+DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 
 class WaitingForEarlier(Exception):
@@ -71,9 +73,9 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
         request_token = request_id_var.set(message.request_id or None)
         try:
             reply = _answer(message)
-        except DATABASE_OUTAGE:
-            raise
-        except Exception:
+        except Exception as exc:
+            if is_database_outage(exc):
+                raise
             # A bug or an outage must not leave the sender waiting in silence.
             logger.exception("agent run crashed")
             fail_message(message, llm.LLMError("internal_error", "The agent run crashed."))
@@ -81,9 +83,13 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
         if message.status != Status.ACCEPTED:  # not put back for a human (handoff)
             hand_over(message)
         return reply
-    except DATABASE_OUTAGE as exc:
+    except DATABASE_ERRORS as exc:
+        if not is_database_outage(exc):
+            raise
         logger.warning("database unavailable during the agent run; it will be retried",
                        extra={"error": str(exc)[:500]})
+        if message is not None:
+            _take_back_streamed_text(message)
         claimed = message.attempts if message is not None else release_attempt
         raise DatabaseUnavailable(claimed) from exc
     finally:
@@ -170,6 +176,27 @@ def _waits_for_earlier(message_id, now) -> bool:
     return claimable.filter(earlier_in_flight).exists()
 
 
+def _take_back_streamed_text(message: Message) -> None:
+    """The retry answers from the start: a client shown part of this run's answer drops it."""
+    try:
+        connector = message.channel.connector
+        if connector.wants_stream(message):
+            connector.send_reset(message)
+    except Exception:  # the channel layer may be down too; the retry's reply still replaces it
+        logger.warning("could not tell the client to drop a partial answer", exc_info=True)
+
+
+def give_up_after_outage(message_id, claimed_attempt: int | None) -> None:
+    """The database stayed out through every retry: fail the message (if it is still this run's,
+    or waiting) and tell the sender, rather than leave it silent. Raises if the database is out."""
+    claimable = Q(status=Status.ACCEPTED)
+    if claimed_attempt is not None:
+        claimable |= Q(status=Status.PROCESSING, attempts=claimed_attempt)
+    message = Message.objects.filter(claimable, pk=message_id, direction=Direction.INBOUND).first()
+    if message is not None:
+        fail_message(message, llm.LLMError("database_unavailable", "The database stayed unavailable."))
+
+
 def release_claim(message_id, attempt: int) -> int:
     """Give back the claim of a run the database failed under, so the retry can claim it again.
 
@@ -215,7 +242,7 @@ def _answer(message: Message) -> Message | None:
     except llm.LLMError as exc:
         fail_message(message, exc)
         return None
-    reply = save_reply(message, result)
+    reply = through_outage(lambda: save_reply(message, result))  # the answer is paid for: keep it
     if reply is None:
         return None
     deliver(reply, inbound=message)
@@ -246,7 +273,7 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
         budgets.release_model_call(reservation)
         raise
     budgets.settle_model_call(reservation, result)
-    call = record_llm_call(message, model=model, result=result, attempt=attempt)
+    call = through_outage(lambda: record_llm_call(message, model=model, result=result, attempt=attempt))
     logger.info(
         "model answered",
         extra={"model": result.model, "total_tokens": result.total_tokens,
@@ -332,7 +359,7 @@ def deliver(reply: Message, *, inbound: Message) -> None:
         reply.save(update_fields=["status", "error_code", "error_message", "attempts", "updated_at"])
         return
     reply.status = Status.SENT
-    reply.save(update_fields=["status", "attempts", "updated_at"])
+    through_outage(lambda: reply.save(update_fields=["status", "attempts", "updated_at"]))  # it was sent
 
 
 def fail_message(message: Message, exc: llm.LLMError) -> None:

@@ -7,18 +7,28 @@ from celery import shared_task
 from django.conf import settings
 
 from .recovery import requeue_stuck_messages
-from .runtime import DatabaseUnavailable, WaitingForEarlier, agent_run
+from .runtime import DatabaseUnavailable, WaitingForEarlier, agent_run, give_up_after_outage
 
 logger = logging.getLogger(__name__)
 
 # A run the database failed under is retried after 1, 2, 4, 8, then every 10 seconds, this many
-# times (about three minutes); after that the message is left to the periodic requeue task.
+# times (about three minutes); after that the message is failed and the sender told, or, while the
+# database is still out, left to the periodic requeue task.
 DATABASE_RETRIES = 20
 DATABASE_RETRY_MAX_DELAY_SECONDS = 10.0
 
 
 def database_retry_delay(retries: int) -> float:
     return min(2.0 ** min(retries, 30), DATABASE_RETRY_MAX_DELAY_SECONDS)
+
+
+def give_up(message_id, claimed_attempt: int | None) -> None:
+    """Out of database retries: fail the message and tell the sender, if the database answers."""
+    try:
+        give_up_after_outage(message_id, claimed_attempt)
+    except Exception:
+        logger.exception("database still unavailable; the message is left to the requeue task",
+                         extra={"message_id": str(message_id)})
 
 
 def order_retry_delay(retries: int) -> float:
@@ -53,8 +63,7 @@ def run_agent(self, message_id: str, release_attempt: int | None = None, databas
                          kwargs={"database_retries": database_retries}) from exc
     except DatabaseUnavailable as exc:
         if database_retries >= DATABASE_RETRIES:
-            logger.error("database still unavailable; the message is left to the requeue task",
-                         extra={"message_id": message_id})
+            give_up(message_id, exc.claimed_attempt)
             return
         raise self.retry(countdown=database_retry_delay(database_retries), exc=exc, args=(message_id,),
                          kwargs={"release_attempt": exc.claimed_attempt,

@@ -39,7 +39,8 @@ def api_key_user(raw_key: str):
     if len(parts) < 3 or parts[0] != "gw" or not parts[1]:
         raise exceptions.AuthenticationFailed("Malformed API key.")
     key = api_key_by_prefix(parts[1])
-    # Compare even when the prefix is unknown, so timing does not tell which prefixes exist.
+    # Compare even when the prefix is unknown. (A prefix kept per process answers sooner than one
+    # looked up, which tells only that it was used lately; the 256-bit secret is what guards a key.)
     expected = key.key_hash if key is not None else "0" * 64
     if not hmac.compare_digest(expected, hash_api_key(raw_key)) or key is None:
         raise exceptions.AuthenticationFailed("Invalid API key.")
