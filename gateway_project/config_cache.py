@@ -16,6 +16,7 @@ the shared cache is unreachable nothing is kept (every read goes to the database
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import threading
 import time
@@ -68,6 +69,12 @@ def cached(namespace: str, key, load: Callable[[], T]) -> T:
                 _entries.clear()
             _entries[entry_key] = value
     return value
+
+
+def cached_copy(namespace: str, key, load: Callable[[], T]) -> T:
+    """``cached()`` for a model row a caller may change: each call gets its own (shallow) copy."""
+    value = cached(namespace, key, load)
+    return None if value is None else copy.copy(value)
 
 
 def config_changed() -> None:

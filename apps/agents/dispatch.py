@@ -41,30 +41,14 @@ def enqueue_agent_run(message_id) -> None:
 def _run_embedded(message_id: str) -> None:
     import time
 
-    from .runtime import DatabaseUnavailable, WaitingForEarlier, agent_run
-    from .tasks import DATABASE_RETRIES, database_retry_delay, give_up, order_retries, order_retry_delay
+    from .tasks import Tries, try_once
 
-    # The Celery task's retry rules, as a loop: wait for an earlier message of the conversation,
-    # and retry a run the database failed under.
-    order_waits = database_retries = 0
-    release_attempt = None
+    tries = Tries()  # the Celery task's retry rules, as a loop
     try:
-        while True:
-            try:
-                agent_run(message_id, ignore_order=order_waits >= order_retries(), release_attempt=release_attempt)
-                return
-            except WaitingForEarlier:
-                time.sleep(order_retry_delay(order_waits))
-                order_waits += 1
-                release_attempt = None
-            except DatabaseUnavailable as exc:
-                close_old_connections()
-                if database_retries >= DATABASE_RETRIES:
-                    give_up(message_id, exc.claimed_attempt)
-                    return
-                time.sleep(database_retry_delay(database_retries))
-                database_retries += 1
-                release_attempt = exc.claimed_attempt
+        while (again := try_once(message_id, tries)) is not None:
+            delay, tries = again
+            close_old_connections()
+            time.sleep(delay)
     except Exception:
         logger.exception("embedded agent run failed", extra={"message_id": message_id})
     finally:

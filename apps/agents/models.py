@@ -1,7 +1,6 @@
 """Providers (OpenAI-compatible endpoints), their models with prices, and agents."""
 from __future__ import annotations
 
-import copy
 import os
 from decimal import Decimal
 
@@ -154,10 +153,9 @@ def agent_by_slug(slug: str) -> Agent | None:
 def agent_by_id(pk) -> Agent | None:
     """The agent with primary key ``pk``, enabled or not (a message keeps the agent it was routed
     to), with its model and provider; kept per process, a copy per call."""
-    from gateway_project.config_cache import cached
+    from gateway_project.config_cache import cached_copy
 
-    agent = cached("agent_by_id", pk, lambda: Agent.objects.select_related("model__provider").filter(pk=pk).first())
-    return None if agent is None else copy.copy(agent)
+    return cached_copy("agent_by_id", pk, lambda: Agent.objects.select_related("model__provider").filter(pk=pk).first())
 
 
 def agent_tools(agent: Agent) -> list[Tool]:

@@ -10,8 +10,8 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.conversations.errors import AgentFailed
@@ -26,12 +26,6 @@ from . import llm, orchestrator
 from .models import agent_by_id
 
 logger = logging.getLogger(__name__)
-
-
-# The database connection failed (PostgreSQL restarting, a pool timeout, a dropped connection, a
-# cancelled statement): the run is retried rather than the message failed, since nothing about the
-# message is wrong. Other database errors are bugs, and fail the message as any crash does.
-DATABASE_ERRORS = (OperationalError, InterfaceError)
 
 
 class WaitingForEarlier(Exception):
@@ -83,7 +77,9 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
         if message.status != Status.ACCEPTED:  # not put back for a human (handoff)
             hand_over(message)
         return reply
-    except DATABASE_ERRORS as exc:
+    except Exception as exc:
+        # The database went away (PostgreSQL restarting, a pool timeout, a cancelled statement): the
+        # run is retried rather than the message failed, since nothing about the message is wrong.
         if not is_database_outage(exc):
             raise
         logger.warning("database unavailable during the agent run; it will be retried",
@@ -110,16 +106,11 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
     (The ORM's seven-table select_related spent more time in PostgreSQL's planner than running.)
     """
     now = timezone.now()
-    ops = connection.ops  # values as the database stores them (SQLite: uuid hex, naive UTC text)
-    db_now = ops.adapt_datetimefield_value(now)
-    lease_until = ops.adapt_datetimefield_value(now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS))
-    pk = Message._meta.pk.get_db_prep_value(message_id, connection)
-    params = [Status.PROCESSING, lease_until, pk, Direction.INBOUND, Status.ACCEPTED, Status.PROCESSING, db_now]
-    order_rule = ""
-    if not ignore_order:
-        order_rule = CLAIM_ORDER_RULE
-        params += [Direction.INBOUND, Status.ACCEPTED, Status.PROCESSING, db_now, Direction.OUTBOUND, Status.PENDING]
-    claimed = list(Message.objects.raw(CLAIM_SQL.format(order_rule=order_rule), params))
+    lease_until = connection.ops.adapt_datetimefield_value(
+        now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS))
+    claimable, params = _claimable(message_id, now, ignore_order=ignore_order)
+    claimed = list(Message.objects.raw(CLAIM_SQL.format(claimable=claimable),
+                                       [Status.PROCESSING, lease_until, *params]))
     if not claimed:
         if not ignore_order and _waits_for_earlier(message_id, now):
             logger.info("waiting for an earlier message of the conversation")
@@ -141,16 +132,17 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
 
 _MESSAGES = Message._meta.db_table
 CLAIM_SQL = f"""
-UPDATE {_MESSAGES} SET status = %s, attempts = attempts + 1, lease_until = %s
-WHERE id = %s AND direction = %s AND (status = %s OR (status = %s AND lease_until < %s)) {{order_rule}}
+UPDATE {_MESSAGES} SET status = %s, attempts = attempts + 1, lease_until = %s WHERE {{claimable}}
 RETURNING *, EXISTS (
     SELECT 1 FROM routing_handoff h WHERE h.conversation_id = {_MESSAGES}.conversation_id AND h.ended_at IS NULL
 ) AS in_handoff
 """
-# Not while an earlier inbound message of the conversation is accepted or leased, nor while an
-# earlier message's reply is still being delivered.
-CLAIM_ORDER_RULE = f"""
-AND NOT EXISTS (
+# An inbound message that is waiting, or whose lease ran out.
+CLAIMABLE_SQL = "id = %s AND direction = %s AND (status = %s OR (status = %s AND lease_until < %s))"
+# No earlier inbound message of the conversation accepted or leased, and no earlier message's reply
+# still being delivered.
+IN_ORDER_SQL = f"""
+NOT EXISTS (
     SELECT 1 FROM {_MESSAGES} e WHERE e.conversation_id = {_MESSAGES}.conversation_id AND e.direction = %s
     AND e.created_at < {_MESSAGES}.created_at AND (e.status = %s OR (e.status = %s AND e.lease_until >= %s)))
 AND NOT EXISTS (
@@ -160,20 +152,25 @@ AND NOT EXISTS (
 """
 
 
+def _claimable(message_id, now, *, ignore_order: bool = False, in_order: bool = True) -> tuple[str, list]:
+    """The SQL condition (and its parameters) for "this message may be claimed now", with values
+    as the database stores them (SQLite: uuid hex, naive UTC text). ``in_order=False`` asks the
+    opposite of the order rule: claimable but for an earlier message."""
+    db_now = connection.ops.adapt_datetimefield_value(now)
+    pk = Message._meta.pk.get_db_prep_value(message_id, connection)
+    sql, params = CLAIMABLE_SQL, [pk, Direction.INBOUND, Status.ACCEPTED, Status.PROCESSING, db_now]
+    if not ignore_order:
+        sql += f" AND {'' if in_order else 'NOT '}({IN_ORDER_SQL})"
+        params += [Direction.INBOUND, Status.ACCEPTED, Status.PROCESSING, db_now, Direction.OUTBOUND, Status.PENDING]
+    return sql, params
+
+
 def _waits_for_earlier(message_id, now) -> bool:
     """Whether the unclaimed message is claimable but for an earlier one of its conversation."""
-    claimable = (
-        Message.objects.filter(pk=message_id, direction=Direction.INBOUND)
-        .filter(Q(status=Status.ACCEPTED) | Q(status=Status.PROCESSING, lease_until__lt=now))
-    )
-    same_conversation = Message.objects.filter(conversation_id=OuterRef("conversation_id"))
-    earlier_in_flight = Exists(same_conversation.filter(
-        Q(status=Status.ACCEPTED) | Q(status=Status.PROCESSING, lease_until__gte=now),
-        direction=Direction.INBOUND, created_at__lt=OuterRef("created_at"),
-    )) | Exists(same_conversation.filter(
-        direction=Direction.OUTBOUND, status=Status.PENDING, reply_to__created_at__lt=OuterRef("created_at"),
-    ))
-    return claimable.filter(earlier_in_flight).exists()
+    condition, params = _claimable(message_id, now, in_order=False)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT 1 FROM {_MESSAGES} WHERE {condition}", params)
+        return cursor.fetchone() is not None
 
 
 def _take_back_streamed_text(message: Message) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass, replace
 
 from celery import shared_task
 from django.conf import settings
@@ -47,27 +48,44 @@ def order_retries() -> int:
     return max(1, retries)
 
 
+@dataclass(frozen=True)
+class Tries:
+    """Where a message's agent run stands between tries (the Celery task carries it as kwargs).
+
+    Two kinds of retry, counted apart: waiting for an earlier message of the conversation, and the
+    database failing mid-run (the next try first gives back the claim the failed one left).
+    """
+
+    order_waits: int = 0
+    database_retries: int = 0
+    release_attempt: int | None = None
+
+
+def try_once(message_id, tries: Tries) -> tuple[float, Tries] | None:
+    """Run the agent on the message once: None when that is the end of it, else how many seconds to
+    wait and the next try. The Celery task and the embedded default's loop both go through here."""
+    try:
+        agent_run(message_id, ignore_order=tries.order_waits >= order_retries(), release_attempt=tries.release_attempt)
+    except WaitingForEarlier:
+        return order_retry_delay(tries.order_waits), replace(tries, order_waits=tries.order_waits + 1,
+                                                             release_attempt=None)
+    except DatabaseUnavailable as exc:
+        if tries.database_retries >= DATABASE_RETRIES:
+            give_up(message_id, exc.claimed_attempt)
+            return None
+        return database_retry_delay(tries.database_retries), replace(
+            tries, database_retries=tries.database_retries + 1, release_attempt=exc.claimed_attempt)
+    return None
+
+
 @shared_task(bind=True, name="agents.run_agent", acks_late=True, reject_on_worker_lost=True, ignore_result=True,
              max_retries=None)
-def run_agent(self, message_id: str, release_attempt: int | None = None, database_retries: int = 0) -> None:
-    """Answer one inbound message (no-op if it is already answered or being answered).
-
-    Two kinds of retry, counted apart: waiting for an earlier message of the conversation, and
-    the database failing mid-run (the retry first releases the claim the failed run left).
-    """
-    order_waits = self.request.retries - database_retries
-    try:
-        agent_run(message_id, ignore_order=order_waits >= order_retries(), release_attempt=release_attempt)
-    except WaitingForEarlier as exc:
-        raise self.retry(countdown=order_retry_delay(order_waits), exc=exc, args=(message_id,),
-                         kwargs={"database_retries": database_retries}) from exc
-    except DatabaseUnavailable as exc:
-        if database_retries >= DATABASE_RETRIES:
-            give_up(message_id, exc.claimed_attempt)
-            return
-        raise self.retry(countdown=database_retry_delay(database_retries), exc=exc, args=(message_id,),
-                         kwargs={"release_attempt": exc.claimed_attempt,
-                                 "database_retries": database_retries + 1}) from exc
+def run_agent(self, message_id: str, **tries) -> None:
+    """Answer one inbound message (no-op if it is already answered or being answered)."""
+    again = try_once(message_id, Tries(**tries))
+    if again is not None:
+        delay, following = again
+        raise self.retry(countdown=delay, args=(message_id,), kwargs=asdict(following))
 
 
 @shared_task(name="agents.requeue_stuck_messages", ignore_result=True)

@@ -1,8 +1,6 @@
 """A configured channel instance: one Slack workspace app, one web chat, the API, ..."""
 from __future__ import annotations
 
-import copy
-
 from django.db import models
 
 from apps.agents.models import Visibility
@@ -85,18 +83,21 @@ def channel_by_slug(slug: str, *, kind: str | None = None) -> Channel | None:
 
     Kept per process (gateway_project.config_cache); each call gets its own copy of the row.
     """
-    from gateway_project.config_cache import cached
+    from gateway_project.config_cache import cached_copy
 
-    channel = cached("channel", slug, lambda: Channel.objects.select_related("default_agent").filter(slug=slug).first())
+    channel = cached_copy("channel", slug, lambda: _with_default_agent().filter(slug=slug).first())
     if channel is None or (kind is not None and channel.kind != kind):
         return None
-    return copy.copy(channel)
+    return channel
 
 
 def channel_by_id(pk) -> Channel | None:
     """The channel with primary key ``pk`` (for a worker answering one of its messages), kept per
     process like channel_by_slug; each call gets its own copy of the row."""
-    from gateway_project.config_cache import cached
+    from gateway_project.config_cache import cached_copy
 
-    channel = cached("channel_by_id", pk, lambda: Channel.objects.select_related("default_agent").filter(pk=pk).first())
-    return None if channel is None else copy.copy(channel)
+    return cached_copy("channel_by_id", pk, lambda: _with_default_agent().filter(pk=pk).first())
+
+
+def _with_default_agent():
+    return Channel.objects.select_related("default_agent")

@@ -23,13 +23,11 @@ def api_key_by_prefix(prefix: str) -> ApiKey | None:
     """The key with this prefix and its user, kept per process (gateway_project.config_cache):
     a revoked key, a disabled or blocked user is refused everywhere within
     GATEWAY_CONFIG_CHECK_SECONDS. Unknown prefixes are not kept. Each call gets its own copies."""
-    from gateway_project.config_cache import cached
+    from gateway_project.config_cache import cached_copy
 
-    key = cached("api_key", prefix, lambda: ApiKey.objects.select_related("user").filter(prefix=prefix).first())
-    if key is None:
-        return None
-    key = copy.copy(key)
-    key.user = copy.copy(key.user)
+    key = cached_copy("api_key", prefix, lambda: ApiKey.objects.select_related("user").filter(prefix=prefix).first())
+    if key is not None:
+        key.user = copy.copy(key.user)  # the request may mark its user (permission caches)
     return key
 
 

@@ -1,7 +1,6 @@
 """People and their credentials: one User behind many channel identities and API keys."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import secrets
 import uuid
@@ -90,10 +89,9 @@ def user_by_id(pk) -> User | None:
     """The user with primary key ``pk`` (a worker answering them), kept per process like an API
     key's user (gateway_project.config_cache: a save that may change whether or what they may do
     clears it). Each call gets its own copy."""
-    from gateway_project.config_cache import cached
+    from gateway_project.config_cache import cached_copy
 
-    user = cached("user_by_id", pk, lambda: User.objects.filter(pk=pk).first())
-    return None if user is None else copy.copy(user)
+    return cached_copy("user_by_id", pk, lambda: User.objects.filter(pk=pk).first())
 
 
 def hash_api_key(raw_key: str) -> str:

@@ -24,6 +24,7 @@ from django.db.models import Sum
 
 from apps.agents import llm
 from apps.conversations.errors import GatewayError, QuotaExceeded, ServiceUnavailable
+from gateway_project.db import through_outage
 
 from .ledger import ADMITTED, MISSING, CounterCall, get_ledger
 from .metrics import count_backend_error, count_rejection
@@ -203,8 +204,6 @@ def settle_model_call(reservation: Reservation, result) -> None:
     if reservation.counters:
         amounts = [total if c.meter == "tokens" else to_micros(cost) for c in reservation.counters]
         _settle(reservation, amounts)
-    from gateway_project.db import through_outage
-
     through_outage(lambda: usage_record(  # the ledger above is settled: write the row, not settle twice
         user_id=reservation.user_id, api_key_id=reservation.api_key_id, channel_id=reservation.channel_id,
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, cost=cost,
