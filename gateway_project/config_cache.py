@@ -97,11 +97,17 @@ def unchanged():
 
 def clear() -> None:
     """Forget everything this process keeps (tests call this between tests)."""
-    global _epoch, _checked_at
+    global _checked_at
     with _lock:
-        _entries.clear()
-        _epoch += 1
+        _drop_entries()
         _checked_at = float("-inf")
+
+
+def _drop_entries() -> None:
+    """Under _lock: empty the entries; a load that started before this is not kept."""
+    global _epoch
+    _entries.clear()
+    _epoch += 1
 
 
 def _publish_generation() -> None:
@@ -125,25 +131,20 @@ def _in_sync() -> bool:
     While the shared cache cannot be read, nothing is kept (a change elsewhere could go unseen);
     it is asked again at the next interval, not on every lookup.
     """
-    global _shared_token, _checked_at, _epoch, _reachable
+    global _shared_token, _checked_at, _reachable
     now = time.monotonic()
     if now - _checked_at < settings.GATEWAY_CONFIG_CHECK_SECONDS:
         return _reachable
     try:
-        token = caches["config"].get(GENERATION_KEY)
+        token, reachable = caches["config"].get(GENERATION_KEY), True
     except Exception:
-        with _lock:
-            _entries.clear()
-            _epoch += 1
-            _shared_token, _checked_at, _reachable = None, now, False
-        return False
+        token, reachable = None, False
     with _lock:
-        if token != _shared_token or not _reachable:
-            _entries.clear()
-            _epoch += 1
+        if not reachable or token != _shared_token or not _reachable:
+            _drop_entries()
             _shared_token = token
-        _checked_at, _reachable = now, True
-    return True
+        _checked_at, _reachable = now, reachable
+    return reachable
 
 
 def watch(*models, m2m_through=(), fields: dict | None = None) -> None:
