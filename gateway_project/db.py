@@ -1,15 +1,53 @@
-"""Telling a database outage from a bug, and riding one out where the work is already paid for."""
+"""Database work from async code; telling a database outage from a bug, and riding one out where
+the work is already paid for."""
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from django.db import InterfaceError, OperationalError, connection
+from asgiref.sync import AsyncToSync, sync_to_async
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+def database_sync_to_async(func):
+    """Run ``func`` on the event loop's shared thread pool, giving its database connection back after.
+
+    asgiref's default (thread_sensitive) runs an HTTP request's sync code on a thread made for that
+    request, and a websocket's on one thread shared by every socket of the process. The first paid,
+    on every request, for a thread and for everything kept per thread (the database wrapper, Celery's
+    and kombu's clients); the second queued every socket's database work behind one another. The
+    pool's threads are long-lived, so each call returns its connection (to the connection pool, or
+    closes it) in the thread that used it: a thread holding one would starve the pool.
+
+    When sync code is waiting on this event loop (``async_to_sync``: Django's test client, a
+    management command), ``func`` runs in that code's thread instead, as asgiref would run it, so
+    it sees that thread's connection and open transaction.
+    """
+    @functools.wraps(func)
+    def run_and_release(*args, **kwargs):
+        close_old_connections()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    pooled = sync_to_async(run_and_release, thread_sensitive=False)
+    in_caller_thread = sync_to_async(func)
+
+    @functools.wraps(func)
+    async def call(*args, **kwargs):
+        if getattr(AsyncToSync.executors, "current", None) is not None:
+            return await in_caller_thread(*args, **kwargs)
+        return await pooled(*args, **kwargs)
+
+    return call
+
 
 # SQLSTATEs that say "try again" rather than "this statement is wrong": connection exceptions (08),
 # operator intervention — a cancelled statement, shutdown, crash recovery (57014, 57P0x) —,

@@ -144,6 +144,10 @@ GATEWAY_CONFIG_CACHE_MAX_ENTRIES = env.int("GATEWAY_CONFIG_CACHE_MAX_ENTRIES", d
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
+# There is no result backend: the "disabled" one is safe to share between threads. Without this,
+# Celery builds it again on every new thread, and Django's ASGI handler runs each request's sync
+# code on a new thread, so every enqueue paid for a backend built from the configuration.
+CELERY_RESULT_BACKEND_THREAD_SAFE = True
 # How accepted messages reach an agent run (apps.agents.dispatch): "celery" (a worker, through
 # the broker) or "thread" (embedded default: a thread pool in this process, off the event loop).
 GATEWAY_AGENT_DISPATCH = env.str("GATEWAY_AGENT_DISPATCH", default="celery" if SERVICES_MODE else "thread")

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import openai
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from .models import LLMModel, Provider
 
@@ -102,8 +103,17 @@ def chat(
     return result
 
 
+def _create(client: openai.OpenAI, params: dict, *, stream: bool = False):
+    """``client.chat.completions.create(**params)``, less that method's walk over the type hints of
+    every parameter (``maybe_transform``, a tenth of a worker's time per message): the body built
+    here is plain JSON already. The same request, sent and parsed by the client the same way."""
+    body = {**params, "stream": True, "stream_options": {"include_usage": True}} if stream else params
+    return client.post("/chat/completions", body=body, cast_to=ChatCompletion, stream=stream,
+                       stream_cls=openai.Stream[ChatCompletionChunk])
+
+
 def _complete(client: openai.OpenAI, params: dict) -> LLMResult:
-    response = client.chat.completions.create(**params)
+    response = _create(client, params)
     if not response.choices:
         raise LLMError("bad_response", "The model returned no choices.", retryable=True)
     choice = response.choices[0]
@@ -120,9 +130,7 @@ def _complete(client: openai.OpenAI, params: dict) -> LLMResult:
 
 
 def _stream(client: openai.OpenAI, params: dict, on_delta, started: float) -> LLMResult:
-    stream = client.chat.completions.create(
-        **params, stream=True, stream_options={"include_usage": True}
-    )
+    stream = _create(client, params, stream=True)
     pieces: list[str] = []
     tool_calls: dict[int, dict] = {}
     result = LLMResult(text="", model=params["model"])

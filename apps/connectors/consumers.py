@@ -1,7 +1,6 @@
 """The web chat websocket: ``/ws/chat/<slug>/`` (frames in DESIGN.md)."""
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from urllib.parse import parse_qs, urlparse
@@ -9,7 +8,6 @@ from urllib.parse import parse_qs, urlparse
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
-from django.db import close_old_connections
 
 from apps.conversations.errors import BadRequest, Forbidden, GatewayError, NotFound, outage_error
 from apps.conversations.normalized import NormalizedMessage
@@ -22,6 +20,7 @@ from apps.logs.request_log import request_log_record
 from apps.logs.structured import request_id_var
 from apps.quotas.client_ip import client_ip_for_scope
 from apps.quotas.iprules import check_ip_rules
+from gateway_project.db import database_sync_to_async
 
 from .models import Channel, channel_by_slug
 from .visitors import resolve_chat_user
@@ -29,26 +28,6 @@ from .visitors import resolve_chat_user
 logger = logging.getLogger(__name__)
 
 CLIENT_ID_MAX_CHARS = 100
-
-
-def database_sync_to_async(func):
-    """Run ``func`` on the event loop's thread pool, giving its database connection back after.
-
-    Consumers run outside Django's per-request ThreadSensitiveContext, so the default
-    (thread_sensitive) puts the database work of *every* websocket of the process on one thread:
-    with many tabs connecting or talking at once, handshakes queued past Daphne's connect timeout.
-    The pool's threads are long-lived, so each call returns its connection (to the connection
-    pool, or closes it) in the thread that used it; a thread holding one would starve the pool.
-    """
-    @functools.wraps(func)
-    def run_and_release(*args, **kwargs):
-        close_old_connections()
-        try:
-            return func(*args, **kwargs)
-        finally:
-            close_old_connections()
-
-    return sync_to_async(run_and_release, thread_sensitive=False)
 
 
 CLOSE_POLICY_VIOLATION = 4403

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 
-from adrf.views import APIView as AsyncAPIView
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -18,7 +17,9 @@ from rest_framework.views import APIView
 
 from apps.connectors.models import Channel, channel_by_slug
 from apps.quotas.client_ip import client_ip_for_request
+from gateway_project.db import database_sync_to_async
 
+from .async_api import AsyncAPIView
 from .errors import AgentFailed, ChannelDisabled, NotFound, ReplyTimeout, error_from_event
 from .models import Conversation, Direction, Message
 from .normalized import NormalizedMessage
@@ -49,6 +50,15 @@ def api_channel() -> Channel:
     return channel
 
 
+def accept_on_api_channel(message: dict, **context) -> Accepted:
+    """A message to the API channel through the pipeline: ``message`` holds the normalized
+    message's fields but the channel's, ``context`` the pipeline's keywords (principal, api_key,
+    client_ip). One call, so an async view crosses to a thread once for all its database work."""
+    channel = api_channel()
+    normalized = NormalizedMessage(channel=channel.kind, channel_id=channel.slug, **message)
+    return accept(normalized, channel=channel, **context)
+
+
 class MessageCreateApi(AsyncAPIView):
     """Send a message to the agent of the API channel; optionally wait for the reply."""
 
@@ -67,12 +77,10 @@ class MessageCreateApi(AsyncAPIView):
         data = MessageInSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         fields = data.validated_data
-        channel = await sync_to_async(api_channel)()
         user = request.user
         idempotency_key = request.headers.get("Idempotency-Key", "")[:200]
-        msg = NormalizedMessage(
-            channel=channel.kind,
-            channel_id=channel.slug,
+        message = dict(
+            id=uuid.uuid4(),
             user_id=str(user.pk),
             principal_id=str(user.pk),
             message=fields["message"],
@@ -81,25 +89,21 @@ class MessageCreateApi(AsyncAPIView):
             metadata=fields.get("metadata") or {},
             raw=request.data,
         )
+        context = dict(principal=user, api_key=request.auth, client_ip=client_ip_for_request(request))
         wait = fields.get("wait") or 0
-        client_ip = client_ip_for_request(request)
         if not wait:
-            accepted = await sync_to_async(accept)(
-                msg, channel=channel, principal=user, api_key=request.auth, client_ip=client_ip
-            )
+            accepted = await database_sync_to_async(accept_on_api_channel)(message, **context)
             return Response(_accepted_body(accepted), status=202)
-        return await self._accept_and_wait(msg, channel, user, wait, api_key=request.auth, client_ip=client_ip)
+        return await self._accept_and_wait(message, context, wait)
 
-    async def _accept_and_wait(self, msg, channel, user, wait: float, *, api_key, client_ip) -> Response:
+    async def _accept_and_wait(self, message: dict, context: dict, wait: float) -> Response:
         # Listen before the message is enqueued, so a fast reply cannot slip by.
         async with contextlib.AsyncExitStack() as stack:
-            waiter = await stack.enter_async_context(ReplyWaiter(msg.id))
-            accepted = await sync_to_async(accept)(
-                msg, channel=channel, principal=user, api_key=api_key, client_ip=client_ip
-            )
+            waiter = await stack.enter_async_context(ReplyWaiter(message["id"]))
+            accepted = await database_sync_to_async(accept_on_api_channel)(message, **context)
             if accepted.duplicate:
                 waiter = await stack.enter_async_context(ReplyWaiter(accepted.message.id))
-                stored = await sync_to_async(stored_reply_event)(accepted.message)
+                stored = await database_sync_to_async(stored_reply_event)(accepted.message)
                 if stored is not None:
                     return Response(_answered_body(accepted, stored))
             try:

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
-from adrf.views import APIView as AsyncAPIView
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
@@ -26,11 +25,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.routing.router import REQUESTED_AGENT_KEY
+from gateway_project.db import database_sync_to_async
 
-from .apis import api_channel
+from .apis import accept_on_api_channel
+from .async_api import AsyncAPIView
 from .errors import AgentFailed, BadRequest, ReplyTimeout, drf_exception_handler
-from .normalized import NormalizedMessage
-from .pipeline import accept
 from .waiters import ReplyWaiter
 
 CLIENT_HISTORY_KEY = "client_history"  # read by the runtime's build_prompt
@@ -119,18 +118,17 @@ class ChatCompletionsApi(OpenAIErrorsMixin, AsyncAPIView):
     @extend_schema(request=dict, responses={200: dict})
     async def post(self, request):
         fields = parse_completion_request(request.data)
-        channel = await sync_to_async(api_channel)()
         user = request.user
-        msg = NormalizedMessage(
-            channel=channel.kind, channel_id=channel.slug, user_id=str(user.pk), principal_id=str(user.pk),
-            message=fields["text"],
+        message = dict(
+            id=uuid.uuid4(), user_id=str(user.pk), principal_id=str(user.pk), message=fields["text"],
             metadata={REQUESTED_AGENT_KEY: fields["model"], "stream": fields["stream"], "openai": True,
                       CLIENT_HISTORY_KEY: fields["history"]},
         )
-        waiter = ReplyWaiter(msg.id)
+        waiter = ReplyWaiter(message["id"])
         await waiter.__aenter__()  # listen before the message is enqueued
         try:
-            accepted = await sync_to_async(accept)(msg, channel=channel, principal=user, api_key=request.auth)
+            accepted = await database_sync_to_async(accept_on_api_channel)(
+                message, principal=user, api_key=request.auth)
         except BaseException:
             await waiter.__aexit__(None, None, None)
             raise

@@ -226,26 +226,34 @@ def _settle(reservation: Reservation, amounts: list[int]) -> None:
 
 def usage_record(*, user_id, api_key_id, channel_id, prompt_tokens: int, completion_tokens: int,
                  total_tokens: int, cost: Decimal, day: date | None = None) -> None:
-    """Add one model call to the day's rollup row: one UPDATE, or an INSERT for the day's first call
-    (a concurrent first INSERT loses on the unique key and becomes the UPDATE)."""
-    from django.db import IntegrityError, transaction
-    from django.db.models import F
+    """Add one model call to the day's rollup row: one upsert (INSERT … ON CONFLICT DO UPDATE,
+    PostgreSQL and SQLite alike), so concurrent first calls of a day add up instead of racing."""
+    from django.db import connection
 
     day = day or utc_today(time.time())
     key = ":".join(str(v) if v is not None else "-" for v in (user_id, api_key_id, channel_id))
-    rows = UsageDaily.objects.filter(date=day, key=key)
-    add = dict(calls=F("calls") + 1, prompt_tokens=F("prompt_tokens") + prompt_tokens,
-               completion_tokens=F("completion_tokens") + completion_tokens,
-               total_tokens=F("total_tokens") + total_tokens, cost=F("cost") + cost)
-    if rows.update(**add):
-        return
-    try:
-        with transaction.atomic():
-            UsageDaily.objects.create(date=day, key=key, user_id=user_id, api_key_id=api_key_id,
-                                      channel_id=channel_id, calls=1, prompt_tokens=prompt_tokens,
-                                      completion_tokens=completion_tokens, total_tokens=total_tokens, cost=cost)
-    except IntegrityError:
-        rows.update(**add)
+    field = UsageDaily._meta.get_field
+    cost = connection.ops.adapt_decimalfield_value(cost, field("cost").max_digits, field("cost").decimal_places)
+    ids = [field(name).get_db_prep_value(value, connection)
+           for name, value in (("user", user_id), ("api_key", api_key_id), ("channel", channel_id))]
+    params = [connection.ops.adapt_datefield_value(day), key, *ids, prompt_tokens, completion_tokens,
+              total_tokens, cost]
+    with connection.cursor() as cursor:
+        cursor.execute(USAGE_UPSERT_SQL, params)
+
+
+_USAGE = UsageDaily._meta.db_table
+USAGE_UPSERT_SQL = f"""
+INSERT INTO {_USAGE} (date, key, user_id, api_key_id, channel_id, calls, prompt_tokens, completion_tokens,
+                      total_tokens, cost)
+VALUES (%s, %s, %s, %s, %s, 1, %s, %s, %s, %s)
+ON CONFLICT (date, key) DO UPDATE SET
+    calls = {_USAGE}.calls + 1,
+    prompt_tokens = {_USAGE}.prompt_tokens + EXCLUDED.prompt_tokens,
+    completion_tokens = {_USAGE}.completion_tokens + EXCLUDED.completion_tokens,
+    total_tokens = {_USAGE}.total_tokens + EXCLUDED.total_tokens,
+    cost = {_USAGE}.cost + EXCLUDED.cost
+"""
 
 
 # --- the pipeline's entry check ----------------------------------------------------------------

@@ -136,6 +136,23 @@ class TestModelCall:
         assert (row.calls, row.total_tokens, row.cost, row.channel_id) == (1, call.total_tokens, call.cost,
                                                                             api_channel.pk)
 
+    def test_calls_of_one_day_add_up_on_one_row_per_key(self, api_channel, customer):
+        day = date(2026, 3, 1)
+        record = dict(user_id=customer.pk, api_key_id=None, channel_id=api_channel.pk, day=day)
+        budgets.usage_record(**record, prompt_tokens=3, completion_tokens=4, total_tokens=7,
+                             cost=Decimal("0.000125"))
+        budgets.usage_record(**record, prompt_tokens=10, completion_tokens=1, total_tokens=11,
+                             cost=Decimal("1.5"))
+        budgets.usage_record(**{**record, "channel_id": None}, prompt_tokens=1, completion_tokens=1,
+                             total_tokens=2, cost=Decimal(0))
+        budgets.usage_record(**{**record, "day": date(2026, 3, 2)}, prompt_tokens=1, completion_tokens=1,
+                             total_tokens=2, cost=Decimal(0))
+        row = UsageDaily.objects.get(date=day, channel=api_channel)
+        assert (row.user_id, row.api_key_id, row.key) == (customer.pk, None, f"{customer.pk}:-:{api_channel.pk}")
+        assert (row.calls, row.prompt_tokens, row.completion_tokens, row.total_tokens) == (2, 13, 5, 18)
+        assert row.cost == Decimal("1.500125")
+        assert UsageDaily.objects.filter(user=customer).count() == 3
+
     def test_estimate_covers_what_the_model_then_counts(self, api_channel, customer):
         message = send(api_channel, customer, "a fairly ordinary question with a few words in it")
         agent_run(message.id)

@@ -1,0 +1,33 @@
+"""The base of the gateway's async DRF views (``POST /api/v1/messages``, ``/v1/chat/completions``)."""
+from __future__ import annotations
+
+import inspect
+
+from adrf.views import APIView
+
+from gateway_project.db import database_sync_to_async
+
+
+class AsyncAPIView(APIView):
+    """adrf's async view, with DRF's ``initial`` (authentication, permissions, throttles) run on the
+    event loop's shared thread pool (``database_sync_to_async``) instead of a thread made for the
+    request. Views do their own database work the same way, in one call where they can."""
+
+    async def async_dispatch(self, request, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+        request = self.initialize_request(request, *args, **kwargs)
+        self.request = request
+        self.headers = self.default_response_headers
+        try:
+            await database_sync_to_async(self.initial)(request, *args, **kwargs)
+            method = request.method.lower()
+            handler = getattr(self, method, None) if method in self.http_method_names else None
+            handler = handler or self.http_method_not_allowed
+            if inspect.iscoroutinefunction(handler):
+                response = await handler(request, *args, **kwargs)
+            else:
+                response = await database_sync_to_async(handler)(request, *args, **kwargs)
+        except Exception as exc:
+            response = self.handle_exception(exc)
+        self.response = self.finalize_response(request, response, *args, **kwargs)
+        return self.response
