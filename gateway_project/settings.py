@@ -100,6 +100,13 @@ elif env.bool("DATABASE_POOL", default=True):
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE_SECONDS", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.bool(
+        "DATABASE_PREPARED_STATEMENTS", default=True):
+    # Parameters bound by the server, and a statement prepared the fifth time a (pooled, long-lived)
+    # connection runs it, so PostgreSQL stops planning it again: the agent run's claim spent 0.6 ms
+    # of its 0.7 ms in the planner. DATABASE_PREPARED_STATEMENTS=false turns both off (PgBouncer in
+    # transaction mode cannot keep prepared statements).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=5)
 
 if REDIS_URL:
     CACHES = {
