@@ -15,10 +15,10 @@ The synchronous path (the test client, any WSGI server) is Django's, unchanged.
 """
 from __future__ import annotations
 
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.contrib.auth.middleware import AuthenticationMiddleware as DjangoAuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware as DjangoMessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
-from django.core.handlers.asgi import ASGIRequest
 from django.middleware.clickjacking import XFrameOptionsMiddleware as DjangoXFrameOptionsMiddleware
 from django.middleware.common import CommonMiddleware as DjangoCommonMiddleware
 from django.middleware.csrf import CsrfViewMiddleware as DjangoCsrfViewMiddleware
@@ -69,10 +69,16 @@ class SessionMiddleware(BrowserOnlyMixin, DjangoSessionMiddleware):
 
 
 class CsrfViewMiddleware(BrowserOnlyMixin, DjangoCsrfViewMiddleware):
-    def process_view(self, request, callback, callback_args, callback_kwargs):
-        if isinstance(request, ASGIRequest) and serves_programs(request.path_info):
-            return None  # async mode: no session there, so no cookie authority to forge requests with
-        return super().process_view(request, callback, callback_args, callback_kwargs)
+    def __init__(self, get_response):
+        super().__init__(get_response)
+        if iscoroutinefunction(get_response):
+            # Async mode: Django would wrap a sync process_view in a thread hop for every request.
+            self.process_view = self._aprocess_view
+
+    async def _aprocess_view(self, request, callback, callback_args, callback_kwargs):
+        if serves_programs(request.path_info):
+            return None  # no session there, so no cookie authority to forge requests with
+        return await sync_to_async(super().process_view)(request, callback, callback_args, callback_kwargs)
 
 
 class AuthenticationMiddleware(BrowserOnlyMixin, DjangoAuthenticationMiddleware):

@@ -210,13 +210,20 @@ def hand_over(message: Message) -> None:
     leaving it to find out at its next re-check (a burst from one sender drains at model speed)."""
     from .dispatch import enqueue_agent_run
 
-    waiting = (
-        Message.objects.filter(conversation_id=message.conversation_id, direction=Direction.INBOUND,
-                               status=Status.ACCEPTED, created_at__gt=message.created_at)
-        .order_by("created_at").values_list("pk", flat=True).first()
-    )
-    if waiting is not None:
+    with connection.cursor() as cursor:  # every run asks: one prepared statement, not an ORM query
+        cursor.execute(NEXT_WAITING_SQL, [
+            Message._meta.get_field("conversation").get_db_prep_value(message.conversation_id, connection),
+            Direction.INBOUND, Status.ACCEPTED, connection.ops.adapt_datetimefield_value(message.created_at)])
+        row = cursor.fetchone()
+    if row is not None:
+        waiting = Message._meta.pk.to_python(row[0])
         transaction.on_commit(lambda: enqueue_agent_run(waiting))
+
+
+NEXT_WAITING_SQL = f"""
+SELECT id FROM {_MESSAGES} WHERE conversation_id = %s AND direction = %s AND status = %s AND created_at > %s
+ORDER BY created_at LIMIT 1
+"""
 
 
 def _answer(message: Message) -> Message | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 
 from adrf.views import APIView
+from django.core.handlers.asgi import ASGIRequest
 
 from gateway_project.db import database_sync_to_async
 
@@ -11,7 +12,8 @@ from gateway_project.db import database_sync_to_async
 class AsyncAPIView(APIView):
     """adrf's async view, with DRF's ``initial`` (authentication, permissions, throttles) run on the
     event loop's shared thread pool (``database_sync_to_async``) instead of a thread made for the
-    request. Views do their own database work the same way, in one call where they can."""
+    request, and the response rendered on the loop. Views do their own database work the same way,
+    in one call where they can."""
 
     async def async_dispatch(self, request, *args, **kwargs):
         self.args, self.kwargs = args, kwargs
@@ -30,4 +32,13 @@ class AsyncAPIView(APIView):
         except Exception as exc:
             response = self.handle_exception(exc)
         self.response = self.finalize_response(request, response, *args, **kwargs)
+        if isinstance(request._request, ASGIRequest) and callable(getattr(self.response, "render", None)):
+            # Rendering JSON does no I/O: render here, on the loop, and hand Django an async render
+            # (a sync one it would run on a thread made for the request, just to render).
+            rendered = self.response.render()
+
+            async def render():
+                return rendered
+
+            rendered.render = render
         return self.response
