@@ -1,8 +1,9 @@
 """Prometheus metrics for ``GET /metrics``, shared by every Daphne process and Celery worker.
 
-Choice: counters and histogram buckets live in one Redis hash (``HINCRBYFLOAT``, one pipelined
-round trip per observation; a histogram observation touches only its own bucket and the sum) and
-``/metrics`` renders them with prometheus-client's exposition code.
+Choice: counters and histogram buckets live in one Redis hash (``HINCRBYFLOAT``; a histogram
+observation touches only its own bucket and the sum) and ``/metrics`` renders them with
+prometheus-client's exposition code. Each process adds its observations up and writes them in one
+pipelined round trip a second (GATEWAY_METRICS_FLUSH_SECONDS), so a scrape may be that far behind.
 prometheus-client's multiprocess mode only aggregates processes that share a directory on one
 machine; the gateway scales out to several machines behind a load balancer, where a scrape reaches
 any one process. With the counters in Redis every scrape returns the totals of the whole
@@ -13,9 +14,12 @@ Recording never raises: metrics must not break a request.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import os
 import threading
+import time
 from collections import defaultdict
 
 from django.conf import settings
@@ -60,17 +64,55 @@ class _MemoryStore:
 
 
 class _RedisStore:
+    """Increments add up in the process and reach Redis in one pipelined round trip at most every
+    GATEWAY_METRICS_FLUSH_SECONDS, written by a daemon thread, instead of one round trip per request
+    and per model call. A scrape writes its own process's first; a failed write is kept for the next."""
+
+    def __init__(self):
+        self.pending: dict[str, float] = defaultdict(float)
+        self.lock = threading.Lock()
+        self.flusher: tuple[int, threading.Thread] | None = None
+
     def add(self, increments: dict[str, float]) -> None:
+        with self.lock:
+            for field, amount in increments.items():
+                self.pending[field] += amount
+            if self.flusher is None or self.flusher[0] != os.getpid():  # none yet, or a forked child
+                thread = threading.Thread(target=self._flush_forever, name="metrics-flush", daemon=True)
+                self.flusher = (os.getpid(), thread)
+                thread.start()
+
+    def flush(self) -> None:
         from .buffer import redis_client
 
-        pipe = redis_client().pipeline(transaction=False)
-        for field, amount in increments.items():
-            pipe.hincrbyfloat(METRICS_KEY, field, amount)
-        pipe.execute()
+        with self.lock:
+            pending, self.pending = self.pending, defaultdict(float)
+        if not pending:
+            return
+        try:
+            pipe = redis_client().pipeline(transaction=False)
+            for field, amount in pending.items():
+                pipe.hincrbyfloat(METRICS_KEY, field, amount)
+            pipe.execute()
+        except Exception:
+            self.add(pending)  # written with the next flush
+            raise
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(settings.GATEWAY_METRICS_FLUSH_SECONDS)
+            try:
+                self.flush()
+            except Exception:
+                logger.warning("metrics update failed", exc_info=True)
 
     def read(self) -> dict[str, float]:
         from .buffer import redis_client
 
+        try:
+            self.flush()
+        except Exception:
+            logger.warning("metrics update failed", exc_info=True)
         return {k.decode(): float(v) for k, v in redis_client().hgetall(METRICS_KEY).items()}
 
 
@@ -81,7 +123,16 @@ def store():
     global _store
     if _store is None:
         _store = _RedisStore() if settings.REDIS_URL else _MemoryStore()
+        if isinstance(_store, _RedisStore):
+            atexit.register(_flush_at_exit, _store)
     return _store
+
+
+def _flush_at_exit(redis_store: _RedisStore) -> None:
+    try:
+        redis_store.flush()
+    except Exception:  # Redis is gone: these increments go with the process
+        pass
 
 
 def _field(name: str, labels: dict[str, str]) -> str:

@@ -1,4 +1,6 @@
 """GET /metrics: Prometheus text with requests, rejections, latency histograms, tokens, cost, queue."""
+import time
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
@@ -86,3 +88,47 @@ def test_queue_depth_reads_the_celery_queue_in_redis(client, settings):
         assert value(scrape(client), "gateway_queue_depth", queue="gateway") == 3
     finally:
         broker.delete("gateway")
+
+
+@pytest.mark.services
+class TestWrittenToRedisInBatches:
+    """Each process adds its observations up and writes them to the shared hash in one round trip."""
+
+    def field(self, channel):
+        from apps.logs.metrics import _field
+
+        return _field("gateway_requests", {"channel": channel, "status": "200"})
+
+    def written(self, channel) -> float:
+        from apps.logs.buffer import redis_client
+        from apps.logs.metrics import METRICS_KEY
+
+        return float(redis_client().hget(METRICS_KEY, self.field(channel)) or 0)
+
+    def test_the_flusher_thread_writes_them_without_a_scrape(self):
+        from apps.logs.metrics import request_observed
+
+        channel = f"batched-{id(self)}"
+        for _ in range(3):
+            request_observed(channel=channel, status_code=200, rejection="", latency_ms=5)
+        deadline = time.monotonic() + 30
+        while self.written(channel) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert self.written(channel) == 3
+
+    def test_a_write_that_fails_is_kept_for_the_next(self, monkeypatch):
+        import redis
+
+        from apps.logs import buffer
+        from apps.logs.metrics import _RedisStore
+
+        channel = f"kept-{id(self)}"
+        store = _RedisStore()
+        store.add({self.field(channel): 2.0})
+        monkeypatch.setattr(buffer, "_redis", redis.Redis(port=1, socket_connect_timeout=0.2))  # nothing listens
+        with pytest.raises(redis.ConnectionError):
+            store.flush()
+        monkeypatch.undo()
+        store.add({self.field(channel): 1.0})
+        store.flush()
+        assert self.written(channel) == 3
