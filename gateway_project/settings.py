@@ -315,8 +315,11 @@ GATEWAY_ORDER_MAX_WAIT_SECONDS = env.float("GATEWAY_ORDER_MAX_WAIT_SECONDS", def
 GATEWAY_LOG_FLUSH_SECONDS = env.float("GATEWAY_LOG_FLUSH_SECONDS", default=5.0)
 GATEWAY_LOG_FLUSH_BATCH_ROWS = env.int("GATEWAY_LOG_FLUSH_BATCH_ROWS", default=1000)
 GATEWAY_LOG_REDIS_TIMEOUT_SECONDS = env.float("GATEWAY_LOG_REDIS_TIMEOUT_SECONDS", default=0.5)
-# How often each process writes its metrics to Redis (apps/logs/metrics.py).
+# How often each process writes its metrics, and appends its request-log rows, to Redis
+# (apps/logs/batching.py); rows held past the cap while Redis is unreachable are dropped.
 GATEWAY_METRICS_FLUSH_SECONDS = env.float("GATEWAY_METRICS_FLUSH_SECONDS", default=1.0)
+GATEWAY_LOG_PUSH_SECONDS = env.float("GATEWAY_LOG_PUSH_SECONDS", default=0.25)
+GATEWAY_LOG_PUSH_MAX_ROWS = env.int("GATEWAY_LOG_PUSH_MAX_ROWS", default=100_000)
 # Daily rollups (dashboard charts) are rebuilt this often for the last GATEWAY_LOG_ROLLUP_DAYS days.
 GATEWAY_LOG_ROLLUP_SECONDS = env.float("GATEWAY_LOG_ROLLUP_SECONDS", default=300.0)
 GATEWAY_LOG_ROLLUP_DAYS = env.int("GATEWAY_LOG_ROLLUP_DAYS", default=2)

@@ -5,7 +5,6 @@ import logging
 import time
 from urllib.parse import parse_qs, urlparse
 
-from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
@@ -83,7 +82,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "history", "conversation_id": self.conversation_id, "messages": history})
 
     async def _refuse(self, error: GatewayError, close_code: int) -> None:
-        await sync_to_async(request_log_record, thread_sensitive=False)(
+        request_log_record(  # no I/O: batched to Redis by a thread
             status_code=error.status, rejection=error.code, channel=getattr(self, "channel_row", None),
             channel_kind="webchat", client_ip=(self.scope.get("client") or [None])[0],
             request_id=new_request_id(),
@@ -121,7 +120,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         token = request_id_var.set(new_request_id())
         try:
             status_code, rejection, message_id = await self._receive_message(content)
-            await sync_to_async(request_log_record, thread_sensitive=False)(
+            request_log_record(  # no I/O: batched to Redis by a thread
                 status_code=status_code, rejection=rejection, channel=self.channel_row, user=self.user,
                 message=message_id, client_ip=(self.scope.get("client") or [None])[0],
                 latency_ms=int((time.monotonic() - started) * 1000), request_id=request_id_var.get(),

@@ -2,8 +2,8 @@
 
 Entry points push one small JSON row; a beat task (or, on the embedded default, a background
 thread) drains the buffer in batches with one bulk INSERT each. Services mode keeps the buffer in a
-Redis list (shared by every process, survives a process restart); the embedded default keeps it in
-this process's memory.
+Redis list (shared by every process, survives a process restart; each process appends its rows a
+few times a second); the embedded default keeps it in this process's memory.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import threading
 from collections import deque
 
 from django.conf import settings
+
+from .batching import Batcher
 
 
 class LogBuffer:
@@ -53,19 +55,31 @@ class MemoryBuffer(LogBuffer):
 
 
 class RedisBuffer(LogBuffer):
+    """The Redis list, filled in batches: ``push`` keeps the row in the process and a daemon thread
+    appends what gathered every GATEWAY_LOG_PUSH_SECONDS in one RPUSH (apps/logs/batching.py), so a
+    request does not wait on Redis to be logged. Reading the list sends this process's rows first."""
+
     def __init__(self, key: str):
         self.key = key
+        self.batch = Batcher(f"logbuffer-{key}", empty=list, fold=list.append, merge=lambda old, new: old + new,
+                             write=self._write, interval=lambda: settings.GATEWAY_LOG_PUSH_SECONDS,
+                             max_size=settings.GATEWAY_LOG_PUSH_MAX_ROWS)
 
     def push(self, row: dict) -> None:
-        redis_client().rpush(self.key, json.dumps(row, default=str))
+        self.batch.add(json.dumps(row, default=str))
+
+    def _write(self, rows: list[str]) -> None:
+        redis_client().rpush(self.key, *rows)
 
     def peek(self, count: int) -> list[dict]:
+        self.batch.flush_quietly()
         return [json.loads(item) for item in redis_client().lrange(self.key, 0, count - 1)]
 
     def discard(self, count: int) -> None:
         redis_client().ltrim(self.key, count, -1)
 
     def __len__(self) -> int:
+        self.batch.flush_quietly()
         return int(redis_client().llen(self.key))
 
 

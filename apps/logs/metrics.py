@@ -14,12 +14,9 @@ Recording never raises: metrics must not break a request.
 """
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import os
 import threading
-import time
 from collections import defaultdict
 
 from django.conf import settings
@@ -27,6 +24,8 @@ from django.http import HttpResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .batching import Batcher
 
 logger = logging.getLogger(__name__)
 
@@ -65,55 +64,43 @@ class _MemoryStore:
 
 class _RedisStore:
     """Increments add up in the process and reach Redis in one pipelined round trip at most every
-    GATEWAY_METRICS_FLUSH_SECONDS, written by a daemon thread, instead of one round trip per request
-    and per model call. A scrape writes its own process's first; a failed write is kept for the next."""
+    GATEWAY_METRICS_FLUSH_SECONDS (apps/logs/batching.py); a scrape writes its own process's first."""
 
     def __init__(self):
-        self.pending: dict[str, float] = defaultdict(float)
-        self.lock = threading.Lock()
-        self.flusher: tuple[int, threading.Thread] | None = None
+        self.batch = Batcher("metrics", empty=lambda: defaultdict(float), fold=_fold_increments,
+                             merge=_merge_increments, write=self._write,
+                             interval=lambda: settings.GATEWAY_METRICS_FLUSH_SECONDS)
 
     def add(self, increments: dict[str, float]) -> None:
-        with self.lock:
-            for field, amount in increments.items():
-                self.pending[field] += amount
-            if self.flusher is None or self.flusher[0] != os.getpid():  # none yet, or a forked child
-                thread = threading.Thread(target=self._flush_forever, name="metrics-flush", daemon=True)
-                self.flusher = (os.getpid(), thread)
-                thread.start()
+        self.batch.add(increments)
 
     def flush(self) -> None:
+        self.batch.flush()
+
+    @staticmethod
+    def _write(increments: dict[str, float]) -> None:
         from .buffer import redis_client
 
-        with self.lock:
-            pending, self.pending = self.pending, defaultdict(float)
-        if not pending:
-            return
-        try:
-            pipe = redis_client().pipeline(transaction=False)
-            for field, amount in pending.items():
-                pipe.hincrbyfloat(METRICS_KEY, field, amount)
-            pipe.execute()
-        except Exception:
-            self.add(pending)  # written with the next flush
-            raise
-
-    def _flush_forever(self) -> None:
-        while True:
-            time.sleep(settings.GATEWAY_METRICS_FLUSH_SECONDS)
-            try:
-                self.flush()
-            except Exception:
-                logger.warning("metrics update failed", exc_info=True)
+        pipe = redis_client().pipeline(transaction=False)
+        for field, amount in increments.items():
+            pipe.hincrbyfloat(METRICS_KEY, field, amount)
+        pipe.execute()
 
     def read(self) -> dict[str, float]:
         from .buffer import redis_client
 
-        try:
-            self.flush()
-        except Exception:
-            logger.warning("metrics update failed", exc_info=True)
+        self.batch.flush_quietly()
         return {k.decode(): float(v) for k, v in redis_client().hgetall(METRICS_KEY).items()}
+
+
+def _fold_increments(pending: dict[str, float], increments: dict[str, float]) -> None:
+    for field, amount in increments.items():
+        pending[field] += amount
+
+
+def _merge_increments(older: dict[str, float], newer: dict[str, float]) -> dict[str, float]:
+    _fold_increments(older, newer)
+    return older
 
 
 _store = None
@@ -123,16 +110,7 @@ def store():
     global _store
     if _store is None:
         _store = _RedisStore() if settings.REDIS_URL else _MemoryStore()
-        if isinstance(_store, _RedisStore):
-            atexit.register(_flush_at_exit, _store)
     return _store
-
-
-def _flush_at_exit(redis_store: _RedisStore) -> None:
-    try:
-        redis_store.flush()
-    except Exception:  # Redis is gone: these increments go with the process
-        pass
 
 
 def _field(name: str, labels: dict[str, str]) -> str:

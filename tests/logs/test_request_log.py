@@ -2,6 +2,7 @@
 import io
 import json
 import logging
+import time
 import uuid
 
 import pytest
@@ -171,3 +172,36 @@ def test_webhook_refusals_are_logged_by_the_middleware(client, api_channel):
     row = RequestLog.objects.get()
     assert (row.status_code, row.rejection, row.channel) == (404, "not_found", None)
     assert row.request_id == response["X-Request-ID"]
+
+
+@pytest.mark.services
+class TestPushedToRedisInBatches:
+    """Services mode: a process keeps its rows and appends them to the shared Redis list in batches."""
+
+    def test_rows_reach_the_shared_list_without_a_read(self):
+        from apps.logs.buffer import redis_client
+        from apps.logs.request_log import request_buffer
+
+        for i in range(5):
+            request_log_record(status_code=202, channel_slug="api", channel_kind="api", request_id=f"batched-{i}")
+        deadline = time.monotonic() + 30
+        while redis_client().llen(request_buffer().key) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rows = [json.loads(r) for r in redis_client().lrange(request_buffer().key, 0, -1)]
+        assert [r["request_id"] for r in rows] == [f"batched-{i}" for i in range(5)]  # in order
+
+    def test_a_failed_append_keeps_the_rows_ahead_of_newer_ones(self, monkeypatch, settings):
+        import redis
+
+        from apps.logs import buffer
+
+        settings.GATEWAY_LOG_PUSH_SECONDS = 3600  # this test writes; the thread sleeps through it
+        log = buffer.RedisBuffer(f"gateway:logbuffer:test-{uuid.uuid4().hex}")
+        log.push({"request_id": "first"})
+        monkeypatch.setattr(buffer, "_redis", redis.Redis(port=1, socket_connect_timeout=0.2))  # nothing listens
+        with pytest.raises(redis.ConnectionError):
+            log.batch.flush()
+        monkeypatch.undo()
+        log.push({"request_id": "second"})
+        assert [row["request_id"] for row in log.peek(10)] == ["first", "second"]
+        buffer.redis_client().delete(log.key)
