@@ -28,7 +28,11 @@ class Conversation(models.Model):
 
     class Meta:
         ordering = ["-last_message_at"]
-        indexes = [models.Index(fields=["channel", "user", "-last_message_at"])]
+        indexes = [
+            models.Index(fields=["channel", "user", "-last_message_at"]),
+            # Slack, WeCom and CRM messages find their conversation by the channel's thread id.
+            models.Index(fields=["channel", "external_thread_id"], name="conversation_thread"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.channel.slug} / {self.user} / {self.id}"
