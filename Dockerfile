@@ -27,4 +27,5 @@ USER gateway
 
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --retries=3 CMD curl -fs http://127.0.0.1:8000/healthz || exit 1
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "gateway_project.asgi:application"]
+# -v 0: no Daphne access log; the gateway writes its own request log (RequestLog, with request ids).
+CMD ["daphne", "-v", "0", "-b", "0.0.0.0", "-p", "8000", "gateway_project.asgi:application"]

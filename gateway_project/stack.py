@@ -117,7 +117,8 @@ class Stack:
         """Start one Daphne process; returns its base URL once /healthz answers."""
         port = port or free_port()
         process = self.spawn(
-            "daphne", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "gateway_project.asgi:application"],
+            "daphne", [str(BIN / "daphne"), "-v", "0", "-b", "127.0.0.1", "-p", str(port),
+                       "gateway_project.asgi:application"],  # -v 0: no access log, as in production
             env=env,
         )
         url = f"http://127.0.0.1:{port}"
