@@ -31,7 +31,8 @@ class Batcher(Generic[P]):
         self._empty, self._fold, self._merge, self._write = empty, fold, merge, write
         self._interval, self._size, self._max_size = interval, size, max_size
         self.pending: P = empty()
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the pending batch
+        self.writing = threading.Lock()  # one write at a time, in order
         self._flusher_pid: int | None = None
         atexit.register(self.flush_quietly)
 
@@ -46,17 +47,20 @@ class Batcher(Generic[P]):
                 threading.Thread(target=self._flush_forever, name=f"{self.name}-flush", daemon=True).start()
 
     def flush(self) -> None:
-        """Write what is pending now. Raises if the write fails (the batch is kept)."""
-        with self.lock:
-            batch, self.pending = self.pending, self._empty()
-        if not self._size(batch):
-            return
-        try:
-            self._write(batch)
-        except Exception:
+        """Write what is pending now: once this returns, everything added before the call is written
+        (a write already under way in another thread is waited for). Raises if the write fails
+        (the batch is kept)."""
+        with self.writing:
             with self.lock:
-                self.pending = self._merge(batch, self.pending)
-            raise
+                batch, self.pending = self.pending, self._empty()
+            if not self._size(batch):
+                return
+            try:
+                self._write(batch)
+            except Exception:
+                with self.lock:
+                    self.pending = self._merge(batch, self.pending)
+                raise
 
     def flush_quietly(self) -> None:
         try:
