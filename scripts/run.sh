@@ -30,7 +30,7 @@ cat <<TXT
     Web chat:   http://$host:$port/chat/web/
     Admin:      http://$host:$port/admin/   (user: staff, password: gateway-demo)
     API docs:   http://$host:$port/api/v1/docs
-    Demo keys:  .venv/bin/python manage.py seed_demo --json
+    Demo keys:  ${OPENAI_BASE_URL:+OPENAI_BASE_URL=$OPENAI_BASE_URL }.venv/bin/python manage.py seed_demo --json
   Ctrl-C to stop.
 
 TXT
