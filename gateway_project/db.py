@@ -49,6 +49,12 @@ def database_sync_to_async(func):
     return call
 
 
+def stored(model, field: str, value):
+    """``value`` of ``model.field`` as the database stores it, for a raw statement's parameters
+    (SQLite keeps uuids as hex and datetimes as naive UTC text; decimals are quantized)."""
+    return model._meta.get_field(field).get_db_prep_value(value, connection)
+
+
 # SQLSTATEs that say "try again" rather than "this statement is wrong": connection exceptions (08),
 # operator intervention — a cancelled statement, shutdown, crash recovery (57014, 57P0x) —,
 # insufficient resources such as too many connections (53), a lock not available (55P03), and

@@ -20,7 +20,7 @@ from apps.logs.metrics import llm_call_observed
 from apps.logs.models import LLMCall
 from apps.logs.structured import message_id_var, request_id_var
 from apps.quotas import budgets
-from gateway_project.db import is_database_outage, through_outage
+from gateway_project.db import is_database_outage, stored, through_outage
 
 from . import llm, orchestrator
 from .models import agent_by_id
@@ -106,8 +106,7 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
     (The ORM's seven-table select_related spent more time in PostgreSQL's planner than running.)
     """
     now = timezone.now()
-    lease_until = connection.ops.adapt_datetimefield_value(
-        now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS))
+    lease_until = stored(Message, "lease_until", now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS))
     claimable, params = _claimable(message_id, now, ignore_order=ignore_order)
     claimed = list(Message.objects.raw(CLAIM_SQL.format(claimable=claimable),
                                        [Status.PROCESSING, lease_until, *params]))
@@ -156,8 +155,8 @@ def _claimable(message_id, now, *, ignore_order: bool = False, in_order: bool = 
     """The SQL condition (and its parameters) for "this message may be claimed now", with values
     as the database stores them (SQLite: uuid hex, naive UTC text). ``in_order=False`` asks the
     opposite of the order rule: claimable but for an earlier message."""
-    db_now = connection.ops.adapt_datetimefield_value(now)
-    pk = Message._meta.pk.get_db_prep_value(message_id, connection)
+    db_now = stored(Message, "created_at", now)
+    pk = stored(Message, "id", message_id)
     sql, params = CLAIMABLE_SQL, [pk, Direction.INBOUND, Status.ACCEPTED, Status.PROCESSING, db_now]
     if not ignore_order:
         sql += f" AND {'' if in_order else 'NOT '}({IN_ORDER_SQL})"
@@ -211,9 +210,8 @@ def hand_over(message: Message) -> None:
     from .dispatch import enqueue_agent_run
 
     with connection.cursor() as cursor:  # every run asks: one prepared statement, not an ORM query
-        cursor.execute(NEXT_WAITING_SQL, [
-            Message._meta.get_field("conversation").get_db_prep_value(message.conversation_id, connection),
-            Direction.INBOUND, Status.ACCEPTED, connection.ops.adapt_datetimefield_value(message.created_at)])
+        cursor.execute(NEXT_WAITING_SQL, [stored(Message, "conversation", message.conversation_id), Direction.INBOUND,
+                                          Status.ACCEPTED, stored(Message, "created_at", message.created_at)])
         row = cursor.fetchone()
     if row is not None:
         waiting = Message._meta.pk.to_python(row[0])

@@ -23,6 +23,7 @@ from apps.logs.structured import request_id_var
 from apps.quotas.iprules import check_ip_rules
 from apps.quotas.limits import check_limits
 from apps.routing.router import route_message
+from gateway_project.db import stored
 
 from .errors import ChannelDisabled, NotFound
 from .models import Conversation, Direction, Message, Status
@@ -99,7 +100,8 @@ def find_conversation(msg: NormalizedMessage, *, channel: Channel, user) -> Conv
         except ValidationError:
             raise NotFound("No such conversation.") from None
         conversation = _conversation("id = %s AND channel_id = %s AND user_id = %s",
-                                     [_stored("id", conversation_id), channel.pk, _stored("user", user.pk)])
+                                     [stored(Conversation, "id", conversation_id), channel.pk,
+                                      stored(Conversation, "user", user.pk)])
         if conversation is None:
             raise NotFound("No such conversation.")
         return conversation
@@ -122,11 +124,6 @@ def _conversation(condition: str, params: list) -> Conversation | None:
     if found is not None and found.agent_id is not None and (agent := agent_by_id(found.agent_id)) is not None:
         found.agent = agent
     return found
-
-
-def _stored(field: str, value):
-    """``value`` of a Conversation field as the database stores it (SQLite keeps uuids as hex)."""
-    return Conversation._meta.get_field(field).get_db_prep_value(value, connection)
 
 
 def persist(

@@ -24,7 +24,7 @@ from django.db.models import Sum
 
 from apps.agents import llm
 from apps.conversations.errors import GatewayError, QuotaExceeded, ServiceUnavailable
-from gateway_project.db import through_outage
+from gateway_project.db import stored, through_outage
 
 from .ledger import ADMITTED, MISSING, CounterCall, get_ledger
 from .metrics import count_backend_error, count_rejection
@@ -232,12 +232,9 @@ def usage_record(*, user_id, api_key_id, channel_id, prompt_tokens: int, complet
 
     day = day or utc_today(time.time())
     key = ":".join(str(v) if v is not None else "-" for v in (user_id, api_key_id, channel_id))
-    field = UsageDaily._meta.get_field
-    cost = connection.ops.adapt_decimalfield_value(cost, field("cost").max_digits, field("cost").decimal_places)
-    ids = [field(name).get_db_prep_value(value, connection)
-           for name, value in (("user", user_id), ("api_key", api_key_id), ("channel", channel_id))]
-    params = [connection.ops.adapt_datefield_value(day), key, *ids, prompt_tokens, completion_tokens,
-              total_tokens, cost]
+    params = [stored(UsageDaily, "date", day), key, stored(UsageDaily, "user", user_id),
+              stored(UsageDaily, "api_key", api_key_id), stored(UsageDaily, "channel", channel_id),
+              prompt_tokens, completion_tokens, total_tokens, stored(UsageDaily, "cost", cost)]
     with connection.cursor() as cursor:
         cursor.execute(USAGE_UPSERT_SQL, params)
 
