@@ -55,6 +55,30 @@ def stored(model, field: str, value):
     return model._meta.get_field(field).get_db_prep_value(value, connection)
 
 
+def insert_statement(obj) -> tuple[str, list]:
+    """``INSERT`` for the unsaved ``obj`` and its parameters, as ``obj.save()`` would store it
+    (auto_now fields set, every value prepared by its field), for a raw statement that does more
+    than one thing in one round trip. Call ``mark_saved(obj)`` once the statement has run."""
+    sql, fields = _insert_sql(type(obj))
+    return sql, [field.get_db_prep_save(field.pre_save(obj, add=True), connection) for field in fields]
+
+
+@functools.cache
+def _insert_sql(model) -> tuple[str, tuple]:
+    quote = connection.ops.quote_name
+    fields = tuple(model._meta.concrete_fields)
+    columns = ", ".join(quote(field.column) for field in fields)
+    values = ", ".join(["%s"] * len(fields))
+    return f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({values})", fields
+
+
+def mark_saved(*objs) -> None:
+    """What ``save()`` records on an instance it has inserted."""
+    for obj in objs:
+        obj._state.adding = False
+        obj._state.db = connection.alias
+
+
 # SQLSTATEs that say "try again" rather than "this statement is wrong": connection exceptions (08),
 # operator intervention — a cancelled statement, shutdown, crash recovery (57014, 57P0x) —,
 # insufficient resources such as too many connections (53), a lock not available (55P03), and

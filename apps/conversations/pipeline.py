@@ -9,6 +9,7 @@ here calls a model or waits for one: the agent runs later in a Celery worker.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
@@ -23,7 +24,7 @@ from apps.logs.structured import request_id_var
 from apps.quotas.iprules import check_ip_rules
 from apps.quotas.limits import check_limits
 from apps.routing.router import route_message
-from gateway_project.db import stored
+from gateway_project.db import insert_statement, mark_saved, stored
 
 from .errors import ChannelDisabled, NotFound
 from .models import Conversation, Direction, Message, Status
@@ -131,36 +132,43 @@ def persist(
 ) -> Accepted:
     """Store the inbound message (and a new conversation if needed) in one transaction."""
     now = timezone.now()
+    new_conversation = conversation is None
+    if new_conversation:
+        conversation = Conversation(channel=channel, user=user, agent=agent,
+                                    external_thread_id=msg.metadata.get("thread_id") or "")
+        updates = {}
+    else:
+        updates = {"last_message_at": now}
+        if conversation.agent_id != agent.id:
+            updates["agent"] = agent.pk
+    message = Message(
+        id=msg.id,
+        conversation=conversation,
+        channel=channel,
+        direction=Direction.INBOUND,
+        status=Status.ACCEPTED,
+        sender=user,
+        agent=agent,
+        external_id=msg.external_id,
+        external_user_id=msg.user_id,
+        text=msg.message,
+        attachments=msg.attachments,
+        metadata=msg.metadata,
+        request_id=request_id_var.get() or "",
+        api_key=api_key,
+        raw_payload=msg.raw,
+        channel_timestamp=msg.timestamp,
+    )
     try:
-        with transaction.atomic():
-            if conversation is None:
-                conversation = Conversation.objects.create(
-                    channel=channel, user=user, agent=agent,
-                    external_thread_id=msg.metadata.get("thread_id") or "",
-                )
-            else:
-                updates = {"last_message_at": now}
-                if conversation.agent_id != agent.id:
-                    updates["agent"] = agent
-                Conversation.objects.filter(pk=conversation.pk).update(**updates)
-            message = Message.objects.create(
-                id=msg.id,
-                conversation=conversation,
-                channel=channel,
-                direction=Direction.INBOUND,
-                status=Status.ACCEPTED,
-                sender=user,
-                agent=agent,
-                external_id=msg.external_id,
-                external_user_id=msg.user_id,
-                text=msg.message,
-                attachments=msg.attachments,
-                metadata=msg.metadata,
-                request_id=request_id_var.get() or "",
-                api_key=api_key,
-                raw_payload=msg.raw,
-                channel_timestamp=msg.timestamp,
-            )
+        if connection.vendor == "postgresql":
+            _store_in_one_statement(message, conversation, None if new_conversation else updates)
+        else:
+            with transaction.atomic():
+                if new_conversation:
+                    conversation.save(force_insert=True)
+                else:
+                    Conversation.objects.filter(pk=conversation.pk).update(**updates)
+                message.save(force_insert=True)
     except IntegrityError:
         # Two identical deliveries raced past dedupe(); the first insert won.
         if (original := dedupe(msg, channel)) is not None:
@@ -169,3 +177,23 @@ def persist(
     msg.principal_id = str(user.pk)
     msg.conversation_id = str(conversation.pk)
     return Accepted(message=message, conversation=conversation)
+
+
+def _store_in_one_statement(message: Message, conversation: Conversation, updates: dict | None) -> None:
+    """The conversation's insert (``updates`` None) or update, and the message's insert, as one
+    statement: atomic on its own, and one round trip instead of four (BEGIN, two writes, COMMIT)
+    for the write every accepted message makes. The update locks the conversation's row until the
+    message is in, as the transaction did. Inside a caller's transaction it runs in a savepoint, so
+    a duplicate's IntegrityError leaves that transaction usable."""
+    if updates is not None:
+        quote = connection.ops.quote_name
+        columns = ", ".join(f"{quote(Conversation._meta.get_field(name).column)} = %s" for name in updates)
+        first = f"UPDATE {quote(Conversation._meta.db_table)} SET {columns} WHERE id = %s"
+        first_params = [stored(Conversation, name, value) for name, value in updates.items()]
+        first_params.append(stored(Conversation, "id", conversation.pk))
+    else:
+        first, first_params = insert_statement(conversation)
+    insert, params = insert_statement(message)
+    with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+        cursor.execute(f"WITH written AS ({first}) {insert}", first_params + params)
+    mark_saved(message, *([] if updates is not None else [conversation]))
