@@ -21,6 +21,7 @@ from apps.conversations.errors import (
 )
 from apps.quotas.client_ip import client_ip_for_request
 from apps.quotas.iprules import check_ip_rules
+from gateway_project.db import database_sync_to_async
 
 from .base import WebhookRequest
 from .models import channel_by_slug
@@ -38,7 +39,14 @@ class MethodNotAllowed(GatewayError):
 
 
 @csrf_exempt
-def channel_webhook(request, slug: str):
+async def channel_webhook(request, slug: str):
+    # The work is sync (ORM, Celery): on the loop's shared thread pool, not on a thread Django
+    # would make for this request alone (see gateway_project.db.database_sync_to_async).
+    return await _channel_webhook(request, slug)
+
+
+@database_sync_to_async
+def _channel_webhook(request, slug: str):
     try:
         if request.method not in ("GET", "POST"):
             raise MethodNotAllowed()
