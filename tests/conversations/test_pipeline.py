@@ -1,6 +1,7 @@
 """Each pipeline step, from the side that passes and the side that must be refused."""
 import pytest
 
+from apps.agents.models import Agent
 from apps.conversations import pipeline
 from apps.conversations.errors import ChannelDisabled, Forbidden, NoRoute, NotFound, RateLimited
 from apps.conversations.models import Conversation, Message
@@ -11,6 +12,43 @@ from apps.identities.models import ChannelIdentity
 def normalized(channel, text="hello", **fields):
     return NormalizedMessage(channel=channel.kind, channel_id=channel.slug,
                              user_id=fields.pop("user_id", "u-1"), message=text, **fields)
+
+
+def _persist_cases(api_channel, customer, agent):
+    """Persist's paths, each checked against the database."""
+    first = pipeline.persist(normalized(api_channel, "one", external_id="p-1", metadata={"thread_id": "t-1"}),
+                             channel=api_channel, user=customer, conversation=None, agent=agent)
+    stored = Message.objects.select_related("conversation").get(pk=first.message.pk)
+    assert (stored.text, stored.status, stored.external_id, stored.sender_id) == ("one", "accepted", "p-1",
+                                                                                 customer.pk)
+    assert stored.conversation.external_thread_id == "t-1" and stored.conversation.agent_id == agent.pk
+    assert stored.created_at == first.message.created_at and not first.message._state.adding
+    started = stored.conversation.last_message_at
+
+    other = Agent.objects.create(slug="other", name="Other", model=agent.model, visibility=agent.visibility)
+    second = pipeline.persist(normalized(api_channel, "two"), channel=api_channel, user=customer,
+                              conversation=first.conversation, agent=other)
+    conversation = Conversation.objects.get()
+    assert second.conversation.pk == conversation.pk and conversation.agent_id == other.pk
+    assert conversation.last_message_at > started
+    assert list(conversation.messages.order_by("created_at").values_list("text", "agent_id")) == [
+        ("one", agent.pk), ("two", other.pk)]
+
+    raced = pipeline.persist(normalized(api_channel, "three", external_id="p-1"), channel=api_channel,
+                             user=customer, conversation=None, agent=agent)
+    assert raced.duplicate is True and raced.message.pk == first.message.pk
+    assert (Conversation.objects.count(), Message.objects.count()) == (1, 2)
+
+
+@pytest.mark.django_db
+def test_persist_inside_a_callers_transaction(api_channel, customer, agent):
+    _persist_cases(api_channel, customer, agent)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_persist_in_autocommit(api_channel, customer, agent):
+    """As on a real server: no transaction around the request, each write commits on its own."""
+    _persist_cases(api_channel, customer, agent)
 
 
 @pytest.mark.django_db
@@ -45,6 +83,7 @@ class TestAccept:
         raced = pipeline.persist(normalized(api_channel, external_id="evt-2"), channel=api_channel, user=customer,
                                  conversation=None, agent=api_channel.default_agent)
         assert raced.duplicate is True and raced.message.pk == first.message.pk
+        assert Conversation.objects.count() == 1  # the raced delivery's new conversation went with it
 
     def test_continues_the_senders_own_conversation(self, api_channel, customer):
         first = pipeline.accept(normalized(api_channel), channel=api_channel, principal=customer)
