@@ -22,7 +22,9 @@ def enqueue_agent_run(message_id) -> None:
 
     if settings.GATEWAY_AGENT_DISPATCH == "celery":
         try:
-            run_agent.delay(str(message_id))
+            # declare=[]: the message goes straight to the queue (the default exchange), which the
+            # worker declares; Celery's per-publish queue declaration only copied the entity again.
+            run_agent.apply_async((str(message_id),), declare=[])
         except BROKER_ERRORS:
             # The message is committed: the periodic requeue task (apps.agents.recovery) queues it
             # once the broker is back, so the sender's "accepted" still means "will be answered".

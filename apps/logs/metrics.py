@@ -14,6 +14,7 @@ Recording never raises: metrics must not break a request.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -114,11 +115,17 @@ def store():
 
 
 def _field(name: str, labels: dict[str, str]) -> str:
-    return json.dumps([name, sorted(labels.items())], separators=(",", ":"))
+    return _field_of(name, tuple(sorted(labels.items())))
+
+
+@functools.lru_cache(maxsize=4096)
+def _field_of(name: str, items: tuple) -> str:
+    return json.dumps([name, items], separators=(",", ":"))
 
 
 def _counter(increments: dict, name: str, labels: dict, amount: float = 1.0) -> None:
-    increments[_field(name, labels)] = increments.get(_field(name, labels), 0.0) + amount
+    field = _field(name, labels)
+    increments[field] = increments.get(field, 0.0) + amount
 
 
 def _histogram(increments: dict, name: str, labels: dict, value: float, bounds) -> None:
