@@ -62,6 +62,7 @@ def slack_headers(secret: str, body: str) -> dict:
 async def run_http(spec: dict) -> dict:
     latencies: list[float] = []
     errors: dict[str, int] = {}
+    warmup_errors: dict[str, int] = {}
     accepted: list[str] = []
     keys: list[str] = []
     queue: asyncio.Queue = asyncio.Queue()
@@ -79,7 +80,7 @@ async def run_http(spec: dict) -> dict:
     connector = aiohttp.TCPConnector(limit=spec["concurrency"] + 5, force_close=False)
     timeout = aiohttp.ClientTimeout(total=spec.get("request_timeout", 60))
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        async def one_worker():
+        async def one_worker(queue: asyncio.Queue, record: bool):
             while not queue.empty():
                 key, retry = queue.get_nowait()
                 headers = {"Content-Type": "application/json", **spec.get("headers", {})}
@@ -96,23 +97,33 @@ async def run_http(spec: dict) -> dict:
                     async with session.post(spec["url"], data=data, headers=headers) as resp:
                         raw = await resp.read()
                         if resp.status in spec.get("ok_status", [200]):
-                            latencies.append(time.perf_counter() - started)
-                            if spec.get("collect_ids"):
-                                accepted.append(json.loads(raw)["message_id"])
+                            if record:
+                                latencies.append(time.perf_counter() - started)
+                                if spec.get("collect_ids"):
+                                    accepted.append(json.loads(raw)["message_id"])
                         else:
-                            errors[str(resp.status)] = errors.get(str(resp.status), 0) + 1
+                            failed = errors if record else warmup_errors
+                            failed[str(resp.status)] = failed.get(str(resp.status), 0) + 1
                 except Exception as exc:  # noqa: BLE001 - the bench counts every failure kind
-                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    failed = errors if record else warmup_errors
+                    failed[type(exc).__name__] = failed.get(type(exc).__name__, 0) + 1
 
-        if spec.get("warmup") and not slack_secret:  # Slack events are all counted: no warm-up
-            for _ in range(spec["warmup"]):
-                async with session.post(spec["url"], data=json.dumps(spec["body"]),
-                                        headers={"Content-Type": "application/json", **spec.get("headers", {})}):
-                    pass
+        # Warm-up at the run's concurrency, not timed or counted: new senders (Slack), the
+        # database pool filling and preparing its statements, caches. Each warm-up request is a
+        # distinct message of its own (its own key), never one of the counted ones.
+        warmup: asyncio.Queue = asyncio.Queue()
+        for j in range(spec.get("warmup", 0)):
+            key = f"warmup-{uuid.uuid4()}" if spec.get("idempotency") else None
+            if slack_secret:
+                key, bodies[key] = slack_event(spec["count"] + j, spec.get("slack_users", 50))
+            warmup.put_nowait((key, False))
+        await asyncio.gather(*(one_worker(warmup, False) for _ in range(spec["concurrency"])))
         started = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(one_worker() for _ in range(spec["concurrency"]))), spec["timeout"])
+        await asyncio.wait_for(asyncio.gather(*(one_worker(queue, True) for _ in range(spec["concurrency"]))),
+                               spec["timeout"])
         duration = time.perf_counter() - started
-    extra = {"sent": spec["count"] + (len(keys) // spec["repeat_every"] + 1 if spec.get("repeat_every") else 0)}
+    extra = {"sent": spec["count"] + (len(keys) // spec["repeat_every"] + 1 if spec.get("repeat_every") else 0),
+             "warmup": spec.get("warmup", 0), "warmup_errors": warmup_errors}
     if keys:
         extra["keys"] = keys
     if spec.get("collect_ids"):
