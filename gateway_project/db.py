@@ -6,10 +6,11 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TypeVar
 
 from asgiref.sync import AsyncToSync, sync_to_async
-from django.db import InterfaceError, OperationalError, close_old_connections, connection
+from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -70,6 +71,28 @@ def _insert_sql(model) -> tuple[str, tuple]:
     columns = ", ".join(quote(field.column) for field in fields)
     values = ", ".join(["%s"] * len(fields))
     return f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({values})", fields
+
+
+def update_statement(model, pk, values: dict) -> tuple[str, list]:
+    """``UPDATE`` of the row ``pk`` of ``model`` setting ``values`` (field name → value), and its
+    parameters, as ``QuerySet.update()`` would write them (auto_now fields are left alone)."""
+    quote = connection.ops.quote_name
+    columns = ", ".join(f"{quote(model._meta.get_field(name).column)} = %s" for name in values)
+    sql = f"UPDATE {quote(model._meta.db_table)} SET {columns} WHERE {quote(model._meta.pk.column)} = %s"
+    params = [stored(model, name, value) for name, value in values.items()]
+    return sql, [*params, stored(model, model._meta.pk.name, pk)]
+
+
+def write_with_insert(first: tuple[str, list], obj) -> None:
+    """``first`` (an INSERT or UPDATE and its parameters) and the INSERT of the unsaved ``obj``, as
+    one statement (PostgreSQL): atomic on its own, and one round trip instead of four (BEGIN, two
+    writes, COMMIT). Rows ``first`` updates stay locked until ``obj`` is in, as in a transaction.
+    Inside a caller's transaction it runs in a savepoint, so an IntegrityError (a duplicate) leaves
+    that transaction usable."""
+    insert, params = insert_statement(obj)
+    with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+        cursor.execute(f"WITH written AS ({first[0]}) {insert}", [*first[1], *params])
+    mark_saved(obj)
 
 
 def mark_saved(*objs) -> None:

@@ -20,7 +20,7 @@ from apps.logs.metrics import llm_call_observed
 from apps.logs.models import LLMCall
 from apps.logs.structured import message_id_var, request_id_var
 from apps.quotas import budgets
-from gateway_project.db import is_database_outage, stored, through_outage
+from gateway_project.db import is_database_outage, stored, through_outage, update_statement, write_with_insert
 
 from . import llm, orchestrator
 from .models import agent_by_id
@@ -322,25 +322,28 @@ def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
     """Store the reply and mark the message answered, atomically. None if already answered."""
     now = timezone.now()
     latency_ms = int((now - message.created_at).total_seconds() * 1000)
+    reply = Message(
+        conversation_id=message.conversation_id,
+        channel_id=message.channel_id,
+        direction=Direction.OUTBOUND,
+        status=Status.PENDING,
+        reply_to=message,
+        agent=message.agent,
+        text=result.text,
+        model=result.model,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        total_tokens=result.total_tokens,
+        latency_ms=latency_ms,
+    )
+    answered = {"status": Status.ANSWERED, "lease_until": None, "error_code": "", "error_message": ""}
     try:
-        with transaction.atomic():
-            reply = Message.objects.create(
-                conversation_id=message.conversation_id,
-                channel_id=message.channel_id,
-                direction=Direction.OUTBOUND,
-                status=Status.PENDING,
-                reply_to=message,
-                agent=message.agent,
-                text=result.text,
-                model=result.model,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                total_tokens=result.total_tokens,
-                latency_ms=latency_ms,
-            )
-            Message.objects.filter(pk=message.pk).update(
-                status=Status.ANSWERED, lease_until=None, error_code="", error_message=""
-            )
+        if connection.vendor == "postgresql":  # one statement, one round trip (db.write_with_insert)
+            write_with_insert(update_statement(Message, message.pk, answered), reply)
+        else:
+            with transaction.atomic():
+                reply.save(force_insert=True)
+                Message.objects.filter(pk=message.pk).update(**answered)
     except IntegrityError:
         logger.warning("reply already stored by another run; not answering twice")
         return None

@@ -9,7 +9,6 @@ here calls a model or waits for one: the agent runs later in a Celery worker.
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
@@ -24,7 +23,7 @@ from apps.logs.structured import request_id_var
 from apps.quotas.iprules import check_ip_rules
 from apps.quotas.limits import check_limits
 from apps.routing.router import route_message
-from gateway_project.db import insert_statement, mark_saved, stored
+from gateway_project.db import insert_statement, mark_saved, stored, update_statement, write_with_insert
 
 from .errors import ChannelDisabled, NotFound
 from .models import Conversation, Direction, Message, Status
@@ -181,19 +180,10 @@ def persist(
 
 def _store_in_one_statement(message: Message, conversation: Conversation, updates: dict | None) -> None:
     """The conversation's insert (``updates`` None) or update, and the message's insert, as one
-    statement: atomic on its own, and one round trip instead of four (BEGIN, two writes, COMMIT)
-    for the write every accepted message makes. The update locks the conversation's row until the
-    message is in, as the transaction did. Inside a caller's transaction it runs in a savepoint, so
-    a duplicate's IntegrityError leaves that transaction usable."""
-    if updates is not None:
-        quote = connection.ops.quote_name
-        columns = ", ".join(f"{quote(Conversation._meta.get_field(name).column)} = %s" for name in updates)
-        first = f"UPDATE {quote(Conversation._meta.db_table)} SET {columns} WHERE id = %s"
-        first_params = [stored(Conversation, name, value) for name, value in updates.items()]
-        first_params.append(stored(Conversation, "id", conversation.pk))
+    statement: the write every accepted message makes (see ``gateway_project.db.write_with_insert``).
+    The update locks the conversation's row until the message is in, as the transaction did."""
+    if updates is None:
+        write_with_insert(insert_statement(conversation), message)
+        mark_saved(conversation)
     else:
-        first, first_params = insert_statement(conversation)
-    insert, params = insert_statement(message)
-    with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
-        cursor.execute(f"WITH written AS ({first}) {insert}", first_params + params)
-    mark_saved(message, *([] if updates is not None else [conversation]))
+        write_with_insert(update_statement(Conversation, conversation.pk, updates), message)

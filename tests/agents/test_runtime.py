@@ -4,7 +4,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from apps.agents.runtime import agent_run, claim, release_claim
+from apps.agents.llm import LLMResult
+from apps.agents.runtime import agent_run, claim, release_claim, save_reply
 from apps.conversations.models import Message
 from apps.conversations.realtime import conversation_group, reply_group
 from apps.logs.models import LLMCall
@@ -132,3 +133,37 @@ class TestDatabaseConnectionDuringModelCalls:
             Message.objects.exists()
             release_database_connection()  # inside a transaction the connection must stay
             assert connection.connection is not None and connection.in_atomic_block
+
+
+def _save_reply_cases(api_channel, customer):
+    """save_reply's two outcomes, checked against the database."""
+    message = send(api_channel, customer, "answer me")
+    Message.objects.filter(pk=message.pk).update(status="processing", lease_until=timezone.now(),
+                                                 error_code="model_timeout", error_message="earlier try")
+    message.refresh_from_db()
+    result = LLMResult(text="the answer", model="fake-gpt", prompt_tokens=3, completion_tokens=2, total_tokens=5)
+    reply = save_reply(message, result)
+    stored = Message.objects.get(pk=reply.pk)
+    assert (stored.direction, stored.status, stored.text, stored.reply_to_id) == ("out", "pending", "the answer",
+                                                                                  message.pk)
+    assert (stored.total_tokens, stored.agent_id, stored.conversation_id) == (5, message.agent_id,
+                                                                             message.conversation_id)
+    assert stored.created_at == reply.created_at and not reply._state.adding
+    inbound = Message.objects.get(pk=message.pk)
+    assert (inbound.status, inbound.lease_until, inbound.error_code, inbound.error_message) == (
+        "answered", None, "", "")
+    assert inbound.text == "answer me"  # nothing else touched
+
+    assert save_reply(message, LLMResult(text="a second answer", model="fake-gpt")) is None
+    assert list(Message.objects.filter(reply_to=message).values_list("text", flat=True)) == ["the answer"]
+
+
+@pytest.mark.django_db
+def test_save_reply_inside_a_callers_transaction(api_channel, customer):
+    _save_reply_cases(api_channel, customer)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_save_reply_in_autocommit(api_channel, customer):
+    """As in a worker: no transaction around the run, each write commits on its own."""
+    _save_reply_cases(api_channel, customer)
