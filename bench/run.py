@@ -377,9 +377,12 @@ def render(results: dict) -> str:
         lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | "
                      f"{r.get('ratio_to_ceiling', '')} | {r.get('distinct_keys', '')} | {r.get('lost', '')} | "
                      f"{r.get('duplicates', '')} | {r.get('answered', '')} | {r.get('errors') or ''} |")
-    warmed = {r.get("warmup") for r in results.get("ingest", [])} - {None}
+    warmed = {r.get("warmup") for r in results.get("ingest", [])} - {None, 0}
     if warmed:
-        failed = {k: v for r in results["ingest"] for k, v in (r.get("warmup_errors") or {}).items()}
+        failed: dict[str, int] = {}
+        for r in results["ingest"]:
+            for kind, count in (r.get("warmup_errors") or {}).items():
+                failed[kind] = failed.get(kind, 0) + count
         lines += ["", f"Each row first sent {', '.join(map(str, sorted(warmed)))} warm-up requests of its own at the "
                       f"same concurrency, not timed or counted (warm-up errors: {failed or 'none'}); the Slack "
                       "warm-up events are distinct events from the same senders."]

@@ -59,7 +59,10 @@ def stored(model, field: str, value):
 def insert_statement(obj) -> tuple[str, list]:
     """``INSERT`` for the unsaved ``obj`` and its parameters, as ``obj.save()`` would store it
     (auto_now fields set, every value prepared by its field), for a raw statement that does more
-    than one thing in one round trip. Call ``mark_saved(obj)`` once the statement has run."""
+    than one thing in one round trip. Call ``mark_saved(obj)`` once the statement has run. The
+    primary key must be set (a uuid default is), and no pre_save/post_save signal is sent."""
+    if obj.pk is None:
+        raise ValueError(f"{type(obj).__name__} has no primary key yet")
     sql, fields = _insert_sql(type(obj))
     return sql, [field.get_db_prep_save(field.pre_save(obj, add=True), connection) for field in fields]
 
@@ -79,7 +82,7 @@ def update_statement(model, pk, values: dict) -> tuple[str, list]:
     quote = connection.ops.quote_name
     columns = ", ".join(f"{quote(model._meta.get_field(name).column)} = %s" for name in values)
     sql = f"UPDATE {quote(model._meta.db_table)} SET {columns} WHERE {quote(model._meta.pk.column)} = %s"
-    params = [stored(model, name, value) for name, value in values.items()]
+    params = [model._meta.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
     return sql, [*params, stored(model, model._meta.pk.name, pk)]
 
 

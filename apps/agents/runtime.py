@@ -321,7 +321,8 @@ def build_prompt(message: Message) -> list[dict]:
 def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
     """Store the reply and mark the message answered, atomically. None if already answered."""
     now = timezone.now()
-    latency_ms = int((now - message.created_at).total_seconds() * 1000)
+    # At least 0: the web server's and the worker's clocks may disagree (the column is unsigned).
+    latency_ms = max(0, int((now - message.created_at).total_seconds() * 1000))
     reply = Message(
         conversation_id=message.conversation_id,
         channel_id=message.channel_id,

@@ -1,7 +1,9 @@
 """The agent run: claim, history, model call through the real openai client, reply, logs."""
+from contextlib import nullcontext
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from apps.agents.llm import LLMResult
@@ -135,14 +137,16 @@ class TestDatabaseConnectionDuringModelCalls:
             assert connection.connection is not None and connection.in_atomic_block
 
 
-def _save_reply_cases(api_channel, customer):
+def _save_reply_cases(api_channel, customer, *, statements=None):
     """save_reply's two outcomes, checked against the database."""
     message = send(api_channel, customer, "answer me")
     Message.objects.filter(pk=message.pk).update(status="processing", lease_until=timezone.now(),
                                                  error_code="model_timeout", error_message="earlier try")
     message.refresh_from_db()
+    assert message.agent is not None  # loaded here, as the claim gives it from the configuration cache
     result = LLMResult(text="the answer", model="fake-gpt", prompt_tokens=3, completion_tokens=2, total_tokens=5)
-    reply = save_reply(message, result)
+    with statements or nullcontext():
+        reply = save_reply(message, result)
     stored = Message.objects.get(pk=reply.pk)
     assert (stored.direction, stored.status, stored.text, stored.reply_to_id) == ("out", "pending", "the answer",
                                                                                   message.pk)
@@ -164,6 +168,17 @@ def test_save_reply_inside_a_callers_transaction(api_channel, customer):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_save_reply_in_autocommit(api_channel, customer):
-    """As in a worker: no transaction around the run, each write commits on its own."""
-    _save_reply_cases(api_channel, customer)
+def test_save_reply_in_autocommit(api_channel, customer, django_assert_num_queries):
+    """As in a worker: no transaction around the run, each write commits on its own; on
+    PostgreSQL the reply and the message's "answered" go in one statement."""
+    one_statement = django_assert_num_queries(1) if connection.vendor == "postgresql" else None
+    _save_reply_cases(api_channel, customer, statements=one_statement)
+
+
+@pytest.mark.django_db
+def test_a_worker_clock_behind_the_web_servers_gives_latency_zero(api_channel, customer):
+    message = send(api_channel, customer, "from the future")
+    Message.objects.filter(pk=message.pk).update(created_at=timezone.now() + timedelta(seconds=5))
+    message.refresh_from_db()
+    reply = save_reply(message, LLMResult(text="still answered", model="fake-gpt"))
+    assert reply is not None and Message.objects.get(pk=reply.pk).latency_ms == 0

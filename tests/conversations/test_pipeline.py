@@ -1,12 +1,16 @@
 """Each pipeline step, from the side that passes and the side that must be refused."""
+from contextlib import nullcontext
+
 import pytest
+from django.db import connection
 
 from apps.agents.models import Agent
 from apps.conversations import pipeline
 from apps.conversations.errors import ChannelDisabled, Forbidden, NoRoute, NotFound, RateLimited
 from apps.conversations.models import Conversation, Message
 from apps.conversations.normalized import NormalizedMessage
-from apps.identities.models import ChannelIdentity
+from apps.identities.models import ApiKey, ChannelIdentity
+from apps.logs.structured import request_id_var
 
 
 def normalized(channel, text="hello", **fields):
@@ -14,13 +18,27 @@ def normalized(channel, text="hello", **fields):
                              user_id=fields.pop("user_id", "u-1"), message=text, **fields)
 
 
-def _persist_cases(api_channel, customer, agent):
-    """Persist's paths, each checked against the database."""
-    first = pipeline.persist(normalized(api_channel, "one", external_id="p-1", metadata={"thread_id": "t-1"}),
-                             channel=api_channel, user=customer, conversation=None, agent=agent)
+def _persist_cases(api_channel, customer, agent, *, statements=None):
+    """Persist's paths, each checked against the database. ``statements``: a context manager
+    counting the statements of the first write (one on PostgreSQL in autocommit)."""
+    key = ApiKey.generate(user=customer, name="persist")[0]
+    inbound = normalized(api_channel, "one", external_id="p-1", metadata={"thread_id": "t-1", "n": [1, None]},
+                         attachments=[{"type": "file", "name": "a.txt"}], raw={"event": {"text": "one"}},
+                         timestamp=1700000000.25)
+    request = request_id_var.set("req-persist")
+    try:
+        with statements or nullcontext():
+            first = pipeline.persist(inbound, channel=api_channel, user=customer, conversation=None, agent=agent,
+                                     api_key=key)
+    finally:
+        request_id_var.reset(request)
     stored = Message.objects.select_related("conversation").get(pk=first.message.pk)
     assert (stored.text, stored.status, stored.external_id, stored.sender_id) == ("one", "accepted", "p-1",
                                                                                  customer.pk)
+    assert stored.metadata == {"thread_id": "t-1", "n": [1, None]}
+    assert stored.attachments == [{"type": "file", "name": "a.txt"}]
+    assert stored.raw_payload == {"event": {"text": "one"}}
+    assert (stored.channel_timestamp, stored.api_key_id, stored.request_id) == (1700000000.25, key.pk, "req-persist")
     assert stored.conversation.external_thread_id == "t-1" and stored.conversation.agent_id == agent.pk
     assert stored.created_at == first.message.created_at and not first.message._state.adding
     started = stored.conversation.last_message_at
@@ -46,9 +64,11 @@ def test_persist_inside_a_callers_transaction(api_channel, customer, agent):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_persist_in_autocommit(api_channel, customer, agent):
-    """As on a real server: no transaction around the request, each write commits on its own."""
-    _persist_cases(api_channel, customer, agent)
+def test_persist_in_autocommit(api_channel, customer, agent, django_assert_num_queries):
+    """As on a real server: no transaction around the request, each write commits on its own;
+    on PostgreSQL the conversation and the message go in one statement."""
+    one_statement = django_assert_num_queries(1) if connection.vendor == "postgresql" else None
+    _persist_cases(api_channel, customer, agent, statements=one_statement)
 
 
 @pytest.mark.django_db
