@@ -174,16 +174,18 @@ def check_timestamp(value: str, *, now: float | None = None) -> int:
     try:
         stamp = int(value)
     except (TypeError, ValueError) as exc:
-        raise Unauthenticated("The request timestamp is missing or malformed.") from exc
+        raise Unauthenticated("The request timestamp is missing or malformed.",
+                              reason="timestamp_malformed") from exc
     now = time.time() if now is None else now
     if abs(now - stamp) > settings.CONNECTOR_SIGNATURE_MAX_AGE_SECONDS:
-        raise Unauthenticated("The request timestamp is too old (or in the future); possible replay.")
+        raise Unauthenticated("The request timestamp is too old (or in the future); possible replay.",
+                              reason="timestamp_outside_window")
     return stamp
 
 
 def require_signature(expected: str, given: str) -> None:
     if not given or not constant_time_equals(expected, given):
-        raise Unauthenticated("The request signature does not match.")
+        raise Unauthenticated("The request signature does not match.", reason="signature_mismatch")
 
 
 # --- outbound retries: the one place ------------------------------------------------------

@@ -56,7 +56,7 @@ class SlackConnector(Connector):
         check_timestamp(timestamp)
         verifier = SignatureVerifier(self.conf.signing_secret)
         if not verifier.is_valid(request.body, timestamp, request.header("X-Slack-Signature")):
-            raise Unauthenticated("The request signature does not match.")
+            raise Unauthenticated("The request signature does not match.", reason="signature_mismatch")
 
     def parse(self, request: WebhookRequest) -> WebhookResult:
         try:

@@ -93,14 +93,14 @@ class WeComConnector(Connector):
             self.crypto.verify(q.get("msg_signature", ""), q.get("timestamp", ""), q.get("nonce", ""),
                                self._encrypted_part(request))
         except WeComCryptoError as exc:
-            raise Unauthenticated("The request signature does not match.") from exc
+            raise Unauthenticated("The request signature does not match.", reason="signature_mismatch") from exc
 
     def _decrypt(self, encrypt: str) -> bytes:
         try:
             return self.crypto.decrypt(encrypt)
         except WeComCryptoError as exc:
             # Signed but undecryptable (tampered ciphertext, wrong CorpID): not from our app.
-            raise Unauthenticated(f"The message cannot be decrypted ({exc}).") from exc
+            raise Unauthenticated(f"The message cannot be decrypted ({exc}).", reason="undecryptable") from exc
 
     def parse(self, request: WebhookRequest) -> WebhookResult:
         plain = self._decrypt(self._encrypted_part(request))

@@ -20,9 +20,12 @@ class GatewayError(Exception):
     status = 400
     default_message = "The request could not be handled."
 
-    def __init__(self, message: str | None = None, *, retry_after: int | None = None):
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None, reason: str = ""):
         self.message = message or self.default_message
         self.retry_after = retry_after
+        # Why, for the request log and the audit trail only (e.g. "signature_mismatch" against
+        # "timestamp_outside_window": a forgery against a replay); the client sees ``code``.
+        self.reason = reason
         super().__init__(self.message)
 
     def error_body(self) -> dict:
@@ -149,7 +152,9 @@ def error_from_event(event: dict) -> GatewayError:
 
 
 def error_response(error: GatewayError) -> JsonResponse:
-    return JsonResponse(error.error_body(), status=error.status, headers=error.headers())
+    response = JsonResponse(error.error_body(), status=error.status, headers=error.headers())
+    response.refusal_reason = error.reason  # read by the request log (apps.logs.middleware)
+    return response
 
 
 _DRF_TO_GATEWAY = {

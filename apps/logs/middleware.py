@@ -92,6 +92,7 @@ def record_http_request(request, response, *, kind: str, latency_ms: int) -> Non
     request_log_record(
         status_code=response.status_code,
         rejection=str(error.get("code", "")) if response.status_code >= 400 else "",
+        reason=getattr(response, "refusal_reason", "") if response.status_code >= 400 else "",
         channel_slug=slug,
         channel_kind=kind,
         user=_resolved_user(request),

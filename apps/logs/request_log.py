@@ -46,6 +46,7 @@ def request_log_record(
     *,
     status_code: int,
     rejection: str = "",
+    reason: str = "",
     channel=None,
     channel_slug: str = "",
     channel_kind: str = "",
@@ -58,7 +59,8 @@ def request_log_record(
 ) -> None:
     """Record one inbound request: counted in the metrics now, stored by the next flush.
 
-    ``rejection`` is the refusing GatewayError's ``code`` (empty when accepted). ``channel`` (a
+    ``rejection`` is the refusing GatewayError's ``code`` (empty when accepted), ``reason`` its
+    finer reason if it gave one (kept in the audit event, not the row). ``channel`` (a
     Channel) or ``channel_slug`` names the channel; ``user``/``message``/``api_key`` are model
     instances or ids. Never raises.
     """
@@ -69,6 +71,7 @@ def request_log_record(
         row = {
             "status_code": int(status_code),
             "rejection": (rejection or "")[:64],
+            "reason": (reason or "")[:64],
             "channel_slug": channel_slug or "",
             "channel_kind": (channel_kind or "")[:32],
             "user_id": _pk(user),
@@ -163,9 +166,9 @@ def _write_rows(rows: list[dict]) -> None:
             actor_id=log.user_id, action="request.refused", target_type="logs.requestlog",
             target_id=str(log.pk or ""), client_ip=log.client_ip,
             detail={"code": log.rejection, "status": log.status_code, "channel": log.channel_kind,
-                    "request_id": log.request_id},
+                    "request_id": log.request_id, **({"reason": row["reason"]} if row.get("reason") else {})},
         )
-        for log in logs if log.status_code in AUDITED_REFUSAL_STATUSES
+        for row, log in zip(rows, logs, strict=True) if log.status_code in AUDITED_REFUSAL_STATUSES
     ])
 
 

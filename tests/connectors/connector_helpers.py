@@ -91,8 +91,9 @@ def crm_post(client, channel, payload, *, secret=CRM_SECRET, timestamp=None, sig
                        headers=crm_headers(body, secret=secret, timestamp=timestamp, signature=signature))
 
 
-def assert_refusal_logged_and_audited(response, channel, *, code: str = "unauthenticated"):
-    """The refused request is a RequestLog row naming the channel, and a ``request.refused`` audit event."""
+def assert_refusal_logged_and_audited(response, channel, *, code: str = "unauthenticated", reason: str | None = None):
+    """The refused request is a RequestLog row naming the channel, and a ``request.refused`` audit
+    event (with the refusal's ``reason`` when it has one)."""
     from apps.logs.models import AuditEvent, RequestLog
     from apps.logs.request_log import request_log_flush
 
@@ -103,7 +104,8 @@ def assert_refusal_logged_and_audited(response, channel, *, code: str = "unauthe
     event = AuditEvent.objects.get(action="request.refused", detail__request_id=row.request_id)
     assert event.target_id == str(row.pk) and event.client_ip == "127.0.0.1"
     assert event.detail == {"code": code, "status": response.status_code, "channel": channel.kind,
-                            "request_id": row.request_id}  # no body, no signature
+                            "request_id": row.request_id,
+                            **({"reason": reason} if reason else {})}  # no body, no signature
 
 
 def assert_refused(response, status: int, *, code: str | None = None):

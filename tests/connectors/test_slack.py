@@ -109,8 +109,8 @@ class TestRefusals:
     def test_forged_and_replayed_requests_are_logged_and_audited(self, client, slack_channel):
         forged = slack_post(client, slack_channel, slack_event("app_mention.json"), secret="not-the-secret")
         replayed = slack_post(client, slack_channel, slack_event("app_mention.json"), timestamp=int(time.time()) - 3600)
-        for response in (forged, replayed):
-            assert_refusal_logged_and_audited(response, slack_channel)
+        for response, reason in ((forged, "signature_mismatch"), (replayed, "timestamp_outside_window")):
+            assert_refusal_logged_and_audited(response, slack_channel, reason=reason)
 
     def test_missing_signature(self, client, slack_channel):
         assert_refused(slack_post(client, slack_channel, slack_event("app_mention.json"), signature=""), 401)

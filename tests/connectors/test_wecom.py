@@ -128,8 +128,8 @@ class TestRefusals:
     def test_forged_and_replayed_callbacks_are_logged_and_audited(self, client, wecom_channel):
         forged = wecom_post(client, wecom_channel, wecom_text_xml(), crypto=wecom_crypto(token="forged"))
         replayed = wecom_post(client, wecom_channel, wecom_text_xml(), timestamp=int(time.time()) - 3600)
-        for response in (forged, replayed):
-            assert_refusal_logged_and_audited(response, wecom_channel)
+        for response, reason in ((forged, "signature_mismatch"), (replayed, "timestamp_outside_window")):
+            assert_refusal_logged_and_audited(response, wecom_channel, reason=reason)
 
     def test_tampered_ciphertext_correctly_signed(self, client, wecom_channel):
         encrypt = wecom_crypto().encrypt(wecom_text_xml())

@@ -125,9 +125,11 @@ def test_oversized_websocket_frame_does_not_take_the_server_down(gw, ledger):
     assert status == 200, body
 
 
-def assert_refusals_logged_and_audited(gw, request_ids: list[str], channel_slug: str, timeout: float = 30) -> None:
+def assert_refusals_logged_and_audited(gw, request_ids: list[str], channel_slug: str, reasons: list[str],
+                                       timeout: float = 30) -> None:
     """Each request is a RequestLog row (401 unauthenticated, the channel, the client address) and a
-    ``request.refused`` audit event, once the beat task has flushed the request log."""
+    ``request.refused`` audit event telling why (``reasons``, in the order of ``request_ids``: a
+    forgery from a replay), once the beat task has flushed the request log."""
     deadline = time.monotonic() + timeout
     query = ("SELECT r.request_id, r.status_code, r.rejection, c.slug, host(r.client_ip) FROM logs_requestlog r "
              "LEFT JOIN connectors_channel c ON c.id = r.channel_id WHERE r.request_id = ANY(%s)")
@@ -138,9 +140,10 @@ def assert_refusals_logged_and_audited(gw, request_ids: list[str], channel_slug:
                      "AND detail->>'request_id' = ANY(%s)", request_ids)
     assert len(events) == len(request_ids)
     kind = sql(gw, "SELECT kind FROM connectors_channel WHERE slug = %s", channel_slug)[0][0]
-    for detail, client_ip in events:  # what was refused and from where; no body, no signature
-        assert set(detail) == {"code", "status", "channel", "request_id"} and client_ip == "127.0.0.1"
+    for detail, client_ip in events:  # what was refused, why and from where; no body, no signature
+        assert set(detail) == {"code", "status", "channel", "request_id", "reason"} and client_ip == "127.0.0.1"
         assert (detail["code"], detail["status"], detail["channel"]) == ("unauthenticated", 401, kind)
+    assert {d["request_id"]: d["reason"] for d, _ip in events} == dict(zip(request_ids, reasons, strict=True))
 
 
 def test_forged_and_replayed_slack_signatures_are_refused(gw, ledger):
@@ -170,7 +173,8 @@ def test_forged_and_replayed_slack_signatures_are_refused(gw, ledger):
     ledger.sent += 3
     assert [forged[0], stale[0], tampered[0]] == [401, 401, 401], (forged, stale, tampered)
     assert sql(gw, inbound)[0][0] == before
-    assert_refusals_logged_and_audited(gw, ids, "slack")
+    assert_refusals_logged_and_audited(gw, ids, "slack",
+                                       ["signature_mismatch", "timestamp_outside_window", "signature_mismatch"])
 
 
 def test_forged_and_replayed_wecom_callbacks_are_refused(gw, ledger):
@@ -191,7 +195,8 @@ def test_forged_and_replayed_wecom_callbacks_are_refused(gw, ledger):
     ledger.errors_500 += sum(s >= 500 for s in statuses)
     assert statuses == [401, 401, 401]
     assert sql(gw, "SELECT count(*) FROM conversations_message WHERE external_id = %s", msg_id)[0][0] == 0
-    assert_refusals_logged_and_audited(gw, ids, demo["slug"])
+    assert_refusals_logged_and_audited(gw, ids, demo["slug"],
+                                       ["signature_mismatch", "timestamp_outside_window", "undecryptable"])
 
 
 @contextlib.contextmanager
