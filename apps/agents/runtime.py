@@ -346,9 +346,23 @@ def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
                 reply.save(force_insert=True)
                 Message.objects.filter(pk=message.pk).update(**answered)
     except IntegrityError:
+        if (stored := _stored_by_this_run(message)) is not None:
+            # This run's write went in but the connection broke before PostgreSQL said so, and
+            # through_outage wrote again: the stored reply is this run's, still to be delivered.
+            logger.warning("reply already stored by this run before the connection broke; delivering it")
+            return stored
         logger.warning("reply already stored by another run; not answering twice")
         return None
     return reply
+
+
+def _stored_by_this_run(message: Message) -> Message | None:
+    """The undelivered reply to ``message`` if this run stored it: the message is answered and no
+    run claimed it since this one (its attempts are still this run's)."""
+    return Message.objects.filter(
+        reply_to=message, direction=Direction.OUTBOUND, status=Status.PENDING,
+        reply_to__status=Status.ANSWERED, reply_to__attempts=message.attempts,
+    ).first()
 
 
 def deliver(reply: Message, *, inbound: Message) -> None:

@@ -158,7 +158,17 @@ def _save_reply_cases(api_channel, customer, *, statements=None):
         "answered", None, "", "")
     assert inbound.text == "answer me"  # nothing else touched
 
-    assert save_reply(message, LLMResult(text="a second answer", model="fake-gpt")) is None
+    # The same run writing again (its first write went in, the connection broke before the
+    # answer): the stored reply is handed back to be delivered, not a second one stored.
+    again = save_reply(message, LLMResult(text="a second answer", model="fake-gpt"))
+    assert again is not None and again.pk == reply.pk and again.text == "the answer"
+    # Another run (the message claimed again since): nothing to deliver, nothing stored.
+    Message.objects.filter(pk=message.pk).update(attempts=message.attempts + 1)
+    assert save_reply(message, LLMResult(text="a third answer", model="fake-gpt")) is None
+    # Delivered already: nothing to deliver again.
+    Message.objects.filter(pk=message.pk).update(attempts=message.attempts)
+    Message.objects.filter(pk=reply.pk).update(status="sent")
+    assert save_reply(message, LLMResult(text="a fourth answer", model="fake-gpt")) is None
     assert list(Message.objects.filter(reply_to=message).values_list("text", flat=True)) == ["the answer"]
 
 
