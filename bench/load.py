@@ -122,7 +122,9 @@ async def run_http(spec: dict) -> dict:
         await asyncio.wait_for(asyncio.gather(*(one_worker(queue, True) for _ in range(spec["concurrency"]))),
                                spec["timeout"])
         duration = time.perf_counter() - started
-    extra = {"sent": spec["count"] + (len(keys) // spec["repeat_every"] + 1 if spec.get("repeat_every") else 0),
+    # Every repeat_every-th message (i = 0, r, 2r, …) is also resent.
+    resent = (len(keys) - 1) // spec["repeat_every"] + 1 if spec.get("repeat_every") and keys else 0
+    extra = {"sent": spec["count"] + resent,
              "warmup": spec.get("warmup", 0), "warmup_errors": warmup_errors}
     if keys:
         extra["keys"] = keys
