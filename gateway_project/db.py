@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import TypeVar
 
 from asgiref.sync import AsyncToSync, sync_to_async
@@ -56,19 +57,53 @@ def stored(model, field: str, value):
     return model._meta.get_field(field).get_db_prep_value(value, connection)
 
 
-def insert_statement(obj) -> tuple[str, list]:
+@dataclass(frozen=True)
+class Update:
+    """``model``'s row ``pk`` gets ``values`` (field name → value), as ``QuerySet.update()`` sets them."""
+
+    model: type
+    pk: object
+    values: dict
+
+
+def write_together(first, obj) -> None:
+    """``first`` (an unsaved instance to insert, or an ``Update``) and then the insert of the unsaved
+    ``obj``, atomically: a write that must go in whole, on the hot path (an accepted message, a reply).
+
+    PostgreSQL: one statement, ``WITH written AS (first) INSERT obj``, atomic on its own and one round
+    trip instead of four (BEGIN, two writes, COMMIT); rows ``first`` updates stay locked until ``obj``
+    is in, as in a transaction. Inside a caller's transaction it runs in a savepoint, so an
+    IntegrityError (a duplicate) leaves that transaction usable. Other databases: the ORM, in a
+    transaction. No pre_save/post_save signal is sent on PostgreSQL; primary keys must be set.
+    """
+    if connection.vendor != "postgresql":
+        with transaction.atomic():
+            if isinstance(first, Update):
+                first.model.objects.filter(pk=first.pk).update(**first.values)
+            else:
+                first.save(force_insert=True)
+            obj.save(force_insert=True)
+        return
+    head, head_params = _update_sql(first) if isinstance(first, Update) else _insert_sql(first)
+    insert, params = _insert_sql(obj)
+    with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
+        cursor.execute(f"WITH written AS ({head}) {insert}", [*head_params, *params])
+    for saved in (obj,) if isinstance(first, Update) else (first, obj):  # what save() records
+        saved._state.adding = False
+        saved._state.db = connection.alias
+
+
+def _insert_sql(obj) -> tuple[str, list]:
     """``INSERT`` for the unsaved ``obj`` and its parameters, as ``obj.save()`` would store it
-    (auto_now fields set, every value prepared by its field), for a raw statement that does more
-    than one thing in one round trip. Call ``mark_saved(obj)`` once the statement has run. The
-    primary key must be set (a uuid default is), and no pre_save/post_save signal is sent."""
+    (auto_now fields set, every value prepared by its field)."""
     if obj.pk is None:
         raise ValueError(f"{type(obj).__name__} has no primary key yet")
-    sql, fields = _insert_sql(type(obj))
+    sql, fields = _insert_template(type(obj))
     return sql, [field.get_db_prep_save(field.pre_save(obj, add=True), connection) for field in fields]
 
 
 @functools.cache
-def _insert_sql(model) -> tuple[str, tuple]:
+def _insert_template(model) -> tuple[str, tuple]:
     quote = connection.ops.quote_name
     fields = tuple(model._meta.concrete_fields)
     columns = ", ".join(quote(field.column) for field in fields)
@@ -76,33 +111,13 @@ def _insert_sql(model) -> tuple[str, tuple]:
     return f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({values})", fields
 
 
-def update_statement(model, pk, values: dict) -> tuple[str, list]:
-    """``UPDATE`` of the row ``pk`` of ``model`` setting ``values`` (field name → value), and its
-    parameters, as ``QuerySet.update()`` would write them (auto_now fields are left alone)."""
-    quote = connection.ops.quote_name
-    columns = ", ".join(f"{quote(model._meta.get_field(name).column)} = %s" for name in values)
-    sql = f"UPDATE {quote(model._meta.db_table)} SET {columns} WHERE {quote(model._meta.pk.column)} = %s"
-    params = [model._meta.get_field(name).get_db_prep_save(value, connection) for name, value in values.items()]
-    return sql, [*params, stored(model, model._meta.pk.name, pk)]
-
-
-def write_with_insert(first: tuple[str, list], obj) -> None:
-    """``first`` (an INSERT or UPDATE and its parameters) and the INSERT of the unsaved ``obj``, as
-    one statement (PostgreSQL): atomic on its own, and one round trip instead of four (BEGIN, two
-    writes, COMMIT). Rows ``first`` updates stay locked until ``obj`` is in, as in a transaction.
-    Inside a caller's transaction it runs in a savepoint, so an IntegrityError (a duplicate) leaves
-    that transaction usable."""
-    insert, params = insert_statement(obj)
-    with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
-        cursor.execute(f"WITH written AS ({first[0]}) {insert}", [*first[1], *params])
-    mark_saved(obj)
-
-
-def mark_saved(*objs) -> None:
-    """What ``save()`` records on an instance it has inserted."""
-    for obj in objs:
-        obj._state.adding = False
-        obj._state.db = connection.alias
+def _update_sql(update: Update) -> tuple[str, list]:
+    """``UPDATE`` and its parameters, as ``QuerySet.update()`` writes them (auto_now fields are left alone)."""
+    meta, quote = update.model._meta, connection.ops.quote_name
+    columns = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in update.values)
+    sql = f"UPDATE {quote(meta.db_table)} SET {columns} WHERE {quote(meta.pk.column)} = %s"
+    params = [meta.get_field(name).get_db_prep_save(value, connection) for name, value in update.values.items()]
+    return sql, [*params, stored(update.model, meta.pk.name, update.pk)]
 
 
 # SQLSTATEs that say "try again" rather than "this statement is wrong": connection exceptions (08),

@@ -20,7 +20,7 @@ from apps.logs.metrics import llm_call_observed
 from apps.logs.models import LLMCall
 from apps.logs.structured import message_id_var, request_id_var
 from apps.quotas import budgets
-from gateway_project.db import is_database_outage, stored, through_outage, update_statement, write_with_insert
+from gateway_project.db import Update, is_database_outage, stored, through_outage, write_together
 
 from . import llm, orchestrator
 from .models import agent_by_id
@@ -339,12 +339,7 @@ def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
     )
     answered = {"status": Status.ANSWERED, "lease_until": None, "error_code": "", "error_message": ""}
     try:
-        if connection.vendor == "postgresql":  # one statement, one round trip (db.write_with_insert)
-            write_with_insert(update_statement(Message, message.pk, answered), reply)
-        else:
-            with transaction.atomic():
-                reply.save(force_insert=True)
-                Message.objects.filter(pk=message.pk).update(**answered)
+        write_together(Update(Message, message.pk, answered), reply)
     except IntegrityError:
         if (stored := _stored_by_this_run(message)) is not None:
             # This run's write went in but the connection broke before PostgreSQL said so, and

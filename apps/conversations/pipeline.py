@@ -23,7 +23,7 @@ from apps.logs.structured import request_id_var
 from apps.quotas.iprules import check_ip_rules
 from apps.quotas.limits import check_limits
 from apps.routing.router import route_message
-from gateway_project.db import insert_statement, mark_saved, stored, update_statement, write_with_insert
+from gateway_project.db import Update, stored, write_together
 
 from .errors import ChannelDisabled, NotFound
 from .models import Conversation, Direction, Message, Status
@@ -130,16 +130,14 @@ def persist(
     msg: NormalizedMessage, *, channel: Channel, user, conversation: Conversation | None, agent, api_key=None
 ) -> Accepted:
     """Store the inbound message (and a new conversation if needed) in one transaction."""
-    now = timezone.now()
-    new_conversation = conversation is None
-    if new_conversation:
-        conversation = Conversation(channel=channel, user=user, agent=agent,
-                                    external_thread_id=msg.metadata.get("thread_id") or "")
-        updates = {}
+    if conversation is None:
+        conversation = first = Conversation(channel=channel, user=user, agent=agent,
+                                            external_thread_id=msg.metadata.get("thread_id") or "")
     else:
-        updates = {"last_message_at": now}
+        updates = {"last_message_at": timezone.now()}
         if conversation.agent_id != agent.id:
             updates["agent"] = agent.pk
+        first = Update(Conversation, conversation.pk, updates)
     message = Message(
         id=msg.id,
         conversation=conversation,
@@ -159,15 +157,9 @@ def persist(
         channel_timestamp=msg.timestamp,
     )
     try:
-        if connection.vendor == "postgresql":
-            _store_in_one_statement(message, conversation, None if new_conversation else updates)
-        else:
-            with transaction.atomic():
-                if new_conversation:
-                    conversation.save(force_insert=True)
-                else:
-                    Conversation.objects.filter(pk=conversation.pk).update(**updates)
-                message.save(force_insert=True)
+        # The conversation's insert or update and the message's insert: one statement on PostgreSQL
+        # (the update locks the conversation's row until the message is in, as a transaction does).
+        write_together(first, message)
     except IntegrityError:
         # Two identical deliveries raced past dedupe(); the first insert won.
         if (original := dedupe(msg, channel)) is not None:
@@ -177,13 +169,3 @@ def persist(
     msg.conversation_id = str(conversation.pk)
     return Accepted(message=message, conversation=conversation)
 
-
-def _store_in_one_statement(message: Message, conversation: Conversation, updates: dict | None) -> None:
-    """The conversation's insert (``updates`` None) or update, and the message's insert, as one
-    statement: the write every accepted message makes (see ``gateway_project.db.write_with_insert``).
-    The update locks the conversation's row until the message is in, as the transaction did."""
-    if updates is None:
-        write_with_insert(insert_statement(conversation), message)
-        mark_saved(conversation)
-    else:
-        write_with_insert(update_statement(Conversation, conversation.pk, updates), message)
