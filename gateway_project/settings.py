@@ -80,16 +80,20 @@ SERVICES_MODE = bool(REDIS_URL)
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
+DATABASE_POOL_CHECK_SECONDS = env.float("DATABASE_POOL_CHECK_SECONDS", default=1.0)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["ENGINE"] = "gateway_project.postgresql"  # Django's, with its pool's check cheaper
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Worker threads and the server share one file: wait for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
     DATABASES["default"].setdefault("TEST", {})["NAME"] = BASE_DIR / "test-db.sqlite3"
 elif env.bool("DATABASE_POOL", default=True):
     # psycopg 3's connection pool (Django 5.1+): a request or task borrows an open connection and
-    # gives it back, instead of opening one (TCP + auth + session setup) every time. Each borrowed
-    # connection is checked first (CONN_HEALTH_CHECKS), so a PostgreSQL restart costs failed
-    # checks, not errors. Agent runs give theirs back while a model answers
-    # (apps.agents.runtime.call_model).
+    # gives it back, instead of opening one (TCP + auth + session setup) every time. A borrowed
+    # connection is checked first (CONN_HEALTH_CHECKS) when its last check is older than
+    # DATABASE_POOL_CHECK_SECONDS (gateway_project/pool_check.py; 0: every time, as Django does), so
+    # a PostgreSQL restart mostly costs failed checks, not errors. Agent runs give theirs back while a model
+    # answers (apps.agents.runtime.call_model).
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # required with a pool: "closing" returns it
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -100,7 +104,7 @@ elif env.bool("DATABASE_POOL", default=True):
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE_SECONDS", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.bool(
+if DATABASES["default"]["ENGINE"] == "gateway_project.postgresql" and env.bool(
         "DATABASE_PREPARED_STATEMENTS", default=True):
     # Parameters bound by the server, and a statement prepared the fifth time a (pooled, long-lived)
     # connection runs it, so PostgreSQL stops planning it again: the agent run's claim spent 0.6 ms
@@ -351,5 +355,9 @@ LOGGING = {
         "daphne": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},
+        # A Celery worker sets the root logger to its `-l` level; the gateway's own loggers and
+        # Celery's per-task lines ("received", "succeeded") follow LOG_LEVEL in every process.
+        **{name: {"level": LOG_LEVEL} for name in ("apps", "gateway_project", "celery.app.trace",
+                                                    "celery.worker.strategy")},
     },
 }
