@@ -157,6 +157,9 @@ GATEWAY_GC_GEN0_THRESHOLD = env.int("GATEWAY_GC_GEN0_THRESHOLD", default=10_000)
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
+if CELERY_BROKER_URL.startswith("redis://"):
+    # kombu's Redis transport, with one Redis client per channel (gateway_project/kombu_redis.py).
+    CELERY_BROKER_TRANSPORT = "gateway_project.kombu_redis:Transport"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 # There is no result backend: the "disabled" one is safe to share between threads. Without this,
