@@ -1,7 +1,7 @@
 """The plain API channel: replies wake the HTTP request waiting for them (if any)."""
 from __future__ import annotations
 
-from apps.conversations.realtime import publish_reply
+from apps.conversations.realtime import publish, reply_group
 
 from .base import Connector, reply_event
 
@@ -13,12 +13,12 @@ class ApiConnector(Connector):
         return bool(inbound.metadata.get("stream"))
 
     def send_delta(self, inbound, piece: str) -> None:
-        publish_reply(inbound, {"type": "agent.delta", "delta": piece})
+        publish(reply_group(inbound.id), {"type": "agent.delta", "delta": piece})
 
     def send_reset(self, inbound) -> None:
-        publish_reply(inbound, {"type": "agent.reset"})
+        publish(reply_group(inbound.id), {"type": "agent.reset"})
 
     def send(self, reply, *, inbound) -> None:
         # The reply is already stored; a client that did not wait reads it from the
         # conversation, so the only delivery is waking a waiter.
-        publish_reply(inbound, reply_event(reply))
+        publish(reply_group(inbound.id), reply_event(reply))

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.http import HttpResponse
 
 from apps.conversations.errors import GatewayError, Unauthenticated
-from apps.conversations.realtime import publish_reply
+from apps.conversations.realtime import publish, reply_group
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Connector:
 
     def send_error(self, inbound, error) -> None:
         """Default: wake whoever waits on the message (API waiters) with the error."""
-        publish_reply(inbound, {"type": "agent.error", **error.error_body()["error"]})
+        publish(reply_group(inbound.id), {"type": "agent.error", **error.error_body()["error"]})
 
     # --- inbound (webhook kinds) --------------------------------------------------------
     def verify(self, request: WebhookRequest) -> None:

@@ -24,7 +24,6 @@ from .errors import AgentFailed, ChannelDisabled, NotFound, ReplyTimeout, error_
 from .models import Conversation, Direction, Message
 from .normalized import NormalizedMessage
 from .pipeline import Accepted, accept
-from .realtime import REPLY_CHANNEL_KEY
 from .serializers import (
     ConversationMessageSerializer,
     MessageAcceptedSerializer,
@@ -87,7 +86,7 @@ class MessageCreateApi(AsyncAPIView):
             message=fields["message"],
             conversation_id=str(fields["conversation_id"]) if fields.get("conversation_id") else None,
             external_id=f"{user.pk}:{idempotency_key}" if idempotency_key else None,
-            metadata={k: v for k, v in (fields.get("metadata") or {}).items() if k != REPLY_CHANNEL_KEY},
+            metadata=fields.get("metadata") or {},
             raw=request.data,
         )
         context = dict(principal=user, api_key=request.auth, client_ip=client_ip_for_request(request))
@@ -100,11 +99,7 @@ class MessageCreateApi(AsyncAPIView):
     async def _accept_and_wait(self, message: dict, context: dict, wait: float) -> Response:
         # Listen before the message is enqueued, so a fast reply cannot slip by.
         async with contextlib.AsyncExitStack() as stack:
-            # Without an idempotency key no retry can wait beside this request: its own channel.
-            own = message["external_id"] is None
-            waiter = await stack.enter_async_context(ReplyWaiter(message["id"], own_channel=own))
-            if own:
-                message["metadata"][REPLY_CHANNEL_KEY] = waiter.channel_name
+            waiter = await stack.enter_async_context(ReplyWaiter(message["id"]))
             accepted = await database_sync_to_async(accept_on_api_channel)(message, **context)
             if accepted.duplicate:
                 waiter = await stack.enter_async_context(ReplyWaiter(accepted.message.id))

@@ -30,7 +30,6 @@ from gateway_project.db import database_sync_to_async
 from .apis import accept_on_api_channel
 from .async_api import AsyncAPIView
 from .errors import AgentFailed, BadRequest, ReplyTimeout, drf_exception_handler
-from .realtime import REPLY_CHANNEL_KEY
 from .waiters import ReplyWaiter
 
 CLIENT_HISTORY_KEY = "client_history"  # read by the runtime's build_prompt
@@ -125,9 +124,8 @@ class ChatCompletionsApi(OpenAIErrorsMixin, AsyncAPIView):
             metadata={REQUESTED_AGENT_KEY: fields["model"], "stream": fields["stream"], "openai": True,
                       CLIENT_HISTORY_KEY: fields["history"]},
         )
-        waiter = ReplyWaiter(message["id"], own_channel=True)  # no idempotency key: nobody else waits
+        waiter = ReplyWaiter(message["id"])
         await waiter.__aenter__()  # listen before the message is enqueued
-        message["metadata"][REPLY_CHANNEL_KEY] = waiter.channel_name
         try:
             accepted = await database_sync_to_async(accept_on_api_channel)(
                 message, principal=user, api_key=request.auth)

@@ -2,10 +2,7 @@
 
 Group names are the contract between publishers (the agent run) and listeners (consumers, API
 waiters): ``reply_group(message_id)`` gets every event about one inbound message,
-``conversation_group(conversation_id)`` every event of a conversation. An API request that is the
-only possible waiter for its message (it has no idempotency key, so no retry can wait beside it)
-listens on its own channel instead, named in the message's metadata (``REPLY_CHANNEL_KEY``): no
-group to join and leave, one send for the worker.
+``conversation_group(conversation_id)`` every event of a conversation.
 """
 from __future__ import annotations
 
@@ -17,9 +14,6 @@ from channels.layers import get_channel_layer
 
 _loop_lock = threading.Lock()
 _server_loop: asyncio.AbstractEventLoop | None = None
-
-
-REPLY_CHANNEL_KEY = "reply_channel"
 
 
 def reply_group(message_id) -> str:
@@ -49,21 +43,6 @@ def server_loop() -> asyncio.AbstractEventLoop | None:
 
 def publish(group: str, event: dict) -> None:
     """Send ``event`` to a channel-layer group from synchronous code (workers, views)."""
-    _on_layer(lambda layer: layer.group_send(group, event))
-
-
-def publish_reply(inbound, event: dict) -> None:
-    """Send ``event`` about ``inbound`` to its waiter: the channel its API request named (the views
-    set the key, overriding a client's), else the message's group."""
-    channel = (inbound.metadata or {}).get(REPLY_CHANNEL_KEY) if inbound.channel.kind == "api" else None
-    if channel:
-        _on_layer(lambda layer: layer.send(channel, event))
-    else:
-        publish(reply_group(inbound.id), event)
-
-
-def _on_layer(call) -> None:
-    """Run ``call(layer)`` (a coroutine) on the right event loop, from synchronous code."""
     layer = get_channel_layer()
     if layer is None:
         return
@@ -76,9 +55,9 @@ def _on_layer(call) -> None:
     else:
         loop = None if running is not None else _publisher_loop()
     if loop is not None and running is not loop:
-        asyncio.run_coroutine_threadsafe(call(layer), loop).result(10)
+        asyncio.run_coroutine_threadsafe(layer.group_send(group, event), loop).result(10)
         return
-    async_to_sync(call)(layer)
+    async_to_sync(layer.group_send)(group, event)
 
 
 _publisher: asyncio.AbstractEventLoop | None = None

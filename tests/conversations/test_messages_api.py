@@ -67,12 +67,6 @@ class TestPostMessage:
         body = client.post(URL, {"message": "x", "metadata": {"order": 7}}, format="json").json()
         assert Message.objects.get(pk=body["message_id"]).metadata == {"order": 7}
 
-    def test_a_client_cannot_name_where_replies_go(self, client):
-        """``reply_channel`` is the gateway's own key (a waiting request's channel)."""
-        body = client.post(URL, {"message": "x", "metadata": {"order": 7, "reply_channel": "specific.x!y"}},
-                           format="json").json()
-        assert Message.objects.get(pk=body["message_id"]).metadata == {"order": 7}
-
 
 @pytest.mark.django_db
 class TestAuthentication:
