@@ -9,7 +9,7 @@ import websockets
 
 from apps.agents.models import Agent, LLMModel, Provider
 from apps.connectors.models import Channel
-from apps.conversations.models import Message
+from apps.conversations.models import Direction, Message
 from apps.identities.models import ApiKey
 from apps.logs.models import LLMCall
 from gateway_project.stack import http, visitor_token
@@ -49,6 +49,21 @@ def test_api_message_with_wait_is_answered_by_the_worker(live):
     assert reply.status == "sent" and reply.reply_to_id is not None
     call = LLMCall.objects.get(message_id=body["message_id"])
     assert call.status == "ok" and call.total_tokens == body["reply"]["usage"]["total_tokens"]
+
+
+def test_openai_face_is_answered_by_the_worker(live):
+    """Non-streamed and streamed completions through Redis and the worker, one message each."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0, timeout=30)
+    completion = client.chat.completions.create(model="assistant", messages=[{"role": "user", "content": "face"}])
+    assert completion.choices[0].message.content == "Echo: face"
+    stream = client.chat.completions.create(model="assistant", stream=True,
+                                            messages=[{"role": "user", "content": "streamed face answer"}])
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Echo: streamed face answer"
+    inbound = Message.objects.filter(direction=Direction.INBOUND).order_by("created_at")
+    assert [(m.text, m.status) for m in inbound] == [("face", "answered"), ("streamed face answer", "answered")]
+    assert LLMCall.objects.filter(message__in=inbound).count() == 2
 
 
 def test_accepted_without_wait_lands_in_the_conversation(live):
