@@ -93,6 +93,20 @@ def write_together(first, obj) -> None:
         saved._state.db = connection.alias
 
 
+def update_then_fetch(update: Update, query: str, params: list):
+    """``update``, then the first row of ``query`` (or None): one statement on PostgreSQL
+    (``WITH written AS (update) query``; the query sees rows as they were before the update), two
+    elsewhere. For an update and a lookup that go one after the other on the hot path."""
+    head, head_params = _update_sql(update)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"WITH written AS ({head}) {query}", [*head_params, *params])
+        else:
+            cursor.execute(head, head_params)
+            cursor.execute(query, params)
+        return cursor.fetchone()
+
+
 def _insert_sql(obj) -> tuple[str, list]:
     """``INSERT`` for the unsaved ``obj`` and its parameters, as ``obj.save()`` would store it
     (auto_now fields set, every value prepared by its field)."""

@@ -20,7 +20,14 @@ from apps.logs.metrics import llm_call_observed
 from apps.logs.models import LLMCall
 from apps.logs.structured import message_id_var, request_id_var
 from apps.quotas import budgets
-from gateway_project.db import Update, is_database_outage, stored, through_outage, write_together
+from gateway_project.db import (
+    Update,
+    is_database_outage,
+    stored,
+    through_outage,
+    update_then_fetch,
+    write_together,
+)
 
 from . import llm, orchestrator
 from .models import agent_by_id
@@ -66,7 +73,7 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
         # The id of the request that brought the message in, so its logs join up with the reply's.
         request_token = request_id_var.set(message.request_id or None)
         try:
-            reply = _answer(message)
+            reply = _answer(message)  # a delivered reply's run hands over when it records the delivery
         except Exception as exc:
             if is_database_outage(exc):
                 raise
@@ -74,7 +81,7 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
             logger.exception("agent run crashed")
             fail_message(message, llm.LLMError("internal_error", "The agent run crashed."))
             reply = None
-        if message.status != Status.ACCEPTED:  # not put back for a human (handoff)
+        if reply is None and message.status != Status.ACCEPTED:  # not put back for a human (handoff)
             hand_over(message)
         return reply
     except Exception as exc:
@@ -204,15 +211,26 @@ def release_claim(message_id, attempt: int) -> int:
     ).update(status=Status.ACCEPTED, lease_until=None)
 
 
-def hand_over(message: Message) -> None:
+def hand_over(message: Message, *, sent: Message | None = None) -> None:
     """Queue the conversation's next waiting message now that this one is done, rather than
-    leaving it to find out at its next re-check (a burst from one sender drains at model speed)."""
+    leaving it to find out at its next re-check (a burst from one sender drains at model speed).
+
+    ``sent``: the reply just delivered, recorded as sent by the same statement that looks for the
+    next message (every run asks: one prepared statement, not an ORM query).
+    """
     from .dispatch import enqueue_agent_run
 
-    with connection.cursor() as cursor:  # every run asks: one prepared statement, not an ORM query
-        cursor.execute(NEXT_WAITING_SQL, [stored(Message, "conversation", message.conversation_id), Direction.INBOUND,
-                                          Status.ACCEPTED, stored(Message, "created_at", message.created_at)])
-        row = cursor.fetchone()
+    params = [stored(Message, "conversation", message.conversation_id), Direction.INBOUND, Status.ACCEPTED,
+              stored(Message, "created_at", message.created_at)]
+    if sent is None:
+        with connection.cursor() as cursor:
+            cursor.execute(NEXT_WAITING_SQL, params)
+            row = cursor.fetchone()
+    else:
+        sent.updated_at = timezone.now()
+        recorded = Update(Message, sent.pk, {"status": sent.status, "attempts": sent.attempts,
+                                             "updated_at": sent.updated_at})
+        row = through_outage(lambda: update_then_fetch(recorded, NEXT_WAITING_SQL, params))  # it was sent
     if row is not None:
         waiting = Message._meta.pk.to_python(row[0])
         transaction.on_commit(lambda: enqueue_agent_run(waiting))
@@ -247,7 +265,7 @@ def _answer(message: Message) -> Message | None:
     reply = through_outage(lambda: save_reply(message, result))  # the answer is paid for: keep it
     if reply is None:
         return None
-    deliver(reply, inbound=message)
+    deliver(reply, inbound=message, then_hand_over=True)
     return reply
 
 
@@ -360,8 +378,9 @@ def _stored_by_this_run(message: Message) -> Message | None:
     ).first()
 
 
-def deliver(reply: Message, *, inbound: Message) -> None:
-    """Hand the reply to the channel's connector (retrying transient errors) and record the outcome."""
+def deliver(reply: Message, *, inbound: Message, then_hand_over: bool = False) -> None:
+    """Hand the reply to the channel's connector (retrying transient errors) and record the outcome.
+    ``then_hand_over``: then hand_over(inbound), in the same statement as the outcome if it was sent."""
     from apps.connectors.base import ChannelMisconfigured, ConnectorError, send_with_retries
 
     connector = inbound.channel.connector
@@ -372,9 +391,14 @@ def deliver(reply: Message, *, inbound: Message) -> None:
         logger.error("reply delivery failed", extra={"error": str(exc), "attempts": reply.attempts})
         reply.status, reply.error_code, reply.error_message = Status.FAILED, "delivery_failed", str(exc)[:2000]
         reply.save(update_fields=["status", "error_code", "error_message", "attempts", "updated_at"])
+        if then_hand_over:
+            hand_over(inbound)
         return
     reply.status = Status.SENT
-    through_outage(lambda: reply.save(update_fields=["status", "attempts", "updated_at"]))  # it was sent
+    if then_hand_over:
+        hand_over(inbound, sent=reply)
+    else:
+        through_outage(lambda: reply.save(update_fields=["status", "attempts", "updated_at"]))  # it was sent
 
 
 def fail_message(message: Message, exc: llm.LLMError) -> None:

@@ -79,8 +79,10 @@ def test_answering_a_message_queues_the_next_one_of_its_conversation(client, sla
     """The next message does not wait for its own re-check: its predecessor's run hands over."""
     first, second = two_dm_messages(client, slack_channel, first="first")
     before = queued()
-    agent_run(first.id)
+    reply = agent_run(first.id)
     assert queued() == before + 1  # the second message, queued again now that the first is done
+    # The statement that found it also recorded the delivery.
+    assert Message.objects.get(pk=reply.pk).status == "sent" and reply.attempts == 1
     agent_run(second.id)
     assert queued() == before + 1  # nothing waits after the last one
 
