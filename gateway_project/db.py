@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from asgiref.sync import AsyncToSync, sync_to_async
 from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
+from django.db.models import Model
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,29 +67,51 @@ class Update:
     values: dict
 
 
+@dataclass(frozen=True)
+class Statement:
+    """A data-modifying statement of its own (``sql`` with ``params``), e.g. an upsert."""
+
+    sql: str
+    params: list
+
+
 def write_together(first, obj) -> None:
-    """``first`` (an unsaved instance to insert, or an ``Update``) and then the insert of the unsaved
-    ``obj``, atomically: a write that must go in whole, on the hot path (an accepted message, a reply).
+    """``first`` (an unsaved instance to insert, an ``Update`` or a ``Statement``) and then the insert
+    of the unsaved ``obj``, atomically: a write that must go in whole, on the hot path (an accepted
+    message, a reply, a model call and its usage).
 
     PostgreSQL: one statement, ``WITH written AS (first) INSERT obj``, atomic on its own and one round
     trip instead of four (BEGIN, two writes, COMMIT); rows ``first`` updates stay locked until ``obj``
     is in, as in a transaction. Inside a caller's transaction it runs in a savepoint, so an
     IntegrityError (a duplicate) leaves that transaction usable. Other databases: the ORM, in a
-    transaction. No pre_save/post_save signal is sent on PostgreSQL; primary keys must be set.
+    transaction. No pre_save/post_save signal is sent on PostgreSQL. ``first``, if an instance, must
+    have its primary key; ``obj`` may leave an auto-increment one to the database (it is set here).
     """
     if connection.vendor != "postgresql":
         with transaction.atomic():
             if isinstance(first, Update):
                 first.model.objects.filter(pk=first.pk).update(**first.values)
+            elif isinstance(first, Statement):
+                with connection.cursor() as cursor:
+                    cursor.execute(first.sql, first.params)
             else:
                 first.save(force_insert=True)
             obj.save(force_insert=True)
         return
-    head, head_params = _update_sql(first) if isinstance(first, Update) else _insert_sql(first)
+    if isinstance(first, Update):
+        head, head_params = _update_sql(first)
+    elif isinstance(first, Statement):
+        head, head_params = first.sql, first.params
+    else:
+        if first.pk is None:
+            raise ValueError(f"{type(first).__name__} has no primary key yet")
+        head, head_params = _insert_sql(first)
     insert, params = _insert_sql(obj)
     with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
         cursor.execute(f"WITH written AS ({head}) {insert}", [*head_params, *params])
-    for saved in (obj,) if isinstance(first, Update) else (first, obj):  # what save() records
+        if obj.pk is None:
+            obj.pk = cursor.fetchone()[0]
+    for saved in (first, obj) if isinstance(first, Model) else (obj,):  # what save() records
         saved._state.adding = False
         saved._state.db = connection.alias
 
@@ -109,20 +132,23 @@ def update_then_fetch(update: Update, query: str, params: list):
 
 def _insert_sql(obj) -> tuple[str, list]:
     """``INSERT`` for the unsaved ``obj`` and its parameters, as ``obj.save()`` would store it
-    (auto_now fields set, every value prepared by its field)."""
-    if obj.pk is None:
+    (auto_now fields set, every value prepared by its field). Without a primary key, the database
+    numbers the row (an auto-increment key) and the statement returns it."""
+    auto_pk = obj.pk is None
+    if auto_pk and not getattr(obj._meta.pk, "db_returning", False):
         raise ValueError(f"{type(obj).__name__} has no primary key yet")
-    sql, fields = _insert_template(type(obj))
+    sql, fields = _insert_template(type(obj), auto_pk)
     return sql, [field.get_db_prep_save(field.pre_save(obj, add=True), connection) for field in fields]
 
 
 @functools.cache
-def _insert_template(model) -> tuple[str, tuple]:
-    quote = connection.ops.quote_name
-    fields = tuple(model._meta.concrete_fields)
+def _insert_template(model, auto_pk: bool = False) -> tuple[str, tuple]:
+    quote, pk = connection.ops.quote_name, model._meta.pk
+    fields = tuple(f for f in model._meta.concrete_fields if not (auto_pk and f is pk))
     columns = ", ".join(quote(field.column) for field in fields)
     values = ", ".join(["%s"] * len(fields))
-    return f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({values})", fields
+    returning = f" RETURNING {quote(pk.column)}" if auto_pk else ""
+    return f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({values}){returning}", fields
 
 
 def _update_sql(update: Update) -> tuple[str, list]:

@@ -25,3 +25,30 @@ def test_update_then_fetch(api_channel, customer, django_assert_num_queries):
     nothing = update_then_fetch(Update(Message, second.pk, {"error_code": "y"}), query + " AND 1 = 0",
                                 [Message._meta.pk.get_db_prep_value(second.pk, connection)])
     assert nothing is None and Message.objects.get(pk=second.pk).error_code == "y"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_model_calls_usage_and_log_row_go_in_together(api_channel, customer, django_assert_num_queries):
+    """write_together(Statement, obj with an auto-increment key): the agent run's usage upsert and
+    LLMCall row, one statement on PostgreSQL; the database numbers the row and the key is set."""
+    from decimal import Decimal
+
+    from apps.logs.models import LLMCall
+    from apps.quotas import budgets
+    from apps.quotas.models import UsageDaily
+    from gateway_project.db import write_together
+
+    fields = dict(user_id=customer.pk, api_key_id=None, channel_id=api_channel.pk)
+    calls = []
+    for tokens in (7, 5):
+        usage = budgets.usage_upsert(**fields, prompt_tokens=tokens - 2, completion_tokens=2, total_tokens=tokens,
+                                     cost=Decimal("0.5"))
+        call = LLMCall(user=customer, channel=api_channel, model="fake-gpt", provider="fake", status="ok",
+                       total_tokens=tokens)
+        with django_assert_num_queries(1 if connection.vendor == "postgresql" else 4):  # else BEGIN, 2, COMMIT
+            write_together(usage, call)
+        assert call.pk is not None and not call._state.adding
+        calls.append(call.pk)
+    assert list(LLMCall.objects.filter(pk__in=calls).order_by("pk").values_list("total_tokens", flat=True)) == [7, 5]
+    row = UsageDaily.objects.get(user=customer, channel=api_channel, api_key=None)
+    assert (row.calls, row.total_tokens, row.cost) == (2, 12, Decimal("1.0"))

@@ -21,6 +21,7 @@ from apps.logs.models import LLMCall
 from apps.logs.structured import message_id_var, request_id_var
 from apps.quotas import budgets
 from gateway_project.db import (
+    Statement,
     Update,
     is_database_outage,
     stored,
@@ -292,8 +293,9 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
     except BaseException:
         budgets.release_model_call(reservation)
         raise
-    budgets.settle_model_call(reservation, result)
-    call = through_outage(lambda: record_llm_call(message, model=model, result=result, attempt=attempt))
+    usage = budgets.settle_model_call(reservation, result, write_usage=False)
+    # The day's usage and the call's log row, in one statement.
+    call = through_outage(lambda: record_llm_call(message, model=model, result=result, attempt=attempt, usage=usage))
     logger.info(
         "model answered",
         extra={"model": result.model, "total_tokens": result.total_tokens,
@@ -414,7 +416,8 @@ def fail_message(message: Message, exc: llm.LLMError) -> None:
 
 
 def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = None,
-                    error: llm.LLMError | None = None, attempt: int = 1) -> LLMCall:
+                    error: llm.LLMError | None = None, attempt: int = 1, usage: Statement | None = None) -> LLMCall:
+    """The LLMCall row of one attempt; ``usage`` (the day's usage upsert) is written with it, atomically."""
     agent = message.agent
     fields = dict(
         message=message, conversation_id=message.conversation_id, user_id=message.sender_id,
@@ -431,6 +434,10 @@ def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = N
         )
     else:
         fields.update(status=LLMCall.Status.ERROR, error=str(error)[:2000])
-    call = LLMCall.objects.create(**fields)
+    call = LLMCall(**fields)
+    if usage is not None:
+        write_together(usage, call)
+    else:
+        call.save(force_insert=True)
     llm_call_observed(call)
     return call

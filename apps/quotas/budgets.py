@@ -24,7 +24,7 @@ from django.db.models import Sum
 
 from apps.agents import llm
 from apps.conversations.errors import GatewayError, QuotaExceeded, ServiceUnavailable
-from gateway_project.db import stored, through_outage
+from gateway_project.db import Statement, stored, through_outage
 
 from .ledger import ADMITTED, MISSING, CounterCall, get_ledger
 from .metrics import count_backend_error, count_rejection
@@ -192,8 +192,12 @@ def reserve_model_call(message, model, prompt: list[dict], *, max_tokens: int | 
     return reservation
 
 
-def settle_model_call(reservation: Reservation, result) -> None:
-    """Book the call's real usage (from the response) and write it to the daily rollup."""
+def settle_model_call(reservation: Reservation, result, *, write_usage: bool = True) -> Statement:
+    """Book the call's real usage (from the response) and write it to the daily rollup.
+
+    Returns the rollup's upsert. ``write_usage=False``: the caller writes it, together with its own
+    row (the agent run writes it with the model call's log row, in one statement).
+    """
     prompt, completion = result.prompt_tokens or 0, result.completion_tokens or 0
     total = result.total_tokens or (prompt + completion)
     if not total:  # the provider reported no usage: book the estimate rather than nothing
@@ -204,10 +208,13 @@ def settle_model_call(reservation: Reservation, result) -> None:
     if reservation.counters:
         amounts = [total if c.meter == "tokens" else to_micros(cost) for c in reservation.counters]
         _settle(reservation, amounts)
-    through_outage(lambda: usage_record(  # the ledger above is settled: write the row, not settle twice
+    upsert = usage_upsert(
         user_id=reservation.user_id, api_key_id=reservation.api_key_id, channel_id=reservation.channel_id,
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, cost=cost,
-    ))
+    )
+    if write_usage:
+        through_outage(lambda: _execute(upsert))  # the ledger above is settled: write the row, not settle twice
+    return upsert
 
 
 def release_model_call(reservation: Reservation) -> None:
@@ -224,19 +231,28 @@ def _settle(reservation: Reservation, amounts: list[int]) -> None:
         count_backend_error("budget_settle", "deferred", exc)
 
 
-def usage_record(*, user_id, api_key_id, channel_id, prompt_tokens: int, completion_tokens: int,
-                 total_tokens: int, cost: Decimal, day: date | None = None) -> None:
-    """Add one model call to the day's rollup row: one upsert (INSERT … ON CONFLICT DO UPDATE,
-    PostgreSQL and SQLite alike), so concurrent first calls of a day add up instead of racing."""
-    from django.db import connection
+def usage_record(**fields) -> None:
+    """Add one model call to the day's rollup row (``usage_upsert``'s fields)."""
+    _execute(usage_upsert(**fields))
 
+
+def usage_upsert(*, user_id, api_key_id, channel_id, prompt_tokens: int, completion_tokens: int,
+                 total_tokens: int, cost: Decimal, day: date | None = None) -> Statement:
+    """The upsert adding one model call to the day's rollup row (INSERT … ON CONFLICT DO UPDATE,
+    PostgreSQL and SQLite alike), so concurrent first calls of a day add up instead of racing."""
     day = day or utc_today(time.time())
     key = ":".join(str(v) if v is not None else "-" for v in (user_id, api_key_id, channel_id))
     params = [stored(UsageDaily, "date", day), key, stored(UsageDaily, "user", user_id),
               stored(UsageDaily, "api_key", api_key_id), stored(UsageDaily, "channel", channel_id),
               prompt_tokens, completion_tokens, total_tokens, stored(UsageDaily, "cost", cost)]
+    return Statement(USAGE_UPSERT_SQL, params)
+
+
+def _execute(statement: Statement) -> None:
+    from django.db import connection
+
     with connection.cursor() as cursor:
-        cursor.execute(USAGE_UPSERT_SQL, params)
+        cursor.execute(statement.sql, statement.params)
 
 
 _USAGE = UsageDaily._meta.db_table
