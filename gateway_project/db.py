@@ -118,8 +118,9 @@ def write_together(first, obj) -> None:
 
 def update_then_fetch(update: Update, query: str, params: list):
     """``update``, then the first row of ``query`` (or None): one statement on PostgreSQL
-    (``WITH written AS (update) query``; the query sees rows as they were before the update), two
-    elsewhere. For an update and a lookup that go one after the other on the hot path."""
+    (``WITH written AS (update) query``), two elsewhere. For an update and a lookup that go one after
+    the other on the hot path; the query should not read the updated row (PostgreSQL shows it as it
+    was before the update, other databases as after)."""
     head, head_params = _update_sql(update)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":

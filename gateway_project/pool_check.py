@@ -11,7 +11,7 @@ on its first use instead of being replaced quietly. That use fails the way any s
 the database goes away (a 503 to a client, a retried agent run), and the pool drops the broken
 connection when it comes back. ``seconds=0`` checks every time, as Django does.
 
-Kept free of Django imports: the settings module builds it.
+Built by the gateway's database engine (gateway_project/postgresql/base.py).
 """
 from __future__ import annotations
 

@@ -1,14 +1,15 @@
 """The database pool checks a lent connection with a round trip only when its last check is old
 (gateway_project/pool_check.py), against a real PostgreSQL and psycopg's real pool."""
 import os
+import time
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import OperationalError, connection
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
-from gateway_project.pool_check import CheckUnlessRecent
+from gateway_project.pool_check import CHECKED_AT, CheckUnlessRecent
 
 pytestmark = pytest.mark.services
 
@@ -85,6 +86,7 @@ def test_the_gateways_pool_lends_a_just_checked_connection_without_a_round_trip(
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     raw = connection.connection
+    setattr(raw, CHECKED_AT, time.monotonic())  # as under load: it passed a check just now
     connection.close()
     terminate(raw)
     failed = False
@@ -92,9 +94,13 @@ def test_the_gateways_pool_lends_a_just_checked_connection_without_a_round_trip(
         try:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
-        except Exception:
+        except OperationalError:
             failed = True
             break
         finally:
             connection.close()
     assert failed, "the cut connection was lent without a check, so its statement failed"
+    with connection.cursor() as cursor:  # the pool dropped it when it came back
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
+    connection.close()

@@ -394,13 +394,24 @@ def deliver(reply: Message, *, inbound: Message, then_hand_over: bool = False) -
         reply.status, reply.error_code, reply.error_message = Status.FAILED, "delivery_failed", str(exc)[:2000]
         reply.save(update_fields=["status", "error_code", "error_message", "attempts", "updated_at"])
         if then_hand_over:
-            hand_over(inbound)
+            _hand_over_after_delivery(inbound)
         return
     reply.status = Status.SENT
     if then_hand_over:
-        hand_over(inbound, sent=reply)
+        _hand_over_after_delivery(inbound, sent=reply)
     else:
         through_outage(lambda: reply.save(update_fields=["status", "attempts", "updated_at"]))  # it was sent
+
+
+def _hand_over_after_delivery(inbound: Message, *, sent: Message | None = None) -> None:
+    """hand_over once the reply went out: the message is answered whatever happens here, so a bug
+    is logged rather than taken for a failed run (a database outage still propagates: it is retried)."""
+    try:
+        hand_over(inbound, sent=sent)
+    except Exception as exc:
+        if is_database_outage(exc):
+            raise
+        logger.exception("hand-over after delivery failed")
 
 
 def fail_message(message: Message, exc: llm.LLMError) -> None:
@@ -427,7 +438,7 @@ def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = N
     )
     if result is not None:
         fields.update(
-            model=result.model or model.name, status=LLMCall.Status.OK,
+            model=(result.model or model.name)[:LLMCall._meta.get_field("model").max_length], status=LLMCall.Status.OK,
             prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
             total_tokens=result.total_tokens, latency_ms=result.latency_ms, ttft_ms=result.ttft_ms,
             cost=model.cost(result.prompt_tokens, result.completion_tokens),

@@ -227,7 +227,7 @@ def _settle(reservation: Reservation, amounts: list[int]) -> None:
     try:
         get_ledger().settle([c.key for c in reservation.counters], reservation_id=reservation.id, amounts=amounts)
     except Exception as exc:
-        # The usage still reaches the rollup (below), which re-seeds the counters if Redis lost them.
+        # The usage still reaches the daily rollup, which re-seeds the counters if Redis lost them.
         count_backend_error("budget_settle", "deferred", exc)
 
 

@@ -82,9 +82,19 @@ def test_answering_a_message_queues_the_next_one_of_its_conversation(client, sla
     reply = agent_run(first.id)
     assert queued() == before + 1  # the second message, queued again now that the first is done
     # The statement that found it also recorded the delivery.
-    assert Message.objects.get(pk=reply.pk).status == "sent" and reply.attempts == 1
+    assert Message.objects.filter(pk=reply.pk, status="sent", attempts=1).exists()
     agent_run(second.id)
     assert queued() == before + 1  # nothing waits after the last one
+
+
+def test_a_failed_delivery_still_hands_over(client, slack_channel, platforms, settings, transactional_db):
+    settings.CONNECTOR_SEND_ATTEMPTS = 1
+    platforms.script(slack_429=1, retry_after=0)
+    first, _second = two_dm_messages(client, slack_channel, first="first")
+    before = queued()
+    reply = agent_run(first.id)
+    assert Message.objects.get(pk=reply.pk).status == "failed"
+    assert queued() == before + 1
 
 
 def test_re_checks_back_off_and_add_up_to_the_longest_wait(settings):
