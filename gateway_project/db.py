@@ -74,6 +74,10 @@ class Statement:
     sql: str
     params: list
 
+    def execute(self) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(self.sql, self.params)
+
 
 def write_together(first, obj) -> None:
     """``first`` (an unsaved instance to insert, an ``Update`` or a ``Statement``) and then the insert
@@ -92,8 +96,7 @@ def write_together(first, obj) -> None:
             if isinstance(first, Update):
                 first.model.objects.filter(pk=first.pk).update(**first.values)
             elif isinstance(first, Statement):
-                with connection.cursor() as cursor:
-                    cursor.execute(first.sql, first.params)
+                first.execute()
             else:
                 first.save(force_insert=True)
             obj.save(force_insert=True)

@@ -213,7 +213,7 @@ def settle_model_call(reservation: Reservation, result, *, write_usage: bool = T
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, cost=cost,
     )
     if write_usage:
-        through_outage(lambda: _execute(upsert))  # the ledger above is settled: write the row, not settle twice
+        through_outage(upsert.execute)  # the ledger above is settled: write the row, not settle twice
     return upsert
 
 
@@ -231,11 +231,6 @@ def _settle(reservation: Reservation, amounts: list[int]) -> None:
         count_backend_error("budget_settle", "deferred", exc)
 
 
-def usage_record(**fields) -> None:
-    """Add one model call to the day's rollup row (``usage_upsert``'s fields)."""
-    _execute(usage_upsert(**fields))
-
-
 def usage_upsert(*, user_id, api_key_id, channel_id, prompt_tokens: int, completion_tokens: int,
                  total_tokens: int, cost: Decimal, day: date | None = None) -> Statement:
     """The upsert adding one model call to the day's rollup row (INSERT … ON CONFLICT DO UPDATE,
@@ -246,13 +241,6 @@ def usage_upsert(*, user_id, api_key_id, channel_id, prompt_tokens: int, complet
               stored(UsageDaily, "api_key", api_key_id), stored(UsageDaily, "channel", channel_id),
               prompt_tokens, completion_tokens, total_tokens, stored(UsageDaily, "cost", cost)]
     return Statement(USAGE_UPSERT_SQL, params)
-
-
-def _execute(statement: Statement) -> None:
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(statement.sql, statement.params)
 
 
 _USAGE = UsageDaily._meta.db_table

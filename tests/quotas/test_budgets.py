@@ -139,14 +139,14 @@ class TestModelCall:
     def test_calls_of_one_day_add_up_on_one_row_per_key(self, api_channel, customer):
         day = date(2026, 3, 1)
         record = dict(user_id=customer.pk, api_key_id=None, channel_id=api_channel.pk, day=day)
-        budgets.usage_record(**record, prompt_tokens=3, completion_tokens=4, total_tokens=7,
-                             cost=Decimal("0.000125"))
-        budgets.usage_record(**record, prompt_tokens=10, completion_tokens=1, total_tokens=11,
-                             cost=Decimal("1.5"))
-        budgets.usage_record(**{**record, "channel_id": None}, prompt_tokens=1, completion_tokens=1,
-                             total_tokens=2, cost=Decimal(0))
-        budgets.usage_record(**{**record, "day": date(2026, 3, 2)}, prompt_tokens=1, completion_tokens=1,
-                             total_tokens=2, cost=Decimal(0))
+        budgets.usage_upsert(**record, prompt_tokens=3, completion_tokens=4, total_tokens=7,
+                             cost=Decimal("0.000125")).execute()
+        budgets.usage_upsert(**record, prompt_tokens=10, completion_tokens=1, total_tokens=11,
+                             cost=Decimal("1.5")).execute()
+        budgets.usage_upsert(**{**record, "channel_id": None}, prompt_tokens=1, completion_tokens=1,
+                             total_tokens=2, cost=Decimal(0)).execute()
+        budgets.usage_upsert(**{**record, "day": date(2026, 3, 2)}, prompt_tokens=1, completion_tokens=1,
+                             total_tokens=2, cost=Decimal(0)).execute()
         row = UsageDaily.objects.get(date=day, channel=api_channel)
         assert (row.user_id, row.api_key_id, row.key) == (customer.pk, None, f"{customer.pk}:-:{api_channel.pk}")
         assert (row.calls, row.prompt_tokens, row.completion_tokens, row.total_tokens) == (2, 13, 5, 18)
@@ -252,8 +252,8 @@ class TestModelCall:
 class TestRefusedAtEntry:
     def test_http_429_with_the_reset_time(self, api_channel, customer, policy, key_client, assert_error):
         policy("role", "customer", tokens_per_day=10)
-        budgets.usage_record(user_id=customer.pk, api_key_id=None, channel_id=None, prompt_tokens=5,
-                             completion_tokens=5, total_tokens=10, cost=Decimal(0))
+        budgets.usage_upsert(user_id=customer.pk, api_key_id=None, channel_id=None, prompt_tokens=5,
+                             completion_tokens=5, total_tokens=10, cost=Decimal(0)).execute()
         client, _ = key_client(customer)
         response = client.post("/api/v1/messages", {"message": "x"}, format="json")
         error = assert_error(response, 429, "quota_exceeded")
