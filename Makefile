@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 FAKE_LLM_PORT ?= 8001
 
-.PHONY: run test test-services test-reliability lint install migrate worker fake-llm clean bench browser-deps \
+.PHONY: run test test-services test-reliability test-security lint install migrate worker fake-llm clean bench browser-deps \
 	bench-dashboard
 
 $(BIN)/python:
@@ -37,6 +37,11 @@ test: install browser-deps
 # PostgreSQL and Redis to break, never the shared ones.
 test-reliability: install
 	$(BIN)/python -m pytest tests/reliability -p no:cacheprovider $(PYTEST_ARGS)
+
+# Attacks from the outside against a running stack (its own private PostgreSQL and Redis): prints
+# attack, tries, admitted (must be 0), audited.
+test-security: install
+	$(BIN)/python -m pytest tests/security -p no:cacheprovider $(PYTEST_ARGS)
 
 # Benchmarks (services mode on its own database + Redis db; LiteLLM side by side). Results in
 # bench/results/. Knobs: BENCH_REQUESTS, BENCH_ROUNDS, BENCH_WS_CONNECTIONS, BENCH_LLM_DELAY_MS, ...
