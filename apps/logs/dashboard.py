@@ -80,7 +80,7 @@ def render_page(request, template: str, period: Period | None, context: dict):
         return csv_response(table, period)
     context.update({
         "period": period,
-        "charts_json": json.dumps([c.config() for c in context.get("charts", [])]),
+        "charts_config": [c.config() for c in context.get("charts", [])],
         "query": request.GET.urlencode(),
         "nav": NAV,
         "active": request.resolver_match.url_name,
