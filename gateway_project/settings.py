@@ -248,6 +248,10 @@ GATEWAY_USER_RATE = env.str("GATEWAY_USER_RATE", default="60/m")
 # API key brute force: this many failed authentications per client IP per window, then 429.
 GATEWAY_AUTH_FAILURES_PER_IP = env.int("GATEWAY_AUTH_FAILURES_PER_IP", default=20)
 GATEWAY_AUTH_FAILURE_WINDOW_SECONDS = env.int("GATEWAY_AUTH_FAILURE_WINDOW_SECONDS", default=300)
+# Failures naming one key (wrong secret, revoked, expired), from any addresses, before that key is
+# locked; and how long a key that worked from an address stays exempt there (apps.quotas.auth_failures).
+GATEWAY_AUTH_FAILURES_PER_KEY = env.int("GATEWAY_AUTH_FAILURES_PER_KEY", default=10)
+GATEWAY_AUTH_KNOWN_GOOD_SECONDS = env.int("GATEWAY_AUTH_KNOWN_GOOD_SECONDS", default=86400)
 # Traffic and spend control (apps/quotas, README "Traffic and spend control"). Rates: "20/m", "500/h",
 # "5/10s", "1000/d"; empty: no limit unless a policy sets one.
 GATEWAY_API_KEY_RATE = env.str("GATEWAY_API_KEY_RATE", default="")
@@ -293,6 +297,11 @@ WEBCHAT_VISITOR_TOKEN_MAX_AGE_SECONDS = env.int(
 
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="http://127.0.0.1:8001/v1")
+# Environment variables a provider may name as its key (glob patterns): nothing else, so a provider
+# cannot send SECRET_KEY or DATABASE_URL to its endpoint (apps.agents.models.key_env_allowed).
+GATEWAY_PROVIDER_KEY_ENV_ALLOWED = env.list("GATEWAY_PROVIDER_KEY_ENV_ALLOWED", default=["*_API_KEY"])
+# How long one route pattern may search one message; past it the rule counts as not matching.
+GATEWAY_ROUTE_REGEX_TIMEOUT_SECONDS = env.float("GATEWAY_ROUTE_REGEX_TIMEOUT_SECONDS", default=0.05)
 LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)
 SLACK_API_BASE_URL = env.str("SLACK_API_BASE_URL", default="https://slack.com/api")
 WECOM_API_BASE_URL = env.str("WECOM_API_BASE_URL", default="https://qyapi.weixin.qq.com/cgi-bin")
@@ -334,7 +343,8 @@ GATEWAY_LOG_ROLLUP_DAYS = env.int("GATEWAY_LOG_ROLLUP_DAYS", default=2)
 GATEWAY_LOG_RETENTION_DAYS = env.int("GATEWAY_LOG_RETENTION_DAYS", default=30)
 GATEWAY_AUDIT_RETENTION_DAYS = env.int("GATEWAY_AUDIT_RETENTION_DAYS", default=365)
 GATEWAY_LOG_PURGE_SECONDS = env.float("GATEWAY_LOG_PURGE_SECONDS", default=3600.0)
-# When set, GET /metrics requires "Authorization: Bearer <token>".
+# GET /metrics requires "Authorization: Bearer <token>" with this token. Without one it is closed
+# (403) unless DEBUG is on: set it, and give Prometheus the same value (see docs/security-admin.md).
 GATEWAY_METRICS_TOKEN = env.str("GATEWAY_METRICS_TOKEN", default="")
 CELERY_BEAT_SCHEDULE["logs.flush_request_logs"] = {
     "task": "logs.flush_request_logs", "schedule": GATEWAY_LOG_FLUSH_SECONDS,

@@ -10,6 +10,8 @@ from django.db import models
 from apps.connectors.registry import KIND_CHOICES
 from apps.identities.roles import ROLE_ORDER
 
+from .patterns import pattern_problem
+
 ROLE_CHOICES = [(role, role.capitalize()) for role in ROLE_ORDER]
 COMMAND_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,31}$")
 
@@ -62,11 +64,8 @@ class Route(models.Model):
 
     def clean(self) -> None:
         errors = {}
-        if self.pattern:
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                errors["pattern"] = f"Not a valid regular expression: {exc}"
+        if self.pattern and (problem := pattern_problem(self.pattern)):
+            errors["pattern"] = problem
         if self.command:
             self.command = self.command.lstrip("/").lower()
             if not COMMAND_RE.match(self.command):

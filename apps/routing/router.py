@@ -13,12 +13,12 @@ the final choice (``check_agent_access``: the sender's permission and their API 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from apps.conversations.errors import NoRoute, NotFound
 from gateway_project.config_cache import cached
+
+from .patterns import pattern_search
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def rule_matches(route, *, text: str, metadata: dict, channel, groups: dict) -> 
     if route.keyword:
         results.append((route.keyword.casefold() in text.casefold(), f"text contains {route.keyword!r}"))
     if route.pattern:
-        results.append((_pattern_search(route.pattern, text), f"text matches /{route.pattern}/"))
+        results.append((pattern_search(route.pattern, text), f"text matches /{route.pattern}/"))
     for key, value in (route.metadata or {}).items():
         results.append((key in metadata and metadata[key] == value, f"metadata {key} = {value!r}"))
     if not results:
@@ -139,14 +139,3 @@ def command_of(text: str) -> str:
     return text[1:].split(None, 1)[0].lower() if len(text) > 1 and not text[1].isspace() else ""
 
 
-@lru_cache(maxsize=256)
-def _compiled(pattern: str) -> re.Pattern | None:
-    try:
-        return re.compile(pattern, re.IGNORECASE)
-    except re.error:
-        return None  # saved before validation existed, or edited in the database: never matches
-
-
-def _pattern_search(pattern: str, text: str) -> bool:
-    compiled = _compiled(pattern)
-    return bool(compiled and compiled.search(text))
