@@ -5,8 +5,10 @@ of the usual model permissions) and every change writes an audit event.
 """
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.models import Group
@@ -16,7 +18,8 @@ from apps.logs.services import audit
 
 from .guarded_admin import client_ip
 from .models import ApiKey, ChannelIdentity, User
-from .roles import ROLE_ORDER, Role
+from .privileges import beyond, outranks, refuse, refused
+from .roles import ROLE_ORDER, Role, ensure_role_groups
 from .services import (
     api_key_describe,
     api_key_revoke,
@@ -27,8 +30,33 @@ from .services import (
     user_unblock,
 )
 
-# Fields that decide what a user may do: only staff with identities.grant_role may change them.
+# Fields that decide what a user may do: only staff with identities.grant_role may change them,
+# and only to what they hold themselves (privileges.py).
 PRIVILEGE_FIELDS = ("groups", "user_permissions", "is_staff", "is_superuser")
+
+
+def _grant_checked(form_class, request, *, groups_field="groups", permissions_field="user_permissions"):
+    """``form_class`` refusing groups, permissions or the superuser flag its user does not hold."""
+    actor = request.user
+
+    class GrantChecked(form_class):
+        def clean(self):
+            cleaned = super().clean()
+            if actor.is_superuser:
+                return cleaned
+            if cleaned.get("is_superuser") and "is_superuser" in self.changed_data:
+                self.add_error(None, "Only a superuser can make another.")
+                refused(request, what="grant superuser", target=self.instance if self.instance.pk else None)
+            lacking = beyond(actor, permissions=cleaned.get(permissions_field) or (),
+                             groups=cleaned.get(groups_field) or ())
+            if lacking:
+                self.add_error(None, "You can only give permissions you hold yourself; you do not hold: "
+                               + ", ".join(sorted(lacking)) + ".")
+                refused(request, what="grant permissions", target=self.instance if self.instance.pk else None,
+                        permissions=sorted(lacking))
+            return cleaned
+
+    return GrantChecked
 
 
 def user_snapshot(user) -> dict:
@@ -121,6 +149,32 @@ class UserAdmin(BaseUserAdmin):
     def has_merge_users_permission(self, request) -> bool:
         return request.user.has_perm("identities.merge_users")
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Someone holding more than you (a superuser, say) is read-only to you: no edit, no password.
+        return super().has_change_permission(request, obj) and not outranks(obj, request.user)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return super().has_delete_permission(request, obj) and not outranks(obj, request.user)
+
+    def get_form(self, request, obj=None, **kwargs):
+        return _grant_checked(super().get_form(request, obj, **kwargs), request)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        if request.method == "POST" and object_id:
+            target = self.get_object(request, unquote(object_id))
+            if outranks(target, request.user):
+                refuse(request, what="change this user", target=target)
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def user_change_password(self, request, id, form_url=""):
+        target = self.get_object(request, unquote(id))
+        if request.method == "POST" and outranks(target, request.user):
+            refuse(request, what="set this user's password", target=target)
+        response = super().user_change_password(request, id, form_url)
+        if request.method == "POST" and target is not None and response.status_code == 302:
+            audit(action="user.password_set", actor=request.user, target=target, client_ip=client_ip(request))
+        return response
+
     def get_readonly_fields(self, request, obj=None):
         readonly = ["is_visitor", "blocked_at", "blocked_reason", "merged_into", "last_login", "date_joined"]
         if not self.has_grant_role_permission(request):
@@ -147,7 +201,23 @@ class UserAdmin(BaseUserAdmin):
 
     # --- actions ---
 
+    def _outranked(self, request, users, what: str) -> bool:
+        """True (refused, audited, told) when any of ``users`` holds more than the acting staff."""
+        above = [u for u in users if outranks(u, request.user)]
+        for user in above:
+            refused(request, what=what, target=user)
+        if above:
+            self.message_user(request, f"Refused: {', '.join(u.username for u in above)} hold(s) more than you "
+                              "do. Nothing was changed.", messages.ERROR)
+        return bool(above)
+
     def _set_role(self, request, queryset, role: str) -> None:
+        if self._outranked(request, queryset, f"give the role {role}"):
+            return
+        if lacking := beyond(request.user, groups=[ensure_role_groups()[role]]):
+            refused(request, what=f"give the role {role}", permissions=sorted(lacking))
+            self.message_user(request, f"Refused: the role {role} holds permissions you do not.", messages.ERROR)
+            return
         for user in queryset:
             user_set_role(user=user, role=role, actor=request.user, client_ip=client_ip(request))
         self.message_user(request, f"{queryset.count()} user(s) now have the role {role}.", messages.SUCCESS)
@@ -166,6 +236,8 @@ class UserAdmin(BaseUserAdmin):
 
     @admin.action(description="Block the selected users (refused on every channel)", permissions=["block_user"])
     def block_users(self, request, queryset):
+        if self._outranked(request, queryset, "block this user"):
+            return
         targets = [u for u in queryset if u.pk != request.user.pk and not u.is_superuser]
         for user in targets:
             user_block(user=user, actor=request.user, reason="blocked by staff in the admin",
@@ -176,6 +248,8 @@ class UserAdmin(BaseUserAdmin):
 
     @admin.action(description="Unblock the selected users", permissions=["block_user"])
     def unblock_users(self, request, queryset):
+        if self._outranked(request, queryset, "unblock this user"):
+            return
         for user in queryset.filter(blocked_at__isnull=False):
             user_unblock(user=user, actor=request.user, client_ip=client_ip(request))
         self.message_user(request, "Unblocked.")
@@ -185,6 +259,8 @@ class UserAdmin(BaseUserAdmin):
         users = list(queryset.order_by("date_joined"))
         if len(users) < 2:
             self.message_user(request, "Select at least two users to merge.", messages.WARNING)
+            return None
+        if self._outranked(request, users, "merge this user"):
             return None
         if "apply" in request.POST:
             survivor = next((u for u in users if str(u.pk) == request.POST.get("survivor")), None)
@@ -212,6 +288,31 @@ class ChannelIdentityAdmin(admin.ModelAdmin):
     search_fields = ("external_id", "display_name", "user__username", "user__email")
     list_select_related = ("channel", "user")
     autocomplete_fields = ("user",)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # An identity of someone holding more than you is read-only: moving it is a takeover.
+        return super().has_change_permission(request, obj) and not outranks(obj and obj.user, request.user)
+
+    def get_form(self, request, obj=None, **kwargs):
+        form_class = super().get_form(request, obj, **kwargs)
+
+        class OwnerChecked(form_class):
+            def clean_user(self):
+                user = self.cleaned_data.get("user")
+                if outranks(user, request.user):
+                    refused(request, what="move an identity to this user", target=user)
+                    raise forms.ValidationError("This user holds more than you do: you cannot give them "
+                                                "an identity (whoever holds it would speak as them).")
+                return user
+
+        return OwnerChecked
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        if request.method == "POST" and object_id:
+            identity = self.get_object(request, unquote(object_id))
+            if identity is not None and outranks(identity.user, request.user):
+                refuse(request, what="change this user's identity", target=identity)
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
     def get_readonly_fields(self, request, obj=None):
         if obj is not None:
@@ -265,6 +366,23 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def masked(self, obj) -> str:
         return obj.masked
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        return super().has_change_permission(request, obj) and not outranks(obj and obj.user, request.user)
+
+    def get_form(self, request, obj=None, **kwargs):
+        form_class = super().get_form(request, obj, **kwargs)
+
+        class OwnerChecked(form_class):
+            def clean_user(self):
+                user = self.cleaned_data.get("user")
+                if outranks(user, request.user):
+                    refused(request, what="create an API key for this user", target=user)
+                    raise forms.ValidationError("This user holds more than you do: whoever holds a key in "
+                                                "their name would act as them.")
+                return user
+
+        return OwnerChecked
+
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
 
@@ -297,6 +415,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke the selected keys", permissions=["change"])
     def revoke_keys(self, request, queryset):
+        above = [key for key in queryset.select_related("user") if outranks(key.user, request.user)]
+        if above:
+            for key in above:
+                refused(request, what="revoke this key", target=key)
+            self.message_user(request, "Refused: some keys belong to users who hold more than you.", messages.ERROR)
+            return
         for key in queryset.filter(revoked_at__isnull=True):
             api_key_revoke(key=key, actor=request.user, client_ip=client_ip(request))
         self.message_user(request, "Revoked.")
@@ -320,6 +444,10 @@ class GroupAdmin(BaseGroupAdmin):
             audit(action="group.permissions_changed", actor=request.user, target=form.instance,
                   before={"permissions": request._group_before}, after={"permissions": after},
                   client_ip=client_ip(request))
+
+    def get_form(self, request, obj=None, **kwargs):
+        return _grant_checked(super().get_form(request, obj, **kwargs), request, groups_field="-",
+                              permissions_field="permissions")
 
     def has_change_permission(self, request, obj=None) -> bool:
         return super().has_change_permission(request, obj) and request.user.has_perm("identities.grant_role")

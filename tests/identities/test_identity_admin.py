@@ -293,6 +293,12 @@ def test_group_permissions_need_grant_role_and_are_audited(client, make_user, ro
     staff = with_perms(staff, "identities.grant_role")
     client.force_login(staff)
     before = list(roles["customer"].permissions.values_list("pk", flat=True))
+    # Only what he holds himself: use_admin_tools is not his yet, so it is refused (and audited).
+    assert client.post(url, {"name": "customer", "permissions": [*map(str, before), str(perm.pk)]}).status_code == 200
+    assert not roles["customer"].permissions.filter(pk=perm.pk).exists()
+    assert AuditEvent.objects.get(action="admin.refused").detail["permissions"] == ["identities.use_admin_tools"]
+    staff = with_perms(staff, "identities.use_admin_tools")
+    client.force_login(staff)
     assert client.post(url, {"name": "customer", "permissions": [*map(str, before), str(perm.pk)]}).status_code == 302
     assert roles["customer"].permissions.filter(pk=perm.pk).exists()
     assert "use_admin_tools" in AuditEvent.objects.get(action="group.permissions_changed").after["permissions"]

@@ -1,0 +1,62 @@
+"""The rule the admin applies to staff who are not superusers: act only on people who hold no more
+than you do, and hand out only what you hold yourself.
+
+"Hold" means global permissions (the user's own and their groups'), read fresh from the database
+whether or not the account is active, plus the superuser flag: a superuser holds everything. So an
+admin-role staff member can neither edit, merge, block nor set the password of a superuser (or of
+anyone holding a permission she lacks), nor give anyone a group, a permission or the superuser flag
+beyond her own. Refusals are audited as ``admin.refused``.
+"""
+from __future__ import annotations
+
+from django.contrib.auth.models import Permission
+from django.core.exceptions import PermissionDenied
+from django.db.models import Q
+
+from apps.logs.services import audit
+from apps.quotas.client_ip import client_ip_for_request
+
+
+def held_permissions(user) -> set[str]:
+    """``app.codename`` of every global permission ``user`` holds, directly or through a group."""
+    if user.pk is None:
+        return set()
+    rows = (Permission.objects.filter(Q(user=user) | Q(group__user=user))
+            .values_list("content_type__app_label", "codename").distinct())
+    return {f"{app}.{codename}" for app, codename in rows}
+
+
+def permission_names(permissions) -> set[str]:
+    return {f"{p.content_type.app_label}.{p.codename}" for p in permissions}
+
+
+def outranks(target, actor) -> bool:
+    """Whether ``target`` holds something ``actor`` does not (then ``actor`` may not act on them)."""
+    if actor.is_superuser or target is None:
+        return False
+    if target.is_superuser:
+        return True
+    return not held_permissions(target) <= held_permissions(actor)
+
+
+def beyond(actor, *, permissions=(), groups=()) -> set[str]:
+    """What among ``permissions`` and the ``groups``' permissions ``actor`` does not hold."""
+    if actor.is_superuser:
+        return set()
+    wanted = permission_names(Permission.objects.filter(pk__in=[p.pk for p in permissions])
+                              .select_related("content_type"))
+    wanted |= permission_names(Permission.objects.filter(group__in=[g.pk for g in groups])
+                               .select_related("content_type"))
+    return wanted - held_permissions(actor)
+
+
+def refused(request, *, what: str, target=None, **detail) -> None:
+    """Audit a refused staff action (``admin.refused``)."""
+    audit(action="admin.refused", actor=request.user, target=target, client_ip=client_ip_for_request(request),
+          what=what, **detail)
+
+
+def refuse(request, *, what: str, target=None, **detail):
+    """Audit, then raise PermissionDenied (the admin answers 403)."""
+    refused(request, what=what, target=target, **detail)
+    raise PermissionDenied(f"You may not {what}: they hold more than you do.")
