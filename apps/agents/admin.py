@@ -1,7 +1,8 @@
 from django import forms
 from django.contrib import admin
 
-from apps.identities.guarded_admin import ObjectPermissionsAdmin
+from apps.identities.guarded_admin import ObjectPermissionsAdmin, client_ip
+from apps.logs.services import audit
 
 from .models import Agent, AgentFallback, LLMModel, Provider, Tool, ToolCall
 
@@ -38,8 +39,18 @@ class ProviderForm(forms.ModelForm):
         return provider
 
 
+def provider_describe(provider: Provider) -> dict:
+    """What an audit event records about a provider: its settings, whether a key is stored (never the key)."""
+    return {"slug": provider.slug, "name": provider.name, "preset": provider.preset, "base_url": provider.base_url,
+            "api_key_env": provider.api_key_env, "key_stored": provider.has_stored_key,
+            "timeout_seconds": provider.timeout_seconds, "enabled": provider.enabled}
+
+
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
+    """Every create, change and delete is audited (``provider.*``): the base URL decides where the
+    key goes, so who pointed it where must be on record. Keys are never in the audit row."""
+
     form = ProviderForm
     list_display = ("slug", "name", "preset", "base_url", "api_key_env", "key_stored", "timeout_seconds", "enabled")
     list_filter = ("enabled", "preset")
@@ -51,6 +62,29 @@ class ProviderAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, description="key stored")
     def key_stored(self, obj) -> bool:
         return bool(obj and obj.has_stored_key)
+
+    def save_model(self, request, obj, form, change):
+        before = provider_describe(Provider.objects.get(pk=obj.pk)) if change else None
+        super().save_model(request, obj, form, change)
+        key = ("set" if form.cleaned_data.get("new_api_key") else
+               "cleared" if form.cleaned_data.get("clear_api_key") else "unchanged")
+        after = provider_describe(obj)
+        if not change:
+            audit(action="provider.created", actor=request.user, target=obj, after=after, api_key=key,
+                  client_ip=client_ip(request))
+        elif before != after or key != "unchanged":
+            audit(action="provider.changed", actor=request.user, target=obj, before=before, after=after,
+                  api_key=key, client_ip=client_ip(request))
+
+    def delete_model(self, request, obj):
+        # Written first (the admin's delete runs in one transaction): the row still has its pk.
+        audit(action="provider.deleted", actor=request.user, target=obj, before=provider_describe(obj),
+              client_ip=client_ip(request))
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for provider in queryset:
+            self.delete_model(request, provider)
 
 
 @admin.register(LLMModel)

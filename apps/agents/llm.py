@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from .models import LLMModel, Provider
+from .models import LLMModel, Provider, ProviderKeyRefused
 
 
 class LLMError(Exception):
@@ -80,7 +80,10 @@ def chat(
         params["temperature"] = temperature
     if tools:
         params["tools"] = tools
-    client = client_for(model.provider)
+    try:
+        client = client_for(model.provider)
+    except ProviderKeyRefused as exc:
+        raise LLMError("provider_misconfigured", str(exc)) from exc
     started = time.monotonic()
     try:
         if on_delta is None:

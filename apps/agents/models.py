@@ -1,7 +1,9 @@
 """Providers (OpenAI-compatible endpoints), their models with prices, and agents."""
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
 from decimal import Decimal
 
 from django.conf import settings
@@ -19,6 +21,32 @@ PROVIDER_PRESETS: dict[str, tuple[str, str, str]] = {
 }
 PRESET_CHOICES = [("custom", "Custom endpoint")] + [(k, v[0]) for k, v in PROVIDER_PRESETS.items()]
 
+_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,99}$")
+
+
+class ProviderKeyRefused(Exception):
+    """A provider names a key variable outside GATEWAY_PROVIDER_KEY_ENV_ALLOWED: nothing is sent."""
+
+
+def key_env_allowed(name: str) -> bool:
+    """Whether a provider may read its API key from the environment variable ``name``.
+
+    Only names matching one of GATEWAY_PROVIDER_KEY_ENV_ALLOWED (glob patterns, default ``*_API_KEY``)
+    are: otherwise whoever may edit a provider could send SECRET_KEY or DATABASE_URL to a host of
+    their choosing as its "API key".
+    """
+    return bool(_ENV_NAME.match(name)) and any(
+        fnmatch.fnmatchcase(name, pattern) for pattern in settings.GATEWAY_PROVIDER_KEY_ENV_ALLOWED)
+
+
+def validate_key_env(name: str) -> None:
+    from django.core.exceptions import ValidationError
+
+    if name and not key_env_allowed(name):
+        raise ValidationError(
+            "Not an API-key variable: the name must match %(patterns)s (GATEWAY_PROVIDER_KEY_ENV_ALLOWED).",
+            params={"patterns": ", ".join(settings.GATEWAY_PROVIDER_KEY_ENV_ALLOWED)}, code="key_env_refused")
+
 
 class Provider(models.Model):
     """An OpenAI-compatible endpoint (OpenAI, Qwen via DashScope, GLM via Zhipu, fake_llm, ...)."""
@@ -31,8 +59,9 @@ class Provider(models.Model):
     )
     base_url = models.URLField(max_length=300, blank=True)
     api_key_env = models.CharField(
-        max_length=100, blank=True,
-        help_text="Name of the environment variable holding the API key.",
+        max_length=100, blank=True, validators=[validate_key_env],
+        help_text="Name of the environment variable holding the API key; it must match "
+        "GATEWAY_PROVIDER_KEY_ENV_ALLOWED (default *_API_KEY).",
     )
     api_key_encrypted = models.TextField(
         blank=True, editable=False,
@@ -54,6 +83,7 @@ class Provider(models.Model):
         if preset is not None:
             self.base_url = self.base_url or preset[1]
             self.api_key_env = self.api_key_env or preset[2]
+        validate_key_env(self.api_key_env)  # a preset's name too, should the allow-list leave it out
         if not self.base_url:
             raise ValidationError({"base_url": "A base URL is needed (or pick a preset)."})
 
@@ -71,6 +101,9 @@ class Provider(models.Model):
         """The stored (encrypted) key, else the one in the named environment variable
         (OPENAI_API_KEY when none is named).
 
+        A name outside GATEWAY_PROVIDER_KEY_ENV_ALLOWED raises ProviderKeyRefused: a row saved before
+        the rule, or written straight into the database, still sends no other secret. The OPENAI_API_KEY
+        setting stands in only for OPENAI_API_KEY itself, never for another provider's unset variable.
         Local stand-ins accept any value, and the client insists on one, hence the placeholder.
         """
         if self.api_key_encrypted:
@@ -78,7 +111,12 @@ class Provider(models.Model):
 
             return decrypt_secret(self.api_key_encrypted)
         name = self.api_key_env or "OPENAI_API_KEY"
-        return os.environ.get(name) or settings.OPENAI_API_KEY or "no-key-configured"
+        if not key_env_allowed(name):
+            raise ProviderKeyRefused(
+                f"Provider {self.slug!r} names the key variable {name!r}, which GATEWAY_PROVIDER_KEY_ENV_ALLOWED "
+                "does not allow; nothing was sent.")
+        fallback = settings.OPENAI_API_KEY if name == "OPENAI_API_KEY" else ""
+        return os.environ.get(name) or fallback or "no-key-configured"
 
 
 class LLMModel(models.Model):

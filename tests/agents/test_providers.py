@@ -78,3 +78,39 @@ class TestEncryptedKey:
         settings.FIELD_ENCRYPTION_KEY = Fernet.generate_key().decode()
         with pytest.raises(ImproperlyConfigured):
             provider.api_key()
+
+
+@pytest.mark.django_db
+class TestKeyVariableAllowList:
+    def test_only_api_key_shaped_names_are_accepted(self):
+        from django.core.exceptions import ValidationError
+
+        for name in ("SECRET_KEY", "DATABASE_URL", "REDIS_URL", "openai_api_key", "X_API_KEY_OLD"):
+            with pytest.raises(ValidationError):
+                Provider(slug="p", name="p", base_url="http://x.example/v1", api_key_env=name).full_clean()
+        Provider(slug="p", name="p", base_url="http://x.example/v1", api_key_env="MY_API_KEY").full_clean()
+
+    def test_the_setting_decides(self, settings):
+        from apps.agents.models import key_env_allowed
+
+        settings.GATEWAY_PROVIDER_KEY_ENV_ALLOWED = ["*_API_KEY", "LLM_TOKEN_*"]
+        assert key_env_allowed("LLM_TOKEN_A") and not key_env_allowed("SECRET_KEY")
+
+    def test_a_row_naming_another_secret_sends_nothing(self, monkeypatch):
+        from apps.agents.llm import LLMError, chat
+        from apps.agents.models import LLMModel, ProviderKeyRefused
+
+        monkeypatch.setenv("DATABASE_URL", "postgres://secret@db/gw")
+        provider = Provider(slug="p", name="p", base_url="http://127.0.0.1:9/v1", api_key_env="DATABASE_URL")
+        with pytest.raises(ProviderKeyRefused):
+            provider.api_key()
+        with pytest.raises(LLMError) as refused:
+            chat(LLMModel(name="m", provider=provider), [{"role": "user", "content": "hi"}])
+        assert refused.value.code == "provider_misconfigured" and "secret@db" not in str(refused.value)
+
+    def test_another_providers_unset_variable_never_borrows_the_openai_key(self, settings, monkeypatch):
+        settings.OPENAI_API_KEY = "sk-openai"
+        monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        assert Provider(slug="q", name="q", preset="qwen", api_key_env="DASHSCOPE_API_KEY").api_key() != "sk-openai"
+        assert Provider(slug="o", name="o", api_key_env="").api_key() == "sk-openai"
