@@ -15,13 +15,14 @@ Recording never raises: metrics must not break a request.
 from __future__ import annotations
 
 import functools
+import hmac
 import json
 import logging
 import threading
 from collections import defaultdict
 
 from django.conf import settings
-from django.http import HttpResponse
+from django.http import HttpResponse, JsonResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -249,15 +250,21 @@ def queue_depth() -> int:
 
 
 def metrics_view(request):
-    """``GET /metrics``: Prometheus text format. With GATEWAY_METRICS_TOKEN set, a matching
-    ``Authorization: Bearer`` header is required (the counters reveal traffic and spend)."""
+    """``GET /metrics``: Prometheus text format, for a scraper holding GATEWAY_METRICS_TOKEN
+    (``Authorization: Bearer <token>``; Prometheus' ``authorization`` / ``bearer_token`` setting).
+
+    The counters reveal traffic, models and spend, so the endpoint is closed by default: without a
+    token it answers only when DEBUG is on (a laptop), and 403 otherwise.
+    """
     token = settings.GATEWAY_METRICS_TOKEN
     if token:
-        import hmac
-
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), token.encode()):
-            return HttpResponse("metrics token required\n", status=401, content_type="text/plain")
+            return _error(401, "unauthorized", "A metrics token is required: Authorization: Bearer <token>.",
+                          headers={"WWW-Authenticate": "Bearer"})
+    elif not settings.DEBUG:
+        return _error(403, "metrics_disabled",
+                      "Metrics are closed: set GATEWAY_METRICS_TOKEN and scrape with it as a bearer token.")
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector())
     try:
@@ -266,3 +273,7 @@ def metrics_view(request):
         logger.exception("metrics rendering failed")
         return HttpResponse("metrics unavailable\n", status=503, content_type="text/plain")
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status, headers=headers)

@@ -8,9 +8,16 @@ from rest_framework.test import APIClient
 from apps.agents.runtime import agent_run
 from apps.conversations.models import Message
 
+METRICS_TOKEN = "scrape-token"
+
+
+@pytest.fixture(autouse=True)
+def _metrics_token(settings):
+    settings.GATEWAY_METRICS_TOKEN = METRICS_TOKEN
+
 
 def scrape(client) -> dict[tuple, float]:
-    response = client.get("/metrics")
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {METRICS_TOKEN}")
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain")
     samples = {}
@@ -73,6 +80,14 @@ class TestMetrics:
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
         assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret").status_code == 200
+
+    def test_without_a_token_only_debug_opens_it(self, client, settings):
+        settings.GATEWAY_METRICS_TOKEN = ""
+        settings.DEBUG = False
+        refused = client.get("/metrics")
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "metrics_disabled"
+        settings.DEBUG = True
+        assert client.get("/metrics").status_code == 200
 
 
 @pytest.mark.services
