@@ -9,7 +9,7 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
-from apps.quotas.auth_failures import check_auth_failures, record_auth_failure
+from apps.quotas.auth_failures import check_auth_failures, record_auth_failure, record_auth_success
 from apps.quotas.client_ip import client_ip_for_request
 
 from .access import check_user_active
@@ -31,21 +31,34 @@ def api_key_by_prefix(prefix: str) -> ApiKey | None:
     return key
 
 
+def key_prefix_of(raw_key: str) -> str | None:
+    """The prefix of a well-formed ``gw_<prefix>_<secret>``, else None."""
+    parts = raw_key.split("_")
+    return parts[1] if len(parts) >= 3 and parts[0] == "gw" and parts[1] else None
+
+
+def _refused(message: str, key: ApiKey | None = None) -> exceptions.AuthenticationFailed:
+    """The failure, carrying the prefix of the existing key it named (counted per key)."""
+    failure = exceptions.AuthenticationFailed(message)
+    failure.key_prefix = key.prefix if key is not None else None
+    return failure
+
+
 def api_key_user(raw_key: str):
     """(user, ApiKey) for a usable key, or raise AuthenticationFailed. At most one indexed query."""
-    parts = raw_key.split("_")
-    if len(parts) < 3 or parts[0] != "gw" or not parts[1]:
-        raise exceptions.AuthenticationFailed("Malformed API key.")
-    key = api_key_by_prefix(parts[1])
+    prefix = key_prefix_of(raw_key)
+    if prefix is None:
+        raise _refused("Malformed API key.")
+    key = api_key_by_prefix(prefix)
     # Compare even when the prefix is unknown. (A prefix kept per process answers sooner than one
     # looked up, which tells only that it was used lately; the 256-bit secret is what guards a key.)
     expected = key.key_hash if key is not None else "0" * 64
     if not hmac.compare_digest(expected, hash_api_key(raw_key)) or key is None:
-        raise exceptions.AuthenticationFailed("Invalid API key.")
+        raise _refused("Invalid API key.", key)
     if not key.is_usable:
-        raise exceptions.AuthenticationFailed("This API key is revoked or expired.")
+        raise _refused("This API key is revoked or expired.", key)
     if not key.user.is_active:
-        raise exceptions.AuthenticationFailed("This account is disabled.")
+        raise _refused("This account is disabled.", key)
     check_user_active(key.user)  # blocked users are refused on every endpoint (403, audited)
     now = timezone.now()
     last_used = max(filter(None, (key.last_used_at, _last_used_written.get(key.prefix))), default=None)
@@ -66,15 +79,19 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if not header:
             return None
         client_ip = client_ip_for_request(request)  # behind a proxy: the real client, not the proxy
-        check_auth_failures(client_ip)  # brute force: refused (429) before the key is even looked at
+        scheme, _, raw_key = header.partition(" ")
+        raw_key = raw_key.strip()
+        # brute force: refused (429) before the key is even looked at (apps.quotas.auth_failures)
+        check_auth_failures(client_ip, key_prefix_of(raw_key))
         try:
-            scheme, _, raw_key = header.partition(" ")
-            if scheme.lower() != self.keyword.lower() or not raw_key.strip():
+            if scheme.lower() != self.keyword.lower() or not raw_key:
                 raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <API key>'.")
-            return api_key_user(raw_key.strip())
+            user, key = api_key_user(raw_key)
         except exceptions.AuthenticationFailed as failure:
-            record_auth_failure(client_ip, reason=str(failure.detail))
+            record_auth_failure(client_ip, reason=str(failure.detail), key_prefix=getattr(failure, "key_prefix", None))
             raise
+        record_auth_success(client_ip, key.prefix)
+        return user, key
 
     def authenticate_header(self, request) -> str:
         return self.keyword
