@@ -4,6 +4,8 @@ Use ``ObjectPermissionsAdmin`` (or the mixin) for models that are granted one by
 tools, channels. Their change page gets an "Object permissions" button where staff give a user or
 group e.g. ``use_agent`` on that one agent. The pages need guardian's own view/change permissions
 (not just the right to edit the model), and every change writes a ``permission.changed`` audit event.
+Staff who are not superusers may only add object permissions they hold themselves (``use_*``: they
+may use that object; others: they hold it globally or on that object); refusals are audited.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from guardian.admin import (
 
 from apps.quotas.client_ip import client_ip_for_request
 
+from .privileges import refused
 from .services import object_permission_set
 
 
@@ -24,10 +27,35 @@ def client_ip(request) -> str | None:
     return client_ip_for_request(request)
 
 
+def actor_holds(actor, obj, codename: str) -> bool:
+    """Whether ``actor`` holds ``codename`` on ``obj``, and so may hand it out."""
+    from .permissions import user_can_use_agent, user_can_use_channel, user_can_use_tool
+
+    if actor.is_superuser:
+        return True
+    can_use = {"use_agent": user_can_use_agent, "use_tool": user_can_use_tool, "use_channel": user_can_use_channel}
+    if codename in can_use:
+        return can_use[codename](actor, obj)
+    dotted = f"{obj._meta.app_label}.{codename}"
+    return actor.has_perm(dotted) or actor.has_perm(dotted, obj)
+
+
 def _audited(form_class, request, holder_attr: str):
-    """A guardian form class whose save goes through ``object_permission_set`` (audited)."""
+    """A guardian form class whose save goes through ``object_permission_set`` (audited), and which
+    refuses to add a permission the acting staff member does not hold."""
 
     class AuditedForm(form_class):
+        def clean(self):
+            cleaned = super().clean()
+            added = set(cleaned.get(self.get_obj_perms_field_name()) or ()) - set(self.get_obj_perms_field_initial())
+            lacking = sorted(p for p in added if not actor_holds(request.user, self.obj, p))
+            if lacking:
+                self.add_error(None, "You can only give permissions you hold yourself; you do not hold: "
+                               + ", ".join(lacking) + ".")
+                refused(request, what="grant object permissions", target=self.obj, permissions=lacking,
+                        holder=str(getattr(self, holder_attr)))
+            return cleaned
+
         def save_obj_perms(self) -> None:
             object_permission_set(
                 holder=getattr(self, holder_attr), obj=self.obj,

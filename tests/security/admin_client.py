@@ -19,7 +19,8 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 class FormFields(HTMLParser):
-    """The successful controls of one <form> (by id, or the first form with a csrf token)."""
+    """The successful controls of one <form>: the one with this id, else the first one on the page
+    that is not the admin's log-out form."""
 
     def __init__(self, form_id: str | None = None):
         super().__init__()
@@ -31,7 +32,8 @@ class FormFields(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag == "form" and not self.done and (self.form_id is None or a.get("id") == self.form_id):
+        wanted = a.get("id") == self.form_id if self.form_id else a.get("id") != "logout-form"
+        if tag == "form" and not self.done and wanted:
             self.inside = True
         if not self.inside:
             return

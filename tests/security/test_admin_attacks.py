@@ -183,7 +183,24 @@ def test_admin_role_staff_cannot_grant_what_it_does_not_hold(sec, people, attack
     held = sql(sec, "SELECT count(*) FROM auth_group_permissions WHERE group_id = %s AND permission_id = %s",
                admin_group, int(change_provider))[0][0]
     attack.tried(admitted=held > 0, audited=refusals_since(sec, since) > 0)
+
+    # Object permissions (django-guardian): delete_agent on one agent, which she does not hold, to her puppet.
+    agent = sql(sec, "SELECT id FROM agents_agent ORDER BY id LIMIT 1")[0][0]
+    page = f"/admin/agents/agent/{agent}/permissions/user-manage/{puppet}/"
+
+    def object_perm(codename: str) -> bool:
+        return sql(sec, "SELECT count(*) FROM guardian_userobjectpermission o JOIN auth_permission p "
+                        "ON p.id = o.permission_id WHERE o.user_id::text = %s AND o.object_pk = %s AND p.codename = %s",
+                   puppet, str(agent), codename)[0][0] > 0
+
+    since = last_audit_id(sec)
+    status, form = admin.form(page)
+    assert status == 200, status
+    admin.post(page, form.set("permissions", *form.get("permissions"), "delete_agent"))
+    attack.tried(admitted=object_perm("delete_agent"), audited=refusals_since(sec, since) > 0)
     assert attack.admitted == 0, attack
+    # What she holds (she may use every agent) she may hand out.
+    assert admin.post(page, form.set("permissions", "use_agent"))[0] == 302 and object_perm("use_agent")
 
     # What she does hold she may still hand out: her puppet becomes an employee.
     admin.post("/admin/identities/user/", [("action", "make_employee"), ("_selected_action", puppet),
