@@ -18,7 +18,7 @@ from apps.logs.services import audit
 
 from .guarded_admin import client_ip
 from .models import ApiKey, ChannelIdentity, User
-from .privileges import beyond, outranks, refuse, refused
+from .privileges import beyond, grant_checked_form, outranks, refuse, refused
 from .roles import ROLE_ORDER, Role, ensure_role_groups
 from .services import (
     api_key_describe,
@@ -33,30 +33,6 @@ from .services import (
 # Fields that decide what a user may do: only staff with identities.grant_role may change them,
 # and only to what they hold themselves (privileges.py).
 PRIVILEGE_FIELDS = ("groups", "user_permissions", "is_staff", "is_superuser")
-
-
-def _grant_checked(form_class, request, *, groups_field="groups", permissions_field="user_permissions"):
-    """``form_class`` refusing groups, permissions or the superuser flag its user does not hold."""
-    actor = request.user
-
-    class GrantChecked(form_class):
-        def clean(self):
-            cleaned = super().clean()
-            if actor.is_superuser:
-                return cleaned
-            if cleaned.get("is_superuser") and "is_superuser" in self.changed_data:
-                self.add_error(None, "Only a superuser can make another.")
-                refused(request, what="grant superuser", target=self.instance if self.instance.pk else None)
-            lacking = beyond(actor, permissions=cleaned.get(permissions_field) or (),
-                             groups=cleaned.get(groups_field) or ())
-            if lacking:
-                self.add_error(None, "You can only give permissions you hold yourself; you do not hold: "
-                               + ", ".join(sorted(lacking)) + ".")
-                refused(request, what="grant permissions", target=self.instance if self.instance.pk else None,
-                        permissions=sorted(lacking))
-            return cleaned
-
-    return GrantChecked
 
 
 def user_snapshot(user) -> dict:
@@ -157,7 +133,7 @@ class UserAdmin(BaseUserAdmin):
         return super().has_delete_permission(request, obj) and not outranks(obj, request.user)
 
     def get_form(self, request, obj=None, **kwargs):
-        return _grant_checked(super().get_form(request, obj, **kwargs), request)
+        return grant_checked_form(super().get_form(request, obj, **kwargs), request)
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
         if request.method == "POST" and object_id:
@@ -446,7 +422,7 @@ class GroupAdmin(BaseGroupAdmin):
                   client_ip=client_ip(request))
 
     def get_form(self, request, obj=None, **kwargs):
-        return _grant_checked(super().get_form(request, obj, **kwargs), request, groups_field="-",
+        return grant_checked_form(super().get_form(request, obj, **kwargs), request, groups_field="-",
                               permissions_field="permissions")
 
     def has_change_permission(self, request, obj=None) -> bool:

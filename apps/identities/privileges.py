@@ -60,3 +60,27 @@ def refuse(request, *, what: str, target=None, **detail):
     """Audit, then raise PermissionDenied (the admin answers 403)."""
     refused(request, what=what, target=target, **detail)
     raise PermissionDenied(f"You may not {what}: they hold more than you do.")
+
+
+def grant_checked_form(form_class, request, *, groups_field="groups", permissions_field="user_permissions"):
+    """``form_class`` refusing groups, permissions or the superuser flag its user does not hold."""
+    actor = request.user
+
+    class GrantChecked(form_class):
+        def clean(self):
+            cleaned = super().clean()
+            if actor.is_superuser:
+                return cleaned
+            if cleaned.get("is_superuser") and "is_superuser" in self.changed_data:
+                self.add_error(None, "Only a superuser can make another.")
+                refused(request, what="grant superuser", target=self.instance if self.instance.pk else None)
+            lacking = beyond(actor, permissions=cleaned.get(permissions_field) or (),
+                             groups=cleaned.get(groups_field) or ())
+            if lacking:
+                self.add_error(None, "You can only give permissions you hold yourself; you do not hold: "
+                               + ", ".join(sorted(lacking)) + ".")
+                refused(request, what="grant permissions", target=self.instance if self.instance.pk else None,
+                        permissions=sorted(lacking))
+            return cleaned
+
+    return GrantChecked
