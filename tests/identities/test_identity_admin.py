@@ -302,3 +302,18 @@ def test_group_permissions_need_grant_role_and_are_audited(client, make_user, ro
     assert client.post(url, {"name": "customer", "permissions": [*map(str, before), str(perm.pk)]}).status_code == 302
     assert roles["customer"].permissions.filter(pk=perm.pk).exists()
     assert "use_admin_tools" in AuditEvent.objects.get(action="group.permissions_changed").after["permissions"]
+
+
+@pytest.mark.django_db
+def test_setting_a_peers_password_is_audited_and_a_superusers_is_refused(admin_client, make_user, admin_user):
+    customer = make_user(Role.CUSTOMER)
+    url = reverse("admin:auth_user_password_change", args=[customer.pk])
+    new = {"password1": "A-new-Pa55word-1", "password2": "A-new-Pa55word-1", "usable_password": "true"}
+    assert admin_client.post(url, new).status_code == 302
+    event = AuditEvent.objects.get(action="user.password_set")
+    assert event.target_id == str(customer.pk) and event.actor_id == admin_user.pk
+    root = User.objects.create_superuser("root-2", "root@example.org", "Root-Pa55word-1")
+    refused = admin_client.post(reverse("admin:auth_user_password_change", args=[root.pk]), new)
+    assert refused.status_code == 403
+    assert User.objects.get(pk=root.pk).check_password("Root-Pa55word-1")
+    assert AuditEvent.objects.filter(action="admin.refused", target_id=str(root.pk)).exists()
