@@ -1,9 +1,8 @@
 """Celery's Redis transport, building its synchronous Redis client once per channel.
 
 kombu's Redis channel builds a new ``redis.Redis`` for every publish and every message a worker
-receives and acknowledges (``conn_or_acquire``), over the same connection pool. Building one sets
-up its table of response callbacks, which cost more CPU than the LPUSH or the pipeline it sends:
-profiling the worker found 4% of its time in ``Redis.__init__``. A client over a pool is
+receives and acknowledges (``conn_or_acquire``), over the same connection pool, and building one
+costs more CPU than the command it sends (measured: docs/performance.md). A client over a pool is
 thread-safe (each command borrows a connection), so one per channel and pool is enough; a new pool
 (after a reconnect) gets a new client. ``CELERY_BROKER_TRANSPORT`` names this for redis:// brokers.
 """

@@ -1,7 +1,7 @@
 """One Redis connection pool per server per process, for Django's cache.
 
 Django makes a cache object per thread and per async context, and each RedisCache object makes its
-own connection pool: under Daphne every request (and every websocket's helper thread) opened a new
+own connection pool, so under Daphne a request (or a websocket's helper thread) would open a new
 TCP connection to Redis for its first rate-limit check. ``CACHES["default"]["OPTIONS"]["pool_class"]``
 points here so all of them share one pool (redis-py's pools are thread-safe and reset after fork),
 and the ``SharedRedisCache`` backend shares one client object per pool as well.

@@ -1,7 +1,7 @@
 """Writes to Redis gathered in the process and sent in batches, off the request path.
 
-A request used to pay for a Redis round trip to count itself in the metrics and another to push its
-request-log row; a model call for one more. A ``Batcher`` keeps what was added since its last write
+So that a request or a model call records its metrics and its request-log row without a Redis
+round trip of its own (why: docs/performance.md). A ``Batcher`` keeps what was added since its last write
 and a daemon thread writes it every ``interval`` seconds (whoever reads the shared data first calls
 ``flush`` so its own process is included). A failed write is kept for the next one, ahead of what
 came since. What a process holds when it is killed is lost: at most ``interval`` seconds of

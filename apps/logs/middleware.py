@@ -17,7 +17,7 @@ from .structured import request_id_var
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
-# The entry points of the public contract (DESIGN.md) → the channel kind when the path fixes it.
+# The entry points of the public contract (docs/architecture.md) → the channel kind when the path fixes it.
 # Webhooks name their channel by slug in the URL; its kind is looked up when the row is written.
 ENTRY_POINTS: tuple[tuple[str, str], ...] = (
     ("/api/v1/messages", "api"),

@@ -1,4 +1,4 @@
-"""seed_demo --json prints each webhook channel's test secrets in the DESIGN.md shape, and they work."""
+"""seed_demo --json prints each webhook channel's test secrets in the shape docs/channels/ shows, and they work."""
 import io
 import json
 

@@ -1,4 +1,4 @@
-"""The web chat websocket, driven through the real ASGI application (frames in DESIGN.md)."""
+"""The web chat websocket, driven through the real ASGI application (frames in docs/channels/webchat.md)."""
 import uuid
 
 import pytest
