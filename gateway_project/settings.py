@@ -296,6 +296,8 @@ OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="http://127.0.0.1:8001/v1")
 LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)
 SLACK_API_BASE_URL = env.str("SLACK_API_BASE_URL", default="https://slack.com/api")
 WECOM_API_BASE_URL = env.str("WECOM_API_BASE_URL", default="https://qyapi.weixin.qq.com/cgi-bin")
+# Feishu (China) and Lark (international) differ only here: https://open.larksuite.com for Lark.
+FEISHU_API_BASE_URL = env.str("FEISHU_API_BASE_URL", default="https://open.feishu.cn")
 
 # --- Connectors (Slack, WeCom, CRM webhooks) ------------------------------------------------
 # Fernet key for channel secrets at rest; empty: derived from SECRET_KEY (see apps/connectors/secrets.py).

@@ -12,6 +12,11 @@ Pure aiohttp module: importable without Django settings.
   published callback ranges, ``WECOM_CALLBACK_IPS``); ``POST webhook/send?key`` (group robot, at most
   20 messages a minute per key, then errcode 45009).
 - ``POST /crm/callback``: records CRM reply callbacks with their headers.
+- Feishu / Lark under ``/feishu``: ``POST open-apis/auth/v3/tenant_access_token/internal``
+  (``{"app_id", "app_secret"}`` → ``{"code": 0, "tenant_access_token": "t-...", "expire": 7200}``) and
+  ``POST open-apis/im/v1/messages/{message_id}/reply`` (``Authorization: Bearer t-...``; HTTP 400
+  code 99991663 for an unknown or expired token; a ``uuid`` already used for that message is
+  answered again without sending twice, as Feishu does).
 - ``GET /_fake/state``: everything received; ``POST /_fake/reset``; ``POST /_fake/script``.
 
 Use ``FakePlatforms().start_in_thread()`` in tests, or ``manage.py fake_platforms --port N``.
@@ -19,6 +24,7 @@ Use ``FakePlatforms().start_in_thread()`` in tests, or ``manage.py fake_platform
 from __future__ import annotations
 
 import itertools
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -48,6 +54,7 @@ class State:
     tokens: dict[str, float] = field(default_factory=dict)  # access_token -> expiry (epoch)
     robot_sent: dict[str, list[float]] = field(default_factory=dict)
     counter: Any = field(default_factory=lambda: itertools.count(1))
+    feishu: FeishuState = field(default_factory=lambda: FeishuState())
 
     def reset(self) -> None:
         self.__dict__.update(State().__dict__)
@@ -57,10 +64,69 @@ class State:
             "slack_messages": list(self.slack_messages), "slack_rejected": self.slack_rejected,
             "wecom_messages": list(self.wecom_messages), "wecom_token_requests": self.wecom_token_requests,
             "robot_messages": list(self.robot_messages), "crm_callbacks": list(self.crm_callbacks),
+            "feishu": self.feishu.snapshot(),
         }
 
 
 STATE_KEY = web.AppKey("state", State)
+
+
+# --- Feishu / Lark open platform ------------------------------------------------------------
+
+
+@dataclass
+class FeishuState:
+    replies: list[dict] = field(default_factory=list)  # each delivered reply, as posted
+    token_requests: int = 0
+    tokens: dict[str, float] = field(default_factory=dict)  # tenant_access_token -> expiry (epoch)
+    sent_uuids: dict[tuple[str, str], str] = field(default_factory=dict)  # (message_id, uuid) -> reply id
+
+    def snapshot(self) -> dict:
+        return {"replies": list(self.replies), "token_requests": self.token_requests}
+
+
+async def feishu_tenant_token(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY].feishu
+    data = await request.json()
+    if not str(data.get("app_id", "")).startswith("cli_") or not data.get("app_secret"):
+        return web.json_response({"code": 10003, "msg": "invalid param"}, status=400)
+    state.token_requests += 1
+    token = f"t-{secrets.token_hex(20)}"
+    state.tokens[token] = time.time() + 7200
+    return web.json_response({"code": 0, "msg": "ok", "tenant_access_token": token, "expire": 7200})
+
+
+async def feishu_reply(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY].feishu
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    if state.tokens.get(token, 0.0) < time.time():
+        return web.json_response({"code": 99991663, "msg": "Invalid access token for authorization."}, status=400)
+    data = await request.json()
+    message_id = request.match_info["message_id"]
+    if data.get("msg_type") != "text" or not isinstance(data.get("content"), str):
+        return web.json_response({"code": 230001, "msg": "invalid message content"}, status=400)
+    try:
+        text = json.loads(data["content"])["text"]
+    except (ValueError, KeyError, TypeError):
+        return web.json_response({"code": 230001, "msg": "invalid message content"}, status=400)
+    dedupe = (message_id, str(data.get("uuid") or ""))
+    if dedupe[1] and dedupe in state.sent_uuids:
+        reply_id = state.sent_uuids[dedupe]
+    else:
+        reply_id = f"om_{secrets.token_hex(16)}"
+        state.replies.append({"message_id": message_id, "msg_type": "text", "text": text, "uuid": data.get("uuid"),
+                              "reply_in_thread": data.get("reply_in_thread", False), "token": token})
+        if dedupe[1]:
+            state.sent_uuids[dedupe] = reply_id
+    return web.json_response({"code": 0, "msg": "success", "data": {
+        "message_id": reply_id, "root_id": message_id, "parent_id": message_id, "msg_type": "text",
+        "create_time": str(int(time.time() * 1000)), "body": {"content": data["content"]},
+    }})
+
+
+def add_feishu_routes(app: web.Application) -> None:
+    app.router.add_post("/feishu/open-apis/auth/v3/tenant_access_token/internal", feishu_tenant_token)
+    app.router.add_post("/feishu/open-apis/im/v1/messages/{message_id}/reply", feishu_reply)
 
 
 async def _payload(request: web.Request) -> dict:
@@ -162,7 +228,10 @@ async def fake_script(request: web.Request) -> web.Response:
 
 
 def script(state: State, *, slack_429: int | None = None, retry_after: int | None = None,
-           slack_error: str | None = None, expire_wecom_tokens: bool = False) -> None:
+           slack_error: str | None = None, expire_wecom_tokens: bool = False,
+           expire_feishu_tokens: bool = False) -> None:
+    if expire_feishu_tokens:
+        state.feishu.tokens = {token: 0.0 for token in state.feishu.tokens}
     if slack_429 is not None:
         state.slack_429 = slack_429
     if retry_after is not None:
@@ -182,6 +251,7 @@ def create_app() -> web.Application:
     app.router.add_get("/wecom/cgi-bin/getcallbackip", wecom_getcallbackip)
     app.router.add_post("/wecom/cgi-bin/webhook/send", robot_send)
     app.router.add_post("/crm/callback", crm_callback)
+    add_feishu_routes(app)
     app.router.add_get("/_fake/state", fake_state)
     app.router.add_post("/_fake/reset", fake_reset)
     app.router.add_post("/_fake/script", fake_script)
@@ -208,6 +278,10 @@ class FakePlatforms(ThreadedServer):
     @property
     def wecom_base_url(self) -> str:
         return f"{self.root}/wecom/cgi-bin"
+
+    @property
+    def feishu_base_url(self) -> str:
+        return f"{self.root}/feishu"
 
     @property
     def crm_callback_url(self) -> str:
