@@ -17,6 +17,12 @@ Pure aiohttp module: importable without Django settings.
   ``POST open-apis/im/v1/messages/{message_id}/reply`` (``Authorization: Bearer t-...``; HTTP 400
   code 99991663 for an unknown or expired token; a ``uuid`` already used for that message is
   answered again without sending twice, as Feishu does).
+- DingTalk under ``/dingtalk``: ``POST v1.0/oauth2/accessToken`` (``{"appKey", "appSecret"}`` →
+  ``{"accessToken", "expireIn": 7200}``), ``POST v1.0/robot/oToMessages/batchSend`` and
+  ``POST v1.0/robot/groupMessages/send`` (``x-acs-dingtalk-access-token``; HTTP 401 for an unknown
+  or expired token); and the session webhooks under ``/dingtalk-oapi``:
+  ``POST robot/sendBySession?session=...`` → ``{"errcode": 0, "errmsg": "ok"}`` (a non-zero errcode
+  once scripted to expire them).
 - ``GET /_fake/state``: everything received; ``POST /_fake/reset``; ``POST /_fake/script``.
 
 Use ``FakePlatforms().start_in_thread()`` in tests, or ``manage.py fake_platforms --port N``.
@@ -55,6 +61,7 @@ class State:
     robot_sent: dict[str, list[float]] = field(default_factory=dict)
     counter: Any = field(default_factory=lambda: itertools.count(1))
     feishu: FeishuState = field(default_factory=lambda: FeishuState())
+    dingtalk: DingTalkState = field(default_factory=lambda: DingTalkState())
 
     def reset(self) -> None:
         self.__dict__.update(State().__dict__)
@@ -65,6 +72,7 @@ class State:
             "wecom_messages": list(self.wecom_messages), "wecom_token_requests": self.wecom_token_requests,
             "robot_messages": list(self.robot_messages), "crm_callbacks": list(self.crm_callbacks),
             "feishu": self.feishu.snapshot(),
+            "dingtalk": self.dingtalk.snapshot(),
         }
 
 
@@ -122,6 +130,73 @@ async def feishu_reply(request: web.Request) -> web.Response:
         "message_id": reply_id, "root_id": message_id, "parent_id": message_id, "msg_type": "text",
         "create_time": str(int(time.time() * 1000)), "body": {"content": data["content"]},
     }})
+
+
+# --- DingTalk open platform ------------------------------------------------------------------
+
+
+@dataclass
+class DingTalkState:
+    session_messages: list[dict] = field(default_factory=list)  # replies through sessionWebhook
+    api_messages: list[dict] = field(default_factory=list)  # replies through the robot send API
+    token_requests: int = 0
+    tokens: dict[str, float] = field(default_factory=dict)  # accessToken -> expiry (epoch)
+    sessions_expired: bool = False
+
+    def snapshot(self) -> dict:
+        return {"session_messages": list(self.session_messages), "api_messages": list(self.api_messages),
+                "token_requests": self.token_requests}
+
+
+async def dingtalk_access_token(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY].dingtalk
+    data = await request.json()
+    if not data.get("appKey") or not data.get("appSecret"):
+        return web.json_response({"code": "invalidClientIdOrSecret", "message": "无效的appKey或appSecret"},
+                                 status=400)
+    state.token_requests += 1
+    token = secrets.token_hex(16)
+    state.tokens[token] = time.time() + 7200
+    return web.json_response({"accessToken": token, "expireIn": 7200})
+
+
+async def dingtalk_robot_send(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY].dingtalk
+    token = request.headers.get("x-acs-dingtalk-access-token", "")
+    if state.tokens.get(token, 0.0) < time.time():
+        return web.json_response({"code": "InvalidAuthentication", "message": "不合法的access_token"}, status=401)
+    data = await request.json()
+    group = request.match_info["kind"] == "groupMessages/send"
+    target = data.get("openConversationId") if group else data.get("userIds")
+    if not data.get("robotCode") or data.get("msgKey") != "sampleText" or not target:
+        return web.json_response({"code": "invalidParameter", "message": "参数错误"}, status=400)
+    try:
+        content = json.loads(data.get("msgParam") or "")["content"]
+    except (ValueError, KeyError, TypeError):
+        return web.json_response({"code": "invalidParameter.msgParam", "message": "msgParam 错误"}, status=400)
+    state.api_messages.append({"api": request.match_info["kind"], "robotCode": data["robotCode"],
+                               ("openConversationId" if group else "userIds"): target, "content": content})
+    answer: dict = {"processQueryKey": secrets.token_urlsafe(12)}
+    if not group:
+        answer.update(invalidStaffIdList=[], flowControlledStaffIdList=[])
+    return web.json_response(answer)
+
+
+async def dingtalk_send_by_session(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY].dingtalk
+    if not request.query.get("session") or state.sessions_expired:
+        return web.json_response({"errcode": 300001, "errmsg": "session is expired"})
+    data = await request.json()
+    if data.get("msgtype") != "text" or not (data.get("text") or {}).get("content"):
+        return web.json_response({"errcode": 40035, "errmsg": "缺少参数 json"})
+    state.session_messages.append({"session": request.query["session"], "content": data["text"]["content"]})
+    return web.json_response({"errcode": 0, "errmsg": "ok"})
+
+
+def add_dingtalk_routes(app: web.Application) -> None:
+    app.router.add_post("/dingtalk/v1.0/oauth2/accessToken", dingtalk_access_token)
+    app.router.add_post("/dingtalk/v1.0/robot/{kind:oToMessages/batchSend|groupMessages/send}", dingtalk_robot_send)
+    app.router.add_post("/dingtalk-oapi/robot/sendBySession", dingtalk_send_by_session)
 
 
 def add_feishu_routes(app: web.Application) -> None:
@@ -229,7 +304,12 @@ async def fake_script(request: web.Request) -> web.Response:
 
 def script(state: State, *, slack_429: int | None = None, retry_after: int | None = None,
            slack_error: str | None = None, expire_wecom_tokens: bool = False,
-           expire_feishu_tokens: bool = False) -> None:
+           expire_feishu_tokens: bool = False, expire_dingtalk_tokens: bool = False,
+           expire_dingtalk_sessions: bool = False) -> None:
+    if expire_dingtalk_tokens:
+        state.dingtalk.tokens = {token: 0.0 for token in state.dingtalk.tokens}
+    if expire_dingtalk_sessions:
+        state.dingtalk.sessions_expired = True
     if expire_feishu_tokens:
         state.feishu.tokens = {token: 0.0 for token in state.feishu.tokens}
     if slack_429 is not None:
@@ -252,6 +332,7 @@ def create_app() -> web.Application:
     app.router.add_post("/wecom/cgi-bin/webhook/send", robot_send)
     app.router.add_post("/crm/callback", crm_callback)
     add_feishu_routes(app)
+    add_dingtalk_routes(app)
     app.router.add_get("/_fake/state", fake_state)
     app.router.add_post("/_fake/reset", fake_reset)
     app.router.add_post("/_fake/script", fake_script)
@@ -282,6 +363,14 @@ class FakePlatforms(ThreadedServer):
     @property
     def feishu_base_url(self) -> str:
         return f"{self.root}/feishu"
+
+    @property
+    def dingtalk_base_url(self) -> str:
+        return f"{self.root}/dingtalk"
+
+    @property
+    def dingtalk_session_base_url(self) -> str:
+        return f"{self.root}/dingtalk-oapi"
 
     @property
     def crm_callback_url(self) -> str:

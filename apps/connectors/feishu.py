@@ -221,7 +221,7 @@ class FeishuConnector(Connector):
                 "feishu_chat_type": str(message.get("chat_type", "")), "feishu_event_id": event_id,
                 "feishu_tenant_key": str(header.get("tenant_key", "")),
             },
-            raw=event,
+            raw={**event, "header": {k: v for k, v in header.items() if k != "token"}},  # no secret kept
         )
 
     def _is_bot(self, mention: dict) -> bool:

@@ -74,3 +74,42 @@ def feishu_post(client, channel, event: dict | None = None, *, body: bytes | Non
     headers = feishu_headers(body, encrypt_key=encrypt_key or "", **header_options) if signed else {}
     return client.post(f"/api/v1/channels/{channel.slug}/webhook", data=body, content_type=content_type,
                        headers=headers)
+
+
+# --- DingTalk ------------------------------------------------------------------------------
+
+DINGTALK = {"app_key": "dingtestgatewayapp0", "app_secret": "dingtalk-app-secret-for-tests",
+            "robot_code": "dingtestgatewayapp0"}
+
+
+def dingtalk_config(**overrides) -> tuple[dict, dict]:
+    values = {**DINGTALK, **overrides}
+    return {k: values[k] for k in ("app_key", "robot_code") if values[k]}, {"app_secret": values["app_secret"]}
+
+
+def dingtalk_message(*, session_base: str, text: str | None = None, conversation_type: str | None = None,
+                     session_valid_seconds: float = 5400, **fields) -> dict:
+    """The documented callback body as a new message: fresh msgId, a session webhook on the stand-in."""
+    body = copy.deepcopy(fixture_json("dingtalk/callback_text_group.json")["body"])
+    now_ms = int(time.time() * 1000)
+    body.update(msgId=f"msg{uuid.uuid4().hex}", createAt=now_ms,
+                sessionWebhook=f"{session_base}/robot/sendBySession?session={uuid.uuid4().hex}",
+                sessionWebhookExpiredTime=now_ms + int(session_valid_seconds * 1000))
+    if text is not None:
+        body["text"] = {"content": text}
+    if conversation_type is not None:
+        body["conversationType"] = conversation_type
+    body.update(fields)
+    return body
+
+
+def dingtalk_post(client, channel, payload: dict | None = None, *, body: bytes | None = None,
+                  secret: str = DINGTALK["app_secret"], timestamp=None, sign: str | None = None,
+                  content_type: str = "application/json"):
+    from apps.connectors.dingtalk import sign as dingtalk_sign
+
+    body = json.dumps(payload, ensure_ascii=False).encode() if body is None else body
+    timestamp = str(int(time.time() * 1000)) if timestamp is None else str(timestamp)
+    headers = {"timestamp": timestamp, "sign": dingtalk_sign(timestamp, secret) if sign is None else sign}
+    return client.post(f"/api/v1/channels/{channel.slug}/webhook", data=body, content_type=content_type,
+                       headers=headers)
