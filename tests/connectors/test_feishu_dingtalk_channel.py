@@ -115,6 +115,27 @@ def test_each_platform_user_is_one_identity_per_channel(client, feishu_channel, 
     assert Message.objects.filter(direction="in", sender=alice).count() == 2
 
 
+def test_dashboards_show_the_new_kinds(client, admin_user, feishu_channel, dingtalk_channel, stand_ins):
+    from apps.agents.runtime import agent_run
+    from apps.logs.request_log import request_log_flush
+    from apps.logs.rollups import recent_days, rollup_days
+
+    feishu_post(client, feishu_channel, feishu_event())
+    dingtalk_post(client, dingtalk_channel, dingtalk_message(session_base=stand_ins.dingtalk_session_base_url))
+    for message in Message.objects.filter(direction="in"):
+        agent_run(message.id)
+    feishu_post(client, feishu_channel, feishu_event(), signature="0" * 64)
+    dingtalk_post(client, dingtalk_channel, dingtalk_message(session_base="x"), sign="forged")
+    request_log_flush()
+    rollup_days(recent_days())
+    client.force_login(admin_user)
+    cost = {t.name: t for t in client.get("/dashboard/cost/").context["tables"]}
+    assert {row["channel__kind"] for row in cost["channel"].rows} == {"feishu", "dingtalk"}
+    errors = {t.name: t for t in client.get("/dashboard/errors/").context["tables"]}
+    assert {(row["channel_kind"], row["rejection"]) for row in errors["refused_requests"].rows} == {
+        ("feishu", "unauthenticated"), ("dingtalk", "unauthenticated")}
+
+
 class TestAdmin:
     @pytest.fixture
     def staff_client(self, client, admin_user):
