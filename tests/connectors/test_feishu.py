@@ -125,6 +125,14 @@ def test_docs_group_message_mentioning_the_bot_is_answered_by_reply(
     assert feishu_platform.state.feishu.token_requests == 1
 
 
+def test_a_resent_reply_is_delivered_once(client, feishu_channel, feishu_platform):
+    feishu_post(client, feishu_channel, feishu_event())
+    inbound = Message.objects.get()
+    reply = agent_run(inbound.id)
+    feishu_channel.connector.send(reply, inbound=inbound)  # what a retry after a lost answer does
+    assert len(feishu_platform.state.feishu.replies) == 1  # same uuid: Feishu sends it once
+
+
 def test_p2p_messages_are_one_conversation_per_chat(client, feishu_channel, feishu_platform):
     for text in ("first", "second"):
         feishu_post(client, feishu_channel, feishu_event(text=text, chat_type="p2p", mentions=[], root_id=""))
