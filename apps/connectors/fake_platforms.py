@@ -16,7 +16,8 @@ Pure aiohttp module: importable without Django settings.
   (``{"app_id", "app_secret"}`` → ``{"code": 0, "tenant_access_token": "t-...", "expire": 7200}``) and
   ``POST open-apis/im/v1/messages/{message_id}/reply`` (``Authorization: Bearer t-...``; HTTP 400
   code 99991663 for an unknown or expired token; a ``uuid`` already used for that message is
-  answered again without sending twice, as Feishu does).
+  answered again without sending twice, as Feishu does; ``script(feishu_429=N)``: HTTP 429 code
+  99991400 for the next N replies).
 - DingTalk under ``/dingtalk``: ``POST v1.0/oauth2/accessToken`` (``{"appKey", "appSecret"}`` →
   ``{"accessToken", "expireIn": 7200}``), ``POST v1.0/robot/oToMessages/batchSend`` and
   ``POST v1.0/robot/groupMessages/send`` (``x-acs-dingtalk-access-token``; HTTP 401 for an unknown
@@ -88,6 +89,7 @@ class FeishuState:
     token_requests: int = 0
     tokens: dict[str, float] = field(default_factory=dict)  # tenant_access_token -> expiry (epoch)
     sent_uuids: dict[tuple[str, str], str] = field(default_factory=dict)  # (message_id, uuid) -> reply id
+    rate_limited: int = 0  # scripted: the next N replies answer 429 / code 99991400
 
     def snapshot(self) -> dict:
         return {"replies": list(self.replies), "token_requests": self.token_requests}
@@ -109,6 +111,9 @@ async def feishu_reply(request: web.Request) -> web.Response:
     token = request.headers.get("Authorization", "").removeprefix("Bearer ")
     if state.tokens.get(token, 0.0) < time.time():
         return web.json_response({"code": 99991663, "msg": "Invalid access token for authorization."}, status=400)
+    if state.rate_limited > 0:
+        state.rate_limited -= 1
+        return web.json_response({"code": 99991400, "msg": "request trigger frequency limit"}, status=429)
     data = await request.json()
     message_id = request.match_info["message_id"]
     if data.get("msg_type") != "text" or not isinstance(data.get("content"), str):
@@ -304,8 +309,10 @@ async def fake_script(request: web.Request) -> web.Response:
 
 def script(state: State, *, slack_429: int | None = None, retry_after: int | None = None,
            slack_error: str | None = None, expire_wecom_tokens: bool = False,
-           expire_feishu_tokens: bool = False, expire_dingtalk_tokens: bool = False,
-           expire_dingtalk_sessions: bool = False) -> None:
+           expire_feishu_tokens: bool = False, feishu_429: int | None = None,
+           expire_dingtalk_tokens: bool = False, expire_dingtalk_sessions: bool = False) -> None:
+    if feishu_429 is not None:
+        state.feishu.rate_limited = feishu_429
     if expire_dingtalk_tokens:
         state.dingtalk.tokens = {token: 0.0 for token in state.dingtalk.tokens}
     if expire_dingtalk_sessions:

@@ -133,6 +133,14 @@ def test_a_resent_reply_is_delivered_once(client, feishu_channel, feishu_platfor
     assert len(feishu_platform.state.feishu.replies) == 1  # same uuid: Feishu sends it once
 
 
+def test_a_rate_limited_reply_is_sent_again(client, feishu_channel, feishu_platform):
+    feishu_platform.script(feishu_429=1)
+    feishu_post(client, feishu_channel, feishu_event())
+    reply = agent_run(Message.objects.get().id)
+    assert (reply.status, reply.attempts) == ("sent", 2)
+    assert [r["text"] for r in feishu_platform.state.feishu.replies] == ["Echo: hello"]
+
+
 def test_p2p_messages_are_one_conversation_per_chat(client, feishu_channel, feishu_platform):
     for text in ("first", "second"):
         feishu_post(client, feishu_channel, feishu_event(text=text, chat_type="p2p", mentions=[], root_id=""))
