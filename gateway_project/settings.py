@@ -305,6 +305,12 @@ GATEWAY_ROUTE_REGEX_TIMEOUT_SECONDS = env.float("GATEWAY_ROUTE_REGEX_TIMEOUT_SEC
 LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)
 SLACK_API_BASE_URL = env.str("SLACK_API_BASE_URL", default="https://slack.com/api")
 WECOM_API_BASE_URL = env.str("WECOM_API_BASE_URL", default="https://qyapi.weixin.qq.com/cgi-bin")
+# Feishu (China) and Lark (international) differ only here: https://open.larksuite.com for Lark.
+FEISHU_API_BASE_URL = env.str("FEISHU_API_BASE_URL", default="https://open.feishu.cn")
+# DingTalk's new-style APIs (access token, robot send); replies to a fresh message use its
+# sessionWebhook instead, trusted only under DINGTALK_SESSION_WEBHOOK_BASE_URL.
+DINGTALK_API_BASE_URL = env.str("DINGTALK_API_BASE_URL", default="https://api.dingtalk.com")
+DINGTALK_SESSION_WEBHOOK_BASE_URL = env.str("DINGTALK_SESSION_WEBHOOK_BASE_URL", default="https://oapi.dingtalk.com")
 
 # --- Connectors (Slack, WeCom, CRM webhooks) ------------------------------------------------
 # Fernet key for channel secrets at rest; empty: derived from SECRET_KEY (see apps/connectors/secrets.py).

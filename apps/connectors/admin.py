@@ -16,6 +16,9 @@ SECRET_FIELDS = {
     "encoding_aes_key": "WeCom EncodingAESKey (43 characters)",
     "secret": "WeCom app Secret / CRM shared secret",
     "webhook_key": "WeCom group robot webhook key",
+    "app_secret": "Feishu App Secret / DingTalk AppSecret",
+    "verification_token": "Feishu Verification Token",
+    "encrypt_key": "Feishu Encrypt Key",
 }
 
 
@@ -33,6 +36,9 @@ class ChannelAdminForm(forms.ModelForm):
     encoding_aes_key = secret_field("encoding_aes_key")
     secret = secret_field("secret")
     webhook_key = secret_field("webhook_key")
+    app_secret = secret_field("app_secret")
+    verification_token = secret_field("verification_token")
+    encrypt_key = secret_field("encrypt_key")
     clear_secrets = forms.BooleanField(required=False, help_text="Remove every stored secret of this channel.")
 
     class Meta:

@@ -16,6 +16,9 @@ from .models import Channel
 DEMO_SLACK_BOT_USER_ID = "U0GATEWAYBOT"
 DEMO_WECOM_CORP_ID = "wwdemo0123456789"
 DEMO_WECOM_AGENT_ID = "1000002"
+DEMO_FEISHU_APP_ID = "cli_a0demo0gateway00"
+DEMO_FEISHU_BOT_OPEN_ID = "ou_0demo0gateway0bot0000000000000"
+DEMO_DINGTALK_APP_KEY = "dingdemo0gateway0app"
 # fake_platforms' default address (manage.py fake_platforms).
 DEMO_CRM_CALLBACK_URL = "http://127.0.0.1:8002/crm/callback"
 
@@ -46,7 +49,17 @@ def demo_webhook_channels(*, agent) -> dict[str, dict]:
             secrets={"webhook_key": demo_secret("wecom-robot")})
     crm = {"secret": demo_secret("crm")}
     _upsert("crm", "crm", "CRM webhook", agent=agent, config={"callback_url": DEMO_CRM_CALLBACK_URL}, secrets=crm)
+    feishu = {"app_secret": demo_secret("feishu-app"), "verification_token": demo_secret("feishu-token"),
+              "encrypt_key": demo_secret("feishu-encrypt")}
+    _upsert("feishu", "feishu", "Feishu / Lark", agent=agent,
+            config={"app_id": DEMO_FEISHU_APP_ID, "bot_open_id": DEMO_FEISHU_BOT_OPEN_ID}, secrets=feishu)
+    dingtalk = {"app_secret": demo_secret("dingtalk-app")}
+    _upsert("dingtalk", "dingtalk", "DingTalk robot", agent=agent,
+            config={"app_key": DEMO_DINGTALK_APP_KEY, "robot_code": DEMO_DINGTALK_APP_KEY}, secrets=dingtalk)
     return {
+        "feishu": {"slug": "feishu", "app_id": DEMO_FEISHU_APP_ID, **feishu},
+        "dingtalk": {"slug": "dingtalk", "app_key": DEMO_DINGTALK_APP_KEY, **dingtalk,
+                     "robot_code": DEMO_DINGTALK_APP_KEY},
         "slack": {"slug": "slack", **slack, "bot_user_id": DEMO_SLACK_BOT_USER_ID},
         "wecom": {"slug": "wecom", **wecom, "corp_id": DEMO_WECOM_CORP_ID, "agent_id": DEMO_WECOM_AGENT_ID},
         "crm": {"slug": "crm", **crm, "callback_url": DEMO_CRM_CALLBACK_URL},

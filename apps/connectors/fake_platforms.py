@@ -12,6 +12,18 @@ Pure aiohttp module: importable without Django settings.
   published callback ranges, ``WECOM_CALLBACK_IPS``); ``POST webhook/send?key`` (group robot, at most
   20 messages a minute per key, then errcode 45009).
 - ``POST /crm/callback``: records CRM reply callbacks with their headers.
+- Feishu / Lark under ``/feishu``: ``POST open-apis/auth/v3/tenant_access_token/internal``
+  (``{"app_id", "app_secret"}`` → ``{"code": 0, "tenant_access_token": "t-...", "expire": 7200}``) and
+  ``POST open-apis/im/v1/messages/{message_id}/reply`` (``Authorization: Bearer t-...``; HTTP 400
+  code 99991663 for an unknown or expired token; a ``uuid`` already used for that message is
+  answered again without sending twice, as Feishu does; ``script(feishu_429=N)``: HTTP 429 code
+  99991400 for the next N replies).
+- DingTalk under ``/dingtalk``: ``POST v1.0/oauth2/accessToken`` (``{"appKey", "appSecret"}`` →
+  ``{"accessToken", "expireIn": 7200}``), ``POST v1.0/robot/oToMessages/batchSend`` and
+  ``POST v1.0/robot/groupMessages/send`` (``x-acs-dingtalk-access-token``; HTTP 401 for an unknown
+  or expired token); and the session webhooks under ``/dingtalk-oapi``:
+  ``POST robot/sendBySession?session=...`` → ``{"errcode": 0, "errmsg": "ok"}`` (a non-zero errcode
+  once scripted to expire them).
 - ``GET /_fake/state``: everything received; ``POST /_fake/reset``; ``POST /_fake/script``.
 
 Use ``FakePlatforms().start_in_thread()`` in tests, or ``manage.py fake_platforms --port N``.
@@ -19,6 +31,7 @@ Use ``FakePlatforms().start_in_thread()`` in tests, or ``manage.py fake_platform
 from __future__ import annotations
 
 import itertools
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -48,6 +61,8 @@ class State:
     tokens: dict[str, float] = field(default_factory=dict)  # access_token -> expiry (epoch)
     robot_sent: dict[str, list[float]] = field(default_factory=dict)
     counter: Any = field(default_factory=lambda: itertools.count(1))
+    feishu: FeishuState = field(default_factory=lambda: FeishuState())
+    dingtalk: DingTalkState = field(default_factory=lambda: DingTalkState())
 
     def reset(self) -> None:
         self.__dict__.update(State().__dict__)
@@ -57,10 +72,141 @@ class State:
             "slack_messages": list(self.slack_messages), "slack_rejected": self.slack_rejected,
             "wecom_messages": list(self.wecom_messages), "wecom_token_requests": self.wecom_token_requests,
             "robot_messages": list(self.robot_messages), "crm_callbacks": list(self.crm_callbacks),
+            "feishu": self.feishu.snapshot(),
+            "dingtalk": self.dingtalk.snapshot(),
         }
 
 
 STATE_KEY = web.AppKey("state", State)
+
+
+# --- Feishu / Lark open platform ------------------------------------------------------------
+
+
+@dataclass
+class FeishuState:
+    replies: list[dict] = field(default_factory=list)  # each delivered reply, as posted
+    token_requests: int = 0
+    tokens: dict[str, float] = field(default_factory=dict)  # tenant_access_token -> expiry (epoch)
+    sent_uuids: dict[tuple[str, str], str] = field(default_factory=dict)  # (message_id, uuid) -> reply id
+    rate_limited: int = 0  # scripted: the next N replies answer 429 / code 99991400
+
+    def snapshot(self) -> dict:
+        return {"replies": list(self.replies), "token_requests": self.token_requests}
+
+
+async def feishu_tenant_token(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY].feishu
+    data = await request.json()
+    if not str(data.get("app_id", "")).startswith("cli_") or not data.get("app_secret"):
+        return web.json_response({"code": 10003, "msg": "invalid param"}, status=400)
+    state.token_requests += 1
+    token = f"t-{secrets.token_hex(20)}"
+    state.tokens[token] = time.time() + 7200
+    return web.json_response({"code": 0, "msg": "ok", "tenant_access_token": token, "expire": 7200})
+
+
+async def feishu_reply(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY].feishu
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    if state.tokens.get(token, 0.0) < time.time():
+        return web.json_response({"code": 99991663, "msg": "Invalid access token for authorization."}, status=400)
+    if state.rate_limited > 0:
+        state.rate_limited -= 1
+        return web.json_response({"code": 99991400, "msg": "request trigger frequency limit"}, status=429)
+    data = await request.json()
+    message_id = request.match_info["message_id"]
+    if data.get("msg_type") != "text" or not isinstance(data.get("content"), str):
+        return web.json_response({"code": 230001, "msg": "invalid message content"}, status=400)
+    try:
+        text = json.loads(data["content"])["text"]
+    except (ValueError, KeyError, TypeError):
+        return web.json_response({"code": 230001, "msg": "invalid message content"}, status=400)
+    dedupe = (message_id, str(data.get("uuid") or ""))
+    if dedupe[1] and dedupe in state.sent_uuids:
+        reply_id = state.sent_uuids[dedupe]
+    else:
+        reply_id = f"om_{secrets.token_hex(16)}"
+        state.replies.append({"message_id": message_id, "msg_type": "text", "text": text, "uuid": data.get("uuid"),
+                              "reply_in_thread": data.get("reply_in_thread", False), "token": token})
+        if dedupe[1]:
+            state.sent_uuids[dedupe] = reply_id
+    return web.json_response({"code": 0, "msg": "success", "data": {
+        "message_id": reply_id, "root_id": message_id, "parent_id": message_id, "msg_type": "text",
+        "create_time": str(int(time.time() * 1000)), "body": {"content": data["content"]},
+    }})
+
+
+# --- DingTalk open platform ------------------------------------------------------------------
+
+
+@dataclass
+class DingTalkState:
+    session_messages: list[dict] = field(default_factory=list)  # replies through sessionWebhook
+    api_messages: list[dict] = field(default_factory=list)  # replies through the robot send API
+    token_requests: int = 0
+    tokens: dict[str, float] = field(default_factory=dict)  # accessToken -> expiry (epoch)
+    sessions_expired: bool = False
+
+    def snapshot(self) -> dict:
+        return {"session_messages": list(self.session_messages), "api_messages": list(self.api_messages),
+                "token_requests": self.token_requests}
+
+
+async def dingtalk_access_token(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY].dingtalk
+    data = await request.json()
+    if not data.get("appKey") or not data.get("appSecret"):
+        return web.json_response({"code": "invalidClientIdOrSecret", "message": "无效的appKey或appSecret"},
+                                 status=400)
+    state.token_requests += 1
+    token = secrets.token_hex(16)
+    state.tokens[token] = time.time() + 7200
+    return web.json_response({"accessToken": token, "expireIn": 7200})
+
+
+async def dingtalk_robot_send(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY].dingtalk
+    token = request.headers.get("x-acs-dingtalk-access-token", "")
+    if state.tokens.get(token, 0.0) < time.time():
+        return web.json_response({"code": "InvalidAuthentication", "message": "不合法的access_token"}, status=401)
+    data = await request.json()
+    group = request.match_info["kind"] == "groupMessages/send"
+    target = data.get("openConversationId") if group else data.get("userIds")
+    if not data.get("robotCode") or data.get("msgKey") != "sampleText" or not target:
+        return web.json_response({"code": "invalidParameter", "message": "参数错误"}, status=400)
+    try:
+        content = json.loads(data.get("msgParam") or "")["content"]
+    except (ValueError, KeyError, TypeError):
+        return web.json_response({"code": "invalidParameter.msgParam", "message": "msgParam 错误"}, status=400)
+    state.api_messages.append({"api": request.match_info["kind"], "robotCode": data["robotCode"],
+                               ("openConversationId" if group else "userIds"): target, "content": content})
+    answer: dict = {"processQueryKey": secrets.token_urlsafe(12)}
+    if not group:
+        answer.update(invalidStaffIdList=[], flowControlledStaffIdList=[])
+    return web.json_response(answer)
+
+
+async def dingtalk_send_by_session(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY].dingtalk
+    if not request.query.get("session") or state.sessions_expired:
+        return web.json_response({"errcode": 300001, "errmsg": "session is expired"})
+    data = await request.json()
+    if data.get("msgtype") != "text" or not (data.get("text") or {}).get("content"):
+        return web.json_response({"errcode": 40035, "errmsg": "缺少参数 json"})
+    state.session_messages.append({"session": request.query["session"], "content": data["text"]["content"]})
+    return web.json_response({"errcode": 0, "errmsg": "ok"})
+
+
+def add_dingtalk_routes(app: web.Application) -> None:
+    app.router.add_post("/dingtalk/v1.0/oauth2/accessToken", dingtalk_access_token)
+    app.router.add_post("/dingtalk/v1.0/robot/{kind:oToMessages/batchSend|groupMessages/send}", dingtalk_robot_send)
+    app.router.add_post("/dingtalk-oapi/robot/sendBySession", dingtalk_send_by_session)
+
+
+def add_feishu_routes(app: web.Application) -> None:
+    app.router.add_post("/feishu/open-apis/auth/v3/tenant_access_token/internal", feishu_tenant_token)
+    app.router.add_post("/feishu/open-apis/im/v1/messages/{message_id}/reply", feishu_reply)
 
 
 async def _payload(request: web.Request) -> dict:
@@ -162,7 +308,17 @@ async def fake_script(request: web.Request) -> web.Response:
 
 
 def script(state: State, *, slack_429: int | None = None, retry_after: int | None = None,
-           slack_error: str | None = None, expire_wecom_tokens: bool = False) -> None:
+           slack_error: str | None = None, expire_wecom_tokens: bool = False,
+           expire_feishu_tokens: bool = False, feishu_429: int | None = None,
+           expire_dingtalk_tokens: bool = False, expire_dingtalk_sessions: bool = False) -> None:
+    if feishu_429 is not None:
+        state.feishu.rate_limited = feishu_429
+    if expire_dingtalk_tokens:
+        state.dingtalk.tokens = {token: 0.0 for token in state.dingtalk.tokens}
+    if expire_dingtalk_sessions:
+        state.dingtalk.sessions_expired = True
+    if expire_feishu_tokens:
+        state.feishu.tokens = {token: 0.0 for token in state.feishu.tokens}
     if slack_429 is not None:
         state.slack_429 = slack_429
     if retry_after is not None:
@@ -182,6 +338,8 @@ def create_app() -> web.Application:
     app.router.add_get("/wecom/cgi-bin/getcallbackip", wecom_getcallbackip)
     app.router.add_post("/wecom/cgi-bin/webhook/send", robot_send)
     app.router.add_post("/crm/callback", crm_callback)
+    add_feishu_routes(app)
+    add_dingtalk_routes(app)
     app.router.add_get("/_fake/state", fake_state)
     app.router.add_post("/_fake/reset", fake_reset)
     app.router.add_post("/_fake/script", fake_script)
@@ -208,6 +366,18 @@ class FakePlatforms(ThreadedServer):
     @property
     def wecom_base_url(self) -> str:
         return f"{self.root}/wecom/cgi-bin"
+
+    @property
+    def feishu_base_url(self) -> str:
+        return f"{self.root}/feishu"
+
+    @property
+    def dingtalk_base_url(self) -> str:
+        return f"{self.root}/dingtalk"
+
+    @property
+    def dingtalk_session_base_url(self) -> str:
+        return f"{self.root}/dingtalk-oapi"
 
     @property
     def crm_callback_url(self) -> str:

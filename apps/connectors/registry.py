@@ -16,6 +16,8 @@ CONNECTORS: dict[str, tuple[str, str]] = {
     "wecom": ("WeCom app", "apps.connectors.wecom.WeComConnector"),
     "wecom_robot": ("WeCom group robot (outbound only)", "apps.connectors.wecom_robot.WeComRobotConnector"),
     "crm": ("CRM webhook", "apps.connectors.crm.CrmConnector"),
+    "feishu": ("Feishu / Lark", "apps.connectors.feishu.FeishuConnector"),
+    "dingtalk": ("DingTalk robot", "apps.connectors.dingtalk.DingTalkConnector"),
 }
 
 KIND_CHOICES = [(kind, label) for kind, (label, _path) in CONNECTORS.items()]

@@ -27,6 +27,9 @@ def services_stack(django_db_setup, django_db_blocker, fake_platforms_live):
     stack = Stack(base_env(
         DATABASE_URL=database_url(settings.DATABASES["default"]), REDIS_URL=settings.REDIS_URL,
         SLACK_API_BASE_URL=fake_platforms_live.slack_base_url, WECOM_API_BASE_URL=fake_platforms_live.wecom_base_url,
+        FEISHU_API_BASE_URL=fake_platforms_live.feishu_base_url,
+        DINGTALK_API_BASE_URL=fake_platforms_live.dingtalk_base_url,
+        DINGTALK_SESSION_WEBHOOK_BASE_URL=fake_platforms_live.dingtalk_session_base_url,
         # A queue of its own: this session-long worker must not take the runs that in-process tests
         # queue (those tests run them themselves, or start workers of their own).
         GATEWAY_AGENT_QUEUE="e2e-session",
