@@ -255,7 +255,8 @@ GATEWAY_CHANNEL_RATE = env.str("GATEWAY_CHANNEL_RATE", default="")
 GATEWAY_IP_RATE = env.str("GATEWAY_IP_RATE", default="")
 # Webhook channels' requests all come from the platform's servers: no per-address rate there.
 GATEWAY_IP_RATE_EXEMPT_KINDS = env.list(
-    "GATEWAY_IP_RATE_EXEMPT_KINDS", default=["slack", "wecom", "wecom_robot", "crm"]
+    "GATEWAY_IP_RATE_EXEMPT_KINDS", default=["slack", "wecom", "wecom_robot", "crm",
+                                             "hubspot", "zendesk", "wecom_aibot"]
 )
 # Reverse proxies (CIDRs) whose X-Forwarded-For hops are believed; empty: the TCP peer is the client.
 GATEWAY_TRUSTED_PROXIES = env.list("GATEWAY_TRUSTED_PROXIES", default=[])

@@ -14,8 +14,9 @@ SECRET_FIELDS = {
     "bot_token": "Slack bot token (xoxb-...)",
     "token": "WeCom callback Token",
     "encoding_aes_key": "WeCom EncodingAESKey (43 characters)",
-    "secret": "WeCom app Secret / CRM shared secret",
+    "secret": "WeCom app Secret / CRM shared secret / Zendesk signing secret",
     "webhook_key": "WeCom group robot webhook key",
+    "client_secret": "HubSpot app client secret",
 }
 
 
@@ -33,6 +34,7 @@ class ChannelAdminForm(forms.ModelForm):
     encoding_aes_key = secret_field("encoding_aes_key")
     secret = secret_field("secret")
     webhook_key = secret_field("webhook_key")
+    client_secret = secret_field("client_secret")
     clear_secrets = forms.BooleanField(required=False, help_text="Remove every stored secret of this channel.")
 
     class Meta:

@@ -16,6 +16,8 @@ CONNECTORS: dict[str, tuple[str, str]] = {
     "wecom": ("WeCom app", "apps.connectors.wecom.WeComConnector"),
     "wecom_robot": ("WeCom group robot (outbound only)", "apps.connectors.wecom_robot.WeComRobotConnector"),
     "crm": ("CRM webhook", "apps.connectors.crm.CrmConnector"),
+    "hubspot": ("HubSpot (signed webhook)", "apps.connectors.crm_presets.HubSpotConnector"),
+    "zendesk": ("Zendesk (signed webhook)", "apps.connectors.crm_presets.ZendeskConnector"),
 }
 
 KIND_CHOICES = [(kind, label) for kind, (label, _path) in CONNECTORS.items()]
