@@ -12,7 +12,7 @@ from .registry import connector_class
 SECRET_FIELDS = {
     "signing_secret": "Slack signing secret",
     "bot_token": "Slack bot token (xoxb-...)",
-    "token": "WeCom callback Token",
+    "token": "WeCom / WeCom AI bot callback Token",
     "encoding_aes_key": "WeCom EncodingAESKey (43 characters)",
     "secret": "WeCom app Secret / CRM shared secret / Zendesk signing secret",
     "webhook_key": "WeCom group robot webhook key",

@@ -12,6 +12,9 @@ Pure aiohttp module: importable without Django settings.
   published callback ranges, ``WECOM_CALLBACK_IPS``); ``POST webhook/send?key`` (group robot, at most
   20 messages a minute per key, then errcode 45009).
 - ``POST /crm/callback``: records CRM reply callbacks with their headers.
+- WeCom AI bot ``response_url`` under ``/wecom/aibot/response/<code>`` (``FakePlatforms.aibot_response_url()``
+  makes one): records the plain-JSON ``markdown`` / ``text`` message posted to it; like WeCom's, a URL
+  is used once (a second POST answers a non-zero errcode).
 - ``GET /_fake/state``: everything received; ``POST /_fake/reset``; ``POST /_fake/script``.
 
 Use ``FakePlatforms().start_in_thread()`` in tests, or ``manage.py fake_platforms --port N``.
@@ -41,6 +44,7 @@ class State:
     wecom_token_requests: int = 0
     robot_messages: list[dict] = field(default_factory=list)
     crm_callbacks: list[dict] = field(default_factory=list)
+    aibot_responses: list[dict] = field(default_factory=list)
     # scripted behaviour
     slack_429: int = 0
     slack_error: str = ""
@@ -57,6 +61,7 @@ class State:
             "slack_messages": list(self.slack_messages), "slack_rejected": self.slack_rejected,
             "wecom_messages": list(self.wecom_messages), "wecom_token_requests": self.wecom_token_requests,
             "robot_messages": list(self.robot_messages), "crm_callbacks": list(self.crm_callbacks),
+            "aibot_responses": list(self.aibot_responses),
         }
 
 
@@ -147,6 +152,20 @@ async def crm_callback(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def aibot_response(request: web.Request) -> web.Response:
+    """A WeCom AI bot response_url: one message per URL, as WeCom allows."""
+    state = request.app[STATE_KEY]
+    code = request.match_info["code"]
+    if any(r["code"] == code for r in state.aibot_responses):
+        return web.json_response({"errcode": 93000, "errmsg": "response_url already used"})
+    data = await request.json()
+    msgtype = data.get("msgtype")
+    if msgtype not in ("markdown", "text", "template_card") or not isinstance(data.get(msgtype), dict):
+        return web.json_response({"errcode": 40008, "errmsg": "invalid message type"})
+    state.aibot_responses.append({"code": code, **data})
+    return web.json_response({"errcode": 0, "errmsg": "ok"})
+
+
 async def fake_state(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE_KEY].snapshot())
 
@@ -182,6 +201,7 @@ def create_app() -> web.Application:
     app.router.add_get("/wecom/cgi-bin/getcallbackip", wecom_getcallbackip)
     app.router.add_post("/wecom/cgi-bin/webhook/send", robot_send)
     app.router.add_post("/crm/callback", crm_callback)
+    app.router.add_post("/wecom/aibot/response/{code}", aibot_response)
     app.router.add_get("/_fake/state", fake_state)
     app.router.add_post("/_fake/reset", fake_reset)
     app.router.add_post("/_fake/script", fake_script)
@@ -212,6 +232,10 @@ class FakePlatforms(ThreadedServer):
     @property
     def crm_callback_url(self) -> str:
         return f"{self.root}/crm/callback"
+
+    def aibot_response_url(self) -> str:
+        """A fresh response_url, as WeCom puts one in each AI bot message callback."""
+        return f"{self.root}/wecom/aibot/response/{secrets.token_urlsafe(12)}"
 
     @property
     def state(self) -> State:
