@@ -116,6 +116,25 @@ class WeComAiBotConnector(Connector):
         super().__init__(channel)
         self._streamed: dict[str, str] = {}  # stream id → text sent so far by this agent run
 
+    def handle_webhook(self, request: WebhookRequest) -> HttpResponse:
+        """As the base does, except that a refused message is told so in its own stream at once
+        (the first passive reply finishes with the reason) instead of by a notice sent later."""
+        from apps.conversations.pipeline import accept
+        from apps.quotas.notices import polite_text
+
+        self.verify(request)
+        result = self.parse(request)
+        for msg in result.messages:
+            try:
+                accept(msg, channel=self.channel, client_ip=request.client_ip)
+            except GatewayError as error:
+                logger.warning("webhook message refused", extra={"code": error.code, "channel": self.channel.slug})
+                stream_id, text = msg.metadata["aibot_stream_id"], polite_text(error)
+                StreamState(stream_id).set_final(text)
+                StreamState(stream_id).claim("refused")
+                return self.passive_stream(stream_id, text, True, nonce=request.query.get("nonce", ""))
+        return result.response or HttpResponse(status=200)
+
     @property
     def crypto(self) -> WeComCrypto:
         return WeComCrypto(token=self.conf.token, encoding_aes_key=self.conf.encoding_aes_key, receive_id=RECEIVE_ID)

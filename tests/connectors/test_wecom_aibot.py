@@ -105,6 +105,18 @@ class TestStreamedReply:
         assert first == again
         assert Message.objects.count() == 1
 
+    def test_a_refused_sender_is_told_in_the_first_reply(self, client, aibot_channel):
+        aibot_channel.unknown_senders, aibot_channel.refusal_message = "refuse", "Ask IT for access first."
+        aibot_channel.save()
+        callback = text_callback("let me in")
+        stream_id = stream_id_for(aibot_channel.slug, callback["msgid"])
+        response = aibot_post(client, aibot_channel, callback)
+        assert response.status_code == 200
+        told = {"id": stream_id, "finish": True, "content": "Ask IT for access first."}
+        assert open_reply(response.content)["stream"] == told
+        assert refresh(client, aibot_channel, stream_id) == told
+        assert not Message.objects.filter(direction="in", status="accepted").exists()
+
     def test_an_unknown_stream_is_finished_empty(self, client, aibot_channel):
         assert refresh(client, aibot_channel, "gw-never-opened") == {
             "id": "gw-never-opened", "finish": True, "content": ""}
