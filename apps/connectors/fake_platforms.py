@@ -12,9 +12,10 @@ Pure aiohttp module: importable without Django settings.
   published callback ranges, ``WECOM_CALLBACK_IPS``); ``POST webhook/send?key`` (group robot, at most
   20 messages a minute per key, then errcode 45009).
 - ``POST /crm/callback``: records CRM reply callbacks with their headers.
-- WeCom AI bot ``response_url`` under ``/wecom/aibot/response/<code>`` (``FakePlatforms.aibot_response_url()``
-  makes one): records the plain-JSON ``markdown`` / ``text`` message posted to it; like WeCom's, a URL
-  is used once (a second POST answers a non-zero errcode).
+- WeCom AI bot ``response_url``, ``POST /wecom/cgi-bin/aibot/response?response_code=CODE`` as WeCom
+  hands them out (``FakePlatforms.aibot_response_url()`` makes one): records the plain-JSON
+  ``markdown`` / ``template_card`` message posted to it; like WeCom's, a URL is used once (a second
+  POST answers a non-zero errcode).
 - ``GET /_fake/state``: everything received; ``POST /_fake/reset``; ``POST /_fake/script``.
 
 Use ``FakePlatforms().start_in_thread()`` in tests, or ``manage.py fake_platforms --port N``.
@@ -155,12 +156,12 @@ async def crm_callback(request: web.Request) -> web.Response:
 async def aibot_response(request: web.Request) -> web.Response:
     """A WeCom AI bot response_url: one message per URL, as WeCom allows."""
     state = request.app[STATE_KEY]
-    code = request.match_info["code"]
-    if any(r["code"] == code for r in state.aibot_responses):
+    code = request.query.get("response_code", "")
+    if not code or any(r["code"] == code for r in state.aibot_responses):
         return web.json_response({"errcode": 93000, "errmsg": "response_url already used"})
     data = await request.json()
     msgtype = data.get("msgtype")
-    if msgtype not in ("markdown", "text", "template_card") or not isinstance(data.get(msgtype), dict):
+    if msgtype not in ("markdown", "template_card") or not isinstance(data.get(msgtype), dict):
         return web.json_response({"errcode": 40008, "errmsg": "invalid message type"})
     state.aibot_responses.append({"code": code, **data})
     return web.json_response({"errcode": 0, "errmsg": "ok"})
@@ -201,7 +202,7 @@ def create_app() -> web.Application:
     app.router.add_get("/wecom/cgi-bin/getcallbackip", wecom_getcallbackip)
     app.router.add_post("/wecom/cgi-bin/webhook/send", robot_send)
     app.router.add_post("/crm/callback", crm_callback)
-    app.router.add_post("/wecom/aibot/response/{code}", aibot_response)
+    app.router.add_post("/wecom/cgi-bin/aibot/response", aibot_response)
     app.router.add_get("/_fake/state", fake_state)
     app.router.add_post("/_fake/reset", fake_reset)
     app.router.add_post("/_fake/script", fake_script)
@@ -235,7 +236,7 @@ class FakePlatforms(ThreadedServer):
 
     def aibot_response_url(self) -> str:
         """A fresh response_url, as WeCom puts one in each AI bot message callback."""
-        return f"{self.root}/wecom/aibot/response/{secrets.token_urlsafe(12)}"
+        return f"{self.wecom_base_url}/aibot/response?response_code={secrets.token_urlsafe(12)}"
 
     @property
     def state(self) -> State:

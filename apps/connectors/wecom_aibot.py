@@ -4,7 +4,8 @@ In: ``GET ?msg_signature&timestamp&nonce&echostr`` (URL verification: answer the
 echostr) and ``POST {"encrypt": ...}`` verified and decrypted with today's WeCom scheme
 (wecom_crypto) but an empty receive id, as WeCom documents for an internal AI bot. A ``text``
 message (``msgid``, ``aibotid``, ``chatid``, ``chattype`` single/group, ``from.userid``,
-``text.content``, ``response_url``) runs the agent, keyed by ``msgid``; events are acknowledged.
+``text.content``, ``response_url``) runs the agent, keyed by ``msgid``; so do ``voice`` (WeCom's
+transcription) and ``mixed`` (its text items). Events and media are acknowledged.
 
 Out, streamed: the callback is answered at once with an encrypted passive reply
 ``{"msgtype": "stream", "stream": {"id", "finish": false, "content": ""}}``. WeCom then calls back
@@ -46,6 +47,9 @@ RECEIVE_ID = ""  # "企业内部智能机器人场景中，ReceiveId为空字符
 STATE_TTL_SECONDS = 3600  # as long as a response_url stays valid
 TRANSIENT_ERRCODES = {-1, 45009}
 LEADING_MENTION = re.compile(r"^\s*@\S+\s*")
+# Callbacks that carry text: text.content, voice.content (WeCom's transcription), mixed's text items.
+TEXT_MSGTYPES = ("text", "voice", "mixed")
+CONTENT_MAX_BYTES = 20480  # stream.content and markdown.content: "最长不超过20480个字节"
 
 
 @dataclass(frozen=True)
@@ -183,7 +187,7 @@ class WeComAiBotConnector(Connector):
         msgtype = data.get("msgtype")
         if msgtype == "stream":
             return WebhookResult(response=self.refresh(_stream_id(data), nonce=nonce))
-        if msgtype != "text":
+        if msgtype not in TEXT_MSGTYPES:  # events, images, files, videos: acknowledged, not answered
             logger.info("wecom ai bot callback not answered", extra={"msgtype": msgtype})
             return WebhookResult(response=HttpResponse(""))
         msg = self.normalize(data)
@@ -193,11 +197,11 @@ class WeComAiBotConnector(Connector):
 
     def normalize(self, data: dict) -> NormalizedMessage:
         sender = data.get("from") if isinstance(data.get("from"), dict) else {}
-        user, msgid = sender.get("userid"), data.get("msgid")
-        text = (data.get("text") or {}).get("content") if isinstance(data.get("text"), dict) else None
+        user, msgid, text = sender.get("userid"), data.get("msgid"), message_text(data)
         chattype = data.get("chattype")
         if not all(isinstance(v, str) and v for v in (user, msgid, text)) or chattype not in ("single", "group"):
-            raise BadRequest("A text callback needs msgid, chattype single|group, from.userid and text.content.")
+            raise BadRequest(f"A {data.get('msgtype')} callback needs msgid, chattype single|group, from.userid "
+                             "and its text.")
         chatid = data.get("chatid") if isinstance(data.get("chatid"), str) else ""
         if chattype == "group":
             text = LEADING_MENTION.sub("", text, count=1) or text  # "@RobotA hello" → "hello"
@@ -231,8 +235,8 @@ class WeComAiBotConnector(Connector):
 
     def passive_stream(self, stream_id: str, content: str, finish: bool, *, nonce: str) -> JsonResponse:
         """An encrypted passive reply carrying a stream message (WeCom's JSON reply format)."""
-        plain = json.dumps({"msgtype": "stream", "stream": {"id": stream_id, "finish": finish, "content": content}},
-                           ensure_ascii=False).encode()
+        stream = {"id": stream_id, "finish": finish, "content": clip_utf8(content)}
+        plain = json.dumps({"msgtype": "stream", "stream": stream}, ensure_ascii=False).encode()
         crypto, timestamp = self.crypto, str(int(time.time()))
         nonce = nonce or secrets.token_hex(8)
         encrypt = crypto.encrypt(plain)
@@ -280,11 +284,31 @@ class WeComAiBotConnector(Connector):
     def post_response_url(self, url: str, text: str) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConnectorError("no response_url to answer on after the stream closed", permanent=True)
-        data = request_json("POST", url, payload={"msgtype": "markdown", "markdown": {"content": text}}) or {}
+        payload = {"msgtype": "markdown", "markdown": {"content": clip_utf8(text)}}
+        data = request_json("POST", url, payload=payload) or {}
         errcode = data.get("errcode", 0) if isinstance(data, dict) else 0
         if errcode:
             raise ConnectorError(f"response_url: errcode {errcode} {data.get('errmsg', '')}".strip(),
                                  permanent=errcode not in TRANSIENT_ERRCODES)
+
+
+def message_text(data: dict) -> str | None:
+    """The text a text, voice or mixed callback carries (None when it has none)."""
+    msgtype = data.get("msgtype")
+    body = data.get(msgtype) if isinstance(data.get(msgtype), dict) else {}
+    if msgtype in ("text", "voice"):
+        return body.get("content") if isinstance(body.get("content"), str) else None
+    items = body.get("msg_item") if isinstance(body.get("msg_item"), list) else []
+    texts = [item["text"]["content"] for item in items
+             if isinstance(item, dict) and item.get("msgtype") == "text" and isinstance(item.get("text"), dict)
+             and isinstance(item["text"].get("content"), str)]
+    return "\n".join(texts) or None
+
+
+def clip_utf8(text: str, limit: int = CONTENT_MAX_BYTES) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character."""
+    raw = text.encode()
+    return text if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore")
 
 
 def _stream_id(data: dict) -> str:

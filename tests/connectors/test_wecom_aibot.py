@@ -1,12 +1,14 @@
 """WeCom AI bot: encrypted JSON callbacks (empty receive id), streamed passive replies refreshed
 from the shared cache, the response_url when the stream ran out of time, and refusals."""
+import copy
+import json
 import time
 import uuid
 
 import pytest
 
 from apps.agents.runtime import agent_run
-from apps.connectors.wecom_aibot import StreamState, stream_id_for
+from apps.connectors.wecom_aibot import StreamState, clip_utf8, stream_id_for
 from apps.conversations.models import Message
 from tests.connectors.aibot_helpers import (
     AIBOT,
@@ -51,6 +53,39 @@ class TestCrypto:
         assert (response.status_code, response.content) == (200, b"1616140317555161061")
 
 
+class TestWireShapes:
+    def test_the_passive_reply_has_the_documented_envelope_and_stream_keys(self, client, aibot_channel):
+        response = aibot_post(client, aibot_channel, text_callback(), nonce="nonce-from-the-url")
+        envelope, documented = json.loads(response.content), fixture_json("wecom_aibot/passive_reply_envelope.json")
+        assert set(envelope) == set(documented)
+        assert isinstance(envelope["timestamp"], int) and envelope["nonce"] == "nonce-from-the-url"
+        reply, example = open_reply(response.content), fixture_json("wecom_aibot/stream_reply.json")
+        assert reply["msgtype"] == example["msgtype"]
+        assert set(reply["stream"]) <= set(example["stream"])
+        assert {k: type(v) for k, v in reply["stream"].items()} == {
+            k: type(example["stream"][k]) for k in reply["stream"]}
+
+    def test_the_documented_voice_message_is_answered_from_its_transcription(self, client, aibot_channel):
+        voice = copy.deepcopy(fixture_json("wecom_aibot/voice_message.json"))
+        voice["aibotid"] = AIBOT["bot_id"]
+        assert aibot_post(client, aibot_channel, voice).status_code == 200
+        message = Message.objects.get()
+        assert (message.text, message.external_id, message.external_user_id) == (
+            "这是语音转成文本的内容", "CAIQrcjMjQYY/NGagIOAgAMg6PDc/w0=", "USERID")
+
+    def test_a_mixed_message_is_answered_from_its_text_items(self, client, aibot_channel):
+        mixed = {**text_callback(chattype="group", chatid="CHATID"), "msgtype": "mixed", "mixed": {"msg_item": [
+            {"msgtype": "text", "text": {"content": "@机器人 这是今日的测试情况"}},
+            {"msgtype": "image", "image": {"url": "https://example.com/x.png"}}]}}
+        assert aibot_post(client, aibot_channel, mixed).status_code == 200
+        assert Message.objects.get().text == "这是今日的测试情况"
+
+    def test_content_is_clipped_to_20480_bytes_on_a_character_boundary(self):
+        clipped = clip_utf8("流" * 7000)  # 21000 bytes
+        assert len(clipped.encode()) <= 20480 and clipped == "流" * (20480 // 3)
+        assert clip_utf8("short") == "short"
+
+
 class TestStreamedReply:
     def test_a_text_message_opens_a_stream_refreshed_until_the_answer_is_whole(
         self, client, aibot_channel, django_capture_on_commit_callbacks
@@ -88,7 +123,7 @@ class TestStreamedReply:
 
         assert agent_run(Message.objects.get().id).status == "sent"
         assert platforms.state.aibot_responses == [
-            {"code": url.rsplit("/", 1)[1], "msgtype": "markdown", "markdown": {"content": "Echo: a long question"}}]
+            {"code": url.rsplit("=", 1)[1], "msgtype": "markdown", "markdown": {"content": "Echo: a long question"}}]
 
     def test_an_answer_within_the_window_is_not_posted_to_response_url(self, client, aibot_channel, platforms):
         callback = text_callback("quick one", response_url=platforms.aibot_response_url())

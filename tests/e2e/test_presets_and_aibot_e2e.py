@@ -130,5 +130,5 @@ def test_aibot_answer_after_the_stream_window_goes_to_response_url(live):
     assert closed == {"id": stream_id, "finish": True, "content": ""}, live.stack.logs()
     posted = wait_for(lambda: live.platforms.state.aibot_responses)
     assert posted, live.stack.logs()
-    assert posted == [{"code": response_url.rsplit("/", 1)[1], "msgtype": "markdown",
+    assert posted == [{"code": response_url.rsplit("=", 1)[1], "msgtype": "markdown",
                        "markdown": {"content": "Echo: think hard"}}]
