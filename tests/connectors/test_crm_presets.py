@@ -6,7 +6,13 @@ import time
 import pytest
 
 from apps.agents.runtime import agent_run
-from apps.connectors.crm_presets import hubspot_v3_signature, zendesk_signature
+from apps.connectors.crm_presets import (
+    ZENDESK_SIGNATURE_HEADER,
+    ZENDESK_TIMESTAMP_HEADER,
+    _epoch_from_iso8601,
+    hubspot_v3_signature,
+    zendesk_signature,
+)
 from apps.conversations.models import Message
 from tests.connectors.conftest import make_channel
 from tests.connectors.connector_helpers import FIXTURES, assert_refusal_logged_and_audited, assert_refused, fixture_json
@@ -135,6 +141,12 @@ class TestZendeskSignature:
         v = fixture_json("zendesk/signature_example.json")
         body = (FIXTURES / "zendesk" / v["body_file"]).read_bytes()
         assert zendesk_signature(v["signing_secret"], timestamp=v["timestamp"], body=body) == v["signature"]
+
+
+    def test_the_documented_headers_and_timestamp_format_are_what_we_read(self):
+        headers = fixture_json("zendesk/request_headers.json")
+        assert {ZENDESK_SIGNATURE_HEADER.lower(), ZENDESK_TIMESTAMP_HEADER.lower()} <= set(headers)
+        assert _epoch_from_iso8601(headers["x-zendesk-webhook-signature-timestamp"]) == "1616648967"
 
 
 class TestZendesk:
