@@ -259,7 +259,8 @@ GATEWAY_CHANNEL_RATE = env.str("GATEWAY_CHANNEL_RATE", default="")
 GATEWAY_IP_RATE = env.str("GATEWAY_IP_RATE", default="")
 # Webhook channels' requests all come from the platform's servers: no per-address rate there.
 GATEWAY_IP_RATE_EXEMPT_KINDS = env.list(
-    "GATEWAY_IP_RATE_EXEMPT_KINDS", default=["slack", "wecom", "wecom_robot", "crm"]
+    "GATEWAY_IP_RATE_EXEMPT_KINDS", default=["slack", "wecom", "wecom_robot", "crm",
+                                             "hubspot", "zendesk", "wecom_aibot"]
 )
 # Reverse proxies (CIDRs) whose X-Forwarded-For hops are believed; empty: the TCP peer is the client.
 GATEWAY_TRUSTED_PROXIES = env.list("GATEWAY_TRUSTED_PROXIES", default=[])
@@ -324,6 +325,9 @@ CONNECTOR_SEND_ATTEMPTS = env.int("CONNECTOR_SEND_ATTEMPTS", default=4)
 CONNECTOR_SEND_BACKOFF_SECONDS = env.float("CONNECTOR_SEND_BACKOFF_SECONDS", default=0.5)
 CONNECTOR_SEND_MAX_WAIT_SECONDS = env.float("CONNECTOR_SEND_MAX_WAIT_SECONDS", default=30.0)
 WECOM_ROBOT_MESSAGES_PER_MINUTE = env.int("WECOM_ROBOT_MESSAGES_PER_MINUTE", default=20)
+# WeCom AI bot: WeCom refreshes a streamed reply for 6 minutes after the message; past this, the
+# stream is closed with what is there and the answer goes to the message's response_url.
+WECOM_AIBOT_STREAM_WINDOW_SECONDS = env.float("WECOM_AIBOT_STREAM_WINDOW_SECONDS", default=330.0)
 # Per-conversation order: a message waits while an earlier one of its conversation is in flight.
 # The earlier one's run queues it as soon as it is done; meanwhile it re-checks after
 # GATEWAY_ORDER_RETRY_DELAY_SECONDS, doubling up to GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS, and

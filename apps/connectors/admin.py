@@ -12,13 +12,14 @@ from .registry import connector_class
 SECRET_FIELDS = {
     "signing_secret": "Slack signing secret",
     "bot_token": "Slack bot token (xoxb-...)",
-    "token": "WeCom callback Token",
+    "token": "WeCom / WeCom AI bot callback Token",
     "encoding_aes_key": "WeCom EncodingAESKey (43 characters)",
-    "secret": "WeCom app Secret / CRM shared secret",
+    "secret": "WeCom app Secret / CRM shared secret / Zendesk signing secret",
     "webhook_key": "WeCom group robot webhook key",
     "app_secret": "Feishu App Secret / DingTalk AppSecret",
     "verification_token": "Feishu Verification Token",
     "encrypt_key": "Feishu Encrypt Key",
+    "client_secret": "HubSpot app client secret",
 }
 
 
@@ -39,6 +40,7 @@ class ChannelAdminForm(forms.ModelForm):
     app_secret = secret_field("app_secret")
     verification_token = secret_field("verification_token")
     encrypt_key = secret_field("encrypt_key")
+    client_secret = secret_field("client_secret")
     clear_secrets = forms.BooleanField(required=False, help_text="Remove every stored secret of this channel.")
 
     class Meta:

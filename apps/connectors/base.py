@@ -58,6 +58,7 @@ class WebhookRequest:
     query: dict[str, str]
     body: bytes
     client_ip: str | None = None
+    url: str = ""  # the absolute URL as called (HubSpot signs it)
 
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")

@@ -24,6 +24,10 @@ Pure aiohttp module: importable without Django settings.
   or expired token); and the session webhooks under ``/dingtalk-oapi``:
   ``POST robot/sendBySession?session=...`` → ``{"errcode": 0, "errmsg": "ok"}`` (a non-zero errcode
   once scripted to expire them).
+- WeCom AI bot ``response_url``, ``POST /wecom/cgi-bin/aibot/response?response_code=CODE`` as WeCom
+  hands them out (``FakePlatforms.aibot_response_url()`` makes one): records the plain-JSON
+  ``markdown`` / ``template_card`` message posted to it; like WeCom's, a URL is used once (a second
+  POST answers a non-zero errcode).
 - ``GET /_fake/state``: everything received; ``POST /_fake/reset``; ``POST /_fake/script``.
 
 Use ``FakePlatforms().start_in_thread()`` in tests, or ``manage.py fake_platforms --port N``.
@@ -54,6 +58,7 @@ class State:
     wecom_token_requests: int = 0
     robot_messages: list[dict] = field(default_factory=list)
     crm_callbacks: list[dict] = field(default_factory=list)
+    aibot_responses: list[dict] = field(default_factory=list)
     # scripted behaviour
     slack_429: int = 0
     slack_error: str = ""
@@ -74,6 +79,7 @@ class State:
             "robot_messages": list(self.robot_messages), "crm_callbacks": list(self.crm_callbacks),
             "feishu": self.feishu.snapshot(),
             "dingtalk": self.dingtalk.snapshot(),
+            "aibot_responses": list(self.aibot_responses),
         }
 
 
@@ -293,6 +299,20 @@ async def crm_callback(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def aibot_response(request: web.Request) -> web.Response:
+    """A WeCom AI bot response_url: one message per URL, as WeCom allows."""
+    state = request.app[STATE_KEY]
+    code = request.query.get("response_code", "")
+    if not code or any(r["code"] == code for r in state.aibot_responses):
+        return web.json_response({"errcode": 93000, "errmsg": "response_url already used"})
+    data = await request.json()
+    msgtype = data.get("msgtype")
+    if msgtype not in ("markdown", "template_card") or not isinstance(data.get(msgtype), dict):
+        return web.json_response({"errcode": 40008, "errmsg": "invalid message type"})
+    state.aibot_responses.append({"code": code, **data})
+    return web.json_response({"errcode": 0, "errmsg": "ok"})
+
+
 async def fake_state(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE_KEY].snapshot())
 
@@ -340,6 +360,7 @@ def create_app() -> web.Application:
     app.router.add_post("/crm/callback", crm_callback)
     add_feishu_routes(app)
     add_dingtalk_routes(app)
+    app.router.add_post("/wecom/cgi-bin/aibot/response", aibot_response)
     app.router.add_get("/_fake/state", fake_state)
     app.router.add_post("/_fake/reset", fake_reset)
     app.router.add_post("/_fake/script", fake_script)
@@ -382,6 +403,10 @@ class FakePlatforms(ThreadedServer):
     @property
     def crm_callback_url(self) -> str:
         return f"{self.root}/crm/callback"
+
+    def aibot_response_url(self) -> str:
+        """A fresh response_url, as WeCom puts one in each AI bot message callback."""
+        return f"{self.wecom_base_url}/aibot/response?response_code={secrets.token_urlsafe(12)}"
 
     @property
     def state(self) -> State:

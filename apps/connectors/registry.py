@@ -18,6 +18,9 @@ CONNECTORS: dict[str, tuple[str, str]] = {
     "crm": ("CRM webhook", "apps.connectors.crm.CrmConnector"),
     "feishu": ("Feishu / Lark", "apps.connectors.feishu.FeishuConnector"),
     "dingtalk": ("DingTalk robot", "apps.connectors.dingtalk.DingTalkConnector"),
+    "hubspot": ("HubSpot (signed webhook)", "apps.connectors.crm_presets.HubSpotConnector"),
+    "zendesk": ("Zendesk (signed webhook)", "apps.connectors.crm_presets.ZendeskConnector"),
+    "wecom_aibot": ("WeCom AI bot (streamed replies)", "apps.connectors.wecom_aibot.WeComAiBotConnector"),
 }
 
 KIND_CHOICES = [(kind, label) for kind, (label, _path) in CONNECTORS.items()]

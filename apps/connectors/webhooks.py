@@ -86,5 +86,5 @@ def read_webhook_request(request, connector) -> WebhookRequest:
     headers = {name.lower(): value for name, value in request.headers.items()}
     return WebhookRequest(
         method=request.method, headers=headers, query=request.GET.dict(), body=body,
-        client_ip=client_ip_for_request(request),
+        client_ip=client_ip_for_request(request), url=request.build_absolute_uri(),
     )

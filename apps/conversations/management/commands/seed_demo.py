@@ -13,6 +13,7 @@ from django.db import transaction
 
 from apps.agents.models import Agent, LLMModel, Provider, Visibility
 from apps.connectors.demo import demo_webhook_channels
+from apps.connectors.demo_presets import demo_preset_channels
 from apps.connectors.models import Channel
 from apps.identities.models import ApiKey, hash_api_key
 from apps.identities.roles import Role, ensure_role_groups, grant_role_permissions
@@ -91,6 +92,7 @@ class Command(BaseCommand):
             )
 
         webhook_channels = demo_webhook_channels(agent=agents["assistant"])
+        webhook_channels.update(demo_preset_channels(agent=agents["assistant"]))
 
         summary = {
             "staff": {"username": DEMO_STAFF_USERNAME, "password": DEMO_STAFF_PASSWORD},

@@ -1,0 +1,201 @@
+"""WeCom AI bot: encrypted JSON callbacks (empty receive id), streamed passive replies refreshed
+from the shared cache, the response_url when the stream ran out of time, and refusals."""
+import copy
+import json
+import time
+import uuid
+
+import pytest
+
+from apps.agents.runtime import agent_run
+from apps.connectors.wecom_aibot import StreamState, clip_utf8, stream_id_for
+from apps.conversations.models import Message
+from tests.connectors.aibot_helpers import (
+    AIBOT,
+    aibot_crypto,
+    aibot_post,
+    open_reply,
+    refresh_callback,
+    text_callback,
+)
+from tests.connectors.conftest import make_channel
+from tests.connectors.connector_helpers import assert_refusal_logged_and_audited, assert_refused, fixture_json
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def aibot_channel(agent, platforms):
+    return make_channel("wecom_aibot", agent, config={"bot_id": AIBOT["bot_id"]},
+                        secrets={"token": AIBOT["token"], "encoding_aes_key": AIBOT["encoding_aes_key"]})
+
+
+def refresh(client, channel, stream_id) -> dict:
+    response = aibot_post(client, channel, refresh_callback(stream_id))
+    assert response.status_code == 200, response.content
+    return open_reply(response.content)["stream"]
+
+
+class TestCrypto:
+    def test_the_official_sdk_vector_verifies_and_its_corpid_is_refused_under_the_empty_receive_id(self):
+        v = fixture_json("wecom/sample_vectors.json")["verify_url"]
+        crypto = aibot_crypto(token="QDG6eK", encoding_aes_key="jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C")
+        crypto.verify(v["msg_signature"], v["timestamp"], v["nonce"], v["echostr"])  # same signature scheme
+        with pytest.raises(ValueError, match="receive id"):
+            crypto.decrypt(v["echostr"])  # an app's echostr ends with its CorpID; an AI bot's with nothing
+
+    def test_url_verification_answers_the_decrypted_echostr(self, client, aibot_channel):
+        crypto, timestamp, nonce = aibot_crypto(), str(int(time.time())), "9527"
+        echostr = crypto.encrypt(b"1616140317555161061")
+        signature = crypto.signature(timestamp, nonce, echostr)
+        response = client.get(f"/api/v1/channels/{aibot_channel.slug}/webhook",
+                              {"msg_signature": signature, "timestamp": timestamp, "nonce": nonce, "echostr": echostr})
+        assert (response.status_code, response.content) == (200, b"1616140317555161061")
+
+
+class TestWireShapes:
+    def test_the_passive_reply_has_the_documented_envelope_and_stream_keys(self, client, aibot_channel):
+        response = aibot_post(client, aibot_channel, text_callback(), nonce="nonce-from-the-url")
+        envelope, documented = json.loads(response.content), fixture_json("wecom_aibot/passive_reply_envelope.json")
+        assert set(envelope) == set(documented)
+        assert isinstance(envelope["timestamp"], int) and envelope["nonce"] == "nonce-from-the-url"
+        reply, example = open_reply(response.content), fixture_json("wecom_aibot/stream_reply.json")
+        assert reply["msgtype"] == example["msgtype"]
+        assert set(reply["stream"]) <= set(example["stream"])
+        assert {k: type(v) for k, v in reply["stream"].items()} == {
+            k: type(example["stream"][k]) for k in reply["stream"]}
+
+    def test_the_documented_voice_message_is_answered_from_its_transcription(self, client, aibot_channel):
+        voice = copy.deepcopy(fixture_json("wecom_aibot/voice_message.json"))
+        voice["aibotid"] = AIBOT["bot_id"]
+        assert aibot_post(client, aibot_channel, voice).status_code == 200
+        message = Message.objects.get()
+        assert (message.text, message.external_id, message.external_user_id) == (
+            "这是语音转成文本的内容", "CAIQrcjMjQYY/NGagIOAgAMg6PDc/w0=", "USERID")
+
+    def test_a_mixed_message_is_answered_from_its_text_items(self, client, aibot_channel):
+        mixed = {**text_callback(chattype="group", chatid="CHATID"), "msgtype": "mixed", "mixed": {"msg_item": [
+            {"msgtype": "text", "text": {"content": "@机器人 这是今日的测试情况"}},
+            {"msgtype": "image", "image": {"url": "https://example.com/x.png"}}]}}
+        assert aibot_post(client, aibot_channel, mixed).status_code == 200
+        assert Message.objects.get().text == "这是今日的测试情况"
+
+    def test_content_is_clipped_to_20480_bytes_on_a_character_boundary(self):
+        clipped = clip_utf8("流" * 7000)  # 21000 bytes
+        assert len(clipped.encode()) <= 20480 and clipped == "流" * (20480 // 3)
+        assert clip_utf8("short") == "short"
+
+
+class TestStreamedReply:
+    def test_a_text_message_opens_a_stream_refreshed_until_the_answer_is_whole(
+        self, client, aibot_channel, django_capture_on_commit_callbacks
+    ):
+        callback = text_callback("@RobotA  what time is it?", chattype="group", chatid="wrkSFfCgAA")
+        with django_capture_on_commit_callbacks() as queued:
+            response = aibot_post(client, aibot_channel, callback)
+        assert (response.status_code, len(queued)) == (200, 1)
+        stream_id = stream_id_for(aibot_channel.slug, callback["msgid"])
+        assert open_reply(response.content) == {
+            "msgtype": "stream", "stream": {"id": stream_id, "finish": False, "content": ""}}
+        message = Message.objects.get()
+        assert (message.text, message.external_id, message.external_user_id) == (
+            "what time is it?", callback["msgid"], "zhangsan")
+        assert refresh(client, aibot_channel, stream_id) == {"id": stream_id, "finish": False, "content": ""}
+
+        assert agent_run(message.id).status == "sent"
+        assert StreamState(stream_id).text() == "Echo: what time is it?"  # the streamed deltas, shared
+        assert refresh(client, aibot_channel, stream_id) == {
+            "id": stream_id, "finish": True, "content": "Echo: what time is it?"}
+
+    def test_when_the_stream_runs_out_of_time_the_answer_goes_to_response_url(
+        self, client, aibot_channel, platforms
+    ):
+        aibot_channel.config["stream_window_seconds"] = 0.05
+        aibot_channel.save()
+        url = platforms.aibot_response_url()
+        callback = text_callback("a long question", response_url=url)
+        assert aibot_post(client, aibot_channel, callback).status_code == 200
+        stream_id = stream_id_for(aibot_channel.slug, callback["msgid"])
+        deadline = time.monotonic() + 5
+        while (stream := refresh(client, aibot_channel, stream_id))["finish"] is False:
+            assert time.monotonic() < deadline
+        assert stream == {"id": stream_id, "finish": True, "content": ""}  # closed with what there was
+
+        assert agent_run(Message.objects.get().id).status == "sent"
+        assert platforms.state.aibot_responses == [
+            {"code": url.rsplit("=", 1)[1], "msgtype": "markdown", "markdown": {"content": "Echo: a long question"}}]
+
+    def test_an_answer_within_the_window_is_not_posted_to_response_url(self, client, aibot_channel, platforms):
+        callback = text_callback("quick one", response_url=platforms.aibot_response_url())
+        aibot_post(client, aibot_channel, callback)
+        agent_run(Message.objects.get().id)
+        stream_id = stream_id_for(aibot_channel.slug, callback["msgid"])
+        assert refresh(client, aibot_channel, stream_id)["finish"] is True
+        assert platforms.state.aibot_responses == []
+
+    def test_a_redelivered_callback_gets_the_same_stream_and_runs_the_agent_once(self, client, aibot_channel):
+        callback = text_callback("once please")
+        first = open_reply(aibot_post(client, aibot_channel, callback).content)
+        again = open_reply(aibot_post(client, aibot_channel, callback).content)
+        assert first == again
+        assert Message.objects.count() == 1
+
+    def test_a_refused_sender_is_told_in_the_first_reply(self, client, aibot_channel):
+        aibot_channel.unknown_senders, aibot_channel.refusal_message = "refuse", "Ask IT for access first."
+        aibot_channel.save()
+        callback = text_callback("let me in")
+        stream_id = stream_id_for(aibot_channel.slug, callback["msgid"])
+        response = aibot_post(client, aibot_channel, callback)
+        assert response.status_code == 200
+        told = {"id": stream_id, "finish": True, "content": "Ask IT for access first."}
+        assert open_reply(response.content)["stream"] == told
+        assert refresh(client, aibot_channel, stream_id) == told
+        assert not Message.objects.filter(direction="in", status="accepted").exists()
+
+    def test_an_unknown_stream_is_finished_empty(self, client, aibot_channel):
+        assert refresh(client, aibot_channel, "gw-never-opened") == {
+            "id": "gw-never-opened", "finish": True, "content": ""}
+
+    def test_events_and_other_message_types_are_acknowledged_without_an_answer(self, client, aibot_channel):
+        event = {"msgid": "e1", "aibotid": AIBOT["bot_id"], "chattype": "single", "from": {"userid": "zhangsan"},
+                 "msgtype": "event", "event": {"eventtype": "enter_chat"}}
+        image = {**text_callback(), "msgtype": "image", "image": {"url": "https://example.com/x"}}
+        for payload in (event, image):
+            response = aibot_post(client, aibot_channel, payload)
+            assert (response.status_code, response.content) == (200, b"")
+        assert not Message.objects.exists()
+
+
+class TestRefusals:
+    def test_forged_and_stale_callbacks_are_refused_and_audited(self, client, aibot_channel):
+        forged = aibot_post(client, aibot_channel, text_callback(), crypto=aibot_crypto(token="guess"))
+        stale = aibot_post(client, aibot_channel, text_callback(), timestamp=int(time.time()) - 3600)
+        for response, reason in ((forged, "signature_mismatch"), (stale, "timestamp_outside_window")):
+            assert_refused(response, 401, code="unauthenticated")
+            assert_refusal_logged_and_audited(response, aibot_channel, reason=reason)
+
+    def test_a_callback_encrypted_with_a_receive_id_or_for_another_bot_is_refused(self, client, aibot_channel):
+        with_corp = aibot_post(client, aibot_channel, text_callback(), crypto=aibot_crypto(receive_id="ww0123"))
+        assert_refused(with_corp, 401)
+        assert_refusal_logged_and_audited(with_corp, aibot_channel, reason="undecryptable")
+        other_bot = aibot_post(client, aibot_channel, text_callback(bot_id="aib-someone-else"))
+        assert_refused(other_bot, 401)
+        assert_refusal_logged_and_audited(other_bot, aibot_channel, reason="wrong_bot")
+
+    def test_malformed_bodies_are_a_400(self, client, aibot_channel):
+        assert_refused(aibot_post(client, aibot_channel, text_callback(), body=b"{not json"), 400)
+        assert_refused(aibot_post(client, aibot_channel, text_callback(), body=b'{"Encrypt": "x"}'), 400)
+        assert_refused(aibot_post(client, aibot_channel, b"not json inside"), 400, code="invalid_request")
+        assert_refused(aibot_post(client, aibot_channel, b"[1]"), 400, code="invalid_request")
+        no_user = text_callback()
+        del no_user["from"]
+        assert_refused(aibot_post(client, aibot_channel, no_user), 400, code="invalid_request")
+        assert_refused(aibot_post(client, aibot_channel, {**text_callback(), "chattype": "channel"}), 400)
+        assert_refused(aibot_post(client, aibot_channel, {**refresh_callback("x"), "stream": {}}), 400)
+        assert_refused(aibot_post(client, aibot_channel, text_callback(), content_type="text/xml"), 415)
+
+    def test_a_bad_encoding_aes_key_is_a_misconfigured_channel(self, client, agent):
+        channel = make_channel("wecom_aibot", agent, slug=f"bad-{uuid.uuid4().hex[:6]}",
+                               secrets={"token": "t", "encoding_aes_key": "too-short"})
+        response = aibot_post(client, channel, text_callback())
+        assert (response.status_code, response.json()["error"]["code"]) == (503, "channel_misconfigured")
