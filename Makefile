@@ -61,7 +61,7 @@ lint: install
 	$(BIN)/ruff check .
 
 worker: install
-	$(BIN)/celery -A gateway_project worker -P threads -c $${CELERY_CONCURRENCY:-32} -Q gateway -l INFO
+	$(BIN)/celery -A gateway_project worker -P $${CELERY_POOL:-gevent} -c $${CELERY_CONCURRENCY:-1000} -Q gateway -l INFO
 
 fake-llm: install
 	$(BIN)/python manage.py fake_llm --port $(FAKE_LLM_PORT)

@@ -124,11 +124,11 @@ if REDIS_URL:
     }
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # redis-py 8 reads with a 5 s socket timeout by default, as long as channels_redis's
-            # blocking receive (BZPOPMIN, 5 s): under load a consumer's receive timed out and
-            # the websocket was dropped. The socket may wait longer than any blocking command.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000, "expiry": 60},
+            # Redis pub/sub: one subscription connection per server process carries the events of
+            # every waiter and web chat socket in it (no blocking receive, so no Redis connection,
+            # per waiter); workers publish with one synchronous PUBLISH (docs/decisions/reply-bus.md).
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": REDIS_URL}], "prefix": "asgi"},
         }
     }
 else:
@@ -266,6 +266,10 @@ GATEWAY_IP_RATE_EXEMPT_KINDS = env.list(
 GATEWAY_TRUSTED_PROXIES = env.list("GATEWAY_TRUSTED_PROXIES", default=[])
 # Budget counters: Redis (services) or, when empty, a process-local ledger (embedded default).
 GATEWAY_QUOTA_REDIS_URL = env.str("GATEWAY_QUOTA_REDIS_URL", default=REDIS_URL)
+# Redis pools that wait for a free connection (up to the timeout) instead of refusing with
+# MaxConnectionsError when every connection is busy.
+GATEWAY_REDIS_POOL_MAX_CONNECTIONS = env.int("GATEWAY_REDIS_POOL_MAX_CONNECTIONS", default=100)
+GATEWAY_REDIS_POOL_TIMEOUT_SECONDS = env.float("GATEWAY_REDIS_POOL_TIMEOUT_SECONDS", default=5.0)
 GATEWAY_QUOTA_REDIS_TIMEOUT_SECONDS = env.float("GATEWAY_QUOTA_REDIS_TIMEOUT_SECONDS", default=1.0)
 # An unsettled reservation (its worker died) stops counting after this long.
 GATEWAY_QUOTA_RESERVATION_TTL_SECONDS = env.int("GATEWAY_QUOTA_RESERVATION_TTL_SECONDS", default=600)

@@ -125,12 +125,16 @@ class Stack:
         process.wait_for_http(f"{url}/healthz")
         return url
 
-    def worker(self, concurrency: int = 8, env: dict[str, str] | None = None) -> Process:
-        """Start a Celery worker on the gateway queue (threads pool); returns once it is ready."""
+    def worker(self, concurrency: int = 8, env: dict[str, str] | None = None, pool: str = "threads") -> Process:
+        """Start a Celery worker on the gateway queue; returns once it is ready.
+
+        ``pool`` is Celery's execution pool: ``threads`` (the default here) or ``gevent`` (thousands
+        of runs in flight per process; the production choice, docs/decisions/reply-bus.md).
+        """
         queue = {**self.env, **(env or {})}.get("GATEWAY_AGENT_QUEUE", "gateway")
         process = self.spawn(
             "celery",
-            [str(BIN / "celery"), "-A", "gateway_project", "worker", "-P", "threads", "-c", str(concurrency),
+            [str(BIN / "celery"), "-A", "gateway_project", "worker", "-P", pool, "-c", str(concurrency),
              "-Q", queue, "-l", "INFO", "--without-mingle", "--without-gossip", "--without-heartbeat"],
             env=env,
         )

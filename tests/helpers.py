@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -22,8 +23,8 @@ class Listener:
 
     def __init__(self, group):
         self.layer = get_channel_layer()
-        self.name = async_to_sync(self.layer.new_channel)()
-        async_to_sync(self.layer.group_add)(group, self.name)
+        self.name = on_layer_loop(self.layer, self.layer.new_channel())
+        on_layer_loop(self.layer, self.layer.group_add(group, self.name))
 
     def drain(self, quiet_seconds: float = 0.5) -> list[dict]:
         """Every event received until none arrives for ``quiet_seconds``."""
@@ -34,4 +35,25 @@ class Listener:
                     events.append(await asyncio.wait_for(self.layer.receive(self.name), quiet_seconds))
                 except TimeoutError:
                     return events
-        return async_to_sync(take_all)()
+        return on_layer_loop(self.layer, take_all())
+
+
+_listener_loop: asyncio.AbstractEventLoop | None = None
+
+
+def on_layer_loop(layer, coroutine):
+    """Run ``coroutine`` for a test listening from synchronous code.
+
+    The Redis pub/sub layer keeps its subscriptions per event loop and receives on a task of that
+    loop, so its listeners share one loop that keeps running (on a thread); the in-memory layer is
+    used through ``async_to_sync`` as the code under test publishes to it.
+    """
+    global _listener_loop
+    if type(layer).__name__ != "RedisPubSubChannelLayer":
+        async def run():
+            return await coroutine
+        return async_to_sync(run)()
+    if _listener_loop is None:
+        _listener_loop = asyncio.new_event_loop()
+        threading.Thread(target=_listener_loop.run_forever, name="test-listener-loop", daemon=True).start()
+    return asyncio.run_coroutine_threadsafe(coroutine, _listener_loop).result(30)

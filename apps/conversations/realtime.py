@@ -3,14 +3,21 @@
 Group names are the contract between publishers (the agent run) and listeners (consumers, API
 waiters): ``reply_group(message_id)`` gets every event about one inbound message,
 ``conversation_group(conversation_id)`` every event of a conversation.
+
+With services the layer is channels_redis's ``RedisPubSubChannelLayer``: each server process holds
+one subscription connection for all its listeners, and ``publish`` is one synchronous Redis
+``PUBLISH`` (no event loop on the caller's thread or greenlet, so it works under a gevent worker).
+See docs/decisions/reply-bus.md.
 """
 from __future__ import annotations
 
 import asyncio
 import threading
 
+import redis
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.conf import settings
 
 _loop_lock = threading.Lock()
 _server_loop: asyncio.AbstractEventLoop | None = None
@@ -46,40 +53,47 @@ def publish(group: str, event: dict) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
+    if _is_pubsub(layer):
+        _redis_publisher().publish(_pubsub_group_channel(group), layer.serialize(event))
+        return
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
         running = None
-    if _is_in_memory(layer):
-        loop = server_loop()  # the in-memory layer lives on the server's loop
-    else:
-        loop = None if running is not None else _publisher_loop()
+    loop = server_loop() if _is_in_memory(layer) else None  # the in-memory layer lives on the server's loop
     if loop is not None and running is not loop:
         asyncio.run_coroutine_threadsafe(layer.group_send(group, event), loop).result(10)
         return
     async_to_sync(layer.group_send)(group, event)
 
 
-_publisher: asyncio.AbstractEventLoop | None = None
+_publisher: redis.Redis | None = None
 
 
-def _publisher_loop() -> asyncio.AbstractEventLoop:
-    """One event loop per process, on a daemon thread, for publishing from synchronous code.
-
-    The Redis channel layer keeps its connections per event loop: ``async_to_sync`` would make a
-    new loop, and so a new Redis connection, for every reply and every streamed piece. Here every
-    publish of the process shares one loop and its connection pool.
-    """
+def _redis_publisher() -> redis.Redis:
+    """One synchronous client per process over a pool that waits (bounded) for a free connection
+    instead of refusing: thread- and greenlet-safe."""
     global _publisher
-    loop = _publisher
-    if loop is not None and not loop.is_closed():
-        return loop
-    with _loop_lock:
-        if _publisher is None or _publisher.is_closed():
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="channel-layer-publisher", daemon=True).start()
-            _publisher = loop
-        return _publisher
+    if _publisher is None:
+        with _loop_lock:
+            if _publisher is None:
+                host = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
+                pool = redis.BlockingConnectionPool.from_url(
+                    host["address"], max_connections=settings.GATEWAY_REDIS_POOL_MAX_CONNECTIONS,
+                    timeout=settings.GATEWAY_REDIS_POOL_TIMEOUT_SECONDS)
+                _publisher = redis.Redis(connection_pool=pool)
+    return _publisher
+
+
+def _pubsub_group_channel(group: str) -> str:
+    # RedisPubSubChannelLayer publishes a group's events on the Redis channel
+    # "<prefix>__group__<group>"; the gevent e2e test fails if that ever changes.
+    prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"].get("prefix", "asgi")
+    return f"{prefix}__group__{group}"
+
+
+def _is_pubsub(layer) -> bool:
+    return type(layer).__name__ == "RedisPubSubChannelLayer"
 
 
 def _is_in_memory(layer) -> bool:

@@ -149,16 +149,3 @@ async def test_reconnecting_to_a_conversation_replays_its_history(webchat_channe
     assert history["type"] == "history" and history["conversation_id"] == ack["conversation_id"]
     assert [(m["direction"], m["message"]) for m in history["messages"]] == [("in", "remember me")]
     await ws.disconnect()
-
-
-@pytest.mark.services
-def test_the_layers_blocking_receive_ends_before_its_socket_times_out():
-    """A consumer waits on the Redis channel layer with a blocking pop; if the socket's read timeout
-    were no longer than that wait (redis-py 8's default is 5 s, the pop's is 5 s), a slow reply
-    under load would raise in the consumer and drop the websocket."""
-    from channels.layers import get_channel_layer
-    from channels_redis.utils import create_pool
-
-    layer = get_channel_layer()
-    pool = create_pool(layer.hosts[0])
-    assert pool.connection_kwargs["socket_timeout"] > layer.brpop_timeout + 5

@@ -3,7 +3,7 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings as django_settings
 
@@ -21,6 +21,7 @@ from apps.quotas.models import QuotaCredit, UsageDaily
 from apps.quotas.policies import user_limits
 from apps.quotas.selectors import budget_states
 from apps.quotas.services import quota_reset
+from tests.helpers import on_layer_loop
 
 SERVICES = bool(django_settings.REDIS_URL)
 
@@ -38,8 +39,8 @@ def live(user):
 class Drain:
     def __init__(self, group):
         self.layer = get_channel_layer()
-        self.name = async_to_sync(self.layer.new_channel)()
-        async_to_sync(self.layer.group_add)(group, self.name)
+        self.name = on_layer_loop(self.layer, self.layer.new_channel())
+        on_layer_loop(self.layer, self.layer.group_add(group, self.name))
 
     def events(self):
         async def take():
@@ -50,7 +51,7 @@ class Drain:
                     out.append(await asyncio.wait_for(self.layer.receive(self.name), 0.5))
                 except TimeoutError:
                     return out
-        return async_to_sync(take)()
+        return on_layer_loop(self.layer, take())
 
 
 # --- the ledger itself, in both forms ------------------------------------------------------
