@@ -270,6 +270,10 @@ GATEWAY_QUOTA_REDIS_URL = env.str("GATEWAY_QUOTA_REDIS_URL", default=REDIS_URL)
 # MaxConnectionsError when every connection is busy.
 GATEWAY_REDIS_POOL_MAX_CONNECTIONS = env.int("GATEWAY_REDIS_POOL_MAX_CONNECTIONS", default=100)
 GATEWAY_REDIS_POOL_TIMEOUT_SECONDS = env.float("GATEWAY_REDIS_POOL_TIMEOUT_SECONDS", default=5.0)
+# Requests waiting for a reply (API `wait`, the OpenAI face) per server process; past it, 503 with
+# Retry-After (docs/operations.md).
+GATEWAY_MAX_WAITERS_PER_PROCESS = env.int("GATEWAY_MAX_WAITERS_PER_PROCESS", default=2000)
+GATEWAY_OVERLOAD_RETRY_AFTER_SECONDS = env.int("GATEWAY_OVERLOAD_RETRY_AFTER_SECONDS", default=2)
 GATEWAY_QUOTA_REDIS_TIMEOUT_SECONDS = env.float("GATEWAY_QUOTA_REDIS_TIMEOUT_SECONDS", default=1.0)
 # An unsettled reservation (its worker died) stops counting after this long.
 GATEWAY_QUOTA_RESERVATION_TTL_SECONDS = env.int("GATEWAY_QUOTA_RESERVATION_TTL_SECONDS", default=600)

@@ -4,8 +4,12 @@ from __future__ import annotations
 import asyncio
 
 from channels.layers import get_channel_layer
+from django.conf import settings
 
+from .errors import ServiceUnavailable
 from .realtime import reply_group
+
+_in_flight = 0  # waiters open in this process (they all run on its one event loop)
 
 
 class ReplyWaiter:
@@ -13,6 +17,9 @@ class ReplyWaiter:
 
     Subscribe *before* the reply can be published (before the message is enqueued, or check the
     database after subscribing), or the reply may go by unheard.
+
+    Past ``GATEWAY_MAX_WAITERS_PER_PROCESS`` open waiters, entering raises ServiceUnavailable (503
+    with ``Retry-After``) before anything is accepted: overload is answered, not queued unbounded.
     """
 
     def __init__(self, message_id):
@@ -21,11 +28,22 @@ class ReplyWaiter:
         self.channel_name: str | None = None
 
     async def __aenter__(self) -> ReplyWaiter:
-        self.channel_name = await self.layer.new_channel()
-        await self.layer.group_add(self.group, self.channel_name)
+        global _in_flight
+        if _in_flight >= settings.GATEWAY_MAX_WAITERS_PER_PROCESS:
+            raise ServiceUnavailable("This server is answering as many requests as it can; retry shortly.",
+                                     retry_after=settings.GATEWAY_OVERLOAD_RETRY_AFTER_SECONDS, reason="overload")
+        _in_flight += 1
+        try:
+            self.channel_name = await self.layer.new_channel()
+            await self.layer.group_add(self.group, self.channel_name)
+        except BaseException:
+            _in_flight -= 1
+            raise
         return self
 
     async def __aexit__(self, *exc_info) -> None:
+        global _in_flight
+        _in_flight -= 1
         await self.layer.group_discard(self.group, self.channel_name)
 
     async def next_event(self, timeout: float) -> dict:
