@@ -161,9 +161,10 @@ async def run_ws_hold(spec: dict) -> dict:
     async def converse(ws, n: int):
         for i in range(n):
             started = time.perf_counter()
-            await ws.send(json.dumps({"type": "message", "message": f"hello {i}", "client_id": str(uuid.uuid4())}))
+            text = spec.get("text", "hello")
+            await ws.send(json.dumps({"type": "message", "message": f"{text} {i}", "client_id": str(uuid.uuid4())}))
             while True:
-                frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                frame = json.loads(await asyncio.wait_for(ws.recv(), spec.get("reply_timeout", 30)))
                 if frame["type"] == "reply":
                     latencies.append(time.perf_counter() - started)
                     break

@@ -38,10 +38,15 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 WS_CONNECTIONS = int(os.environ.get("BENCH_WS_CONNECTIONS", "5000"))
 INGEST = int(os.environ.get("BENCH_INGEST", "1000"))
 INGEST_WARMUP = int(os.environ.get("BENCH_INGEST_WARMUP", "200"))
-ALL_SCENARIOS = ("overhead", "ingest", "webchat", "limits")
+ALL_SCENARIOS = ("overhead", "ingest", "webchat", "limits", "realistic")
 SCENARIOS = set(os.environ.get("BENCH_SCENARIOS", ",".join(ALL_SCENARIOS)).split(","))
-RESULT_KEYS = ("overhead", "profile", "ingest", "webchat", "limit_step")
-WORKER_CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", "64"))
+RESULT_KEYS = ("overhead", "profile", "ingest", "webchat", "limit_step", "realistic", "in_flight")
+WORKER_POOL = os.environ.get("BENCH_WORKER_POOL", "gevent")
+WORKER_CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", "1000" if WORKER_POOL == "gevent" else "64"))
+# The realistic-latency scenario: requests per cell = concurrency x this; the in-flight figure's runs.
+REALISTIC_REQUESTS_PER_SLOT = int(os.environ.get("BENCH_REALISTIC_REQUESTS_PER_SLOT", "2"))
+REALISTIC_CONCURRENCY = [int(c) for c in os.environ.get("BENCH_REALISTIC_CONCURRENCY", "200,1000").split(",")]
+IN_FLIGHT_RUNS = int(os.environ.get("BENCH_IN_FLIGHT_RUNS", "1000"))
 MASTER_KEY = "sk-bench-master"
 CHAT_BODY = {"model": "fake-gpt", "messages": [{"role": "user", "content": "benchmark hello"}]}
 
@@ -186,7 +191,7 @@ def ingest(stack, urls: dict, demo: dict) -> list[dict]:
             rows.append({"scenario": label, "concurrency": 50, **result,
                          "ratio_to_ceiling": round(result["rps"] / bare["rps"], 2) if bare["rps"] else None})
         if not worker_running:
-            stack.worker(concurrency=WORKER_CONCURRENCY)
+            stack.worker(concurrency=WORKER_CONCURRENCY, pool=WORKER_POOL)
         pending = drain()
         for row in rows[-2:]:
             row.update(count_stored(row.pop("keys"), row.pop("accepted_ids", [])), unanswered_after_drain=pending)
@@ -248,6 +253,102 @@ def webchat(stack, urls: dict, demo: dict) -> dict:
             "kib_per_connection": round((during - before) / held, 1) if held else None}
 
 
+def realistic(stack, urls: dict, demo: dict) -> list[dict]:
+    """Model latency 1 s (fake_llm's ``[[delay:1]]``), at concurrency 200 and 1,000: the model
+    directly, the gateway's face (streamed and not), the messages API with ``wait``, the web chat,
+    and LiteLLM (streamed and not), one cell after the other at each concurrency."""
+    text = "benchmark hello [[delay:1]]"
+    auth = {"Authorization": f"Bearer {demo['api_keys']['customer']}"}
+    body = {"model": "fake-gpt", "messages": [{"role": "user", "content": text}]}
+    face = {**body, "model": "assistant"}
+    targets = {
+        "direct fake_llm": {"url": f"{urls['llm']}/chat/completions", "body": body},
+        "direct fake_llm (stream)": {"url": f"{urls['llm']}/chat/completions", "body": {**body, "stream": True}},
+        "gateway /v1/chat/completions": {"url": f"{urls['gateway']}/v1/chat/completions", "headers": auth,
+                                         "body": face},
+        "gateway /v1/chat/completions (stream)": {"url": f"{urls['gateway']}/v1/chat/completions",
+                                                  "headers": auth, "body": {**face, "stream": True}},
+        "gateway /api/v1/messages (wait)": {"url": f"{urls['gateway']}/api/v1/messages", "headers": auth,
+                                            "body": {"message": text, "wait": 60}},
+    }
+    if urls.get("litellm"):
+        litellm_auth = {"Authorization": f"Bearer {MASTER_KEY}"}
+        targets["LiteLLM proxy"] = {"url": f"{urls['litellm']}/v1/chat/completions", "body": body,
+                                    "headers": litellm_auth}
+        targets["LiteLLM proxy (stream)"] = {"url": f"{urls['litellm']}/v1/chat/completions",
+                                             "body": {**body, "stream": True}, "headers": litellm_auth}
+    slug = demo["channels"]["webchat"]["slug"]
+    ws_url = urls["gateway"].replace("http", "ws") + f"/ws/chat/{slug}/?visitor={visitor_token(urls['gateway'], slug)}"
+    rows = []
+    for concurrency in REALISTIC_CONCURRENCY:
+        count = concurrency * REALISTIC_REQUESTS_PER_SLOT
+        for name, target in targets.items():
+            result = load({"kind": "http", "concurrency": concurrency, "count": count, "timeout": 300,
+                           "warmup": 0, "request_timeout": 120, **target})
+            rows.append({"scenario": name, "concurrency": concurrency, **result})
+            log(f"realistic c={concurrency} {name}: {result['rps']} rps p50 {result['p50_ms']} ms "
+                f"errors {result['errors']}")
+        spec = {"kind": "ws_hold", "url": ws_url, "connections": concurrency, "keep_for_chat": concurrency,
+                "message_sockets": concurrency, "messages": count, "timeout": 300, "connect_concurrency": 50,
+                "text": text, "reply_timeout": 120}
+        done = subprocess.run([PYTHON, str(BASE / "bench" / "load.py"), json.dumps(spec)], input="go\n",
+                              capture_output=True, text=True, timeout=600)
+        result = json.loads([line for line in done.stdout.splitlines() if '"result"' in line][-1])
+        result["errors"] = {**result["errors"], **{f"connect {k}": v for k, v in result["connect_errors"].items()}}
+        rows.append({"scenario": "gateway web chat (streamed)", "concurrency": concurrency, **result})
+        log(f"realistic c={concurrency} web chat: {result['rps']} rps p50 {result['p50_ms']} ms "
+            f"errors {result['errors']}")
+    direct = {r["concurrency"]: r for r in rows if r["scenario"] == "direct fake_llm"}
+    for row in rows:
+        base = direct[row["concurrency"]]
+        row["overhead_p50_ms"] = round(row["p50_ms"] - base["p50_ms"], 1) if row["p50_ms"] is not None else None
+        row["share_of_direct"] = round(row["rps"] / base["rps"], 2) if row.get("rps") and base.get("rps") else None
+        for key in ("keys", "accepted_ids"):
+            row.pop(key, None)
+    return rows
+
+
+def in_flight(stack, urls: dict, demo: dict) -> dict:
+    """One worker, model latency 5 s: accept IN_FLIGHT_RUNS messages (no wait), then sample how many
+    runs are in flight at once, the worker's RSS and the database connections."""
+    import psycopg
+
+    auth = {"Authorization": f"Bearer {demo['api_keys']['customer']}"}
+    worker = process_pid(stack, "celery")
+    rss_before = rss_kib(worker)
+    spec = {"kind": "http", "concurrency": 100, "count": IN_FLIGHT_RUNS, "timeout": 300, "ok_status": [202],
+            "url": f"{urls['gateway']}/api/v1/messages", "headers": auth,
+            "body": {"message": "in flight [[delay:5]]"}}
+    proc = subprocess.Popen([PYTHON, str(BASE / "bench" / "load.py"), json.dumps(spec)], stdout=subprocess.PIPE,
+                            text=True)
+    peak = {"processing": 0, "rss_kib": rss_before, "db_connections": 0, "db_active": 0}
+    dbname = urllib.parse.urlparse(DATABASE_URL).path[1:]
+    deadline = time.monotonic() + 120
+    with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            processing = conn.execute("SELECT count(*) FROM conversations_message WHERE direction='in' "
+                                      "AND status='processing'").fetchone()[0]
+            total, active = conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE state <> 'idle') FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)).fetchone()
+            peak = {"processing": max(peak["processing"], processing), "rss_kib": max(peak["rss_kib"], rss_kib(worker)),
+                    "db_connections": max(peak["db_connections"], total), "db_active": max(peak["db_active"], active)}
+            if proc.poll() is not None and processing == 0:
+                pending = conn.execute("SELECT count(*) FROM conversations_message WHERE direction='in' "
+                                       "AND status='accepted'").fetchone()[0]
+                if not pending:
+                    break
+            time.sleep(0.5)
+    out, _ = proc.communicate(timeout=60)
+    accepted = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    return {"runs": IN_FLIGHT_RUNS, "accepted": accepted["ok"], "accept_errors": accepted["errors"],
+            "peak_in_flight": peak["processing"], "worker_rss_before_mib": round(rss_before / 1024, 1),
+            "worker_rss_peak_mib": round(peak["rss_kib"] / 1024, 1),
+            "db_connections_peak_all_processes": peak["db_connections"],
+            "db_connections_active_peak": peak["db_active"],
+            "worker_pool": f"{WORKER_POOL} -c {WORKER_CONCURRENCY}", "left_unanswered": drain(120)}
+
+
 def limit_step() -> dict:
     """The limit step (IP rules + rates + budget check) and the model-call hooks, at 100 concurrent,
     timed in a Django process against Redis (see bench/limits.py)."""
@@ -275,7 +376,7 @@ def main() -> None:
         stack.env.update(OPENAI_BASE_URL=llm_url, SLACK_API_BASE_URL=platforms.slack_base_url)
         stack.manage("migrate", "--noinput")
         demo = json.loads(stack.manage("seed_demo", "--json"))
-        stack.worker(concurrency=WORKER_CONCURRENCY)
+        stack.worker(concurrency=WORKER_CONCURRENCY, pool=WORKER_POOL)
         urls = {"llm": llm_url, "gateway": stack.daphne()}
         urls["litellm"] = start_litellm(stack, llm_url)
         profiler = start_profiler(stack) if os.environ.get("BENCH_PROFILE") == "1" else None
@@ -287,6 +388,9 @@ def main() -> None:
             results["ingest"] = ingest(stack, urls, demo)
         if "webchat" in SCENARIOS:
             results["webchat"] = webchat(stack, urls, demo)
+        if "realistic" in SCENARIOS:
+            results["realistic"] = realistic(stack, urls, demo)
+            results["in_flight"] = in_flight(stack, urls, demo)
         if "limits" in SCENARIOS:
             done = subprocess.run([PYTHON, "manage.py", "shell", "-c", limit_step()["code"]], cwd=BASE,
                                   env=stack.env, capture_output=True, text=True, timeout=300)
@@ -361,7 +465,8 @@ IDLE_FRAMES = ("select (", "poll (", "wait (", "_wait_for_tstate_lock", "epoll",
 def render(results: dict) -> str:
     lines = [f"# Benchmark results ({results['started']})", "",
              f"Machine: {results['machine']['cpus']} CPUs; fake_llm delay {results['llm_delay_ms']} ms; "
-             "one Daphne, one Celery worker (threads), one LiteLLM worker; load from a separate process on loopback.",
+             f"one Daphne, one Celery worker ({WORKER_POOL}), one LiteLLM worker; load from a separate process "
+             "on loopback.",
              "", "Runs: " + "; ".join(f"{name} {when}" for name, when in results.get("runs", {}).items()),
              "", "## Gateway overhead vs the model directly (median of interleaved rounds)", "",
              "| scenario | conc. | req/s | p50 ms | p95 ms | p99 ms | p50 overhead ms | errors |",
@@ -407,6 +512,23 @@ def render(results: dict) -> str:
                 at = 1 if name.endswith("_alone") else step["concurrency"]
                 lines.append(f"- {name} at {at} concurrent: p50 {r['p50_ms']} ms, "
                              f"p99 {r['p99_ms']} ms ({r['calls']} calls)")
+    if results.get("realistic"):
+        lines += ["", "## Realistic latency: model 1 s (worker " + str(results.get("in_flight", {}).get(
+            "worker_pool", "")) + ")", "",
+                  "| scenario | conc. | req/s | share of direct | p50 ms | p95 ms | p50 overhead ms | errors |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for r in results["realistic"]:
+            lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['rps']} | {r['share_of_direct']} | "
+                         f"{r['p50_ms']} | {r['p95_ms']} | {r['overhead_p50_ms']} | {r['errors'] or ''} |")
+    f = results.get("in_flight")
+    if f:
+        lines += ["", "## In flight: one worker, model 5 s", "",
+                  f"- {f['accepted']} of {f['runs']} accepted ({f['accept_errors'] or 'no errors'}); peak runs in "
+                  f"flight **{f['peak_in_flight']}**; worker ({f['worker_pool']}) RSS {f['worker_rss_before_mib']} "
+                  f"→ **{f['worker_rss_peak_mib']} MiB**",
+                  f"- database connections (all gateway processes) peak {f['db_connections_peak_all_processes']}, "
+                  f"of them active at once {f['db_connections_active_peak']}; unanswered after drain "
+                  f"{f['left_unanswered']}"]
     for name, profile in (results.get("profile") or {}).items():
         lines += ["", f"## Profile of {name} during the overhead runs (inclusive share of busy samples)", ""]
         lines += [f"- {p['share']:.1%} {p['frame']}" for p in profile["top"][:25]]
