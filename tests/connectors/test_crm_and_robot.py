@@ -6,7 +6,7 @@ import pytest
 
 from apps.agents.runtime import agent_run
 from apps.connectors.base import ConnectorError, send_with_retries
-from apps.connectors.crm import sign
+from apps.connectors.crm import sign, sign_callback
 from apps.conversations.models import Message
 from tests.connectors.connector_helpers import CRM_SECRET, assert_refused, crm_post
 
@@ -33,8 +33,10 @@ class TestCrm:
         assert (body["reply_to"], body["user_id"]) == ("evt-1", "c-42")
         assert body["message"] == "Echo: Where is my order?"
         headers = {k.lower(): v for k, v in callback["headers"].items()}
-        expected = sign(CRM_SECRET, headers["x-gateway-timestamp"], callback["body"].encode())
+        expected = sign_callback(CRM_SECRET, headers["x-gateway-timestamp"], callback["body"].encode())
         assert headers["x-gateway-signature"] == expected
+        # Not the inbound scheme: the callback cannot be replayed at the webhook as a message.
+        assert expected != sign(CRM_SECRET, headers["x-gateway-timestamp"], callback["body"].encode())
 
     def test_one_contacts_messages_share_a_conversation_and_repeats_run_once(self, client, crm_channel):
         crm_post(client, crm_channel, crm_event(event_id="a"))
