@@ -30,7 +30,12 @@ def demo_seed() -> str:
 
 
 def demo_secret(name: str, length: int = 32) -> str:
-    return hmac.new(demo_seed().encode(), f"demo-channel:{name}".encode(), hashlib.sha256).hexdigest()[:length]
+    return demo_secret_from(demo_seed(), name, length)
+
+
+def demo_secret_from(seed: str, name: str, length: int = 32) -> str:
+    """The demo secret ``name`` of the install whose seed is ``seed``."""
+    return hmac.new(seed.encode(), f"demo-channel:{name}".encode(), hashlib.sha256).hexdigest()[:length]
 
 
 def _upsert(slug: str, kind: str, name: str, *, agent, config: dict, secrets: dict) -> Channel:

@@ -78,7 +78,8 @@ def refused_at_start(args: list[str], env: dict[str, str]) -> tuple[bool, str]:
 # --- SECRET_KEY ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", PUBLISHED_KEYS + UNFIT_KEYS)
+@pytest.mark.parametrize("key", PUBLISHED_KEYS + UNFIT_KEYS,
+                         ids=["settings-default", "compose-default", "env-example", "49-chars", "2-distinct-chars"])
 def test_manage_py_refuses_a_published_or_short_secret_key_outside_debug(key, attack):
     done = manage(child_env(DEBUG="false", SECRET_KEY=key), "check")
     attack.tried(admitted=done.returncode == 0)
@@ -329,3 +330,27 @@ def psycopg_connect(url: str):
     import psycopg
 
     return psycopg.connect(url, connect_timeout=5)
+
+
+def test_an_upgraded_install_loses_the_published_demo_secrets(sec, attack):
+    """An install seeded the old way (staff/gateway-demo, demo keys derived from the compose default
+    key) is upgraded: migrating alone (no seed_demo) retires both."""
+    old_key = old_demo_key("change-me-in-production", "customer")
+    sec.stack.manage("migrate", "connectors", "0004")  # before the retiring migration
+    sec.stack.manage("shell", "-c", (
+        "from apps.identities.models import ApiKey, User, hash_api_key\n"
+        "staff = User.objects.get(username='staff'); staff.set_password('gateway-demo'); staff.save()\n"
+        f"ApiKey.objects.create(user=User.objects.get(username='demo-customer'), name='demo', "
+        f"prefix='{old_key.split('_')[1]}', key_hash=hash_api_key('{old_key}'))\n"))
+    # The control: as planted, both open the door.
+    assert admin_login(sec.url, "staff", "gateway-demo")
+    assert http("GET", f"{sec.url}/api/v1/usage", headers={"Authorization": f"Bearer {old_key}"})[0] == 200
+
+    sec.stack.manage("migrate", "--noinput")
+    let_in = admin_login(sec.url, "staff", "gateway-demo")
+    attack.tried(admitted=let_in)
+    status = http("GET", f"{sec.url}/api/v1/usage", headers={"Authorization": f"Bearer {old_key}"})[0]
+    attack.tried(admitted=status != 401)
+    assert (let_in, status) == (False, 401)
+    # The install's own demo password (the one seed_demo prints) is what staff has now.
+    assert admin_login(sec.url, "staff", json.loads(sec.stack.manage("seed_demo", "--json"))["staff"]["password"])

@@ -18,10 +18,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.agents.models import Agent, LLMModel, Provider, Visibility
-from apps.connectors.demo import demo_secret, demo_webhook_channels
+from apps.connectors.demo import demo_secret, demo_secret_from, demo_webhook_channels
 from apps.connectors.models import Channel
 from apps.identities.models import ApiKey, hash_api_key
 from apps.identities.roles import Role, ensure_role_groups, grant_role_permissions
+from gateway_project.config_cache import config_changed
 
 DEMO_STAFF_USERNAME = "staff"
 DEMO_USERS = {Role.CUSTOMER: "demo-customer", Role.EMPLOYEE: "demo-employee", Role.ADMIN: "demo-admin"}
@@ -34,8 +35,9 @@ def demo_api_key(role: str) -> tuple[str, str]:
     return prefix, f"gw_{prefix}_{hexed[8:56]}"
 
 
-def demo_staff_password() -> str:
-    return demo_secret("staff-password", 24)
+def demo_staff_password(seed: str | None = None) -> str:
+    """The demo ``staff`` password of this install (or of the install whose seed is ``seed``)."""
+    return demo_secret_from(seed, "staff-password", 24) if seed else demo_secret("staff-password", 24)
 
 
 class Command(BaseCommand):
@@ -68,8 +70,9 @@ class Command(BaseCommand):
             key, _ = ApiKey.objects.get_or_create(
                 prefix=prefix, defaults={"user": user, "name": "demo", "key_hash": hash_api_key(raw_key)})
             # Demo keys of an earlier seed (derived from SECRET_KEY, which was public) are revoked.
-            ApiKey.objects.filter(user=user, name="demo", revoked_at__isnull=True).exclude(pk=key.pk).update(
-                revoked_at=timezone.now())
+            if ApiKey.objects.filter(user=user, name="demo", revoked_at__isnull=True).exclude(pk=key.pk).update(
+                    revoked_at=timezone.now()):
+                config_changed()  # running processes drop the keys they keep (update() sends no signal)
             usable = key.revoked_at is None and key.user_id == user.pk and key.key_hash == hash_api_key(raw_key)
             api_keys[role] = raw_key if usable else None
 
