@@ -8,7 +8,7 @@ from apps.agents.runtime import agent_run
 from apps.connectors.base import ConnectorError, send_with_retries
 from apps.connectors.crm import sign, sign_callback
 from apps.conversations.models import Message
-from tests.connectors.connector_helpers import CRM_SECRET, assert_refused, crm_post
+from tests.connectors.connector_helpers import CRM_SECRET, assert_refusal_logged_and_audited, assert_refused, crm_post
 
 pytestmark = pytest.mark.django_db
 
@@ -56,6 +56,14 @@ class TestCrm:
 
     def test_forged_signature(self, client, crm_channel):
         assert_refused(crm_post(client, crm_channel, crm_event(), secret="guess"), 401)
+
+    def test_a_callback_replayed_inward_is_refused_and_audited(self, client, crm_channel):
+        body = json.dumps({"id": "m-1", "user_id": "c-42", "message": "Echo: hi", "reply_to": "evt-1"}).encode()
+        stamp = str(int(time.time()))
+        response = crm_post(client, crm_channel, None, body=body, timestamp=stamp,
+                            signature=sign_callback(CRM_SECRET, stamp, body))
+        assert_refused(response, 401, code="unauthenticated")
+        assert_refusal_logged_and_audited(response, crm_channel, reason="callback_replayed")
 
     def test_stale_timestamp(self, client, crm_channel):
         assert_refused(crm_post(client, crm_channel, crm_event(), timestamp=int(time.time()) - 301), 401)
