@@ -11,13 +11,18 @@ Pure aiohttp module: importable without Django settings.
   (errcode 42001 for an expired or unknown token); ``GET getcallbackip?access_token`` (the
   published callback ranges, ``WECOM_CALLBACK_IPS``); ``POST webhook/send?key`` (group robot, at most
   20 messages a minute per key, then errcode 45009).
-- ``POST /crm/callback``: records CRM reply callbacks with their headers.
+- ``POST /crm/callback``: records CRM reply callbacks with their headers. With
+  ``script(crm_secret=S)`` it verifies them as a CRM would (HMAC-SHA256 of
+  ``gateway-callback:{X-Gateway-Timestamp}.{body}``, the callback scheme, never the inbound one) and
+  answers 401 to anything else (counted in ``crm_rejected``).
 - ``GET /_fake/state``: everything received; ``POST /_fake/reset``; ``POST /_fake/script``.
 
 Use ``FakePlatforms().start_in_thread()`` in tests, or ``manage.py fake_platforms --port N``.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import secrets
 import time
@@ -41,6 +46,8 @@ class State:
     wecom_token_requests: int = 0
     robot_messages: list[dict] = field(default_factory=list)
     crm_callbacks: list[dict] = field(default_factory=list)
+    crm_rejected: int = 0
+    crm_secret: str = ""  # set: callbacks are verified (scripted)
     # scripted behaviour
     slack_429: int = 0
     slack_error: str = ""
@@ -57,6 +64,7 @@ class State:
             "slack_messages": list(self.slack_messages), "slack_rejected": self.slack_rejected,
             "wecom_messages": list(self.wecom_messages), "wecom_token_requests": self.wecom_token_requests,
             "robot_messages": list(self.robot_messages), "crm_callbacks": list(self.crm_callbacks),
+            "crm_rejected": self.crm_rejected,
         }
 
 
@@ -143,7 +151,14 @@ async def robot_send(request: web.Request) -> web.Response:
 
 async def crm_callback(request: web.Request) -> web.Response:
     body = await request.read()
-    request.app[STATE_KEY].crm_callbacks.append({"headers": dict(request.headers), "body": body.decode()})
+    state = request.app[STATE_KEY]
+    if state.crm_secret:
+        signed = b"gateway-callback:" + request.headers.get("X-Gateway-Timestamp", "").encode() + b"." + body
+        expected = "sha256=" + hmac.new(state.crm_secret.encode(), signed, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, request.headers.get("X-Gateway-Signature", "")):
+            state.crm_rejected += 1
+            return web.json_response({"ok": False, "error": "bad signature"}, status=401)
+    state.crm_callbacks.append({"headers": dict(request.headers), "body": body.decode()})
     return web.json_response({"ok": True})
 
 
@@ -162,7 +177,7 @@ async def fake_script(request: web.Request) -> web.Response:
 
 
 def script(state: State, *, slack_429: int | None = None, retry_after: int | None = None,
-           slack_error: str | None = None, expire_wecom_tokens: bool = False) -> None:
+           slack_error: str | None = None, expire_wecom_tokens: bool = False, crm_secret: str | None = None) -> None:
     if slack_429 is not None:
         state.slack_429 = slack_429
     if retry_after is not None:
@@ -171,6 +186,8 @@ def script(state: State, *, slack_429: int | None = None, retry_after: int | Non
         state.slack_error = slack_error
     if expire_wecom_tokens:
         state.tokens = {token: 0.0 for token in state.tokens}
+    if crm_secret is not None:
+        state.crm_secret = crm_secret
 
 
 def create_app() -> web.Application:

@@ -1,6 +1,8 @@
 """CRM webhook (signed JSON in, signed callbacks out) and the WeCom group robot (outbound only)."""
 import json
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -37,6 +39,19 @@ class TestCrm:
         assert headers["x-gateway-signature"] == expected
         # Not the inbound scheme: the callback cannot be replayed at the webhook as a message.
         assert expected != sign(CRM_SECRET, headers["x-gateway-timestamp"], callback["body"].encode())
+
+    def test_a_crm_verifying_callbacks_takes_ours_and_refuses_the_inbound_scheme(self, client, crm_channel, platforms):
+        platforms.script(crm_secret=CRM_SECRET)
+        crm_post(client, crm_channel, crm_event())
+        assert agent_run(Message.objects.get().id).status == "sent"
+        assert (len(platforms.state.crm_callbacks), platforms.state.crm_rejected) == (1, 0)
+        body, stamp = b'{"message": "hi"}', str(int(time.time()))
+        request = urllib.request.Request(platforms.crm_callback_url, data=body, method="POST", headers={
+            "Content-Type": "application/json", "X-Gateway-Timestamp": stamp,
+            "X-Gateway-Signature": sign(CRM_SECRET, stamp, body)})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert (refused.value.code, platforms.state.crm_rejected) == (401, 1)
 
     def test_one_contacts_messages_share_a_conversation_and_repeats_run_once(self, client, crm_channel):
         crm_post(client, crm_channel, crm_event(event_id="a"))
