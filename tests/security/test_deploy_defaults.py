@@ -31,7 +31,7 @@ from django.contrib.auth.hashers import make_password
 from django.utils.module_loading import import_string
 
 from apps.connectors.crm import sign as crm_sign
-from gateway_project.stack import BASE_DIR, BIN, PYTHON, base_env, http
+from gateway_project.stack import BASE_DIR, BIN, PYTHON, Stack, base_env, http
 from tests.security.conftest import sql
 
 # Every SECRET_KEY placeholder this project has published (settings default, docker-compose.yml,
@@ -164,6 +164,34 @@ def test_check_deploy_catches_plain_http_settings():
     judged = manage(env, "check", "--deploy", "--tag", "security")
     assert {"security.W004", "security.W008", "security.W012", "security.W016"} <= set(
         re.findall(r"security\.[EW]\d+", judged.stdout + judged.stderr))
+
+
+def test_compose_https_settings_redirect_browsers_but_not_probes(tmp_path):
+    """Daphne with compose's environment (on the embedded default: nothing else to reach): plain
+    HTTP is sent to https, except the probes; behind the TLS proxy (X-Forwarded-Proto) pages are
+    served with HSTS and secure cookies."""
+    compose = compose_environment("gateway", SECRET_KEY=strong_key())
+    env = base_env(**{name: value for name, value in compose.items() if name not in ("DATABASE_URL", "REDIS_URL")})
+    stack = Stack(env, log_dir=tmp_path)
+    try:
+        url = stack.daphne()  # it waits for /healthz over plain HTTP: the probe is exempt
+        opener = urllib.request.build_opener(_NoRedirect())
+
+        def get(path: str, headers: dict | None = None):
+            try:
+                with opener.open(urllib.request.Request(f"{url}{path}", headers=headers or {}), timeout=30) as r:
+                    return r.status, r.headers
+            except urllib.error.HTTPError as error:
+                return error.code, error.headers
+
+        status, headers = get("/admin/login/")
+        assert status == 301 and headers["Location"].startswith("https://"), (status, dict(headers))
+        status, headers = get("/admin/login/", {"X-Forwarded-Proto": "https"})
+        assert status == 200 and "max-age=31536000" in headers["Strict-Transport-Security"]
+        assert all("Secure" in cookie for cookie in headers.get_all("Set-Cookie"))
+        assert get("/readyz")[0] != 301
+    finally:
+        stack.stop()
 
 
 # --- demo secrets and seeding ------------------------------------------------------------------
