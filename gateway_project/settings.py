@@ -9,6 +9,8 @@ from pathlib import Path
 
 import environ
 
+from gateway_project import secret_key
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -16,9 +18,25 @@ if (BASE_DIR / ".env").exists():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-secret-key-change-me-in-production")
+# Unset: generated once per checkout in var/secret-key; a published placeholder or a short key is
+# refused outside DEBUG (ImproperlyConfigured at start-up; gateway_project/secret_key.py).
+SECRET_KEY = secret_key.resolve(env.str("SECRET_KEY", default=""), debug=DEBUG,
+                                generated_path=BASE_DIR / "var" / "secret-key")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# HTTPS hardening (`manage.py check --deploy`): off by default so that `make run` and the tests work
+# over plain HTTP; docker-compose.yml turns them on. SECURE_PROXY_SSL_HEADER trusts the
+# X-Forwarded-Proto of a TLS proxy in front (only behind a proxy that sets it).
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# Probes and scrapers on the private network speak plain HTTP to the container.
+SECURE_REDIRECT_EXEMPT = [r"^(healthz|readyz|metrics)$"]
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "daphne",
@@ -54,6 +72,11 @@ MIDDLEWARE = [
     "gateway_project.middleware.MessageMiddleware",
     "gateway_project.middleware.XFrameOptionsMiddleware",
 ]
+
+# Django's security.W001-W003 look for its middleware by dotted name; ours are subclasses of
+# SecurityMiddleware, XFrameOptionsMiddleware and CsrfViewMiddleware with Django's behaviour on
+# browser pages (tests/security/test_deploy_defaults.py pins that they stay so).
+SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
 
 ROOT_URLCONF = "gateway_project.urls"
 ASGI_APPLICATION = "gateway_project.asgi.application"
@@ -136,7 +159,7 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     # One process holds everything in the embedded default, so a process-local cache is shared
     # by every request it serves; django-ratelimit's checks assume several processes.
-    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+    SILENCED_SYSTEM_CHECKS += ["django_ratelimit.E003", "django_ratelimit.W001"]
 
 # Where processes tell each other that the configuration changed (gateway_project/config_cache.py):
 # Redis with services; on the embedded default a file beside the database, so that a command run

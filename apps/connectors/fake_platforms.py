@@ -11,7 +11,10 @@ Pure aiohttp module: importable without Django settings.
   (errcode 42001 for an expired or unknown token); ``GET getcallbackip?access_token`` (the
   published callback ranges, ``WECOM_CALLBACK_IPS``); ``POST webhook/send?key`` (group robot, at most
   20 messages a minute per key, then errcode 45009).
-- ``POST /crm/callback``: records CRM reply callbacks with their headers.
+- ``POST /crm/callback``: records CRM reply callbacks with their headers. With
+  ``script(crm_secret=S)`` it verifies them as a CRM would (HMAC-SHA256 of
+  ``gateway-callback:{X-Gateway-Timestamp}.{body}``, the callback scheme, never the inbound one) and
+  answers 401 to anything else (counted in ``crm_rejected``).
 - Feishu / Lark under ``/feishu``: ``POST open-apis/auth/v3/tenant_access_token/internal``
   (``{"app_id", "app_secret"}`` → ``{"code": 0, "tenant_access_token": "t-...", "expire": 7200}``) and
   ``POST open-apis/im/v1/messages/{message_id}/reply`` (``Authorization: Bearer t-...``; HTTP 400
@@ -34,6 +37,8 @@ Use ``FakePlatforms().start_in_thread()`` in tests, or ``manage.py fake_platform
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import json
 import secrets
@@ -59,6 +64,8 @@ class State:
     robot_messages: list[dict] = field(default_factory=list)
     crm_callbacks: list[dict] = field(default_factory=list)
     aibot_responses: list[dict] = field(default_factory=list)
+    crm_rejected: int = 0
+    crm_secret: str = ""  # set: callbacks are verified (scripted)
     # scripted behaviour
     slack_429: int = 0
     slack_error: str = ""
@@ -80,6 +87,7 @@ class State:
             "feishu": self.feishu.snapshot(),
             "dingtalk": self.dingtalk.snapshot(),
             "aibot_responses": list(self.aibot_responses),
+            "crm_rejected": self.crm_rejected,
         }
 
 
@@ -295,7 +303,14 @@ async def robot_send(request: web.Request) -> web.Response:
 
 async def crm_callback(request: web.Request) -> web.Response:
     body = await request.read()
-    request.app[STATE_KEY].crm_callbacks.append({"headers": dict(request.headers), "body": body.decode()})
+    state = request.app[STATE_KEY]
+    if state.crm_secret:
+        signed = b"gateway-callback:" + request.headers.get("X-Gateway-Timestamp", "").encode() + b"." + body
+        expected = "sha256=" + hmac.new(state.crm_secret.encode(), signed, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, request.headers.get("X-Gateway-Signature", "")):
+            state.crm_rejected += 1
+            return web.json_response({"ok": False, "error": "bad signature"}, status=401)
+    state.crm_callbacks.append({"headers": dict(request.headers), "body": body.decode()})
     return web.json_response({"ok": True})
 
 
@@ -330,7 +345,8 @@ async def fake_script(request: web.Request) -> web.Response:
 def script(state: State, *, slack_429: int | None = None, retry_after: int | None = None,
            slack_error: str | None = None, expire_wecom_tokens: bool = False,
            expire_feishu_tokens: bool = False, feishu_429: int | None = None,
-           expire_dingtalk_tokens: bool = False, expire_dingtalk_sessions: bool = False) -> None:
+           expire_dingtalk_tokens: bool = False, expire_dingtalk_sessions: bool = False,
+           crm_secret: str | None = None) -> None:
     if feishu_429 is not None:
         state.feishu.rate_limited = feishu_429
     if expire_dingtalk_tokens:
@@ -347,6 +363,8 @@ def script(state: State, *, slack_429: int | None = None, retry_after: int | Non
         state.slack_error = slack_error
     if expire_wecom_tokens:
         state.tokens = {token: 0.0 for token in state.tokens}
+    if crm_secret is not None:
+        state.crm_secret = crm_secret
 
 
 def create_app() -> web.Application:
