@@ -1,10 +1,15 @@
-"""Re-enqueue inbound messages that no worker is answering (lost broker messages, dead workers).
+"""Recovery: re-enqueue what no worker is answering or delivering (lost broker messages, dead workers).
 
 A message can be stranded when the broker loses its queue (Redis restarted without persistence),
 when enqueueing failed after the message was committed (Redis down), or when a worker died holding
-the claim. ``requeue_stuck_messages`` finds them and queues ``run_agent`` again; the runtime's claim
-(one conditional UPDATE) and the one-reply-per-message constraint keep a message answered once even
-if the original task is still on its way.
+the claim. A stored reply can be stranded when its worker died before delivering it, or when the
+gateway's own means of delivery (Redis under the channel layer) failed. ``requeue_stuck_messages``
+finds both and queues ``run_agent`` / ``deliver_reply`` again; the runtime's claims (one conditional
+UPDATE each, with a lease renewed while its holder lives) and the one-reply-per-message constraint
+keep a message answered once and its reply sent once, even if the original task is still on its way.
+
+A message waiting its turn behind an earlier one of its conversation stays ``accepted`` but carries
+a lease while its task chain waits (``runtime.claim``): it is not stranded, and is left alone.
 """
 from __future__ import annotations
 
@@ -32,7 +37,9 @@ def stuck_messages(*, now=None) -> QuerySet[Message]:
         Message.objects.filter(direction=Direction.INBOUND)
         .filter(created_at__gte=now - timedelta(seconds=settings.GATEWAY_REQUEUE_MAX_AGE_SECONDS))
         .filter(
+            # Accepted and nobody waiting on it: a waiting message's task chain keeps a lease on it.
             Q(status=Status.ACCEPTED, created_at__lt=accepted_before)
+            & (Q(lease_until__isnull=True) | Q(lease_until__lt=now))
             | Q(status=Status.PROCESSING, lease_until__lt=now)
         )
         .exclude(in_open_handoff())  # held for a human on purpose, not stranded
@@ -46,9 +53,26 @@ def in_open_handoff() -> Exists:
     return Exists(Handoff.objects.filter(conversation_id=OuterRef("conversation_id"), ended_at__isnull=True))
 
 
+def stuck_replies(*, now=None) -> QuerySet[Message]:
+    """Agent replies stored and not delivered whose delivery lease ran out (their deliverer died,
+    or delivery was deferred), or that never had one and are older than the accepted bound."""
+    now = now or timezone.now()
+    return (
+        Message.objects.filter(direction=Direction.OUTBOUND, status=Status.PENDING, reply_to__isnull=False)
+        .filter(created_at__gte=now - timedelta(seconds=settings.GATEWAY_REQUEUE_MAX_AGE_SECONDS))
+        .filter(
+            Q(lease_until__lt=now)
+            | Q(lease_until__isnull=True,
+                created_at__lt=now - timedelta(seconds=settings.GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS))
+        )
+        .order_by("created_at")
+    )
+
+
 def requeue_stuck_messages(*, limit: int | None = None) -> int:
-    """Queue an agent run for each stuck message (oldest first, at most ``limit``); returns how many."""
-    from .dispatch import enqueue_agent_run
+    """Queue an agent run for each stuck message and a delivery for each stuck reply (oldest first,
+    at most ``limit`` of each); returns how many were queued."""
+    from .dispatch import enqueue_agent_run, enqueue_delivery
 
     limit = limit or settings.GATEWAY_REQUEUE_BATCH_SIZE
     ids = list(stuck_messages().values_list("pk", flat=True)[:limit])
@@ -56,4 +80,10 @@ def requeue_stuck_messages(*, limit: int | None = None) -> int:
         enqueue_agent_run(message_id)
     if ids:
         logger.warning("re-enqueued stuck messages", extra={"count": len(ids)})
-    return len(ids)
+    replies = list(stuck_replies().values_list("pk", flat=True)[:limit])
+    for reply_id in replies:
+        enqueue_delivery(reply_id)
+    if replies:
+        logger.warning("re-enqueued undelivered replies", extra={"count": len(replies)})
+    return len(ids) + len(replies)
+
