@@ -305,7 +305,9 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
         raise
     usage = budgets.settle_model_call(reservation, result, write_usage=False)
     # The day's usage and the call's log row, in one statement.
-    call = through_outage(lambda: record_llm_call(message, model=model, result=result, attempt=attempt, usage=usage))
+    unsettled = budgets.unsettled_usage(reservation)  # the ledger's store failed: recovery re-seeds from the rollup
+    call = through_outage(lambda: record_llm_call(message, model=model, result=result, attempt=attempt, usage=usage,
+                                                  unsettled=unsettled))
     logger.info(
         "model answered",
         extra={"model": result.model, "total_tokens": result.total_tokens,
@@ -487,8 +489,10 @@ def fail_message(message: Message, exc: llm.LLMError) -> None:
 
 
 def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = None,
-                    error: llm.LLMError | None = None, attempt: int = 1, usage: Statement | None = None) -> LLMCall:
-    """The LLMCall row of one attempt; ``usage`` (the day's usage upsert) is written with it, atomically."""
+                    error: llm.LLMError | None = None, attempt: int = 1, usage: Statement | None = None,
+                    unsettled=None) -> LLMCall:
+    """The LLMCall row of one attempt; ``usage`` (the day's usage upsert) is written with it, atomically,
+    and so is ``unsettled`` (an UnsettledUsage row: the call's settle did not reach the ledger)."""
     agent = message.agent
     fields = dict(
         message=message, conversation_id=message.conversation_id, user_id=message.sender_id,
@@ -506,7 +510,12 @@ def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = N
     else:
         fields.update(status=LLMCall.Status.ERROR, error=str(error)[:2000])
     call = LLMCall(**fields)
-    if usage is not None:
+    if unsettled is not None and usage is not None:  # rare: the ledger's store failed at settle
+        with transaction.atomic():
+            write_together(usage, call)
+            unsettled.llm_call = call
+            unsettled.save(force_insert=True)
+    elif usage is not None:
         write_together(usage, call)
     else:
         call.save(force_insert=True)

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 from celery import shared_task
 from django.conf import settings
 
-from .recovery import requeue_stuck_messages
+from .recovery import requeue_stuck_messages, settle_unsettled_usage
 from .runtime import DatabaseUnavailable, WaitingForEarlier, agent_run, deliver_pending, give_up_after_outage
 
 logger = logging.getLogger(__name__)
@@ -97,5 +97,7 @@ def deliver_reply(reply_id: str) -> None:
 @shared_task(name="agents.requeue_stuck_messages", ignore_result=True)
 def requeue_stuck() -> int:
     """Periodic (CELERY_BEAT_SCHEDULE): queue runs for messages stranded in accepted/processing and
-    deliveries for replies stranded in pending."""
-    return requeue_stuck_messages()
+    deliveries for replies stranded in pending; settle usage a failed budget settle left out."""
+    queued = requeue_stuck_messages()
+    settle_unsettled_usage()
+    return queued

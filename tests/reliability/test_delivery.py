@@ -7,6 +7,7 @@ Redis fails as a model call is settled) and counts what reached the platform or 
 from __future__ import annotations
 
 import json
+import signal
 import time
 import urllib.request
 
@@ -210,3 +211,52 @@ def test_a_message_waiting_its_turn_has_one_live_task(gw, ledger):
     assert most_at_once <= 1, seen
     assert all(len(ids) <= 1 for ids in seen.values()), seen
 
+
+SET_KEY_QUOTA = """
+from django.contrib.auth import get_user_model
+from apps.identities.roles import Role, ensure_role_groups
+from apps.identities.services import api_key_create
+from apps.quotas.models import QuotaPolicy
+user, _ = get_user_model().objects.get_or_create(username="settle-fault")
+user.groups.add(ensure_role_groups()[Role.CUSTOMER])
+key, raw = api_key_create(user=user, actor=None, name="settle fault")
+QuotaPolicy.objects.create(scope="api_key", api_key=key, tokens_per_day=1)
+print(raw)
+"""
+
+
+def test_budget_settle_failing_on_redis_still_counts_the_usage(gw, ledger):
+    """Must hold: Redis stops answering just as a model call's usage is settled (the settle times
+    out), then answers again with its data. The call's usage still reaches the budget counter (from
+    the database's record of the call), so a key whose daily quota that call used up is refused
+    afterwards, also once the call's reservation has expired."""
+    key = gw.stack.manage("shell", "-c", SET_KEY_QUOTA).strip().splitlines()[-1]
+    auth = {"Authorization": f"Bearer {key}"}
+    before = llm_requests(gw)
+    status, body, _ = post_message(gw, {"message": "spend my quota [[delay:2]]"}, headers=auth)
+    ledger.sent += 1
+    assert status == 202, body
+    message_id = body["message_id"]
+    wait_for("the model call under way", lambda: llm_requests(gw) > before, timeout=30)
+    gw.redis.popen.send_signal(signal.SIGSTOP)  # Redis stalls: the settle times out, no data is lost
+    ledger.faults += 1
+    try:
+        wait_for("the model call logged", lambda: sql(
+            gw, "SELECT 1 FROM logs_llmcall WHERE message_id::text = %s AND status = 'ok'", message_id), timeout=45)
+    finally:
+        gw.redis.popen.send_signal(signal.SIGCONT)
+    wait_for("the message answered", lambda: inbound_status(gw, message_id) in ("answered", "failed"))
+    ledger.answered += inbound_status(gw, message_id) == "answered"
+    (used,) = row(gw, "SELECT total_tokens FROM logs_llmcall WHERE message_id::text = %s", message_id)
+    assert used >= 1
+    # Wait until the call's reservation is settled or expired (15 s here): a counter that still
+    # holds it refuses anyway, and would hide a usage that never reached it.
+    client = redis.Redis(port=gw.redis.port, socket_timeout=5)
+    counters = "gw:q:tokens:*:api_key:*"
+
+    def reservations_open() -> int:
+        return sum(len(client.zrangebyscore(k, time.time(), "+inf")) for k in client.keys(counters + ":res"))
+    wait_for("the call's reservation settled or expired", lambda: reservations_open() == 0, timeout=40)
+    status, body, _ = post_message(gw, {"message": "one more, over quota"}, headers=auth)
+    ledger.sent += 1
+    assert (status, body.get("error", {}).get("code")) == (429, "quota_exceeded"), body
