@@ -14,6 +14,8 @@ a lease while its task chain waits (``runtime.claim``): it is not stranded, and 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -86,6 +88,58 @@ def requeue_stuck_messages(*, limit: int | None = None) -> int:
     if replies:
         logger.warning("re-enqueued undelivered replies", extra={"count": len(replies)})
     return len(ids) + len(replies)
+
+
+_embedded_started = False
+_embedded_lock = threading.Lock()
+
+
+def start_embedded_recovery() -> None:
+    """The embedded default (no Celery beat): run the same recovery in the server process, once at
+    startup and then every GATEWAY_REQUEUE_INTERVAL_SECONDS, on a daemon thread (once per process)."""
+    global _embedded_started
+    if _embedded_started or settings.GATEWAY_AGENT_DISPATCH == "celery" or not settings.GATEWAY_EMBEDDED_RECOVERY:
+        return
+    with _embedded_lock:
+        if _embedded_started:
+            return
+        _embedded_started = True
+        threading.Thread(target=_recover_forever, name="recovery", daemon=True).start()
+
+
+_PROCESS_STARTED = timezone.now()
+
+
+def release_leases_of_the_previous_process() -> int:
+    """Embedded default, at startup: this server process is the only one answering (one SQLite
+    file, one process), so a lease taken before it started is a previous process's, which died with
+    its runs. Let those run out now rather than a whole lease later. (A lease this process took
+    runs at least a lease past its start.)"""
+    now = timezone.now()
+    before_us = _PROCESS_STARTED + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS)
+    return Message.objects.filter(
+        status__in=[Status.PROCESSING, Status.PENDING], lease_until__gte=now, lease_until__lt=before_us,
+    ).update(lease_until=now - timedelta(seconds=1))
+
+
+def _recover_forever() -> None:
+    from django.db import close_old_connections
+
+    try:
+        released = release_leases_of_the_previous_process()
+        if released:
+            logger.warning("released the leases of the previous server process", extra={"count": released})
+    except Exception:
+        logger.exception("could not release the previous process's leases")
+    while True:
+        try:
+            requeue_stuck_messages()
+            settle_unsettled_usage()
+        except Exception:
+            logger.exception("recovery failed")
+        finally:
+            close_old_connections()
+        time.sleep(settings.GATEWAY_REQUEUE_INTERVAL_SECONDS)
 
 
 def settle_unsettled_usage() -> int:
