@@ -113,8 +113,9 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
     """Take the message for this worker, or None if it is answered or another worker holds it.
 
     Messages of one conversation are answered in arrival order: the claim fails with
-    WaitingForEarlier while an earlier inbound message is accepted or leased. (An earlier message
-    whose reply is stored no longer holds the conversation up, however its delivery goes.)
+    WaitingForEarlier while an earlier inbound message is accepted or leased, or an earlier
+    message's reply is being delivered by a live deliverer (a delivery that died or was deferred
+    holds nothing up: its lease is out).
 
     One statement claims and reads the message (UPDATE … RETURNING, with whether a human has the
     conversation); its channel, agent and sender come from the per-process configuration cache.
@@ -153,13 +154,18 @@ RETURNING *, EXISTS (
 """
 # An inbound message that is waiting, or whose lease ran out.
 CLAIMABLE_SQL = "id = %s AND direction = %s AND (status = %s OR (status = %s AND lease_until < %s))"
-# No earlier inbound message of the conversation accepted or leased. A stored reply never holds the
-# conversation up: its delivery is the reply's own business (retried, recovered), and the next
-# answer already sees it in its history.
+# No earlier inbound message of the conversation accepted or leased, and no earlier message's reply
+# being delivered by a live deliverer right now (its delivery lease is renewed while it retries), so
+# replies reach the platform in order. A reply whose deliverer died, or whose delivery was deferred,
+# has no live lease and holds nothing up: recovery delivers it on its own.
 IN_ORDER_SQL = f"""
 NOT EXISTS (
     SELECT 1 FROM {_MESSAGES} e WHERE e.conversation_id = {_MESSAGES}.conversation_id AND e.direction = %s
     AND e.created_at < {_MESSAGES}.created_at AND (e.status = %s OR (e.status = %s AND e.lease_until >= %s)))
+AND NOT EXISTS (
+    SELECT 1 FROM {_MESSAGES} r JOIN {_MESSAGES} q ON q.id = r.reply_to_id
+    WHERE r.conversation_id = {_MESSAGES}.conversation_id AND r.direction = %s AND r.status = %s
+    AND r.lease_until >= %s AND q.created_at < {_MESSAGES}.created_at)
 """
 
 
@@ -172,7 +178,8 @@ def _claimable(message_id, now, *, ignore_order: bool = False, in_order: bool = 
     sql, params = CLAIMABLE_SQL, [pk, Direction.INBOUND, Status.ACCEPTED, Status.PROCESSING, db_now]
     if not ignore_order:
         sql += f" AND {'' if in_order else 'NOT '}({IN_ORDER_SQL})"
-        params += [Direction.INBOUND, Status.ACCEPTED, Status.PROCESSING, db_now]
+        params += [Direction.INBOUND, Status.ACCEPTED, Status.PROCESSING, db_now,
+                   Direction.OUTBOUND, Status.PENDING, db_now]
     return sql, params
 
 
