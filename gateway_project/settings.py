@@ -207,6 +207,8 @@ GATEWAY_REQUEUE_INTERVAL_SECONDS = env.float("GATEWAY_REQUEUE_INTERVAL_SECONDS",
 GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS = env.int("GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS", default=60)
 GATEWAY_REQUEUE_MAX_AGE_SECONDS = env.int("GATEWAY_REQUEUE_MAX_AGE_SECONDS", default=24 * 3600)
 GATEWAY_REQUEUE_BATCH_SIZE = env.int("GATEWAY_REQUEUE_BATCH_SIZE", default=500)
+# The embedded default runs the same recovery in the server process (at startup, then every interval).
+GATEWAY_EMBEDDED_RECOVERY = env.bool("GATEWAY_EMBEDDED_RECOVERY", default=True)
 # Apps add their own entries below (search "CELERY_BEAT_SCHEDULE[").
 CELERY_BEAT_SCHEDULE: dict = {
     "requeue-stuck-messages": {

@@ -47,6 +47,7 @@ FAST_RECOVERY_ENV = {
     "GATEWAY_AUTH_FAILURE_WINDOW_SECONDS": "300",
     "GATEWAY_OUTAGE_RETRY_AFTER_SECONDS": "2",
     "LLM_TIMEOUT_SECONDS": "20",
+    "GATEWAY_QUOTA_RESERVATION_TTL_SECONDS": "15",
     "LOG_LEVEL": "WARNING",
 }
 
@@ -58,6 +59,7 @@ class Row:
     answered: int = 0
     duplicates: int = 0
     errors_500: int = 0
+    lost: int = 0  # accepted by the gateway and never answered
     notes: list[str] = field(default_factory=list)
 
 
@@ -74,19 +76,19 @@ def pytest_terminal_summary(terminalreporter):
     if not _LEDGER:
         return
     terminalreporter.section("reliability summary")
-    header = f"{'test':<70} {'faults':>6} {'sent':>6} {'answered':>8} {'dupes':>6} {'500s':>5}"
+    header = f"{'test':<70} {'faults':>6} {'sent':>6} {'answered':>8} {'dupes':>6} {'500s':>5} {'lost':>5}"
     terminalreporter.write_line(header)
     totals = Row()
     for name, row in _LEDGER.items():
         terminalreporter.write_line(
             f"{name.removeprefix('test_')[:70]:<70} {row.faults:>6} {row.sent:>6} {row.answered:>8} "
-            f"{row.duplicates:>6} {row.errors_500:>5}"
+            f"{row.duplicates:>6} {row.errors_500:>5} {row.lost:>5}"
         )
-        for attr in ("faults", "sent", "answered", "duplicates", "errors_500"):
+        for attr in ("faults", "sent", "answered", "duplicates", "errors_500", "lost"):
             setattr(totals, attr, getattr(totals, attr) + getattr(row, attr))
     terminalreporter.write_line(
         f"{'TOTAL':<70} {totals.faults:>6} {totals.sent:>6} {totals.answered:>8} {totals.duplicates:>6} "
-        f"{totals.errors_500:>5}"
+        f"{totals.errors_500:>5} {totals.lost:>5}"
     )
 
 

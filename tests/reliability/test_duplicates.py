@@ -41,6 +41,7 @@ def test_api_retries_with_one_idempotency_key_are_one_message_and_one_reply(gw, 
     assert len({body["reply"]["message_id"] for _, body in answers}) == 1
     counts = replies_per_message(gw, [answers[0][1]["message_id"]])
     ledger.answered += sum(1 for n in counts.values() if n)
+    ledger.lost += sum(1 for n in counts.values() if not n)
     ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
     assert list(counts.values()) == [1]
     calls = sql(gw, "SELECT count(*) FROM logs_llmcall WHERE message_id::text = %s", answers[0][1]["message_id"])
@@ -64,6 +65,7 @@ def test_concurrent_identical_requests_race_to_one_message(gw, ledger):
     assert len(message_ids) == 3
     counts = replies_per_message(gw, message_ids)
     ledger.answered += sum(1 for n in counts.values() if n)
+    ledger.lost += sum(1 for n in counts.values() if not n)
     ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
     assert set(counts.values()) == {1}
 
@@ -93,6 +95,7 @@ def answered_once(gw, ledger, external_id: str) -> str:
     message_id = rows[0][0]
     counts = wait_until_answered(gw, [message_id])
     ledger.answered += bool(counts[message_id])
+    ledger.lost += not counts[message_id]
     ledger.duplicates += max(0, counts[message_id] - 1)
     assert counts[message_id] == 1
     calls = sql(gw, "SELECT count(*) FROM logs_llmcall WHERE message_id::text = %s", message_id)
