@@ -125,10 +125,11 @@ CLIENT_HISTORY_ROLES = {"system", "developer", "user", "assistant"}
 
 
 def client_history(message) -> list[dict] | None:
-    """The earlier turns a client sent with the message (the OpenAI face), newest first; None when
-    the conversation's stored messages are the history. Client system turns become system
-    messages *after* the agent's own system prompt."""
-    turns = (message.metadata or {}).get("client_history") if isinstance(message.metadata, dict) else None
+    """The earlier turns of an OpenAI face request (put in ``control`` by the face), newest first;
+    None when the conversation's stored messages are the history. A client's ``metadata`` never
+    gets here. Client system turns become system messages *after* the agent's own system prompt."""
+    control = getattr(message, "control", None)
+    turns = control.get("client_history") if isinstance(control, dict) else None
     if not isinstance(turns, list):
         return None
     cleaned = [
