@@ -11,10 +11,12 @@ import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core import signing
+from django.db.models import Exists, OuterRef
 
 from apps.conversations.errors import Forbidden, NotFound, Unauthenticated
-from apps.conversations.models import Conversation
+from apps.conversations.models import Conversation, Message
 from apps.identities.access import check_channel_access, refuse
 from apps.identities.models import ChannelIdentity
 from apps.identities.roles import Role, ensure_role_groups
@@ -117,3 +119,16 @@ def visitor_user(*, channel, visitor_id: str):
         channel=channel, external_id=_visitor_external_id(visitor_id), visitor=True
     )
     return identity.user
+
+
+def visitors_prune(*, joined_before) -> int:
+    """Delete visitor users joined before ``joined_before`` that own no conversation and sent no
+    message (with their channel identities); returns how many. Visitors are made at their first
+    message now, so this clears rows left from when every connection made one."""
+    silent = (get_user_model().objects.filter(is_visitor=True, date_joined__lt=joined_before, conversations=None)
+              .exclude(Exists(Message.objects.filter(sender=OuterRef("pk")))))
+    count = 0
+    for user in silent.iterator(chunk_size=500):
+        user.delete()
+        count += 1
+    return count
