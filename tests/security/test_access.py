@@ -273,6 +273,21 @@ def test_per_ip_rate_counts_the_openai_face(sec, attack):
                    " channel__slug='api').delete()\n")
 
 
+def test_face_refusals_keep_the_client_address(sec, attack):
+    """An API key limited to one agent asks the face for another: refused (403), and the audit row
+    of the refusal names the address it came from (the face used to pass none)."""
+    scoped = sec.stack.manage("create_api_key", DEMO_USERS[Role.EMPLOYEE], "--name", "scoped-face",
+                              "--agent", "assistant").strip()
+    since = last_audit_id(sec)
+    status, body, _ = http("POST", f"{sec.url}/v1/chat/completions",
+                           {"model": "internal-helper", "messages": [{"role": "user", "content": "let me in"}]},
+                           bearer(scoped))
+    rows = sql(sec, "SELECT host(client_ip) FROM logs_auditevent WHERE id > %s AND action = 'agent.refused'", since)
+    attack.tried(admitted=status == 200, audited=bool(rows))
+    assert status == 403 and body["error"]["code"] == "forbidden", body
+    assert rows == [("127.0.0.1",)], rows
+
+
 def test_admin_login_guessing_from_one_address_is_cut_off(sec, attack):
     """Wrong admin passwords from one address: past GATEWAY_ADMIN_LOGIN_FAILURES_PER_IP the login
     answers 429, the right password included, and the block is audited."""
