@@ -6,7 +6,8 @@ The pages served to people have no channel: the global rules apply to them here,
 session is even read. The admin login form also counts failed logins per client address: past
 GATEWAY_ADMIN_LOGIN_FAILURES_PER_IP within GATEWAY_AUTH_FAILURE_WINDOW_SECONDS, every login from
 that address (right password or wrong) is refused with 429 until the window ends. Failures and
-the block are audit events (``admin.login_failed``, ``admin.login_blocked``).
+the block are audit events (``admin.login_failed``, ``admin.login_blocked``). With the shared
+cache unreachable the guard counts nothing (fails open, like request rates): staff can still sign in.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from gateway_project.db import database_sync_to_async
 
 from .client_ip import client_ip_for_request
 from .iprules import check_ip_rules
+from .metrics import count_backend_error
 
 BROWSER_PREFIXES = ("/admin/", "/dashboard/", "/chat/")
 LOGIN_FAILURES_KEY = "gateway:adminlogin:"
@@ -39,13 +41,21 @@ def guard_browser_request(request):
     try:
         check_ip_rules(client_ip)
         if _is_login_post(request):
-            failures = cache.get(_login_failures_key(client_ip)) or 0
+            failures = _failures(client_ip)
             if failures >= settings.GATEWAY_ADMIN_LOGIN_FAILURES_PER_IP:
                 raise RateLimited("Too many failed sign-ins from this address; try again later.",
                                   retry_after=settings.GATEWAY_AUTH_FAILURE_WINDOW_SECONDS)
     except GatewayError as error:
         return error_response(error)
     return None
+
+
+def _failures(client_ip: str | None) -> int:
+    try:
+        return cache.get(_login_failures_key(client_ip)) or 0
+    except Exception as exc:  # the cache's connection errors (Redis down): staff can still sign in
+        count_backend_error("admin_login", "open", exc)
+        return 0
 
 
 def record_login_outcome(request, response) -> None:
@@ -57,12 +67,16 @@ def record_login_outcome(request, response) -> None:
     client_ip = client_ip_for_request(request)
     key = _login_failures_key(client_ip)
     window = settings.GATEWAY_AUTH_FAILURE_WINDOW_SECONDS
-    cache.add(key, 0, timeout=window)
     try:
-        failures = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, timeout=window)
-        failures = 1
+        cache.add(key, 0, timeout=window)
+        try:
+            failures = cache.incr(key)
+        except ValueError:  # expired between add and incr
+            cache.set(key, 1, timeout=window)
+            failures = 1
+    except Exception as exc:  # Redis down: the failure is still audited, not counted
+        count_backend_error("admin_login", "open", exc)
+        failures = 0
     username = str(request.POST.get("username", ""))[:150]
     audit(action="admin.login_failed", client_ip=client_ip, username=username, failures=failures)
     if failures == settings.GATEWAY_ADMIN_LOGIN_FAILURES_PER_IP:
