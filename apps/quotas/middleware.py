@@ -1,4 +1,4 @@
-"""IP rules and the login guard on the browser pages (admin, dashboards, the web chat page).
+"""IP rules and the login guard on the browser pages (admin, dashboards, the web chat page, the API docs).
 
 The programs' entry points check their own rules where they know their channel (the API views
 before authentication, the webhook view before reading the body, the web chat socket at connect).
@@ -23,7 +23,7 @@ from .client_ip import client_ip_for_request
 from .iprules import check_ip_rules
 from .metrics import count_backend_error
 
-BROWSER_PREFIXES = ("/admin/", "/dashboard/", "/chat/")
+BROWSER_PREFIXES = ("/admin/", "/dashboard/", "/chat/", "/api/v1/schema", "/api/v1/docs")
 LOGIN_FAILURES_KEY = "gateway:adminlogin:"
 
 
