@@ -64,6 +64,7 @@ INSTALLED_APPS = [
 # (gateway_project/middleware.py); the behaviour on browser pages is Django's.
 MIDDLEWARE = [
     "apps.logs.middleware.RequestContextMiddleware",  # first: the request id covers everything after
+    "apps.quotas.middleware.BrowserGuardMiddleware",  # IP rules and the login guard on the browser pages
     "gateway_project.middleware.SecurityMiddleware",
     "gateway_project.middleware.SessionMiddleware",
     "gateway_project.middleware.CommonMiddleware",
@@ -234,12 +235,15 @@ IDENTITY_LINK_VERIFIED_EMAIL = env.bool("IDENTITY_LINK_VERIFIED_EMAIL", default=
 
 # --- HTTP -----------------------------------------------------------------------------------
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("GATEWAY_MAX_BODY_BYTES", default=256 * 1024)
+# JSON from outside nesting deeper than this is refused (400) before it is parsed
+# (gateway_project/json_limits.py): Python's decoder recurses per level.
+GATEWAY_JSON_MAX_DEPTH = env.int("GATEWAY_JSON_MAX_DEPTH", default=64)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "apps.identities.authentication.ApiKeyAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["apps.conversations.parsers.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "apps.conversations.errors.drf_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -277,6 +281,8 @@ GATEWAY_AUTH_FAILURE_WINDOW_SECONDS = env.int("GATEWAY_AUTH_FAILURE_WINDOW_SECON
 # locked; and how long a key that worked from an address stays exempt there (apps.quotas.auth_failures).
 GATEWAY_AUTH_FAILURES_PER_KEY = env.int("GATEWAY_AUTH_FAILURES_PER_KEY", default=10)
 GATEWAY_AUTH_KNOWN_GOOD_SECONDS = env.int("GATEWAY_AUTH_KNOWN_GOOD_SECONDS", default=86400)
+# Admin password guessing: this many failed logins per client IP per the window above, then 429.
+GATEWAY_ADMIN_LOGIN_FAILURES_PER_IP = env.int("GATEWAY_ADMIN_LOGIN_FAILURES_PER_IP", default=10)
 # Traffic and spend control (apps/quotas, README "Traffic and spend control"). Rates: "20/m", "500/h",
 # "5/10s", "1000/d"; empty: no limit unless a policy sets one.
 GATEWAY_API_KEY_RATE = env.str("GATEWAY_API_KEY_RATE", default="")
@@ -320,6 +326,13 @@ WEBCHAT_ALLOWED_ORIGINS = env.list("WEBCHAT_ALLOWED_ORIGINS", default=[])
 WEBCHAT_VISITOR_TOKEN_MAX_AGE_SECONDS = env.int(
     "WEBCHAT_VISITOR_TOKEN_MAX_AGE_SECONDS", default=30 * 24 * 3600
 )
+# Anonymous web chat, per client address (rates as above; empty: no limit): new visitor tokens
+# minted by the chat page, and websocket connections opened. A frame longer than
+# WEBCHAT_MAX_FRAME_CHARS is refused before it is parsed (Daphne's own cap,
+# --websocket-max-message-size, bounds what it buffers: 1 MiB by default).
+WEBCHAT_VISITORS_PER_IP_RATE = env.str("WEBCHAT_VISITORS_PER_IP_RATE", default="30/m")
+WEBCHAT_CONNECTS_PER_IP_RATE = env.str("WEBCHAT_CONNECTS_PER_IP_RATE", default="120/m")
+WEBCHAT_MAX_FRAME_CHARS = env.int("WEBCHAT_MAX_FRAME_CHARS", default=64 * 1024)
 
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="http://127.0.0.1:8001/v1")

@@ -341,14 +341,14 @@ def build_prompt(message: Message) -> list[dict]:
     # Newest first. The OpenAI face brings the client's own history instead of the conversation's.
     earlier = orchestrator.client_history(message)
     if earlier is None:
-        earlier = [
-            {"role": "user" if direction == Direction.INBOUND else "assistant", "content": text}
-            for direction, text in Message.objects.filter(
-                conversation_id=message.conversation_id, created_at__lt=message.created_at)
+        # Only the turns the speaker may see (a platform thread is shared: orchestrator docs).
+        earlier = orchestrator.history_for_speaker(
+            Message.objects.filter(conversation_id=message.conversation_id, created_at__lt=message.created_at)
             .exclude(direction=Direction.INBOUND, status=Status.FAILED)
             .order_by("-created_at")
-            .values_list("direction", "text")[:window]
-        ]
+            .values_list("direction", "text", "agent_id")[:window],
+            message.sender,
+        )
     earlier = earlier[:window]
     earlier = earlier[: orchestrator.trim_history_to_tokens([t["content"] for t in earlier], agent.history_tokens)]
     prompt = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
