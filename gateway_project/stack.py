@@ -5,6 +5,7 @@ ends them all (SIGTERM, then SIGKILL). Nothing here is imported by the gateway i
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+_worker_numbers = itertools.count(1)  # Celery node names, unique in this process
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 
@@ -131,7 +133,10 @@ class Stack:
         process = self.spawn(
             "celery",
             [str(BIN / "celery"), "-A", "gateway_project", "worker", "-P", "threads", "-c", str(concurrency),
-             "-Q", queue, "-l", "INFO", "--without-mingle", "--without-gossip", "--without-heartbeat"],
+             "-Q", queue, "-l", "INFO", "--without-mingle", "--without-gossip", "--without-heartbeat",
+             # A node name of its own: on RabbitMQ a worker's remote-control queue is exclusive to
+             # its name, so a second worker named celery@<host> would not start.
+             "-n", f"worker{next(_worker_numbers)}-{os.getpid()}@%h"],
             env=env,
         )
         process.wait_for_log(r"ready\.", timeout=60)
