@@ -6,7 +6,8 @@
 For each broker (Redis, then RabbitMQ; Redis stays the channel layer and cache in both): fake_llm
 answering after BENCH_LLM_DELAY_MS (1000), one Daphne, one Celery worker (threads pool,
 BENCH_WORKER_CONCURRENCY, 250), and bench/load.py sending BENCH_REQUESTS (1000) messages with
-``wait`` at BENCH_CONCURRENCY (200) after a warm-up. Prints one JSON line per broker and a table.
+``wait`` at BENCH_CONCURRENCY (200) after a warm-up. BENCH_BROKERS: the order (redis,rabbitmq).
+Prints one JSON line per broker and a table.
 The database is dropped and created again; the Redis db is flushed: give it ones of its own.
 """
 from __future__ import annotations
@@ -74,7 +75,8 @@ def main() -> None:
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the children inherit it
-    rows = [run("redis", REDIS_URL), run("rabbitmq", RABBITMQ_URL)]
+    urls = {"redis": REDIS_URL, "rabbitmq": RABBITMQ_URL}
+    rows = [run(broker, urls[broker]) for broker in os.environ.get("BENCH_BROKERS", "redis,rabbitmq").split(",")]
     for row in rows:
         print(json.dumps(row))
     print(f"\nmodel latency {LLM_DELAY_MS} ms, concurrency {CONCURRENCY}, {REQUESTS} messages with wait, "
