@@ -194,6 +194,12 @@ CELERY_RESULT_BACKEND_THREAD_SAFE = True
 # the broker) or "thread" (embedded default: a thread pool in this process, off the event loop).
 GATEWAY_AGENT_DISPATCH = env.str("GATEWAY_AGENT_DISPATCH", default="celery" if SERVICES_MODE else "thread")
 CELERY_TASK_ACKS_LATE = True
+if CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
+    # RabbitMQ (docs/brokers.md). After a reconnect with runs in flight, Celery lowers the prefetch
+    # and raises it again as those runs are acknowledged: a basic.qos round trip made from the pool
+    # thread that acknowledged, while the main thread reads the same connection. With the threads
+    # pool that thread never sees the reply and the worker stops taking runs; keep the prefetch fixed.
+    CELERY_WORKER_ENABLE_PREFETCH_COUNT_REDUCTION = False
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -18,13 +18,16 @@ BROKER_ERRORS = (BrokerOperationalError, RedisConnectionError, RedisTimeoutError
 
 def enqueue_agent_run(message_id) -> None:
     """Queue ``run_agent(message_id)``. Call after the message is committed (on_commit)."""
+    from gateway_project.celery import publish_declare
+
     from .tasks import run_agent
 
     if settings.GATEWAY_AGENT_DISPATCH == "celery":
         try:
-            # declare=[]: the message goes straight to the queue (the default exchange), which the
-            # worker declares; Celery's per-publish queue declaration only copied the entity again.
-            run_agent.apply_async((str(message_id),), declare=[])
+            # The message goes straight to the queue (the default exchange). On Redis nothing is
+            # declared (the worker declares the queue; a list needs no declaring); on RabbitMQ the
+            # queue is declared once per connection, or the first runs would be dropped.
+            run_agent.apply_async((str(message_id),), declare=publish_declare())
         except BROKER_ERRORS:
             # The message is committed: the periodic requeue task (apps.agents.recovery) queues it
             # once the broker is back, so the sender's "accepted" still means "will be answered".

@@ -34,6 +34,7 @@ def stack(settings):
     """Processes on the test database and Redis, sharing this test's limit keys."""
     stack = Stack(base_env(
         DATABASE_URL=database_url(settings.DATABASES["default"]), REDIS_URL=settings.REDIS_URL,
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
         GATEWAY_LIMIT_KEY_PREFIX=settings.GATEWAY_LIMIT_KEY_PREFIX,
     ))
     yield stack

@@ -8,6 +8,7 @@ Each test records what it did in ``ledger``; the run ends with a summary table.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 
 from apps.connectors.fake_platforms import FakePlatforms
-from gateway_project.stack import PrivatePostgres, Stack, base_env, http
+from gateway_project.stack import PrivatePostgres, PrivateRabbitMQ, Stack, base_env, http
 from tests.connectors.connector_helpers import crm_headers, wecom_crypto
 
 SLACK_SECRET = "reliability-slack-signing-secret"
@@ -92,9 +93,33 @@ def pytest_terminal_summary(terminalreporter):
     )
 
 
+# The Celery broker of the `gw` stack: "redis" (its private Redis) or "rabbitmq" (a private RabbitMQ
+# node; Redis stays the channel layer and cache). .ci/run runs the suite once with each.
+BROKER = os.environ.get("GATEWAY_RELIABILITY_BROKER", "redis")
+
+
 @pytest.fixture(scope="session")
 def gw():
-    """fake_llm + private PostgreSQL + private Redis + Celery worker + beat + Daphne, seeded with the demo."""
+    yield from gateway_stack(BROKER)
+
+
+@pytest.fixture(scope="module")
+def gw_rabbitmq(request):
+    """A stack whose Celery broker is a private RabbitMQ node (``.rabbitmq``): `gw` itself when the
+    suite runs on RabbitMQ, else a stack of its own for the module."""
+    if BROKER == "rabbitmq":
+        yield request.getfixturevalue("gw")
+    else:
+        yield from gateway_stack("rabbitmq")
+
+
+def gateway_stack(broker: str = "redis"):
+    """fake_llm + private PostgreSQL + private Redis + Celery worker + beat + Daphne, seeded with the demo.
+
+    ``broker="rabbitmq"`` adds a private RabbitMQ node as the Celery broker."""
+    if broker not in ("redis", "rabbitmq"):
+        raise ValueError(f"unknown broker {broker!r} (GATEWAY_RELIABILITY_BROKER: redis or rabbitmq)")
+    rabbitmq = PrivateRabbitMQ() if broker == "rabbitmq" else None
     pg = PrivatePostgres()
     stack = Stack(base_env(**FAST_RECOVERY_ENV))
     platforms = FakePlatforms()
@@ -107,12 +132,16 @@ def gw():
         stack.env.update(DATABASE_URL=database, REDIS_URL=f"redis://127.0.0.1:{redis_process.port}/0",
                          OPENAI_BASE_URL=llm_url, SLACK_API_BASE_URL=platforms.slack_base_url,
                          WECOM_API_BASE_URL=platforms.wecom_base_url)
+        if rabbitmq is not None:
+            rabbitmq.start()
+            stack.env["CELERY_BROKER_URL"] = rabbitmq.url()
         stack.manage("migrate", "--noinput")
         demo = json.loads(stack.manage("seed_demo", "--json"))
         channels = CREATE_SLACK_CHANNEL + POINT_CRM_CALLBACKS_AT.format(url=platforms.crm_callback_url)
         stack.manage("shell", "-c", channels)
         gateway = SimpleNamespace(stack=stack, pg=pg, database=database, redis=redis_process, llm_url=llm_url,
-                                  demo=demo, workers=[stack.worker()], beat=stack.beat(), platforms=platforms)
+                                  demo=demo, workers=[stack.worker()], beat=stack.beat(), platforms=platforms,
+                                  rabbitmq=rabbitmq)
         gateway.url = stack.daphne()
         gateway.auth = {"Authorization": f"Bearer {demo['api_keys']['customer']}"}
         yield gateway
@@ -123,6 +152,8 @@ def gw():
         for process in stack.processes:  # throwaway stack: no graceful shutdown to wait for
             process.kill()
         pg.destroy()
+        if rabbitmq is not None:
+            rabbitmq.destroy()
         platforms.stop()
 
 
