@@ -18,3 +18,11 @@ def tune_gc(**_kwargs) -> None:
     from gateway_project.gc_tuning import tune_for_serving
 
     tune_for_serving()
+
+
+@worker_ready.connect
+def serve_metrics(sender, **_kwargs) -> None:
+    """This worker's prometheus-client counters on GATEWAY_WORKER_METRICS_PORT (0: off)."""
+    from apps.logs.metrics import serve_worker_metrics
+
+    serve_worker_metrics(sender.controller.pool_cls)
