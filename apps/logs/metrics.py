@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from wsgiref.simple_server import WSGIServer
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
@@ -146,7 +147,7 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 # --- a worker's own endpoint -------------------------------------------------------------------
 
 
-def serve_worker_metrics(pool_cls) -> object | None:
+def serve_worker_metrics(pool_cls) -> WSGIServer | None:
     """Serve this Celery worker's registry on GATEWAY_WORKER_METRICS_PORT (0: off); returns the
     server, or None when off or when it cannot be served.
 
