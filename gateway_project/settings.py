@@ -385,9 +385,8 @@ GATEWAY_ORDER_MAX_WAIT_SECONDS = env.float("GATEWAY_ORDER_MAX_WAIT_SECONDS", def
 GATEWAY_LOG_FLUSH_SECONDS = env.float("GATEWAY_LOG_FLUSH_SECONDS", default=5.0)
 GATEWAY_LOG_FLUSH_BATCH_ROWS = env.int("GATEWAY_LOG_FLUSH_BATCH_ROWS", default=1000)
 GATEWAY_LOG_REDIS_TIMEOUT_SECONDS = env.float("GATEWAY_LOG_REDIS_TIMEOUT_SECONDS", default=0.5)
-# How often each process writes its metrics, and appends its request-log rows, to Redis
-# (apps/logs/batching.py); rows held past the cap while Redis is unreachable are dropped.
-GATEWAY_METRICS_FLUSH_SECONDS = env.float("GATEWAY_METRICS_FLUSH_SECONDS", default=1.0)
+# How often each process appends its request-log rows to Redis (apps/logs/batching.py); rows
+# held past the cap while Redis is unreachable are dropped.
 GATEWAY_LOG_PUSH_SECONDS = env.float("GATEWAY_LOG_PUSH_SECONDS", default=0.25)
 GATEWAY_LOG_PUSH_MAX_ROWS = env.int("GATEWAY_LOG_PUSH_MAX_ROWS", default=100_000)
 # Daily rollups (dashboard charts) are rebuilt this often for the last GATEWAY_LOG_ROLLUP_DAYS days.
@@ -400,6 +399,10 @@ GATEWAY_LOG_PURGE_SECONDS = env.float("GATEWAY_LOG_PURGE_SECONDS", default=3600.
 # GET /metrics requires "Authorization: Bearer <token>" with this token. Without one it is closed
 # (403) unless DEBUG is on: set it, and give Prometheus the same value (see docs/security-admin.md).
 GATEWAY_METRICS_TOKEN = env.str("GATEWAY_METRICS_TOKEN", default="")
+# A Celery worker serves its own metrics (Prometheus text, no token) on this port; 0: not served.
+# Loopback by default: set the address to a private interface the scraper reaches.
+GATEWAY_WORKER_METRICS_PORT = env.int("GATEWAY_WORKER_METRICS_PORT", default=0)
+GATEWAY_WORKER_METRICS_ADDR = env.str("GATEWAY_WORKER_METRICS_ADDR", default="127.0.0.1")
 CELERY_BEAT_SCHEDULE["logs.flush_request_logs"] = {
     "task": "logs.flush_request_logs", "schedule": GATEWAY_LOG_FLUSH_SECONDS,
 }
