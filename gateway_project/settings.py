@@ -397,7 +397,7 @@ GATEWAY_LOG_RETENTION_DAYS = env.int("GATEWAY_LOG_RETENTION_DAYS", default=30)
 GATEWAY_AUDIT_RETENTION_DAYS = env.int("GATEWAY_AUDIT_RETENTION_DAYS", default=365)
 GATEWAY_LOG_PURGE_SECONDS = env.float("GATEWAY_LOG_PURGE_SECONDS", default=3600.0)
 # GET /metrics requires "Authorization: Bearer <token>" with this token. Without one it is closed
-# (403) unless DEBUG is on: set it, and give Prometheus the same value (see docs/security-admin.md).
+# (403) unless DEBUG is on: set it, and give Prometheus the same value (see docs/security.md).
 GATEWAY_METRICS_TOKEN = env.str("GATEWAY_METRICS_TOKEN", default="")
 # A Celery worker serves its own metrics (Prometheus text, no token) on this port; 0: not served.
 # Loopback by default: set the address to a private interface the scraper reaches.

@@ -1,4 +1,4 @@
-"""The web chat websocket: ``/ws/chat/<slug>/`` (frames in DESIGN.md)."""
+"""The web chat websocket: ``/ws/chat/<slug>/`` (frames in docs/channels/webchat.md)."""
 from __future__ import annotations
 
 import logging

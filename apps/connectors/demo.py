@@ -66,7 +66,7 @@ def _printed(channel: Channel, *config_keys: str) -> dict:
 
 def demo_webhook_channels(*, agent) -> dict[str, dict]:
     """Create or refresh the demo Slack, WeCom, WeCom robot and CRM channels; returns what
-    ``seed_demo --json`` prints for each (the DESIGN.md shape)."""
+    ``seed_demo --json`` prints for each (the shape in docs/channels/README.md)."""
     slack = {"signing_secret": demo_secret("slack-signing"), "bot_token": f"xoxb-demo-{demo_secret('slack-bot', 24)}"}
     slack_channel = _upsert("slack", "slack", "Slack", agent=agent,
                             config={"bot_user_id": DEMO_SLACK_BOT_USER_ID}, secrets=slack)

@@ -12,7 +12,7 @@ DEMO_AIBOT_ID = "aibdemo0123456789"
 
 def demo_preset_channels(*, agent) -> dict[str, dict]:
     """Create or refresh the demo HubSpot, Zendesk and WeCom AI bot channels; returns what
-    ``seed_demo --json`` prints for each (the DESIGN.md shape)."""
+    ``seed_demo --json`` prints for each (the shape in docs/channels/README.md)."""
     hubspot = {"client_secret": demo_secret("hubspot-client")}
     hubspot_channel = _upsert("hubspot", "hubspot", "HubSpot", agent=agent,
                               config={"callback_url": DEMO_CRM_CALLBACK_URL}, secrets=hubspot)

@@ -5,7 +5,7 @@ keys from SECRET_KEY, whose defaults were published. Upgraded installs run migra
 seed_demo, so this does it once:
 - ``staff`` still on "gateway-demo" gets this install's demo password (``seed_demo --json`` prints it);
 - demo API keys derived from a published SECRET_KEY placeholder are revoked.
-Demo channel secrets are left alone (a channel may be live): docs/security-deploy.md says to replace them.
+Demo channel secrets are left alone (a channel may be live): docs/security.md says to replace them.
 """
 import hashlib
 import hmac
