@@ -180,7 +180,9 @@ def test_wecom_repeats_of_one_callback_are_answered_once(gw, ledger, at_once):
     times — one after another, or all at once — is one inbound message, one model call and one
     message/send to the user."""
     user, msg_id = f"wecom-{uuid.uuid4().hex[:8]}", str(uuid.uuid4().int % 10**19)
-    callback = wecom_callback(wecom_text_xml(user=user, text="退款进度 [[delay:0.5]]", msg_id=msg_id),
+    wecom = gw.demo["channels"]["wecom"]
+    callback = wecom_callback(wecom_text_xml(user=user, text="退款进度 [[delay:0.5]]", msg_id=msg_id,
+                                             corp_id=wecom["corp_id"], agent_id=wecom["agent_id"]),
                               crypto=wecom_demo_crypto(gw))
     statuses = deliver_repeatedly(lambda: wecom_deliver(gw, callback), 4, at_once=at_once)
     ledger.sent += len(statuses)
