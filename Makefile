@@ -29,8 +29,9 @@ migrate: install
 run: migrate
 	@bash scripts/run.sh "$(HOST)" "$(PORT)" "$(FAKE_LLM_PORT)"
 
+# Lists the 15 slowest tests at the end, to see where the time goes.
 test: install browser-deps
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 # Faults on purpose (worker SIGKILL, Redis down, PostgreSQL restart, provider faults, fuzzing,
 # security). Needs DATABASE_URL + REDIS_URL like CI; the tests start their own private

@@ -1,4 +1,5 @@
 """Celery application: configured from Django settings under the CELERY_ namespace."""
+import functools
 import os
 
 from celery import Celery
@@ -18,3 +19,29 @@ def tune_gc(**_kwargs) -> None:
     from gateway_project.gc_tuning import tune_for_serving
 
     tune_for_serving()
+
+
+def publish_declare() -> list | None:
+    """The ``declare`` argument for publishing an agent run (apps.agents.dispatch).
+
+    AMQP (RabbitMQ): ``None``, Celery's default: the task's durable queue is declared before the
+    first publish on each broker connection (kombu remembers it per connection, and declares again
+    after a reconnect). RabbitMQ drops a message routed to a queue that does not exist yet, so
+    without it the first runs after a fresh start, published before any worker declared the queue,
+    were lost. Redis (and the in-memory transport): ``[]``, nothing: a list comes into being on the
+    first push, and skipping the declaration saves binding a copy of the queue on every publish.
+    """
+    return None if _broker_has_exchanges() else []
+
+
+@functools.cache
+def _broker_has_exchanges() -> bool:
+    return app.connection_for_write().transport.driver_type == "amqp"  # no connection is opened
+
+
+@worker_ready.connect
+def serve_metrics(sender, **_kwargs) -> None:
+    """This worker's prometheus-client counters on GATEWAY_WORKER_METRICS_PORT (0: off)."""
+    from apps.logs.metrics import serve_worker_metrics
+
+    serve_worker_metrics(sender.controller.pool_cls)

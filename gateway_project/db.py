@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import TypeVar
 from asgiref.sync import AsyncToSync, sync_to_async
 from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
 from django.db.models import Model
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -189,13 +189,16 @@ def through_outage(step: Callable[[], T], *, tries: int = 4, first_delay: float 
     """``step()``, tried again after 0.5, 1, 2 s when the database is out (giving the broken
     connection back first). For writes of work already paid for, such as a model's answer, which a
     retry from the start would pay for again. Inside a transaction the error goes straight through."""
-    for attempt in range(tries):
-        try:
-            return step()
-        except (OperationalError, InterfaceError) as exc:
-            if attempt == tries - 1 or connection.in_atomic_block or not is_database_outage(exc):
-                raise
-            logger.warning("database unavailable; trying the write again", extra={"error": str(exc)[:300]})
-            connection.close()
-            time.sleep(first_delay * 2 ** attempt)
-    raise AssertionError("unreachable")
+    def is_outage_outside_transaction(exc: BaseException) -> bool:
+        return (isinstance(exc, (OperationalError, InterfaceError)) and not connection.in_atomic_block
+                and is_database_outage(exc))
+
+    def give_connection_back(state: RetryCallState) -> None:
+        logger.warning("database unavailable; trying the write again",
+                       extra={"error": str(state.outcome.exception())[:300]})
+        connection.close()
+
+    retrying = Retrying(stop=stop_after_attempt(tries), wait=wait_exponential(multiplier=first_delay),
+                        retry=retry_if_exception(is_outage_outside_transaction),
+                        before_sleep=give_connection_back, reraise=True)
+    return retrying(step)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import environ
 
+from gateway_project import secret_key
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -16,9 +18,25 @@ if (BASE_DIR / ".env").exists():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
-SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-secret-key-change-me-in-production")
+# Unset: generated once per checkout in var/secret-key; a published placeholder or a short key is
+# refused outside DEBUG (ImproperlyConfigured at start-up; gateway_project/secret_key.py).
+SECRET_KEY = secret_key.resolve(env.str("SECRET_KEY", default=""), debug=DEBUG,
+                                generated_path=BASE_DIR / "var" / "secret-key")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# HTTPS hardening (`manage.py check --deploy`): off by default so that `make run` and the tests work
+# over plain HTTP; docker-compose.yml turns them on. SECURE_PROXY_SSL_HEADER trusts the
+# X-Forwarded-Proto of a TLS proxy in front (only behind a proxy that sets it).
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+# Probes and scrapers on the private network speak plain HTTP to the container.
+SECURE_REDIRECT_EXEMPT = [r"^(healthz|readyz|metrics)$"]
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=False)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=False)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 INSTALLED_APPS = [
     "daphne",
@@ -46,6 +64,7 @@ INSTALLED_APPS = [
 # (gateway_project/middleware.py); the behaviour on browser pages is Django's.
 MIDDLEWARE = [
     "apps.logs.middleware.RequestContextMiddleware",  # first: the request id covers everything after
+    "apps.quotas.middleware.BrowserGuardMiddleware",  # IP rules and the login guard on the browser pages
     "gateway_project.middleware.SecurityMiddleware",
     "gateway_project.middleware.SessionMiddleware",
     "gateway_project.middleware.CommonMiddleware",
@@ -54,6 +73,11 @@ MIDDLEWARE = [
     "gateway_project.middleware.MessageMiddleware",
     "gateway_project.middleware.XFrameOptionsMiddleware",
 ]
+
+# Django's security.W001-W003 look for its middleware by dotted name; ours are subclasses of
+# SecurityMiddleware, XFrameOptionsMiddleware and CsrfViewMiddleware with Django's behaviour on
+# browser pages (tests/security/test_deploy_defaults.py pins that they stay so).
+SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
 
 ROOT_URLCONF = "gateway_project.urls"
 ASGI_APPLICATION = "gateway_project.asgi.application"
@@ -136,7 +160,7 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     # One process holds everything in the embedded default, so a process-local cache is shared
     # by every request it serves; django-ratelimit's checks assume several processes.
-    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+    SILENCED_SYSTEM_CHECKS += ["django_ratelimit.E003", "django_ratelimit.W001"]
 
 # Where processes tell each other that the configuration changed (gateway_project/config_cache.py):
 # Redis with services; on the embedded default a file beside the database, so that a command run
@@ -170,6 +194,12 @@ CELERY_RESULT_BACKEND_THREAD_SAFE = True
 # the broker) or "thread" (embedded default: a thread pool in this process, off the event loop).
 GATEWAY_AGENT_DISPATCH = env.str("GATEWAY_AGENT_DISPATCH", default="celery" if SERVICES_MODE else "thread")
 CELERY_TASK_ACKS_LATE = True
+if CELERY_BROKER_URL.startswith(("amqp://", "amqps://", "pyamqp://")):
+    # RabbitMQ (docs/brokers.md). After a reconnect with runs in flight, Celery lowers the prefetch
+    # and raises it again as those runs are acknowledged: a basic.qos round trip made from the pool
+    # thread that acknowledged, while the main thread reads the same connection. With the threads
+    # pool that thread never sees the reply and the worker stops taking runs; keep the prefetch fixed.
+    CELERY_WORKER_ENABLE_PREFETCH_COUNT_REDUCTION = False
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -184,6 +214,8 @@ GATEWAY_REQUEUE_INTERVAL_SECONDS = env.float("GATEWAY_REQUEUE_INTERVAL_SECONDS",
 GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS = env.int("GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS", default=60)
 GATEWAY_REQUEUE_MAX_AGE_SECONDS = env.int("GATEWAY_REQUEUE_MAX_AGE_SECONDS", default=24 * 3600)
 GATEWAY_REQUEUE_BATCH_SIZE = env.int("GATEWAY_REQUEUE_BATCH_SIZE", default=500)
+# The embedded default runs the same recovery in the server process (at startup, then every interval).
+GATEWAY_EMBEDDED_RECOVERY = env.bool("GATEWAY_EMBEDDED_RECOVERY", default=True)
 # Apps add their own entries below (search "CELERY_BEAT_SCHEDULE[").
 CELERY_BEAT_SCHEDULE: dict = {
     "requeue-stuck-messages": {
@@ -209,12 +241,15 @@ IDENTITY_LINK_VERIFIED_EMAIL = env.bool("IDENTITY_LINK_VERIFIED_EMAIL", default=
 
 # --- HTTP -----------------------------------------------------------------------------------
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("GATEWAY_MAX_BODY_BYTES", default=256 * 1024)
+# JSON from outside nesting deeper than this is refused (400) before it is parsed
+# (gateway_project/json_limits.py): Python's decoder recurses per level.
+GATEWAY_JSON_MAX_DEPTH = env.int("GATEWAY_JSON_MAX_DEPTH", default=64)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "apps.identities.authentication.ApiKeyAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["apps.conversations.parsers.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "apps.conversations.errors.drf_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -252,6 +287,8 @@ GATEWAY_AUTH_FAILURE_WINDOW_SECONDS = env.int("GATEWAY_AUTH_FAILURE_WINDOW_SECON
 # locked; and how long a key that worked from an address stays exempt there (apps.quotas.auth_failures).
 GATEWAY_AUTH_FAILURES_PER_KEY = env.int("GATEWAY_AUTH_FAILURES_PER_KEY", default=10)
 GATEWAY_AUTH_KNOWN_GOOD_SECONDS = env.int("GATEWAY_AUTH_KNOWN_GOOD_SECONDS", default=86400)
+# Admin password guessing: this many failed logins per client IP per the window above, then 429.
+GATEWAY_ADMIN_LOGIN_FAILURES_PER_IP = env.int("GATEWAY_ADMIN_LOGIN_FAILURES_PER_IP", default=10)
 # Traffic and spend control (apps/quotas, README "Traffic and spend control"). Rates: "20/m", "500/h",
 # "5/10s", "1000/d"; empty: no limit unless a policy sets one.
 GATEWAY_API_KEY_RATE = env.str("GATEWAY_API_KEY_RATE", default="")
@@ -303,6 +340,13 @@ WEBCHAT_ALLOWED_ORIGINS = env.list("WEBCHAT_ALLOWED_ORIGINS", default=[])
 WEBCHAT_VISITOR_TOKEN_MAX_AGE_SECONDS = env.int(
     "WEBCHAT_VISITOR_TOKEN_MAX_AGE_SECONDS", default=30 * 24 * 3600
 )
+# Anonymous web chat, per client address (rates as above; empty: no limit): new visitor tokens
+# minted by the chat page, and websocket connections opened. A frame longer than
+# WEBCHAT_MAX_FRAME_CHARS is refused before it is parsed (Daphne's own cap,
+# --websocket-max-message-size, bounds what it buffers: 1 MiB by default).
+WEBCHAT_VISITORS_PER_IP_RATE = env.str("WEBCHAT_VISITORS_PER_IP_RATE", default="30/m")
+WEBCHAT_CONNECTS_PER_IP_RATE = env.str("WEBCHAT_CONNECTS_PER_IP_RATE", default="120/m")
+WEBCHAT_MAX_FRAME_CHARS = env.int("WEBCHAT_MAX_FRAME_CHARS", default=64 * 1024)
 
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="http://127.0.0.1:8001/v1")
@@ -349,9 +393,8 @@ GATEWAY_ORDER_MAX_WAIT_SECONDS = env.float("GATEWAY_ORDER_MAX_WAIT_SECONDS", def
 GATEWAY_LOG_FLUSH_SECONDS = env.float("GATEWAY_LOG_FLUSH_SECONDS", default=5.0)
 GATEWAY_LOG_FLUSH_BATCH_ROWS = env.int("GATEWAY_LOG_FLUSH_BATCH_ROWS", default=1000)
 GATEWAY_LOG_REDIS_TIMEOUT_SECONDS = env.float("GATEWAY_LOG_REDIS_TIMEOUT_SECONDS", default=0.5)
-# How often each process writes its metrics, and appends its request-log rows, to Redis
-# (apps/logs/batching.py); rows held past the cap while Redis is unreachable are dropped.
-GATEWAY_METRICS_FLUSH_SECONDS = env.float("GATEWAY_METRICS_FLUSH_SECONDS", default=1.0)
+# How often each process appends its request-log rows to Redis (apps/logs/batching.py); rows
+# held past the cap while Redis is unreachable are dropped.
 GATEWAY_LOG_PUSH_SECONDS = env.float("GATEWAY_LOG_PUSH_SECONDS", default=0.25)
 GATEWAY_LOG_PUSH_MAX_ROWS = env.int("GATEWAY_LOG_PUSH_MAX_ROWS", default=100_000)
 # Daily rollups (dashboard charts) are rebuilt this often for the last GATEWAY_LOG_ROLLUP_DAYS days.
@@ -362,8 +405,12 @@ GATEWAY_LOG_RETENTION_DAYS = env.int("GATEWAY_LOG_RETENTION_DAYS", default=30)
 GATEWAY_AUDIT_RETENTION_DAYS = env.int("GATEWAY_AUDIT_RETENTION_DAYS", default=365)
 GATEWAY_LOG_PURGE_SECONDS = env.float("GATEWAY_LOG_PURGE_SECONDS", default=3600.0)
 # GET /metrics requires "Authorization: Bearer <token>" with this token. Without one it is closed
-# (403) unless DEBUG is on: set it, and give Prometheus the same value (see docs/security-admin.md).
+# (403) unless DEBUG is on: set it, and give Prometheus the same value (see docs/security.md).
 GATEWAY_METRICS_TOKEN = env.str("GATEWAY_METRICS_TOKEN", default="")
+# A Celery worker serves its own metrics (Prometheus text, no token) on this port; 0: not served.
+# Loopback by default: set the address to a private interface the scraper reaches.
+GATEWAY_WORKER_METRICS_PORT = env.int("GATEWAY_WORKER_METRICS_PORT", default=0)
+GATEWAY_WORKER_METRICS_ADDR = env.str("GATEWAY_WORKER_METRICS_ADDR", default="127.0.0.1")
 CELERY_BEAT_SCHEDULE["logs.flush_request_logs"] = {
     "task": "logs.flush_request_logs", "schedule": GATEWAY_LOG_FLUSH_SECONDS,
 }

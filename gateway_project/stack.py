@@ -5,6 +5,7 @@ ends them all (SIGTERM, then SIGKILL). Nothing here is imported by the gateway i
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+_worker_numbers = itertools.count(1)  # Celery node names, unique in this process
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 
@@ -135,7 +137,10 @@ class Stack:
         process = self.spawn(
             "celery",
             [str(BIN / "celery"), "-A", "gateway_project", "worker", "-P", pool, "-c", str(concurrency),
-             "-Q", queue, "-l", "INFO", "--without-mingle", "--without-gossip", "--without-heartbeat"],
+             "-Q", queue, "-l", "INFO", "--without-mingle", "--without-gossip", "--without-heartbeat",
+             # A node name of its own: on RabbitMQ a worker's remote-control queue is exclusive to
+             # its name, so a second worker named celery@<host> would not start.
+             "-n", f"worker{next(_worker_numbers)}-{os.getpid()}@%h"],
             env=env,
         )
         process.wait_for_log(r"ready\.", timeout=60)
@@ -270,4 +275,132 @@ def _postgres_bin() -> Path:
     found = shutil.which("pg_ctl")
     if found is None:
         raise RuntimeError("PostgreSQL server binaries (pg_ctl, initdb) are not installed")
+    return Path(found).resolve().parent
+
+
+class PrivateRabbitMQ:
+    """A throwaway RabbitMQ node in a temp dir, on its own ports: safe to stop, kill and restart.
+
+    Fault tests restart *this* node, never a shared one. It reads none of the system's RabbitMQ
+    configuration (its own empty rabbitmq-env.conf and rabbitmq.conf, no plugins) and keeps its node
+    name, data, logs and Erlang cookie (``HOME``) in its own directory, so it can neither clash with nor
+    talk to a system node. Its data survives ``stop()`` / ``kill()`` and ``start()`` again, as a real
+    restart's would. The shared epmd (or one this node starts) only maps node names to ports.
+    """
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.dist_port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="gateway-rabbitmq-"))
+        self.node = f"gateway{self.port}@localhost"
+        self.log_path = self.dir / "rabbitmq.log"
+        self.bin = _rabbitmq_bin()
+        (self.dir / "home").mkdir()
+        (self.dir / "rabbitmq-env.conf").write_text("")
+        (self.dir / "rabbitmq.conf").write_text("")
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        self.popen: subprocess.Popen | None = None
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        env.update({
+            "HOME": str(self.dir / "home"),  # the Erlang cookie is created here
+            "RABBITMQ_CONF_ENV_FILE": str(self.dir / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq.conf"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_LOGS": "-",  # to stdout, i.e. self.log_path
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        })
+        return env
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def start(self, timeout: float = 90.0) -> None:
+        """Start the node (again, on the same data); returns once it accepts AMQP connections."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            # A session of its own: the script runs the Erlang VM as a child, which kill() must reach.
+            self.popen = subprocess.Popen([str(self.bin / "rabbitmq-server")], env=self._env(), stdout=log,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir,
+                                          start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "Server startup complete" in self.log()[offset:]:
+                return
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"RabbitMQ node {self.node} did not start (exit {self.popen.poll()}):\n{self.log()[-4000:]}")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """A clean shutdown (SIGTERM; the script waits for the VM): queues and persistent messages
+        are on disk."""
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.terminate()
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL to the script and the VM: a crash; what the node had not yet written to disk is gone."""
+        if self.popen is None:
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.popen.wait(10)
+        deadline = time.monotonic() + 10  # the VM is the script's child: gone once its port is free
+        while time.monotonic() < deadline and _port_open(self.port):
+            time.sleep(0.1)
+
+    def ctl(self, *args: str) -> str:
+        """Run ``rabbitmqctl`` against this node; returns its stdout."""
+        done = subprocess.run([str(self.bin / "rabbitmqctl"), "-q", *args], env=self._env(), capture_output=True,
+                              text=True, timeout=60, cwd=self.dir)
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
+    def add_vhost(self, name: str) -> str:
+        """Create an empty vhost the guest user may use; returns its broker URL."""
+        self.ctl("add_vhost", name)
+        self.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        return self.url(name)
+
+    def url(self, vhost: str = "/") -> str:
+        from urllib.parse import quote
+
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/{quote(vhost, safe='')}"
+
+    def destroy(self) -> None:
+        try:
+            self.kill()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _rabbitmq_bin() -> Path:
+    """The directory of the real rabbitmq-server script (Debian's /usr/sbin one is a wrapper that
+    switches to the rabbitmq user and writes to the system's log files)."""
+    for candidate in (Path("/usr/lib/rabbitmq/bin"), Path("/usr/local/lib/rabbitmq/bin")):
+        if (candidate / "rabbitmq-server").exists():
+            return candidate
+    found = shutil.which("rabbitmq-server")
+    if found is None:
+        raise RuntimeError("RabbitMQ (rabbitmq-server) is not installed")
     return Path(found).resolve().parent

@@ -12,7 +12,12 @@ if [ -z "${OPENAI_API_KEY:-}" ]; then
   "$bin/python" manage.py fake_llm --port "$fake_port" &
   pids+=($!)
 fi
-"$bin/python" manage.py seed_demo
+# The demo (users, API keys, channels) unless SEED_DEMO=0; its secrets are this install's own.
+staff_password="(yours)"
+if [ "${SEED_DEMO:-1}" = "1" ]; then
+  staff_password=$("$bin/python" manage.py seed_demo --json \
+    | "$bin/python" -c 'import json, sys; print(json.load(sys.stdin)["staff"]["password"] or "(changed: yours)")')
+fi
 if [ -n "${REDIS_URL:-}" ]; then
   "$bin/celery" -A gateway_project worker -P threads -c "${CELERY_CONCURRENCY:-32}" -Q gateway -l WARNING &
   pids+=($!)
@@ -28,7 +33,7 @@ cat <<TXT
 
   Agent Gateway is running (embedded default${REDIS_URL:+, with Redis and a Celery worker}).
     Web chat:   http://$host:$port/chat/web/
-    Admin:      http://$host:$port/admin/   (user: staff, password: gateway-demo)
+    Admin:      http://$host:$port/admin/   (user: staff, password: $staff_password)
     API docs:   http://$host:$port/api/v1/docs
     Demo keys:  ${OPENAI_BASE_URL:+OPENAI_BASE_URL=$OPENAI_BASE_URL }.venv/bin/python manage.py seed_demo --json
   Ctrl-C to stop.

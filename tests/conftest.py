@@ -29,6 +29,9 @@ _skipped_services: list[str] = []
 # channels and agents just before sending, and the database is emptied between tests without the
 # ORM's signals. Production keeps the default interval (gateway_project/config_cache.py).
 os.environ.setdefault("GATEWAY_CONFIG_CHECK_SECONDS", "0")
+# Tests that drive the ASGI app in this process must not get the embedded default's recovery thread
+# querying their database behind them (the server processes the e2e tests start keep it).
+settings.GATEWAY_EMBEDDED_RECOVERY = False
 
 
 def pytest_collection_modifyitems(config, items):

@@ -3,12 +3,27 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from apps.conversations import pipeline
 from apps.conversations.normalized import NormalizedMessage
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05) -> T:
+    """Call ``predicate()`` until it returns something truthy or ``timeout`` seconds have passed;
+    returns its last value, so ``assert wait_until(...)`` fails with the deadline. For events that
+    happen in another thread or process (a frame, a row, a log line, a recorded request)."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()) and time.monotonic() < deadline:
+        time.sleep(interval)
+    return value
 
 
 def send(channel, user, text, **fields):

@@ -18,13 +18,16 @@ BROKER_ERRORS = (BrokerOperationalError, RedisConnectionError, RedisTimeoutError
 
 def enqueue_agent_run(message_id) -> None:
     """Queue ``run_agent(message_id)``. Call after the message is committed (on_commit)."""
+    from gateway_project.celery import publish_declare
+
     from .tasks import run_agent
 
     if settings.GATEWAY_AGENT_DISPATCH == "celery":
         try:
-            # declare=[]: the message goes straight to the queue (the default exchange), which the
-            # worker declares; Celery's per-publish queue declaration only copied the entity again.
-            run_agent.apply_async((str(message_id),), declare=[])
+            # The message goes straight to the queue (the default exchange). On Redis nothing is
+            # declared (the worker declares the queue; a list needs no declaring); on RabbitMQ the
+            # queue is declared once per connection, or the first runs would be dropped.
+            run_agent.apply_async((str(message_id),), declare=publish_declare())
         except BROKER_ERRORS:
             # The message is committed: the periodic requeue task (apps.agents.recovery) queues it
             # once the broker is back, so the sender's "accepted" still means "will be answered".
@@ -32,12 +35,40 @@ def enqueue_agent_run(message_id) -> None:
         return
     # Embedded default: no broker. Run on a thread pool so the caller (often the event loop's
     # helper thread) returns at once, as it would with a real queue.
+    _embedded().submit(_run_embedded, str(message_id))
+
+
+def enqueue_delivery(reply_id) -> None:
+    """Queue ``deliver_reply(reply_id)`` (recovery of a reply stored and not delivered)."""
+    from .tasks import deliver_reply
+
+    if settings.GATEWAY_AGENT_DISPATCH == "celery":
+        try:
+            deliver_reply.apply_async((str(reply_id),), declare=[])
+        except BROKER_ERRORS:
+            logger.warning("broker unavailable; reply left for recovery", extra={"reply_id": str(reply_id)})
+        return
+    _embedded().submit(_deliver_embedded, str(reply_id))
+
+
+def _embedded() -> ThreadPoolExecutor:
     global _embedded_pool
     if _embedded_pool is None:
         _embedded_pool = ThreadPoolExecutor(
             max_workers=settings.GATEWAY_EMBEDDED_WORKERS, thread_name_prefix="agent"
         )
-    _embedded_pool.submit(_run_embedded, str(message_id))
+    return _embedded_pool
+
+
+def _deliver_embedded(reply_id: str) -> None:
+    from .runtime import deliver_pending
+
+    try:
+        deliver_pending(reply_id)
+    except Exception:
+        logger.exception("embedded delivery failed", extra={"reply_id": reply_id})
+    finally:
+        close_old_connections()
 
 
 def _run_embedded(message_id: str) -> None:

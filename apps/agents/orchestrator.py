@@ -16,8 +16,11 @@ from collections.abc import Callable
 
 from django.conf import settings
 
+from apps.conversations.models import Direction
+from apps.identities.permissions import user_can_use_agent
+
 from . import llm, runtime
-from .models import Tool, agent_fallback_models, agent_tools
+from .models import Tool, agent_by_id, agent_fallback_models, agent_tools
 from .tools.runner import run_tool_call
 
 logger = logging.getLogger(__name__)
@@ -125,10 +128,11 @@ CLIENT_HISTORY_ROLES = {"system", "developer", "user", "assistant"}
 
 
 def client_history(message) -> list[dict] | None:
-    """The earlier turns a client sent with the message (the OpenAI face), newest first; None when
-    the conversation's stored messages are the history. Client system turns become system
-    messages *after* the agent's own system prompt."""
-    turns = (message.metadata or {}).get("client_history") if isinstance(message.metadata, dict) else None
+    """The earlier turns of an OpenAI face request (put in ``control`` by the face), newest first;
+    None when the conversation's stored messages are the history. A client's ``metadata`` never
+    gets here. Client system turns become system messages *after* the agent's own system prompt."""
+    control = getattr(message, "control", None)
+    turns = control.get("client_history") if isinstance(control, dict) else None
     if not isinstance(turns, list):
         return None
     cleaned = [
@@ -137,6 +141,27 @@ def client_history(message) -> list[dict] | None:
         if isinstance(t, dict) and t.get("role") in CLIENT_HISTORY_ROLES and isinstance(t.get("content"), str)
     ]
     return list(reversed(cleaned))
+
+
+def history_for_speaker(rows, sender) -> list[dict]:
+    """Earlier turns (direction, text, agent id; newest first) the speaker may be shown.
+
+    A platform thread is one conversation for everyone in it (a Slack channel thread, a WeCom
+    group), so its history holds other people's turns. A turn that went to, or came from, an agent
+    the speaker may not use is left out: an employee's exchange with an internal agent (and what
+    its tools returned) never reaches the prompt of a customer's reply in the same thread."""
+    allowed: dict = {}
+
+    def visible(agent_id) -> bool:
+        if agent_id is None or sender is None:
+            return True
+        if agent_id not in allowed:
+            agent = agent_by_id(agent_id)
+            allowed[agent_id] = agent is None or user_can_use_agent(sender, agent)
+        return allowed[agent_id]
+
+    return [{"role": "user" if direction == Direction.INBOUND else "assistant", "content": text}
+            for direction, text, agent_id in rows if visible(agent_id)]
 
 
 def trim_history_to_tokens(texts_newest_first: list[str], budget: int) -> int:

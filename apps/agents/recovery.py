@@ -1,14 +1,21 @@
-"""Re-enqueue inbound messages that no worker is answering (lost broker messages, dead workers).
+"""Recovery: re-enqueue what no worker is answering or delivering (lost broker messages, dead workers).
 
 A message can be stranded when the broker loses its queue (Redis restarted without persistence),
 when enqueueing failed after the message was committed (Redis down), or when a worker died holding
-the claim. ``requeue_stuck_messages`` finds them and queues ``run_agent`` again; the runtime's claim
-(one conditional UPDATE) and the one-reply-per-message constraint keep a message answered once even
-if the original task is still on its way.
+the claim. A stored reply can be stranded when its worker died before delivering it, or when the
+gateway's own means of delivery (Redis under the channel layer) failed. ``requeue_stuck_messages``
+finds both and queues ``run_agent`` / ``deliver_reply`` again; the runtime's claims (one conditional
+UPDATE each, with a lease renewed while its holder lives) and the one-reply-per-message constraint
+keep a message answered once and its reply sent once, even if the original task is still on its way.
+
+A message waiting its turn behind an earlier one of its conversation stays ``accepted`` but carries
+a lease while its task chain waits (``runtime.claim``): it is not stranded, and is left alone.
 """
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -32,7 +39,9 @@ def stuck_messages(*, now=None) -> QuerySet[Message]:
         Message.objects.filter(direction=Direction.INBOUND)
         .filter(created_at__gte=now - timedelta(seconds=settings.GATEWAY_REQUEUE_MAX_AGE_SECONDS))
         .filter(
+            # Accepted and nobody waiting on it: a waiting message's task chain keeps a lease on it.
             Q(status=Status.ACCEPTED, created_at__lt=accepted_before)
+            & (Q(lease_until__isnull=True) | Q(lease_until__lt=now))
             | Q(status=Status.PROCESSING, lease_until__lt=now)
         )
         .exclude(in_open_handoff())  # held for a human on purpose, not stranded
@@ -46,9 +55,26 @@ def in_open_handoff() -> Exists:
     return Exists(Handoff.objects.filter(conversation_id=OuterRef("conversation_id"), ended_at__isnull=True))
 
 
+def stuck_replies(*, now=None) -> QuerySet[Message]:
+    """Agent replies stored and not delivered whose delivery lease ran out (their deliverer died,
+    or delivery was deferred), or that never had one and are older than the accepted bound."""
+    now = now or timezone.now()
+    return (
+        Message.objects.filter(direction=Direction.OUTBOUND, status=Status.PENDING, reply_to__isnull=False)
+        .filter(created_at__gte=now - timedelta(seconds=settings.GATEWAY_REQUEUE_MAX_AGE_SECONDS))
+        .filter(
+            Q(lease_until__lt=now)
+            | Q(lease_until__isnull=True,
+                created_at__lt=now - timedelta(seconds=settings.GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS))
+        )
+        .order_by("created_at")
+    )
+
+
 def requeue_stuck_messages(*, limit: int | None = None) -> int:
-    """Queue an agent run for each stuck message (oldest first, at most ``limit``); returns how many."""
-    from .dispatch import enqueue_agent_run
+    """Queue an agent run for each stuck message and a delivery for each stuck reply (oldest first,
+    at most ``limit`` of each); returns how many were queued."""
+    from .dispatch import enqueue_agent_run, enqueue_delivery
 
     limit = limit or settings.GATEWAY_REQUEUE_BATCH_SIZE
     ids = list(stuck_messages().values_list("pk", flat=True)[:limit])
@@ -56,4 +82,76 @@ def requeue_stuck_messages(*, limit: int | None = None) -> int:
         enqueue_agent_run(message_id)
     if ids:
         logger.warning("re-enqueued stuck messages", extra={"count": len(ids)})
-    return len(ids)
+    replies = list(stuck_replies().values_list("pk", flat=True)[:limit])
+    for reply_id in replies:
+        enqueue_delivery(reply_id)
+    if replies:
+        logger.warning("re-enqueued undelivered replies", extra={"count": len(replies)})
+    return len(ids) + len(replies)
+
+
+_embedded_started = False
+_embedded_lock = threading.Lock()
+
+
+def start_embedded_recovery() -> None:
+    """The embedded default (no Celery beat): run the same recovery in the server process, once at
+    startup and then every GATEWAY_REQUEUE_INTERVAL_SECONDS, on a daemon thread (once per process)."""
+    global _embedded_started
+    if _embedded_started or settings.GATEWAY_AGENT_DISPATCH == "celery" or not settings.GATEWAY_EMBEDDED_RECOVERY:
+        return
+    with _embedded_lock:
+        if _embedded_started:
+            return
+        _embedded_started = True
+        threading.Thread(target=_recover_forever, name="recovery", daemon=True).start()
+
+
+_PROCESS_STARTED = timezone.now()
+
+
+def release_leases_of_the_previous_process() -> int:
+    """Embedded default, at startup: this server process is the only one answering (one SQLite
+    file, one process), so a lease taken before it started is a previous process's, which died with
+    its runs. Let those run out now rather than a whole lease later. (A lease this process took
+    runs at least a lease past its start.)"""
+    now = timezone.now()
+    before_us = _PROCESS_STARTED + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS)
+    return Message.objects.filter(
+        status__in=[Status.PROCESSING, Status.PENDING], lease_until__gte=now, lease_until__lt=before_us,
+    ).update(lease_until=now - timedelta(seconds=1))
+
+
+def _recover_forever() -> None:
+    from django.db import close_old_connections
+
+    try:
+        released = release_leases_of_the_previous_process()
+        if released:
+            logger.warning("released the leases of the previous server process", extra={"count": released})
+    except Exception:
+        logger.exception("could not release the previous process's leases")
+    while True:
+        try:
+            requeue_stuck_messages()
+            settle_unsettled_usage()
+        except Exception:
+            logger.exception("recovery failed")
+        finally:
+            close_old_connections()
+        time.sleep(settings.GATEWAY_REQUEUE_INTERVAL_SECONDS)
+
+
+def settle_unsettled_usage() -> int:
+    """Usage that a failed budget settle kept off the live counters reaches them (from the
+    database's record of the calls) once the counters' store answers again."""
+    from apps.quotas.budgets import settle_unsettled
+
+    try:
+        settled = settle_unsettled()
+    except Exception as exc:  # the store is still away: the next pass tries again
+        logger.warning("budget counters still unreachable; unsettled usage kept", extra={"error": str(exc)[:200]})
+        return 0
+    if settled:
+        logger.warning("settled usage that missed the budget counters", extra={"count": settled})
+    return settled

@@ -3,6 +3,12 @@
 ``agent_run`` is what the Celery task calls. It is idempotent under redelivery: the message is
 claimed with one conditional UPDATE (only an accepted message, or one whose previous worker's lease
 ran out, can be claimed), and a database constraint allows one agent reply per inbound message.
+The claim's lease is renewed while the run is alive (``leases.kept``), so only a dead run's
+message is taken over.
+
+Delivery is claimed the same way: the run that stores a reply holds its delivery lease from the
+insert on; anyone else (recovery, after that lease ran out) claims it with a conditional UPDATE
+(``deliver_pending``). A reply is sent by one holder at a time and marked sent once.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ from gateway_project.db import (
     write_together,
 )
 
-from . import llm, orchestrator
+from . import leases, llm, orchestrator
 from .models import agent_by_id
 
 logger = logging.getLogger(__name__)
@@ -73,17 +79,18 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
             return None
         # The id of the request that brought the message in, so its logs join up with the reply's.
         request_token = request_id_var.set(message.request_id or None)
-        try:
-            reply = _answer(message)  # a delivered reply's run hands over when it records the delivery
-        except Exception as exc:
-            if is_database_outage(exc):
-                raise
-            # A bug or an outage must not leave the sender waiting in silence.
-            logger.exception("agent run crashed")
-            fail_message(message, llm.LLMError("internal_error", "The agent run crashed."))
-            reply = None
-        if reply is None and message.status != Status.ACCEPTED:  # not put back for a human (handoff)
-            hand_over(message)
+        with leases.kept(message.pk):  # however long the run takes, nobody else claims it meanwhile
+            try:
+                reply = _answer(message)  # a delivered reply's run hands over when it records the delivery
+            except Exception as exc:
+                if is_database_outage(exc):
+                    raise
+                # A bug or an outage must not leave the sender waiting in silence.
+                logger.exception("agent run crashed")
+                fail_message(message, llm.LLMError("internal_error", "The agent run crashed."))
+                reply = None
+            if reply is None and message.status != Status.ACCEPTED:  # not put back for a human (handoff)
+                hand_over(message)
         return reply
     except Exception as exc:
         # The database went away (PostgreSQL restarting, a pool timeout, a cancelled statement): the
@@ -107,7 +114,8 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
 
     Messages of one conversation are answered in arrival order: the claim fails with
     WaitingForEarlier while an earlier inbound message is accepted or leased, or an earlier
-    message's reply is still being delivered.
+    message's reply is being delivered by a live deliverer (a delivery that died or was deferred
+    holds nothing up: its lease is out).
 
     One statement claims and reads the message (UPDATE … RETURNING, with whether a human has the
     conversation); its channel, agent and sender come from the per-process configuration cache.
@@ -147,7 +155,9 @@ RETURNING *, EXISTS (
 # An inbound message that is waiting, or whose lease ran out.
 CLAIMABLE_SQL = "id = %s AND direction = %s AND (status = %s OR (status = %s AND lease_until < %s))"
 # No earlier inbound message of the conversation accepted or leased, and no earlier message's reply
-# still being delivered.
+# being delivered by a live deliverer right now (its delivery lease is renewed while it retries), so
+# replies reach the platform in order. A reply whose deliverer died, or whose delivery was deferred,
+# has no live lease and holds nothing up: recovery delivers it on its own.
 IN_ORDER_SQL = f"""
 NOT EXISTS (
     SELECT 1 FROM {_MESSAGES} e WHERE e.conversation_id = {_MESSAGES}.conversation_id AND e.direction = %s
@@ -155,7 +165,7 @@ NOT EXISTS (
 AND NOT EXISTS (
     SELECT 1 FROM {_MESSAGES} r JOIN {_MESSAGES} q ON q.id = r.reply_to_id
     WHERE r.conversation_id = {_MESSAGES}.conversation_id AND r.direction = %s AND r.status = %s
-    AND q.created_at < {_MESSAGES}.created_at)
+    AND r.lease_until >= %s AND q.created_at < {_MESSAGES}.created_at)
 """
 
 
@@ -168,16 +178,23 @@ def _claimable(message_id, now, *, ignore_order: bool = False, in_order: bool = 
     sql, params = CLAIMABLE_SQL, [pk, Direction.INBOUND, Status.ACCEPTED, Status.PROCESSING, db_now]
     if not ignore_order:
         sql += f" AND {'' if in_order else 'NOT '}({IN_ORDER_SQL})"
-        params += [Direction.INBOUND, Status.ACCEPTED, Status.PROCESSING, db_now, Direction.OUTBOUND, Status.PENDING]
+        params += [Direction.INBOUND, Status.ACCEPTED, Status.PROCESSING, db_now,
+                   Direction.OUTBOUND, Status.PENDING, db_now]
     return sql, params
 
 
 def _waits_for_earlier(message_id, now) -> bool:
-    """Whether the unclaimed message is claimable but for an earlier one of its conversation."""
+    """Whether the unclaimed message is claimable but for an earlier one of its conversation.
+
+    If so, the message gets a wait lease (until its task's next re-check, at the longest, plus a
+    claim's lease): recovery leaves a waiting message to the one task chain already waiting on it.
+    """
     condition, params = _claimable(message_id, now, in_order=False)
+    wait = settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS + settings.GATEWAY_AGENT_LEASE_SECONDS
+    until = stored(Message, "lease_until", now + timedelta(seconds=wait))
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT 1 FROM {_MESSAGES} WHERE {condition}", params)
-        return cursor.fetchone() is not None
+        cursor.execute(f"UPDATE {_MESSAGES} SET lease_until = %s WHERE {condition}", [until, *params])
+        return cursor.rowcount > 0
 
 
 def _take_back_streamed_text(message: Message) -> None:
@@ -230,7 +247,7 @@ def hand_over(message: Message, *, sent: Message | None = None) -> None:
     else:
         sent.updated_at = timezone.now()
         recorded = Update(Message, sent.pk, {"status": sent.status, "attempts": sent.attempts,
-                                             "updated_at": sent.updated_at})
+                                             "lease_until": None, "updated_at": sent.updated_at})
         row = through_outage(lambda: update_then_fetch(recorded, NEXT_WAITING_SQL, params))  # it was sent
     if row is not None:
         waiting = Message._meta.pk.to_python(row[0])
@@ -295,7 +312,9 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
         raise
     usage = budgets.settle_model_call(reservation, result, write_usage=False)
     # The day's usage and the call's log row, in one statement.
-    call = through_outage(lambda: record_llm_call(message, model=model, result=result, attempt=attempt, usage=usage))
+    unsettled = budgets.unsettled_usage(reservation)  # the ledger's store failed: recovery re-seeds from the rollup
+    call = through_outage(lambda: record_llm_call(message, model=model, result=result, attempt=attempt, usage=usage,
+                                                  unsettled=unsettled))
     logger.info(
         "model answered",
         extra={"model": result.model, "total_tokens": result.total_tokens,
@@ -322,14 +341,14 @@ def build_prompt(message: Message) -> list[dict]:
     # Newest first. The OpenAI face brings the client's own history instead of the conversation's.
     earlier = orchestrator.client_history(message)
     if earlier is None:
-        earlier = [
-            {"role": "user" if direction == Direction.INBOUND else "assistant", "content": text}
-            for direction, text in Message.objects.filter(
-                conversation_id=message.conversation_id, created_at__lt=message.created_at)
+        # Only the turns the speaker may see (a platform thread is shared: orchestrator docs).
+        earlier = orchestrator.history_for_speaker(
+            Message.objects.filter(conversation_id=message.conversation_id, created_at__lt=message.created_at)
             .exclude(direction=Direction.INBOUND, status=Status.FAILED)
             .order_by("-created_at")
-            .values_list("direction", "text")[:window]
-        ]
+            .values_list("direction", "text", "agent_id")[:window],
+            message.sender,
+        )
     earlier = earlier[:window]
     earlier = earlier[: orchestrator.trim_history_to_tokens([t["content"] for t in earlier], agent.history_tokens)]
     prompt = [{"role": "system", "content": agent.system_prompt}] if agent.system_prompt else []
@@ -357,6 +376,8 @@ def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
         total_tokens=result.total_tokens,
         latency_ms=latency_ms,
     )
+    # Stored with this run's delivery lease: nobody else delivers it while this run is alive.
+    reply.lease_until = now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS)
     answered = {"status": Status.ANSWERED, "lease_until": None, "error_code": "", "error_message": ""}
     try:
         write_together(Update(Message, message.pk, answered), reply)
@@ -381,26 +402,74 @@ def _stored_by_this_run(message: Message) -> Message | None:
 
 
 def deliver(reply: Message, *, inbound: Message, then_hand_over: bool = False) -> None:
-    """Hand the reply to the channel's connector (retrying transient errors) and record the outcome.
-    ``then_hand_over``: then hand_over(inbound), in the same statement as the outcome if it was sent."""
+    """Hand the reply to the channel's connector (retrying transient errors) and record the outcome
+    on the reply (never on ``inbound``, which is answered whatever happens to its delivery).
+
+    The caller holds the reply's delivery lease (``save_reply`` stored it so, or ``deliver_pending``
+    claimed it); it is renewed while the send goes on. Outcomes: sent; failed (the platform refused,
+    or kept failing through every retry); or still pending with the lease given back, when the
+    gateway's own means failed, for recovery to deliver later. ``then_hand_over``: then
+    hand_over(inbound), in the same statement as the outcome if it was sent.
+    """
     from apps.connectors.base import ChannelMisconfigured, ConnectorError, send_with_retries
 
     connector = inbound.channel.connector
-    try:
-        reply.attempts = send_with_retries(lambda: connector.send(reply, inbound=inbound))
-    except (ConnectorError, ChannelMisconfigured) as exc:
-        reply.attempts = getattr(exc, "attempts", 1)
-        logger.error("reply delivery failed", extra={"error": str(exc), "attempts": reply.attempts})
-        reply.status, reply.error_code, reply.error_message = Status.FAILED, "delivery_failed", str(exc)[:2000]
-        reply.save(update_fields=["status", "error_code", "error_message", "attempts", "updated_at"])
+
+    def send() -> None:
+        try:
+            connector.send(reply, inbound=inbound)
+        except (ConnectorError, ChannelMisconfigured):
+            raise
+        except Exception as exc:
+            # Not the platform's answer but the gateway's own means failing (e.g. redis.ConnectionError
+            # from the channel layer): retried like any transient error, then left for recovery.
+            error = ConnectorError(f"delivery means unavailable: {type(exc).__name__}: {exc}")
+            error.deferred = True
+            raise error from exc
+
+    with leases.kept(reply.pk):
+        try:
+            reply.attempts += send_with_retries(send)
+        except (ConnectorError, ChannelMisconfigured) as exc:
+            reply.attempts += getattr(exc, "attempts", 1)
+            reply.error_message = str(exc)[:2000]
+            if getattr(exc, "deferred", False):
+                logger.warning("reply delivery deferred", extra={"error": str(exc), "attempts": reply.attempts})
+                reply.error_code, reply.lease_until = "delivery_deferred", timezone.now()  # recovery's now
+            else:
+                logger.error("reply delivery failed", extra={"error": str(exc), "attempts": reply.attempts})
+                reply.status, reply.error_code, reply.lease_until = Status.FAILED, "delivery_failed", None
+            through_outage(lambda: reply.save(update_fields=[
+                "status", "error_code", "error_message", "attempts", "lease_until", "updated_at"]))
+            if then_hand_over:
+                _hand_over_after_delivery(inbound)
+            return
+        reply.status, reply.lease_until = Status.SENT, None
         if then_hand_over:
-            _hand_over_after_delivery(inbound)
-        return
-    reply.status = Status.SENT
-    if then_hand_over:
-        _hand_over_after_delivery(inbound, sent=reply)
-    else:
-        through_outage(lambda: reply.save(update_fields=["status", "attempts", "updated_at"]))  # it was sent
+            _hand_over_after_delivery(inbound, sent=reply)
+        else:
+            through_outage(lambda: reply.save(update_fields=["status", "attempts", "lease_until", "updated_at"]))
+
+
+def deliver_pending(reply_id) -> bool:
+    """Deliver a stored reply whose delivery lease ran out (its deliverer died, or the gateway's
+    means failed): claim it with one conditional UPDATE, so one deliverer at a time; False if it
+    is sent, failed, or another deliverer holds it."""
+    now = timezone.now()
+    claimed = Message.objects.filter(
+        Q(lease_until__isnull=True) | Q(lease_until__lt=now),
+        pk=reply_id, direction=Direction.OUTBOUND, status=Status.PENDING, reply_to__isnull=False,
+    ).update(lease_until=now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS))
+    if not claimed:
+        return False
+    from apps.connectors.models import channel_by_id
+
+    reply = Message.objects.select_related("reply_to").get(pk=reply_id)
+    inbound = reply.reply_to
+    inbound.channel = channel_by_id(inbound.channel_id) or inbound.channel
+    logger.warning("delivering a reply left pending", extra={"message_id": str(inbound.pk)})
+    deliver(reply, inbound=inbound, then_hand_over=True)
+    return True
 
 
 def _hand_over_after_delivery(inbound: Message, *, sent: Message | None = None) -> None:
@@ -427,8 +496,10 @@ def fail_message(message: Message, exc: llm.LLMError) -> None:
 
 
 def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = None,
-                    error: llm.LLMError | None = None, attempt: int = 1, usage: Statement | None = None) -> LLMCall:
-    """The LLMCall row of one attempt; ``usage`` (the day's usage upsert) is written with it, atomically."""
+                    error: llm.LLMError | None = None, attempt: int = 1, usage: Statement | None = None,
+                    unsettled=None) -> LLMCall:
+    """The LLMCall row of one attempt; ``usage`` (the day's usage upsert) is written with it, atomically,
+    and so is ``unsettled`` (an UnsettledUsage row: the call's settle did not reach the ledger)."""
     agent = message.agent
     fields = dict(
         message=message, conversation_id=message.conversation_id, user_id=message.sender_id,
@@ -446,7 +517,12 @@ def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = N
     else:
         fields.update(status=LLMCall.Status.ERROR, error=str(error)[:2000])
     call = LLMCall(**fields)
-    if usage is not None:
+    if unsettled is not None and usage is not None:  # rare: the ledger's store failed at settle
+        with transaction.atomic():
+            write_together(usage, call)
+            unsettled.llm_call = call
+            unsettled.save(force_insert=True)
+    elif usage is not None:
         write_together(usage, call)
     else:
         call.save(force_insert=True)

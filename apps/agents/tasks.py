@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass, replace
 from celery import shared_task
 from django.conf import settings
 
-from .recovery import requeue_stuck_messages
-from .runtime import DatabaseUnavailable, WaitingForEarlier, agent_run, give_up_after_outage
+from .recovery import requeue_stuck_messages, settle_unsettled_usage
+from .runtime import DatabaseUnavailable, WaitingForEarlier, agent_run, deliver_pending, give_up_after_outage
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,16 @@ def run_agent(self, message_id: str, **tries) -> None:
         raise self.retry(countdown=delay, args=(message_id,), kwargs=asdict(following))
 
 
+@shared_task(name="agents.deliver_reply", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def deliver_reply(reply_id: str) -> None:
+    """Deliver a stored reply left pending (no-op if it is sent or another worker delivers it)."""
+    deliver_pending(reply_id)
+
+
 @shared_task(name="agents.requeue_stuck_messages", ignore_result=True)
 def requeue_stuck() -> int:
-    """Periodic (CELERY_BEAT_SCHEDULE): queue runs for messages stranded in accepted/processing."""
-    return requeue_stuck_messages()
+    """Periodic (CELERY_BEAT_SCHEDULE): queue runs for messages stranded in accepted/processing and
+    deliveries for replies stranded in pending; settle usage a failed budget settle left out."""
+    queued = requeue_stuck_messages()
+    settle_unsettled_usage()
+    return queued

@@ -10,7 +10,7 @@ class ApiConnector(Connector):
     kind = "api"
 
     def wants_stream(self, inbound) -> bool:
-        return bool(inbound.metadata.get("stream"))
+        return bool((inbound.control or {}).get("stream"))  # the face's decision, never the client's metadata
 
     def send_delta(self, inbound, piece: str) -> None:
         publish(reply_group(inbound.id), {"type": "agent.delta", "delta": piece})

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.http import HttpResponse
+from tenacity import RetryCallState, Retrying, stop_after_attempt
 
 from apps.conversations.errors import GatewayError, Unauthenticated
 from apps.conversations.realtime import publish, reply_group
@@ -199,23 +200,40 @@ def send_with_retries(send, *, what: str = "reply") -> int:
     (CONNECTOR_SEND_BACKOFF_SECONDS × 2^n), waiting at least the platform's Retry-After.
     Raises the last ConnectorError when it is permanent, when CONNECTOR_SEND_ATTEMPTS are used
     up, or when the platform asks to wait longer than CONNECTOR_SEND_MAX_WAIT_SECONDS.
+    Any other exception goes straight through.
     """
-    attempts = settings.CONNECTOR_SEND_ATTEMPTS
-    for attempt in range(1, attempts + 1):
-        try:
-            send()
-            return attempt
-        except ConnectorError as exc:
-            wait = max(exc.retry_after or 0.0, settings.CONNECTOR_SEND_BACKOFF_SECONDS * 2 ** (attempt - 1))
-            if exc.permanent or attempt == attempts or wait > settings.CONNECTOR_SEND_MAX_WAIT_SECONDS:
-                exc.attempts = attempt
-                raise
-            logger.warning(
-                "send failed, retrying",
-                extra={"what": what, "attempt": attempt, "wait_seconds": wait, "error": str(exc)},
-            )
-            time.sleep(wait)
-    raise AssertionError("unreachable")
+    backoff = settings.CONNECTOR_SEND_BACKOFF_SECONDS
+    max_wait = settings.CONNECTOR_SEND_MAX_WAIT_SECONDS
+
+    def wait(state: RetryCallState) -> float:  # the platform's Retry-After, or more
+        error = state.outcome.exception()
+        return max(error.retry_after or 0.0, backoff * 2 ** (state.attempt_number - 1))
+
+    def worth_retrying(state: RetryCallState) -> bool:
+        error = state.outcome.exception()
+        return isinstance(error, ConnectorError) and not error.permanent and wait(state) <= max_wait
+
+    def log_retry(state: RetryCallState) -> None:
+        logger.warning("send failed, retrying", extra={
+            "what": what, "attempt": state.attempt_number, "wait_seconds": state.next_action.sleep,
+            "error": str(state.outcome.exception()),
+        })
+
+    retrying = Retrying(stop=stop_after_attempt(settings.CONNECTOR_SEND_ATTEMPTS), wait=wait,
+                        retry=worth_retrying, before_sleep=log_retry, reraise=True)
+    attempts = 0
+
+    def attempt() -> None:
+        nonlocal attempts
+        attempts += 1
+        send()
+
+    try:
+        retrying(attempt)
+    except ConnectorError as exc:
+        exc.attempts = attempts
+        raise
+    return attempts
 
 
 def reply_event(reply) -> dict:

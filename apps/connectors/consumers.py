@@ -1,4 +1,4 @@
-"""The web chat websocket: ``/ws/chat/<slug>/`` (frames in DESIGN.md)."""
+"""The web chat websocket: ``/ws/chat/<slug>/`` (frames in docs/channels/webchat.md)."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +8,14 @@ from urllib.parse import parse_qs, urlparse
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from apps.conversations.errors import BadRequest, Forbidden, GatewayError, NotFound, outage_error
+from apps.conversations.errors import (
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    PayloadTooLarge,
+    outage_error,
+)
 from apps.conversations.normalized import NormalizedMessage
 from apps.conversations.pipeline import accept
 from apps.conversations.realtime import conversation_group
@@ -19,10 +26,12 @@ from apps.logs.request_log import request_log_record
 from apps.logs.structured import request_id_var
 from apps.quotas.client_ip import client_ip_for_scope
 from apps.quotas.iprules import check_ip_rules
+from apps.quotas.limits import check_address_rate
 from gateway_project.db import database_sync_to_async
+from gateway_project.json_limits import TooDeep, loads_bounded
 
 from .models import Channel, channel_by_slug
-from .visitors import resolve_chat_user
+from .visitors import resolve_chat_user, visitor_user
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +40,13 @@ CLIENT_ID_MAX_CHARS = 100
 
 CLOSE_POLICY_VIOLATION = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_RATE_LIMITED = 4429
+
+
+def admit_connection(client_ip: str | None, channel: Channel) -> None:
+    """IP rules, then the per-address connection rate; raises GatewayError."""
+    check_ip_rules(client_ip, channel=channel)
+    check_address_rate("webchat_connect", client_ip, settings.WEBCHAT_CONNECTS_PER_IP_RATE, channel=channel)
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -38,12 +54,18 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     Who: a logged-in session is that user; otherwise the ``visitor`` query parameter carries a
     signed visitor token (issued by the chat page) and makes a customer, if the channel allows
-    visitors. The conversation is the ``conversation`` query parameter (the sender's own), or a
-    new one made with the first message.
+    visitors; a new visitor's user is made with its first message. The conversation is the
+    ``conversation`` query parameter (the sender's own), or a new one made with the first message.
+
+    Each client address may open WEBCHAT_CONNECTS_PER_IP_RATE sockets; a frame longer than
+    WEBCHAT_MAX_FRAME_CHARS, or nesting deeper than GATEWAY_JSON_MAX_DEPTH, is answered with an
+    error frame before it is parsed, and the socket stays open.
     """
 
     channel_row: Channel
     client_ip: str | None = None
+    user = None
+    visitor_id: str | None = None
     group: str | None = None
     conversation_id: str | None = None
 
@@ -58,13 +80,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         self.client_ip = client_ip_for_scope(self.scope)
         try:
-            await database_sync_to_async(check_ip_rules)(self.client_ip, channel=self.channel_row)
+            await database_sync_to_async(admit_connection)(self.client_ip, self.channel_row)
         except GatewayError as error:
-            await self._refuse(error, CLOSE_POLICY_VIOLATION)
+            await self._refuse(error, CLOSE_RATE_LIMITED if error.status == 429 else CLOSE_POLICY_VIOLATION)
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         try:
-            self.user, self.conversation_id = await database_sync_to_async(resolve_chat_user)(
+            sender = await database_sync_to_async(resolve_chat_user)(
                 channel=self.channel_row,
                 session_user=self.scope.get("user"),
                 visitor_token=(query.get("visitor") or [""])[0],
@@ -74,6 +96,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         except GatewayError as error:
             await self._refuse(error, CLOSE_POLICY_VIOLATION)
             return
+        self.user, self.visitor_id, self.conversation_id = sender.user, sender.visitor_id, sender.conversation_id
         await self.accept()
         if self.conversation_id:
             await self._join(self.conversation_id)
@@ -108,8 +131,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if text_data is None:
             await self.send_json(BadRequest("Send JSON text frames.").error_frame())
             return
+        if len(text_data) > settings.WEBCHAT_MAX_FRAME_CHARS:  # judged by size alone, never parsed
+            await self.send_json(PayloadTooLarge(
+                f"A frame is limited to {settings.WEBCHAT_MAX_FRAME_CHARS} characters.").error_frame())
+            return
         try:
-            content = await self.decode_json(text_data)
+            content = loads_bounded(text_data)
+        except TooDeep as exc:
+            await self.send_json(BadRequest(str(exc)).error_frame())
+            return
         except ValueError:
             await self.send_json(BadRequest("The frame is not valid JSON.").error_frame())
             return
@@ -143,6 +173,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _accept_message(self, content, client_id) -> tuple[int, str, str | None]:
         try:
             text, client_id = parse_message_frame(content)
+            if self.user is None:
+                # A visitor's first message: now it becomes a customer user.
+                self.user = await database_sync_to_async(visitor_user)(
+                    channel=self.channel_row, visitor_id=self.visitor_id)
             if self.conversation_id is None:
                 # Open the conversation and listen to it before the agent can answer.
                 conversation = await database_sync_to_async(conversation_open)(

@@ -4,7 +4,10 @@ In: ``X-Gateway-Timestamp`` (epoch seconds) and ``X-Gateway-Signature: sha256=<h
 HMAC-SHA256 of ``{timestamp}.{raw body}`` with the channel's shared secret. A per-channel
 ``field_map`` says which dotted JSON paths hold ``user_id``, ``message``, ``external_id`` and
 (optionally) ``timestamp`` and ``thread_id``.
-Out: the reply is POSTed as JSON to ``callback_url``, signed the same way.
+Out: the reply is POSTed as JSON to ``callback_url`` with the same two headers, but the signed string
+is ``gateway-callback:{timestamp}.{raw body}``: a callback the gateway sent can never pass as an
+inbound webhook, so one captured on its way to the CRM and replayed at the gateway is refused (401,
+audited with reason ``callback_replayed``).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.http import JsonResponse
 
-from apps.conversations.errors import BadRequest
+from apps.conversations.errors import BadRequest, Unauthenticated
 from apps.conversations.normalized import NormalizedMessage
 
 from .base import (
@@ -24,6 +27,7 @@ from .base import (
     WebhookRequest,
     WebhookResult,
     check_timestamp,
+    constant_time_equals,
     hmac_sha256_hex,
     require_signature,
 )
@@ -51,8 +55,17 @@ class CrmConfig:
             raise ValueError(f"field_map: needs {', '.join(missing)}.")
 
 
+CALLBACK_SIGNING_PREFIX = b"gateway-callback:"
+
+
 def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature of an inbound webhook (CRM → gateway)."""
     return "sha256=" + hmac_sha256_hex(secret, timestamp.encode() + b"." + body)
+
+
+def sign_callback(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature of a reply callback (gateway → CRM): a distinct signed string from ``sign``."""
+    return "sha256=" + hmac_sha256_hex(secret, CALLBACK_SIGNING_PREFIX + timestamp.encode() + b"." + body)
 
 
 def json_path(data: Any, path: str) -> Any:
@@ -77,7 +90,10 @@ class CrmConnector(Connector):
     def verify(self, request: WebhookRequest) -> None:
         timestamp = request.header(TIMESTAMP_HEADER)
         check_timestamp(timestamp)
-        require_signature(sign(self.conf.secret, timestamp, request.body), request.header(SIGNATURE_HEADER))
+        given = request.header(SIGNATURE_HEADER)
+        if given and constant_time_equals(sign_callback(self.conf.secret, timestamp, request.body), given):
+            raise Unauthenticated("A reply callback is not an inbound message.", reason="callback_replayed")
+        require_signature(sign(self.conf.secret, timestamp, request.body), given)
 
     def parse(self, request: WebhookRequest) -> WebhookResult:
         try:
@@ -115,5 +131,5 @@ class CrmConnector(Connector):
         timestamp = str(int(time.time()))
         request_json("POST", self.conf.callback_url, body=body, headers={
             "Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(self.conf.secret, timestamp, body),
+            SIGNATURE_HEADER: sign_callback(self.conf.secret, timestamp, body),
         })

@@ -11,7 +11,10 @@ Pure aiohttp module: importable without Django settings.
   (errcode 42001 for an expired or unknown token); ``GET getcallbackip?access_token`` (the
   published callback ranges, ``WECOM_CALLBACK_IPS``); ``POST webhook/send?key`` (group robot, at most
   20 messages a minute per key, then errcode 45009).
-- ``POST /crm/callback``: records CRM reply callbacks with their headers.
+- ``POST /crm/callback``: records CRM reply callbacks with their headers. With
+  ``script(crm_secret=S)`` it verifies them as a CRM would (HMAC-SHA256 of
+  ``gateway-callback:{X-Gateway-Timestamp}.{body}``, the callback scheme, never the inbound one) and
+  answers 401 to anything else (counted in ``crm_rejected``).
 - Feishu / Lark under ``/feishu``: ``POST open-apis/auth/v3/tenant_access_token/internal``
   (``{"app_id", "app_secret"}`` → ``{"code": 0, "tenant_access_token": "t-...", "expire": 7200}``) and
   ``POST open-apis/im/v1/messages/{message_id}/reply`` (``Authorization: Bearer t-...``; HTTP 400
@@ -28,12 +31,18 @@ Pure aiohttp module: importable without Django settings.
   hands them out (``FakePlatforms.aibot_response_url()`` makes one): records the plain-JSON
   ``markdown`` / ``template_card`` message posted to it; like WeCom's, a URL is used once (a second
   POST answers a non-zero errcode).
+- ``script(slack_hold=True)`` holds every chat.postMessage before Slack takes it, until
+  ``script(slack_hold=False)``; a held request whose sender went away meanwhile is dropped, never
+  posted (``slack_held``: held now, ``slack_dropped``: dropped). Fault tests kill a worker mid-delivery.
 - ``GET /_fake/state``: everything received; ``POST /_fake/reset``; ``POST /_fake/script``.
 
 Use ``FakePlatforms().start_in_thread()`` in tests, or ``manage.py fake_platforms --port N``.
 """
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import itertools
 import json
 import secrets
@@ -59,10 +68,15 @@ class State:
     robot_messages: list[dict] = field(default_factory=list)
     crm_callbacks: list[dict] = field(default_factory=list)
     aibot_responses: list[dict] = field(default_factory=list)
+    crm_rejected: int = 0
+    crm_secret: str = ""  # set: callbacks are verified (scripted)
     # scripted behaviour
     slack_429: int = 0
     slack_error: str = ""
     retry_after: int = 1
+    slack_hold: bool = False
+    slack_held: int = 0
+    slack_dropped: int = 0
     tokens: dict[str, float] = field(default_factory=dict)  # access_token -> expiry (epoch)
     robot_sent: dict[str, list[float]] = field(default_factory=dict)
     counter: Any = field(default_factory=lambda: itertools.count(1))
@@ -80,6 +94,8 @@ class State:
             "feishu": self.feishu.snapshot(),
             "dingtalk": self.dingtalk.snapshot(),
             "aibot_responses": list(self.aibot_responses),
+            "crm_rejected": self.crm_rejected,
+            "slack_held": self.slack_held, "slack_dropped": self.slack_dropped,
         }
 
 
@@ -230,6 +246,8 @@ async def slack_post_message(request: web.Request) -> web.Response:
         state.slack_rejected += 1
         return web.json_response({"ok": False, "error": "ratelimited"}, status=429,
                                  headers={"Retry-After": str(state.retry_after)})
+    if state.slack_hold and not await _held_until_released(request, state):
+        return web.json_response({"ok": False, "error": "request_timeout"}, status=503)
     if state.slack_error:
         state.slack_rejected += 1
         return web.json_response({"ok": False, "error": state.slack_error})
@@ -242,6 +260,21 @@ async def slack_post_message(request: web.Request) -> web.Response:
     state.slack_messages.append(message)
     return web.json_response({"ok": True, "channel": data["channel"], "ts": ts,
                               "message": {"type": "message", "text": data.get("text"), "ts": ts}})
+
+
+async def _held_until_released(request: web.Request, state: State) -> bool:
+    """Hold the request (the platform is slow to take it) until released; False if its sender
+    went away meanwhile: the platform never took it."""
+    state.slack_held += 1
+    try:
+        while state.slack_hold:
+            if request.transport is None or request.transport.is_closing():
+                state.slack_dropped += 1
+                return False
+            await asyncio.sleep(0.02)
+        return True
+    finally:
+        state.slack_held -= 1
 
 
 async def wecom_gettoken(request: web.Request) -> web.Response:
@@ -295,7 +328,14 @@ async def robot_send(request: web.Request) -> web.Response:
 
 async def crm_callback(request: web.Request) -> web.Response:
     body = await request.read()
-    request.app[STATE_KEY].crm_callbacks.append({"headers": dict(request.headers), "body": body.decode()})
+    state = request.app[STATE_KEY]
+    if state.crm_secret:
+        signed = b"gateway-callback:" + request.headers.get("X-Gateway-Timestamp", "").encode() + b"." + body
+        expected = "sha256=" + hmac.new(state.crm_secret.encode(), signed, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, request.headers.get("X-Gateway-Signature", "")):
+            state.crm_rejected += 1
+            return web.json_response({"ok": False, "error": "bad signature"}, status=401)
+    state.crm_callbacks.append({"headers": dict(request.headers), "body": body.decode()})
     return web.json_response({"ok": True})
 
 
@@ -330,7 +370,8 @@ async def fake_script(request: web.Request) -> web.Response:
 def script(state: State, *, slack_429: int | None = None, retry_after: int | None = None,
            slack_error: str | None = None, expire_wecom_tokens: bool = False,
            expire_feishu_tokens: bool = False, feishu_429: int | None = None,
-           expire_dingtalk_tokens: bool = False, expire_dingtalk_sessions: bool = False) -> None:
+           expire_dingtalk_tokens: bool = False, expire_dingtalk_sessions: bool = False,
+           crm_secret: str | None = None, slack_hold: bool | None = None) -> None:
     if feishu_429 is not None:
         state.feishu.rate_limited = feishu_429
     if expire_dingtalk_tokens:
@@ -345,8 +386,12 @@ def script(state: State, *, slack_429: int | None = None, retry_after: int | Non
         state.retry_after = retry_after
     if slack_error is not None:
         state.slack_error = slack_error
+    if slack_hold is not None:
+        state.slack_hold = slack_hold
     if expire_wecom_tokens:
         state.tokens = {token: 0.0 for token in state.tokens}
+    if crm_secret is not None:
+        state.crm_secret = crm_secret
 
 
 def create_app() -> web.Application:

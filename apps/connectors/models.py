@@ -101,3 +101,18 @@ def channel_by_id(pk) -> Channel | None:
 
 def _with_default_agent():
     return Channel.objects.select_related("default_agent")
+
+
+class DemoSeed(models.Model):
+    """The random seed of this install's demo secrets (``seed_demo``), Fernet-encrypted.
+
+    One row, created by the first ``seed_demo``. Demo API keys, the demo staff password and demo
+    channel secrets are derived from it, so re-seeding prints the same working values while no one
+    can compute them from anything public (SECRET_KEY included).
+    """
+
+    seed_ciphertext = models.TextField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"demo seed of {self.created_at:%Y-%m-%d}"

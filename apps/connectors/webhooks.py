@@ -12,6 +12,7 @@ from django.conf import settings
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.conversations.errors import (
+    BadRequest,
     GatewayError,
     NotFound,
     PayloadTooLarge,
@@ -22,6 +23,7 @@ from apps.conversations.errors import (
 from apps.quotas.client_ip import client_ip_for_request
 from apps.quotas.iprules import check_ip_rules
 from gateway_project.db import database_sync_to_async
+from gateway_project.json_limits import TooDeep, check_depth
 
 from .base import WebhookRequest
 from .models import channel_by_slug
@@ -55,7 +57,11 @@ def _channel_webhook(request, slug: str):
         if connector is None or not connector.webhook:
             raise NotFound("No such webhook channel.")
         check_ip_rules(client_ip_for_request(request), channel=channel)  # before the body is read
-        return connector.handle_webhook(read_webhook_request(request, connector))
+        try:
+            return connector.handle_webhook(read_webhook_request(request, connector))
+        except RecursionError:
+            # JSON nested inside another encoding (a form field) that the depth check cannot see.
+            raise BadRequest("The payload nests too deeply.") from None
     except GatewayError as error:
         logger.info("webhook refused", extra={"channel": slug, "code": error.code, "status": error.status})
         return error_response(error)
@@ -83,6 +89,11 @@ def read_webhook_request(request, connector) -> WebhookRequest:
         body = request.read(limit + 1)
         if len(body) > limit:
             raise PayloadTooLarge(f"The body is larger than {limit} bytes.")
+        if content_type.endswith("json"):
+            try:
+                check_depth(body)  # before any connector parses it
+            except TooDeep as exc:
+                raise BadRequest(str(exc)) from None
     headers = {name.lower(): value for name, value in request.headers.items()}
     return WebhookRequest(
         method=request.method, headers=headers, query=request.GET.dict(), body=body,

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpResponse
 
-from apps.conversations.errors import BadRequest, GatewayError, Unauthenticated
+from apps.conversations.errors import BadRequest, Forbidden, GatewayError, Unauthenticated
 from apps.conversations.normalized import NormalizedMessage
 
 from .base import Connector, ConnectorError, WebhookRequest, WebhookResult, check_timestamp
@@ -102,12 +102,26 @@ class WeComConnector(Connector):
             # Signed but undecryptable (tampered ciphertext, wrong CorpID): not from our app.
             raise Unauthenticated(f"The message cannot be decrypted ({exc}).", reason="undecryptable") from exc
 
+    def _check_addressee(self, xml: Element, *, required: bool) -> None:
+        """The decrypted message is for this channel's corp (ToUserName) and app (AgentID).
+
+        Apps of one corp may share a Token and EncodingAESKey, so a valid envelope alone does not
+        say which app a message was sent to; a message for another app is refused (403, audited as
+        ``request.refused`` with reason ``wrong_recipient``). Messages must name both; events are
+        checked on what they carry (some, like contact changes, carry no AgentID).
+        """
+        to_user, agent_id = (xml.findtext("ToUserName") or "").strip(), (xml.findtext("AgentID") or "").strip()
+        if ((to_user or required) and to_user != self.conf.corp_id) or \
+                ((agent_id or required) and agent_id != str(self.conf.agent_id)):
+            raise Forbidden("This callback is addressed to another WeCom corp or app.", reason="wrong_recipient")
+
     def parse(self, request: WebhookRequest) -> WebhookResult:
         plain = self._decrypt(self._encrypted_part(request))
         if request.method == "GET":
             return WebhookResult(response=HttpResponse(plain, content_type="text/plain"))
         xml = parse_xml(plain)
         msg_type = xml.findtext("MsgType", "")
+        self._check_addressee(xml, required=msg_type != "event")
         if msg_type == "event":
             # enter_agent, subscribe, location...: nothing to answer, but not an error either.
             logger.info("wecom event ignored", extra={"event": xml.findtext("Event", "")})

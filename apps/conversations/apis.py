@@ -19,7 +19,7 @@ from apps.connectors.models import Channel, channel_by_slug
 from apps.quotas.client_ip import client_ip_for_request
 from gateway_project.db import database_sync_to_async
 
-from .async_api import AsyncAPIView
+from .async_api import API_CHANNEL_SLUG, ApiIpRulesMixin, AsyncAPIView
 from .errors import AgentFailed, ChannelDisabled, NotFound, ReplyTimeout, error_from_event
 from .models import Conversation, Direction, Message
 from .normalized import NormalizedMessage
@@ -31,8 +31,6 @@ from .serializers import (
     MessageInSerializer,
 )
 from .waiters import ReplyWaiter
-
-API_CHANNEL_SLUG = "api"
 
 ErrorSerializer = inline_serializer(
     "Error",
@@ -145,7 +143,7 @@ def _answered_body(accepted: Accepted, event: dict) -> dict:
     return {**_accepted_ids(accepted), "reply": {"message_id": event["message_id"], **reply}}
 
 
-class ConversationMessagesApi(APIView):
+class ConversationMessagesApi(ApiIpRulesMixin, APIView):
     """The messages of one of the caller's own conversations, oldest first."""
 
     @extend_schema(responses={200: ConversationMessageSerializer(many=True), 404: ErrorSerializer})

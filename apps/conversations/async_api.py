@@ -6,10 +6,25 @@ import inspect
 from adrf.views import APIView
 from django.core.handlers.asgi import ASGIRequest
 
+from apps.connectors.models import channel_by_slug
+from apps.quotas.client_ip import client_ip_for_request
+from apps.quotas.iprules import check_ip_rules
 from gateway_project.db import database_sync_to_async
 
+API_CHANNEL_SLUG = "api"
 
-class AsyncAPIView(APIView):
+
+class ApiIpRulesMixin:
+    """The API channel's IP rules (and the global ones) before anything else DRF does for the
+    request: a denied address is refused (403 ``ip_forbidden``) before its API key is even looked
+    at, on every API view (messages, conversations, the OpenAI face, usage)."""
+
+    def initial(self, request, *args, **kwargs):
+        check_ip_rules(client_ip_for_request(request), channel=channel_by_slug(API_CHANNEL_SLUG, kind="api"))
+        super().initial(request, *args, **kwargs)
+
+
+class AsyncAPIView(ApiIpRulesMixin, APIView):
     """adrf's async view, with DRF's ``initial`` (authentication, permissions, throttles) run on the
     event loop's shared thread pool (``database_sync_to_async``) instead of a thread made for the
     request, and the response rendered on the loop. Views do their own database work the same way,

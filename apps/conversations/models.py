@@ -77,6 +77,11 @@ class Message(models.Model):
     text = models.TextField()
     attachments = models.JSONField(default=list, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    control = models.JSONField(
+        default=dict, blank=True,
+        help_text="What the gateway decided (thread key, requested agent, streaming, a face request's "
+                  "history); no client can set it.",
+    )
     raw_payload = models.JSONField(null=True, blank=True)
     channel_timestamp = models.FloatField(null=True, blank=True)
     reply_to = models.ForeignKey(

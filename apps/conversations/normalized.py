@@ -1,10 +1,30 @@
-"""The one shape every channel's inbound message is turned into."""
+"""The one shape every channel's inbound message is turned into.
+
+Two dicts ride along, and they differ in who wrote them:
+
+- ``metadata`` is what the channel said about the message. On a webhook channel that is the
+  connector's reading of a payload whose signature it checked (the platform vouches for it: a
+  Slack thread, a WeCom user). On the API (``CLIENT_METADATA_KINDS``) it is the client's own
+  free-form dict, stored as sent and trusted for nothing.
+- ``control`` is what the gateway decided: the conversation thread key, an agent asked for by the
+  OpenAI face's ``model``, whether the reply streams, the face's earlier turns. Only entry points
+  and the pipeline write it; no request body or frame reaches it.
+"""
 from __future__ import annotations
 
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+# Channel kinds whose ``metadata`` a client writes (the messages API and the OpenAI face).
+CLIENT_METADATA_KINDS = frozenset({"api"})
+
+
+def metadata_vouched_for(channel_kind: str) -> bool:
+    """Whether a message's metadata on this kind of channel comes from a verified platform payload
+    (so route conditions may match it and its thread is the platform's), not from a client."""
+    return channel_kind not in CLIENT_METADATA_KINDS
 
 
 @dataclass
@@ -27,6 +47,7 @@ class NormalizedMessage:
     attachments: list[Any] = field(default_factory=list)
     timestamp: float = field(default_factory=time.time)
     metadata: dict[str, Any] = field(default_factory=dict)
+    control: dict[str, Any] = field(default_factory=dict)  # the gateway's decisions, never a client's
     raw: Any = None  # the inbound payload as received, kept for debugging (not part of the JSON)
 
     def to_json(self) -> dict[str, Any]:

@@ -24,15 +24,16 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.quotas.client_ip import client_ip_for_request
 from apps.routing.router import REQUESTED_AGENT_KEY
 from gateway_project.db import database_sync_to_async
 
 from .apis import accept_on_api_channel
-from .async_api import AsyncAPIView
+from .async_api import ApiIpRulesMixin, AsyncAPIView
 from .errors import AgentFailed, BadRequest, ReplyTimeout, drf_exception_handler
 from .waiters import ReplyWaiter
 
-CLIENT_HISTORY_KEY = "client_history"  # read by the runtime's build_prompt
+CLIENT_HISTORY_KEY = "client_history"  # in NormalizedMessage.control, read by the runtime's build_prompt
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
@@ -119,16 +120,18 @@ class ChatCompletionsApi(OpenAIErrorsMixin, AsyncAPIView):
     async def post(self, request):
         fields = parse_completion_request(request.data)
         user = request.user
+        # The request's model, streaming and earlier turns are the gateway's decisions for this
+        # message (``control``), not client metadata: nothing an API client sends can set them.
         message = dict(
             id=uuid.uuid4(), user_id=str(user.pk), principal_id=str(user.pk), message=fields["text"],
-            metadata={REQUESTED_AGENT_KEY: fields["model"], "stream": fields["stream"], "openai": True,
-                      CLIENT_HISTORY_KEY: fields["history"]},
+            control={REQUESTED_AGENT_KEY: fields["model"], "stream": fields["stream"], "openai": True,
+                     CLIENT_HISTORY_KEY: fields["history"]},
         )
         waiter = ReplyWaiter(message["id"])
         await waiter.__aenter__()  # listen before the message is enqueued
         try:
             accepted = await database_sync_to_async(accept_on_api_channel)(
-                message, principal=user, api_key=request.auth)
+                message, principal=user, api_key=request.auth, client_ip=client_ip_for_request(request))
         except BaseException:
             await waiter.__aexit__(None, None, None)
             raise
@@ -204,7 +207,7 @@ async def _sse(waiter: ReplyWaiter, completion_id: str, created: int, model: str
         await waiter.__aexit__(None, None, None)
 
 
-class ModelsApi(OpenAIErrorsMixin, APIView):
+class ModelsApi(OpenAIErrorsMixin, ApiIpRulesMixin, APIView):
     """The agents the caller's API key may use, as OpenAI models."""
 
     @extend_schema(responses={200: dict})

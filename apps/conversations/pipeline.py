@@ -8,6 +8,7 @@ here calls a model or waits for one: the agent runs later in a Celery worker.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from gateway_project.db import Update, stored, write_together
 
 from .errors import ChannelDisabled, NotFound
 from .models import Conversation, Direction, Message, Status
-from .normalized import NormalizedMessage
+from .normalized import NormalizedMessage, metadata_vouched_for
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def accept(
     user = identify_sender(msg, channel=channel, principal=principal, client_ip=client_ip)
     authorize(user, channel, api_key=api_key, client_ip=client_ip)
     check_limits(user=user, channel=channel, api_key=api_key, client_ip=client_ip)
+    msg.control["thread"] = conversation_thread(msg, channel=channel, user=user, api_key=api_key)
     conversation = find_conversation(msg, channel=channel, user=user)
     agent = route_message(msg, channel=channel, user=user, conversation=conversation)
     check_agent_access(user=user, agent=agent, api_key=api_key, client_ip=client_ip)
@@ -92,8 +94,32 @@ def authorize(user, channel: Channel, *, api_key=None, client_ip: str | None = N
     check_channel_access(user=user, channel=channel, api_key=api_key, client_ip=client_ip)
 
 
+THREAD_KEY_MAX_CHARS = 255  # Conversation.external_thread_id
+
+
+def conversation_thread(msg: NormalizedMessage, *, channel: Channel, user, api_key=None) -> str:
+    """The thread key the message's conversation is found and filed under ('' for none).
+
+    A platform's thread (a Slack thread, a WeCom chat, a CRM thread), as the connector read it from
+    a payload whose signature it checked, is one conversation for everybody in it: a group
+    conversation. A thread id a client chose (``metadata.thread_id`` on the API) belongs to that
+    client: it is prefixed with the API key (or, without one, the user), so the same id sent by
+    another client is another thread and can neither join nor squat this one.
+    """
+    thread = msg.metadata.get("thread_id")
+    if isinstance(thread, bool) or not isinstance(thread, str | int) or thread == "":
+        return ""
+    key = str(thread)
+    if not metadata_vouched_for(channel.kind):
+        key = f"key:{api_key.pk}:{key}" if api_key is not None else f"user:{user.pk}:{key}"
+    if len(key) > THREAD_KEY_MAX_CHARS:
+        key = f"{key[:64]}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return key
+
+
 def find_conversation(msg: NormalizedMessage, *, channel: Channel, user) -> Conversation | None:
-    """The conversation the message continues: by id (the sender's own only) or channel thread."""
+    """The conversation the message continues: by id (the sender's own only) or by the thread key
+    ``conversation_thread`` put in ``msg.control``."""
     if msg.conversation_id:
         try:
             conversation_id = Conversation._meta.pk.to_python(msg.conversation_id)
@@ -105,7 +131,7 @@ def find_conversation(msg: NormalizedMessage, *, channel: Channel, user) -> Conv
         if conversation is None:
             raise NotFound("No such conversation.")
         return conversation
-    thread = msg.metadata.get("thread_id")
+    thread = msg.control.get("thread")
     if thread:
         return _conversation("channel_id = %s AND external_thread_id = %s", [channel.pk, thread])
     return None
@@ -132,7 +158,7 @@ def persist(
     """Store the inbound message (and a new conversation if needed) in one transaction."""
     if conversation is None:
         conversation = first = Conversation(channel=channel, user=user, agent=agent,
-                                            external_thread_id=msg.metadata.get("thread_id") or "")
+                                            external_thread_id=msg.control.get("thread") or "")
     else:
         updates = {"last_message_at": timezone.now()}
         if conversation.agent_id != agent.id:
@@ -151,6 +177,7 @@ def persist(
         text=msg.message,
         attachments=msg.attachments,
         metadata=msg.metadata,
+        control=msg.control,
         request_id=request_id_var.get() or "",
         api_key=api_key,
         raw_payload=msg.raw,

@@ -61,8 +61,7 @@ class RedisBuffer(LogBuffer):
 
     def __init__(self, key: str):
         self.key = key
-        self.batch = Batcher(f"logbuffer-{key}", empty=list, fold=list.append, merge=lambda old, new: old + new,
-                             write=self._write, interval=lambda: settings.GATEWAY_LOG_PUSH_SECONDS,
+        self.batch = Batcher(f"logbuffer-{key}", write=self._write, interval=lambda: settings.GATEWAY_LOG_PUSH_SECONDS,
                              max_size=settings.GATEWAY_LOG_PUSH_MAX_ROWS)
 
     def push(self, row: dict) -> None:
@@ -88,8 +87,8 @@ _redis_lock = threading.Lock()
 
 
 def redis_client():
-    """One Redis client (and connection pool) per process, with short timeouts: logging and
-    metrics must never hold a request up for long."""
+    """One Redis client (and connection pool) per process, with short timeouts: logging must
+    never hold a request up for long."""
     global _redis
     if _redis is None:
         import redis

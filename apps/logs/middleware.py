@@ -69,7 +69,7 @@ class RequestContextMiddleware:
             response = await self.get_response(request)
         finally:
             request_id_var.reset(token)
-        # Recording does no I/O (metrics and the request-log row are batched to Redis by a thread).
+        # Recording does no I/O (metrics count in memory; the request-log row is batched to Redis by a thread).
         return self._finish(request, response, started)
 
     def _start(self, request):

@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.conversations.apis import ErrorSerializer
+from apps.conversations.async_api import ApiIpRulesMixin
 
 from .selectors import usage_for_caller
 
@@ -42,7 +43,7 @@ UsageSerializer = inline_serializer("Usage", {
 })
 
 
-class UsageApi(APIView):
+class UsageApi(ApiIpRulesMixin, APIView):
     """Your own usage (today, this month) and every limit that applies to you and this API key."""
 
     @extend_schema(responses={200: UsageSerializer, 401: OpenApiResponse(ErrorSerializer)})

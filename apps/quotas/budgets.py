@@ -8,6 +8,11 @@ counters stay integers). Periods are UTC days and months. Subjects of a model ca
     try:  result = llm.chat(...)
     except ...:  release_model_call(reservation); raise
     settle_model_call(reservation, result)
+
+A settle that fails on the ledger's store (Redis away) is not lost: the call's usage goes to the
+durable rollup with its LLM call row all the same, with an ``UnsettledUsage`` row naming the
+counters; recovery (``settle_unsettled``) drops those counters once the store answers, and the next
+admission re-seeds them from the rollup.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Sum
 
 from apps.agents import llm
@@ -28,7 +34,7 @@ from gateway_project.db import Statement, stored, through_outage
 
 from .ledger import ADMITTED, MISSING, CounterCall, get_ledger
 from .metrics import count_backend_error, count_rejection
-from .models import Period, QuotaCredit, UsageDaily
+from .models import Period, QuotaCredit, UnsettledUsage, UsageDaily
 from .policies import Limits, api_key_limits, channel_limits, user_limits
 
 MICROS = Decimal(1_000_000)
@@ -84,6 +90,7 @@ class Reservation:
     api_key_id: int | None
     channel_id: int | None
     model: object = field(repr=False, default=None)
+    unsettled: bool = False  # the settle did not reach the ledger's store
 
 
 def period_start(period: str, today: date) -> date:
@@ -213,8 +220,32 @@ def settle_model_call(reservation: Reservation, result, *, write_usage: bool = T
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, cost=cost,
     )
     if write_usage:
-        through_outage(upsert.execute)  # the ledger above is settled: write the row, not settle twice
+        def write() -> None:
+            with transaction.atomic():
+                upsert.execute()
+                if (marker := unsettled_usage(reservation)) is not None:
+                    marker.save()
+        through_outage(write)  # the ledger above is settled: write the row, not settle twice
     return upsert
+
+
+def unsettled_usage(reservation: Reservation) -> UnsettledUsage | None:
+    """The row to write with the call's usage when its settle failed (None when it went through)."""
+    if not reservation.unsettled:
+        return None
+    return UnsettledUsage(counter_keys=[c.key for c in reservation.counters])
+
+
+def settle_unsettled(*, limit: int = 500) -> int:
+    """Recovery: drop the live counters that calls failed to settle on, so the next admission
+    re-seeds them from the rollup, which holds those calls. Raises while the store is still away
+    (the rows stay for the next pass); returns how many calls were settled this way."""
+    rows = list(UnsettledUsage.objects.order_by("pk")[:limit])
+    if not rows:
+        return 0
+    get_ledger().forget(sorted({key for row in rows for key in row.counter_keys}))
+    UnsettledUsage.objects.filter(pk__in=[row.pk for row in rows]).delete()
+    return len(rows)
 
 
 def release_model_call(reservation: Reservation) -> None:
@@ -227,8 +258,10 @@ def _settle(reservation: Reservation, amounts: list[int]) -> None:
     try:
         get_ledger().settle([c.key for c in reservation.counters], reservation_id=reservation.id, amounts=amounts)
     except Exception as exc:
-        # The usage still reaches the daily rollup, which re-seeds the counters if Redis lost them.
+        # The usage still reaches the daily rollup; the counters are re-seeded from it once the store
+        # is back (settle_unsettled), whether or not the store kept them.
         count_backend_error("budget_settle", "deferred", exc)
+        reservation.unsettled = any(amounts)
 
 
 def usage_upsert(*, user_id, api_key_id, channel_id, prompt_tokens: int, completion_tokens: int,

@@ -179,6 +179,11 @@ class RedisLedger:
     def take_used(self, keys: list[str]) -> list[int | None]:
         return [None if v == -1 else int(v) for v in self._take_used(keys=keys)]
 
+    def forget(self, keys: list[str]) -> None:
+        """Drop these counters and their open reservations: the next admission re-seeds them."""
+        if keys:
+            self.client.delete(*self._keys(keys))
+
     def clear(self, prefix: str) -> None:
         """Drop every counter under ``prefix`` (tests and benchmarks only)."""
         for key in self.client.scan_iter(match=f"{prefix}*", count=1000):
@@ -259,6 +264,11 @@ class LocalLedger:
                 if entry is not None:
                     entry["used"] = 0
             return out
+
+    def forget(self, keys: list[str]) -> None:
+        with self._lock:
+            for key in keys:
+                self._counters.pop(key, None)
 
     def clear(self, prefix: str) -> None:
         with self._lock:

@@ -76,3 +76,18 @@ def _usage(check: RateCheck, *, increment: bool) -> dict | None:
             return None
         count_backend_error("rate", "closed", exc)
         raise ServiceUnavailable(retry_after=settings.GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS) from exc
+
+
+def check_address_rate(event: str, client_ip: str | None, rate: str, *, channel=None) -> None:
+    """Count one ``event`` (e.g. "webchat_connect") from ``client_ip`` against ``rate``.
+
+    For what happens before there is a sender to count (a web chat visitor minted, a socket
+    opened). Raises RateLimited past the rate; no rate or no address: nothing to count."""
+    if not rate or not client_ip:
+        return
+    check = RateCheck(event, f"{event}:ip:{client_ip}", rate, "from your address")
+    usage = _usage(check, increment=True)
+    if usage and usage["should_limit"]:
+        count_rejection(RateLimited.code, channel, limit=event)
+        raise RateLimited(f"Too many requests: the limit is {rate} {check.refusal}.",
+                          retry_after=max(1, int(usage["time_left"])))

@@ -220,3 +220,22 @@ class UserQuota(User):
         proxy = True
         verbose_name = "user quota"
         permissions = [("reset_quota", "Can reset a user's quota")]
+
+
+class UnsettledUsage(models.Model):
+    """A model call whose usage did not reach the live counters: the ledger's store (Redis) failed
+    as the call was settled. The call's usage is in the rollup all the same (written with its LLM
+    call row); recovery drops these counters once the store answers, so the next admission re-seeds
+    them from the rollup: the database's record of the call wins (apps.quotas.budgets)."""
+
+    counter_keys = models.JSONField(help_text="The live counters the call reserved on.")
+    llm_call = models.ForeignKey("logs.LLMCall", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "unsettled usage"
+        verbose_name_plural = "unsettled usage"
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return f"unsettled since {self.created_at:%Y-%m-%d %H:%M:%S}: {len(self.counter_keys)} counters"

@@ -1,14 +1,17 @@
 """The pipeline's *route* step: which agent answers a message.
 
 Order of decisions:
-1. An agent the message asks for by name (``metadata["requested_agent"]``, set by the
-   OpenAI-compatible face from ``model``): that one, if the sender may use it, else refused.
+1. An agent the message asks for by name (``control["requested_agent"]``, set by the
+   OpenAI-compatible face from ``model``; a client's ``metadata`` cannot ask): that one, if the
+   sender may use it, else refused.
 2. The rules, by ascending priority, first match wins. For a conversation that already has an
    agent only ``reroutes`` rules apply (conversations stick to their agent until a rule or a
    staff member moves them).
 3. The conversation's agent (sticky), else the channel's default agent.
 A rule whose agent is disabled or not permitted to the sender is skipped; the pipeline then checks
 the final choice (``check_agent_access``: the sender's permission and their API key's scope).
+Metadata conditions match the conversation's metadata (staff's) and, on channels whose metadata a
+platform vouches for, the message's; never what an API client put in its free-form ``metadata``.
 """
 from __future__ import annotations
 
@@ -16,13 +19,14 @@ import logging
 from dataclasses import dataclass, field
 
 from apps.conversations.errors import NoRoute, NotFound
+from apps.conversations.normalized import metadata_vouched_for
 from gateway_project.config_cache import cached
 
 from .patterns import pattern_search
 
 logger = logging.getLogger(__name__)
 
-REQUESTED_AGENT_KEY = "requested_agent"
+REQUESTED_AGENT_KEY = "requested_agent"  # in NormalizedMessage.control
 
 
 @dataclass
@@ -45,6 +49,7 @@ def route_message(msg, *, channel, user, conversation):
     """The agent that answers ``msg``. Raises NoRoute, NotFound or Forbidden."""
     decision = decide_route(
         text=msg.message, metadata=msg.metadata or {}, channel=channel, user=user, conversation=conversation,
+        requested=msg.control.get(REQUESTED_AGENT_KEY),
     )
     if decision.agent is None:
         raise NoRoute()
@@ -55,12 +60,15 @@ def route_message(msg, *, channel, user, conversation):
     return decision.agent
 
 
-def decide_route(*, text: str, metadata: dict, channel, user, conversation=None) -> RouteDecision:
-    """Which agent would answer, and why (also what the admin's route tester shows)."""
+def decide_route(*, text: str, metadata: dict, channel, user, conversation=None,
+                 requested: str | None = None) -> RouteDecision:
+    """Which agent would answer, and why (also what the admin's route tester shows).
+
+    ``requested`` is an agent the gateway was asked for by name (the face's ``model``); ``metadata``
+    the message's, which counts only where the channel's platform vouches for it."""
     from apps.agents.models import agent_by_slug
     from apps.identities.permissions import user_access, user_can_use_agent
 
-    requested = metadata.get(REQUESTED_AGENT_KEY)
     if requested:
         agent = agent_by_slug(str(requested))
         if agent is None or not user_can_use_agent(user, agent):
@@ -69,7 +77,8 @@ def decide_route(*, text: str, metadata: dict, channel, user, conversation=None)
         return RouteDecision(agent=agent, reason=f"requested by name: {agent.slug}")
 
     sticky = conversation.agent if conversation is not None and conversation.agent_id else None
-    merged = {**metadata, **(conversation.metadata if conversation is not None else {})}
+    vouched = metadata if metadata_vouched_for(channel.kind) else {}
+    merged = {**vouched, **(conversation.metadata if conversation is not None else {})}
     groups = user_access(user).groups
     decision = RouteDecision(agent=None)
     for route in enabled_routes():

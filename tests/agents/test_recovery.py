@@ -1,5 +1,4 @@
 """The periodic requeue of stranded messages (apps.agents.recovery)."""
-import time
 from datetime import timedelta
 
 import pytest
@@ -8,6 +7,7 @@ from django.utils import timezone
 from apps.agents.recovery import requeue_stuck_messages, stuck_messages
 from apps.agents.runtime import agent_run
 from apps.conversations.models import Conversation, Direction, Message, Status
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -45,8 +45,5 @@ def test_requeued_message_is_answered_once_even_if_the_original_task_also_runs(m
     message = make_inbound(Status.ACCEPTED, age_seconds=10)
     assert requeue_stuck_messages() >= 1
     agent_run(message.id)  # the "lost" task turns up after all
-    deadline = timezone.now() + timedelta(seconds=20)
-    while Message.objects.get(pk=message.pk).status != Status.ANSWERED and timezone.now() < deadline:
-        time.sleep(0.05)
-    assert Message.objects.get(pk=message.pk).status == Status.ANSWERED
+    assert wait_until(lambda: Message.objects.get(pk=message.pk).status == Status.ANSWERED, timeout=20)
     assert Message.objects.filter(reply_to=message).count() == 1

@@ -52,12 +52,14 @@ def wecom_crypto(**overrides) -> WeComCrypto:
                        receive_id=overrides.get("corp_id", WECOM["corp_id"]))
 
 
-def wecom_text_xml(*, user="zhangsan", text="你好", msg_id=None, msg_type="text", extra="") -> bytes:
+def wecom_text_xml(*, user="zhangsan", text="你好", msg_id=None, msg_type="text", extra="",
+                   corp_id=None, agent_id=None) -> bytes:
     msg_id = msg_id or str(uuid.uuid4().int % 10**19)
-    return (f"<xml><ToUserName><![CDATA[{WECOM['corp_id']}]]></ToUserName>"
+    corp_id, agent_id = corp_id or WECOM["corp_id"], agent_id or WECOM["agent_id"]
+    return (f"<xml><ToUserName><![CDATA[{corp_id}]]></ToUserName>"
             f"<FromUserName><![CDATA[{user}]]></FromUserName><CreateTime>{int(time.time())}</CreateTime>"
             f"<MsgType><![CDATA[{msg_type}]]></MsgType><Content><![CDATA[{text}]]></Content>"
-            f"<MsgId>{msg_id}</MsgId><AgentID>{WECOM['agent_id']}</AgentID>{extra}</xml>").encode()
+            f"<MsgId>{msg_id}</MsgId><AgentID>{agent_id}</AgentID>{extra}</xml>").encode()
 
 
 def wecom_callback(plaintext: bytes | None = None, *, crypto=None, timestamp=None, nonce="1372623149",

@@ -1,6 +1,5 @@
 """What every channel has, on Feishu and DingTalk: limits per channel and IP, routing by kind,
 identities per platform user, the admin with write-only secrets."""
-import time
 
 import pytest
 from django.core.cache import cache
@@ -23,18 +22,9 @@ from tests.connectors.feishu_dingtalk_helpers import (
     feishu_event,
     feishu_post,
 )
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.django_db
-
-
-def wait_for(probe, timeout=10.0):
-    """Poll until ``probe()`` is truthy (limit notices are sent from a background thread)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := probe():
-            return value
-        time.sleep(0.02)
-    return probe()
 
 
 @pytest.fixture
@@ -65,7 +55,7 @@ def test_feishu_rate_limit_acks_and_replies_politely(client, feishu_channel, sta
     refused = feishu_event(text="@_user_1 two")
     assert feishu_post(client, feishu_channel, refused).status_code == 200  # acked: no redelivery
     assert Message.objects.count() == 1
-    [notice] = wait_for(lambda: stand_ins.state.feishu.replies)
+    [notice] = wait_until(lambda: stand_ins.state.feishu.replies)
     assert notice["message_id"] == refused["event"]["message"]["message_id"] and "Sorry" in notice["text"]
 
 
@@ -75,7 +65,7 @@ def test_dingtalk_rate_limit_acks_and_replies_politely(client, dingtalk_channel,
     assert dingtalk_post(client, dingtalk_channel, dingtalk_message(session_base=base)).status_code == 200
     assert dingtalk_post(client, dingtalk_channel, dingtalk_message(session_base=base)).status_code == 200
     assert Message.objects.count() == 1
-    [notice] = wait_for(lambda: stand_ins.state.dingtalk.session_messages)
+    [notice] = wait_until(lambda: stand_ins.state.dingtalk.session_messages)
     assert "Sorry" in notice["content"]
 
 

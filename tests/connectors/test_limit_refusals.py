@@ -20,18 +20,25 @@ from tests.connectors.connector_helpers import (
     wecom_post,
     wecom_text_xml,
 )
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.django_db
 
 
-def wait_for(probe, timeout=10.0):
-    """Poll until ``probe()`` is truthy (the notice is sent from a background thread)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := probe():
-            return value
-        time.sleep(0.02)
-    return probe()
+@pytest.fixture
+def queued_notices(monkeypatch):
+    """Whether each refusal queued a notice, in order: the real ``tell_refused`` decides on the
+    request's thread, so this is known once the webhook has answered, with nothing to wait out."""
+    from apps.quotas import notices
+
+    decisions, real = [], notices.tell_refused
+
+    def recording(*args, **kwargs):
+        decisions.append(real(*args, **kwargs))
+        return decisions[-1]
+
+    monkeypatch.setattr(notices, "tell_refused", recording)
+    return decisions
 
 
 def crm_payload(text="hello", user="contact-1"):
@@ -39,18 +46,18 @@ def crm_payload(text="hello", user="contact-1"):
             "event": {"id": f"evt-{uuid.uuid4()}", "created": int(time.time())}}
 
 
-def test_slack_rate_limit_acks_and_replies_politely_once(client, slack_channel, platforms):
+def test_slack_rate_limit_acks_and_replies_politely_once(client, slack_channel, platforms, queued_notices):
     QuotaPolicy.objects.create(scope="channel", channel=slack_channel, request_rate="1/m")
     assert slack_post(client, slack_channel, slack_event("app_mention.json")).status_code == 200
     for _ in range(3):
         response = slack_post(client, slack_channel, slack_event("app_mention.json"))
         assert response.status_code == 200  # acked, so Slack does not retry
     assert Message.objects.count() == 1
-    [notice] = wait_for(lambda: platforms.state.slack_messages)
+    [notice] = wait_until(lambda: platforms.state.slack_messages)
     assert notice["channel"] == "C123ABC456" and notice["text"].startswith("Sorry, I can't take this message")
     assert "1/m" in notice["text"] and "try again" in notice["text"]
-    time.sleep(0.3)
-    assert len(platforms.state.slack_messages) == 1  # one notice per window, not one per refusal
+    assert queued_notices == [True, False, False]  # one notice per window, not one per refusal
+    assert len(platforms.state.slack_messages) == 1
 
 
 def test_slack_quota_used_up_in_the_worker_is_told_in_the_thread(client, slack_channel, platforms, roles):
@@ -72,7 +79,7 @@ def test_wecom_rate_limit_acks_and_replies_politely(client, wecom_channel, platf
     assert wecom_post(client, wecom_channel, wecom_text_xml(text="第一条")).status_code == 200
     assert wecom_post(client, wecom_channel, wecom_text_xml(text="第二条")).status_code == 200
     assert Message.objects.count() == 1
-    [notice] = wait_for(lambda: platforms.state.wecom_messages)
+    [notice] = wait_until(lambda: platforms.state.wecom_messages)
     assert notice["touser"] == "zhangsan" and "Sorry" in notice["text"]["content"]
 
 
@@ -117,14 +124,15 @@ def test_kinds_without_published_ranges_say_so(slack_channel):
         call_command("ip_allowlist", slack_channel.slug, "--cidr", "nonsense")
 
 
-def test_slack_unknown_sender_on_a_refusing_channel_gets_the_channels_polite_text(client, slack_channel, platforms):
+def test_slack_unknown_sender_on_a_refusing_channel_gets_the_channels_polite_text(client, slack_channel, platforms,
+                                                                                 queued_notices):
     slack_channel.unknown_senders = "refuse"
     slack_channel.refusal_message = "Sorry, this workspace bot only answers registered staff."
     slack_channel.save()
     for _ in range(2):
         assert slack_post(client, slack_channel, slack_event("app_mention.json")).status_code == 200
     assert not Message.objects.exists()
-    [notice] = wait_for(lambda: platforms.state.slack_messages)
+    [notice] = wait_until(lambda: platforms.state.slack_messages)
     assert notice["text"] == "Sorry, this workspace bot only answers registered staff."
-    time.sleep(0.3)
-    assert len(platforms.state.slack_messages) == 1  # once per window, however often they write
+    assert queued_notices == [True, False]  # once per window, however often they write
+    assert len(platforms.state.slack_messages) == 1

@@ -1,5 +1,4 @@
 """Per-conversation order: two messages of one user are answered in the order they arrived."""
-import time
 
 import pytest
 
@@ -7,6 +6,7 @@ from apps.agents.runtime import WaitingForEarlier, agent_run
 from apps.agents.tasks import run_agent
 from apps.conversations.models import Message
 from tests.connectors.connector_helpers import slack_event, slack_post
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -47,9 +47,7 @@ def test_embedded_dispatch_answers_in_arrival_order(client, slack_channel, platf
     settings.GATEWAY_ORDER_RETRY_DELAY_SECONDS = 0.05
     # Both runs start at once on the pool; the second must wait while the first is with the model.
     two_dm_messages(client, slack_channel)
-    deadline = time.monotonic() + 30
-    while len(platforms.state.slack_messages) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert wait_until(lambda: len(platforms.state.slack_messages) >= 2, timeout=30)
     assert [m["text"] for m in platforms.state.slack_messages] == ["Echo: first", "Echo: second"]
 
 

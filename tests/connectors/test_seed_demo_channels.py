@@ -37,7 +37,8 @@ def test_the_printed_secrets_drive_each_webhook(client):
     w = channels["wecom"]
     crypto = WeComCrypto(token=w["token"], encoding_aes_key=w["encoding_aes_key"], receive_id=w["corp_id"])
     wecom = Channel.objects.get(slug=w["slug"])
-    assert wecom_post(client, wecom, wecom_text_xml(), crypto=crypto).status_code == 200
+    plaintext = wecom_text_xml(corp_id=w["corp_id"], agent_id=w["agent_id"])
+    assert wecom_post(client, wecom, plaintext, crypto=crypto).status_code == 200
     crm = Channel.objects.get(slug=channels["crm"]["slug"])
     assert crm_post(client, crm, {"id": "e1", "user_id": "u1", "message": "hi"},
                     secret=channels["crm"]["secret"]).status_code == 202

@@ -1,4 +1,4 @@
-"""seed_demo --json prints the Feishu and DingTalk channels' secrets in the DESIGN.md shape, and they work."""
+"""seed_demo --json prints the Feishu and DingTalk channels' secrets (docs/channels/README.md), and they work."""
 import io
 import json
 

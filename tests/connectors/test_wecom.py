@@ -105,6 +105,22 @@ class TestCallback:
         assert (response.status_code, response.content) == (200, b"")
         assert not Message.objects.exists()
 
+    @pytest.mark.parametrize("addressee", [{"agent_id": "1000003"}, {"corp_id": "wwanothercorp0000"},
+                                           {"agent_id": ""}], ids=["other-app", "other-corp", "no-agent"])
+    def test_a_message_for_another_app_or_corp_is_refused_and_audited(self, client, wecom_channel, addressee):
+        plaintext = wecom_text_xml(**addressee)
+        if addressee.get("agent_id") == "":
+            plaintext = plaintext.replace(f"<AgentID>{WECOM['agent_id']}</AgentID>".encode(), b"")
+        response = wecom_post(client, wecom_channel, plaintext)
+        assert_refused(response, 403, code="forbidden")
+        assert_refusal_logged_and_audited(response, wecom_channel, code="forbidden", reason="wrong_recipient")
+
+    def test_an_event_without_agent_id_is_still_acknowledged(self, client, wecom_channel):
+        event = (f"<xml><ToUserName><![CDATA[{WECOM['corp_id']}]]></ToUserName><FromUserName><![CDATA[sys]]>"
+                 f"</FromUserName><CreateTime>{int(time.time())}</CreateTime><MsgType><![CDATA[event]]></MsgType>"
+                 f"<Event><![CDATA[change_contact]]></Event></xml>").encode()
+        assert wecom_post(client, wecom_channel, event).status_code == 200
+
     def test_access_token_is_cached_and_refreshed_when_expired(self, client, wecom_channel, platforms):
         for msg_id in ("1", "2"):
             wecom_post(client, wecom_channel, wecom_text_xml(msg_id=msg_id, user=f"user-{msg_id}"))

@@ -23,8 +23,8 @@ def _persist_cases(api_channel, customer, agent, *, statements=None):
     counting the statements of the first write (one on PostgreSQL in autocommit)."""
     key = ApiKey.generate(user=customer, name="persist")[0]
     inbound = normalized(api_channel, "one", external_id="p-1", metadata={"thread_id": "t-1", "n": [1, None]},
-                         attachments=[{"type": "file", "name": "a.txt"}], raw={"event": {"text": "one"}},
-                         timestamp=1700000000.25)
+                         control={"thread": "t-1"}, attachments=[{"type": "file", "name": "a.txt"}],
+                         raw={"event": {"text": "one"}}, timestamp=1700000000.25)
     request = request_id_var.set("req-persist")
     try:
         with statements or nullcontext():
@@ -35,7 +35,7 @@ def _persist_cases(api_channel, customer, agent, *, statements=None):
     stored = Message.objects.select_related("conversation").get(pk=first.message.pk)
     assert (stored.text, stored.status, stored.external_id, stored.sender_id) == ("one", "accepted", "p-1",
                                                                                  customer.pk)
-    assert stored.metadata == {"thread_id": "t-1", "n": [1, None]}
+    assert stored.metadata == {"thread_id": "t-1", "n": [1, None]} and stored.control == {"thread": "t-1"}
     assert stored.attachments == [{"type": "file", "name": "a.txt"}]
     assert stored.raw_payload == {"event": {"text": "one"}}
     assert (stored.channel_timestamp, stored.api_key_id, stored.request_id) == (1700000000.25, key.pk, "req-persist")

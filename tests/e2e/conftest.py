@@ -26,6 +26,7 @@ def services_stack(django_db_setup, django_db_blocker, fake_platforms_live):
 
     stack = Stack(base_env(
         DATABASE_URL=database_url(settings.DATABASES["default"]), REDIS_URL=settings.REDIS_URL,
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,  # REDIS_URL, or RabbitMQ in CI's second run
         SLACK_API_BASE_URL=fake_platforms_live.slack_base_url, WECOM_API_BASE_URL=fake_platforms_live.wecom_base_url,
         FEISHU_API_BASE_URL=fake_platforms_live.feishu_base_url,
         DINGTALK_API_BASE_URL=fake_platforms_live.dingtalk_base_url,

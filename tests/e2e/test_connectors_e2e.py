@@ -18,6 +18,7 @@ from tests.connectors.connector_helpers import (
     wecom_crypto,
     wecom_text_xml,
 )
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -55,22 +56,13 @@ def post_slack(live, payload) -> int:
     return status
 
 
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_slack_dm_two_messages_are_answered_in_order_despite_a_429(live):
     live.platforms.script(slack_429=1, retry_after=1)
     channel = f"D{uuid.uuid4().hex[:8].upper()}"
     # The first takes the model a second; a free worker thread picks the second at once and must wait.
     assert post_slack(live, slack_event("message_im.json", channel=channel, text="first [[delay:1]]")) == 200
     assert post_slack(live, slack_event("message_im.json", channel=channel, text="second")) == 200
-    assert wait_for(lambda: len(live.platforms.state.slack_messages) == 2), live.stack.logs()
+    assert wait_until(lambda: len(live.platforms.state.slack_messages) == 2, timeout=30), live.stack.logs()
     assert [m["text"] for m in live.platforms.state.slack_messages] == ["Echo: first", "Echo: second"]
     assert live.platforms.state.slack_rejected == 1  # the 429 was retried after its Retry-After
     replies = Message.objects.filter(direction="out").order_by("created_at")
@@ -85,5 +77,5 @@ def test_wecom_callback_is_answered_through_message_send(live):
     query = f"msg_signature={crypto.signature(timestamp, nonce, encrypt)}&timestamp={timestamp}&nonce={nonce}"
     status, answer = post_raw(f"{live.url}/api/v1/channels/wecom/webhook?{query}", body, "text/xml", {})
     assert (status, answer) == (200, b"")
-    assert wait_for(lambda: live.platforms.state.wecom_messages), live.stack.logs()
+    assert wait_until(lambda: live.platforms.state.wecom_messages, timeout=30), live.stack.logs()
     assert live.platforms.state.wecom_messages[0]["text"] == {"content": "Echo: 在吗"}

@@ -19,6 +19,7 @@ from tests.connectors.feishu_dingtalk_helpers import (
     feishu_event,
     feishu_headers,
 )
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -47,15 +48,6 @@ def post_raw(url: str, body: bytes, headers: dict) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_feishu_push_is_answered_once_with_the_reply_api(live):
     event = feishu_event(text="@_user_1 你好")
     body = feishu_body(event)
@@ -64,10 +56,10 @@ def test_feishu_push_is_answered_once_with_the_reply_api(live):
     # Feishu redelivers the same event (a new push: new timestamp and nonce, same event_id).
     assert post_raw(url, body, feishu_headers(body, nonce="retry-1"))[0] == 200
     replies = live.platforms.state.feishu.replies
-    assert wait_for(lambda: replies), live.stack.logs()
+    assert wait_until(lambda: replies, timeout=30), live.stack.logs()
     assert replies[0]["message_id"] == event["event"]["message"]["message_id"]
     assert replies[0]["text"] == "Echo: 你好"
-    assert wait_for(lambda: Message.objects.filter(direction="out", status="sent").exists())
+    assert wait_until(lambda: Message.objects.filter(direction="out", status="sent").exists(), timeout=30)
     assert Message.objects.filter(direction="in").count() == 1
     assert len(replies) == 1
 
@@ -85,12 +77,12 @@ def test_dingtalk_callback_is_answered_once_then_through_the_api(live):
     fresh = dingtalk_message(session_base=live.platforms.dingtalk_session_base_url, text="在吗")
     assert post(fresh) == 200
     assert post(fresh) == 200  # redelivered: same msgId
-    assert wait_for(lambda: state.session_messages), live.stack.logs()
+    assert wait_until(lambda: state.session_messages, timeout=30), live.stack.logs()
     assert state.session_messages[0]["content"] == "Echo: 在吗"
     # A one-to-one message whose session webhook has expired: the robot send API, with a token.
     assert post(dingtalk_message(session_base=live.platforms.dingtalk_session_base_url, text="还在吗",
                                  conversation_type="1", session_valid_seconds=-1)) == 200
-    assert wait_for(lambda: state.api_messages), live.stack.logs()
+    assert wait_until(lambda: state.api_messages, timeout=30), live.stack.logs()
     assert state.api_messages[0] == {"api": "oToMessages/batchSend", "robotCode": DINGTALK["robot_code"],
                                      "userIds": ["user123"], "content": "Echo: 还在吗"}
     assert state.token_requests == 1

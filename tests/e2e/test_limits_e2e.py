@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -25,6 +24,7 @@ from apps.quotas.models import QuotaPolicy, UsageDaily
 from apps.quotas.policies import user_limits
 from apps.quotas.selectors import budget_states
 from gateway_project.stack import Stack, base_env, database_url, http
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -34,6 +34,7 @@ def stack(settings):
     """Processes on the test database and Redis, sharing this test's limit keys."""
     stack = Stack(base_env(
         DATABASE_URL=database_url(settings.DATABASES["default"]), REDIS_URL=settings.REDIS_URL,
+        CELERY_BROKER_URL=settings.CELERY_BROKER_URL,
         GATEWAY_LIMIT_KEY_PREFIX=settings.GATEWAY_LIMIT_KEY_PREFIX,
     ))
     yield stack
@@ -91,11 +92,9 @@ def test_parallel_model_calls_never_overshoot_a_token_quota_by_more_than_one_est
     stack.worker(concurrency=8)
     stack.worker(concurrency=8)
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if not Message.objects.filter(pk__in=[m.pk for m in messages], status__in=["accepted", "processing"]).exists():
-            break
-        time.sleep(0.2)
+    assert wait_until(lambda: not Message.objects.filter(pk__in=[m.pk for m in messages],
+                                                         status__in=["accepted", "processing"]).exists(),
+                      timeout=120, interval=0.2)
     outcomes = dict(Message.objects.filter(pk__in=[m.pk for m in messages]).values_list("pk", "status"))
     assert set(outcomes.values()) <= {"answered", "failed"}, outcomes  # nothing lost or stuck
     spent = sum(LLMCall.objects.filter(user=customer, status="ok").values_list("total_tokens", flat=True))

@@ -16,6 +16,7 @@ from apps.conversations.models import Message
 from tests.connectors.aibot_helpers import AIBOT, open_reply, refresh_callback, signed_callback, text_callback
 from tests.connectors.connector_helpers import fixture_json
 from tests.connectors.crm_preset_helpers import HUBSPOT_CLIENT_SECRET, ZENDESK_SECRET, zendesk_timestamp
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -50,15 +51,6 @@ def post(url: str, body: bytes, headers: dict) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
-def wait_for(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := predicate():
-            return result
-        time.sleep(0.1)
-    return None
-
-
 def callbacks_for(live, reply_to: str) -> list[dict]:
     return [body for c in live.platforms.state.crm_callbacks if (body := json.loads(c["body"]))["reply_to"] == reply_to]
 
@@ -72,7 +64,7 @@ def test_hubspot_signed_webhook_is_answered_once_through_the_crm_callback(live):
         signature = hubspot_v3_signature(HUBSPOT_CLIENT_SECRET, method="POST", uri=url, body=body, timestamp=timestamp)
         headers = {"X-HubSpot-Signature-v3": signature, "X-HubSpot-Request-Timestamp": timestamp}
         assert post(url, body, headers)[0] == 202
-    replies = wait_for(lambda: callbacks_for(live, event_id))
+    replies = wait_until(lambda: callbacks_for(live, event_id), timeout=30)
     assert replies, live.stack.logs()
     assert [r["message"] for r in replies] == ["Echo: Where is my order?"]
     assert Message.objects.filter(external_id=event_id).count() == 1
@@ -89,7 +81,7 @@ def test_zendesk_end_user_message_is_answered_through_the_crm_callback(live):
         "X-Zendesk-Webhook-Signature": zendesk_signature(ZENDESK_SECRET, timestamp=timestamp, body=body),
         "X-Zendesk-Webhook-Signature-Timestamp": timestamp})
     assert status == 202
-    replies = wait_for(lambda: callbacks_for(live, payload["id"]))
+    replies = wait_until(lambda: callbacks_for(live, payload["id"]), timeout=30)
     assert replies, live.stack.logs()
     assert [r["message"] for r in replies] == ["Echo: Can I change my plan?"]
 
@@ -112,7 +104,7 @@ def test_aibot_stream_refreshes_return_growing_text_until_finish(live):
         seen.append(stream["content"])
         return stream["finish"]
 
-    assert wait_for(refreshed_to_the_end), (seen, live.stack.logs())
+    assert wait_until(refreshed_to_the_end, timeout=30), (seen, live.stack.logs())
     assert seen[-1] == "Echo: tell me a long story please"
     assert all(later.startswith(earlier) for earlier, later in zip(seen, seen[1:], strict=False))  # only grows
     partial = {text for text in seen if text and text != seen[-1]}
@@ -126,9 +118,10 @@ def test_aibot_answer_after_the_stream_window_goes_to_response_url(live):
     callback = text_callback("think hard [[delay:3]]", response_url=response_url)
     stream_id = stream_id_for("aibot-short", callback["msgid"])
     aibot_call(live, "aibot-short", callback)
-    closed = wait_for(lambda: (s := aibot_call(live, "aibot-short", refresh_callback(stream_id)))["finish"] and s)
+    closed = wait_until(lambda: (s := aibot_call(live, "aibot-short", refresh_callback(stream_id)))["finish"] and s,
+                        timeout=30)
     assert closed == {"id": stream_id, "finish": True, "content": ""}, live.stack.logs()
-    posted = wait_for(lambda: live.platforms.state.aibot_responses)
+    posted = wait_until(lambda: live.platforms.state.aibot_responses, timeout=30)
     assert posted, live.stack.logs()
     assert posted == [{"code": response_url.rsplit("=", 1)[1], "msgtype": "markdown",
                        "markdown": {"content": "Echo: think hard"}}]

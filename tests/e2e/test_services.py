@@ -1,7 +1,6 @@
 """The whole gateway on real services and real processes: Daphne, a Celery worker, fake_llm."""
 import asyncio
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -13,6 +12,7 @@ from apps.conversations.models import Direction, Message
 from apps.identities.models import ApiKey
 from apps.logs.models import LLMCall
 from gateway_project.stack import http, visitor_token
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -41,12 +41,8 @@ def test_api_message_with_wait_is_answered_by_the_worker(live):
     assert body["reply"]["model"] == "fake-gpt" and body["reply"]["latency_ms"] >= 0
     reply = Message.objects.get(pk=body["reply"]["message_id"])
     # The waiter is woken by the delivery itself; the worker records "sent" just after.
-    for _ in range(50):
-        if reply.status == "sent":
-            break
-        time.sleep(0.1)
-        reply.refresh_from_db()
-    assert reply.status == "sent" and reply.reply_to_id is not None
+    reply = wait_until(lambda: Message.objects.filter(pk=reply.pk, status="sent").first(), timeout=30)
+    assert reply and reply.reply_to_id is not None
     call = LLMCall.objects.get(message_id=body["message_id"])
     assert call.status == "ok" and call.total_tokens == body["reply"]["usage"]["total_tokens"]
 
@@ -69,13 +65,14 @@ def test_openai_face_is_answered_by_the_worker(live):
 def test_accepted_without_wait_lands_in_the_conversation(live):
     status, body, _ = post_message(live, {"message": "later"})
     assert status == 202
-    for _ in range(100):
-        status, history, _ = http("GET", f"{live.url}/api/v1/conversations/{body['conversation_id']}/messages",
-                                  headers=live.auth)
-        if len(history["messages"]) == 2:
-            break
-        asyncio.run(asyncio.sleep(0.1))
-    assert [m["message"] for m in history["messages"]] == ["later", "Echo: later"]
+    url = f"{live.url}/api/v1/conversations/{body['conversation_id']}/messages"
+
+    def answered():
+        history = http("GET", url, headers=live.auth)[1]
+        return history if len(history["messages"]) == 2 else None
+
+    history = wait_until(answered, timeout=30)
+    assert history and [m["message"] for m in history["messages"]] == ["later", "Echo: later"]
 
 
 def test_concurrent_duplicate_deliveries_are_answered_once(live):

@@ -5,8 +5,7 @@ from apps.logs.batching import Batcher
 
 
 def batcher(write):
-    return Batcher("test", empty=list, fold=list.append, merge=lambda older, newer: older + newer, write=write,
-                   interval=lambda: 3600)  # the daemon thread sleeps through the test
+    return Batcher("test", write=write, interval=lambda: 3600)  # the daemon thread sleeps through the test
 
 
 def test_a_reader_flush_waits_for_a_write_already_under_way():
@@ -50,8 +49,7 @@ def test_a_failed_write_goes_out_first_with_the_next():
 
 
 def test_a_full_batch_drops_what_comes_after():
-    batch = Batcher("test", empty=list, fold=list.append, merge=lambda older, newer: older + newer,
-                    write=lambda rows: None, interval=lambda: 3600, max_size=2)
+    batch = Batcher("test", write=lambda rows: None, interval=lambda: 3600, max_size=2)
     for row in "abc":
         batch.add(row)
     assert batch.pending == ["a", "b"]

@@ -1,5 +1,7 @@
-"""GET /metrics: Prometheus text with requests, rejections, latency histograms, tokens, cost, queue."""
-import time
+"""GET /metrics and a worker's endpoint: Prometheus text with requests, rejections, latency histograms,
+tokens, cost, limit refusals and the queue depth, from prometheus-client's registry in this process."""
+import socket
+import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -7,6 +9,7 @@ from rest_framework.test import APIClient
 
 from apps.agents.runtime import agent_run
 from apps.conversations.models import Message
+from gateway_project.stack import free_port
 
 METRICS_TOKEN = "scrape-token"
 
@@ -105,46 +108,90 @@ def test_queue_depth_reads_the_celery_queue_in_redis(client, settings):
         broker.delete("gateway")
 
 
-@pytest.mark.services
-class TestWrittenToRedisInBatches:
-    """Each process adds its observations up and writes them to the shared hash in one round trip."""
+class TestServedFromThisProcess:
+    def test_the_limit_steps_counters_are_served(self, client, settings, api_key_for, customer, api_channel):
+        """apps/quotas declares its counters in prometheus-client's default registry: /metrics serves them."""
+        settings.GATEWAY_USER_RATE = "1/m"
+        before = scrape(client)
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_for(customer)}")
+        assert api.post("/api/v1/messages", {"message": "one"}, format="json").status_code == 202
+        assert api.post("/api/v1/messages", {"message": "two"}, format="json").status_code == 429
+        after = scrape(client)
+        labels = {"code": "rate_limited", "limit": "user", "channel_kind": "api"}
+        assert value(after, "gateway_limit_rejections_total", **labels) - value(
+            before, "gateway_limit_rejections_total", **labels) == 1
+        # Declared there too; no sample until a limit store fails.
+        assert "# TYPE gateway_limit_backend_errors_total counter" in scrape_text(client)
 
-    def field(self, channel):
-        from apps.logs.metrics import _field
-
-        return _field("gateway_requests", {"channel": channel, "status": "200"})
-
-    def written(self, channel) -> float:
-        from apps.logs.buffer import redis_client
-        from apps.logs.metrics import METRICS_KEY
-
-        return float(redis_client().hget(METRICS_KEY, self.field(channel)) or 0)
-
-    def test_the_flusher_thread_writes_them_without_a_scrape(self):
+    def test_an_unreachable_broker_drops_only_the_queue_depth(self, client, settings):
+        """The counters are this process's own: a broker that is down must not hide them."""
         from apps.logs.metrics import request_observed
 
-        channel = f"batched-{id(self)}"
-        for _ in range(3):
-            request_observed(channel=channel, status_code=200, rejection="", latency_ms=5)
-        deadline = time.monotonic() + 30
-        while self.written(channel) < 3 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert self.written(channel) == 3
+        settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+        channel = f"broker-down-{id(self)}"
+        request_observed(channel=channel, status_code=200, rejection="", latency_ms=5)
+        samples = scrape(client)
+        assert value(samples, "gateway_requests_total", channel=channel, status="200") == 1
+        assert not any(name == "gateway_queue_depth" for name, _labels in samples)
 
-    def test_a_write_that_fails_is_kept_for_the_next(self, monkeypatch, settings):
-        import redis
 
-        from apps.logs import buffer
-        from apps.logs.metrics import _RedisStore
+def scrape_text(client) -> str:
+    return client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {METRICS_TOKEN}").content.decode()
 
-        settings.GATEWAY_METRICS_FLUSH_SECONDS = 3600  # this test writes; the thread sleeps through it
-        channel = f"kept-{id(self)}"
-        store = _RedisStore()
-        store.add({self.field(channel): 2.0})
-        monkeypatch.setattr(buffer, "_redis", redis.Redis(port=1, socket_connect_timeout=0.2))  # nothing listens
-        with pytest.raises(redis.ConnectionError):
-            store.flush()
-        monkeypatch.undo()
-        store.add({self.field(channel): 1.0})
-        store.flush()
-        assert self.written(channel) == 3
+
+class TestWorkerEndpoint:
+    """``serve_worker_metrics``: what a Celery worker calls when it is ready (gateway_project/celery.py)."""
+
+    def get(self, port: int) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def test_serves_this_processs_registry_on_the_configured_port(self, settings):
+        from celery.concurrency.thread import TaskPool as ThreadsPool
+
+        from apps.logs.metrics import llm_call_observed, serve_worker_metrics
+        from apps.logs.models import LLMCall
+
+        settings.GATEWAY_WORKER_METRICS_PORT = free_port()
+        server = serve_worker_metrics(ThreadsPool)
+        assert server is not None
+        try:
+            model = f"worker-endpoint-{id(self)}"
+            llm_call_observed(LLMCall(model=model, provider="fake", status="ok", latency_ms=120,
+                                      prompt_tokens=7, completion_tokens=3, cost=0))
+            families = {f.name: f for f in text_string_to_metric_families(self.get(server.server_port))}
+            calls = {tuple(sorted(s.labels.items())): s.value for s in families["gateway_model_calls"].samples}
+            assert calls[(("model", model), ("provider", "fake"), ("status", "ok"))] == 1
+            tokens = {s.labels["kind"]: s.value for s in families["gateway_tokens"].samples
+                      if s.labels["model"] == model}
+            assert tokens == {"prompt": 7, "completion": 3}
+            assert "gateway_limit_rejections" in families
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    def test_off_unless_a_port_is_set_and_never_under_prefork(self, settings):
+        from celery.concurrency.prefork import TaskPool as PreforkPool
+        from celery.concurrency.thread import TaskPool as ThreadsPool
+
+        from apps.logs.metrics import serve_worker_metrics
+
+        settings.GATEWAY_WORKER_METRICS_PORT = 0
+        assert serve_worker_metrics(ThreadsPool) is None
+        settings.GATEWAY_WORKER_METRICS_PORT = port = free_port()
+        assert serve_worker_metrics(PreforkPool) is None  # the counters would be in the children
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))  # nobody took the port
+
+    def test_a_taken_port_is_logged_and_the_worker_goes_on(self, settings, caplog):
+        from celery.concurrency.thread import TaskPool as ThreadsPool
+
+        from apps.logs.metrics import serve_worker_metrics
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            settings.GATEWAY_WORKER_METRICS_PORT = taken.getsockname()[1]
+            assert serve_worker_metrics(ThreadsPool) is None
+        assert "worker metrics could not listen" in caplog.text

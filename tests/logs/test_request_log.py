@@ -2,7 +2,6 @@
 import io
 import json
 import logging
-import time
 import uuid
 
 import pytest
@@ -14,6 +13,7 @@ from apps.identities.models import ApiKey
 from apps.logs.models import AuditEvent, LLMCall, RequestLog
 from apps.logs.request_log import request_log_flush, request_log_record
 from apps.logs.structured import ContextFilter, JsonFormatter
+from tests.helpers import wait_until
 
 URL = "/api/v1/messages"
 
@@ -184,9 +184,7 @@ class TestPushedToRedisInBatches:
 
         for i in range(5):
             request_log_record(status_code=202, channel_slug="api", channel_kind="api", request_id=f"batched-{i}")
-        deadline = time.monotonic() + 30
-        while redis_client().llen(request_buffer().key) < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert wait_until(lambda: redis_client().llen(request_buffer().key) >= 5, timeout=30)
         rows = [json.loads(r) for r in redis_client().lrange(request_buffer().key, 0, -1)]
         assert [r["request_id"] for r in rows] == [f"batched-{i}" for i in range(5)]  # in order
 

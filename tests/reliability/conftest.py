@@ -8,6 +8,7 @@ Each test records what it did in ``ledger``; the run ends with a summary table.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 
 from apps.connectors.fake_platforms import FakePlatforms
-from gateway_project.stack import PrivatePostgres, Stack, base_env, http
+from gateway_project.stack import PrivatePostgres, PrivateRabbitMQ, Stack, base_env, http
 from tests.connectors.connector_helpers import crm_headers, wecom_crypto
 
 SLACK_SECRET = "reliability-slack-signing-secret"
@@ -47,6 +48,7 @@ FAST_RECOVERY_ENV = {
     "GATEWAY_AUTH_FAILURE_WINDOW_SECONDS": "300",
     "GATEWAY_OUTAGE_RETRY_AFTER_SECONDS": "2",
     "LLM_TIMEOUT_SECONDS": "20",
+    "GATEWAY_QUOTA_RESERVATION_TTL_SECONDS": "15",
     "LOG_LEVEL": "WARNING",
 }
 
@@ -58,6 +60,7 @@ class Row:
     answered: int = 0
     duplicates: int = 0
     errors_500: int = 0
+    lost: int = 0  # accepted by the gateway and never answered
     notes: list[str] = field(default_factory=list)
 
 
@@ -74,25 +77,49 @@ def pytest_terminal_summary(terminalreporter):
     if not _LEDGER:
         return
     terminalreporter.section("reliability summary")
-    header = f"{'test':<70} {'faults':>6} {'sent':>6} {'answered':>8} {'dupes':>6} {'500s':>5}"
+    header = f"{'test':<70} {'faults':>6} {'sent':>6} {'answered':>8} {'dupes':>6} {'500s':>5} {'lost':>5}"
     terminalreporter.write_line(header)
     totals = Row()
     for name, row in _LEDGER.items():
         terminalreporter.write_line(
             f"{name.removeprefix('test_')[:70]:<70} {row.faults:>6} {row.sent:>6} {row.answered:>8} "
-            f"{row.duplicates:>6} {row.errors_500:>5}"
+            f"{row.duplicates:>6} {row.errors_500:>5} {row.lost:>5}"
         )
-        for attr in ("faults", "sent", "answered", "duplicates", "errors_500"):
+        for attr in ("faults", "sent", "answered", "duplicates", "errors_500", "lost"):
             setattr(totals, attr, getattr(totals, attr) + getattr(row, attr))
     terminalreporter.write_line(
         f"{'TOTAL':<70} {totals.faults:>6} {totals.sent:>6} {totals.answered:>8} {totals.duplicates:>6} "
-        f"{totals.errors_500:>5}"
+        f"{totals.errors_500:>5} {totals.lost:>5}"
     )
+
+
+# The Celery broker of the `gw` stack: "redis" (its private Redis) or "rabbitmq" (a private RabbitMQ
+# node; Redis stays the channel layer and cache). .ci/run runs the suite once with each.
+BROKER = os.environ.get("GATEWAY_RELIABILITY_BROKER", "redis")
 
 
 @pytest.fixture(scope="session")
 def gw():
-    """fake_llm + private PostgreSQL + private Redis + Celery worker + beat + Daphne, seeded with the demo."""
+    yield from gateway_stack(BROKER)
+
+
+@pytest.fixture(scope="module")
+def gw_rabbitmq(request):
+    """A stack whose Celery broker is a private RabbitMQ node (``.rabbitmq``): `gw` itself when the
+    suite runs on RabbitMQ, else a stack of its own for the module."""
+    if BROKER == "rabbitmq":
+        yield request.getfixturevalue("gw")
+    else:
+        yield from gateway_stack("rabbitmq")
+
+
+def gateway_stack(broker: str = "redis"):
+    """fake_llm + private PostgreSQL + private Redis + Celery worker + beat + Daphne, seeded with the demo.
+
+    ``broker="rabbitmq"`` adds a private RabbitMQ node as the Celery broker."""
+    if broker not in ("redis", "rabbitmq"):
+        raise ValueError(f"unknown broker {broker!r} (GATEWAY_RELIABILITY_BROKER: redis or rabbitmq)")
+    rabbitmq = PrivateRabbitMQ() if broker == "rabbitmq" else None
     pg = PrivatePostgres()
     stack = Stack(base_env(**FAST_RECOVERY_ENV))
     platforms = FakePlatforms()
@@ -105,12 +132,16 @@ def gw():
         stack.env.update(DATABASE_URL=database, REDIS_URL=f"redis://127.0.0.1:{redis_process.port}/0",
                          OPENAI_BASE_URL=llm_url, SLACK_API_BASE_URL=platforms.slack_base_url,
                          WECOM_API_BASE_URL=platforms.wecom_base_url)
+        if rabbitmq is not None:
+            rabbitmq.start()
+            stack.env["CELERY_BROKER_URL"] = rabbitmq.url()
         stack.manage("migrate", "--noinput")
         demo = json.loads(stack.manage("seed_demo", "--json"))
         channels = CREATE_SLACK_CHANNEL + POINT_CRM_CALLBACKS_AT.format(url=platforms.crm_callback_url)
         stack.manage("shell", "-c", channels)
         gateway = SimpleNamespace(stack=stack, pg=pg, database=database, redis=redis_process, llm_url=llm_url,
-                                  demo=demo, workers=[stack.worker()], beat=stack.beat(), platforms=platforms)
+                                  demo=demo, workers=[stack.worker()], beat=stack.beat(), platforms=platforms,
+                                  rabbitmq=rabbitmq)
         gateway.url = stack.daphne()
         gateway.auth = {"Authorization": f"Bearer {demo['api_keys']['customer']}"}
         yield gateway
@@ -121,6 +152,8 @@ def gw():
         for process in stack.processes:  # throwaway stack: no graceful shutdown to wait for
             process.kill()
         pg.destroy()
+        if rabbitmq is not None:
+            rabbitmq.destroy()
         platforms.stop()
 
 

@@ -41,6 +41,7 @@ def test_api_retries_with_one_idempotency_key_are_one_message_and_one_reply(gw, 
     assert len({body["reply"]["message_id"] for _, body in answers}) == 1
     counts = replies_per_message(gw, [answers[0][1]["message_id"]])
     ledger.answered += sum(1 for n in counts.values() if n)
+    ledger.lost += sum(1 for n in counts.values() if not n)
     ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
     assert list(counts.values()) == [1]
     calls = sql(gw, "SELECT count(*) FROM logs_llmcall WHERE message_id::text = %s", answers[0][1]["message_id"])
@@ -64,6 +65,7 @@ def test_concurrent_identical_requests_race_to_one_message(gw, ledger):
     assert len(message_ids) == 3
     counts = replies_per_message(gw, message_ids)
     ledger.answered += sum(1 for n in counts.values() if n)
+    ledger.lost += sum(1 for n in counts.values() if not n)
     ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
     assert set(counts.values()) == {1}
 
@@ -93,6 +95,7 @@ def answered_once(gw, ledger, external_id: str) -> str:
     message_id = rows[0][0]
     counts = wait_until_answered(gw, [message_id])
     ledger.answered += bool(counts[message_id])
+    ledger.lost += not counts[message_id]
     ledger.duplicates += max(0, counts[message_id] - 1)
     assert counts[message_id] == 1
     calls = sql(gw, "SELECT count(*) FROM logs_llmcall WHERE message_id::text = %s", message_id)
@@ -177,7 +180,9 @@ def test_wecom_repeats_of_one_callback_are_answered_once(gw, ledger, at_once):
     times — one after another, or all at once — is one inbound message, one model call and one
     message/send to the user."""
     user, msg_id = f"wecom-{uuid.uuid4().hex[:8]}", str(uuid.uuid4().int % 10**19)
-    callback = wecom_callback(wecom_text_xml(user=user, text="退款进度 [[delay:0.5]]", msg_id=msg_id),
+    wecom = gw.demo["channels"]["wecom"]
+    callback = wecom_callback(wecom_text_xml(user=user, text="退款进度 [[delay:0.5]]", msg_id=msg_id,
+                                             corp_id=wecom["corp_id"], agent_id=wecom["agent_id"]),
                               crypto=wecom_demo_crypto(gw))
     statuses = deliver_repeatedly(lambda: wecom_deliver(gw, callback), 4, at_once=at_once)
     ledger.sent += len(statuses)

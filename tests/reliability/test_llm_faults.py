@@ -52,4 +52,5 @@ def test_wait_shorter_than_the_model_is_a_504_and_the_reply_still_lands(gw, ledg
 
     counts = wait_until_answered(gw, [body["message_id"]], timeout=30)
     ledger.answered += counts[body["message_id"]] > 0
+    ledger.lost += not counts[body["message_id"]]
     assert counts[body["message_id"]] == 1

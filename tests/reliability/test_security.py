@@ -183,7 +183,8 @@ def test_forged_and_replayed_wecom_callbacks_are_refused(gw, ledger):
     stored or answered; each refusal is in the request log and the audit log."""
     demo = gw.demo["channels"]["wecom"]
     msg_id = str(uuid.uuid4().int % 10**19)
-    plaintext = wecom_text_xml(user="wecom-mallory", text="refund me", msg_id=msg_id)
+    plaintext = wecom_text_xml(user="wecom-mallory", text="refund me", msg_id=msg_id,
+                               corp_id=demo["corp_id"], agent_id=demo["agent_id"])
     callbacks = [
         wecom_callback(plaintext, crypto=wecom_crypto(**{**demo, "token": "not-the-token"})),
         wecom_callback(plaintext, crypto=wecom_demo_crypto(gw), timestamp=int(time.time()) - 3600),

@@ -2,6 +2,7 @@
 import pytest
 
 from apps.agents.models import Agent, Visibility
+from apps.connectors.models import Channel
 from apps.conversations import pipeline
 from apps.conversations.errors import Forbidden, NotFound
 from apps.conversations.models import Conversation
@@ -83,10 +84,15 @@ class TestMatching:
         customer.groups.add(vip_group)
         assert send(api_channel, customer, "hi").agent == vip
 
-    def test_metadata(self, api_channel, customer, billing, agent):
+    def test_metadata_a_platform_vouches_for(self, agent, customer, billing):
+        crm = Channel.objects.create(slug="crm", name="CRM", kind="crm", default_agent=agent)
         Route.objects.create(name="pro plan", agent=billing, metadata={"plan": "pro"})
-        assert send(api_channel, customer, "hi", metadata={"plan": "pro"}).agent == billing
-        assert send(api_channel, customer, "hi", metadata={"plan": "free"}).agent == agent
+        assert send(crm, customer, "hi", metadata={"plan": "pro"}).agent == billing
+        assert send(crm, customer, "hi", metadata={"plan": "free"}).agent == agent
+
+    def test_metadata_an_api_client_wrote_matches_no_rule(self, api_channel, customer, billing, agent):
+        Route.objects.create(name="pro plan", agent=billing, metadata={"plan": "pro"})
+        assert send(api_channel, customer, "hi", metadata={"plan": "pro"}).agent == agent
 
     def test_conversation_metadata_counts(self, api_channel, customer, billing, agent):
         first = send(api_channel, customer, "hi")
@@ -144,10 +150,13 @@ class TestPermissions:
 
     def test_requested_agent_must_be_permitted(self, api_channel, customer, employee, ops):
         with pytest.raises(NotFound):
-            send(api_channel, customer, "hi", metadata={"requested_agent": "ops"})
+            send(api_channel, customer, "hi", control={"requested_agent": "ops"})
         with pytest.raises(NotFound):
-            send(api_channel, customer, "hi", metadata={"requested_agent": "no-such-agent"})
-        assert send(api_channel, employee, "hi", metadata={"requested_agent": "ops"}).agent == ops
+            send(api_channel, customer, "hi", control={"requested_agent": "no-such-agent"})
+        assert send(api_channel, employee, "hi", control={"requested_agent": "ops"}).agent == ops
+
+    def test_requested_agent_in_client_metadata_is_ignored(self, api_channel, employee, ops, agent):
+        assert send(api_channel, employee, "hi", metadata={"requested_agent": "ops"}).agent == agent
 
     def test_outsider_is_refused(self, api_channel, outsider):
         with pytest.raises(Forbidden):

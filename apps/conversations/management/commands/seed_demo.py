@@ -1,8 +1,13 @@
-"""Demo data, idempotent: roles, users, API keys, provider, model, agents and channels."""
+"""Demo data, idempotent: roles, users, API keys, provider, model, agents and channels.
+
+Run only when asked (``make run``, ``SEED_DEMO=1`` in docker-compose). The demo secrets (API keys,
+the staff password, channel secrets) come from this install's random demo seed
+(``apps.connectors.demo.demo_seed``), never from anything public. Seeding creates what is missing
+and never undoes what staff did: a disabled user stays disabled, a changed password stays changed,
+a revoked key stays revoked (``--json`` then prints null for it), a disabled channel stays disabled.
+"""
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 from decimal import Decimal
 
@@ -10,25 +15,30 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.utils import timezone
 
 from apps.agents.models import Agent, LLMModel, Provider, Visibility
-from apps.connectors.demo import demo_webhook_channels
+from apps.connectors.demo import demo_secret, demo_secret_from, demo_webhook_channels
 from apps.connectors.demo_presets import demo_preset_channels
 from apps.connectors.models import Channel
 from apps.identities.models import ApiKey, hash_api_key
 from apps.identities.roles import Role, ensure_role_groups, grant_role_permissions
+from gateway_project.config_cache import config_changed
 
 DEMO_STAFF_USERNAME = "staff"
-DEMO_STAFF_PASSWORD = "gateway-demo"
 DEMO_USERS = {Role.CUSTOMER: "demo-customer", Role.EMPLOYEE: "demo-employee", Role.ADMIN: "demo-admin"}
 
 
 def demo_api_key(role: str) -> tuple[str, str]:
-    """(prefix, raw key) derived from SECRET_KEY, so re-seeding prints the same working key."""
-    digest = hmac.new(settings.SECRET_KEY.encode(), f"demo-api-key:{role}".encode(), hashlib.sha256)
-    hexed = digest.hexdigest()
+    """(prefix, raw key) derived from the install's demo seed, so re-seeding prints the same working key."""
+    hexed = demo_secret(f"api-key:{role}", 64)
     prefix = hexed[:8]
     return prefix, f"gw_{prefix}_{hexed[8:56]}"
+
+
+def demo_staff_password(seed: str | None = None) -> str:
+    """The demo ``staff`` password of this install (or of the install whose seed is ``seed``)."""
+    return demo_secret_from(seed, "staff-password", 24) if seed else demo_secret("staff-password", 24)
 
 
 class Command(BaseCommand):
@@ -43,22 +53,29 @@ class Command(BaseCommand):
         grant_role_permissions(groups)
         User = get_user_model()
 
-        staff, _ = User.objects.get_or_create(username=DEMO_STAFF_USERNAME)
-        staff.is_staff = staff.is_superuser = True
-        staff.set_password(DEMO_STAFF_PASSWORD)
-        staff.save()
-        staff.groups.add(groups[Role.ADMIN])
+        staff, created = User.objects.get_or_create(username=DEMO_STAFF_USERNAME)
+        if created:
+            staff.is_staff = staff.is_superuser = True
+            staff.set_password(demo_staff_password())
+            staff.save()
+            staff.groups.add(groups[Role.ADMIN])
+        # A password staff changed is theirs: not printed, not reset.
+        staff_password = demo_staff_password() if staff.check_password(demo_staff_password()) else None
 
         api_keys = {}
         for role, username in DEMO_USERS.items():
-            user, _ = User.objects.get_or_create(username=username, defaults={"first_name": role.title()})
-            user.groups.add(groups[role])
+            user, created = User.objects.get_or_create(username=username, defaults={"first_name": role.title()})
+            if created:
+                user.groups.add(groups[role])
             prefix, raw_key = demo_api_key(role)
-            ApiKey.objects.update_or_create(
-                prefix=prefix,
-                defaults={"user": user, "name": "demo", "key_hash": hash_api_key(raw_key), "revoked_at": None},
-            )
-            api_keys[role] = raw_key
+            key, _ = ApiKey.objects.get_or_create(
+                prefix=prefix, defaults={"user": user, "name": "demo", "key_hash": hash_api_key(raw_key)})
+            # Demo keys of an earlier seed (derived from SECRET_KEY, which was public) are revoked.
+            if ApiKey.objects.filter(user=user, name="demo", revoked_at__isnull=True).exclude(pk=key.pk).update(
+                    revoked_at=timezone.now()):
+                config_changed()  # running processes drop the keys they keep (update() sends no signal)
+            usable = key.revoked_at is None and key.user_id == user.pk and key.key_hash == hash_api_key(raw_key)
+            api_keys[role] = raw_key if usable else None
 
         model_name = "gpt-4o-mini" if settings.OPENAI_API_KEY else "fake-gpt"
         provider, _ = Provider.objects.update_or_create(
@@ -86,7 +103,7 @@ class Command(BaseCommand):
 
         channels = {}
         for kind, slug, name in [("api", "api", "API"), ("webchat", "web", "Web chat")]:
-            channels[kind], _ = Channel.objects.update_or_create(
+            channels[kind], _ = Channel.objects.get_or_create(
                 slug=slug,
                 defaults={"kind": kind, "name": name, "enabled": True, "default_agent": agents["assistant"]},
             )
@@ -95,7 +112,7 @@ class Command(BaseCommand):
         webhook_channels.update(demo_preset_channels(agent=agents["assistant"]))
 
         summary = {
-            "staff": {"username": DEMO_STAFF_USERNAME, "password": DEMO_STAFF_PASSWORD},
+            "staff": {"username": DEMO_STAFF_USERNAME, "password": staff_password},
             "api_keys": api_keys,
             "channels": {**{kind: {"slug": channel.slug} for kind, channel in channels.items()}, **webhook_channels},
             "agents": sorted(agents),
@@ -104,7 +121,7 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(summary, indent=2))
         else:
             self.stdout.write(
-                f"Demo ready: staff {DEMO_STAFF_USERNAME}/{DEMO_STAFF_PASSWORD}, "
+                f"Demo ready: staff {DEMO_STAFF_USERNAME} (password: seed_demo --json), "
                 f"channels {', '.join(c.slug for c in channels.values())}, agents {', '.join(sorted(agents))}."
             )
 

@@ -1,0 +1,75 @@
+"""The embedded default (`make run`: SQLite, agent runs in the server process, no Celery) recovers
+what a restart interrupted, as the services stack's periodic recovery does."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import pytest
+
+from gateway_project.stack import Stack, base_env, http
+
+pytestmark = pytest.mark.e2e
+
+
+def statuses(db_path, ids: list[str]) -> dict[str, str]:
+    with sqlite3.connect(db_path, timeout=10) as conn:
+        rows = conn.execute(
+            f"SELECT id, status FROM conversations_message WHERE id IN ({','.join('?' * len(ids))})",
+            [i.replace("-", "") for i in ids]).fetchall()
+    return {i: dict(rows).get(i.replace("-", "")) for i in ids}
+
+
+def replies(db_path, ids: list[str]) -> dict[str, int]:
+    with sqlite3.connect(db_path, timeout=10) as conn:
+        rows = conn.execute(
+            "SELECT reply_to_id, count(*) FROM conversations_message WHERE direction = 'out' GROUP BY 1").fetchall()
+    counts = dict(rows)
+    return {i: counts.get(i.replace("-", ""), 0) for i in ids}
+
+
+def test_embedded_restart_mid_run_answers_every_accepted_message(tmp_path, ledger):
+    """Must hold: the server is killed (SIGKILL) while messages are being answered and others wait;
+    once it starts again, every accepted message is answered, exactly once."""
+    db_path = tmp_path / "gateway.sqlite3"
+    stack = Stack(base_env(DATABASE_URL=f"sqlite:///{db_path}",
+                           GATEWAY_CONFIG_GENERATION_DIR=str(tmp_path / "config-generation"),
+                           GATEWAY_AGENT_LEASE_SECONDS="4", GATEWAY_REQUEUE_INTERVAL_SECONDS="1",
+                           GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS="2", GATEWAY_EMBEDDED_WORKERS="2"))
+    try:
+        stack.env["OPENAI_BASE_URL"] = stack.fake_llm()
+        stack.manage("migrate", "--noinput")
+        key = json.loads(stack.manage("seed_demo", "--json"))["api_keys"]["customer"]
+        url = stack.daphne()
+        server = stack.processes[-1]
+        ids = []
+        for i in range(4):  # two run (two agent threads), two wait for a free thread
+            status, body, _ = http("POST", f"{url}/api/v1/messages", {"message": f"in flight {i} [[delay:5]]"},
+                                   {"Authorization": f"Bearer {key}"})
+            assert status == 202, body
+            ids.append(body["message_id"])
+        ledger.sent += len(ids)
+        deadline = time.monotonic() + 30
+        while "processing" not in statuses(db_path, ids).values():
+            assert time.monotonic() < deadline, "no run started"
+            time.sleep(0.1)
+        server.kill()
+        ledger.faults += 1
+        stack.daphne(port=int(url.rsplit(":", 1)[1]))
+        deadline = time.monotonic() + 60
+        while not all(s in ("answered", "failed") for s in statuses(db_path, ids).values()):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        counts = replies(db_path, ids)
+        ledger.answered += sum(1 for n in counts.values() if n)
+        ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
+        ledger.lost += sum(1 for n in counts.values() if not n)
+        assert set(statuses(db_path, ids).values()) == {"answered"}, statuses(db_path, ids)
+        assert set(counts.values()) == {1}, counts
+    except Exception:
+        print(stack.logs())
+        raise
+    finally:
+        stack.stop()
