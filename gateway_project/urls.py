@@ -32,6 +32,7 @@ urlpatterns = [
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
     path("dashboard/", include("apps.logs.dashboard_urls")),
+    path("console/", include("apps.routing.console_urls")),
     path("admin/", admin.site.urls),
 ]
 
