@@ -45,6 +45,15 @@ def notify_inbox(conversation, kind: str) -> None:
     transaction.on_commit(send)
 
 
+def announce_held_message(sender, instance, created, **kwargs) -> None:
+    """post_save of Message: a new inbound message in a conversation with an open handoff is
+    announced to the inbox (one indexed lookup on the open-handoff index per inbound message)."""
+    if not created or instance.direction != Direction.INBOUND:
+        return
+    if Handoff.objects.filter(conversation_id=instance.conversation_id, ended_at__isnull=True).exists():
+        notify_inbox(instance.conversation, "message")
+
+
 def wants_human(text: str) -> bool:
     cleaned = " ".join("".join(c for c in (text or "").lower() if c.isalnum() or c in " /").split())
     return cleaned in HANDOFF_PHRASES

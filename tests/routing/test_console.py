@@ -171,3 +171,16 @@ class TestInboxSocket:
                 assert not connected and code == 4403
 
         async_to_sync(scenario)()
+
+
+@pytest.mark.django_db
+def test_a_message_during_a_handoff_is_announced(staff, webchat_channel, customer, fake_llm,
+                                                 django_capture_on_commit_callbacks):
+    asking = ask_for_a_person(webchat_channel, customer, fake_llm)
+    listener = Listener(INBOX_GROUP)
+    with django_capture_on_commit_callbacks(execute=True):
+        later = send(webchat_channel, customer, "are you there?", conversation_id=str(asking.conversation_id))
+    assert [e["conversation_id"] for e in listener.drain()] == [str(later.conversation_id)]
+    with django_capture_on_commit_callbacks(execute=True):
+        send(webchat_channel, customer, "a new conversation")  # no handoff there: nothing announced
+    assert listener.drain() == []
