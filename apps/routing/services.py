@@ -45,13 +45,12 @@ def notify_inbox(conversation, kind: str) -> None:
     transaction.on_commit(send)
 
 
-def announce_held_message(sender, instance, created, **kwargs) -> None:
-    """post_save of Message: a new inbound message in a conversation with an open handoff is
-    announced to the inbox (one indexed lookup on the open-handoff index per inbound message)."""
-    if not created or instance.direction != Direction.INBOUND:
-        return
-    if Handoff.objects.filter(conversation_id=instance.conversation_id, ended_at__isnull=True).exists():
-        notify_inbox(instance.conversation, "message")
+def announce_if_held(message_id) -> None:
+    """Called by the agent run when a message waits behind an earlier one: if a human has the
+    conversation, the message is for them, so the inbox hears of it (the run never claims it)."""
+    message = Message.objects.select_related("conversation").filter(pk=message_id).first()
+    if message is not None and handoff_open(message.conversation_id) is not None:
+        notify_inbox(message.conversation, "message")
 
 
 def wants_human(text: str) -> bool:

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from apps.agents.runtime import agent_run
+from apps.agents.runtime import WaitingForEarlier, agent_run
 from apps.connectors.models import Channel
 from apps.conversations.models import Message
 from apps.conversations.realtime import conversation_group
@@ -178,9 +178,18 @@ def test_a_message_during_a_handoff_is_announced(staff, webchat_channel, custome
                                                  django_capture_on_commit_callbacks):
     asking = ask_for_a_person(webchat_channel, customer, fake_llm)
     listener = Listener(INBOX_GROUP)
-    with django_capture_on_commit_callbacks(execute=True):
-        later = send(webchat_channel, customer, "are you there?", conversation_id=str(asking.conversation_id))
+    later = send(webchat_channel, customer, "are you there?", conversation_id=str(asking.conversation_id))
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(WaitingForEarlier):
+        agent_run(later.id)  # waits behind the held message: the run never claims it
     assert [e["conversation_id"] for e in listener.drain()] == [str(later.conversation_id)]
-    with django_capture_on_commit_callbacks(execute=True):
-        send(webchat_channel, customer, "a new conversation")  # no handoff there: nothing announced
+
+
+@pytest.mark.django_db
+def test_a_message_waiting_without_a_handoff_is_not_announced(webchat_channel, customer, fake_llm,
+                                                              django_capture_on_commit_callbacks):
+    first = send(webchat_channel, customer, "one")
+    second = send(webchat_channel, customer, "two", conversation_id=str(first.conversation_id))
+    listener = Listener(INBOX_GROUP)
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(WaitingForEarlier):
+        agent_run(second.id)
     assert listener.drain() == []
