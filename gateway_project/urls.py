@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from apps.connectors.embed import widget_session
 from apps.connectors.views import chat_page
 from apps.connectors.webhooks import channel_webhook
 from apps.conversations.apis import ConversationMessagesApi, MessageCreateApi
@@ -28,10 +29,12 @@ urlpatterns = [
     path("api/v1/docs", SpectacularSwaggerView.as_view(url_name="api-schema", http_method_names=["get", "head"]),
          name="api-docs"),
     path("chat/<slug:slug>/", chat_page, name="chat-page"),
+    path("chat/<slug:slug>/widget-session", widget_session, name="chat-widget-session"),
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
     path("dashboard/", include("apps.logs.dashboard_urls")),
+    path("console/", include("apps.routing.console_urls")),
     path("admin/", admin.site.urls),
 ]
 

@@ -129,6 +129,9 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
     if not claimed:
         if not ignore_order and _waits_for_earlier(message_id, now):
             logger.info("waiting for an earlier message of the conversation")
+            from apps.routing.services import announce_if_held
+
+            announce_if_held(message_id)  # held for a human: the staff inbox shows it
             raise WaitingForEarlier()
         logger.info("message not claimable (answered or in progress)")
         return None

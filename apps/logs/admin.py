@@ -2,6 +2,10 @@ from django.contrib import admin
 
 from .models import AuditEvent, LLMCall, RequestLog
 
+# One product: the admin carries the gateway's name (its index links to the other staff tools).
+admin.site.site_header = admin.site.site_title = "Agent Gateway"
+admin.site.index_title = "Administration"
+
 
 @admin.register(LLMCall)
 class LLMCallAdmin(admin.ModelAdmin):

@@ -10,6 +10,7 @@ import csv
 import functools
 import json
 from datetime import date, timedelta
+from urllib.parse import urlencode
 
 from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpResponse
@@ -28,6 +29,8 @@ DASHBOARD_PERMISSION = "logs.view_dashboard"
 DEFAULT_PERIOD_DAYS = 14
 MAX_PERIOD_DAYS = 366
 PAGE_ROWS = 50
+# Filters that follow the staff member from page to page (nav links) and into the CSV export.
+FILTER_KEYS = ("channel", "agent", "model", "user", "status")
 
 
 def dashboard_allowed(user) -> bool:
@@ -78,7 +81,10 @@ def render_page(request, template: str, period: Period | None, context: dict):
         if table is None:
             raise BadInput(f"No table named {export!r} on this page.")
         return csv_response(table, period)
+    carried = {k: request.GET[k] for k in ("from", "to", *FILTER_KEYS) if request.GET.get(k)}
     context.update({
+        "nav_query": urlencode(carried),
+        "live": period is not None and period.start <= timezone.localdate() <= period.end,
         "period": period,
         "charts_config": [c.config() for c in context.get("charts", [])],
         "query": request.GET.urlencode(),
@@ -146,16 +152,19 @@ def conversations(request):
     export = bool(request.GET.get("export"))
     table = selectors.conversation_search(
         period, user=request.GET.get("user", "").strip(), channel=request.GET.get("channel", "").strip(),
-        text=request.GET.get("text", "").strip(), status=status,
+        text=request.GET.get("text", "").strip(), status=status, agent=request.GET.get("agent", "").strip(),
+        model=request.GET.get("model", "").strip(),
         limit=selectors.GROUP_ROWS * 10 if export else PAGE_ROWS, offset=0 if export else (page - 1) * PAGE_ROWS,
     )
+    from apps.agents.models import Agent
     from apps.connectors.models import Channel
 
     return render_page(request, "dashboard/conversations.html", period, {
         "tables": [table], "page": page, "has_next": len(table.rows) == PAGE_ROWS,
         "channels": list(Channel.objects.values_list("slug", flat=True)),
         "statuses": [Status.ACCEPTED, Status.PROCESSING, Status.ANSWERED, Status.FAILED],
-        "filters": {k: request.GET.get(k, "") for k in ("user", "channel", "text", "status")},
+        "agents": list(Agent.objects.order_by("slug").values_list("slug", flat=True)),
+        "filters": {k: request.GET.get(k, "") for k in ("user", "channel", "text", "status", "agent", "model")},
     })
 
 

@@ -45,9 +45,12 @@ def recent_days(count: int | None = None) -> list[date]:
     return [today - timedelta(days=n) for n in range(count or settings.GATEWAY_LOG_ROLLUP_DAYS)]
 
 
-def rollup_days(days: list[date]) -> None:
-    for day in days:
+def rollup_days(days: list[date], progress=None) -> None:
+    """``progress(done, total, day)``, if given, is called after each day (management commands)."""
+    for done, day in enumerate(days, 1):
         rollup_day(day)
+        if progress:
+            progress(done, len(days), day)
 
 
 @transaction.atomic
@@ -82,6 +85,16 @@ def _rollup_calls(day, start, end) -> None:
 
 
 def _rollup_messages(day, start, end) -> None:
+    per_channel = message_stats(start, end)
+    DailyMessageStats.objects.filter(day=day).delete()
+    DailyMessageStats.objects.bulk_create(
+        [DailyMessageStats(day=day, channel_id=channel_id, **stats) for channel_id, stats in per_channel.items()]
+    )
+
+
+def message_stats(start, end) -> dict:
+    """channel id → {inbound, failures, active_users, replies, latency_buckets} of the messages
+    created in [start, end): what a DailyMessageStats row holds (also read live for today)."""
     in_day = Message.objects.filter(created_at__gte=start, created_at__lt=end).order_by()
     per_channel: dict = {}
     inbound = (
@@ -112,10 +125,7 @@ def _rollup_messages(day, start, end) -> None:
         })
         stats["replies"] += row["n"]
         stats["latency_buckets"][row["bucket"]] += row["n"]
-    DailyMessageStats.objects.filter(day=day).delete()
-    DailyMessageStats.objects.bulk_create(
-        [DailyMessageStats(day=day, channel_id=channel_id, **stats) for channel_id, stats in per_channel.items()]
-    )
+    return per_channel
 
 
 def _rollup_requests(day, start, end) -> None:
@@ -142,23 +152,24 @@ def percentile_ms(buckets: list[int], fraction: float) -> int | None:
     return None
 
 
-def purge_old_logs(*, now: datetime | None = None) -> dict[str, int]:
+def purge_old_logs(*, now: datetime | None = None, progress=None) -> dict[str, int]:
     """Delete raw LLM-call and request rows past GATEWAY_LOG_RETENTION_DAYS and audit rows past
     GATEWAY_AUDIT_RETENTION_DAYS, in batches (short transactions, no long table locks).
+    ``progress(table, deleted_so_far)``, if given, is called after each batch.
     Rollup rows are kept: the charts outlive the raw rows."""
     now = now or timezone.now()
     raw_cutoff = now - timedelta(days=settings.GATEWAY_LOG_RETENTION_DAYS)
     audit_cutoff = now - timedelta(days=settings.GATEWAY_AUDIT_RETENTION_DAYS)
     deleted = {
-        "llm_calls": _delete_before(LLMCall, raw_cutoff),
-        "requests": _delete_before(RequestLog, raw_cutoff),
-        "audit_events": _delete_before(AuditEvent, audit_cutoff),
+        "llm_calls": _delete_before(LLMCall, raw_cutoff, progress),
+        "requests": _delete_before(RequestLog, raw_cutoff, progress),
+        "audit_events": _delete_before(AuditEvent, audit_cutoff, progress),
     }
     logger.info("old log rows purged", extra={"deleted": deleted})
     return deleted
 
 
-def _delete_before(model, cutoff: datetime) -> int:
+def _delete_before(model, cutoff: datetime, progress=None) -> int:
     total = 0
     while True:
         ids = list(model.objects.filter(created_at__lt=cutoff).order_by().values_list("id", flat=True)[
@@ -166,3 +177,5 @@ def _delete_before(model, cutoff: datetime) -> int:
         if not ids:
             return total
         total += model.objects.filter(id__in=ids).delete()[0]
+        if progress:
+            progress(model._meta.db_table, total)

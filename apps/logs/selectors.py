@@ -23,7 +23,7 @@ from .models import (
     LLMCall,
     RequestLog,
 )
-from .rollups import LATENCY_BUCKETS_MS, day_bounds, percentile_ms
+from .rollups import LATENCY_BUCKETS_MS, day_bounds, message_stats, percentile_ms
 
 LATEST_ROWS = 100
 TOP_SPENDERS = 20
@@ -87,6 +87,13 @@ class Chart:
                 "datasets": self.datasets, "stacked": self.stacked}
 
 
+def live_day(period: Period) -> date | None:
+    """Today, if the period covers it: today's partial day is read from its raw rows (an indexed
+    range over one day), so a message sent seconds ago is counted; earlier days read the rollups."""
+    today = timezone.localdate()
+    return today if period.start <= today <= period.end else None
+
+
 def _channel_names() -> dict:
     from apps.connectors.models import Channel
 
@@ -104,8 +111,13 @@ def overview(period: Period) -> dict:
     days = period.days
     labels = [d.isoformat() for d in days]
     names = _channel_names()
-    msg_rows = DailyMessageStats.objects.filter(day__gte=period.start, day__lte=period.end).values(
-        "day", "channel_id", "inbound", "replies", "failures", "active_users", "latency_buckets")
+    live = live_day(period)
+    msg_rows = list(DailyMessageStats.objects.filter(day__gte=period.start, day__lte=period.end)
+                    .exclude(day=live).values("day", "channel_id", "inbound", "replies", "failures",
+                                              "active_users", "latency_buckets"))
+    if live:
+        msg_rows += [{"day": live, "channel_id": channel_id, **stats}
+                     for channel_id, stats in message_stats(*day_bounds(live)).items()]
     inbound_by_channel: dict = defaultdict(dict)
     per_day: dict = defaultdict(lambda: {"inbound": 0, "replies": 0, "failures": 0, "active_users": 0,
                                           "buckets": [0] * (len(LATENCY_BUCKETS_MS) + 1)})
@@ -122,13 +134,22 @@ def overview(period: Period) -> dict:
 
     calls = {
         row["day"]: row for row in
-        DailyCallStats.objects.filter(day__gte=period.start, day__lte=period.end).order_by().values("day")
-        .annotate(tokens=Sum("total_tokens"), cost=Sum("cost"), calls=Sum("calls"), failed=Sum("failed_calls"))
+        DailyCallStats.objects.filter(day__gte=period.start, day__lte=period.end).exclude(day=live).order_by()
+        .values("day").annotate(tokens=Sum("total_tokens"), cost=Sum("cost"), calls=Sum("calls"),
+                                failed=Sum("failed_calls"))
     }
     rejections: dict = defaultdict(dict)
-    for row in (DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end).exclude(rejection="")
-                .order_by().values("day", "rejection").annotate(n=Sum("requests"))):
+    for row in (DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end).exclude(day=live)
+                .exclude(rejection="").order_by().values("day", "rejection").annotate(n=Sum("requests"))):
         rejections[row["rejection"]][row["day"]] = row["n"]
+    if live:
+        start, end = day_bounds(live)
+        calls[live] = LLMCall.objects.filter(created_at__gte=start, created_at__lt=end).aggregate(
+            tokens=Sum("total_tokens"), cost=Sum("cost"), calls=Count("id"),
+            failed=Count("id", filter=Q(status=LLMCall.Status.ERROR)))
+        for row in (RequestLog.objects.filter(created_at__gte=start, created_at__lt=end, rejection__gt="")
+                    .order_by().values("rejection").annotate(n=Count("id"))):
+            rejections[row["rejection"]][live] = row["n"]
 
     charts = [
         Chart("messages", "Messages per channel", "line", labels,
@@ -232,7 +253,7 @@ def cost(period: Period) -> dict:
 
 
 def conversation_search(period: Period, *, user: str = "", channel: str = "", text: str = "", status: str = "",
-                        limit: int = 50, offset: int = 0) -> Table:
+                        agent: str = "", model: str = "", limit: int = 50, offset: int = 0) -> Table:
     start, end = period.bounds
     found = (Conversation.objects.filter(last_message_at__gte=start, last_message_at__lt=end)
              .select_related("channel", "user", "agent").order_by("-last_message_at"))
@@ -242,6 +263,10 @@ def conversation_search(period: Period, *, user: str = "", channel: str = "", te
         found = found.filter(channel__slug=channel)
     if text:
         found = found.filter(Exists(Message.objects.filter(conversation=OuterRef("pk"), text__icontains=text)))
+    if agent:
+        found = found.filter(agent__slug=agent)
+    if model:
+        found = found.filter(Exists(LLMCall.objects.filter(conversation=OuterRef("pk"), model=model)))
     if status:
         found = found.filter(Exists(Message.objects.filter(conversation=OuterRef("pk"), direction=Direction.INBOUND,
                                                            status=status)))
@@ -295,7 +320,19 @@ def conversation_detail(conversation_id) -> dict | None:
     ], rows=list(LLMCall.objects.filter(conversation=conversation).order_by("created_at").values(
         "created_at", "model", "provider", "attempt", "status", "total_tokens", "cost", "latency_ms", "ttft_ms",
         "error")))
-    return {"conversation": conversation, "tables": [messages, calls]}
+    first, last = conversation.created_at, conversation.last_message_at or timezone.now()
+    message_ids = [row["id"] for row in messages.rows]
+    audit_events = Table("audit", "Audit events around it", [
+        ("created_at", "Time"), ("action", "Action"), ("actor__username", "Actor"), ("target_type", "Target type"),
+        ("target_id", "Target"), ("detail", "Detail"),
+    ], rows=list(AuditEvent.objects.filter(
+        Q(target_type="conversations.conversation", target_id=str(conversation.pk))
+        | Q(target_type="conversations.message", target_id__in=message_ids)
+        | Q(actor_id=conversation.user_id, created_at__gte=first - timedelta(minutes=1),
+            created_at__lte=last + timedelta(minutes=1))
+    ).order_by("created_at").values("created_at", "action", "actor__username", "target_type", "target_id",
+                                    "detail")[:LATEST_ROWS]))
+    return {"conversation": conversation, "tables": [messages, calls, audit_events]}
 
 
 # --- errors and security ---------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """Human handoff: staff take a conversation over, answer as themselves, and hand it back.
 
 While a handoff is open the agent run does not answer (see ``handoff_open`` in the runtime):
-inbound messages wait for the human. A human reply is an outbound Message whose ``sender`` is the
-staff member, delivered on the conversation's channel by its connector like an agent reply.
+inbound messages wait for the human. An open handoff without a staff member is a conversation
+waiting for a human (the customer asked for one, ``HANDOFF_PHRASES``): it shows in the staff inbox
+(``/console/``) until someone takes it over. Every change is published to the inbox group.
+A human reply is an outbound Message whose ``sender`` is the staff member, delivered on the
+conversation's channel by its connector like an agent reply.
 """
 from __future__ import annotations
 
@@ -18,6 +21,53 @@ from apps.logs.services import audit
 from .models import Handoff
 
 logger = logging.getLogger(__name__)
+
+# A customer message that is exactly one of these (case and punctuation aside) asks for a person.
+HANDOFF_PHRASES = ("/human", "human", "human please", "talk to a human", "speak to a human", "a person please",
+                   "talk to a person", "agent please", "real person")
+INBOX_GROUP = "console.inbox"
+
+
+def notify_inbox(conversation, kind: str) -> None:
+    """Tell the open staff inboxes that this conversation changed (they re-read it over HTTP,
+    where the channel permission is checked). Never fails the caller: the inbox is a view."""
+    from apps.conversations.realtime import publish
+
+    event = {"type": "inbox.changed", "kind": kind, "conversation_id": str(conversation.pk),
+             "channel_id": conversation.channel_id}
+
+    def send() -> None:
+        try:
+            publish(INBOX_GROUP, event)
+        except Exception:  # the channel layer is down: the inbox catches up on its next read
+            logger.warning("could not notify the staff inbox", exc_info=True)
+
+    transaction.on_commit(send)
+
+
+def announce_if_held(message_id) -> None:
+    """Called by the agent run when a message waits behind an earlier one: if a human has the
+    conversation, the message is for them, so the inbox hears of it (the run never claims it)."""
+    message = Message.objects.select_related("conversation").filter(pk=message_id).first()
+    if message is not None and handoff_open(message.conversation_id) is not None:
+        notify_inbox(message.conversation, "message")
+
+
+def wants_human(text: str) -> bool:
+    cleaned = " ".join("".join(c for c in (text or "").lower() if c.isalnum() or c in " /").split())
+    return cleaned in HANDOFF_PHRASES
+
+
+def handoff_request(message) -> Handoff | None:
+    """The customer asked for a person: open a handoff without staff (waiting in the inbox)."""
+    try:
+        with transaction.atomic():
+            handoff = Handoff.objects.create(conversation_id=message.conversation_id, staff=None)
+    except IntegrityError:
+        return None  # already waiting or handled
+    audit(action="handoff.requested", actor=message.sender, target=message.conversation,
+          message_id=str(message.pk))
+    return handoff
 
 
 class HandoffConflict(GatewayError):
@@ -38,13 +88,20 @@ def handoff_start(*, conversation, staff) -> Handoff:
     if current is not None:
         if current.staff_id == staff.pk:
             return current
-        raise HandoffConflict(f"{current.staff} is handling this conversation.")
+        if current.staff_id is not None or not Handoff.objects.filter(
+                pk=current.pk, staff__isnull=True, ended_at__isnull=True).update(staff=staff):
+            raise HandoffConflict(f"{current.staff or 'Someone'} is handling this conversation.")
+        current.staff = staff  # a waiting conversation, claimed
+        audit(action="handoff.started", actor=staff, target=conversation, requested=True)
+        notify_inbox(conversation, "started")
+        return current
     try:
         with transaction.atomic():
             handoff = Handoff.objects.create(conversation=conversation, staff=staff)
     except IntegrityError:
         raise HandoffConflict() from None  # someone else took it a moment ago
     audit(action="handoff.started", actor=staff, target=conversation)
+    notify_inbox(conversation, "started")
     return handoff
 
 
@@ -65,6 +122,7 @@ def handoff_end(*, conversation, staff) -> None:
         for message_id in held:
             transaction.on_commit(lambda message_id=message_id: enqueue_agent_run(message_id))
     audit(action="handoff.ended", actor=staff, target=conversation, requeued=len(held))
+    notify_inbox(conversation, "ended")
 
 
 def hold_for_handoff(message) -> bool:
@@ -73,11 +131,13 @@ def hold_for_handoff(message) -> bool:
     held = getattr(message, "in_handoff", None)  # annotated by the agent run's claim
     if held is None:
         held = handoff_open(message.conversation_id) is not None
-    if not held:
+    if not held and not (message.direction == Direction.INBOUND and wants_human(message.text)
+                         and handoff_request(message) is not None):
         return False
     Message.objects.filter(pk=message.pk).update(status=Status.ACCEPTED, lease_until=None)
     message.status, message.lease_until = Status.ACCEPTED, None
     logger.info("conversation in human handoff; the agent does not answer")
+    notify_inbox(message.conversation, "message")
     return True
 
 
@@ -113,4 +173,5 @@ def handoff_reply(*, conversation, staff, text: str) -> Message:
         ).update(status=Status.ANSWERED, lease_until=None)
     deliver(reply, inbound=inbound)
     audit(action="handoff.replied", actor=staff, target=conversation, message_id=str(reply.pk))
+    notify_inbox(conversation, "replied")
     return reply

@@ -28,7 +28,7 @@ def test_a_script_in_a_model_name_stays_text(live_server_stack, browser, screens
         page.wait_for_selector("body[data-charts-drawn='1']", timeout=TIMEOUT_MS)
         assert page.locator("canvas[data-drawn='1']").count() == 1  # the chart (with that label) drew
         assert SCRIPT in page.locator("#table-model").inner_text()
-        assert page.evaluate("document.querySelectorAll('script').length") == 3  # data, Chart.js, ours
+        assert page.evaluate("document.querySelectorAll('script').length") == 4  # data, Chart.js, ours, live refresh
         screenshot(page, "cost")
     finally:
         context.close()

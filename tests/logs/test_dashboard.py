@@ -161,7 +161,7 @@ class TestPages:
         message = traffic[0]
         response = staff_client.get(f"/dashboard/conversations/{message.conversation_id}/")
         assert response.status_code == 200
-        messages, calls = response.context["tables"]
+        messages, calls, _audit = response.context["tables"]
         assert [r["direction"] for r in messages.rows] == ["user", "agent"]
         reply = messages.rows[1]
         call = LLMCall.objects.get(message=message)

@@ -49,6 +49,7 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def handle(self, *args, **options):
+        self.stderr.write("seed_demo: roles and staff user...")  # progress on stderr: --json keeps stdout pure
         groups = ensure_role_groups()
         grant_role_permissions(groups)
         User = get_user_model()
@@ -77,6 +78,7 @@ class Command(BaseCommand):
             usable = key.revoked_at is None and key.user_id == user.pk and key.key_hash == hash_api_key(raw_key)
             api_keys[role] = raw_key if usable else None
 
+        self.stderr.write("seed_demo: provider, model and agents...")
         model_name = "gpt-4o-mini" if settings.OPENAI_API_KEY else "fake-gpt"
         provider, _ = Provider.objects.update_or_create(
             slug="default",
@@ -101,6 +103,7 @@ class Command(BaseCommand):
 
         seed_demo_tools_and_routes(agents)
 
+        self.stderr.write("seed_demo: channels...")
         channels = {}
         for kind, slug, name in [("api", "api", "API"), ("webchat", "web", "Web chat")]:
             channels[kind], _ = Channel.objects.get_or_create(

@@ -1,0 +1,41 @@
+"""The embeddable web chat: ``<script src="<gateway>/static/webchat/widget.js" data-chat="<slug>" async>``
+on another site. The widget asks ``GET /chat/<slug>/widget-session`` for a visitor token; that
+token is given only to the channel's listed origins (other sites get a readable refusal), and
+the chat socket checks the same list against its Origin (``consumers.origin_allowed``)."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import JsonResponse
+from django.views.decorators.http import require_GET
+
+from .models import channel_by_slug
+from .visitors import visitor_token_issue
+
+
+def embed_origin_allowed(origin: str, channel) -> bool:
+    allowed = list(channel.allowed_origins or []) + list(settings.WEBCHAT_ALLOWED_ORIGINS)
+    return bool(origin) and (origin in allowed or "*" in allowed)
+
+
+def _error(code: str, message: str, status: int) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+@require_GET
+def widget_session(request, slug: str):
+    channel = channel_by_slug(slug, kind="webchat")
+    if channel is None or not channel.enabled:
+        return _error("not_found", "No such chat.", 404)
+    origin = request.headers.get("Origin", "")
+    if not embed_origin_allowed(origin, channel):
+        response = _error("forbidden", "This chat is not available on this site.", 403)
+    elif not channel.allow_visitors:
+        response = _error("forbidden", "This chat needs you to sign in on the gateway.", 403)
+    else:
+        response = JsonResponse({"visitor_token": visitor_token_issue(channel), "chat": channel.slug,
+                                 "title": channel.name})
+    if origin:  # refusals too: the widget on that site can then show the reason (no token in them)
+        response["Access-Control-Allow-Origin"] = origin
+    response["Vary"] = "Origin"
+    response["Cache-Control"] = "no-store"
+    return response

@@ -1,0 +1,54 @@
+"""The staff inbox websocket ``/ws/console/``: a frame ``{"type": "changed", "kind",
+"conversation_id"}`` whenever a conversation of a channel the staff member may see changes in the
+handoff inbox (requested, new message, taken, replied, handed back). The page then re-reads the
+list or the transcript over HTTP, where every permission is checked again."""
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from gateway_project.db import database_sync_to_async
+
+from .console import console_allowed, visible_channel_ids
+from .services import INBOX_GROUP
+
+CLOSE_POLICY_VIOLATION = 4403
+
+
+def same_origin(scope) -> bool:
+    headers = dict(scope.get("headers") or [])
+    origin = headers.get(b"origin", b"").decode("latin-1")
+    host = headers.get(b"host", b"").decode("latin-1")
+    return bool(origin and host) and urlparse(origin).netloc == host
+
+
+class InboxConsumer(AsyncJsonWebsocketConsumer):
+    channels_seen: set[int] = frozenset()
+    joined = False
+
+    async def connect(self):
+        if not same_origin(self.scope):  # a session cookie must not open this from another site
+            await self.close(code=CLOSE_POLICY_VIOLATION)
+            return
+        user = self.scope.get("user")
+        allowed = user is not None and await database_sync_to_async(console_allowed)(user)
+        if not allowed:
+            await self.close(code=CLOSE_POLICY_VIOLATION)
+            return
+        self.channels_seen = await database_sync_to_async(visible_channel_ids)(user)
+        await self.channel_layer.group_add(INBOX_GROUP, self.channel_name)
+        self.joined = True
+        await self.accept()
+
+    async def disconnect(self, code):
+        if self.joined:
+            await self.channel_layer.group_discard(INBOX_GROUP, self.channel_name)
+
+    async def receive_json(self, content, **kwargs):
+        pass  # the inbox only listens; actions are HTTP posts
+
+    async def inbox_changed(self, event):
+        if event.get("channel_id") in self.channels_seen:
+            await self.send_json({"type": "changed", "kind": event.get("kind", ""),
+                                  "conversation_id": event.get("conversation_id")})

@@ -1,0 +1,56 @@
+"""The embeddable widget's session endpoint: a visitor token only for the channel's listed
+origins (with the matching CORS header), readable errors otherwise; the vendored libraries match
+their pinned checksums."""
+import hashlib
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from apps.connectors.visitors import visitor_token_read
+
+VENDOR = Path(settings.BASE_DIR) / "apps/connectors/static/webchat/vendor"
+ALLOWED = "https://shop.example"
+
+
+@pytest.fixture
+def embedded_channel(webchat_channel):
+    webchat_channel.allowed_origins = [ALLOWED]
+    webchat_channel.save()
+    return webchat_channel
+
+
+@pytest.mark.django_db
+class TestWidgetSession:
+    def test_a_listed_origin_gets_a_visitor_token(self, client, embedded_channel):
+        response = client.get(f"/chat/{embedded_channel.slug}/widget-session", HTTP_ORIGIN=ALLOWED)
+        assert response.status_code == 200
+        assert response["Access-Control-Allow-Origin"] == ALLOWED
+        assert visitor_token_read(response.json()["visitor_token"], embedded_channel)
+
+    @pytest.mark.parametrize("origin", ["https://evil.example", "", "https://shop.example.evil.example"])
+    def test_another_origin_is_refused_without_a_token(self, client, embedded_channel, origin):
+        headers = {"HTTP_ORIGIN": origin} if origin else {}
+        response = client.get(f"/chat/{embedded_channel.slug}/widget-session", **headers)
+        assert response.status_code == 403
+        assert response.json() == {"error": {"code": "forbidden",
+                                             "message": "This chat is not available on this site."}}
+
+    def test_a_chat_without_visitors_says_so(self, client, embedded_channel):
+        embedded_channel.allow_visitors = False
+        embedded_channel.save()
+        response = client.get(f"/chat/{embedded_channel.slug}/widget-session", HTTP_ORIGIN=ALLOWED)
+        assert response.status_code == 403 and "sign in" in response.json()["error"]["message"]
+
+    def test_unknown_or_disabled_chat_is_404(self, client, embedded_channel, api_channel):
+        assert client.get("/chat/nope/widget-session", HTTP_ORIGIN=ALLOWED).status_code == 404
+        assert client.get(f"/chat/{api_channel.slug}/widget-session", HTTP_ORIGIN=ALLOWED).status_code == 404
+        assert client.post(f"/chat/{embedded_channel.slug}/widget-session", HTTP_ORIGIN=ALLOWED).status_code == 405
+
+
+def test_vendored_libraries_match_their_checksums():
+    lines = (VENDOR / "SHA256SUMS").read_text().split("\n")
+    sums = dict(reversed(line.split()) for line in lines if line.strip())
+    assert set(sums) == {"marked.min.js", "purify.min.js"}
+    for name, digest in sums.items():
+        assert hashlib.sha256((VENDOR / name).read_bytes()).hexdigest() == digest

@@ -1,0 +1,195 @@
+"""The staff handoff inbox (/console/): a customer asks for a person, the conversation waits in
+the inbox (live over /ws/console/), staff take it, reply on the customer's channel, hand it back;
+only channels the staff member may see; every step audited."""
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth.models import Permission
+from django.test import Client
+
+from apps.agents.runtime import WaitingForEarlier, agent_run
+from apps.connectors.models import Channel
+from apps.conversations.models import Message
+from apps.conversations.realtime import conversation_group
+from apps.identities.roles import Role
+from apps.logs.models import AuditEvent
+from apps.routing.models import Handoff
+from apps.routing.services import INBOX_GROUP
+from tests.helpers import Listener, send
+
+
+@pytest.fixture
+def staff(admin_user):
+    admin_user.is_superuser = True
+    admin_user.save()
+    return admin_user
+
+
+@pytest.fixture
+def limited_staff(make_user):
+    """Staff who may change conversations, but only of channels their role (employee) may use."""
+    user = make_user(Role.EMPLOYEE, is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="change_conversation"))
+    return user
+
+
+def ask_for_a_person(channel, customer, fake_llm):
+    first = send(channel, customer, "hello bot")
+    agent_run(first.id)
+    asking = send(channel, customer, "Talk to a human!", conversation_id=str(first.conversation_id))
+    before = fake_llm.stats()["requests"]
+    assert agent_run(asking.id) is None  # the agent stays quiet
+    assert fake_llm.stats()["requests"] == before
+    return asking
+
+
+@pytest.mark.django_db
+class TestInbox:
+    def test_a_request_waits_in_the_inbox_and_is_announced(self, client, staff, webchat_channel, customer, fake_llm,
+                                                           django_capture_on_commit_callbacks):
+        listener = Listener(INBOX_GROUP)
+        with django_capture_on_commit_callbacks(execute=True):  # published once the run commits
+            asking = ask_for_a_person(webchat_channel, customer, fake_llm)
+        handoff = Handoff.objects.get(conversation_id=asking.conversation_id, ended_at__isnull=True)
+        assert handoff.staff is None
+        events = listener.drain()
+        assert {"type": "inbox.changed", "kind": "message", "conversation_id": str(asking.conversation_id),
+                "channel_id": webchat_channel.pk} in events
+        assert AuditEvent.objects.filter(action="handoff.requested", actor=customer).count() == 1
+        client.force_login(staff)
+        page = client.get("/console/").content.decode()
+        assert f'data-conversation="{asking.conversation_id}"' in page and "Talk to a human!" in page
+        assert "waiting" in client.get("/console/list/").content.decode()
+
+    def test_newest_first(self, client, staff, webchat_channel, make_user, fake_llm):
+        older = ask_for_a_person(webchat_channel, make_user(Role.CUSTOMER), fake_llm)
+        newer = ask_for_a_person(webchat_channel, make_user(Role.CUSTOMER), fake_llm)
+        client.force_login(staff)
+        items = client.get("/console/list/").context["items"]
+        assert [str(i["conversation"].pk) for i in items] == [str(newer.conversation_id), str(older.conversation_id)]
+
+    def test_take_reply_and_hand_back_from_the_console(self, client, staff, webchat_channel, customer, fake_llm):
+        asking = ask_for_a_person(webchat_channel, customer, fake_llm)
+        conversation_id = asking.conversation_id
+        client.force_login(staff)
+        base = f"/console/c/{conversation_id}/"
+        assert client.post(base + "take/").status_code == 302
+        assert Handoff.objects.get(conversation_id=conversation_id, ended_at__isnull=True).staff == staff
+
+        chat = Listener(conversation_group(conversation_id))
+        client.post(base + "reply/", {"text": "Hi, Sam from support."})
+        reply = Message.objects.get(reply_to=asking)
+        assert reply.sender == staff and reply.status == "sent"
+        events = chat.drain()
+        assert [e["type"] for e in events] == ["chat.reply"] and events[0]["message"] == "Hi, Sam from support."
+        transcript = client.get(base + "transcript/").content.decode()
+        assert "Talk to a human!" in transcript and "Hi, Sam from support." in transcript
+
+        assert client.post(base + "handback/").status_code == 302
+        assert not Handoff.objects.filter(conversation_id=conversation_id, ended_at__isnull=True).exists()
+        actions = list(AuditEvent.objects.filter(target_id=str(conversation_id)).order_by("created_at")
+                       .values_list("action", flat=True))
+        assert actions == ["handoff.requested", "handoff.started", "handoff.replied", "handoff.ended"]
+
+    def test_another_staff_member_cannot_take_a_taken_conversation(
+            self, client, staff, make_user, webchat_channel, customer, fake_llm):
+        asking = ask_for_a_person(webchat_channel, customer, fake_llm)
+        client.force_login(staff)
+        client.post(f"/console/c/{asking.conversation_id}/take/")
+        other = make_user(Role.ADMIN, is_staff=True, is_superuser=True)
+        other_client = Client()
+        other_client.force_login(other)
+        other_client.post(f"/console/c/{asking.conversation_id}/take/")
+        other_client.post(f"/console/c/{asking.conversation_id}/reply/", {"text": "me too"})
+        assert Handoff.objects.get(conversation_id=asking.conversation_id, ended_at__isnull=True).staff == staff
+        assert not Message.objects.filter(reply_to=asking).exists()
+
+    def test_only_channels_the_staff_member_may_see(self, client, limited_staff, agent, make_user, fake_llm):
+        hidden = Channel.objects.create(slug="vip", name="VIP", kind="webchat", default_agent=agent,
+                                        visibility="admin")
+        asking = ask_for_a_person(hidden, make_user(Role.ADMIN), fake_llm)
+        client.force_login(limited_staff)
+        assert client.get("/console/").status_code == 200
+        assert client.get("/console/list/").context["items"] == []
+        assert client.get(f"/console/c/{asking.conversation_id}/").status_code == 404
+        assert client.post(f"/console/c/{asking.conversation_id}/take/").status_code == 404
+        assert not AuditEvent.objects.filter(action="handoff.started").exists()
+
+    def test_customers_and_anonymous_are_kept_out(self, client, customer):
+        assert client.get("/console/").status_code == 302  # to the login page
+        client.force_login(customer)
+        assert client.get("/console/").status_code == 403
+
+
+def session_cookie(user) -> bytes:
+    client = Client()
+    client.force_login(user)
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
+
+
+async def open_inbox(user, origin=b"http://testserver"):
+    from gateway_project.asgi import application
+
+    headers = [(b"host", b"testserver"), (b"origin", origin)]
+    if user is not None:
+        headers.append((b"cookie", await sync_to_async(session_cookie)(user)))
+    communicator = WebsocketCommunicator(application, "/ws/console/", headers=headers)
+    connected, code = await communicator.connect()
+    return communicator, connected, code
+
+
+@pytest.mark.django_db(transaction=True)
+class TestInboxSocket:
+    def test_staff_hear_changes_of_channels_they_may_see(self, staff, limited_staff, webchat_channel, agent):
+        hidden = Channel.objects.create(slug="vip", name="VIP", kind="webchat", default_agent=agent,
+                                        visibility="admin")
+        from channels.layers import get_channel_layer
+
+        async def scenario():
+            admin_socket, ok, _ = await open_inbox(staff)
+            limited_socket, ok2, _ = await open_inbox(limited_staff)
+            assert ok and ok2
+            layer = get_channel_layer()
+            for channel in (hidden, webchat_channel):
+                await layer.group_send(INBOX_GROUP, {"type": "inbox.changed", "kind": "message",
+                                                     "conversation_id": f"c-{channel.slug}", "channel_id": channel.pk})
+            seen = [(await admin_socket.receive_json_from(timeout=5))["conversation_id"] for _ in range(2)]
+            assert seen == ["c-vip", "c-web"]
+            assert (await limited_socket.receive_json_from(timeout=5))["conversation_id"] == "c-web"
+            assert await limited_socket.receive_nothing(timeout=0.3)
+            await admin_socket.disconnect()
+            await limited_socket.disconnect()
+
+        async_to_sync(scenario)()
+
+    def test_refused_to_customers_anonymous_and_other_sites(self, staff, customer):
+        async def scenario():
+            for user, origin in ((customer, b"http://testserver"), (None, b"http://testserver"),
+                                 (staff, b"https://evil.example")):
+                socket, connected, code = await open_inbox(user, origin)
+                assert not connected and code == 4403
+
+        async_to_sync(scenario)()
+
+
+@pytest.mark.django_db
+def test_a_message_during_a_handoff_is_announced(staff, webchat_channel, customer, fake_llm,
+                                                 django_capture_on_commit_callbacks):
+    asking = ask_for_a_person(webchat_channel, customer, fake_llm)
+    listener = Listener(INBOX_GROUP)
+    later = send(webchat_channel, customer, "are you there?", conversation_id=str(asking.conversation_id))
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(WaitingForEarlier):
+        agent_run(later.id)  # waits behind the held message: the run never claims it
+    assert [e["conversation_id"] for e in listener.drain()] == [str(later.conversation_id)]
+
+
+@pytest.mark.django_db
+def test_a_message_waiting_without_a_handoff_is_not_announced(webchat_channel, customer, fake_llm,
+                                                              django_capture_on_commit_callbacks):
+    first = send(webchat_channel, customer, "one")
+    second = send(webchat_channel, customer, "two", conversation_id=str(first.conversation_id))
+    listener = Listener(INBOX_GROUP)
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(WaitingForEarlier):
+        agent_run(second.id)
+    assert listener.drain() == []
