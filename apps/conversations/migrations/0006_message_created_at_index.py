@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('agents', '0005_provider_key_env_allowlist'),
         ('connectors', '0004_new_channel_kinds'),
-        ('conversations', '0004_conversation_thread_index'),
+        ('conversations', '0005_message_control'),
         ('identities', '0002_blocks_merges_key_scopes'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
