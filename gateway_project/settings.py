@@ -64,8 +64,8 @@ INSTALLED_APPS = [
 # (gateway_project/middleware.py); the behaviour on browser pages is Django's.
 MIDDLEWARE = [
     "apps.logs.middleware.RequestContextMiddleware",  # first: the request id covers everything after
+    "gateway_project.middleware.SecurityMiddleware",  # the HTTPS redirect before anything reads the database
     "apps.quotas.middleware.BrowserGuardMiddleware",  # IP rules and the login guard on the browser pages
-    "gateway_project.middleware.SecurityMiddleware",
     "gateway_project.middleware.SessionMiddleware",
     "gateway_project.middleware.CommonMiddleware",
     "gateway_project.middleware.CsrfViewMiddleware",
