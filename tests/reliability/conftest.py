@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import psycopg
 import pytest
+import redis
 
 from apps.connectors.fake_platforms import FakePlatforms
 from gateway_project.stack import PrivatePostgres, PrivateRabbitMQ, Stack, base_env, http
@@ -184,6 +185,25 @@ def wait_until_answered(gw, message_ids, timeout: float = 60) -> dict[str, int]:
             break
         time.sleep(0.25)
     return replies_per_message(gw, ids)
+
+
+def broker_idle(gw, queue: str = "gateway") -> bool:
+    """No agent or delivery task is queued or running on the stack's broker: the queue is empty and
+    nothing received is unacknowledged (tasks are acknowledged late, once done)."""
+    if gw.rabbitmq is not None:
+        listed = gw.rabbitmq.ctl("list_queues", "name", "messages")  # messages: ready + unacknowledged
+        counts = dict(line.split() for line in listed.splitlines() if len(line.split()) == 2)
+        return counts.get(queue, "0") == "0"
+    client = redis.Redis(port=gw.redis.port, socket_timeout=5)
+    return client.llen(queue) == 0 and client.hlen("unacked") == 0
+
+
+def wait_for_quiet_broker(gw, timeout: float = 30) -> None:
+    """Wait until ``broker_idle``: afterwards no run is left that could still post a reply."""
+    deadline = time.monotonic() + timeout
+    while not broker_idle(gw):
+        assert time.monotonic() < deadline, "the broker never went quiet: tasks still queued or running"
+        time.sleep(0.1)
 
 
 def post_message(gw, body, headers=None, timeout: float = 60):

@@ -18,6 +18,7 @@ from .conftest import (
     post_message,
     replies_per_message,
     sql,
+    wait_for_quiet_broker,
     wait_until_answered,
     wecom_deliver,
     wecom_demo_crypto,
@@ -70,13 +71,14 @@ def test_concurrent_identical_requests_race_to_one_message(gw, ledger):
     assert set(counts.values()) == {1}
 
 
-def delivered(matching, platform: str, timeout: float = 20) -> list:
-    """What ``matching()`` finds on the fake platform once something arrived and a duplicate had time to."""
+def delivered(gw, matching, platform: str, timeout: float = 20) -> list:
+    """What ``matching()`` finds on the fake platform once something arrived and the broker went
+    quiet: no task is left queued or running that could post a duplicate."""
     deadline = time.monotonic() + timeout
     while not matching():
         assert time.monotonic() < deadline, f"the reply never reached {platform}"
         time.sleep(0.2)
-    time.sleep(1.5)  # a duplicate post would arrive now
+    wait_for_quiet_broker(gw)
     return matching()
 
 
@@ -167,7 +169,7 @@ def test_slack_retries_and_mention_pairs_are_answered_once(gw, ledger):
                f"C0REL:{ts}")
     assert len(rows) == 1
     counts = wait_until_answered(gw, [rows[0][0]])
-    posts = delivered(lambda: [m for m in gw.platforms.state.slack_messages if m["thread_ts"] == ts], "Slack")
+    posts = delivered(gw, lambda: [m for m in gw.platforms.state.slack_messages if m["thread_ts"] == ts], "Slack")
     ledger.answered += 1
     ledger.duplicates += max(0, len(posts) - 1) + max(0, counts[rows[0][0]] - 1)
     assert len(posts) == 1 and counts[rows[0][0]] == 1
@@ -189,7 +191,7 @@ def test_wecom_repeats_of_one_callback_are_answered_once(gw, ledger, at_once):
     ledger.errors_500 += sum(s >= 500 for s in statuses)
     assert statuses == [200] * 4, statuses
     answered_once(gw, ledger, msg_id)
-    sends = delivered(lambda: [m for m in gw.platforms.state.wecom_messages if m["touser"] == user], "WeCom")
+    sends = delivered(gw, lambda: [m for m in gw.platforms.state.wecom_messages if m["touser"] == user], "WeCom")
     ledger.duplicates += max(0, len(sends) - 1)
     assert len(sends) == 1
     assert sends[0]["text"]["content"] == "Echo: 退款进度"
@@ -207,7 +209,7 @@ def test_crm_redeliveries_of_one_event_are_answered_once(gw, ledger, at_once):
     ledger.errors_500 += sum(s >= 500 for s in statuses)
     assert statuses == [202] * 4, statuses
     answered_once(gw, ledger, event_id)
-    callbacks = delivered(lambda: [json.loads(c["body"]) for c in gw.platforms.state.crm_callbacks
+    callbacks = delivered(gw, lambda: [json.loads(c["body"]) for c in gw.platforms.state.crm_callbacks
                                    if json.loads(c["body"])["reply_to"] == event_id], "the CRM")
     ledger.duplicates += max(0, len(callbacks) - 1)
     assert len(callbacks) == 1

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from gateway_project.stack import http
+from tests.helpers import wait_until
 
 from .conftest import post_message, sql, wait_until_answered
 
@@ -154,28 +155,37 @@ def test_postgres_restarted_during_traffic_recovers_without_a_manual_step(gw, le
     outcomes: list[tuple[int, dict]] = []
     sent_while_down: list[int] = []
 
+    started_while_down = threading.Semaphore(0)
+
     def traffic(n: int) -> None:
         i = 0
         while not stop.is_set():
             was_down = down.is_set()
+            if was_down:
+                started_while_down.release()
             status, body, _ = post_message(gw, {"message": f"steady {n}-{i}", "wait": 10}, timeout=30)
             outcomes.append((status, body if isinstance(body, dict) else {"raw": body}))
             if was_down:
                 sent_while_down.append(status)
             i += 1
-            time.sleep(0.05)
+            time.sleep(0.05)  # pacing between one client's requests
 
+    # The fault's window follows the traffic itself: answered before, requests sent into the outage,
+    # answers again after.
     with ThreadPoolExecutor(3) as pool:
         for n in range(3):
             pool.submit(traffic, n)
-        time.sleep(1.5)
+        assert wait_until(lambda: sum(s == 200 for s, _ in outcomes) >= 3, timeout=30), "no traffic answered"
         gw.pg.stop("fast")
         down.set()
         ledger.faults += 1
-        time.sleep(2)
+        for _ in range(3):
+            assert started_while_down.acquire(timeout=30), "no request was sent into the outage"
         down.clear()
         gw.pg.start()
-        time.sleep(2)
+        restarted_at = len(outcomes)
+        assert wait_until(lambda: sum(s == 200 for s, _ in outcomes[restarted_at:]) >= 3, timeout=60), \
+            "traffic was not answered again after the restart"
         stop.set()
     ledger.sent += len(outcomes)
     statuses = [status for status, _ in outcomes]

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from gateway_project.stack import http
+from tests.helpers import wait_until
 
 from .conftest import post_message, sql, wait_until_answered
 from .test_faults import answered_after_recovery, wait_for_status
@@ -121,23 +122,35 @@ def test_rabbitmq_restarted_during_traffic_loses_nothing(gw_rabbitmq, ledger, ho
     stop = threading.Event()
     outcomes: list[tuple[int, dict]] = []
 
+    down = threading.Event()  # set only while the broker is stopped
+    started_while_down = threading.Semaphore(0)
+
     def traffic(n: int) -> None:
         i = 0
         while not stop.is_set():
+            if down.is_set():
+                started_while_down.release()
             status, body, _ = post_message(gw, {"message": f"steady {how} {n}-{i}", "wait": 10}, timeout=30)
             outcomes.append((status, body if isinstance(body, dict) else {"raw": body}))
             i += 1
-            time.sleep(0.05)
+            time.sleep(0.05)  # pacing between one client's requests
 
+    # The fault's window follows the traffic itself: answered before, requests sent into the outage,
+    # answers again after.
     with ThreadPoolExecutor(3) as pool:
         for n in range(3):
             pool.submit(traffic, n)
-        time.sleep(1.5)
+        assert wait_until(lambda: sum(s == 200 for s, _ in outcomes) >= 3, timeout=30), "no traffic answered"
         gw.rabbitmq.stop() if how == "stop" else gw.rabbitmq.kill()
+        down.set()
         ledger.faults += 1
-        time.sleep(2)
+        for _ in range(3):
+            assert started_while_down.acquire(timeout=30), "no request was sent into the outage"
+        down.clear()
         gw.rabbitmq.start()
-        time.sleep(2)
+        restarted_at = len(outcomes)
+        assert wait_until(lambda: sum(s == 200 for s, _ in outcomes[restarted_at:]) >= 3, timeout=90), \
+            "traffic was not answered again after the restart"
         stop.set()
     ledger.sent += len(outcomes)
     statuses = [status for status, _ in outcomes]
