@@ -10,8 +10,10 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from django.db.models import Count, Exists, OuterRef, Q, Sum
+from django.db.models.functions import Left, Length
 from django.utils import timezone
 
+from apps.agents.models import ToolCall
 from apps.conversations.models import Conversation, Direction, Message
 
 from .models import (
@@ -26,6 +28,10 @@ from .models import (
 from .rollups import LATENCY_BUCKETS_MS, day_bounds, message_stats, percentile_ms
 
 LATEST_ROWS = 100
+TRANSCRIPT_ROWS = 1000  # messages shown on one conversation's page
+CALL_ROWS = 1000  # model calls on one conversation's page (tool calls: up to 4 per call)
+SUMMARY_CHARS = 200  # of a tool call's arguments and result
+AUDIT_NEAR = timedelta(minutes=1)
 TOP_SPENDERS = 20
 GROUP_ROWS = 500
 
@@ -287,6 +293,9 @@ def conversation_search(period: Period, *, user: str = "", channel: str = "", te
 
 
 def conversation_detail(conversation_id) -> dict | None:
+    """The transcript, each model call with the tools it ran and the audit events near it, and
+    the conversation's audit trail: a fixed number of queries whatever the conversation's size
+    (messages, calls, tool calls and audit events are each one bounded query)."""
     conversation = (Conversation.objects.select_related("channel", "user", "agent")
                     .filter(pk=conversation_id).first())
     if conversation is None:
@@ -301,7 +310,7 @@ def conversation_detail(conversation_id) -> dict | None:
         ("prompt_tokens", "Prompt"), ("completion_tokens", "Completion"), ("total_tokens", "Tokens"),
         ("cost", "Cost"), ("latency_ms", "Latency ms"), ("request_id", "Request id"),
     ])
-    for m in conversation.messages.order_by("created_at"):
+    for m in conversation.messages.order_by("created_at")[:TRANSCRIPT_ROWS]:
         row = {
             "id": str(m.id), "created_at": m.created_at, "text": m.text, "status": m.status,
             "direction": "user" if m.direction == Direction.INBOUND else ("agent" if m.sender_id is None else "staff"),
@@ -313,13 +322,6 @@ def conversation_detail(conversation_id) -> dict | None:
         if m.direction == Direction.INBOUND and m.error_code:
             row["status"] = f"{m.status} ({m.error_code})"
         messages.rows.append(row)
-    calls = Table("calls", "Model calls", [
-        ("created_at", "Time"), ("model", "Model"), ("provider", "Provider"), ("attempt", "Attempt"),
-        ("status", "Status"), ("total_tokens", "Tokens"), ("cost", "Cost"), ("latency_ms", "Latency ms"),
-        ("ttft_ms", "TTFT ms"), ("error", "Error"),
-    ], rows=list(LLMCall.objects.filter(conversation=conversation).order_by("created_at").values(
-        "created_at", "model", "provider", "attempt", "status", "total_tokens", "cost", "latency_ms", "ttft_ms",
-        "error")))
     first, last = conversation.created_at, conversation.last_message_at or timezone.now()
     message_ids = [row["id"] for row in messages.rows]
     audit_events = Table("audit", "Audit events around it", [
@@ -332,7 +334,63 @@ def conversation_detail(conversation_id) -> dict | None:
             created_at__lte=last + timedelta(minutes=1))
     ).order_by("created_at").values("created_at", "action", "actor__username", "target_type", "target_id",
                                     "detail")[:LATEST_ROWS]))
+    calls = _calls_with_tools(conversation, audit_events.rows)
     return {"conversation": conversation, "tables": [messages, calls, audit_events]}
+
+
+def _calls_with_tools(conversation, audit_rows: list[dict]) -> Table:
+    """The conversation's model calls in order; each row carries ``tool_calls`` (the tools that
+    call asked for, run before the next call) and ``audit`` (events from its start until the
+    next call starts, or AUDIT_NEAR after it ended). Tools and audit events are matched to calls
+    in Python, from one query each."""
+    calls = Table("calls", "Model calls", [
+        ("created_at", "Time"), ("model", "Model"), ("provider", "Provider"), ("attempt", "Attempt"),
+        ("status", "Status"), ("prompt_tokens", "Prompt"), ("completion_tokens", "Completion"),
+        ("total_tokens", "Tokens"), ("cost", "Cost"), ("latency_ms", "Latency ms"), ("ttft_ms", "TTFT ms"),
+        ("tools", "Tools run"), ("error", "Error"),
+    ], rows=list(LLMCall.objects.filter(conversation=conversation).order_by("created_at").values(
+        "id", "message_id", "created_at", "model", "provider", "attempt", "status", "prompt_tokens",
+        "completion_tokens", "total_tokens", "cost", "latency_ms", "ttft_ms", "error")[:CALL_ROWS]))
+    tool_rows = list(
+        ToolCall.objects.filter(message__conversation=conversation).order_by("created_at")
+        .annotate(args_head=Left("arguments", SUMMARY_CHARS), args_len=Length("arguments"),
+                  result_head=Left("result", SUMMARY_CHARS), result_len=Length("result"))
+        .values("message_id", "name", "step", "status", "latency_ms", "created_at", "args_head", "args_len",
+                "result_head", "result_len")[:CALL_ROWS * 4]
+    )
+    by_message: dict = defaultdict(list)
+    for row in calls.rows:
+        # A model call's row is written when the call ends; the tools it asked for run after that.
+        row["started_at"] = row["created_at"] - timedelta(milliseconds=row["latency_ms"] or 0)
+        row["tool_calls"], row["audit"] = [], []
+        by_message[row["message_id"]].append(row)
+    for tool in tool_rows:
+        ran_by = _last_at_or_before(by_message.get(tool["message_id"], []), tool["created_at"], "created_at")
+        if ran_by is None:
+            continue
+        ran_by["tool_calls"].append({
+            "name": tool["name"], "step": tool["step"], "status": tool["status"], "latency_ms": tool["latency_ms"],
+            "arguments": _summary(tool["args_head"], tool["args_len"]),
+            "result": _summary(tool["result_head"], tool["result_len"]),
+        })
+    for index, row in enumerate(calls.rows):
+        following = calls.rows[index + 1]["started_at"] if index + 1 < len(calls.rows) else None
+        until = following or row["created_at"] + AUDIT_NEAR
+        row["audit"] = [event for event in audit_rows if row["started_at"] <= event["created_at"] < until]
+        row["tools"] = ", ".join(f"{t['name']} ({t['status']})" for t in row["tool_calls"])
+    return calls
+
+
+def _last_at_or_before(rows: list[dict], moment, key: str) -> dict | None:
+    found = None
+    for row in rows:  # in time order
+        if row[key] <= moment:
+            found = row
+    return found or (rows[0] if rows else None)
+
+
+def _summary(head: str, length: int) -> str:
+    return head + "…" if length > len(head) else head
 
 
 # --- errors and security ---------------------------------------------------------------------
