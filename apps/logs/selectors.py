@@ -24,6 +24,7 @@ from .models import (
     DailySpenderStats,
     LLMCall,
     RequestLog,
+    RollupMark,
 )
 from .rollups import LATENCY_BUCKETS_MS, day_bounds, message_stats, percentile_ms
 
@@ -48,6 +49,26 @@ class Period:
     @property
     def bounds(self):
         return day_bounds(self.start)[0], day_bounds(self.end)[1]
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The filters a staff member sets once and every page applies where its data has the column
+    (``applied`` lists them; the rest are kept for the other pages and shown as not applied)."""
+
+    channel: str = ""
+    agent: str = ""
+    model: str = ""
+    user: str = ""
+    status: str = ""
+
+    def set(self) -> dict[str, str]:
+        return {k: v for k, v in self.__dict__.items() if v}
+
+
+def _apply(rows, filters: Filters, lookups: dict[str, str]):
+    """``rows`` narrowed by each set filter that ``lookups`` (filter name → ORM lookup) maps."""
+    return rows.filter(**{lookups[k]: v for k, v in filters.set().items() if k in lookups})
 
 
 @dataclass
@@ -94,8 +115,8 @@ class Chart:
 
 
 def live_day(period: Period) -> date | None:
-    """Today, if the period covers it: today's partial day is read from its raw rows (an indexed
-    range over one day), so a message sent seconds ago is counted; earlier days read the rollups."""
+    """Today, if the period covers it: the overview adds today's raw rows created since its last
+    rollup (RollupMark), so a message sent seconds ago is counted; other days read the rollups."""
     today = timezone.localdate()
     return today if period.start <= today <= period.end else None
 
@@ -113,17 +134,27 @@ def _series(per_day: dict, days: list[date]) -> list:
 # --- overview --------------------------------------------------------------------------------
 
 
-def overview(period: Period) -> dict:
+def overview(period: Period, filters: Filters = Filters()) -> dict:
+    """Rollup rows for every day; for today, its rollup (rows before its RollupMark) plus the raw
+    rows since then (or since midnight if today has no rollup yet). Only the channel filter applies:
+    the message rollups are per channel only."""
     days = period.days
     labels = [d.isoformat() for d in days]
     names = _channel_names()
     live = live_day(period)
-    msg_rows = list(DailyMessageStats.objects.filter(day__gte=period.start, day__lte=period.end)
-                    .exclude(day=live).values("day", "channel_id", "inbound", "replies", "failures",
-                                              "active_users", "latency_buckets"))
+    day_start, day_end = day_bounds(live) if live else (None, None)
+    covered = RollupMark.objects.filter(day=live).values_list("covered_until", flat=True).first() if live else None
+    since = covered or day_start
+    by_channel = {"channel": "channel__slug"}
+    in_period = {"day__gte": period.start, "day__lte": period.end}
+    # Without a mark, today's rollup rows (if any) predate marks and are not used.
+    not_rolled = [] if covered else [live]
+    msg_rows = list(_apply(DailyMessageStats.objects.filter(**in_period), filters, by_channel)
+                    .exclude(day__in=not_rolled).values("day", "channel_id", "inbound", "replies", "failures",
+                                                        "active_users", "latency_buckets"))
     if live:
-        msg_rows += [{"day": live, "channel_id": channel_id, **stats}
-                     for channel_id, stats in message_stats(*day_bounds(live)).items()]
+        msg_rows += [{"day": live, "channel_id": channel_id, **stats} for channel_id, stats in message_stats(
+            since, day_end, day_start=day_start if covered else None, channel=filters.channel).items()]
     inbound_by_channel: dict = defaultdict(dict)
     per_day: dict = defaultdict(lambda: {"inbound": 0, "replies": 0, "failures": 0, "active_users": 0,
                                           "buckets": [0] * (len(LATENCY_BUCKETS_MS) + 1)})
@@ -138,24 +169,29 @@ def overview(period: Period) -> dict:
             totals["buckets"][i] += count
             all_buckets[i] += count
 
-    calls = {
-        row["day"]: row for row in
-        DailyCallStats.objects.filter(day__gte=period.start, day__lte=period.end).exclude(day=live).order_by()
-        .values("day").annotate(tokens=Sum("total_tokens"), cost=Sum("cost"), calls=Sum("calls"),
-                                failed=Sum("failed_calls"))
-    }
-    rejections: dict = defaultdict(dict)
-    for row in (DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end).exclude(day=live)
-                .exclude(rejection="").order_by().values("day", "rejection").annotate(n=Sum("requests"))):
-        rejections[row["rejection"]][row["day"]] = row["n"]
+    calls: dict = defaultdict(lambda: {"tokens": 0, "cost": Decimal(0), "calls": 0, "failed": 0})
+    call_rows = list(_apply(DailyCallStats.objects.filter(**in_period), filters, by_channel)
+                     .exclude(day__in=not_rolled).order_by().values("day")
+                     .annotate(tokens=Sum("total_tokens"), cost=Sum("cost"), calls=Sum("calls"),
+                               failed=Sum("failed_calls")))
+    rejections: dict = defaultdict(lambda: defaultdict(int))
+    request_rows = list(_apply(DailyRequestStats.objects.filter(**in_period), filters, by_channel)
+                        .exclude(day__in=not_rolled).exclude(rejection="").order_by().values("day", "rejection")
+                        .annotate(n=Sum("requests")))
     if live:
-        start, end = day_bounds(live)
-        calls[live] = LLMCall.objects.filter(created_at__gte=start, created_at__lt=end).aggregate(
+        raw_calls = _apply(LLMCall.objects.filter(created_at__gte=since, created_at__lt=day_end), filters, by_channel)
+        call_rows.append({"day": live, **raw_calls.aggregate(
             tokens=Sum("total_tokens"), cost=Sum("cost"), calls=Count("id"),
-            failed=Count("id", filter=Q(status=LLMCall.Status.ERROR)))
-        for row in (RequestLog.objects.filter(created_at__gte=start, created_at__lt=end, rejection__gt="")
-                    .order_by().values("rejection").annotate(n=Count("id"))):
-            rejections[row["rejection"]][live] = row["n"]
+            failed=Count("id", filter=Q(status=LLMCall.Status.ERROR)))})
+        raw_requests = _apply(RequestLog.objects.filter(created_at__gte=since, created_at__lt=day_end,
+                                                        rejection__gt=""), filters, by_channel)
+        request_rows += [{"day": live, **row} for row in
+                         raw_requests.order_by().values("rejection").annotate(n=Count("id"))]
+    for row in call_rows:
+        for key in ("tokens", "cost", "calls", "failed"):
+            calls[row["day"]][key] += row[key] or 0
+    for row in request_rows:
+        rejections[row["rejection"]][row["day"]] += row["n"]
 
     charts = [
         Chart("messages", "Messages per channel", "line", labels,
@@ -212,7 +248,7 @@ def overview(period: Period) -> dict:
         "p95_ms": percentile_ms(all_buckets, 0.95),
         "rejections": sum(sum(s.values()) for s in rejections.values()),
     }
-    return {"charts": charts, "tables": [daily], "summary": summary}
+    return {"charts": charts, "tables": [daily], "summary": summary, "applied": {"channel"}}
 
 
 # --- cost ------------------------------------------------------------------------------------
@@ -222,9 +258,16 @@ _COST_COLUMNS = [("calls", "Calls"), ("failed_calls", "Failed"), ("prompt_tokens
 _COST_SUMS = {key: Sum(key) for key, _ in _COST_COLUMNS}
 
 
-def cost(period: Period) -> dict:
-    rollups = DailyCallStats.objects.filter(day__gte=period.start, day__lte=period.end).order_by()
-    spender_rollups = DailySpenderStats.objects.filter(day__gte=period.start, day__lte=period.end).order_by()
+# The cost rollups keep model calls per (channel, agent, model) and, apart, per (user, API key).
+COST_CALL_FILTERS = {"channel": "channel__slug", "agent": "agent__slug", "model": "model"}
+COST_SPENDER_FILTERS = {"user": "user__username__icontains"}
+
+
+def cost(period: Period, filters: Filters = Filters()) -> dict:
+    rollups = _apply(DailyCallStats.objects.filter(day__gte=period.start, day__lte=period.end).order_by(),
+                     filters, COST_CALL_FILTERS)
+    spender_rollups = _apply(DailySpenderStats.objects.filter(day__gte=period.start, day__lte=period.end)
+                             .order_by(), filters, COST_SPENDER_FILTERS)
     groups = [
         ("model", "By model", rollups, ["model", "provider"], [("model", "Model"), ("provider", "Provider")]),
         ("agent", "By agent", rollups, ["agent__slug"], [("agent__slug", "Agent")]),
@@ -252,7 +295,8 @@ def cost(period: Period) -> dict:
     total = rollups.aggregate(cost=Sum("cost"), tokens=Sum("total_tokens"), calls=Sum("calls"))
     return {"charts": [chart], "tables": tables,
             "summary": {"cost": total["cost"] or Decimal(0), "tokens": total["tokens"] or 0,
-                        "calls": total["calls"] or 0}}
+                        "calls": total["calls"] or 0},
+            "applied": {"channel", "agent", "model", "user"}}
 
 
 # --- conversations ---------------------------------------------------------------------------
@@ -396,26 +440,34 @@ def _summary(head: str, length: int) -> str:
 # --- errors and security ---------------------------------------------------------------------
 
 
-def errors_and_security(period: Period, *, action: str = "") -> dict:
+ERROR_CALL_FILTERS = {"channel": "channel__slug", "agent": "agent__slug", "model": "model",
+                      "user": "user__username__icontains"}
+ERROR_REQUEST_FILTERS = {"channel": "channel__slug", "user": "user__username__icontains"}
+
+
+def errors_and_security(period: Period, *, action: str = "", filters: Filters = Filters()) -> dict:
     start, end = period.bounds
     failed = Table("failed_calls", "Failed model calls (latest)", [
         ("created_at", "Time"), ("model", "Model"), ("provider", "Provider"), ("attempt", "Attempt"),
         ("error", "Error"), ("agent__slug", "Agent"), ("channel__slug", "Channel"), ("user__username", "User"),
         ("conversation_id", "Conversation"),
-    ], rows=list(LLMCall.objects.filter(status=LLMCall.Status.ERROR, created_at__gte=start, created_at__lt=end)
+    ], rows=list(_apply(LLMCall.objects.filter(status=LLMCall.Status.ERROR, created_at__gte=start,
+                                               created_at__lt=end), filters, ERROR_CALL_FILTERS)
                  .order_by("-created_at").values("created_at", "model", "provider", "attempt", "error",
                                                  "agent__slug", "channel__slug", "user__username",
                                                  "conversation_id")[:LATEST_ROWS]))
     by_reason = Table("refusals_by_reason", "Refused requests by reason", [
         ("rejection", "Reason"), ("channel_kind", "Channel kind"), ("status_code", "Status"), ("requests", "Requests"),
-    ], rows=list(DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end).exclude(rejection="")
+    ], rows=list(_apply(DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end),
+                        filters, {"channel": "channel__slug"}).exclude(rejection="")
                  .order_by().values("rejection", "channel_kind", "status_code").annotate(requests=Sum("requests"))
                  .order_by("-requests")))
     refused = Table("refused_requests", "Refused requests (latest)", [
         ("created_at", "Time"), ("rejection", "Reason"), ("status_code", "Status"), ("channel_kind", "Kind"),
         ("channel__slug", "Channel"), ("user__username", "User"), ("client_ip", "Client IP"),
         ("request_id", "Request id"),
-    ], rows=list(RequestLog.objects.filter(created_at__gte=start, created_at__lt=end, rejection__gt="")
+    ], rows=list(_apply(RequestLog.objects.filter(created_at__gte=start, created_at__lt=end, rejection__gt=""),
+                        filters, ERROR_REQUEST_FILTERS)
                  .order_by("-created_at").values("created_at", "rejection", "status_code", "channel_kind",
                                                  "channel__slug", "user__username", "client_ip",
                                                  "request_id")[:LATEST_ROWS]))
@@ -431,11 +483,13 @@ def errors_and_security(period: Period, *, action: str = "") -> dict:
         "client_ip")[:LATEST_ROWS]))
     labels = [d.isoformat() for d in period.days]
     per_reason: dict = defaultdict(dict)
-    for row in (DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end).exclude(rejection="")
+    for row in (_apply(DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end), filters,
+                       {"channel": "channel__slug"}).exclude(rejection="")
                 .order_by().values("day", "rejection").annotate(n=Sum("requests"))):
         per_reason[row["rejection"]][row["day"]] = row["n"]
     chart = Chart("refusals", "Refused requests per day", "bar", labels,
                   [{"label": r, "data": _series(s, period.days)} for r, s in sorted(per_reason.items())],
                   stacked=True)
     actions = list(AuditEvent.objects.order_by().values_list("action", flat=True).distinct()[:200])
-    return {"charts": [chart], "tables": [failed, by_reason, refused, audit], "actions": sorted(actions)}
+    return {"charts": [chart], "tables": [failed, by_reason, refused, audit], "actions": sorted(actions),
+            "applied": {"channel", "agent", "model", "user"}}
