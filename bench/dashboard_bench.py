@@ -130,15 +130,18 @@ def fill_conversations(rows: dict, conversations: int, days: int) -> None:
                 reply.created_at = reply.updated_at = at + timedelta(seconds=2)
                 batch_msg.append(reply)
         if len(batch_conv) >= 2000 or n == conversations - 1:
+            times = {c.id: (c.created_at, c.last_message_at) for c in batch_conv}
+            times.update({m.id: m.created_at for m in batch_msg})
             with transaction.atomic():
                 Conversation.objects.bulk_create(batch_conv)
                 Message.objects.bulk_create(batch_msg)
-                # auto_now/auto_now_add overwrote the generated times; put them back in one statement each.
+                # auto_now/auto_now_add overwrote the generated times (on the instances too, so
+                # they were kept aside before bulk_create); put them back in one statement each.
                 with connection.cursor() as cursor:
                     cursor.executemany("UPDATE conversations_conversation SET created_at=%s, last_message_at=%s "
-                                       "WHERE id=%s", [(c.created_at, c.last_message_at, c.id) for c in batch_conv])
+                                       "WHERE id=%s", [(*times[c.id], c.id) for c in batch_conv])
                     cursor.executemany("UPDATE conversations_message SET created_at=%s WHERE id=%s",
-                                       [(m.created_at, m.id) for m in batch_msg])
+                                       [(times[m.id], m.id) for m in batch_msg])
             batch_conv, batch_msg = [], []
 
 

@@ -400,6 +400,9 @@ GATEWAY_LOG_PUSH_MAX_ROWS = env.int("GATEWAY_LOG_PUSH_MAX_ROWS", default=100_000
 # Daily rollups (dashboard charts) are rebuilt this often for the last GATEWAY_LOG_ROLLUP_DAYS days.
 GATEWAY_LOG_ROLLUP_SECONDS = env.float("GATEWAY_LOG_ROLLUP_SECONDS", default=300.0)
 GATEWAY_LOG_ROLLUP_DAYS = env.int("GATEWAY_LOG_ROLLUP_DAYS", default=2)
+# A rebuild of today counts the rows created up to this long ago; the live overview reads the rest
+# raw. The lag lets buffered request-log rows (flushed every GATEWAY_LOG_FLUSH_SECONDS) land first.
+GATEWAY_LOG_ROLLUP_LAG_SECONDS = env.float("GATEWAY_LOG_ROLLUP_LAG_SECONDS", default=60.0)
 # Raw LLM-call and request rows older than this are deleted (rollups are kept); audit rows live longer.
 GATEWAY_LOG_RETENTION_DAYS = env.int("GATEWAY_LOG_RETENTION_DAYS", default=30)
 GATEWAY_AUDIT_RETENTION_DAYS = env.int("GATEWAY_AUDIT_RETENTION_DAYS", default=365)

@@ -23,7 +23,7 @@ from apps.identities.permissions import role_rank
 from apps.identities.roles import ROLE_ORDER, Role
 
 from . import selectors
-from .selectors import Period
+from .selectors import Filters, Period
 
 DASHBOARD_PERMISSION = "logs.view_dashboard"
 DEFAULT_PERIOD_DAYS = 14
@@ -31,6 +31,7 @@ MAX_PERIOD_DAYS = 366
 PAGE_ROWS = 50
 # Filters that follow the staff member from page to page (nav links) and into the CSV export.
 FILTER_KEYS = ("channel", "agent", "model", "user", "status")
+STATUSES = (Status.ACCEPTED, Status.PROCESSING, Status.ANSWERED, Status.FAILED)
 
 
 def dashboard_allowed(user) -> bool:
@@ -73,6 +74,13 @@ def period_from(request) -> Period:
     return Period(start, end)
 
 
+def filters_from(request) -> Filters:
+    values = {k: request.GET.get(k, "").strip() for k in FILTER_KEYS}
+    if values["status"] and values["status"] not in STATUSES:
+        raise BadInput("Unknown status.")
+    return Filters(**values)
+
+
 def render_page(request, template: str, period: Period | None, context: dict):
     """Render a dashboard page, or one of its tables as CSV when ``?export=<name>`` is given."""
     export = request.GET.get("export")
@@ -81,9 +89,13 @@ def render_page(request, template: str, period: Period | None, context: dict):
         if table is None:
             raise BadInput(f"No table named {export!r} on this page.")
         return csv_response(table, period)
-    carried = {k: request.GET[k] for k in ("from", "to", *FILTER_KEYS) if request.GET.get(k)}
+    own_fields = context.get("filters", {})
+    applied = context.get("applied", set(FILTER_KEYS))
     context.update({
-        "nav_query": urlencode(carried),
+        "unapplied_filters": [k for k in FILTER_KEYS if request.GET.get(k) and k not in applied],
+        "nav_query": carried_query(request),
+        # Filters this page has no field for ride along in its form, so "Apply" keeps them.
+        "hidden_filters": [(k, request.GET[k]) for k in FILTER_KEYS if request.GET.get(k) and k not in own_fields],
         "live": period is not None and period.start <= timezone.localdate() <= period.end,
         "period": period,
         "charts_config": [c.config() for c in context.get("charts", [])],
@@ -92,6 +104,11 @@ def render_page(request, template: str, period: Period | None, context: dict):
         "active": request.resolver_match.url_name,
     })
     return render(request, template, context)
+
+
+def carried_query(request) -> str:
+    """The period and filters, as a query string for links to the other pages."""
+    return urlencode({k: request.GET[k] for k in ("from", "to", *FILTER_KEYS) if request.GET.get(k)})
 
 
 def csv_response(table, period: Period | None) -> HttpResponse:
@@ -130,13 +147,13 @@ NAV = [("dashboard-overview", "Overview"), ("dashboard-cost", "Cost"),
 @staff_dashboard
 def overview(request):
     period = period_from(request)
-    return render_page(request, "dashboard/overview.html", period, selectors.overview(period))
+    return render_page(request, "dashboard/overview.html", period, selectors.overview(period, filters_from(request)))
 
 
 @staff_dashboard
 def cost(request):
     period = period_from(request)
-    return render_page(request, "dashboard/cost.html", period, selectors.cost(period))
+    return render_page(request, "dashboard/cost.html", period, selectors.cost(period, filters_from(request)))
 
 
 @staff_dashboard
@@ -146,23 +163,24 @@ def conversations(request):
         page = max(1, int(request.GET.get("page") or 1))
     except ValueError as exc:
         raise BadInput("page must be a number.") from exc
-    status = request.GET.get("status", "")
-    if status and status not in (Status.ACCEPTED, Status.PROCESSING, Status.ANSWERED, Status.FAILED):
-        raise BadInput("Unknown status.")
+    filters = filters_from(request)
     export = bool(request.GET.get("export"))
     table = selectors.conversation_search(
-        period, user=request.GET.get("user", "").strip(), channel=request.GET.get("channel", "").strip(),
-        text=request.GET.get("text", "").strip(), status=status, agent=request.GET.get("agent", "").strip(),
-        model=request.GET.get("model", "").strip(),
+        period, user=filters.user, channel=filters.channel, text=request.GET.get("text", "").strip(),
+        status=filters.status, agent=filters.agent, model=filters.model,
         limit=selectors.GROUP_ROWS * 10 if export else PAGE_ROWS, offset=0 if export else (page - 1) * PAGE_ROWS,
     )
     from apps.agents.models import Agent
     from apps.connectors.models import Channel
 
+    carried = carried_query(request)
+    if carried:  # opening a conversation keeps the filters for the way back
+        for row in table.rows:
+            row["url"] += "?" + carried
     return render_page(request, "dashboard/conversations.html", period, {
         "tables": [table], "page": page, "has_next": len(table.rows) == PAGE_ROWS,
         "channels": list(Channel.objects.values_list("slug", flat=True)),
-        "statuses": [Status.ACCEPTED, Status.PROCESSING, Status.ANSWERED, Status.FAILED],
+        "statuses": STATUSES,
         "agents": list(Agent.objects.order_by("slug").values_list("slug", flat=True)),
         "filters": {k: request.GET.get(k, "") for k in ("user", "channel", "text", "status", "agent", "model")},
     })
@@ -180,4 +198,4 @@ def conversation(request, conversation_id):
 def errors(request):
     period = period_from(request)
     return render_page(request, "dashboard/errors.html", period, selectors.errors_and_security(
-        period, action=request.GET.get("action", "").strip()))
+        period, action=request.GET.get("action", "").strip(), filters=filters_from(request)))

@@ -222,3 +222,17 @@ class DailyRequestStats(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day} {self.channel_kind} {self.status_code}: {self.requests}"
+
+
+class RollupMark(models.Model):
+    """How far the rollups of one day reach: rows created before ``covered_until`` are counted.
+
+    A past day is covered to its end; today to the last rebuild minus GATEWAY_LOG_ROLLUP_LAG_SECONDS.
+    The overview adds today's raw rows from there on (a few minutes of rows, through the
+    created_at indexes), so it is live without scanning the whole day."""
+
+    day = models.DateField(unique=True)
+    covered_until = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.day} up to {self.covered_until}"

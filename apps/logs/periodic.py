@@ -37,7 +37,8 @@ def _run_forever() -> None:
 
     jobs = [
         (settings.GATEWAY_LOG_FLUSH_SECONDS, request_log_flush),
-        (settings.GATEWAY_LOG_ROLLUP_SECONDS, lambda: rollup_days(recent_days())),
+        (settings.GATEWAY_LOG_ROLLUP_SECONDS,
+         lambda: rollup_days(recent_days(), lag_seconds=settings.GATEWAY_LOG_ROLLUP_LAG_SECONDS)),
         (settings.GATEWAY_LOG_PURGE_SECONDS, purge_old_logs),
     ]
     due = [time.monotonic() + every for every, _job in jobs]

@@ -12,7 +12,7 @@ from datetime import date, datetime, time, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, Count, IntegerField, Q, Sum, Value, When
+from django.db.models import Case, Count, Exists, IntegerField, OuterRef, Q, Sum, Value, When
 from django.utils import timezone
 
 from apps.conversations.models import Direction, Message, Status
@@ -25,6 +25,7 @@ from .models import (
     DailySpenderStats,
     LLMCall,
     RequestLog,
+    RollupMark,
 )
 
 logger = logging.getLogger(__name__)
@@ -45,21 +46,26 @@ def recent_days(count: int | None = None) -> list[date]:
     return [today - timedelta(days=n) for n in range(count or settings.GATEWAY_LOG_ROLLUP_DAYS)]
 
 
-def rollup_days(days: list[date], progress=None) -> None:
-    """``progress(done, total, day)``, if given, is called after each day (management commands)."""
+def rollup_days(days: list[date], progress=None, *, lag_seconds: float = 0) -> None:
+    """``progress(done, total, day)``, if given, is called after each day (management commands).
+    The periodic rebuild passes GATEWAY_LOG_ROLLUP_LAG_SECONDS as ``lag_seconds``."""
     for done, day in enumerate(days, 1):
-        rollup_day(day)
+        rollup_day(day, lag_seconds=lag_seconds)
         if progress:
             progress(done, len(days), day)
 
 
 @transaction.atomic
-def rollup_day(day: date) -> None:
-    """Replace the rollup rows of ``day`` with fresh aggregates of its raw rows."""
+def rollup_day(day: date, *, lag_seconds: float = 0) -> None:
+    """Replace the rollup rows of ``day`` with fresh aggregates of its raw rows created before
+    ``lag_seconds`` ago (all of a past day), and record that bound (RollupMark)."""
     start, end = day_bounds(day)
-    _rollup_calls(day, start, end)
-    _rollup_messages(day, start, end)
-    _rollup_requests(day, start, end)
+    lagged = timezone.now() - timedelta(seconds=lag_seconds)
+    until = max(start, min(end, lagged))
+    _rollup_calls(day, start, until)
+    _rollup_messages(day, start, until)
+    _rollup_requests(day, start, until)
+    RollupMark.objects.update_or_create(day=day, defaults={"covered_until": until})
 
 
 _CALL_SUMS = {
@@ -92,16 +98,27 @@ def _rollup_messages(day, start, end) -> None:
     )
 
 
-def message_stats(start, end) -> dict:
+def message_stats(start, end, *, day_start: datetime | None = None, channel: str = "") -> dict:
     """channel id → {inbound, failures, active_users, replies, latency_buckets} of the messages
-    created in [start, end): what a DailyMessageStats row holds (also read live for today)."""
+    created in [start, end): what a DailyMessageStats row holds (also read live for today).
+
+    With ``day_start``, ``active_users`` counts only senders with no inbound message on that
+    channel in [day_start, start): what to add to a rollup of [day_start, start). ``channel``
+    (a slug) narrows it to one channel."""
     in_day = Message.objects.filter(created_at__gte=start, created_at__lt=end).order_by()
+    if channel:
+        in_day = in_day.filter(channel__slug=channel)
     per_channel: dict = {}
+    new_sender = None
+    if day_start is not None:
+        new_sender = ~Exists(Message.objects.filter(
+            sender_id=OuterRef("sender_id"), channel_id=OuterRef("channel_id"), direction=Direction.INBOUND,
+            created_at__gte=day_start, created_at__lt=start))
     inbound = (
         in_day.filter(direction=Direction.INBOUND)
         .values("channel_id")
         .annotate(inbound=Count("id"), failures=Count("id", filter=Q(status=Status.FAILED)),
-                  active_users=Count("sender_id", distinct=True))
+                  active_users=Count("sender_id", distinct=True, filter=new_sender))
     )
     for row in inbound:
         per_channel[row["channel_id"]] = {

@@ -10,8 +10,10 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from django.db.models import Count, Exists, OuterRef, Q, Sum
+from django.db.models.functions import Left, Length
 from django.utils import timezone
 
+from apps.agents.models import ToolCall
 from apps.conversations.models import Conversation, Direction, Message
 
 from .models import (
@@ -22,10 +24,15 @@ from .models import (
     DailySpenderStats,
     LLMCall,
     RequestLog,
+    RollupMark,
 )
 from .rollups import LATENCY_BUCKETS_MS, day_bounds, message_stats, percentile_ms
 
 LATEST_ROWS = 100
+TRANSCRIPT_ROWS = 1000  # messages shown on one conversation's page
+CALL_ROWS = 1000  # model calls on one conversation's page (tool calls: up to 4 per call)
+SUMMARY_CHARS = 200  # of a tool call's arguments and result
+AUDIT_NEAR = timedelta(minutes=1)
 TOP_SPENDERS = 20
 GROUP_ROWS = 500
 
@@ -42,6 +49,26 @@ class Period:
     @property
     def bounds(self):
         return day_bounds(self.start)[0], day_bounds(self.end)[1]
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The filters a staff member sets once and every page applies where its data has the column
+    (``applied`` lists them; the rest are kept for the other pages and shown as not applied)."""
+
+    channel: str = ""
+    agent: str = ""
+    model: str = ""
+    user: str = ""
+    status: str = ""
+
+    def set(self) -> dict[str, str]:
+        return {k: v for k, v in self.__dict__.items() if v}
+
+
+def _apply(rows, filters: Filters, lookups: dict[str, str]):
+    """``rows`` narrowed by each set filter that ``lookups`` (filter name → ORM lookup) maps."""
+    return rows.filter(**{lookups[k]: v for k, v in filters.set().items() if k in lookups})
 
 
 @dataclass
@@ -88,8 +115,8 @@ class Chart:
 
 
 def live_day(period: Period) -> date | None:
-    """Today, if the period covers it: today's partial day is read from its raw rows (an indexed
-    range over one day), so a message sent seconds ago is counted; earlier days read the rollups."""
+    """Today, if the period covers it: the overview adds today's raw rows created since its last
+    rollup (RollupMark), so a message sent seconds ago is counted; other days read the rollups."""
     today = timezone.localdate()
     return today if period.start <= today <= period.end else None
 
@@ -107,17 +134,27 @@ def _series(per_day: dict, days: list[date]) -> list:
 # --- overview --------------------------------------------------------------------------------
 
 
-def overview(period: Period) -> dict:
+def overview(period: Period, filters: Filters = Filters()) -> dict:
+    """Rollup rows for every day; for today, its rollup (rows before its RollupMark) plus the raw
+    rows since then (or since midnight if today has no rollup yet). Only the channel filter applies:
+    the message rollups are per channel only."""
     days = period.days
     labels = [d.isoformat() for d in days]
     names = _channel_names()
     live = live_day(period)
-    msg_rows = list(DailyMessageStats.objects.filter(day__gte=period.start, day__lte=period.end)
-                    .exclude(day=live).values("day", "channel_id", "inbound", "replies", "failures",
-                                              "active_users", "latency_buckets"))
+    day_start, day_end = day_bounds(live) if live else (None, None)
+    covered = RollupMark.objects.filter(day=live).values_list("covered_until", flat=True).first() if live else None
+    since = covered or day_start
+    by_channel = {"channel": "channel__slug"}
+    in_period = {"day__gte": period.start, "day__lte": period.end}
+    # Without a mark, today's rollup rows (if any) predate marks and are not used.
+    not_rolled = [] if covered else [live]
+    msg_rows = list(_apply(DailyMessageStats.objects.filter(**in_period), filters, by_channel)
+                    .exclude(day__in=not_rolled).values("day", "channel_id", "inbound", "replies", "failures",
+                                                        "active_users", "latency_buckets"))
     if live:
-        msg_rows += [{"day": live, "channel_id": channel_id, **stats}
-                     for channel_id, stats in message_stats(*day_bounds(live)).items()]
+        msg_rows += [{"day": live, "channel_id": channel_id, **stats} for channel_id, stats in message_stats(
+            since, day_end, day_start=day_start if covered else None, channel=filters.channel).items()]
     inbound_by_channel: dict = defaultdict(dict)
     per_day: dict = defaultdict(lambda: {"inbound": 0, "replies": 0, "failures": 0, "active_users": 0,
                                           "buckets": [0] * (len(LATENCY_BUCKETS_MS) + 1)})
@@ -132,24 +169,29 @@ def overview(period: Period) -> dict:
             totals["buckets"][i] += count
             all_buckets[i] += count
 
-    calls = {
-        row["day"]: row for row in
-        DailyCallStats.objects.filter(day__gte=period.start, day__lte=period.end).exclude(day=live).order_by()
-        .values("day").annotate(tokens=Sum("total_tokens"), cost=Sum("cost"), calls=Sum("calls"),
-                                failed=Sum("failed_calls"))
-    }
-    rejections: dict = defaultdict(dict)
-    for row in (DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end).exclude(day=live)
-                .exclude(rejection="").order_by().values("day", "rejection").annotate(n=Sum("requests"))):
-        rejections[row["rejection"]][row["day"]] = row["n"]
+    calls: dict = defaultdict(lambda: {"tokens": 0, "cost": Decimal(0), "calls": 0, "failed": 0})
+    call_rows = list(_apply(DailyCallStats.objects.filter(**in_period), filters, by_channel)
+                     .exclude(day__in=not_rolled).order_by().values("day")
+                     .annotate(tokens=Sum("total_tokens"), cost=Sum("cost"), calls=Sum("calls"),
+                               failed=Sum("failed_calls")))
+    rejections: dict = defaultdict(lambda: defaultdict(int))
+    request_rows = list(_apply(DailyRequestStats.objects.filter(**in_period), filters, by_channel)
+                        .exclude(day__in=not_rolled).exclude(rejection="").order_by().values("day", "rejection")
+                        .annotate(n=Sum("requests")))
     if live:
-        start, end = day_bounds(live)
-        calls[live] = LLMCall.objects.filter(created_at__gte=start, created_at__lt=end).aggregate(
+        raw_calls = _apply(LLMCall.objects.filter(created_at__gte=since, created_at__lt=day_end), filters, by_channel)
+        call_rows.append({"day": live, **raw_calls.aggregate(
             tokens=Sum("total_tokens"), cost=Sum("cost"), calls=Count("id"),
-            failed=Count("id", filter=Q(status=LLMCall.Status.ERROR)))
-        for row in (RequestLog.objects.filter(created_at__gte=start, created_at__lt=end, rejection__gt="")
-                    .order_by().values("rejection").annotate(n=Count("id"))):
-            rejections[row["rejection"]][live] = row["n"]
+            failed=Count("id", filter=Q(status=LLMCall.Status.ERROR)))})
+        raw_requests = _apply(RequestLog.objects.filter(created_at__gte=since, created_at__lt=day_end,
+                                                        rejection__gt=""), filters, by_channel)
+        request_rows += [{"day": live, **row} for row in
+                         raw_requests.order_by().values("rejection").annotate(n=Count("id"))]
+    for row in call_rows:
+        for key in ("tokens", "cost", "calls", "failed"):
+            calls[row["day"]][key] += row[key] or 0
+    for row in request_rows:
+        rejections[row["rejection"]][row["day"]] += row["n"]
 
     charts = [
         Chart("messages", "Messages per channel", "line", labels,
@@ -206,7 +248,7 @@ def overview(period: Period) -> dict:
         "p95_ms": percentile_ms(all_buckets, 0.95),
         "rejections": sum(sum(s.values()) for s in rejections.values()),
     }
-    return {"charts": charts, "tables": [daily], "summary": summary}
+    return {"charts": charts, "tables": [daily], "summary": summary, "applied": {"channel"}}
 
 
 # --- cost ------------------------------------------------------------------------------------
@@ -216,9 +258,16 @@ _COST_COLUMNS = [("calls", "Calls"), ("failed_calls", "Failed"), ("prompt_tokens
 _COST_SUMS = {key: Sum(key) for key, _ in _COST_COLUMNS}
 
 
-def cost(period: Period) -> dict:
-    rollups = DailyCallStats.objects.filter(day__gte=period.start, day__lte=period.end).order_by()
-    spender_rollups = DailySpenderStats.objects.filter(day__gte=period.start, day__lte=period.end).order_by()
+# The cost rollups keep model calls per (channel, agent, model) and, apart, per (user, API key).
+COST_CALL_FILTERS = {"channel": "channel__slug", "agent": "agent__slug", "model": "model"}
+COST_SPENDER_FILTERS = {"user": "user__username__icontains"}
+
+
+def cost(period: Period, filters: Filters = Filters()) -> dict:
+    rollups = _apply(DailyCallStats.objects.filter(day__gte=period.start, day__lte=period.end).order_by(),
+                     filters, COST_CALL_FILTERS)
+    spender_rollups = _apply(DailySpenderStats.objects.filter(day__gte=period.start, day__lte=period.end)
+                             .order_by(), filters, COST_SPENDER_FILTERS)
     groups = [
         ("model", "By model", rollups, ["model", "provider"], [("model", "Model"), ("provider", "Provider")]),
         ("agent", "By agent", rollups, ["agent__slug"], [("agent__slug", "Agent")]),
@@ -246,7 +295,8 @@ def cost(period: Period) -> dict:
     total = rollups.aggregate(cost=Sum("cost"), tokens=Sum("total_tokens"), calls=Sum("calls"))
     return {"charts": [chart], "tables": tables,
             "summary": {"cost": total["cost"] or Decimal(0), "tokens": total["tokens"] or 0,
-                        "calls": total["calls"] or 0}}
+                        "calls": total["calls"] or 0},
+            "applied": {"channel", "agent", "model", "user"}}
 
 
 # --- conversations ---------------------------------------------------------------------------
@@ -287,6 +337,9 @@ def conversation_search(period: Period, *, user: str = "", channel: str = "", te
 
 
 def conversation_detail(conversation_id) -> dict | None:
+    """The transcript, each model call with the tools it ran and the audit events near it, and
+    the conversation's audit trail: a fixed number of queries whatever the conversation's size
+    (messages, calls, tool calls and audit events are each one bounded query)."""
     conversation = (Conversation.objects.select_related("channel", "user", "agent")
                     .filter(pk=conversation_id).first())
     if conversation is None:
@@ -301,7 +354,7 @@ def conversation_detail(conversation_id) -> dict | None:
         ("prompt_tokens", "Prompt"), ("completion_tokens", "Completion"), ("total_tokens", "Tokens"),
         ("cost", "Cost"), ("latency_ms", "Latency ms"), ("request_id", "Request id"),
     ])
-    for m in conversation.messages.order_by("created_at"):
+    for m in conversation.messages.order_by("created_at")[:TRANSCRIPT_ROWS]:
         row = {
             "id": str(m.id), "created_at": m.created_at, "text": m.text, "status": m.status,
             "direction": "user" if m.direction == Direction.INBOUND else ("agent" if m.sender_id is None else "staff"),
@@ -313,13 +366,6 @@ def conversation_detail(conversation_id) -> dict | None:
         if m.direction == Direction.INBOUND and m.error_code:
             row["status"] = f"{m.status} ({m.error_code})"
         messages.rows.append(row)
-    calls = Table("calls", "Model calls", [
-        ("created_at", "Time"), ("model", "Model"), ("provider", "Provider"), ("attempt", "Attempt"),
-        ("status", "Status"), ("total_tokens", "Tokens"), ("cost", "Cost"), ("latency_ms", "Latency ms"),
-        ("ttft_ms", "TTFT ms"), ("error", "Error"),
-    ], rows=list(LLMCall.objects.filter(conversation=conversation).order_by("created_at").values(
-        "created_at", "model", "provider", "attempt", "status", "total_tokens", "cost", "latency_ms", "ttft_ms",
-        "error")))
     first, last = conversation.created_at, conversation.last_message_at or timezone.now()
     message_ids = [row["id"] for row in messages.rows]
     audit_events = Table("audit", "Audit events around it", [
@@ -332,32 +378,96 @@ def conversation_detail(conversation_id) -> dict | None:
             created_at__lte=last + timedelta(minutes=1))
     ).order_by("created_at").values("created_at", "action", "actor__username", "target_type", "target_id",
                                     "detail")[:LATEST_ROWS]))
+    calls = _calls_with_tools(conversation, audit_events.rows)
     return {"conversation": conversation, "tables": [messages, calls, audit_events]}
+
+
+def _calls_with_tools(conversation, audit_rows: list[dict]) -> Table:
+    """The conversation's model calls in order; each row carries ``tool_calls`` (the tools that
+    call asked for, run before the next call) and ``audit`` (events from its start until the
+    next call starts, or AUDIT_NEAR after it ended). Tools and audit events are matched to calls
+    in Python, from one query each."""
+    calls = Table("calls", "Model calls", [
+        ("created_at", "Time"), ("model", "Model"), ("provider", "Provider"), ("attempt", "Attempt"),
+        ("status", "Status"), ("prompt_tokens", "Prompt"), ("completion_tokens", "Completion"),
+        ("total_tokens", "Tokens"), ("cost", "Cost"), ("latency_ms", "Latency ms"), ("ttft_ms", "TTFT ms"),
+        ("tools", "Tools run"), ("error", "Error"),
+    ], rows=list(LLMCall.objects.filter(conversation=conversation).order_by("created_at").values(
+        "id", "message_id", "created_at", "model", "provider", "attempt", "status", "prompt_tokens",
+        "completion_tokens", "total_tokens", "cost", "latency_ms", "ttft_ms", "error")[:CALL_ROWS]))
+    tool_rows = list(
+        ToolCall.objects.filter(message__conversation=conversation).order_by("created_at")
+        .annotate(args_head=Left("arguments", SUMMARY_CHARS), args_len=Length("arguments"),
+                  result_head=Left("result", SUMMARY_CHARS), result_len=Length("result"))
+        .values("message_id", "name", "step", "status", "latency_ms", "created_at", "args_head", "args_len",
+                "result_head", "result_len")[:CALL_ROWS * 4]
+    )
+    by_message: dict = defaultdict(list)
+    for row in calls.rows:
+        # A model call's row is written when the call ends; the tools it asked for run after that.
+        row["started_at"] = row["created_at"] - timedelta(milliseconds=row["latency_ms"] or 0)
+        row["tool_calls"], row["audit"] = [], []
+        by_message[row["message_id"]].append(row)
+    for tool in tool_rows:
+        ran_by = _last_at_or_before(by_message.get(tool["message_id"], []), tool["created_at"], "created_at")
+        if ran_by is None:
+            continue
+        ran_by["tool_calls"].append({
+            "name": tool["name"], "step": tool["step"], "status": tool["status"], "latency_ms": tool["latency_ms"],
+            "arguments": _summary(tool["args_head"], tool["args_len"]),
+            "result": _summary(tool["result_head"], tool["result_len"]),
+        })
+    for index, row in enumerate(calls.rows):
+        following = calls.rows[index + 1]["started_at"] if index + 1 < len(calls.rows) else None
+        until = following or row["created_at"] + AUDIT_NEAR
+        row["audit"] = [event for event in audit_rows if row["started_at"] <= event["created_at"] < until]
+        row["tools"] = ", ".join(f"{t['name']} ({t['status']})" for t in row["tool_calls"])
+    return calls
+
+
+def _last_at_or_before(rows: list[dict], moment, key: str) -> dict | None:
+    found = None
+    for row in rows:  # in time order
+        if row[key] <= moment:
+            found = row
+    return found or (rows[0] if rows else None)
+
+
+def _summary(head: str, length: int) -> str:
+    return head + "…" if length > len(head) else head
 
 
 # --- errors and security ---------------------------------------------------------------------
 
 
-def errors_and_security(period: Period, *, action: str = "") -> dict:
+ERROR_CALL_FILTERS = {"channel": "channel__slug", "agent": "agent__slug", "model": "model",
+                      "user": "user__username__icontains"}
+ERROR_REQUEST_FILTERS = {"channel": "channel__slug", "user": "user__username__icontains"}
+
+
+def errors_and_security(period: Period, *, action: str = "", filters: Filters = Filters()) -> dict:
     start, end = period.bounds
     failed = Table("failed_calls", "Failed model calls (latest)", [
         ("created_at", "Time"), ("model", "Model"), ("provider", "Provider"), ("attempt", "Attempt"),
         ("error", "Error"), ("agent__slug", "Agent"), ("channel__slug", "Channel"), ("user__username", "User"),
         ("conversation_id", "Conversation"),
-    ], rows=list(LLMCall.objects.filter(status=LLMCall.Status.ERROR, created_at__gte=start, created_at__lt=end)
+    ], rows=list(_apply(LLMCall.objects.filter(status=LLMCall.Status.ERROR, created_at__gte=start,
+                                               created_at__lt=end), filters, ERROR_CALL_FILTERS)
                  .order_by("-created_at").values("created_at", "model", "provider", "attempt", "error",
                                                  "agent__slug", "channel__slug", "user__username",
                                                  "conversation_id")[:LATEST_ROWS]))
     by_reason = Table("refusals_by_reason", "Refused requests by reason", [
         ("rejection", "Reason"), ("channel_kind", "Channel kind"), ("status_code", "Status"), ("requests", "Requests"),
-    ], rows=list(DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end).exclude(rejection="")
+    ], rows=list(_apply(DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end),
+                        filters, {"channel": "channel__slug"}).exclude(rejection="")
                  .order_by().values("rejection", "channel_kind", "status_code").annotate(requests=Sum("requests"))
                  .order_by("-requests")))
     refused = Table("refused_requests", "Refused requests (latest)", [
         ("created_at", "Time"), ("rejection", "Reason"), ("status_code", "Status"), ("channel_kind", "Kind"),
         ("channel__slug", "Channel"), ("user__username", "User"), ("client_ip", "Client IP"),
         ("request_id", "Request id"),
-    ], rows=list(RequestLog.objects.filter(created_at__gte=start, created_at__lt=end, rejection__gt="")
+    ], rows=list(_apply(RequestLog.objects.filter(created_at__gte=start, created_at__lt=end, rejection__gt=""),
+                        filters, ERROR_REQUEST_FILTERS)
                  .order_by("-created_at").values("created_at", "rejection", "status_code", "channel_kind",
                                                  "channel__slug", "user__username", "client_ip",
                                                  "request_id")[:LATEST_ROWS]))
@@ -373,11 +483,13 @@ def errors_and_security(period: Period, *, action: str = "") -> dict:
         "client_ip")[:LATEST_ROWS]))
     labels = [d.isoformat() for d in period.days]
     per_reason: dict = defaultdict(dict)
-    for row in (DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end).exclude(rejection="")
+    for row in (_apply(DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end), filters,
+                       {"channel": "channel__slug"}).exclude(rejection="")
                 .order_by().values("day", "rejection").annotate(n=Sum("requests"))):
         per_reason[row["rejection"]][row["day"]] = row["n"]
     chart = Chart("refusals", "Refused requests per day", "bar", labels,
                   [{"label": r, "data": _series(s, period.days)} for r, s in sorted(per_reason.items())],
                   stacked=True)
     actions = list(AuditEvent.objects.order_by().values_list("action", flat=True).distinct()[:200])
-    return {"charts": [chart], "tables": [failed, by_reason, refused, audit], "actions": sorted(actions)}
+    return {"charts": [chart], "tables": [failed, by_reason, refused, audit], "actions": sorted(actions),
+            "applied": {"channel", "agent", "model", "user"}}

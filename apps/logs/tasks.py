@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from celery import shared_task
+from django.conf import settings
 
 from .request_log import request_log_flush
 from .rollups import purge_old_logs, recent_days, rollup_days
@@ -17,7 +18,7 @@ def flush_request_logs() -> int:
 def rollup_daily() -> None:
     """Rebuild the daily rollups of the last GATEWAY_LOG_ROLLUP_DAYS days."""
     request_log_flush()
-    rollup_days(recent_days())
+    rollup_days(recent_days(), lag_seconds=settings.GATEWAY_LOG_ROLLUP_LAG_SECONDS)
 
 
 @shared_task(name="logs.purge_old_logs", ignore_result=True)
