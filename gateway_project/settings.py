@@ -5,6 +5,7 @@ Two ways to run:
   cache, Celery tasks run in-process off the event loop;
 - services (DATABASE_URL + REDIS_URL): PostgreSQL, Redis cache and channel layer, Celery workers.
 """
+import importlib.util
 from pathlib import Path
 
 import environ
@@ -59,6 +60,10 @@ INSTALLED_APPS = [
     "apps.quotas",
     "apps.logs",
 ]
+# The workbench (fake_llm, fake_platforms): present in a source checkout, absent from the
+# installed package and the production image, which boot without it.
+if importlib.util.find_spec("devtools") is not None:
+    INSTALLED_APPS.append("devtools")
 
 # Django's own middleware, as subclasses that spare Daphne a thread hop per hook
 # (gateway_project/middleware.py); the behaviour on browser pages is Django's.

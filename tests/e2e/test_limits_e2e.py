@@ -23,7 +23,7 @@ from apps.quotas.budgets import estimate_prompt_tokens
 from apps.quotas.models import QuotaPolicy, UsageDaily
 from apps.quotas.policies import user_limits
 from apps.quotas.selectors import budget_states
-from gateway_project.stack import Stack, base_env, database_url, http
+from devtools.stack import Stack, base_env, database_url, http
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 import psycopg
 import pytest
 
-from apps.connectors.fake_platforms import FakePlatforms
-from gateway_project.stack import PrivatePostgres, PrivateRabbitMQ, Stack, base_env, http
+from devtools.fake_platforms import FakePlatforms
+from devtools.stack import PrivatePostgres, PrivateRabbitMQ, Stack, base_env, http
 from tests.connectors.connector_helpers import crm_headers, wecom_crypto
 
 SLACK_SECRET = "reliability-slack-signing-secret"

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gateway_project.stack import http
+from devtools.stack import http
 
 from .conftest import post_message, sql, wait_until_answered
 from .test_faults import answered_after_recovery, wait_for_status
