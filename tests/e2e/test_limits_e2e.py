@@ -14,9 +14,9 @@ from apps.agents.models import Agent, LLMModel, Provider
 from apps.agents.runtime import build_prompt
 from apps.connectors.models import Channel
 from apps.conversations import pipeline
-from apps.conversations.errors import QuotaExceeded
 from apps.conversations.models import Message
 from apps.conversations.normalized import NormalizedMessage
+from apps.core.errors import QuotaExceeded
 from apps.identities.models import ApiKey
 from apps.logs.models import LLMCall
 from apps.quotas.budgets import estimate_prompt_tokens
