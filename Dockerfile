@@ -1,5 +1,7 @@
 # The gateway image: Daphne (HTTP + websockets), Celery workers and beat all run from it.
-FROM python:3.11-slim-bookworm
+# Targets: `production` (the default, last below) carries the gateway only; `devtools` adds the
+# local stand-ins (devtools/) for compose's fake-llm service. `base` is what both share.
+FROM python:3.11-slim-bookworm AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -32,3 +34,20 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --retries=3 CMD curl -fs http://127.0.0.1:8000/healthz || exit 1
 # -v 0: no Daphne access log; the gateway writes its own request log (RequestLog, with request ids).
 CMD ["daphne", "-v", "0", "-b", "0.0.0.0", "-p", "8000", "gateway_project.asgi:application"]
+
+
+# The stand-ins (`manage.py fake_llm`, `manage.py fake_platforms`) for a trial or a test stack.
+# Settings add the devtools app when /app/devtools is present (manage.py runs from /app).
+FROM base AS devtools
+USER root
+# The `devtools` extra's libraries only (aiohttp); the gateway package itself is installed already.
+RUN python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["devtools"]))' \
+        > /tmp/devtools-requirements.txt \
+    && pip install -r /tmp/devtools-requirements.txt \
+    && rm /tmp/devtools-requirements.txt
+COPY --chown=gateway devtools ./devtools
+USER gateway
+
+
+# The default target: the gateway without the workbench (no devtools/, no aiohttp).
+FROM base AS production

@@ -58,8 +58,10 @@ browser-deps:
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
 	  || echo "could not install chromium: browser tests are skipped (CI, with GATEWAY_REQUIRE_SERVICES=1, fails)"; }
 
+# ruff, then the import contracts in pyproject.toml ([tool.importlinter]: layers, devtools apart).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 worker: install
 	$(BIN)/celery -A gateway_project worker -P $${CELERY_POOL:-gevent} -c $${CELERY_CONCURRENCY:-1000} -Q gateway -l INFO

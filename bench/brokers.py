@@ -22,7 +22,7 @@ BASE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE))
 
 from bench.run import load, log  # noqa: E402
-from gateway_project.stack import Stack, base_env  # noqa: E402
+from devtools.stack import Stack, base_env  # noqa: E402
 
 DATABASE_URL = os.environ["BENCH_DATABASE_URL"]
 REDIS_URL = os.environ["BENCH_REDIS_URL"]

@@ -24,7 +24,7 @@ from pathlib import Path
 BASE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BASE))
 
-from gateway_project.stack import PYTHON, Stack, base_env, free_port, http, visitor_token  # noqa: E402
+from devtools.stack import PYTHON, Stack, base_env, free_port, http, visitor_token  # noqa: E402
 
 RESULTS = BASE / "bench" / "results"
 LITELLM_VENV = BASE / "bench" / ".venv-litellm"
@@ -367,7 +367,7 @@ def main() -> None:
     stack = Stack(env)
     results: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                      "machine": {"cpus": os.cpu_count(), "fd_limit": hard}, "llm_delay_ms": float(LLM_DELAY_MS)}
-    from apps.connectors.fake_platforms import FakePlatforms
+    from devtools.fake_platforms import FakePlatforms
 
     platforms = FakePlatforms()  # Slack's Web API for the replies to the ingested Slack events
     platforms.start_in_thread()

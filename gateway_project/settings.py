@@ -5,6 +5,7 @@ Two ways to run:
   cache, Celery tasks run in-process off the event loop;
 - services (DATABASE_URL + REDIS_URL): PostgreSQL, Redis cache and channel layer, Celery workers.
 """
+import importlib.util
 from pathlib import Path
 
 import environ
@@ -59,6 +60,10 @@ INSTALLED_APPS = [
     "apps.quotas",
     "apps.logs",
 ]
+# The workbench (fake_llm, fake_platforms): present in a source checkout, absent from the
+# installed package and the production image, which boot without it.
+if importlib.util.find_spec("devtools") is not None:
+    INSTALLED_APPS.append("devtools")
 
 # Django's own middleware, as subclasses that spare Daphne a thread hop per hook
 # (gateway_project/middleware.py); the behaviour on browser pages is Django's.
@@ -251,7 +256,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PARSER_CLASSES": ["apps.conversations.parsers.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "EXCEPTION_HANDLER": "apps.conversations.errors.drf_exception_handler",
+    "EXCEPTION_HANDLER": "apps.core.errors.drf_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }

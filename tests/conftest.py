@@ -12,11 +12,11 @@ from decimal import Decimal
 import pytest
 from django.conf import settings
 
-from apps.agents.fake_llm import FakeLLMServer
 from apps.agents.models import Agent, LLMModel, Provider, Visibility
 from apps.connectors.models import Channel
 from apps.identities.models import ApiKey
 from apps.identities.roles import Role, ensure_role_groups
+from devtools.fake_llm import FakeLLMServer
 
 SERVICES = bool(settings.REDIS_URL) and settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
 REQUIRE_SERVICES = os.environ.get("GATEWAY_REQUIRE_SERVICES") == "1"

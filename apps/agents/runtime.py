@@ -20,8 +20,8 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from apps.conversations.errors import AgentFailed
 from apps.conversations.models import Direction, Message, Status
+from apps.core.errors import AgentFailed
 from apps.logs.metrics import llm_call_observed
 from apps.logs.models import LLMCall
 from apps.logs.structured import message_id_var, request_id_var
@@ -414,7 +414,8 @@ def deliver(reply: Message, *, inbound: Message, then_hand_over: bool = False) -
     gateway's own means failed, for recovery to deliver later. ``then_hand_over``: then
     hand_over(inbound), in the same statement as the outcome if it was sent.
     """
-    from apps.connectors.base import ChannelMisconfigured, ConnectorError, send_with_retries
+    from apps.connectors.base import ChannelMisconfigured
+    from apps.core.http import ConnectorError, send_with_retries
 
     connector = inbound.channel.connector
 

@@ -3,8 +3,9 @@
 
 Subclasses set ``kind`` and override what their channel needs:
 - ``send(reply, inbound=...)`` — deliver a reply; return None on success, raise ConnectorError
-  (``permanent=True`` when retrying cannot help, ``retry_after`` when the platform said when).
-  Never retry inside ``send``: ``send_with_retries`` (below) is the one place that retries.
+  (``apps.core.http``: ``permanent=True`` when retrying cannot help, ``retry_after`` when the
+  platform said when). Never retry inside ``send``: ``apps.core.http.send_with_retries`` is the one
+  place that retries.
 - ``send_error(inbound, error)`` — tell the sender their message could not be answered.
 - ``wants_stream(inbound)`` / ``send_delta(inbound, piece)`` — for channels that stream;
   ``send_reset(inbound)`` — discard the pieces streamed so far (that attempt failed; another
@@ -25,19 +26,11 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.http import HttpResponse
-from tenacity import RetryCallState, Retrying, stop_after_attempt
 
-from apps.conversations.errors import GatewayError, Unauthenticated
 from apps.conversations.realtime import publish, reply_group
+from apps.core.errors import GatewayError, Unauthenticated
 
 logger = logging.getLogger(__name__)
-
-
-class ConnectorError(Exception):
-    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None):
-        super().__init__(message)
-        self.permanent = permanent
-        self.retry_after = retry_after
 
 
 class ChannelMisconfigured(GatewayError):
@@ -188,52 +181,6 @@ def check_timestamp(value: str, *, now: float | None = None) -> int:
 def require_signature(expected: str, given: str) -> None:
     if not given or not constant_time_equals(expected, given):
         raise Unauthenticated("The request signature does not match.", reason="signature_mismatch")
-
-
-# --- outbound retries: the one place ------------------------------------------------------
-
-
-def send_with_retries(send, *, what: str = "reply") -> int:
-    """Call ``send()`` until it succeeds; returns the number of attempts.
-
-    Transient ConnectorErrors are retried with exponential backoff
-    (CONNECTOR_SEND_BACKOFF_SECONDS × 2^n), waiting at least the platform's Retry-After.
-    Raises the last ConnectorError when it is permanent, when CONNECTOR_SEND_ATTEMPTS are used
-    up, or when the platform asks to wait longer than CONNECTOR_SEND_MAX_WAIT_SECONDS.
-    Any other exception goes straight through.
-    """
-    backoff = settings.CONNECTOR_SEND_BACKOFF_SECONDS
-    max_wait = settings.CONNECTOR_SEND_MAX_WAIT_SECONDS
-
-    def wait(state: RetryCallState) -> float:  # the platform's Retry-After, or more
-        error = state.outcome.exception()
-        return max(error.retry_after or 0.0, backoff * 2 ** (state.attempt_number - 1))
-
-    def worth_retrying(state: RetryCallState) -> bool:
-        error = state.outcome.exception()
-        return isinstance(error, ConnectorError) and not error.permanent and wait(state) <= max_wait
-
-    def log_retry(state: RetryCallState) -> None:
-        logger.warning("send failed, retrying", extra={
-            "what": what, "attempt": state.attempt_number, "wait_seconds": state.next_action.sleep,
-            "error": str(state.outcome.exception()),
-        })
-
-    retrying = Retrying(stop=stop_after_attempt(settings.CONNECTOR_SEND_ATTEMPTS), wait=wait,
-                        retry=worth_retrying, before_sleep=log_retry, reraise=True)
-    attempts = 0
-
-    def attempt() -> None:
-        nonlocal attempts
-        attempts += 1
-        send()
-
-    try:
-        retrying(attempt)
-    except ConnectorError as exc:
-        exc.attempts = attempts
-        raise
-    return attempts
 
 
 def reply_event(reply) -> dict:

@@ -8,7 +8,13 @@ from urllib.parse import parse_qs, urlparse
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from apps.conversations.errors import (
+from apps.conversations.normalized import NormalizedMessage
+from apps.conversations.pipeline import accept
+from apps.conversations.realtime import conversation_group
+from apps.conversations.selectors import conversation_history
+from apps.conversations.services import conversation_open
+from apps.core.client_ip import client_ip_for_scope
+from apps.core.errors import (
     BadRequest,
     Forbidden,
     GatewayError,
@@ -16,15 +22,9 @@ from apps.conversations.errors import (
     PayloadTooLarge,
     outage_error,
 )
-from apps.conversations.normalized import NormalizedMessage
-from apps.conversations.pipeline import accept
-from apps.conversations.realtime import conversation_group
-from apps.conversations.selectors import conversation_history
-from apps.conversations.services import conversation_open
 from apps.logs.middleware import new_request_id
 from apps.logs.request_log import request_log_record
 from apps.logs.structured import request_id_var
-from apps.quotas.client_ip import client_ip_for_scope
 from apps.quotas.iprules import check_ip_rules
 from apps.quotas.limits import check_address_rate
 from gateway_project.db import database_sync_to_async

@@ -19,8 +19,9 @@ from typing import Any
 from django.conf import settings
 from django.http import JsonResponse
 
-from apps.conversations.errors import BadRequest, Unauthenticated
 from apps.conversations.normalized import NormalizedMessage
+from apps.core.errors import BadRequest, Unauthenticated
+from apps.core.http import request_json
 
 from .base import (
     Connector,
@@ -31,7 +32,6 @@ from .base import (
     hmac_sha256_hex,
     require_signature,
 )
-from .http import request_json
 
 SIGNATURE_HEADER = "X-Gateway-Signature"
 TIMESTAMP_HEADER = "X-Gateway-Timestamp"

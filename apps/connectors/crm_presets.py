@@ -30,8 +30,8 @@ from datetime import datetime
 from django.conf import settings
 from django.http import JsonResponse
 
-from apps.conversations.errors import BadRequest, Unauthenticated
 from apps.conversations.normalized import NormalizedMessage
+from apps.core.errors import BadRequest, Unauthenticated
 
 from .base import WebhookRequest, WebhookResult, check_timestamp, require_signature
 from .crm import DEFAULT_FIELD_MAP, REQUIRED_FIELDS, CrmConfig, CrmConnector, json_path

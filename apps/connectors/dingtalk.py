@@ -30,10 +30,11 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import JsonResponse
 
-from apps.conversations.errors import BadRequest, GatewayError, Unauthenticated
 from apps.conversations.normalized import NormalizedMessage
+from apps.core.errors import BadRequest, GatewayError, Unauthenticated
+from apps.core.http import ConnectorError
 
-from .base import Connector, ConnectorError, WebhookRequest, WebhookResult, constant_time_equals
+from .base import Connector, WebhookRequest, WebhookResult, constant_time_equals
 from .open_api import call_json, retry_after
 
 logger = logging.getLogger(__name__)

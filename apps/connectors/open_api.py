@@ -15,7 +15,7 @@ from typing import Any
 
 from django.conf import settings
 
-from .base import ConnectorError
+from apps.core.http import ConnectorError
 
 
 def call_json(method: str, url: str, *, payload: Any = None,

@@ -22,10 +22,11 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
 from slack_sdk.signature import SignatureVerifier
 
-from apps.conversations.errors import BadRequest, GatewayError, Unauthenticated
 from apps.conversations.normalized import NormalizedMessage
+from apps.core.errors import BadRequest, GatewayError, Unauthenticated
+from apps.core.http import ConnectorError
 
-from .base import Connector, ConnectorError, WebhookRequest, WebhookResult, check_timestamp
+from .base import Connector, WebhookRequest, WebhookResult, check_timestamp
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from django.http import Http404
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from apps.conversations.errors import GatewayError, Unauthenticated, error_response
-from apps.quotas.client_ip import client_ip_for_request
+from apps.core.client_ip import client_ip_for_request
+from apps.core.errors import GatewayError, Unauthenticated, error_response
 from apps.quotas.iprules import check_ip_rules
 from apps.quotas.limits import check_address_rate
 

@@ -15,8 +15,8 @@ from django.contrib.auth import get_user_model
 from django.core import signing
 from django.db.models import Exists, OuterRef
 
-from apps.conversations.errors import Forbidden, NotFound, Unauthenticated
 from apps.conversations.models import Conversation, Message
+from apps.core.errors import Forbidden, NotFound, Unauthenticated
 from apps.identities.access import check_channel_access, refuse
 from apps.identities.models import ChannelIdentity
 from apps.identities.roles import Role, ensure_role_groups

@@ -11,7 +11,8 @@ import logging
 from django.conf import settings
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.conversations.errors import (
+from apps.core.client_ip import client_ip_for_request
+from apps.core.errors import (
     BadRequest,
     GatewayError,
     NotFound,
@@ -20,7 +21,6 @@ from apps.conversations.errors import (
     error_response,
     outage_error,
 )
-from apps.quotas.client_ip import client_ip_for_request
 from apps.quotas.iprules import check_ip_rules
 from gateway_project.db import database_sync_to_async
 from gateway_project.json_limits import TooDeep, check_depth

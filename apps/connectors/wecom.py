@@ -22,11 +22,11 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpResponse
 
-from apps.conversations.errors import BadRequest, Forbidden, GatewayError, Unauthenticated
 from apps.conversations.normalized import NormalizedMessage
+from apps.core.errors import BadRequest, Forbidden, GatewayError, Unauthenticated
+from apps.core.http import ConnectorError, request_json
 
-from .base import Connector, ConnectorError, WebhookRequest, WebhookResult, check_timestamp
-from .http import request_json
+from .base import Connector, WebhookRequest, WebhookResult, check_timestamp
 from .wecom_crypto import WeComCrypto, WeComCryptoError
 
 logger = logging.getLogger(__name__)

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.cache import cache
 
-from .base import Connector, ConnectorError
-from .http import request_json
+from apps.core.http import ConnectorError, request_json
+
+from .base import Connector
 
 TRANSIENT_ERRCODES = {-1, 45009}
 

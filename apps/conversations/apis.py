@@ -16,11 +16,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.connectors.models import Channel, channel_by_slug
-from apps.quotas.client_ip import client_ip_for_request
+from apps.core.client_ip import client_ip_for_request
+from apps.core.errors import AgentFailed, ChannelDisabled, NotFound, ReplyTimeout, error_from_event
 from gateway_project.db import database_sync_to_async
 
 from .async_api import API_CHANNEL_SLUG, ApiIpRulesMixin, AsyncAPIView
-from .errors import AgentFailed, ChannelDisabled, NotFound, ReplyTimeout, error_from_event
 from .models import Conversation, Direction, Message
 from .normalized import NormalizedMessage
 from .pipeline import Accepted, accept

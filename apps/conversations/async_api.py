@@ -7,7 +7,7 @@ from adrf.views import APIView
 from django.core.handlers.asgi import ASGIRequest
 
 from apps.connectors.models import channel_by_slug
-from apps.quotas.client_ip import client_ip_for_request
+from apps.core.client_ip import client_ip_for_request
 from apps.quotas.iprules import check_ip_rules
 from gateway_project.db import database_sync_to_async
 

@@ -24,13 +24,13 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.quotas.client_ip import client_ip_for_request
+from apps.core.client_ip import client_ip_for_request
+from apps.core.errors import AgentFailed, BadRequest, ReplyTimeout, drf_exception_handler
 from apps.routing.router import REQUESTED_AGENT_KEY
 from gateway_project.db import database_sync_to_async
 
 from .apis import accept_on_api_channel
 from .async_api import ApiIpRulesMixin, AsyncAPIView
-from .errors import AgentFailed, BadRequest, ReplyTimeout, drf_exception_handler
 from .waiters import ReplyWaiter
 
 CLIENT_HISTORY_KEY = "client_history"  # in NormalizedMessage.control, read by the runtime's build_prompt

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from apps.agents.dispatch import enqueue_agent_run
 from apps.connectors.models import Channel
+from apps.core.errors import ChannelDisabled, NotFound
 from apps.identities.access import check_agent_access, check_channel_access
 from apps.identities.services import identify_sender
 from apps.logs.structured import request_id_var
@@ -26,7 +27,6 @@ from apps.quotas.limits import check_limits
 from apps.routing.router import route_message
 from gateway_project.db import Update, stored, write_together
 
-from .errors import ChannelDisabled, NotFound
 from .models import Conversation, Direction, Message, Status
 from .normalized import NormalizedMessage, metadata_vouched_for
 

@@ -6,7 +6,8 @@ import asyncio
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from .errors import ServiceUnavailable
+from apps.core.errors import ServiceUnavailable
+
 from .realtime import reply_group
 
 _in_flight = 0  # waiters open in this process (they all run on its one event loop)

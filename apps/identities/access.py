@@ -7,7 +7,7 @@ the agent runtime asks ``tool_permitted`` before running a tool the model asked 
 """
 from __future__ import annotations
 
-from apps.conversations.errors import Forbidden, GatewayError
+from apps.core.errors import Forbidden, GatewayError
 from apps.logs.services import audit
 
 from .permissions import (

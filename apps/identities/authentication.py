@@ -9,8 +9,8 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
+from apps.core.client_ip import client_ip_for_request
 from apps.quotas.auth_failures import check_auth_failures, record_auth_failure, record_auth_success
-from apps.quotas.client_ip import client_ip_for_request
 
 from .access import check_user_active
 from .models import ApiKey, hash_api_key

@@ -16,7 +16,7 @@ from guardian.admin import (
     ReinforcedGuardedModelAdminMixin,
 )
 
-from apps.quotas.client_ip import client_ip_for_request
+from apps.core.client_ip import client_ip_for_request
 
 from .privileges import refused
 from .services import object_permission_set

@@ -13,8 +13,8 @@ from django.contrib.auth.models import Permission
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 
+from apps.core.client_ip import client_ip_for_request
 from apps.logs.services import audit
-from apps.quotas.client_ip import client_ip_for_request
 
 
 def held_permissions(user) -> set[str]:

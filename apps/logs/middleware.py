@@ -9,7 +9,7 @@ import uuid
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.utils.functional import SimpleLazyObject, empty
 
-from apps.quotas.client_ip import client_ip_for_request
+from apps.core.client_ip import client_ip_for_request
 
 from .request_log import request_log_record
 from .structured import request_id_var

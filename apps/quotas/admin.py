@@ -5,9 +5,9 @@ from django.contrib import admin, messages
 from django.forms.models import model_to_dict
 from django.utils.html import format_html, format_html_join
 
+from apps.core.client_ip import client_ip_for_request
 from apps.logs.services import audit
 
-from .client_ip import client_ip_for_request
 from .limits import RateCheck
 from .models import IpRule, QuotaPolicy, UsageDaily, UserQuota
 from .policies import user_limits

@@ -23,7 +23,7 @@ import time
 from django.conf import settings
 from django.core.cache import cache
 
-from apps.conversations.errors import RateLimited
+from apps.core.errors import RateLimited
 
 KEY_PREFIX = "gateway:authfail:"
 KNOWN_GOOD_WRITE_EVERY_SECONDS = 60.0  # per process: refresh a known-good mark at most this often

@@ -29,7 +29,7 @@ from django.db import transaction
 from django.db.models import Sum
 
 from apps.agents import llm
-from apps.conversations.errors import GatewayError, QuotaExceeded, ServiceUnavailable
+from apps.core.errors import GatewayError, QuotaExceeded, ServiceUnavailable
 from gateway_project.db import Statement, stored, through_outage
 
 from .ledger import ADMITTED, MISSING, CounterCall, get_ledger

@@ -10,10 +10,10 @@ import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from apps.conversations.errors import IpForbidden
+from apps.core.client_ip import parse_ip
+from apps.core.errors import IpForbidden
 from gateway_project.config_cache import cached
 
-from .client_ip import parse_ip
 from .metrics import count_rejection
 from .models import IpRule
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django_ratelimit.core import get_usage
 
-from apps.conversations.errors import RateLimited, ServiceUnavailable
+from apps.core.errors import RateLimited, ServiceUnavailable
 
 from .budgets import check_budgets_open
 from .metrics import count_backend_error, count_rejection

@@ -16,10 +16,10 @@ from django.conf import settings
 from django.core.cache import cache
 from django.urls import reverse
 
-from apps.conversations.errors import GatewayError, RateLimited, error_response
+from apps.core.client_ip import client_ip_for_request
+from apps.core.errors import GatewayError, RateLimited, error_response
 from gateway_project.db import database_sync_to_async
 
-from .client_ip import client_ip_for_request
 from .iprules import check_ip_rules
 from .metrics import count_backend_error
 

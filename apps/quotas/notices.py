@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import close_old_connections
 
-from apps.conversations.errors import GatewayError, QuotaExceeded, RateLimited
+from apps.core.errors import GatewayError, QuotaExceeded, RateLimited
 
 logger = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ import urllib.parse
 
 from django.conf import settings
 
+from apps.core.http import ConnectorError, request_json
+
 WECOM_TOKEN_INVALID = {40014, 42001}
 
 
@@ -27,9 +29,6 @@ def published_ranges(channel) -> list[str]:
 
 
 def _wecom_callback_ips(channel) -> list[str]:
-    from apps.connectors.base import ConnectorError
-    from apps.connectors.http import request_json
-
     connector = channel.connector
     for refresh in (False, True):
         token = connector.access_token(refresh=refresh)

@@ -11,8 +11,8 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from apps.connectors.models import Channel
-from apps.conversations.errors import GatewayError
 from apps.conversations.models import Conversation
+from apps.core.errors import GatewayError
 
 from .models import Route
 from .router import decide_route

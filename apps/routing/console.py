@@ -14,8 +14,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.connectors.models import Channel
-from apps.conversations.errors import GatewayError
 from apps.conversations.models import Conversation, Direction
+from apps.core.errors import GatewayError
 from apps.identities.permissions import user_can_use_channel
 
 from .models import Handoff

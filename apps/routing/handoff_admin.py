@@ -7,7 +7,7 @@ from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 
-from apps.conversations.errors import GatewayError
+from apps.core.errors import GatewayError
 
 from .services import handoff_end, handoff_open, handoff_reply, handoff_start
 

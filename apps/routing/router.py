@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from apps.conversations.errors import NoRoute, NotFound
 from apps.conversations.normalized import metadata_vouched_for
+from apps.core.errors import NoRoute, NotFound
 from gateway_project.config_cache import cached
 
 from .patterns import pattern_search

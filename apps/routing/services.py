@@ -14,8 +14,8 @@ import logging
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from apps.conversations.errors import BadRequest, GatewayError
 from apps.conversations.models import Direction, Message, Status
+from apps.core.errors import BadRequest, GatewayError
 from apps.logs.services import audit
 
 from .models import Handoff

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from django.conf import settings
 
-from gateway_project.stack import BASE_DIR, Stack, base_env, database_url
+from devtools.stack import BASE_DIR, Stack, base_env, database_url
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -6,8 +6,8 @@ import uuid
 import pytest
 from django.core.cache import cache
 
-from apps.connectors.fake_platforms import FakePlatforms
 from apps.connectors.models import Channel
+from devtools.fake_platforms import FakePlatforms
 from tests.connectors.connector_helpers import CRM_SECRET, SLACK_BOT_USER, SLACK_SECRET, WECOM
 
 

@@ -9,9 +9,9 @@ import pytest
 
 from apps.agents.runtime import agent_run
 from apps.connectors import wecom_robot
-from apps.connectors.base import ConnectorError, send_with_retries
 from apps.connectors.crm import sign, sign_callback
 from apps.conversations.models import Message
+from apps.core.http import ConnectorError, send_with_retries
 from tests.connectors.connector_helpers import CRM_SECRET, assert_refusal_logged_and_audited, assert_refused, crm_post
 
 pytestmark = pytest.mark.django_db

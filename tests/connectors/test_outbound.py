@@ -2,8 +2,8 @@
 import pytest
 
 from apps.agents.runtime import agent_run
-from apps.connectors.base import ConnectorError, send_with_retries
 from apps.conversations.models import Message
+from apps.core.http import ConnectorError, send_with_retries
 from tests.connectors.connector_helpers import slack_event, slack_post
 
 pytestmark = pytest.mark.django_db
@@ -53,7 +53,7 @@ def test_permanent_errors_are_not_retried(client, slack_channel, platforms):
 def test_send_with_retries_waits_at_least_retry_after(settings, monkeypatch):
     settings.CONNECTOR_SEND_BACKOFF_SECONDS = 0.01
     waits = []
-    monkeypatch.setattr("apps.connectors.base.time.sleep", waits.append)
+    monkeypatch.setattr("time.sleep", waits.append)  # tenacity sleeps through time.sleep
     calls = iter([ConnectorError("busy", retry_after=2.0), ConnectorError("busy"), None])
 
     def send():

@@ -6,9 +6,9 @@ from django.db import connection
 
 from apps.agents.models import Agent
 from apps.conversations import pipeline
-from apps.conversations.errors import ChannelDisabled, Forbidden, NoRoute, NotFound, RateLimited
 from apps.conversations.models import Conversation, Message
 from apps.conversations.normalized import NormalizedMessage
+from apps.core.errors import ChannelDisabled, Forbidden, NoRoute, NotFound, RateLimited
 from apps.identities.models import ApiKey, ChannelIdentity
 from apps.logs.structured import request_id_var
 

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from apps.connectors.fake_platforms import FakePlatforms
-from gateway_project.stack import Stack, base_env, database_url
+from devtools.fake_platforms import FakePlatforms
+from devtools.stack import Stack, base_env, database_url
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import json
 import pytest
 import websockets
 
-from gateway_project.stack import http, visitor_token
+from devtools.stack import http, visitor_token
 
 pytestmark = pytest.mark.e2e
 

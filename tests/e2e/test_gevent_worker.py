@@ -14,7 +14,7 @@ from apps.agents.models import Agent, LLMModel, Provider
 from apps.connectors.models import Channel
 from apps.conversations.models import Direction, Message
 from apps.identities.models import ApiKey
-from gateway_project.stack import Stack, base_env, database_url, http, visitor_token
+from devtools.stack import Stack, base_env, database_url, http, visitor_token
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -14,16 +14,16 @@ from apps.agents.models import Agent, LLMModel, Provider
 from apps.agents.runtime import build_prompt
 from apps.connectors.models import Channel
 from apps.conversations import pipeline
-from apps.conversations.errors import QuotaExceeded
 from apps.conversations.models import Message
 from apps.conversations.normalized import NormalizedMessage
+from apps.core.errors import QuotaExceeded
 from apps.identities.models import ApiKey
 from apps.logs.models import LLMCall
 from apps.quotas.budgets import estimate_prompt_tokens
 from apps.quotas.models import QuotaPolicy, UsageDaily
 from apps.quotas.policies import user_limits
 from apps.quotas.selectors import budget_states
-from gateway_project.stack import Stack, base_env, database_url, http
+from devtools.stack import Stack, base_env, database_url, http
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

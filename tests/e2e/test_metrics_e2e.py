@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from apps.agents.models import Agent, LLMModel, Provider
 from apps.connectors.models import Channel
 from apps.identities.models import ApiKey
-from gateway_project.stack import BIN, free_port, http
+from devtools.stack import BIN, free_port, http
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from gateway_project.stack import http
+from devtools.stack import http
 
 pytestmark = pytest.mark.e2e
 

@@ -2,7 +2,7 @@
 import openai
 import pytest
 
-from gateway_project.stack import http
+from devtools.stack import http
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ from apps.connectors.models import Channel
 from apps.conversations.models import Direction, Message
 from apps.identities.models import ApiKey
 from apps.logs.models import LLMCall
-from gateway_project.stack import http, visitor_token
+from devtools.stack import http, visitor_token
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -10,7 +10,7 @@ from apps.agents.services import tool_sync
 from apps.connectors.models import Channel
 from apps.identities.models import ApiKey
 from apps.logs.models import AuditEvent
-from gateway_project.stack import http, visitor_token
+from devtools.stack import http, visitor_token
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

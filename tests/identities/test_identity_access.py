@@ -12,9 +12,9 @@ from rest_framework.test import APIClient
 from apps.agents.models import Agent, Visibility
 from apps.connectors.models import Channel
 from apps.conversations import pipeline
-from apps.conversations.errors import Forbidden
 from apps.conversations.models import Message
 from apps.conversations.normalized import NormalizedMessage
+from apps.core.errors import Forbidden
 from apps.identities.access import Blocked, UnknownSender
 from apps.identities.models import ApiKey, ChannelIdentity, User
 from apps.identities.services import api_key_create, user_block

@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from apps.agents.runtime import agent_run
 from apps.conversations.models import Message
-from gateway_project.stack import free_port
+from devtools.stack import free_port
 
 METRICS_TOKEN = "scrape-token"
 

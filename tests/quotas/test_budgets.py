@@ -9,10 +9,10 @@ from django.conf import settings as django_settings
 
 from apps.agents.runtime import agent_run, build_prompt
 from apps.conversations import pipeline
-from apps.conversations.errors import QuotaExceeded
 from apps.conversations.models import Message
 from apps.conversations.normalized import NormalizedMessage
 from apps.conversations.realtime import reply_group
+from apps.core.errors import QuotaExceeded
 from apps.logs.models import AuditEvent, LLMCall
 from apps.quotas import budgets
 from apps.quotas.budgets import QuotaRefused, estimate_prompt_tokens

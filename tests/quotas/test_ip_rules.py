@@ -5,9 +5,9 @@ from django.core.exceptions import ValidationError
 
 from apps.connectors.models import Channel
 from apps.conversations import pipeline
-from apps.conversations.errors import IpForbidden
 from apps.conversations.models import Message
 from apps.conversations.normalized import NormalizedMessage
+from apps.core.errors import IpForbidden
 from apps.identities.models import ChannelIdentity
 from apps.logs.models import AuditEvent
 from apps.quotas.iprules import ip_allowed

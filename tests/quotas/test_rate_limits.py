@@ -160,7 +160,7 @@ class TestRedisUnavailable:
 
     @pytest.mark.django_db
     def test_rates_can_fail_closed(self, api_channel, customer, settings):
-        from apps.conversations.errors import ServiceUnavailable
+        from apps.core.errors import ServiceUnavailable
 
         settings.GATEWAY_RATE_LIMIT_FAIL_OPEN = False
         with override_settings(CACHES=self.DEAD_CACHE), pytest.raises(ServiceUnavailable) as refused:

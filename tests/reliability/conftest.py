@@ -17,8 +17,8 @@ import psycopg
 import pytest
 import redis
 
-from apps.connectors.fake_platforms import FakePlatforms
-from gateway_project.stack import PrivatePostgres, PrivateRabbitMQ, Stack, base_env, http
+from devtools.fake_platforms import FakePlatforms
+from devtools.stack import PrivatePostgres, PrivateRabbitMQ, Stack, base_env, http
 from tests.connectors.connector_helpers import crm_headers, wecom_crypto
 
 SLACK_SECRET = "reliability-slack-signing-secret"

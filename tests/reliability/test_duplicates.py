@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import websockets
 
-from gateway_project.stack import visitor_token
+from devtools.stack import visitor_token
 from tests.connectors.connector_helpers import wecom_callback, wecom_text_xml
 
 from .conftest import (

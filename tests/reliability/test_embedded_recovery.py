@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gateway_project.stack import Stack, base_env, http
+from devtools.stack import Stack, base_env, http
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from gateway_project.stack import http
+from devtools.stack import http
 from tests.helpers import wait_until
 
 from .conftest import post_message, sql, wait_until_answered

@@ -17,7 +17,7 @@ import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway_project.stack import visitor_token
+from devtools.stack import visitor_token
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gateway_project.stack import http
+from devtools.stack import http
 from tests.helpers import wait_until
 
 from .conftest import post_message, sql, wait_until_answered

@@ -13,7 +13,7 @@ import websockets
 
 from apps.conversations.management.commands.seed_demo import DEMO_USERS
 from apps.identities.roles import Role
-from gateway_project.stack import http, visitor_token
+from devtools.stack import http, visitor_token
 from tests.connectors.connector_helpers import wecom_callback, wecom_crypto, wecom_text_xml
 
 from .conftest import post_message, sql, wecom_deliver, wecom_demo_crypto

@@ -4,9 +4,9 @@ import pytest
 from apps.agents.models import Agent, Visibility
 from apps.connectors.models import Channel
 from apps.conversations import pipeline
-from apps.conversations.errors import Forbidden, NotFound
 from apps.conversations.models import Conversation
 from apps.conversations.normalized import NormalizedMessage
+from apps.core.errors import Forbidden, NotFound
 from apps.routing.models import Route
 from apps.routing.router import command_of
 

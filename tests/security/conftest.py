@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import psycopg
 import pytest
 
-from apps.connectors.fake_platforms import FakePlatforms
-from gateway_project.stack import PrivatePostgres, Stack, base_env
+from devtools.fake_platforms import FakePlatforms
+from devtools.stack import PrivatePostgres, Stack, base_env
 
 SECURITY_ENV = {
     "GATEWAY_USER_RATE": "100000/m",

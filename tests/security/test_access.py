@@ -21,7 +21,7 @@ import websockets
 
 from apps.conversations.management.commands.seed_demo import DEMO_USERS
 from apps.identities.roles import Role
-from gateway_project.stack import http, visitor_token
+from devtools.stack import http, visitor_token
 
 from .conftest import audited, last_audit_id, sql
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import redis
 
-from gateway_project.stack import http
+from devtools.stack import http
 
 from .admin_client import AdminClient
 from .conftest import audited, last_audit_id, sql

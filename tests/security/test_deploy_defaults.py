@@ -31,7 +31,7 @@ from django.contrib.auth.hashers import make_password
 from django.utils.module_loading import import_string
 
 from apps.connectors.crm import sign as crm_sign
-from gateway_project.stack import BASE_DIR, BIN, PYTHON, Stack, base_env, http
+from devtools.stack import BASE_DIR, BIN, PYTHON, Stack, base_env, http
 from tests.security.conftest import sql
 
 # Every SECRET_KEY placeholder this project has published (settings default, docker-compose.yml,

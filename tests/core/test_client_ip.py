@@ -2,7 +2,7 @@
 import pytest
 from django.test import RequestFactory
 
-from apps.quotas.client_ip import client_ip_for_request, client_ip_for_scope, resolve_client_ip
+from apps.core.client_ip import client_ip_for_request, client_ip_for_scope, resolve_client_ip
 
 
 @pytest.fixture

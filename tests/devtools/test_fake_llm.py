@@ -7,7 +7,7 @@ import httpx2
 import openai
 import pytest
 
-from apps.agents.fake_llm import FakeLLMServer, parse_directives
+from devtools.fake_llm import FakeLLMServer, parse_directives
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ bound, so a parent process can wait for that line; SIGTERM/SIGINT stop it cleanl
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.agents import fake_llm
+from devtools import fake_llm
 
 
 class Command(BaseCommand):

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
-from gateway_project.aioserve import ThreadedServer, serve_until_signal
+from devtools.aioserve import ThreadedServer, serve_until_signal
 
 MODELS = ("fake-gpt", "fake-qwen", "fake-glm")
 

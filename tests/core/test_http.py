@@ -6,8 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from apps.connectors.base import ConnectorError
-from apps.connectors.http import request_json
+from apps.core.http import ConnectorError, request_json
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -53,7 +53,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway_project.aioserve import ThreadedServer, serve_until_signal
+from devtools.aioserve import ThreadedServer, serve_until_signal
 
 ROBOT_MESSAGES_PER_MINUTE = 20
 WECOM_CALLBACK_IPS = ("203.0.113.0/28", "198.51.100.17")

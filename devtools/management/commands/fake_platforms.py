@@ -5,7 +5,7 @@ Prints ``fake_platforms listening on http://HOST:PORT`` once bound; point SLACK_
 """
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.connectors import fake_platforms
+from devtools import fake_platforms
 
 
 class Command(BaseCommand):
