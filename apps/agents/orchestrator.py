@@ -2,7 +2,7 @@
 
     generate()            tool loop: call → run the tools asked for → call again (≤ max steps)
       call_with_fallbacks()  each model of the chain in order, each retried with backoff
-        runtime.call_model()   one attempt, logged as an LLMCall row (attempt number included)
+        model_call.call_model()  one attempt, logged as an LLMCall row (attempt number included)
 
 Streaming: deltas of an attempt go to the client as they come. If that attempt then fails (a
 truncated stream, an error mid-way), ``on_reset()`` tells the client to discard what it got
@@ -16,11 +16,10 @@ from collections.abc import Callable
 
 from django.conf import settings
 
-from apps.conversations.models import Direction
-from apps.identities.permissions import user_can_use_agent
+from apps.identities.permissions import user_can_use_tool
 
-from . import llm, runtime
-from .models import Tool, agent_by_id, agent_fallback_models, agent_tools
+from . import llm, model_call
+from .models import Tool, agent_fallback_models, agent_tools
 from .tools.runner import run_tool_call
 
 logger = logging.getLogger(__name__)
@@ -58,8 +57,6 @@ def generate(message, prompt: list[dict], *, on_delta: Callable[[str], None] | N
 def offered_tools(tools, user) -> list[Tool]:
     """The agent's tools this user may use: what the model is told about. (Permission is checked
     again at execution: a model may ask for anything.)"""
-    from apps.identities.permissions import user_can_use_tool
-
     return [tool for tool in tools if user_can_use_tool(user, tool)]
 
 
@@ -88,8 +85,8 @@ def call_with_fallbacks(message, prompt: list[dict], *, tools, on_delta=None, on
             attempt += 1
             stream = _StreamGuard(on_delta)
             try:
-                return runtime.call_model(message, model, prompt, tools=tools,
-                                          on_delta=stream.forward if on_delta else None, attempt=attempt)
+                return model_call.call_model(message, model, prompt, tools=tools,
+                                             on_delta=stream.forward if on_delta else None, attempt=attempt)
             except llm.LLMError as exc:
                 error = exc
                 if stream.sent and on_reset is not None:
@@ -122,59 +119,3 @@ class _StreamGuard:
     def forward(self, piece: str) -> None:
         self.sent = True
         self.on_delta(piece)
-
-
-CLIENT_HISTORY_ROLES = {"system", "developer", "user", "assistant"}
-
-
-def client_history(message) -> list[dict] | None:
-    """The earlier turns of an OpenAI face request (put in ``control`` by the face), newest first;
-    None when the conversation's stored messages are the history. A client's ``metadata`` never
-    gets here. Client system turns become system messages *after* the agent's own system prompt."""
-    control = getattr(message, "control", None)
-    turns = control.get("client_history") if isinstance(control, dict) else None
-    if not isinstance(turns, list):
-        return None
-    cleaned = [
-        {"role": "system" if t["role"] == "developer" else t["role"], "content": t["content"]}
-        for t in turns
-        if isinstance(t, dict) and t.get("role") in CLIENT_HISTORY_ROLES and isinstance(t.get("content"), str)
-    ]
-    return list(reversed(cleaned))
-
-
-def history_for_speaker(rows, sender) -> list[dict]:
-    """Earlier turns (direction, text, agent id; newest first) the speaker may be shown.
-
-    A platform thread is one conversation for everyone in it (a Slack channel thread, a WeCom
-    group), so its history holds other people's turns. A turn that went to, or came from, an agent
-    the speaker may not use is left out: an employee's exchange with an internal agent (and what
-    its tools returned) never reaches the prompt of a customer's reply in the same thread."""
-    allowed: dict = {}
-
-    def visible(agent_id) -> bool:
-        if agent_id is None or sender is None:
-            return True
-        if agent_id not in allowed:
-            agent = agent_by_id(agent_id)
-            allowed[agent_id] = agent is None or user_can_use_agent(sender, agent)
-        return allowed[agent_id]
-
-    return [{"role": "user" if direction == Direction.INBOUND else "assistant", "content": text}
-            for direction, text, agent_id in rows if visible(agent_id)]
-
-
-def trim_history_to_tokens(texts_newest_first: list[str], budget: int) -> int:
-    """How many of the newest earlier messages fit in ``budget`` tokens (0 budget: all).
-
-    Tokens are estimated (about four characters per token, plus a few per message): the window
-    is a cost/context guard, not an exact count.
-    """
-    if budget <= 0:
-        return len(texts_newest_first)
-    used = 0
-    for kept, text in enumerate(texts_newest_first):
-        used += len(text) // 4 + 4
-        if used > budget:
-            return kept
-    return len(texts_newest_first)

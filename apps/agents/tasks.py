@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass, replace
 
 from celery import shared_task
 from django.conf import settings
+from django.db import close_old_connections
 
+from .claims import WaitingForEarlier
+from .delivery import deliver_pending
+from .dispatch import DELIVER_REPLY, RUN_AGENT, runs_in_process
 from .recovery import requeue_stuck_messages, settle_unsettled_usage
-from .runtime import DatabaseUnavailable, WaitingForEarlier, agent_run, deliver_pending, give_up_after_outage
+from .runtime import DatabaseUnavailable, agent_run, give_up_after_outage
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +83,7 @@ def try_once(message_id, tries: Tries) -> tuple[float, Tries] | None:
     return None
 
 
-@shared_task(bind=True, name="agents.run_agent", acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+@shared_task(bind=True, name=RUN_AGENT, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
              max_retries=None)
 def run_agent(self, message_id: str, **tries) -> None:
     """Answer one inbound message (no-op if it is already answered or being answered)."""
@@ -88,10 +93,36 @@ def run_agent(self, message_id: str, **tries) -> None:
         raise self.retry(countdown=delay, args=(message_id,), kwargs=asdict(following))
 
 
-@shared_task(name="agents.deliver_reply", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@runs_in_process(RUN_AGENT)
+def run_agent_in_process(message_id: str) -> None:
+    """The embedded default's run_agent: the same tries, as a loop on its thread."""
+    tries = Tries()
+    try:
+        while (again := try_once(message_id, tries)) is not None:
+            delay, tries = again
+            close_old_connections()
+            time.sleep(delay)
+    except Exception:
+        logger.exception("embedded agent run failed", extra={"message_id": message_id})
+    finally:
+        close_old_connections()
+
+
+@shared_task(name=DELIVER_REPLY, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def deliver_reply(reply_id: str) -> None:
     """Deliver a stored reply left pending (no-op if it is sent or another worker delivers it)."""
     deliver_pending(reply_id)
+
+
+@runs_in_process(DELIVER_REPLY)
+def deliver_reply_in_process(reply_id: str) -> None:
+    """The embedded default's deliver_reply."""
+    try:
+        deliver_pending(reply_id)
+    except Exception:
+        logger.exception("embedded delivery failed", extra={"reply_id": reply_id})
+    finally:
+        close_old_connections()
 
 
 @shared_task(name="agents.requeue_stuck_messages", ignore_result=True)

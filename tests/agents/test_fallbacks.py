@@ -3,8 +3,9 @@
 import pytest
 
 from apps.agents.models import AgentFallback, LLMModel
-from apps.agents.orchestrator import backoff_seconds, model_chain, trim_history_to_tokens
-from apps.agents.runtime import agent_run, build_prompt
+from apps.agents.orchestrator import backoff_seconds, model_chain
+from apps.agents.prompt import build_prompt, trim_history_to_tokens
+from apps.agents.runtime import agent_run
 from apps.conversations.models import Message
 from apps.conversations.realtime import conversation_group
 from apps.logs.models import LLMCall

@@ -2,7 +2,8 @@
 
 import pytest
 
-from apps.agents.runtime import WaitingForEarlier, agent_run
+from apps.agents.claims import WaitingForEarlier
+from apps.agents.runtime import agent_run
 from apps.agents.tasks import run_agent
 from apps.conversations.models import Message
 from tests.connectors.connector_helpers import slack_event, slack_post
