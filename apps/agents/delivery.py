@@ -71,15 +71,15 @@ def _stored_by_this_run(message: Message) -> Message | None:
     ).first()
 
 
-def deliver(reply: Message, *, inbound: Message, then_hand_over: bool = False) -> None:
+def deliver(reply: Message, *, inbound: Message, then_start_next: bool = False) -> None:
     """Hand the reply to the channel's connector (retrying transient errors) and record the outcome
     on the reply (never on ``inbound``, which is answered whatever happens to its delivery).
 
     The caller holds the reply's delivery lease (``save_reply`` stored it so, or ``deliver_pending``
     claimed it); it is renewed while the send goes on. Outcomes: sent; failed (the platform refused,
     or kept failing through every retry); or still pending with the lease given back, when the
-    gateway's own means failed, for recovery to deliver later. ``then_hand_over``: then
-    hand_over(inbound), in the same statement as the outcome if it was sent.
+    gateway's own means failed, for recovery to deliver later. ``then_start_next``: then
+    start_next_in_conversation(inbound), in the same statement as the outcome if it was sent.
     """
     from apps.connectors.base import ChannelMisconfigured, ConnectorError, send_with_retries
 
@@ -111,12 +111,12 @@ def deliver(reply: Message, *, inbound: Message, then_hand_over: bool = False) -
                 reply.status, reply.error_code, reply.lease_until = Status.FAILED, "delivery_failed", None
             through_outage(lambda: reply.save(update_fields=[
                 "status", "error_code", "error_message", "attempts", "lease_until", "updated_at"]))
-            if then_hand_over:
-                _hand_over_after_delivery(inbound)
+            if then_start_next:
+                _start_next_after_delivery(inbound)
             return
         reply.status, reply.lease_until = Status.SENT, None
-        if then_hand_over:
-            _hand_over_after_delivery(inbound, sent=reply)
+        if then_start_next:
+            _start_next_after_delivery(inbound, sent=reply)
         else:
             through_outage(lambda: reply.save(update_fields=["status", "attempts", "lease_until", "updated_at"]))
 
@@ -138,19 +138,20 @@ def deliver_pending(reply_id) -> bool:
     inbound = reply.reply_to
     inbound.channel = channel_by_id(inbound.channel_id) or inbound.channel
     logger.warning("delivering a reply left pending", extra={"message_id": str(inbound.pk)})
-    deliver(reply, inbound=inbound, then_hand_over=True)
+    deliver(reply, inbound=inbound, then_start_next=True)
     return True
 
 
-def _hand_over_after_delivery(inbound: Message, *, sent: Message | None = None) -> None:
-    """hand_over once the reply went out: the message is answered whatever happens here, so a bug
-    is logged rather than taken for a failed run (a database outage still propagates: it is retried)."""
+def _start_next_after_delivery(inbound: Message, *, sent: Message | None = None) -> None:
+    """start_next_in_conversation once the reply went out: the message is answered whatever
+    happens here, so a bug is logged rather than taken for a failed run (a database outage still
+    propagates: it is retried)."""
     try:
-        hand_over(inbound, sent=sent)
+        start_next_in_conversation(inbound, sent=sent)
     except Exception as exc:
         if is_database_outage(exc):
             raise
-        logger.exception("hand-over after delivery failed")
+        logger.exception("starting the conversation's next message failed")
 
 
 def fail_message(message: Message, exc: llm.LLMError) -> None:
@@ -165,8 +166,9 @@ def fail_message(message: Message, exc: llm.LLMError) -> None:
     )
 
 
-def hand_over(message: Message, *, sent: Message | None = None) -> None:
-    """Queue the conversation's next waiting message now that this one is done, rather than
+def start_next_in_conversation(message: Message, *, sent: Message | None = None) -> None:
+    """Queue the conversation's next waiting message now that this one is done (not to be confused
+    with a handoff, apps.routing: a human taking the conversation over), rather than
     leaving it to find out at its next re-check (a burst from one sender drains at model speed).
 
     ``sent``: the reply just delivered, recorded as sent by the same statement that looks for the

@@ -23,7 +23,7 @@ from gateway_project.db import is_database_outage, through_outage
 
 from . import leases, llm, orchestrator
 from .claims import claim, release_claim
-from .delivery import deliver, fail_message, hand_over, save_reply
+from .delivery import deliver, fail_message, save_reply, start_next_in_conversation
 from .prompt import build_prompt
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
         request_token = request_id_var.set(message.request_id or None)
         with leases.kept(message.pk):  # however long the run takes, nobody else claims it meanwhile
             try:
-                reply = _answer(message)  # a delivered reply's run hands over when it records the delivery
+                reply = _answer(message)  # a delivered reply's run starts the next when it records the delivery
             except Exception as exc:
                 if is_database_outage(exc):
                     raise
@@ -73,7 +73,7 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
                 fail_message(message, llm.LLMError("internal_error", "The agent run crashed."))
                 reply = None
             if reply is None and message.status != Status.ACCEPTED:  # not put back for a human (handoff)
-                hand_over(message)
+                start_next_in_conversation(message)
         return reply
     except Exception as exc:
         # The database went away (PostgreSQL restarting, a pool timeout, a cancelled statement): the
@@ -115,7 +115,7 @@ def _answer(message: Message) -> Message | None:
     reply = through_outage(lambda: save_reply(message, result))  # the answer is paid for: keep it
     if reply is None:
         return None
-    deliver(reply, inbound=message, then_hand_over=True)
+    deliver(reply, inbound=message, then_start_next=True)
     return reply
 
 

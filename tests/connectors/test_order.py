@@ -75,7 +75,7 @@ def queued() -> int:
 
 def test_answering_a_message_queues_the_next_one_of_its_conversation(client, slack_channel, platforms,
                                                                       transactional_db):
-    """The next message does not wait for its own re-check: its predecessor's run hands over."""
+    """The next message does not wait for its own re-check: its predecessor's run starts it."""
     first, second = two_dm_messages(client, slack_channel, first="first")
     before = queued()
     reply = agent_run(first.id)
@@ -86,7 +86,7 @@ def test_answering_a_message_queues_the_next_one_of_its_conversation(client, sla
     assert queued() == before + 1  # nothing waits after the last one
 
 
-def test_a_failed_delivery_still_hands_over(client, slack_channel, platforms, settings, transactional_db):
+def test_a_failed_delivery_still_starts_the_next(client, slack_channel, platforms, settings, transactional_db):
     settings.CONNECTOR_SEND_ATTEMPTS = 1
     platforms.script(slack_429=1, retry_after=0)
     first, _second = two_dm_messages(client, slack_channel, first="first")
