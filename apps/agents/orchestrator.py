@@ -10,11 +10,13 @@ before the next attempt streams; a half answer is never presented as complete.
 """
 from __future__ import annotations
 
+import itertools
 import logging
-import time
 from collections.abc import Callable
 
 from django.conf import settings
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity.wait import wait_base
 
 from apps.identities.permissions import user_can_use_tool
 
@@ -78,35 +80,67 @@ def call_with_fallbacks(message, prompt: list[dict], *, tools, on_delta=None, on
     chain = model_chain(message.agent)
     if not chain:
         raise llm.LLMError("no_model", "The agent has no enabled model.")
-    attempt = 0
+    numbers = itertools.count(1)
+
+    def attempt(model) -> llm.LLMResult:
+        number = next(numbers)
+        stream = _StreamGuard(on_delta)
+        try:
+            return model_call.call_model(message, model, prompt, tools=tools,
+                                         on_delta=stream.forward if on_delta else None, attempt=number)
+        except llm.LLMError as exc:
+            if stream.sent and on_reset is not None:
+                on_reset()
+            logger.warning("model attempt failed", extra={
+                "model": model.name, "attempt": number, "error_code": exc.code, "status": exc.status})
+            raise
+
     error: llm.LLMError | None = None
     for model in chain:
-        for retry in range(settings.GATEWAY_LLM_RETRIES + 1):
-            attempt += 1
-            stream = _StreamGuard(on_delta)
-            try:
-                return model_call.call_model(message, model, prompt, tools=tools,
-                                             on_delta=stream.forward if on_delta else None, attempt=attempt)
-            except llm.LLMError as exc:
-                error = exc
-                if stream.sent and on_reset is not None:
-                    on_reset()
-                logger.warning("model attempt failed", extra={
-                    "model": model.name, "attempt": attempt, "error_code": exc.code, "status": exc.status})
-            if not error.retryable or error.code == "truncated_stream" or retry == settings.GATEWAY_LLM_RETRIES:
-                break
-            time.sleep(backoff_seconds(retry, error.retry_after))
+        try:
+            return same_model_retries()(attempt, model)
+        except llm.LLMError as exc:
+            error = exc
     assert error is not None
     raise error
 
 
-def backoff_seconds(retry: int, retry_after: float | None = None) -> float:
-    """The pause before retry number ``retry + 1``: exponential, capped, at least what the
-    provider's Retry-After asked for (itself capped, so a provider cannot park a worker)."""
-    delay = min(settings.GATEWAY_LLM_BACKOFF_MAX_SECONDS, settings.GATEWAY_LLM_BACKOFF_BASE_SECONDS * 2**retry)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, settings.GATEWAY_LLM_RETRY_AFTER_MAX_SECONDS))
-    return delay
+def same_model_retries() -> Retrying:
+    """How one model of the chain is retried: GATEWAY_LLM_RETRIES more times on a retryable error
+    (never a truncated stream: the next model gets it), pausing ``llm_backoff()`` in between."""
+    return Retrying(
+        retry=retry_if_exception(
+            lambda exc: isinstance(exc, llm.LLMError) and exc.retryable and exc.code != "truncated_stream"),
+        stop=stop_after_attempt(settings.GATEWAY_LLM_RETRIES + 1),
+        wait=llm_backoff(),
+        reraise=True,
+    )
+
+
+def llm_backoff() -> wait_base:
+    """The pause before retrying a model: exponential, capped, and at least what the provider's
+    Retry-After asked for (itself capped, so a provider cannot park a worker)."""
+    return wait_retry_after(
+        wait_exponential(multiplier=settings.GATEWAY_LLM_BACKOFF_BASE_SECONDS,
+                         max=settings.GATEWAY_LLM_BACKOFF_MAX_SECONDS),
+        cap=settings.GATEWAY_LLM_RETRY_AFTER_MAX_SECONDS,
+    )
+
+
+class wait_retry_after(wait_base):  # noqa: N801  (named like tenacity's own strategies)
+    """``backoff``'s pause, or the failed attempt's ``retry_after`` (up to ``cap``) when longer."""
+
+    def __init__(self, backoff: wait_base, *, cap: float):
+        self.backoff = backoff
+        self.cap = cap
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        delay = self.backoff(retry_state)
+        error = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.cap))
+        return delay
 
 
 class _StreamGuard:
