@@ -122,7 +122,7 @@ elif env.bool("DATABASE_POOL", default=True):
     # connection is checked first (CONN_HEALTH_CHECKS) when its last check is older than
     # DATABASE_POOL_CHECK_SECONDS (gateway_project/pool_check.py; 0: every time, as Django does), so
     # a PostgreSQL restart mostly costs failed checks, not errors. Agent runs give theirs back while a model
-    # answers (apps.agents.runtime.call_model).
+    # answers (apps.agents.model_call.call_model).
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # required with a pool: "closing" returns it
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {

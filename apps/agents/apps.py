@@ -10,6 +10,7 @@ class AgentsConfig(AppConfig):
     def ready(self) -> None:
         from gateway_project.config_cache import watch
 
+        from . import tasks  # noqa: F401  (the Celery tasks and their in-process twins, found by name)
         from .models import Agent, AgentFallback, LLMModel, Provider, Tool
 
         post_migrate.connect(_sync_tools, sender=self)
@@ -18,7 +19,7 @@ class AgentsConfig(AppConfig):
 
 
 def _sqlite_returns_rows(app_configs=None, databases=None, **kwargs) -> list:
-    """The claim is one UPDATE … RETURNING (apps/agents/runtime.py): SQLite 3.35 or newer."""
+    """The claim is one UPDATE … RETURNING (apps/agents/claims.py): SQLite 3.35 or newer."""
     from django.db import connections
 
     errors = []

@@ -9,6 +9,8 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import models
 
+from .secrets import decrypt_secret, encrypt_secret
+
 # Presets for well-known OpenAI-compatible endpoints: (label, base URL, usual key variable).
 PROVIDER_PRESETS: dict[str, tuple[str, str, str]] = {
     "openai": ("OpenAI", "https://api.openai.com/v1", "OPENAI_API_KEY"),
@@ -89,8 +91,6 @@ class Provider(models.Model):
 
     def set_api_key(self, raw_key: str) -> None:
         """Store ``raw_key`` encrypted ('' clears it). The caller saves the row."""
-        from .secrets import encrypt_secret
-
         self.api_key_encrypted = encrypt_secret(raw_key) if raw_key else ""
 
     @property
@@ -107,8 +107,6 @@ class Provider(models.Model):
         Local stand-ins accept any value, and the client insists on one, hence the placeholder.
         """
         if self.api_key_encrypted:
-            from .secrets import decrypt_secret
-
             return decrypt_secret(self.api_key_encrypted)
         name = self.api_key_env or "OPENAI_API_KEY"
         if not key_env_allowed(name):

@@ -2,7 +2,7 @@
 
     generate()            tool loop: call → run the tools asked for → call again (≤ max steps)
       call_with_fallbacks()  each model of the chain in order, each retried with backoff
-        runtime.call_model()   one attempt, logged as an LLMCall row (attempt number included)
+        model_call.call_model()  one attempt, logged as an LLMCall row (attempt number included)
 
 Streaming: deltas of an attempt go to the client as they come. If that attempt then fails (a
 truncated stream, an error mid-way), ``on_reset()`` tells the client to discard what it got
@@ -10,17 +10,18 @@ before the next attempt streams; a half answer is never presented as complete.
 """
 from __future__ import annotations
 
+import itertools
 import logging
-import time
 from collections.abc import Callable
 
 from django.conf import settings
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity.wait import wait_base
 
-from apps.conversations.models import Direction
-from apps.identities.permissions import user_can_use_agent
+from apps.identities.permissions import user_can_use_tool
 
-from . import llm, runtime
-from .models import Tool, agent_by_id, agent_fallback_models, agent_tools
+from . import llm, model_call
+from .models import Tool, agent_fallback_models, agent_tools
 from .tools.runner import run_tool_call
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ def generate(message, prompt: list[dict], *, on_delta: Callable[[str], None] | N
 def offered_tools(tools, user) -> list[Tool]:
     """The agent's tools this user may use: what the model is told about. (Permission is checked
     again at execution: a model may ask for anything.)"""
-    from apps.identities.permissions import user_can_use_tool
-
     return [tool for tool in tools if user_can_use_tool(user, tool)]
 
 
@@ -81,35 +80,67 @@ def call_with_fallbacks(message, prompt: list[dict], *, tools, on_delta=None, on
     chain = model_chain(message.agent)
     if not chain:
         raise llm.LLMError("no_model", "The agent has no enabled model.")
-    attempt = 0
+    numbers = itertools.count(1)
+
+    def attempt(model) -> llm.LLMResult:
+        number = next(numbers)
+        stream = _StreamGuard(on_delta)
+        try:
+            return model_call.call_model(message, model, prompt, tools=tools,
+                                         on_delta=stream.forward if on_delta else None, attempt=number)
+        except llm.LLMError as exc:
+            if stream.sent and on_reset is not None:
+                on_reset()
+            logger.warning("model attempt failed", extra={
+                "model": model.name, "attempt": number, "error_code": exc.code, "status": exc.status})
+            raise
+
     error: llm.LLMError | None = None
     for model in chain:
-        for retry in range(settings.GATEWAY_LLM_RETRIES + 1):
-            attempt += 1
-            stream = _StreamGuard(on_delta)
-            try:
-                return runtime.call_model(message, model, prompt, tools=tools,
-                                          on_delta=stream.forward if on_delta else None, attempt=attempt)
-            except llm.LLMError as exc:
-                error = exc
-                if stream.sent and on_reset is not None:
-                    on_reset()
-                logger.warning("model attempt failed", extra={
-                    "model": model.name, "attempt": attempt, "error_code": exc.code, "status": exc.status})
-            if not error.retryable or error.code == "truncated_stream" or retry == settings.GATEWAY_LLM_RETRIES:
-                break
-            time.sleep(backoff_seconds(retry, error.retry_after))
+        try:
+            return same_model_retries()(attempt, model)
+        except llm.LLMError as exc:
+            error = exc
     assert error is not None
     raise error
 
 
-def backoff_seconds(retry: int, retry_after: float | None = None) -> float:
-    """The pause before retry number ``retry + 1``: exponential, capped, at least what the
-    provider's Retry-After asked for (itself capped, so a provider cannot park a worker)."""
-    delay = min(settings.GATEWAY_LLM_BACKOFF_MAX_SECONDS, settings.GATEWAY_LLM_BACKOFF_BASE_SECONDS * 2**retry)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, settings.GATEWAY_LLM_RETRY_AFTER_MAX_SECONDS))
-    return delay
+def same_model_retries() -> Retrying:
+    """How one model of the chain is retried: GATEWAY_LLM_RETRIES more times on a retryable error
+    (never a truncated stream: the next model gets it), pausing ``llm_backoff()`` in between."""
+    return Retrying(
+        retry=retry_if_exception(
+            lambda exc: isinstance(exc, llm.LLMError) and exc.retryable and exc.code != "truncated_stream"),
+        stop=stop_after_attempt(settings.GATEWAY_LLM_RETRIES + 1),
+        wait=llm_backoff(),
+        reraise=True,
+    )
+
+
+def llm_backoff() -> wait_base:
+    """The pause before retrying a model: exponential, capped, and at least what the provider's
+    Retry-After asked for (itself capped, so a provider cannot park a worker)."""
+    return wait_retry_after(
+        wait_exponential(multiplier=settings.GATEWAY_LLM_BACKOFF_BASE_SECONDS,
+                         max=settings.GATEWAY_LLM_BACKOFF_MAX_SECONDS),
+        cap=settings.GATEWAY_LLM_RETRY_AFTER_MAX_SECONDS,
+    )
+
+
+class wait_retry_after(wait_base):  # noqa: N801  (named like tenacity's own strategies)
+    """``backoff``'s pause, or the failed attempt's ``retry_after`` (up to ``cap``) when longer."""
+
+    def __init__(self, backoff: wait_base, *, cap: float):
+        self.backoff = backoff
+        self.cap = cap
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        delay = self.backoff(retry_state)
+        error = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.cap))
+        return delay
 
 
 class _StreamGuard:
@@ -122,59 +153,3 @@ class _StreamGuard:
     def forward(self, piece: str) -> None:
         self.sent = True
         self.on_delta(piece)
-
-
-CLIENT_HISTORY_ROLES = {"system", "developer", "user", "assistant"}
-
-
-def client_history(message) -> list[dict] | None:
-    """The earlier turns of an OpenAI face request (put in ``control`` by the face), newest first;
-    None when the conversation's stored messages are the history. A client's ``metadata`` never
-    gets here. Client system turns become system messages *after* the agent's own system prompt."""
-    control = getattr(message, "control", None)
-    turns = control.get("client_history") if isinstance(control, dict) else None
-    if not isinstance(turns, list):
-        return None
-    cleaned = [
-        {"role": "system" if t["role"] == "developer" else t["role"], "content": t["content"]}
-        for t in turns
-        if isinstance(t, dict) and t.get("role") in CLIENT_HISTORY_ROLES and isinstance(t.get("content"), str)
-    ]
-    return list(reversed(cleaned))
-
-
-def history_for_speaker(rows, sender) -> list[dict]:
-    """Earlier turns (direction, text, agent id; newest first) the speaker may be shown.
-
-    A platform thread is one conversation for everyone in it (a Slack channel thread, a WeCom
-    group), so its history holds other people's turns. A turn that went to, or came from, an agent
-    the speaker may not use is left out: an employee's exchange with an internal agent (and what
-    its tools returned) never reaches the prompt of a customer's reply in the same thread."""
-    allowed: dict = {}
-
-    def visible(agent_id) -> bool:
-        if agent_id is None or sender is None:
-            return True
-        if agent_id not in allowed:
-            agent = agent_by_id(agent_id)
-            allowed[agent_id] = agent is None or user_can_use_agent(sender, agent)
-        return allowed[agent_id]
-
-    return [{"role": "user" if direction == Direction.INBOUND else "assistant", "content": text}
-            for direction, text, agent_id in rows if visible(agent_id)]
-
-
-def trim_history_to_tokens(texts_newest_first: list[str], budget: int) -> int:
-    """How many of the newest earlier messages fit in ``budget`` tokens (0 budget: all).
-
-    Tokens are estimated (about four characters per token, plus a few per message): the window
-    is a cost/context guard, not an exact count.
-    """
-    if budget <= 0:
-        return len(texts_newest_first)
-    used = 0
-    for kept, text in enumerate(texts_newest_first):
-        used += len(text) // 4 + 4
-        if used > budget:
-            return kept
-    return len(texts_newest_first)

@@ -9,7 +9,7 @@ UPDATE each, with a lease renewed while its holder lives) and the one-reply-per-
 keep a message answered once and its reply sent once, even if the original task is still on its way.
 
 A message waiting its turn behind an earlier one of its conversation stays ``accepted`` but carries
-a lease while its task chain waits (``runtime.claim``): it is not stranded, and is left alone.
+a lease while its task chain waits (``claims.claim``): it is not stranded, and is left alone.
 """
 from __future__ import annotations
 
@@ -19,10 +19,13 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import close_old_connections
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from apps.conversations.models import Direction, Message, Status
+
+from .dispatch import enqueue_agent_run, enqueue_delivery
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +77,6 @@ def stuck_replies(*, now=None) -> QuerySet[Message]:
 def requeue_stuck_messages(*, limit: int | None = None) -> int:
     """Queue an agent run for each stuck message and a delivery for each stuck reply (oldest first,
     at most ``limit`` of each); returns how many were queued."""
-    from .dispatch import enqueue_agent_run, enqueue_delivery
-
     limit = limit or settings.GATEWAY_REQUEUE_BATCH_SIZE
     ids = list(stuck_messages().values_list("pk", flat=True)[:limit])
     for message_id in ids:
@@ -123,8 +124,6 @@ def release_leases_of_the_previous_process() -> int:
 
 
 def _recover_forever() -> None:
-    from django.db import close_old_connections
-
     try:
         released = release_leases_of_the_previous_process()
         if released:

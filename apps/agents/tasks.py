@@ -1,14 +1,29 @@
-"""Celery tasks. They take ids and call a service; the service is idempotent under redelivery."""
+"""Celery tasks. They take ids and call a service; the service is idempotent under redelivery.
+
+A message's run is tried again in two cases, counted apart: an earlier message of its conversation
+is still being answered (WaitingForEarlier), or the database failed mid-run (DatabaseUnavailable).
+The pauses and limits are tenacity strategies. The task carries where it stands (``Tries``) as
+kwargs and reschedules itself with ``self.retry(countdown=...)``, so a waiting message holds no
+worker thread. (Celery's ``autoretry_for`` keeps one count and the same kwargs: these retries need
+two counts, and a database retry carries the claim to give back.)
+"""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass, replace
 
 from celery import shared_task
 from django.conf import settings
+from django.db import close_old_connections
+from tenacity import RetryCallState, stop_after_attempt, wait_exponential
+from tenacity.stop import stop_base
 
+from .claims import WaitingForEarlier
+from .delivery import deliver_pending
+from .dispatch import DELIVER_REPLY, RUN_AGENT, runs_in_process
 from .recovery import requeue_stuck_messages, settle_unsettled_usage
-from .runtime import DatabaseUnavailable, WaitingForEarlier, agent_run, deliver_pending, give_up_after_outage
+from .runtime import DatabaseUnavailable, agent_run, give_up_after_outage
 
 logger = logging.getLogger(__name__)
 
@@ -16,11 +31,71 @@ logger = logging.getLogger(__name__)
 # times (about three minutes); after that the message is failed and the sender told, or, while the
 # database is still out, left to the periodic requeue task.
 DATABASE_RETRIES = 20
-DATABASE_RETRY_MAX_DELAY_SECONDS = 10.0
+DATABASE_WAIT = wait_exponential(multiplier=1, max=10)
+DATABASE_STOP = stop_after_attempt(DATABASE_RETRIES + 1)
 
 
-def database_retry_delay(retries: int) -> float:
-    return min(2.0 ** min(retries, 30), DATABASE_RETRY_MAX_DELAY_SECONDS)
+def order_wait() -> wait_exponential:
+    """The pause before re-checking for an earlier message of the conversation: the first delay,
+    doubling, capped. (The earlier message's run queues it as soon as it is done.)"""
+    first = settings.GATEWAY_ORDER_RETRY_DELAY_SECONDS
+    return wait_exponential(multiplier=first, max=max(first, settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS))
+
+
+def order_stop() -> stop_base:
+    """When a message stops waiting its turn and is answered anyway: after at least one re-check,
+    once the pauses add up to GATEWAY_ORDER_MAX_WAIT_SECONDS."""
+    return stop_after_attempt(1) & stop_when_waited(settings.GATEWAY_ORDER_MAX_WAIT_SECONDS)
+
+
+class stop_when_waited(stop_base):  # noqa: N801  (named like tenacity's own strategies)
+    """Stop once the pauses so far (tenacity's ``idle_for``) add up to ``seconds``."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return retry_state.idle_for >= self.seconds
+
+
+@dataclass(frozen=True)
+class Tries:
+    """Where a message's agent run stands between tries (the Celery task carries it as kwargs):
+    tries that found an earlier message in flight and what they waited in all; tries the database
+    failed under, and the claim the last one left (the next try gives it back first)."""
+
+    order_waits: int = 0
+    order_waited: float = 0.0
+    database_retries: int = 0
+    release_attempt: int | None = None
+
+
+def _retry_state(failed_tries: int, waited: float = 0.0) -> RetryCallState:
+    """tenacity's view of a chain of tries the task carries across Celery retries."""
+    state = RetryCallState(None, None, (), {})
+    state.attempt_number, state.idle_for = failed_tries, waited
+    return state
+
+
+def ignores_order(tries: Tries) -> bool:
+    return order_stop()(_retry_state(tries.order_waits, tries.order_waited))
+
+
+def after_order_wait(tries: Tries) -> tuple[float, Tries]:
+    """The pause before the next try, and that try, after one that found an earlier message."""
+    delay = order_wait()(_retry_state(tries.order_waits + 1))
+    return delay, replace(tries, order_waits=tries.order_waits + 1, order_waited=tries.order_waited + delay,
+                          release_attempt=None)
+
+
+def after_outage(tries: Tries, claimed_attempt: int | None) -> tuple[float, Tries] | None:
+    """The pause before the next try, and that try, after one the database failed under; None
+    once the retries are used up."""
+    failed = _retry_state(tries.database_retries + 1)
+    if DATABASE_STOP(failed):
+        return None
+    return DATABASE_WAIT(failed), replace(tries, database_retries=tries.database_retries + 1,
+                                          release_attempt=claimed_attempt)
 
 
 def give_up(message_id, claimed_attempt: int | None) -> None:
@@ -32,53 +107,22 @@ def give_up(message_id, claimed_attempt: int | None) -> None:
                          extra={"message_id": str(message_id)})
 
 
-def order_retry_delay(retries: int) -> float:
-    """How long a message waits before re-checking for an earlier one of its conversation: the
-    first delay, doubling, capped. (The earlier message's run queues it as soon as it is done.)"""
-    first = settings.GATEWAY_ORDER_RETRY_DELAY_SECONDS
-    return min(first * 2 ** min(retries, 30), max(first, settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS))
-
-
-def order_retries() -> int:
-    """How many re-checks add up to GATEWAY_ORDER_MAX_WAIT_SECONDS; after them the message goes ahead."""
-    waited, retries = 0.0, 0
-    while waited < settings.GATEWAY_ORDER_MAX_WAIT_SECONDS:
-        waited += order_retry_delay(retries)
-        retries += 1
-    return max(1, retries)
-
-
-@dataclass(frozen=True)
-class Tries:
-    """Where a message's agent run stands between tries (the Celery task carries it as kwargs).
-
-    Two kinds of retry, counted apart: waiting for an earlier message of the conversation, and the
-    database failing mid-run (the next try first gives back the claim the failed one left).
-    """
-
-    order_waits: int = 0
-    database_retries: int = 0
-    release_attempt: int | None = None
-
-
 def try_once(message_id, tries: Tries) -> tuple[float, Tries] | None:
     """Run the agent on the message once: None when that is the end of it, else how many seconds to
     wait and the next try. The Celery task and the embedded default's loop both go through here."""
     try:
-        agent_run(message_id, ignore_order=tries.order_waits >= order_retries(), release_attempt=tries.release_attempt)
+        agent_run(message_id, ignore_order=ignores_order(tries), release_attempt=tries.release_attempt)
     except WaitingForEarlier:
-        return order_retry_delay(tries.order_waits), replace(tries, order_waits=tries.order_waits + 1,
-                                                             release_attempt=None)
+        return after_order_wait(tries)
     except DatabaseUnavailable as exc:
-        if tries.database_retries >= DATABASE_RETRIES:
+        again = after_outage(tries, exc.claimed_attempt)
+        if again is None:
             give_up(message_id, exc.claimed_attempt)
-            return None
-        return database_retry_delay(tries.database_retries), replace(
-            tries, database_retries=tries.database_retries + 1, release_attempt=exc.claimed_attempt)
+        return again
     return None
 
 
-@shared_task(bind=True, name="agents.run_agent", acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+@shared_task(bind=True, name=RUN_AGENT, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
              max_retries=None)
 def run_agent(self, message_id: str, **tries) -> None:
     """Answer one inbound message (no-op if it is already answered or being answered)."""
@@ -88,10 +132,36 @@ def run_agent(self, message_id: str, **tries) -> None:
         raise self.retry(countdown=delay, args=(message_id,), kwargs=asdict(following))
 
 
-@shared_task(name="agents.deliver_reply", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@runs_in_process(RUN_AGENT)
+def run_agent_in_process(message_id: str) -> None:
+    """The embedded default's run_agent: the same tries, as a loop on its thread."""
+    tries = Tries()
+    try:
+        while (again := try_once(message_id, tries)) is not None:
+            delay, tries = again
+            close_old_connections()
+            time.sleep(delay)
+    except Exception:
+        logger.exception("embedded agent run failed", extra={"message_id": message_id})
+    finally:
+        close_old_connections()
+
+
+@shared_task(name=DELIVER_REPLY, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def deliver_reply(reply_id: str) -> None:
     """Deliver a stored reply left pending (no-op if it is sent or another worker delivers it)."""
     deliver_pending(reply_id)
+
+
+@runs_in_process(DELIVER_REPLY)
+def deliver_reply_in_process(reply_id: str) -> None:
+    """The embedded default's deliver_reply."""
+    try:
+        deliver_pending(reply_id)
+    except Exception:
+        logger.exception("embedded delivery failed", extra={"reply_id": reply_id})
+    finally:
+        close_old_connections()
 
 
 @shared_task(name="agents.requeue_stuck_messages", ignore_result=True)

@@ -147,7 +147,7 @@ def handoff_reply(*, conversation, staff, text: str) -> Message:
     The reply answers the latest inbound message; inbound messages held for the human are marked
     answered. Requires an open handoff by this staff member.
     """
-    from apps.agents.runtime import deliver
+    from apps.agents.delivery import deliver
 
     text = (text or "").strip()
     if not text:

@@ -3,7 +3,8 @@ answer is already paid for, and giving up cleanly when it lasts."""
 import pytest
 from django.db import DatabaseError, connection, transaction
 
-from apps.agents.runtime import claim, give_up_after_outage
+from apps.agents.claims import claim
+from apps.agents.runtime import give_up_after_outage
 from apps.conversations.models import Message
 from gateway_project.db import is_database_outage, through_outage
 from tests.helpers import send

@@ -1,10 +1,13 @@
 """Retries with backoff, then the fallback chain, every attempt logged; truncated streams."""
 
 import pytest
+from tenacity import RetryCallState
 
+from apps.agents.llm import LLMError
 from apps.agents.models import AgentFallback, LLMModel
-from apps.agents.orchestrator import backoff_seconds, model_chain, trim_history_to_tokens
-from apps.agents.runtime import agent_run, build_prompt
+from apps.agents.orchestrator import llm_backoff, model_chain, same_model_retries
+from apps.agents.prompt import build_prompt, trim_history_to_tokens
+from apps.agents.runtime import agent_run
 from apps.conversations.models import Message
 from apps.conversations.realtime import conversation_group
 from apps.logs.models import LLMCall
@@ -100,18 +103,43 @@ class TestTruncatedStreams:
         assert reply.model == "fake-qwen"
 
 
+def pause_after(failed_attempt: int, error: Exception | None = None) -> float:
+    """The pause llm_backoff() asks for after failed attempt number ``failed_attempt``."""
+    state = RetryCallState(same_model_retries(), None, (), {})
+    state.attempt_number = failed_attempt
+    state.set_exception((type(error), error, None) if error else (Exception, Exception(), None))
+    return llm_backoff()(state)
+
+
 class TestBackoff:
     def test_exponential_and_capped(self, settings):
         settings.GATEWAY_LLM_BACKOFF_BASE_SECONDS = 0.5
         settings.GATEWAY_LLM_BACKOFF_MAX_SECONDS = 3
-        assert [backoff_seconds(r) for r in range(4)] == [0.5, 1.0, 2.0, 3]
+        assert [pause_after(n) for n in range(1, 5)] == [0.5, 1.0, 2.0, 3]
 
     def test_retry_after_is_honoured_up_to_its_cap(self, settings):
         settings.GATEWAY_LLM_BACKOFF_BASE_SECONDS = 0.5
         settings.GATEWAY_LLM_RETRY_AFTER_MAX_SECONDS = 10
-        assert backoff_seconds(0, retry_after=4) == 4
-        assert backoff_seconds(0, retry_after=600) == 10
-        assert backoff_seconds(2, retry_after=0.1) == 2.0
+
+        def rate_limited(seconds):
+            return LLMError("rate_limited", "slow down", retryable=True, status=429, retry_after=seconds)
+
+        assert pause_after(1, rate_limited(4)) == 4
+        assert pause_after(1, rate_limited(600)) == 10
+        assert pause_after(3, rate_limited(0.1)) == 2.0
+
+    def test_each_model_is_tried_once_more_per_retry_then_left(self, settings):
+        settings.GATEWAY_LLM_RETRIES = 2
+        retrying = same_model_retries()
+        calls = []
+
+        def failing():
+            calls.append(1)
+            raise LLMError("provider_error", "502", retryable=True, status=502)
+
+        with pytest.raises(LLMError):
+            retrying(failing)
+        assert len(calls) == 3
 
 
 @pytest.mark.django_db

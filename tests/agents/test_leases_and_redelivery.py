@@ -5,8 +5,9 @@ import pytest
 from django.utils import timezone
 
 from apps.agents import leases
+from apps.agents.claims import claim
+from apps.agents.delivery import deliver_pending
 from apps.agents.recovery import stuck_replies
-from apps.agents.runtime import claim, deliver_pending
 from apps.conversations.models import Message
 from apps.conversations.realtime import reply_group
 from tests.helpers import Listener, send

@@ -6,8 +6,10 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from apps.agents.claims import claim, release_claim
+from apps.agents.delivery import save_reply
 from apps.agents.llm import LLMResult
-from apps.agents.runtime import agent_run, claim, release_claim, save_reply
+from apps.agents.runtime import agent_run
 from apps.conversations.models import Message
 from apps.conversations.realtime import conversation_group, reply_group
 from apps.logs.models import LLMCall
@@ -116,12 +118,12 @@ class TestAgentRun:
 @pytest.mark.services
 @pytest.mark.django_db(transaction=True)
 class TestDatabaseConnectionDuringModelCalls:
-    """A worker thread gives its pooled connection back while a model answers (runtime.call_model)."""
+    """A worker thread gives its pooled connection back while a model answers (model_call.call_model)."""
 
     def test_released_to_the_pool_outside_a_transaction(self):
         from django.db import connection, transaction
 
-        from apps.agents.runtime import release_database_connection
+        from apps.agents.model_call import release_database_connection
 
         assert connection.settings_dict["OPTIONS"].get("pool"), "services mode uses the pool"
         Message.objects.exists()  # borrow a connection

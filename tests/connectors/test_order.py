@@ -2,8 +2,9 @@
 
 import pytest
 
-from apps.agents.runtime import WaitingForEarlier, agent_run
-from apps.agents.tasks import run_agent
+from apps.agents.claims import WaitingForEarlier
+from apps.agents.runtime import agent_run
+from apps.agents.tasks import DATABASE_RETRIES, Tries, after_order_wait, after_outage, ignores_order, run_agent
 from apps.conversations.models import Message
 from tests.connectors.connector_helpers import slack_event, slack_post
 from tests.helpers import wait_until
@@ -74,7 +75,7 @@ def queued() -> int:
 
 def test_answering_a_message_queues_the_next_one_of_its_conversation(client, slack_channel, platforms,
                                                                       transactional_db):
-    """The next message does not wait for its own re-check: its predecessor's run hands over."""
+    """The next message does not wait for its own re-check: its predecessor's run starts it."""
     first, second = two_dm_messages(client, slack_channel, first="first")
     before = queued()
     reply = agent_run(first.id)
@@ -85,7 +86,7 @@ def test_answering_a_message_queues_the_next_one_of_its_conversation(client, sla
     assert queued() == before + 1  # nothing waits after the last one
 
 
-def test_a_failed_delivery_still_hands_over(client, slack_channel, platforms, settings, transactional_db):
+def test_a_failed_delivery_still_starts_the_next(client, slack_channel, platforms, settings, transactional_db):
     settings.CONNECTOR_SEND_ATTEMPTS = 1
     platforms.script(slack_429=1, retry_after=0)
     first, _second = two_dm_messages(client, slack_channel, first="first")
@@ -96,11 +97,27 @@ def test_a_failed_delivery_still_hands_over(client, slack_channel, platforms, se
 
 
 def test_re_checks_back_off_and_add_up_to_the_longest_wait(settings):
-    from apps.agents.tasks import order_retries, order_retry_delay
-
     settings.GATEWAY_ORDER_RETRY_DELAY_SECONDS = 0.5
     settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS = 4
     settings.GATEWAY_ORDER_MAX_WAIT_SECONDS = 20
-    assert [order_retry_delay(n) for n in range(6)] == [0.5, 1, 2, 4, 4, 4]
-    assert sum(order_retry_delay(n) for n in range(order_retries())) >= 20
-    assert sum(order_retry_delay(n) for n in range(order_retries() - 1)) < 20
+    tries, delays = Tries(), []
+    while not ignores_order(tries):
+        delay, tries = after_order_wait(tries)
+        delays.append(delay)
+    assert delays[:6] == [0.5, 1, 2, 4, 4, 4]
+    assert sum(delays) >= 20 and sum(delays[:-1]) < 20  # the try after the last wait goes ahead
+
+
+def test_a_message_waits_at_least_once_even_with_no_longest_wait(settings):
+    settings.GATEWAY_ORDER_MAX_WAIT_SECONDS = 0
+    assert not ignores_order(Tries())
+    assert ignores_order(after_order_wait(Tries())[1])
+
+
+def test_database_retries_back_off_then_give_up():
+    tries, delays = Tries(), []
+    while (again := after_outage(tries, claimed_attempt=1)) is not None:
+        delay, tries = again
+        delays.append(delay)
+    assert delays[:6] == [1, 2, 4, 8, 10, 10] and len(delays) == DATABASE_RETRIES
+    assert tries.release_attempt == 1

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from apps.agents.models import Agent, LLMModel, Provider
-from apps.agents.runtime import build_prompt
+from apps.agents.prompt import build_prompt
 from apps.connectors.models import Channel
 from apps.conversations import pipeline
 from apps.conversations.models import Message

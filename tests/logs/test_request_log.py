@@ -65,15 +65,15 @@ class TestRequestId:
         handler = logging.StreamHandler(stream)
         handler.addFilter(ContextFilter())
         handler.setFormatter(JsonFormatter())
-        runtime_logger = logging.getLogger("apps.agents.runtime")
-        runtime_logger.addHandler(handler)
-        old_level = runtime_logger.level
-        runtime_logger.setLevel(logging.INFO)
+        model_call_logger = logging.getLogger("apps.agents.model_call")
+        model_call_logger.addHandler(handler)
+        old_level = model_call_logger.level
+        model_call_logger.setLevel(logging.INFO)
         try:
             agent_run(message.id)
         finally:
-            runtime_logger.removeHandler(handler)
-            runtime_logger.setLevel(old_level)
+            model_call_logger.removeHandler(handler)
+            model_call_logger.setLevel(old_level)
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
         answered = next(line for line in lines if line["msg"] == "model answered")
         assert answered["request_id"] == "req-42" and answered["message_id"] == str(message.id)

@@ -7,7 +7,8 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings as django_settings
 
-from apps.agents.runtime import agent_run, build_prompt
+from apps.agents.prompt import build_prompt
+from apps.agents.runtime import agent_run
 from apps.conversations import pipeline
 from apps.conversations.models import Message
 from apps.conversations.normalized import NormalizedMessage

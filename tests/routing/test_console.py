@@ -8,7 +8,8 @@ from django.conf import settings
 from django.contrib.auth.models import Permission
 from django.test import Client
 
-from apps.agents.runtime import WaitingForEarlier, agent_run
+from apps.agents.claims import WaitingForEarlier
+from apps.agents.runtime import agent_run
 from apps.connectors.models import Channel
 from apps.conversations.models import Message
 from apps.conversations.realtime import conversation_group

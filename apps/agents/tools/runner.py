@@ -8,6 +8,7 @@ import time
 import jsonschema
 from django.conf import settings
 
+from ..models import ToolCall
 from . import ToolContext, ToolFailed, registered_tool
 
 logger = logging.getLogger(__name__)
@@ -21,8 +22,6 @@ def run_tool_call(message, call: dict, *, allowed: dict, step: int) -> str:
     model so, and is audited. Every call is logged as a ToolCall row. Never raises for bad input.
     """
     from apps.identities.access import tool_permitted
-
-    from ..models import ToolCall
 
     function = call.get("function") or {}
     name = str(function.get("name") or "")[:100]

@@ -1,0 +1,197 @@
+"""Delivering an agent run's outcome: its reply (stored, then sent) or its failure, then starting
+the conversation's next waiting message.
+
+Delivery is claimed the way a message is: the run that stores a reply holds its delivery lease
+from the insert on; anyone else (recovery, after that lease ran out) claims it with a conditional
+UPDATE (``deliver_pending``). A reply is sent by one holder at a time and marked sent once.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from apps.conversations.models import Direction, Message, Status
+from apps.core.errors import AgentFailed
+from gateway_project.db import Update, is_database_outage, stored, through_outage, update_then_fetch, write_together
+
+from . import leases, llm
+from .dispatch import enqueue_agent_run
+
+logger = logging.getLogger(__name__)
+
+_MESSAGES = Message._meta.db_table
+
+
+def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
+    """Store the reply and mark the message answered, atomically. None if already answered."""
+    now = timezone.now()
+    # At least 0: the web server's and the worker's clocks may disagree (the column is unsigned).
+    latency_ms = max(0, int((now - message.created_at).total_seconds() * 1000))
+    reply = Message(
+        conversation_id=message.conversation_id,
+        channel_id=message.channel_id,
+        direction=Direction.OUTBOUND,
+        status=Status.PENDING,
+        reply_to=message,
+        agent=message.agent,
+        text=result.text,
+        model=result.model,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        total_tokens=result.total_tokens,
+        latency_ms=latency_ms,
+    )
+    # Stored with this run's delivery lease: nobody else delivers it while this run is alive.
+    reply.lease_until = now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS)
+    answered = {"status": Status.ANSWERED, "lease_until": None, "error_code": "", "error_message": ""}
+    try:
+        write_together(Update(Message, message.pk, answered), reply)
+    except IntegrityError:
+        if (stored := _stored_by_this_run(message)) is not None:
+            # This run's write went in but the connection broke before PostgreSQL said so, and
+            # through_outage wrote again: the stored reply is this run's, still to be delivered.
+            logger.warning("reply already stored by this run before the connection broke; delivering it")
+            return stored
+        logger.warning("reply already stored by another run; not answering twice")
+        return None
+    return reply
+
+
+def _stored_by_this_run(message: Message) -> Message | None:
+    """The undelivered reply to ``message`` if this run stored it: the message is answered and no
+    run claimed it since this one (its attempts are still this run's)."""
+    return Message.objects.filter(
+        reply_to=message, direction=Direction.OUTBOUND, status=Status.PENDING,
+        reply_to__status=Status.ANSWERED, reply_to__attempts=message.attempts,
+    ).first()
+
+
+def deliver(reply: Message, *, inbound: Message, then_start_next: bool = False) -> None:
+    """Hand the reply to the channel's connector (retrying transient errors) and record the outcome
+    on the reply (never on ``inbound``, which is answered whatever happens to its delivery).
+
+    The caller holds the reply's delivery lease (``save_reply`` stored it so, or ``deliver_pending``
+    claimed it); it is renewed while the send goes on. Outcomes: sent; failed (the platform refused,
+    or kept failing through every retry); or still pending with the lease given back, when the
+    gateway's own means failed, for recovery to deliver later. ``then_start_next``: then
+    start_next_in_conversation(inbound), in the same statement as the outcome if it was sent.
+    """
+    from apps.connectors.base import ChannelMisconfigured
+    from apps.core.http import ConnectorError, send_with_retries
+
+    connector = inbound.channel.connector
+
+    def send() -> None:
+        try:
+            connector.send(reply, inbound=inbound)
+        except (ConnectorError, ChannelMisconfigured):
+            raise
+        except Exception as exc:
+            # Not the platform's answer but the gateway's own means failing (e.g. redis.ConnectionError
+            # from the channel layer): retried like any transient error, then left for recovery.
+            error = ConnectorError(f"delivery means unavailable: {type(exc).__name__}: {exc}")
+            error.deferred = True
+            raise error from exc
+
+    with leases.kept(reply.pk):
+        try:
+            reply.attempts += send_with_retries(send)
+        except (ConnectorError, ChannelMisconfigured) as exc:
+            reply.attempts += getattr(exc, "attempts", 1)
+            reply.error_message = str(exc)[:2000]
+            if getattr(exc, "deferred", False):
+                logger.warning("reply delivery deferred", extra={"error": str(exc), "attempts": reply.attempts})
+                reply.error_code, reply.lease_until = "delivery_deferred", timezone.now()  # recovery's now
+            else:
+                logger.error("reply delivery failed", extra={"error": str(exc), "attempts": reply.attempts})
+                reply.status, reply.error_code, reply.lease_until = Status.FAILED, "delivery_failed", None
+            through_outage(lambda: reply.save(update_fields=[
+                "status", "error_code", "error_message", "attempts", "lease_until", "updated_at"]))
+            if then_start_next:
+                _start_next_after_delivery(inbound)
+            return
+        reply.status, reply.lease_until = Status.SENT, None
+        if then_start_next:
+            _start_next_after_delivery(inbound, sent=reply)
+        else:
+            through_outage(lambda: reply.save(update_fields=["status", "attempts", "lease_until", "updated_at"]))
+
+
+def deliver_pending(reply_id) -> bool:
+    """Deliver a stored reply whose delivery lease ran out (its deliverer died, or the gateway's
+    means failed): claim it with one conditional UPDATE, so one deliverer at a time; False if it
+    is sent, failed, or another deliverer holds it."""
+    now = timezone.now()
+    claimed = Message.objects.filter(
+        Q(lease_until__isnull=True) | Q(lease_until__lt=now),
+        pk=reply_id, direction=Direction.OUTBOUND, status=Status.PENDING, reply_to__isnull=False,
+    ).update(lease_until=now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS))
+    if not claimed:
+        return False
+    from apps.connectors.models import channel_by_id
+
+    reply = Message.objects.select_related("reply_to").get(pk=reply_id)
+    inbound = reply.reply_to
+    inbound.channel = channel_by_id(inbound.channel_id) or inbound.channel
+    logger.warning("delivering a reply left pending", extra={"message_id": str(inbound.pk)})
+    deliver(reply, inbound=inbound, then_start_next=True)
+    return True
+
+
+def _start_next_after_delivery(inbound: Message, *, sent: Message | None = None) -> None:
+    """start_next_in_conversation once the reply went out: the message is answered whatever
+    happens here, so a bug is logged rather than taken for a failed run (a database outage still
+    propagates: it is retried)."""
+    try:
+        start_next_in_conversation(inbound, sent=sent)
+    except Exception as exc:
+        if is_database_outage(exc):
+            raise
+        logger.exception("starting the conversation's next message failed")
+
+
+def fail_message(message: Message, exc: llm.LLMError) -> None:
+    """Mark the message failed and tell the sender, so a failure is never silence."""
+    Message.objects.filter(pk=message.pk).update(
+        status=Status.FAILED, lease_until=None, error_code=exc.code, error_message=exc.message[:2000]
+    )
+    logger.warning("agent run failed", extra={"error_code": exc.code, "error": exc.message})
+    error = getattr(exc, "gateway_error", None)  # e.g. a quota refusal, told as such
+    message.channel.connector.send_error(
+        message, error or AgentFailed("The assistant could not answer right now. Please try again.")
+    )
+
+
+def start_next_in_conversation(message: Message, *, sent: Message | None = None) -> None:
+    """Queue the conversation's next waiting message now that this one is done (not to be confused
+    with a handoff, apps.routing: a human taking the conversation over), rather than
+    leaving it to find out at its next re-check (a burst from one sender drains at model speed).
+
+    ``sent``: the reply just delivered, recorded as sent by the same statement that looks for the
+    next message (every run asks: one prepared statement, not an ORM query).
+    """
+    params = [stored(Message, "conversation", message.conversation_id), Direction.INBOUND, Status.ACCEPTED,
+              stored(Message, "created_at", message.created_at)]
+    if sent is None:
+        with connection.cursor() as cursor:
+            cursor.execute(NEXT_WAITING_SQL, params)
+            row = cursor.fetchone()
+    else:
+        sent.updated_at = timezone.now()
+        recorded = Update(Message, sent.pk, {"status": sent.status, "attempts": sent.attempts,
+                                             "lease_until": None, "updated_at": sent.updated_at})
+        row = through_outage(lambda: update_then_fetch(recorded, NEXT_WAITING_SQL, params))  # it was sent
+    if row is not None:
+        waiting = Message._meta.pk.to_python(row[0])
+        transaction.on_commit(lambda: enqueue_agent_run(waiting))
+
+
+NEXT_WAITING_SQL = f"""
+SELECT id FROM {_MESSAGES} WHERE conversation_id = %s AND direction = %s AND status = %s AND created_at > %s
+ORDER BY created_at LIMIT 1
+"""

@@ -1,0 +1,101 @@
+"""One model call of an agent run: its budget reservation and settle, and its LLMCall log row.
+
+Every model call of a run goes through ``call_model`` (fallbacks and tool steps included), so the
+per-call concerns (logging, token reservations, giving the database connection back while the
+model answers) live in one place.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.db import connection, transaction
+
+from apps.conversations.models import Message
+from apps.logs.metrics import llm_call_observed
+from apps.logs.models import LLMCall
+from apps.quotas import budgets
+from gateway_project.db import Statement, through_outage, write_together
+
+from . import llm
+
+logger = logging.getLogger(__name__)
+
+
+def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict] | None = None,
+               on_delta=None, attempt: int = 1) -> llm.LLMResult:
+    """One attempt at one model call for ``message``, always logged as an LLMCall row.
+
+    Raises llm.LLMError (QuotaRefused, before the model is called, when a budget is used up).
+    """
+    agent = message.agent
+    reservation = budgets.reserve_model_call(message, model, prompt, max_tokens=agent.max_tokens, tools=tools)
+    release_database_connection()
+    try:
+        result = llm.chat(
+            model, prompt, max_tokens=agent.max_tokens, temperature=agent.temperature,
+            tools=tools, on_delta=on_delta,
+        )
+    except llm.LLMError as exc:
+        budgets.release_model_call(reservation)
+        record_llm_call(message, model=model, error=exc, attempt=attempt)
+        raise
+    except BaseException:
+        budgets.release_model_call(reservation)
+        raise
+    usage = budgets.settle_model_call(reservation, result, write_usage=False)
+    # The day's usage and the call's log row, in one statement.
+    unsettled = budgets.unsettled_usage(reservation)  # the ledger's store failed: recovery re-seeds from the rollup
+    call = through_outage(lambda: record_llm_call(message, model=model, result=result, attempt=attempt, usage=usage,
+                                                  unsettled=unsettled))
+    logger.info(
+        "model answered",
+        extra={"model": result.model, "total_tokens": result.total_tokens,
+               "latency_ms": result.latency_ms, "llm_call_id": call.pk, "attempt": attempt},
+    )
+    return result
+
+
+def release_database_connection() -> None:
+    """Give this thread's database connection back to the pool while a model answers.
+
+    A model can take many seconds; a worker thread holding a pooled connection all that time would
+    make the pool (and PostgreSQL's max_connections) the limit on concurrent agent runs. Without a
+    pool, or inside a transaction, the connection is kept: reopening it would cost more than it saves.
+    """
+    if connection.settings_dict.get("OPTIONS", {}).get("pool") and not connection.in_atomic_block:
+        connection.close()
+
+
+def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = None,
+                    error: llm.LLMError | None = None, attempt: int = 1, usage: Statement | None = None,
+                    unsettled=None) -> LLMCall:
+    """The LLMCall row of one attempt; ``usage`` (the day's usage upsert) is written with it, atomically,
+    and so is ``unsettled`` (an UnsettledUsage row: the call's settle did not reach the ledger)."""
+    agent = message.agent
+    fields = dict(
+        message=message, conversation_id=message.conversation_id, user_id=message.sender_id,
+        channel_id=message.channel_id, agent=agent, model=model.name,
+        provider=model.provider.slug, attempt=attempt,
+        api_key_id=message.api_key_id, request_id=message.request_id,
+    )
+    if result is not None:
+        fields.update(
+            model=(result.model or model.name)[:LLMCall._meta.get_field("model").max_length], status=LLMCall.Status.OK,
+            prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+            total_tokens=result.total_tokens, latency_ms=result.latency_ms, ttft_ms=result.ttft_ms,
+            cost=model.cost(result.prompt_tokens, result.completion_tokens),
+        )
+    else:
+        fields.update(status=LLMCall.Status.ERROR, error=str(error)[:2000])
+    call = LLMCall(**fields)
+    if unsettled is not None and usage is not None:  # rare: the ledger's store failed at settle
+        with transaction.atomic():
+            write_together(usage, call)
+            unsettled.llm_call = call
+            unsettled.save(force_insert=True)
+    elif usage is not None:
+        write_together(usage, call)
+    else:
+        call.save(force_insert=True)
+    llm_call_observed(call)
+    return call
