@@ -12,7 +12,8 @@ requests, divided by the answers (Redis is shared with other users of the machin
 Knobs: BENCH_DATABASE_URL, BENCH_REDIS_URL (as bench/run.py: both wiped), BENCH_AB_ROUNDS (3),
 BENCH_AB_REQUESTS (200 per round), BENCH_AB_WARMUP (30), BENCH_AB_CONCURRENCY (10),
 BENCH_AB_VARIANTS (comma list of override names to turn off alone; default all),
-BENCH_WORKER_POOL / BENCH_WORKER_CONCURRENCY (as bench/run.py).
+BENCH_WORKER_POOL / BENCH_WORKER_CONCURRENCY (as bench/run.py). ``--render`` prints the last
+run's table again (bench/results/overrides_ab.json).
 """
 from __future__ import annotations
 
@@ -146,12 +147,19 @@ def render(rows: list[dict], meta: dict) -> str:
             f"{r['cpu_daphne']:.1f} | {r['cpu_worker']:.1f} | {r['cpu_postgres']:.1f} | "
             f"{' / '.join(str(x) for x in r['rps_rounds'])} | {' / '.join(f'{x:.1f}' for x in r['cpu_rounds'])} | "
             f"{r['errors'] or ''} |")
+    on = rows[0]
     lines += ["", "Δ: the variant's median against \"all on\"; a negative Δ req/s or a positive Δ CPU on "
-              "\"<name> off\" is what that override saves."]
+              "\"<name> off\" is what that override saves. Noise: \"all on\" alone ranged "
+              f"{min(on['rps_rounds'])}–{max(on['rps_rounds'])} req/s and "
+              f"{min(on['cpu_rounds']):.1f}–{max(on['cpu_rounds']):.1f} CPU ms/msg over its rounds."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--render"]:  # the last run's table again
+        saved = json.loads((RESULTS / "overrides_ab.json").read_text())
+        print(render(saved["rows"], saved["meta"]))
+        return
     started = time.monotonic()
     meta = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
             "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()), "rounds": ROUNDS, "requests": REQUESTS,
