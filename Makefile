@@ -8,7 +8,7 @@ PORT ?= 8000
 FAKE_LLM_PORT ?= 8001
 
 .PHONY: run test test-services test-reliability test-security lint install migrate worker fake-llm clean bench browser-deps \
-	bench-dashboard
+	bench-dashboard bench-ab
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=python3"; exit 1; }
@@ -71,6 +71,11 @@ fake-llm: install
 
 clean:
 	rm -rf $(VENV) db.sqlite3 test-db.sqlite3 .pytest_cache test-artifacts
+
+# Each override of a library's internals against the library's own path (GATEWAY_PLAIN), same run,
+# interleaved rounds (bench/overrides_ab.py; ≈10 minutes). Knobs: BENCH_AB_ROUNDS, BENCH_AB_REQUESTS, ...
+bench-ab: install
+	ulimit -n $$(ulimit -Hn) && $(BIN)/python bench/overrides_ab.py
 
 # Scale check (PostgreSQL): 1M model-call rows, then each dashboard page's render time.
 bench-dashboard: install

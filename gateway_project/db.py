@@ -14,6 +14,8 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 from django.db.models import Model
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from gateway_project.plain import is_plain
+
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -32,6 +34,11 @@ def database_sync_to_async(func):
     management command), ``func`` runs in that code's thread instead, as asgiref would run it, so
     it sees that thread's connection and open transaction.
     """
+    if is_plain("asgiref_executor"):
+        from channels.db import database_sync_to_async as channels_database_sync_to_async
+
+        return channels_database_sync_to_async(func)
+
     @functools.wraps(func)
     def run_and_release(*args, **kwargs):
         close_old_connections()
@@ -91,7 +98,7 @@ def write_together(first, obj) -> None:
     transaction. No pre_save/post_save signal is sent on PostgreSQL. ``first``, if an instance, must
     have its primary key; ``obj`` may leave an auto-increment one to the database (it is set here).
     """
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or is_plain("one_statement_writes"):
         with transaction.atomic():
             if isinstance(first, Update):
                 first.model.objects.filter(pk=first.pk).update(**first.values)
@@ -126,7 +133,7 @@ def update_then_fetch(update: Update, query: str, params: list):
     was before the update, other databases as after)."""
     head, head_params = _update_sql(update)
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
+        if connection.vendor == "postgresql" and not is_plain("one_statement_writes"):
             cursor.execute(f"WITH written AS ({head}) {query}", [*head_params, *params])
         else:
             cursor.execute(head, head_params)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import environ
 
-from gateway_project import secret_key
+from gateway_project import plain, secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -19,6 +19,9 @@ if (BASE_DIR / ".env").exists():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
+# Overrides of library internals to run the library's own way instead, to measure them
+# (gateway_project/plain.py, bench/overrides_ab.py). Empty: the gateway's usual behaviour.
+GATEWAY_PLAIN = plain.parse(env.str("GATEWAY_PLAIN", default=""))
 # Unset: generated once per checkout in var/secret-key; a published placeholder or a short key is
 # refused outside DEBUG (ImproperlyConfigured at start-up; gateway_project/secret_key.py).
 SECRET_KEY = secret_key.resolve(env.str("SECRET_KEY", default=""), debug=DEBUG,
@@ -78,6 +81,17 @@ MIDDLEWARE = [
     "gateway_project.middleware.MessageMiddleware",
     "gateway_project.middleware.XFrameOptionsMiddleware",
 ]
+if "middleware" in GATEWAY_PLAIN:  # Django's own classes, in the same places
+    MIDDLEWARE = [{
+        "gateway_project.middleware.SecurityMiddleware": "django.middleware.security.SecurityMiddleware",
+        "gateway_project.middleware.SessionMiddleware": "django.contrib.sessions.middleware.SessionMiddleware",
+        "gateway_project.middleware.CommonMiddleware": "django.middleware.common.CommonMiddleware",
+        "gateway_project.middleware.CsrfViewMiddleware": "django.middleware.csrf.CsrfViewMiddleware",
+        "gateway_project.middleware.AuthenticationMiddleware":
+            "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "gateway_project.middleware.MessageMiddleware": "django.contrib.messages.middleware.MessageMiddleware",
+        "gateway_project.middleware.XFrameOptionsMiddleware": "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    }.get(path, path) for path in MIDDLEWARE]
 
 # Django's security.W001-W003 look for its middleware by dotted name; ours are subclasses of
 # SecurityMiddleware, XFrameOptionsMiddleware and CsrfViewMiddleware with Django's behaviour on
@@ -110,7 +124,7 @@ DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
 DATABASE_POOL_CHECK_SECONDS = env.float("DATABASE_POOL_CHECK_SECONDS", default=1.0)
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and "pool_check" not in GATEWAY_PLAIN:
     DATABASES["default"]["ENGINE"] = "gateway_project.postgresql"  # Django's, with its pool's check cheaper
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Worker threads and the server share one file: wait for the lock instead of failing.
@@ -133,7 +147,7 @@ elif env.bool("DATABASE_POOL", default=True):
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE_SECONDS", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-if DATABASES["default"]["ENGINE"] == "gateway_project.postgresql" and env.bool(
+if DATABASES["default"]["ENGINE"] in ("gateway_project.postgresql", "django.db.backends.postgresql") and env.bool(
         "DATABASE_PREPARED_STATEMENTS", default=True):
     # Parameters bound by the server, and a statement prepared the fifth time a (pooled, long-lived)
     # connection runs it, so PostgreSQL stops planning it again: the agent run's claim spent 0.6 ms
@@ -151,6 +165,8 @@ if REDIS_URL:
             "OPTIONS": {"pool_class": "gateway_project.redis_pool.SharedConnectionPool"},
         }
     }
+    if "redis_pool" in GATEWAY_PLAIN:
+        CACHES["default"] = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
     CHANNEL_LAYERS = {
         "default": {
             # Redis pub/sub: one subscription connection per server process carries the events of
@@ -181,12 +197,12 @@ GATEWAY_CONFIG_CHECK_SECONDS = env.float("GATEWAY_CONFIG_CHECK_SECONDS", default
 GATEWAY_CONFIG_CACHE_MAX_ENTRIES = env.int("GATEWAY_CONFIG_CACHE_MAX_ENTRIES", default=20000)
 
 # Garbage collection in the server and worker processes (gateway_project/gc_tuning.py).
-GATEWAY_GC_FREEZE = env.bool("GATEWAY_GC_FREEZE", default=True)
+GATEWAY_GC_FREEZE = env.bool("GATEWAY_GC_FREEZE", default=True) and "gc_freeze" not in GATEWAY_PLAIN
 GATEWAY_GC_GEN0_THRESHOLD = env.int("GATEWAY_GC_GEN0_THRESHOLD", default=10_000)
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
-if CELERY_BROKER_URL.startswith("redis://"):
+if CELERY_BROKER_URL.startswith("redis://") and "kombu_client" not in GATEWAY_PLAIN:
     # kombu's Redis transport, with one Redis client per channel (gateway_project/kombu_redis.py).
     CELERY_BROKER_TRANSPORT = "gateway_project.kombu_redis:Transport"
 CELERY_RESULT_BACKEND = None

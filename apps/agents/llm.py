@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from gateway_project.plain import is_plain
+
 from .models import LLMModel, Provider, ProviderKeyRefused
 
 
@@ -111,6 +113,8 @@ def _create(client: openai.OpenAI, params: dict, *, stream: bool = False):
     every parameter (``maybe_transform``, a tenth of a worker's time per message): the body built
     here is plain JSON already. The same request, sent and parsed by the client the same way."""
     body = {**params, "stream": True, "stream_options": {"include_usage": True}} if stream else params
+    if is_plain("openai_create"):
+        return client.chat.completions.create(**body)
     return client.post("/chat/completions", body=body, cast_to=ChatCompletion, stream=stream,
                        stream_cls=openai.Stream[ChatCompletionChunk])
 

@@ -10,6 +10,7 @@ from apps.connectors.models import channel_by_slug
 from apps.core.client_ip import client_ip_for_request
 from apps.quotas.iprules import check_ip_rules
 from gateway_project.db import database_sync_to_async
+from gateway_project.plain import is_plain
 
 API_CHANNEL_SLUG = "api"
 
@@ -31,6 +32,8 @@ class AsyncAPIView(ApiIpRulesMixin, APIView):
     in one call where they can."""
 
     async def async_dispatch(self, request, *args, **kwargs):
+        if is_plain("adrf_dispatch"):
+            return await super().async_dispatch(request, *args, **kwargs)
         self.args, self.kwargs = args, kwargs
         request = self.initialize_request(request, *args, **kwargs)
         self.request = request

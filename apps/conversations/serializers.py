@@ -6,6 +6,8 @@ import copy
 from django.conf import settings
 from rest_framework import serializers
 
+from gateway_project.plain import is_plain
+
 
 class StrictCharField(serializers.CharField):
     """A CharField that refuses numbers, booleans and other non-strings instead of coercing."""
@@ -32,6 +34,8 @@ class ShallowFieldCopiesMixin:
     per-instance state; ``bind()`` then sets the copy's own parent and name."""
 
     def get_fields(self):
+        if is_plain("drf_field_copies"):
+            return super().get_fields()
         return {name: copy.copy(field) for name, field in self._declared_fields.items()}
 
 
