@@ -11,9 +11,6 @@ from django.core.exceptions import ImproperlyConfigured
 
 # name -> (where the override lives, what runs instead when the name is listed)
 OVERRIDES = {
-    "kombu_client": ("gateway_project/kombu_redis.py", "kombu's own Redis transport (no CELERY_BROKER_TRANSPORT)"),
-    "pool_check": ("gateway_project/postgresql/, pool_check.py",
-                   "Django's PostgreSQL engine: its pool checks every borrowed connection"),
     "redis_pool": ("gateway_project/redis_pool.py", "Django's RedisCache, no pool_class"),
     "middleware": ("gateway_project/middleware.py", "Django's own middleware classes"),
     "openai_create": ("apps/agents/llm.py _create", "client.chat.completions.create"),

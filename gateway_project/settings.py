@@ -123,20 +123,16 @@ SERVICES_MODE = bool(REDIS_URL)
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
-DATABASE_POOL_CHECK_SECONDS = env.float("DATABASE_POOL_CHECK_SECONDS", default=1.0)
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and "pool_check" not in GATEWAY_PLAIN:
-    DATABASES["default"]["ENGINE"] = "gateway_project.postgresql"  # Django's, with its pool's check cheaper
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Worker threads and the server share one file: wait for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
     DATABASES["default"].setdefault("TEST", {})["NAME"] = BASE_DIR / "test-db.sqlite3"
 elif env.bool("DATABASE_POOL", default=True):
     # psycopg 3's connection pool (Django 5.1+): a request or task borrows an open connection and
-    # gives it back, instead of opening one (TCP + auth + session setup) every time. A borrowed
-    # connection is checked first (CONN_HEALTH_CHECKS) when its last check is older than
-    # DATABASE_POOL_CHECK_SECONDS (gateway_project/pool_check.py; 0: every time, as Django does), so
-    # a PostgreSQL restart mostly costs failed checks, not errors. Agent runs give theirs back while a model
-    # answers (apps.agents.model_call.call_model).
+    # gives it back, instead of opening one (TCP + auth + session setup) every time. The pool checks
+    # each connection it lends (CONN_HEALTH_CHECKS), so after a PostgreSQL restart a dead one is
+    # replaced instead of failing a statement. Agent runs give theirs back while a model answers
+    # (apps.agents.model_call.call_model).
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # required with a pool: "closing" returns it
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -147,7 +143,7 @@ elif env.bool("DATABASE_POOL", default=True):
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE_SECONDS", default=0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-if DATABASES["default"]["ENGINE"] in ("gateway_project.postgresql", "django.db.backends.postgresql") and env.bool(
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.bool(
         "DATABASE_PREPARED_STATEMENTS", default=True):
     # Parameters bound by the server, and a statement prepared the fifth time a (pooled, long-lived)
     # connection runs it, so PostgreSQL stops planning it again: the agent run's claim spent 0.6 ms
@@ -202,9 +198,6 @@ GATEWAY_GC_GEN0_THRESHOLD = env.int("GATEWAY_GC_GEN0_THRESHOLD", default=10_000)
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
-if CELERY_BROKER_URL.startswith("redis://") and "kombu_client" not in GATEWAY_PLAIN:
-    # kombu's Redis transport, with one Redis client per channel (gateway_project/kombu_redis.py).
-    CELERY_BROKER_TRANSPORT = "gateway_project.kombu_redis:Transport"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 # There is no result backend: the "disabled" one is safe to share between threads. Without this,

@@ -1,1 +1,0 @@
-"""The gateway's database engine: Django's PostgreSQL backend with a cheaper pool check (base.py)."""
