@@ -42,30 +42,32 @@ def request_json(method: str, url: str, *, payload: Any = None, body: bytes | No
             follow_redirects=method.upper() in ("GET", "HEAD"),
         )
     except httpx2.TransportError as exc:  # refused, reset, DNS, TLS, timeouts
-        raise ConnectorError(f"cannot reach {_host(url)}: {type(exc).__name__}: {exc}") from exc
+        raise ConnectorError(f"cannot reach {host(url)}: {type(exc).__name__}: {exc}") from exc
     except httpx2.TooManyRedirects as exc:
-        raise ConnectorError(f"too many redirects from {_host(url)}", permanent=True) from exc
+        raise ConnectorError(f"too many redirects from {host(url)}", permanent=True) from exc
     status = response.status_code
     if status >= 300:
         transient = status == 429 or status >= 500
-        raise ConnectorError(f"HTTP {status} from {_host(url)}", permanent=not transient,
-                             retry_after=_seconds(response.headers.get("Retry-After")))
+        raise ConnectorError(f"HTTP {status} from {host(url)}", permanent=not transient,
+                             retry_after=retry_after(response.headers))
     if not response.content:
         return None
     try:
         return json.loads(response.content)
     except ValueError as exc:
-        raise ConnectorError(f"{_host(url)} answered with something that is not JSON") from exc
+        raise ConnectorError(f"{host(url)} answered with something that is not JSON") from exc
 
 
-def _seconds(value: str | None) -> float | None:
+def retry_after(headers) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (a number; a date or garbage: None)."""
+    value = headers.get("Retry-After") or headers.get("retry-after")
     try:
         return float(value) if value else None
     except ValueError:
         return None
 
 
-def _host(url: str) -> str:
+def host(url: str) -> str:
     # Errors are logged and shown in the admin: never include query strings (tokens, keys).
     return urllib.parse.urlsplit(url).netloc
 
