@@ -41,7 +41,15 @@ from django.http import JsonResponse
 from apps.conversations.errors import BadRequest, GatewayError, Unauthenticated
 from apps.conversations.normalized import NormalizedMessage
 
-from .base import Connector, ConnectorError, WebhookRequest, WebhookResult, check_timestamp, constant_time_equals
+from .base import (
+    Connector,
+    ConnectorError,
+    WebhookRequest,
+    WebhookResult,
+    check_timestamp,
+    constant_time_equals,
+    parse_epoch,
+)
 from .open_api import call_json, retry_after
 
 logger = logging.getLogger(__name__)
@@ -295,7 +303,8 @@ class FeishuConnector(Connector):
 
 
 def _epoch_ms(value) -> float:
-    try:
-        return int(value) / 1000 if value else time.time()
-    except (TypeError, ValueError) as exc:
-        raise BadRequest("message.create_time: must be epoch milliseconds.") from exc
+    if value in (None, ""):
+        return time.time()
+    if (stamp := parse_epoch(value, unit=1000)) is None:
+        raise BadRequest("message.create_time: must be epoch milliseconds.")
+    return stamp

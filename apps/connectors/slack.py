@@ -25,7 +25,7 @@ from slack_sdk.signature import SignatureVerifier
 from apps.conversations.errors import BadRequest, GatewayError, Unauthenticated
 from apps.conversations.normalized import NormalizedMessage
 
-from .base import Connector, ConnectorError, WebhookRequest, WebhookResult, check_timestamp
+from .base import Connector, ConnectorError, WebhookRequest, WebhookResult, check_timestamp, parse_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ class SlackConnector(Connector):
         user, text, channel, ts = (event.get(k) for k in ("user", "text", "channel", "ts"))
         if not all(isinstance(v, str) and v for v in (user, text, channel, ts)):
             return None
+        if (sent_at := parse_epoch(ts)) is None:
+            raise BadRequest("event.ts: must be a Slack timestamp (epoch seconds).")
         if user == self.conf.bot_user_id:
             return None
         if self.conf.bot_user_id:
@@ -97,7 +99,7 @@ class SlackConnector(Connector):
             user_id=user,
             message=text[: settings.GATEWAY_MAX_MESSAGE_CHARS],
             external_id=f"{channel}:{ts}",
-            timestamp=float(ts),
+            timestamp=sent_at,
             metadata={
                 "thread_id": thread_id, "slack_channel": channel, "slack_thread_ts": reply_thread,
                 "slack_event_id": payload.get("event_id"), "slack_team": payload.get("team_id"),

@@ -25,7 +25,7 @@ from django.http import HttpResponse
 from apps.conversations.errors import BadRequest, Forbidden, GatewayError, Unauthenticated
 from apps.conversations.normalized import NormalizedMessage
 
-from .base import Connector, ConnectorError, WebhookRequest, WebhookResult, check_timestamp
+from .base import Connector, ConnectorError, WebhookRequest, WebhookResult, check_timestamp, parse_epoch
 from .http import request_json
 from .wecom_crypto import WeComCrypto, WeComCryptoError
 
@@ -61,10 +61,11 @@ def parse_xml(data: bytes | str) -> Element:
 
 
 def _epoch(value: str | None) -> float:
-    try:
-        return float(value) if value else time.time()
-    except ValueError as exc:
-        raise BadRequest("CreateTime: must be epoch seconds.") from exc
+    if not value:
+        return time.time()
+    if (stamp := parse_epoch(value.strip())) is None:
+        raise BadRequest("CreateTime: must be epoch seconds.")
+    return stamp
 
 
 class WeComConnector(Connector):
