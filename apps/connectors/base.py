@@ -28,7 +28,7 @@ from django.conf import settings
 from django.http import HttpResponse
 from tenacity import RetryCallState, Retrying, stop_after_attempt
 
-from apps.conversations.errors import GatewayError, Unauthenticated
+from apps.conversations.errors import BadRequest, GatewayError, Unauthenticated
 from apps.conversations.realtime import publish, reply_group
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,9 @@ class Connector:
             try:
                 accept(msg, channel=self.channel, client_ip=request.client_ip)
             except GatewayError as error:
-                if not self.ack_refusals:
+                # A message that cannot be taken as sent (BadRequest) is the sender's to fix: a 400,
+                # not acknowledged as if it were a policy refusal.
+                if not self.ack_refusals or isinstance(error, BadRequest):
                     raise
                 logger.warning("webhook message refused", extra={"code": error.code, "channel": self.channel.slug})
                 tell_refused(self, msg, error)  # a polite reply for limit refusals, off the request path

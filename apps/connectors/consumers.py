@@ -16,7 +16,7 @@ from apps.conversations.errors import (
     PayloadTooLarge,
     outage_error,
 )
-from apps.conversations.normalized import NormalizedMessage
+from apps.conversations.normalized import NormalizedMessage, storable_text
 from apps.conversations.pipeline import accept
 from apps.conversations.realtime import conversation_group
 from apps.conversations.selectors import conversation_history
@@ -245,6 +245,10 @@ def parse_message_frame(content) -> tuple[str, str | None]:
     client_id = content.get("client_id")
     if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= CLIENT_ID_MAX_CHARS):
         raise BadRequest(f"client_id: must be a string of 1 to {CLIENT_ID_MAX_CHARS} characters.")
+    # The pipeline refuses these too; here they are refused before a visitor's user or a
+    # conversation is made for a message that cannot be stored.
+    if not storable_text(text) or (client_id is not None and not storable_text(client_id)):
+        raise BadRequest("Text with NUL characters or unpaired surrogates cannot be stored.")
     return text, client_id
 
 

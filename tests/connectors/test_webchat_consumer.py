@@ -149,3 +149,20 @@ async def test_reconnecting_to_a_conversation_replays_its_history(webchat_channe
     assert history["type"] == "history" and history["conversation_id"] == ack["conversation_id"]
     assert [(m["direction"], m["message"]) for m in history["messages"]] == [("in", "remember me")]
     await ws.disconnect()
+
+
+@pytest.mark.parametrize("frame", [
+    {"type": "message", "message": "a\u0000b"}, {"type": "message", "message": "\ud800"},
+    {"type": "message", "message": "hi", "client_id": "c\u0000"},
+    {"type": "message", "message": "hi", "client_id": "\udfff"},
+])
+async def test_text_that_cannot_be_stored_is_refused_before_anything_is_made(webchat_channel, frame):
+    ws = await connect(visitor_path(webchat_channel))
+    await ws.send_json_to(frame)
+    error = await ws.receive_json_from(timeout=5)
+    assert error["type"] == "error" and error["code"] == "invalid_request"
+    assert not await Conversation.objects.aexists()  # no conversation opened, no visitor made
+    await ws.send_json_to({"type": "message", "message": "still here"})
+    assert (await ws.receive_json_from(timeout=5))["type"] == "ack"
+    await ws.disconnect()
+
