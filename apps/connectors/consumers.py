@@ -12,6 +12,7 @@ from apps.conversations.errors import (
     BadRequest,
     Forbidden,
     GatewayError,
+    InternalError,
     NotFound,
     PayloadTooLarge,
     outage_error,
@@ -164,9 +165,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             return await self._accept_message(content, client_id)
         except Exception as exc:
-            # PostgreSQL or Redis away: a retryable error frame, and the socket stays open.
+            # PostgreSQL or Redis away: a retryable error frame. Anything else is a bug: logged with
+            # its traceback, the client told ``internal_error``. Either way the socket stays open.
             if (error := outage_error(exc)) is None:
-                raise
+                logger.exception("web chat frame failed", extra={"channel": self.channel_row.slug})
+                error = InternalError()
             await self.send_json({**error.error_frame(), "client_id": client_id})
             return error.status, error.code, None
 
