@@ -138,10 +138,9 @@ class DingTalkConnector(Connector):
         if not url.startswith(base):
             logger.warning("dingtalk sessionWebhook outside DINGTALK_SESSION_WEBHOOK_BASE_URL ignored")
             return
-        try:
-            lifetime = int(expires_ms) / 1000 - time.time() - SESSION_WEBHOOK_MARGIN_SECONDS
-        except (TypeError, ValueError):
-            return
+        if (expires := parse_epoch(expires_ms, unit=1000)) is None:
+            return  # not a time (a huge number or inf overflowed int() here): the reply goes by the API
+        lifetime = expires - time.time() - SESSION_WEBHOOK_MARGIN_SECONDS
         if lifetime > 1:
             cache.set(self._session_key(msg_id), url, timeout=int(lifetime))
 

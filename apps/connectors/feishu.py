@@ -212,7 +212,8 @@ class FeishuConnector(Connector):
             raise BadRequest('message.content: must be a JSON string like {"text": "..."}.') from exc
         if not isinstance(text, str):
             raise BadRequest("message.content.text: must be a string.")
-        mentions = [m for m in message.get("mentions") or [] if isinstance(m, dict) and isinstance(m.get("key"), str)]
+        listed = message.get("mentions") if isinstance(message.get("mentions"), list) else []
+        mentions = [m for m in listed if isinstance(m, dict) and isinstance(m.get("key"), str)]
         if message.get("chat_type") != "p2p" and not self._mentions_bot(mentions):
             return None
         text = self._without_bot_mention(text, mentions).strip()
