@@ -454,7 +454,8 @@ def test_signed_webhook_bodies_with_wrong_types_are_refused_not_crashed(sec, att
     for fields in ({"sessionWebhookExpiredTime": 10**400}, {"createAt": "later"}, {"createAt": 10**400},
                    {"text": "hi"}, {"conversationType": ["1"]}, {"senderStaffId": 5}, {"msgId": None},
                    {"robotCode": {"a": 1}}):
-        payload = dingtalk_message(session_base="https://oapi.dingtalk.com", conversation_type="1", **fields)
+        payload = dingtalk_message(session_base=sec.platforms.dingtalk_session_base_url, conversation_type="1",
+                                   **fields)
         stamp = str(int(time.time() * 1000))
         tries.append((f"dingtalk {str(fields)[:40]}", webhook_url(sec, "dingtalk"), json.dumps(payload).encode(),
                       {"Content-Type": "application/json", "timestamp": stamp,
