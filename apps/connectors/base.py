@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -28,7 +29,7 @@ from django.conf import settings
 from django.http import HttpResponse
 
 from apps.conversations.realtime import publish, reply_group
-from apps.core.errors import GatewayError, Unauthenticated
+from apps.core.errors import BadRequest, GatewayError, Unauthenticated
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,9 @@ class Connector:
             try:
                 accept(msg, channel=self.channel, client_ip=request.client_ip)
             except GatewayError as error:
-                if not self.ack_refusals:
+                # A message that cannot be taken as sent (BadRequest) is the sender's to fix: a 400,
+                # not acknowledged as if it were a policy refusal.
+                if not self.ack_refusals or isinstance(error, BadRequest):
                     raise
                 logger.warning("webhook message refused", extra={"code": error.code, "channel": self.channel.slug})
                 tell_refused(self, msg, error)  # a polite reply for limit refusals, off the request path
@@ -164,15 +167,46 @@ def constant_time_equals(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(), b.encode())
 
 
-def check_timestamp(value: str, *, now: float | None = None) -> int:
-    """The request's epoch-seconds timestamp, refused unless within the replay window."""
-    try:
-        stamp = int(value)
-    except (TypeError, ValueError) as exc:
-        raise Unauthenticated("The request timestamp is missing or malformed.",
-                              reason="timestamp_malformed") from exc
+# Epoch seconds a platform may send: from 1970 to the end of year 9999 (what a datetime can hold).
+EPOCH_MAX_SECONDS = 253_402_300_799
+_EPOCH_TEXT = re.compile(r"[0-9]{1,20}(\.[0-9]{1,9})?")
+_EPOCH_INTEGER_TEXT = re.compile(r"[0-9]{1,20}")
+
+
+def parse_epoch(value, *, unit: int = 1, integer: bool = False) -> float | None:
+    """Epoch seconds from a platform's timestamp, or None when ``value`` is not one.
+
+    ``value`` is a JSON number or its decimal text (ASCII digits, an optional fraction unless
+    ``integer``), counted in ``1/unit`` seconds (``unit=1000``: milliseconds). Anything else is
+    None: other types, signs, exponents, ``NaN``/``inf``, Unicode digits, underscores, and values
+    beyond year 9999 (so ``1e400`` or a 400-digit number never overflows a float). Every connector
+    reads timestamps through this, so malformed ones are refused the same way everywhere.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        if not (_EPOCH_INTEGER_TEXT if integer else _EPOCH_TEXT).fullmatch(value):
+            return None
+        number: float | int = float(value) if "." in value else int(value)
+    elif isinstance(value, int) or (isinstance(value, float) and not integer):
+        number = value
+    else:
+        return None
+    if not 0 <= number <= EPOCH_MAX_SECONDS * unit:  # NaN fails this too
+        return None
+    return float(number) / unit
+
+
+def check_timestamp(value: str, *, now: float | None = None, unit: int = 1,
+                    max_age_seconds: float | None = None) -> float:
+    """The request's epoch timestamp (whole ``1/unit`` seconds), refused (401) when malformed or
+    outside the replay window (CONNECTOR_SIGNATURE_MAX_AGE_SECONDS unless ``max_age_seconds``)."""
+    stamp = parse_epoch(value, unit=unit, integer=True)
+    if stamp is None:
+        raise Unauthenticated("The request timestamp is missing or malformed.", reason="timestamp_malformed")
     now = time.time() if now is None else now
-    if abs(now - stamp) > settings.CONNECTOR_SIGNATURE_MAX_AGE_SECONDS:
+    max_age = settings.CONNECTOR_SIGNATURE_MAX_AGE_SECONDS if max_age_seconds is None else max_age_seconds
+    if abs(now - stamp) > max_age:
         raise Unauthenticated("The request timestamp is too old (or in the future); possible replay.",
                               reason="timestamp_outside_window")
     return stamp

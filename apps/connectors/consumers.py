@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlparse
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from apps.conversations.normalized import NormalizedMessage
+from apps.conversations.normalized import NormalizedMessage, storable_text
 from apps.conversations.pipeline import accept
 from apps.conversations.realtime import conversation_group
 from apps.conversations.selectors import conversation_history
@@ -18,6 +18,7 @@ from apps.core.errors import (
     BadRequest,
     Forbidden,
     GatewayError,
+    InternalError,
     NotFound,
     PayloadTooLarge,
     outage_error,
@@ -164,9 +165,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             return await self._accept_message(content, client_id)
         except Exception as exc:
-            # PostgreSQL or Redis away: a retryable error frame, and the socket stays open.
+            # PostgreSQL or Redis away: a retryable error frame. Anything else is a bug: logged with
+            # its traceback, the client told ``internal_error``. Either way the socket stays open.
             if (error := outage_error(exc)) is None:
-                raise
+                logger.exception("web chat frame failed", extra={"channel": self.channel_row.slug})
+                error = InternalError()
             await self.send_json({**error.error_frame(), "client_id": client_id})
             return error.status, error.code, None
 
@@ -245,6 +248,10 @@ def parse_message_frame(content) -> tuple[str, str | None]:
     client_id = content.get("client_id")
     if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= CLIENT_ID_MAX_CHARS):
         raise BadRequest(f"client_id: must be a string of 1 to {CLIENT_ID_MAX_CHARS} characters.")
+    # The pipeline refuses these too; here they are refused before a visitor's user or a
+    # conversation is made for a message that cannot be stored.
+    if not storable_text(text) or (client_id is not None and not storable_text(client_id)):
+        raise BadRequest("Text with NUL characters or unpaired surrogates cannot be stored.")
     return text, client_id
 
 

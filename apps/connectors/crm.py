@@ -30,6 +30,7 @@ from .base import (
     check_timestamp,
     constant_time_equals,
     hmac_sha256_hex,
+    parse_epoch,
     require_signature,
 )
 
@@ -114,7 +115,7 @@ class CrmConnector(Connector):
         msg = NormalizedMessage(
             channel=self.kind, channel_id=self.channel.slug, user_id=user_id, message=text,
             external_id=str(values["external_id"]),
-            timestamp=float(stamp) if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) else time.time(),
+            timestamp=parse_epoch(stamp) or time.time(),
             metadata={"thread_id": str(values.get("thread_id") or f"user:{user_id}"),
                       "crm_external_id": str(values["external_id"])},
             raw=payload,

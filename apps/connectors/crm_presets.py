@@ -33,7 +33,7 @@ from django.http import JsonResponse
 from apps.conversations.normalized import NormalizedMessage
 from apps.core.errors import BadRequest, Unauthenticated
 
-from .base import WebhookRequest, WebhookResult, check_timestamp, require_signature
+from .base import WebhookRequest, WebhookResult, check_timestamp, parse_epoch, require_signature
 from .crm import DEFAULT_FIELD_MAP, REQUIRED_FIELDS, CrmConfig, CrmConnector, json_path
 
 logger = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def _epoch_from_iso8601(value: str) -> str:
     """Zendesk stamps its signature with an ISO 8601 time; check_timestamp takes epoch seconds."""
     try:
         return str(int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise Unauthenticated("The request timestamp is missing or malformed.", reason="timestamp_malformed") from exc
 
 
@@ -104,7 +104,7 @@ class CrmPresetConnector(CrmConnector):
         return self.message(
             user_id=str(values["user_id"]), text=str(values["message"]), external_id=str(values["external_id"]),
             thread_id=str(values.get("thread_id") or "") or None, payload=payload,
-            timestamp=float(stamp) if isinstance(stamp, (int, float)) and not isinstance(stamp, bool) else None,
+            timestamp=parse_epoch(stamp),
         )
 
     def message(self, *, user_id: str, text: str, external_id: str, payload, thread_id: str | None = None,
@@ -156,11 +156,7 @@ class HubSpotConnector(CrmPresetConnector):
 
     def verify(self, request: WebhookRequest) -> None:
         timestamp = request.header(HUBSPOT_TIMESTAMP_HEADER)
-        if not timestamp.isdigit():
-            raise Unauthenticated("The request timestamp is missing or malformed.", reason="timestamp_malformed")
-        if abs(time.time() - int(timestamp) / 1000) > HUBSPOT_MAX_AGE_SECONDS:
-            raise Unauthenticated("The request timestamp is too old (or in the future); possible replay.",
-                                  reason="timestamp_outside_window")
+        check_timestamp(timestamp, unit=1000, max_age_seconds=HUBSPOT_MAX_AGE_SECONDS)
         expected = hubspot_v3_signature(self.conf.client_secret, method=request.method,
                                         uri=self.conf.webhook_url or request.url, body=request.body,
                                         timestamp=timestamp)
@@ -224,6 +220,7 @@ def _iso_to_epoch_or_none(value) -> float | None:
     if not isinstance(value, str):
         return None
     try:
-        return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
+        return parse_epoch(datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", value).replace("Z", "+00:00"))
+                           .timestamp())
+    except (ValueError, OverflowError):
         return None

@@ -34,7 +34,14 @@ from apps.conversations.normalized import NormalizedMessage
 from apps.core.errors import BadRequest, GatewayError, Unauthenticated
 from apps.core.http import ConnectorError
 
-from .base import Connector, WebhookRequest, WebhookResult, constant_time_equals
+from .base import (
+    Connector,
+    WebhookRequest,
+    WebhookResult,
+    check_timestamp,
+    constant_time_equals,
+    parse_epoch,
+)
 from .open_api import call_json, retry_after
 
 logger = logging.getLogger(__name__)
@@ -75,14 +82,7 @@ class DingTalkConnector(Connector):
         if request.method != "POST":
             raise BadRequest("DingTalk posts its messages; nothing to answer to a GET.")
         timestamp = request.header("timestamp")
-        try:
-            sent_at = int(timestamp) / 1000
-        except ValueError as exc:
-            raise Unauthenticated("The timestamp header is missing or malformed.",
-                                  reason="timestamp_malformed") from exc
-        if abs(time.time() - sent_at) > CALLBACK_MAX_AGE_SECONDS:
-            raise Unauthenticated("The request timestamp is more than an hour away; possible replay.",
-                                  reason="timestamp_outside_window")
+        check_timestamp(timestamp, unit=1000, max_age_seconds=CALLBACK_MAX_AGE_SECONDS)
         given = request.header("sign")
         if not given or not constant_time_equals(sign(timestamp, self.conf.app_secret), given):
             raise Unauthenticated("The request signature does not match.", reason="signature_mismatch")
@@ -138,10 +138,9 @@ class DingTalkConnector(Connector):
         if not url.startswith(base):
             logger.warning("dingtalk sessionWebhook outside DINGTALK_SESSION_WEBHOOK_BASE_URL ignored")
             return
-        try:
-            lifetime = int(expires_ms) / 1000 - time.time() - SESSION_WEBHOOK_MARGIN_SECONDS
-        except (TypeError, ValueError):
-            return
+        if (expires := parse_epoch(expires_ms, unit=1000)) is None:
+            return  # not a time (a huge number or inf overflowed int() here): the reply goes by the API
+        lifetime = expires - time.time() - SESSION_WEBHOOK_MARGIN_SECONDS
         if lifetime > 1:
             cache.set(self._session_key(msg_id), url, timeout=int(lifetime))
 
@@ -220,7 +219,8 @@ class DingTalkConnector(Connector):
 
 
 def _epoch_ms(value) -> float:
-    try:
-        return int(value) / 1000 if value else time.time()
-    except (TypeError, ValueError) as exc:
-        raise BadRequest("createAt: must be epoch milliseconds.") from exc
+    if value in (None, ""):
+        return time.time()
+    if (stamp := parse_epoch(value, unit=1000)) is None:
+        raise BadRequest("createAt: must be epoch milliseconds.")
+    return stamp

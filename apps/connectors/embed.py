@@ -8,6 +8,11 @@ from django.conf import settings
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET
 
+from apps.core.errors import GatewayError, error_response
+from apps.quotas.client_ip import client_ip_for_request
+from apps.quotas.iprules import check_ip_rules
+from apps.quotas.limits import check_address_rate
+
 from .models import channel_by_slug
 from .visitors import visitor_token_issue
 
@@ -23,17 +28,26 @@ def _error(code: str, message: str, status: int) -> JsonResponse:
 
 @require_GET
 def widget_session(request, slug: str):
+    """A new visitor token, under the same rules as the chat page that mints one: the channel's IP
+    rules, and at most WEBCHAT_VISITORS_PER_IP_RATE new visitors per client address (429 past it;
+    the page and the widget share the count)."""
     channel = channel_by_slug(slug, kind="webchat")
     if channel is None or not channel.enabled:
         return _error("not_found", "No such chat.", 404)
     origin = request.headers.get("Origin", "")
-    if not embed_origin_allowed(origin, channel):
-        response = _error("forbidden", "This chat is not available on this site.", 403)
-    elif not channel.allow_visitors:
-        response = _error("forbidden", "This chat needs you to sign in on the gateway.", 403)
-    else:
-        response = JsonResponse({"visitor_token": visitor_token_issue(channel), "chat": channel.slug,
-                                 "title": channel.name})
+    client_ip = client_ip_for_request(request)
+    try:
+        check_ip_rules(client_ip, channel=channel)
+        if not embed_origin_allowed(origin, channel):
+            response = _error("forbidden", "This chat is not available on this site.", 403)
+        elif not channel.allow_visitors:
+            response = _error("forbidden", "This chat needs you to sign in on the gateway.", 403)
+        else:
+            check_address_rate("webchat_visitor", client_ip, settings.WEBCHAT_VISITORS_PER_IP_RATE, channel=channel)
+            response = JsonResponse({"visitor_token": visitor_token_issue(channel), "chat": channel.slug,
+                                     "title": channel.name})
+    except GatewayError as error:
+        response = error_response(error)
     if origin:  # refusals too: the widget on that site can then show the reason (no token in them)
         response["Access-Control-Allow-Origin"] = origin
     response["Vary"] = "Origin"

@@ -42,7 +42,14 @@ from apps.conversations.normalized import NormalizedMessage
 from apps.core.errors import BadRequest, GatewayError, Unauthenticated
 from apps.core.http import ConnectorError
 
-from .base import Connector, WebhookRequest, WebhookResult, check_timestamp, constant_time_equals
+from .base import (
+    Connector,
+    WebhookRequest,
+    WebhookResult,
+    check_timestamp,
+    constant_time_equals,
+    parse_epoch,
+)
 from .open_api import call_json, retry_after
 
 logger = logging.getLogger(__name__)
@@ -205,7 +212,8 @@ class FeishuConnector(Connector):
             raise BadRequest('message.content: must be a JSON string like {"text": "..."}.') from exc
         if not isinstance(text, str):
             raise BadRequest("message.content.text: must be a string.")
-        mentions = [m for m in message.get("mentions") or [] if isinstance(m, dict) and isinstance(m.get("key"), str)]
+        listed = message.get("mentions") if isinstance(message.get("mentions"), list) else []
+        mentions = [m for m in listed if isinstance(m, dict) and isinstance(m.get("key"), str)]
         if message.get("chat_type") != "p2p" and not self._mentions_bot(mentions):
             return None
         text = self._without_bot_mention(text, mentions).strip()
@@ -296,7 +304,8 @@ class FeishuConnector(Connector):
 
 
 def _epoch_ms(value) -> float:
-    try:
-        return int(value) / 1000 if value else time.time()
-    except (TypeError, ValueError) as exc:
-        raise BadRequest("message.create_time: must be epoch milliseconds.") from exc
+    if value in (None, ""):
+        return time.time()
+    if (stamp := parse_epoch(value, unit=1000)) is None:
+        raise BadRequest("message.create_time: must be epoch milliseconds.")
+    return stamp

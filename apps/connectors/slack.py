@@ -26,7 +26,7 @@ from apps.conversations.normalized import NormalizedMessage
 from apps.core.errors import BadRequest, GatewayError, Unauthenticated
 from apps.core.http import ConnectorError
 
-from .base import Connector, WebhookRequest, WebhookResult, check_timestamp
+from .base import Connector, WebhookRequest, WebhookResult, check_timestamp, parse_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,8 @@ class SlackConnector(Connector):
         user, text, channel, ts = (event.get(k) for k in ("user", "text", "channel", "ts"))
         if not all(isinstance(v, str) and v for v in (user, text, channel, ts)):
             return None
+        if (sent_at := parse_epoch(ts)) is None:
+            raise BadRequest("event.ts: must be a Slack timestamp (epoch seconds).")
         if user == self.conf.bot_user_id:
             return None
         if self.conf.bot_user_id:
@@ -98,7 +100,7 @@ class SlackConnector(Connector):
             user_id=user,
             message=text[: settings.GATEWAY_MAX_MESSAGE_CHARS],
             external_id=f"{channel}:{ts}",
-            timestamp=float(ts),
+            timestamp=sent_at,
             metadata={
                 "thread_id": thread_id, "slack_channel": channel, "slack_thread_ts": reply_thread,
                 "slack_event_id": payload.get("event_id"), "slack_team": payload.get("team_id"),

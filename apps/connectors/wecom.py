@@ -26,7 +26,7 @@ from apps.conversations.normalized import NormalizedMessage
 from apps.core.errors import BadRequest, Forbidden, GatewayError, Unauthenticated
 from apps.core.http import ConnectorError, request_json
 
-from .base import Connector, WebhookRequest, WebhookResult, check_timestamp
+from .base import Connector, WebhookRequest, WebhookResult, check_timestamp, parse_epoch
 from .wecom_crypto import WeComCrypto, WeComCryptoError
 
 logger = logging.getLogger(__name__)
@@ -61,10 +61,11 @@ def parse_xml(data: bytes | str) -> Element:
 
 
 def _epoch(value: str | None) -> float:
-    try:
-        return float(value) if value else time.time()
-    except ValueError as exc:
-        raise BadRequest("CreateTime: must be epoch seconds.") from exc
+    if not value:
+        return time.time()
+    if (stamp := parse_epoch(value.strip())) is None:
+        raise BadRequest("CreateTime: must be epoch seconds.")
+    return stamp
 
 
 class WeComConnector(Connector):

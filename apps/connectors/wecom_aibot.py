@@ -181,8 +181,11 @@ class WeComAiBotConnector(Connector):
             raise BadRequest("The decrypted callback is not JSON.") from exc
         if not isinstance(data, dict):
             raise BadRequest("The decrypted callback must be a JSON object.")
-        if self.conf.bot_id and data.get("aibotid") not in (None, self.conf.bot_id):
-            raise Unauthenticated("The callback is for another bot.", reason="wrong_bot")
+        # Every callback names its bot. Bots may share a Token and EncodingAESKey, so a callback that
+        # names none, or another than the channel's, is not taken as ours.
+        bot_id = data.get("aibotid")
+        if not isinstance(bot_id, str) or not bot_id or (self.conf.bot_id and bot_id != self.conf.bot_id):
+            raise Unauthenticated("The callback is for another bot, or names none.", reason="wrong_bot")
         nonce = request.query.get("nonce", "")
         msgtype = data.get("msgtype")
         if msgtype == "stream":

@@ -12,10 +12,13 @@ Two dicts ride along, and they differ in who wrote them:
 """
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from apps.core.errors import BadRequest
 
 # Channel kinds whose ``metadata`` a client writes (the messages API and the OpenAI face).
 CLIENT_METADATA_KINDS = frozenset({"api"})
@@ -50,8 +53,57 @@ class NormalizedMessage:
     control: dict[str, Any] = field(default_factory=dict)  # the gateway's decisions, never a client's
     raw: Any = None  # the inbound payload as received, kept for debugging (not part of the JSON)
 
+    def check_storable(self) -> None:
+        """Raise BadRequest (400 ``invalid_request``) when a field holds what PostgreSQL cannot
+        store: NUL characters or unpaired surrogates in text (columns and jsonb alike), keys
+        included, or NaN/Infinity in JSON (jsonb has no such numbers). Without this the insert
+        fails inside the pipeline: a 500, a dead socket. SQLite would store them; the check runs
+        everywhere so that both ways of running answer alike."""
+        for name in STORED_FIELDS:
+            if (where := unstorable(getattr(self, name), name)) is not None:
+                raise BadRequest(f"{where[:200]}: text with NUL characters or unpaired surrogates, and NaN or "
+                                 "Infinity numbers, cannot be stored.")
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("raw")
         data["id"] = str(self.id)
         return data
+
+
+# The fields ``persist`` writes (``raw`` as the message's raw payload, ``control`` with the face's turns).
+STORED_FIELDS = ("message", "user_id", "external_id", "conversation_id", "principal_id", "attachments",
+                 "metadata", "control", "raw")
+
+
+def unstorable(value: Any, path: str) -> str | None:
+    """The path of the first text or number in ``value`` (nested dicts and lists) that PostgreSQL
+    cannot store, or None. Walked without recursion: depth is the JSON parsers' to limit."""
+    pending = [(value, path)]
+    while pending:
+        item, where = pending.pop()
+        if isinstance(item, str):
+            if not storable_text(item):
+                return where
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return where
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                if isinstance(key, str) and not storable_text(key):
+                    return f"{where} (a key)"
+                pending.append((inner, f"{where}.{key}"))
+        elif isinstance(item, list | tuple):
+            pending.extend((inner, f"{where}[{i}]") for i, inner in enumerate(item))
+    return None
+
+
+def storable_text(text: str) -> bool:
+    """No NUL and no unpaired surrogate: text a PostgreSQL text column and jsonb both take."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -31,6 +31,7 @@ from gateway_project.db import database_sync_to_async
 
 from .apis import accept_on_api_channel
 from .async_api import ApiIpRulesMixin, AsyncAPIView
+from .normalized import storable_text
 from .waiters import ReplyWaiter
 
 CLIENT_HISTORY_KEY = "client_history"  # in NormalizedMessage.control, read by the runtime's build_prompt
@@ -81,7 +82,7 @@ def parse_completion_request(body) -> dict:
     if not isinstance(body, dict):
         raise ParamError(None, "The body must be a JSON object.")
     model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
+    if not isinstance(model, str) or not model.strip() or not storable_text(model):
         raise ParamError("model", "'model' must name an agent (see GET /v1/models).")
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -93,7 +94,10 @@ def parse_completion_request(body) -> dict:
         content = m.get("content")
         if content is not None and not isinstance(content, str | list):
             raise ParamError(f"messages[{i}].content", f"messages[{i}].content must be a string or a list of parts.")
-        turns.append({"role": m["role"], "content": text_of(content)})
+        if not storable_text(text := text_of(content)):
+            raise ParamError(f"messages[{i}].content", f"messages[{i}].content: text with NUL characters or "
+                                                         "unpaired surrogates cannot be stored.")
+        turns.append({"role": m["role"], "content": text})
     last = turns[-1]
     if last["role"] != "user" or not last["content"].strip():
         raise ParamError("messages", "The last message must be the user's, with text content.")
@@ -102,12 +106,17 @@ def parse_completion_request(body) -> dict:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ParamError("stream", "'stream' must be a boolean.")
-    if body.get("n") not in (None, 1):
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
         raise ParamError("n", "Only n=1 is supported.")
     if body.get("tools") or body.get("functions"):
         raise ParamError("tools", "Tools are configured on the agent; a request cannot bring its own.")
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage")) if isinstance(
-        body.get("stream_options"), dict) else False
+    stream_options = body.get("stream_options")
+    if stream_options is None:
+        stream_options = {}
+    if not isinstance(stream_options, dict) or not isinstance(stream_options.get("include_usage", False), bool):
+        raise ParamError("stream_options", "'stream_options' must be an object; its include_usage a boolean.")
+    include_usage = stream_options.get("include_usage", False)
     history = [t for t in turns[:-1] if t["role"] in ("system", "developer", "user", "assistant") and t["content"]]
     return {"model": model.strip(), "text": last["content"], "stream": stream, "include_usage": include_usage,
             "history": history[-settings.GATEWAY_HISTORY_MESSAGES:]}

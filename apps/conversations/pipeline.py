@@ -1,6 +1,6 @@
 """The inbound pipeline: every channel's message goes through these steps, in this order.
 
-    ip rules → dedupe → identify → authorize → limit → route → authorize agent → persist → enqueue
+    ip rules → storable → dedupe → identify → authorize → limit → route → authorize agent → persist → enqueue
 
 ``accept()`` reads top to bottom as that list. Each step either returns what the next one needs or
 raises a ``GatewayError`` (see errors.py) that the entry point turns into its wire form. Nothing
@@ -52,6 +52,7 @@ def accept(
     A repeated delivery (same channel and external_id) returns the original message, unqueued.
     """
     check_ip_rules(client_ip, channel=channel)
+    msg.check_storable()
     if (original := dedupe(msg, channel)) is not None:
         return original
     user = identify_sender(msg, channel=channel, principal=principal, client_ip=client_ip)

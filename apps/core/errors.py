@@ -121,6 +121,14 @@ class AgentFailed(GatewayError):
     default_message = "The agent could not answer this message."
 
 
+class InternalError(GatewayError):
+    """A bug or an unforeseen failure (logged with its traceback); the client is told no more."""
+
+    code = "internal_error"
+    status = 500
+    default_message = "Something went wrong on our side; please try again."
+
+
 class ServiceUnavailable(GatewayError):
     code = "service_unavailable"
     status = 503

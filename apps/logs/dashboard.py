@@ -29,6 +29,7 @@ DASHBOARD_PERMISSION = "logs.view_dashboard"
 DEFAULT_PERIOD_DAYS = 14
 MAX_PERIOD_DAYS = 366
 PAGE_ROWS = 50
+MAX_PAGE = 100_000
 # Filters that follow the staff member from page to page (nav links) and into the CSV export.
 FILTER_KEYS = ("channel", "agent", "model", "user", "status")
 STATUSES = (Status.ACCEPTED, Status.PROCESSING, Status.ANSWERED, Status.FAILED)
@@ -49,6 +50,7 @@ def staff_dashboard(view):
         if not dashboard_allowed(request.user):
             return render(request, "dashboard/refused.html", status=403)
         try:
+            check_query(request)
             return view(request, *args, **kwargs)
         except BadInput as error:
             return render(request, "dashboard/refused.html", {"reason": str(error)}, status=400)
@@ -57,6 +59,13 @@ def staff_dashboard(view):
 
 class BadInput(ValueError):
     """A query parameter the dashboard cannot use (shown to the staff member, status 400)."""
+
+
+def check_query(request) -> None:
+    """Filters end up in SQL, and PostgreSQL refuses a NUL in text (a 500): refuse it here, once."""
+    for key, values in request.GET.lists():
+        if any("\x00" in value for value in (key, *values)):
+            raise BadInput("The query holds a NUL character.")
 
 
 def period_from(request) -> Period:
@@ -163,6 +172,8 @@ def conversations(request):
         page = max(1, int(request.GET.get("page") or 1))
     except ValueError as exc:
         raise BadInput("page must be a number.") from exc
+    if page > MAX_PAGE:  # the offset must fit the database's integers
+        raise BadInput(f"page must be at most {MAX_PAGE}.")
     filters = filters_from(request)
     export = bool(request.GET.get("export"))
     table = selectors.conversation_search(

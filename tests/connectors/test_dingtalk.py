@@ -196,3 +196,14 @@ class TestRefusals:
 
     def test_wrong_content_type_is_415(self, client, dingtalk_channel, message):
         assert_refused(dingtalk_post(client, dingtalk_channel, message(), content_type="text/plain"), 415)
+
+
+@pytest.mark.parametrize("expires", [10**400, 1e300, -1, "soon", [1]])  # (NaN, inf: refused as unstorable)
+def test_a_session_expiry_that_is_not_a_time_keeps_no_session_webhook(
+        client, dingtalk_channel, message, dingtalk_platform, expires):
+    payload = message(conversation_type="1", sessionWebhookExpiredTime=expires)
+    response = dingtalk_post(client, dingtalk_channel, body=json.dumps(payload).encode())
+    assert response.status_code == 200, response.content
+    agent_run(inbound().id)
+    state = dingtalk_platform.state.dingtalk
+    assert state.session_messages == [] and len(state.api_messages) == 1  # answered through the API instead

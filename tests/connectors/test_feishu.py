@@ -284,3 +284,10 @@ class TestRefusals:
 
     def test_get_is_400(self, client, feishu_channel):
         assert_refused(client.get(f"/api/v1/channels/{feishu_channel.slug}/webhook"), 400)
+
+
+@pytest.mark.parametrize("mentions", [5, True, {"key": "@_user_1"}, "@_user_1"])
+def test_mentions_that_are_not_a_list_are_no_mentions(client, feishu_channel, mentions):
+    response = feishu_post(client, feishu_channel, feishu_event(text="hi", chat_type="p2p", mentions=mentions))
+    assert response.status_code == 200
+    assert Message.objects.get().text == "hi"

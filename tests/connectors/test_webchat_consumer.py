@@ -149,3 +149,52 @@ async def test_reconnecting_to_a_conversation_replays_its_history(webchat_channe
     assert history["type"] == "history" and history["conversation_id"] == ack["conversation_id"]
     assert [(m["direction"], m["message"]) for m in history["messages"]] == [("in", "remember me")]
     await ws.disconnect()
+
+
+@pytest.mark.parametrize("frame", [
+    {"type": "message", "message": "a\u0000b"}, {"type": "message", "message": "\ud800"},
+    {"type": "message", "message": "hi", "client_id": "c\u0000"},
+    {"type": "message", "message": "hi", "client_id": "\udfff"},
+])
+async def test_text_that_cannot_be_stored_is_refused_before_anything_is_made(webchat_channel, frame):
+    ws = await connect(visitor_path(webchat_channel))
+    await ws.send_json_to(frame)
+    error = await ws.receive_json_from(timeout=5)
+    assert error["type"] == "error" and error["code"] == "invalid_request"
+    assert not await Conversation.objects.aexists()  # no conversation opened, no visitor made
+    await ws.send_json_to({"type": "message", "message": "still here"})
+    assert (await ws.receive_json_from(timeout=5))["type"] == "ack"
+    await ws.disconnect()
+
+
+FAIL_ON_INSERT = {  # the database refuses one message: a failure that is neither the client's nor an outage
+    "sqlite": ["CREATE TRIGGER fail_boom BEFORE INSERT ON conversations_message WHEN NEW.text = 'boom' "
+               "BEGIN SELECT RAISE(ABORT, 'refused by trigger'); END"],
+    "postgresql": ["CREATE FUNCTION fail_boom() RETURNS trigger AS $$ BEGIN IF NEW.text = 'boom' THEN "
+                   "RAISE EXCEPTION 'refused by trigger'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql",
+                   "CREATE TRIGGER fail_boom BEFORE INSERT ON conversations_message FOR EACH ROW "
+                   "EXECUTE FUNCTION fail_boom()"],
+}
+
+
+async def test_an_unexpected_failure_is_an_internal_error_frame_and_the_socket_stays(webchat_channel, caplog):
+    from asgiref.sync import sync_to_async
+    from django.db import connection
+
+    @sync_to_async
+    def fail_on_boom():
+        with connection.cursor() as cursor:
+            for statement in FAIL_ON_INSERT[connection.vendor]:
+                cursor.execute(statement)
+
+    await fail_on_boom()
+    ws = await connect(visitor_path(webchat_channel))
+    await ws.send_json_to({"type": "message", "message": "boom", "client_id": "c-boom"})
+    error = await ws.receive_json_from(timeout=5)
+    assert error == {"type": "error", "code": "internal_error",
+                     "message": "Something went wrong on our side; please try again.", "client_id": "c-boom"}
+    await ws.send_json_to({"type": "message", "message": "still here"})
+    assert (await ws.receive_json_from(timeout=5))["type"] == "ack"
+    await ws.disconnect()
+    failed = [r for r in caplog.records if r.getMessage() == "web chat frame failed"]
+    assert failed and "refused by trigger" in str(failed[0].exc_info[1])

@@ -182,6 +182,21 @@ class TestRefusals:
         assert_refused(other_bot, 401)
         assert_refusal_logged_and_audited(other_bot, aibot_channel, reason="wrong_bot")
 
+    @pytest.mark.parametrize("bot_id", [None, "", ["aib-test-bot"]])
+    def test_a_callback_naming_no_bot_is_refused_even_without_a_configured_bot_id(self, client, agent, bot_id):
+        for config in ({"bot_id": AIBOT["bot_id"]}, {}):  # bots may share a Token and EncodingAESKey
+            channel = make_channel("wecom_aibot", agent, slug=f"aibot-{uuid.uuid4().hex[:6]}", config=config,
+                                   secrets={"token": AIBOT["token"], "encoding_aes_key": AIBOT["encoding_aes_key"]})
+            callback = text_callback()
+            if bot_id is None:
+                del callback["aibotid"]
+            else:
+                callback["aibotid"] = bot_id
+            response = aibot_post(client, channel, callback)
+            assert_refused(response, 401)
+            assert_refusal_logged_and_audited(response, channel, reason="wrong_bot")
+        assert not Message.objects.exists()
+
     def test_malformed_bodies_are_a_400(self, client, aibot_channel):
         assert_refused(aibot_post(client, aibot_channel, text_callback(), body=b"{not json"), 400)
         assert_refused(aibot_post(client, aibot_channel, text_callback(), body=b'{"Encrypt": "x"}'), 400)

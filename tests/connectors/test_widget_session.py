@@ -2,12 +2,14 @@
 origins (with the matching CORS header), readable errors otherwise; the vendored libraries match
 their pinned checksums."""
 import hashlib
+import uuid
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
 from apps.connectors.visitors import visitor_token_read
+from apps.quotas.models import IpRule
 
 VENDOR = Path(settings.BASE_DIR) / "apps/connectors/static/webchat/vendor"
 ALLOWED = "https://shop.example"
@@ -46,6 +48,35 @@ class TestWidgetSession:
         assert client.get("/chat/nope/widget-session", HTTP_ORIGIN=ALLOWED).status_code == 404
         assert client.get(f"/chat/{api_channel.slug}/widget-session", HTTP_ORIGIN=ALLOWED).status_code == 404
         assert client.post(f"/chat/{embedded_channel.slug}/widget-session", HTTP_ORIGIN=ALLOWED).status_code == 405
+
+
+@pytest.mark.django_db
+class TestWidgetSessionGuards:
+    """The widget mints visitors like the chat page: under the IP rules and the per-address rate."""
+
+    @pytest.mark.parametrize("scope", ["global", "channel"])
+    def test_a_denied_address_gets_no_token(self, client, embedded_channel, scope):
+        IpRule.objects.create(action="deny", cidr="127.0.0.0/8",
+                              channel=embedded_channel if scope == "channel" else None)
+        response = client.get(f"/chat/{embedded_channel.slug}/widget-session", HTTP_ORIGIN=ALLOWED)
+        assert response.status_code == 403 and response.json()["error"]["code"] == "ip_forbidden"
+        if scope == "channel":  # (a global rule is the browser guard's, before any view)
+            assert response["Access-Control-Allow-Origin"] == ALLOWED  # the widget can show why
+
+    def test_an_allow_list_without_the_address_gets_no_token(self, client, embedded_channel):
+        IpRule.objects.create(action="allow", cidr="10.0.0.0/8", channel=embedded_channel)
+        response = client.get(f"/chat/{embedded_channel.slug}/widget-session", HTTP_ORIGIN=ALLOWED)
+        assert response.status_code == 403 and response.json()["error"]["code"] == "ip_forbidden"
+
+    def test_new_visitors_per_address_are_limited_with_the_chat_page(self, client, embedded_channel, settings):
+        settings.WEBCHAT_VISITORS_PER_IP_RATE = "3/d"
+        settings.GATEWAY_LIMIT_KEY_PREFIX = f"widget-{uuid.uuid4().hex[:8]}"
+        url = f"/chat/{embedded_channel.slug}/widget-session"
+        assert [client.get(url, HTTP_ORIGIN=ALLOWED).status_code for _ in range(2)] == [200, 200]
+        assert client.get(f"/chat/{embedded_channel.slug}/").status_code == 200  # the page counts too
+        refused = client.get(url, HTTP_ORIGIN=ALLOWED)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limited"
+        assert "visitor_token" not in refused.json()
 
 
 def test_vendored_libraries_match_their_checksums():

@@ -36,6 +36,17 @@ def assert_error(response, status, code):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("body", [
+    b'{"message": "a\\u0000b"}', b'{"message": "\\ud800"}', b'{"message": "hi", "metadata": {"k": "\\u0000"}}',
+    b'{"message": "hi", "metadata": {"\\udfff": 1}}', b'{"message": "hi", "metadata": {"x": NaN}}',
+    b'{"message": "hi", "metadata": {"x": [Infinity]}}',
+])
+def test_text_postgresql_cannot_store_is_a_bad_request(client, body):
+    assert_error(client.post("/api/v1/messages", body, content_type="application/json"), 400, "invalid_request")
+    assert not Message.objects.exists()
+
+
+@pytest.mark.django_db
 class TestPostMessage:
     def test_accepted_without_wait(self, client, customer):
         response = client.post(URL, {"message": "hello"}, format="json")

@@ -19,6 +19,13 @@ USER = {"role": "user", "content": "hi"}
     ({"model": "a", "messages": [USER], "stream": "yes"}, "stream"),
     ({"model": "a", "messages": [USER], "n": [1]}, "n"),
     ({"model": "a", "messages": [USER], "functions": [{"name": "f"}]}, "tools"),
+    ({"model": "a", "messages": [USER], "n": True}, "n"),
+    ({"model": "a", "messages": [USER], "stream_options": []}, "stream_options"),
+    ({"model": "a", "messages": [USER], "stream_options": {"include_usage": "yes"}}, "stream_options"),
+    ({"model": "a\x00", "messages": [USER]}, "model"),
+    ({"model": "a", "messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content"),
+    ({"model": "a", "messages": [{"role": "system", "content": [{"type": "text", "text": "\x00"}]}, USER]},
+     "messages[0].content"),
 ])
 def test_malformed_bodies_name_the_bad_parameter(body, param):
     with pytest.raises(ParamError) as info:

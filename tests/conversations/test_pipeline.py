@@ -8,7 +8,7 @@ from apps.agents.models import Agent
 from apps.conversations import pipeline
 from apps.conversations.models import Conversation, Message
 from apps.conversations.normalized import NormalizedMessage
-from apps.core.errors import ChannelDisabled, Forbidden, NoRoute, NotFound, RateLimited
+from apps.core.errors import BadRequest, ChannelDisabled, Forbidden, NoRoute, NotFound, RateLimited
 from apps.identities.models import ApiKey, ChannelIdentity
 from apps.logs.structured import request_id_var
 
@@ -170,3 +170,32 @@ class TestAccept:
         second = pipeline.accept(normalized(api_channel, conversation_id=str(first.conversation.pk)),
                                  channel=api_channel, principal=customer)
         assert second.message.agent == first.message.agent
+
+
+UNSTORABLE = {
+    "message": {"text": "a\x00b"},
+    "surrogate message": {"text": "\ud83d alone"},
+    "user id": {"user_id": "u\x00"},
+    "external id": {"external_id": "\udfff"},
+    "metadata value": {"metadata": {"k": ["ok", {"deep": "x\x00"}]}},
+    "metadata key": {"metadata": {"k\x00": 1}},
+    "NaN in metadata": {"metadata": {"score": float("nan")}},
+    "Infinity in attachments": {"attachments": [{"size": float("-inf")}]},
+    "raw payload": {"raw": {"note": "\ud800"}},
+    "face history": {"control": {"client_history": [{"role": "user", "content": "\x00"}]}},
+}
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("fields", UNSTORABLE.values(), ids=UNSTORABLE.keys())
+def test_what_postgresql_cannot_store_is_a_bad_request_and_nothing_is_written(api_channel, customer, fields):
+    fields = dict(fields)
+    msg = normalized(api_channel, fields.pop("text", "hello"), **fields)
+    with pytest.raises(BadRequest):
+        pipeline.accept(msg, channel=api_channel, principal=customer)
+    assert not Message.objects.exists() and not Conversation.objects.exists()
+
+
+def test_storable_text_and_json_pass_the_check(api_channel):
+    normalized(api_channel, "emoji 😀, CJK 你好, \u2028 and \ufffd", metadata={"x": [1.5, None, True, {"ok": "ä"}]},
+               raw={"n": 10**30}).check_storable()

@@ -138,6 +138,16 @@ class TestPages:
         assert staff_client.get("/dashboard/conversations/", {"page": "x"}).status_code == 400
         assert staff_client.get("/dashboard/conversations/", {"status": "nope"}).status_code == 400
 
+    @pytest.mark.parametrize("url, query", [
+        ("/dashboard/conversations/", {"text": "a\x00b"}),
+        ("/dashboard/conversations/", {"user": "\x00", "channel": "\x00", "agent": "\x00", "model": "\x00"}),
+        ("/dashboard/conversations/", {"page": "99999999999999999999"}),
+        ("/dashboard/errors/", {"action": "\x00"}),
+        ("/dashboard/", {"k\x00": "v"}),
+    ])
+    def test_filters_the_database_cannot_take_are_400s_not_500s(self, staff_client, url, query):
+        assert staff_client.get(url, query).status_code == 400
+
     def test_date_range_filters(self, staff_client, traffic):
         long_ago = (timezone.localdate() - timedelta(days=40)).isoformat()
         before = (timezone.localdate() - timedelta(days=30)).isoformat()

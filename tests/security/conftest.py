@@ -72,7 +72,12 @@ def sec():
         llm_url = stack.fake_llm()
         stack.env.update(DATABASE_URL=database, REDIS_URL=f"redis://127.0.0.1:{redis_process.port}/0",
                          OPENAI_BASE_URL=llm_url, SLACK_API_BASE_URL=platforms.slack_base_url,
-                         WECOM_API_BASE_URL=platforms.wecom_base_url)
+                         WECOM_API_BASE_URL=platforms.wecom_base_url,
+                         # Replies to attack messages on these channels go to the stand-ins too:
+                         # a test never reaches a platform's real host.
+                         FEISHU_API_BASE_URL=platforms.feishu_base_url,
+                         DINGTALK_API_BASE_URL=platforms.dingtalk_base_url,
+                         DINGTALK_SESSION_WEBHOOK_BASE_URL=platforms.dingtalk_session_base_url)
         stack.manage("migrate", "--noinput")
         demo = json.loads(stack.manage("seed_demo", "--json"))
         gateway = SimpleNamespace(stack=stack, pg=pg, database=database, redis=redis_process, llm_url=llm_url,

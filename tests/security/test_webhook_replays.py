@@ -14,8 +14,6 @@ import time
 import urllib.error
 import urllib.request
 
-import psycopg
-
 from apps.connectors.crm import sign as crm_sign
 from apps.connectors.wecom_crypto import WeComCrypto
 from tests.security.conftest import last_audit_id, sql
@@ -67,9 +65,12 @@ def inbound_count(sec, external_id: str) -> int:
 
 def test_crm_callback_replayed_at_the_webhook(sec, attack):
     crm = sec.demo["channels"]["crm"]
-    with psycopg.connect(sec.database, connect_timeout=5) as conn:  # callbacks to our fake CRM
-        conn.execute("UPDATE connectors_channel SET config = config || jsonb_build_object('callback_url', %s::text) "
-                     "WHERE slug = 'crm'", (sec.platforms.crm_callback_url,))
+    # Callbacks to our fake CRM. Saved through the ORM, so that processes which already hold the
+    # channel (a worker that answered an earlier CRM message) drop their copy (config_cache).
+    sec.stack.manage("shell", "-c", "from apps.connectors.models import Channel\n"
+                     "channel = Channel.objects.get(slug='crm')\n"
+                     f"channel.config = {{**channel.config, 'callback_url': {sec.platforms.crm_callback_url!r}}}\n"
+                     "channel.save()\n")
     event_id = f"evt-{secrets.token_hex(4)}"
     body = json.dumps({"id": event_id, "user_id": "c-replay", "message": "Where is my order?"}).encode()
     stamp = str(int(time.time()))
