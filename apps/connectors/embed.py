@@ -8,8 +8,8 @@ from django.conf import settings
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET
 
+from apps.core.client_ip import client_ip_for_request
 from apps.core.errors import GatewayError, error_response
-from apps.quotas.client_ip import client_ip_for_request
 from apps.quotas.iprules import check_ip_rules
 from apps.quotas.limits import check_address_rate
 
