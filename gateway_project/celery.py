@@ -37,11 +37,3 @@ def publish_declare() -> list | None:
 @functools.cache
 def _broker_has_exchanges() -> bool:
     return app.connection_for_write().transport.driver_type == "amqp"  # no connection is opened
-
-
-@worker_ready.connect
-def serve_metrics(sender, **_kwargs) -> None:
-    """This worker's prometheus-client counters on GATEWAY_WORKER_METRICS_PORT (0: off)."""
-    from apps.logs.metrics import serve_worker_metrics
-
-    serve_worker_metrics(sender.controller.pool_cls)

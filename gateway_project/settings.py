@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "apps.routing",
     "apps.quotas",
     "apps.logs",
+    "apps.dashboards",
 ]
 # The workbench (fake_llm, fake_platforms): present in a source checkout, absent from the
 # installed package and the production image, which boot without it.

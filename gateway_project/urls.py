@@ -33,7 +33,7 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
-    path("dashboard/", include("apps.logs.dashboard_urls")),
+    path("dashboard/", include("apps.dashboards.urls")),
     path("console/", include("apps.routing.console_urls")),
     path("admin/", admin.site.urls),
 ]

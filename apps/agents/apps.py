@@ -8,13 +8,16 @@ class AgentsConfig(AppConfig):
     name = "apps.agents"
 
     def ready(self) -> None:
+        from apps.logs.metrics import SCRAPE_REGISTRY
         from gateway_project.config_cache import watch
 
         from . import tasks  # noqa: F401  (the Celery tasks and their in-process twins, found by name)
+        from .dispatch import QueueDepthCollector
         from .models import Agent, AgentFallback, LLMModel, Provider, Tool
 
         post_migrate.connect(_sync_tools, sender=self)
         checks.register(_sqlite_returns_rows, checks.Tags.database)
+        SCRAPE_REGISTRY.register(QueueDepthCollector())
         watch(Provider, LLMModel, Agent, AgentFallback, Tool, m2m_through=[Agent.tools.through])
 
 

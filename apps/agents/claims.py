@@ -14,7 +14,10 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from apps.connectors.models import channel_by_id
 from apps.conversations.models import Direction, Message, Status
+from apps.identities.models import user_by_id
+from apps.routing.services import announce_if_held
 from gateway_project.db import stored
 
 from .models import agent_by_id
@@ -46,16 +49,11 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
     if not claimed:
         if not ignore_order and _waits_for_earlier(message_id, now):
             logger.info("waiting for an earlier message of the conversation")
-            from apps.routing.services import announce_if_held
-
             announce_if_held(message_id)  # held for a human: the staff inbox shows it
             raise WaitingForEarlier()
         logger.info("message not claimable (answered or in progress)")
         return None
     message = claimed[0]
-    from apps.connectors.models import channel_by_id
-    from apps.identities.models import user_by_id
-
     # Copies of rows kept per process; the conversation loads on first use (few runs need it).
     for field, by_id in (("channel", channel_by_id), ("agent", agent_by_id), ("sender", user_by_id)):
         pk = getattr(message, f"{field}_id")

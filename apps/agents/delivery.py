@@ -15,8 +15,11 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.connectors.base import ChannelMisconfigured
+from apps.connectors.models import channel_by_id
 from apps.conversations.models import Direction, Message, Status
 from apps.core.errors import AgentFailed
+from apps.core.http import ConnectorError, send_with_retries
 from gateway_project.db import Update, is_database_outage, stored, through_outage, update_then_fetch, write_together
 
 from . import leases, llm
@@ -81,9 +84,6 @@ def deliver(reply: Message, *, inbound: Message, then_start_next: bool = False) 
     gateway's own means failed, for recovery to deliver later. ``then_start_next``: then
     start_next_in_conversation(inbound), in the same statement as the outcome if it was sent.
     """
-    from apps.connectors.base import ChannelMisconfigured
-    from apps.core.http import ConnectorError, send_with_retries
-
     connector = inbound.channel.connector
 
     def send() -> None:
@@ -133,8 +133,6 @@ def deliver_pending(reply_id) -> bool:
     ).update(lease_until=now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS))
     if not claimed:
         return False
-    from apps.connectors.models import channel_by_id
-
     reply = Message.objects.select_related("reply_to").get(pk=reply_id)
     inbound = reply.reply_to
     inbound.channel = channel_by_id(inbound.channel_id) or inbound.channel

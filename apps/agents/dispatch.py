@@ -7,11 +7,13 @@ tasks and registers their in-process twins with ``runs_in_process``; the app's `
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import redis
 from django.conf import settings
 from kombu.exceptions import OperationalError as BrokerOperationalError
+from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -71,3 +73,36 @@ def _embedded() -> ThreadPoolExecutor:
             max_workers=settings.GATEWAY_EMBEDDED_WORKERS, thread_name_prefix="agent"
         )
     return _embedded_pool
+
+
+def queue_depth() -> int:
+    """Agent runs waiting: in the Celery queue (kombu's Redis list, priority sub-lists included),
+    or on the embedded default's thread pool."""
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    if settings.GATEWAY_AGENT_DISPATCH == "celery" and settings.CELERY_BROKER_URL.startswith("redis"):
+        client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            sep = "\x06\x16"
+            names = [queue] + [f"{queue}{sep}{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9)]
+            pipe = client.pipeline(transaction=False)
+            for name in names:
+                pipe.llen(name)
+            return int(sum(pipe.execute()))
+        finally:
+            client.close()
+    return _embedded_pool._work_queue.qsize() if _embedded_pool is not None else 0
+
+
+class QueueDepthCollector:
+    """``gateway_queue_depth`` for ``/metrics``, read on each scrape (the app registers it in
+    ``apps.logs.metrics.SCRAPE_REGISTRY``). A broker that is down drops this gauge only."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            depth = queue_depth()
+        except Exception:  # the broker is down: the process's own counters are still worth serving
+            logger.warning("queue depth unavailable", exc_info=True)
+            return
+        family = GaugeMetricFamily("gateway_queue_depth", "Agent runs waiting in the queue.", labels=["queue"])
+        family.add_metric([settings.CELERY_TASK_DEFAULT_QUEUE], depth)
+        yield family

@@ -9,22 +9,10 @@ from dataclasses import dataclass, field
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from apps.core.errors import LLMError
 from gateway_project.plain import is_plain
 
 from .models import LLMModel, Provider, ProviderKeyRefused
-
-
-class LLMError(Exception):
-    """A model call that produced no usable answer. ``retryable``: worth another attempt."""
-
-    def __init__(self, code: str, message: str, *, retryable: bool = False, status: int | None = None,
-                 retry_after: float | None = None):
-        self.code = code
-        self.message = message
-        self.retryable = retryable
-        self.status = status
-        self.retry_after = retry_after  # seconds the provider asked us to wait (Retry-After)
-        super().__init__(f"{code}: {message}")
 
 
 @dataclass

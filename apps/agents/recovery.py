@@ -24,6 +24,8 @@ from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from apps.conversations.models import Direction, Message, Status
+from apps.quotas.budgets import settle_unsettled
+from apps.routing.models import Handoff
 
 from .dispatch import enqueue_agent_run, enqueue_delivery
 
@@ -53,8 +55,6 @@ def stuck_messages(*, now=None) -> QuerySet[Message]:
 
 
 def in_open_handoff() -> Exists:
-    from apps.routing.models import Handoff
-
     return Exists(Handoff.objects.filter(conversation_id=OuterRef("conversation_id"), ended_at__isnull=True))
 
 
@@ -144,8 +144,6 @@ def _recover_forever() -> None:
 def settle_unsettled_usage() -> int:
     """Usage that a failed budget settle kept off the live counters reaches them (from the
     database's record of the calls) once the counters' store answers again."""
-    from apps.quotas.budgets import settle_unsettled
-
     try:
         settled = settle_unsettled()
     except Exception as exc:  # the store is still away: the next pass tries again

@@ -19,6 +19,7 @@ from django.db.models import Q
 
 from apps.conversations.models import Direction, Message, Status
 from apps.logs.structured import message_id_var, request_id_var
+from apps.routing.services import hold_for_handoff
 from gateway_project.db import is_database_outage, through_outage
 
 from . import leases, llm, orchestrator
@@ -93,8 +94,6 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
 
 
 def _answer(message: Message) -> Message | None:
-    from apps.routing.services import hold_for_handoff
-
     if hold_for_handoff(message):
         return None  # a human has the conversation
     connector = message.channel.connector

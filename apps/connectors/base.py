@@ -28,8 +28,10 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.http import HttpResponse
 
+from apps.conversations.pipeline import accept
 from apps.conversations.realtime import publish, reply_group
 from apps.core.errors import BadRequest, GatewayError, Unauthenticated
+from apps.quotas.notices import tell_refused
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +140,6 @@ class Connector:
 
     def handle_webhook(self, request: WebhookRequest) -> HttpResponse:
         """verify → parse → pipeline for each message → the platform's answer."""
-        from apps.conversations.pipeline import accept
-        from apps.quotas.notices import tell_refused
-
         self.verify(request)
         result = self.parse(request)
         for msg in result.messages:

@@ -35,8 +35,10 @@ from django.core.cache import cache
 from django.http import HttpResponse, JsonResponse
 
 from apps.conversations.normalized import NormalizedMessage
+from apps.conversations.pipeline import accept
 from apps.core.errors import BadRequest, GatewayError, Unauthenticated
 from apps.core.http import ConnectorError, request_json
+from apps.quotas.notices import polite_text
 
 from .base import Connector, WebhookRequest, WebhookResult, check_timestamp
 from .wecom_crypto import WeComCrypto, WeComCryptoError
@@ -123,9 +125,6 @@ class WeComAiBotConnector(Connector):
     def handle_webhook(self, request: WebhookRequest) -> HttpResponse:
         """As the base does, except that a refused message is told so in its own stream at once
         (the first passive reply finishes with the reason) instead of by a notice sent later."""
-        from apps.conversations.pipeline import accept
-        from apps.quotas.notices import polite_text
-
         self.verify(request)
         result = self.parse(request)
         for msg in result.messages:

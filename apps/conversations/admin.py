@@ -1,5 +1,6 @@
 from django.contrib import admin, messages
 
+from apps.agents.dispatch import enqueue_agent_run
 from apps.routing.handoff_admin import HandoffAdminMixin
 
 from .models import Conversation, Message
@@ -59,8 +60,6 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.action(description="Re-enqueue unanswered (accepted / processing) messages")
     def requeue_unanswered(self, request, queryset):
         """What the periodic requeue task does, on demand; answered messages are left alone."""
-        from apps.agents.dispatch import enqueue_agent_run
-
         ids = list(queryset.filter(direction="in", status__in=["accepted", "processing"])
                    .values_list("pk", flat=True))
         for message_id in ids:

@@ -15,6 +15,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.connectors.base import reply_event
 from apps.connectors.models import Channel, channel_by_slug
 from apps.core.client_ip import client_ip_for_request
 from apps.core.errors import AgentFailed, ChannelDisabled, NotFound, ReplyTimeout, error_from_event
@@ -120,8 +121,6 @@ class MessageCreateApi(AsyncAPIView):
 
 def stored_reply_event(message: Message) -> dict | None:
     """The reply (or failure) already stored for ``message``, as the waiter's event."""
-    from apps.connectors.base import reply_event
-
     if message.status == "failed":
         return {"type": "agent.error", "code": "agent_failed", "message": AgentFailed.default_message}
     reply = message.replies.filter(direction=Direction.OUTBOUND).order_by("created_at").first()

@@ -126,7 +126,7 @@ class Message(models.Model):
         indexes = [
             models.Index(fields=["conversation", "created_at"]),
             models.Index(fields=["status", "created_at"]),
-            # the dashboards read today's messages live (apps.logs.selectors), rollups a day at a time
+            # the dashboards read today's messages live (apps.dashboards.selectors), rollups a day at a time
             models.Index(fields=["created_at"], name="message_created_at"),
         ]
 

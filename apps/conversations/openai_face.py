@@ -24,8 +24,10 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.agents.models import Agent
 from apps.core.client_ip import client_ip_for_request
 from apps.core.errors import AgentFailed, BadRequest, ReplyTimeout, drf_exception_handler
+from apps.identities.permissions import api_key_allows_agent, user_can_use_agent
 from apps.routing.router import REQUESTED_AGENT_KEY
 from gateway_project.db import database_sync_to_async
 
@@ -221,9 +223,6 @@ class ModelsApi(OpenAIErrorsMixin, ApiIpRulesMixin, APIView):
 
     @extend_schema(responses={200: dict})
     def get(self, request):
-        from apps.agents.models import Agent
-        from apps.identities.permissions import api_key_allows_agent, user_can_use_agent
-
         agents = [
             a for a in Agent.objects.filter(enabled=True).order_by("slug")
             if user_can_use_agent(request.user, a) and api_key_allows_agent(request.auth, a)

@@ -17,6 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from apps.agents.dispatch import enqueue_agent_run
+from apps.agents.models import agent_by_id
 from apps.connectors.models import Channel
 from apps.core.errors import ChannelDisabled, NotFound
 from apps.identities.access import check_agent_access, check_channel_access
@@ -143,8 +144,6 @@ def _conversation(condition: str, params: list) -> Conversation | None:
 
     One prepared statement for a lookup every Slack, WeCom and CRM message makes (the ORM's
     select_related spent more time building the query than PostgreSQL answering it)."""
-    from apps.agents.models import agent_by_id
-
     found = next(iter(Conversation.objects.raw(
         f"SELECT * FROM {Conversation._meta.db_table} WHERE {condition} ORDER BY last_message_at DESC LIMIT 1",
         params)), None)

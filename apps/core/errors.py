@@ -135,6 +135,23 @@ class ServiceUnavailable(GatewayError):
     default_message = "The gateway is temporarily unavailable; retry shortly."
 
 
+class LLMError(Exception):
+    """A model call that produced no usable answer. ``retryable``: worth another attempt.
+
+    Here, not in ``apps.agents.llm``, because a refusal raised below the agents (the quotas' budget
+    refusal) is one of these: the run handles both alike.
+    """
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False, status: int | None = None,
+                 retry_after: float | None = None):
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after  # seconds the provider asked us to wait (Retry-After)
+        super().__init__(f"{code}: {message}")
+
+
 def outage_error(exc: BaseException) -> ServiceUnavailable | None:
     """A ServiceUnavailable (503, retry_after) if ``exc`` means PostgreSQL or Redis is unreachable.
 

@@ -5,7 +5,8 @@ Daphne at ``GET /metrics`` (this module's ``metrics_view``), a Celery worker on
 GATEWAY_WORKER_METRICS_PORT (``serve_worker_metrics``, prometheus-client's ``start_http_server``).
 Prometheus scrapes every process and adds them up (why: docs/decisions/prometheus-metrics.md).
 On the embedded default the agent runs happen in the server process, so ``/metrics`` has them all.
-The queue depth is cluster-wide: ``/metrics`` reads it from the broker on each scrape.
+The queue depth is cluster-wide: ``/metrics`` reads it from the broker on each scrape, through a
+collector the agents register in ``SCRAPE_REGISTRY`` (logs imports no agent module).
 
 ``/metrics`` serves prometheus-client's default registry, so counters that other apps declare
 there (``apps/quotas/metrics.py``) are served too. Recording never raises: metrics must not break
@@ -17,6 +18,7 @@ import hmac
 import logging
 from wsgiref.simple_server import WSGIServer
 
+from celery.signals import worker_ready
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 from prometheus_client import (
@@ -28,7 +30,6 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 logger = logging.getLogger(__name__)
@@ -80,45 +81,19 @@ def llm_call_observed(call) -> None:
 # --- exposition --------------------------------------------------------------------------------
 
 
-class ScrapeCollector:
-    """What ``/metrics`` serves: this process's default registry, and the queue depth."""
+class _ProcessCollector:
+    """This process's default registry (its own counters, and those other apps declare there)."""
 
     def collect(self):
         yield from REGISTRY.collect()
-        try:
-            depth = queue_depth()
-        except Exception:  # the broker is down: the process's own counters are still worth serving
-            logger.warning("queue depth unavailable", exc_info=True)
-            return
-        family = GaugeMetricFamily("gateway_queue_depth", "Agent runs waiting in the queue.", labels=["queue"])
-        family.add_metric([settings.CELERY_TASK_DEFAULT_QUEUE], depth)
-        yield family
 
 
+# What ``/metrics`` serves: this process's counters, then the cluster-wide gauges read on each
+# scrape that apps register here (``apps.agents.dispatch.QueueDepthCollector``). Those gauges are
+# not in the default registry, so a worker's own endpoint does not repeat them. A collector here
+# must not raise: it drops its own family when its source is unreachable.
 SCRAPE_REGISTRY = CollectorRegistry(auto_describe=False)
-SCRAPE_REGISTRY.register(ScrapeCollector())
-
-
-def queue_depth() -> int:
-    """Messages waiting in the Celery queue (kombu's Redis list, priority sub-lists included)."""
-    queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    if settings.GATEWAY_AGENT_DISPATCH == "celery" and settings.CELERY_BROKER_URL.startswith("redis"):
-        import redis
-
-        client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2)
-        try:
-            sep = "\x06\x16"
-            names = [queue] + [f"{queue}{sep}{p}" for p in (1, 2, 3, 4, 5, 6, 7, 8, 9)]
-            pipe = client.pipeline(transaction=False)
-            for name in names:
-                pipe.llen(name)
-            return int(sum(pipe.execute()))
-        finally:
-            client.close()
-    from apps.agents import dispatch
-
-    pool = getattr(dispatch, "_embedded_pool", None)
-    return pool._work_queue.qsize() if pool is not None else 0
+SCRAPE_REGISTRY.register(_ProcessCollector())
 
 
 def metrics_view(request):
@@ -145,6 +120,12 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 
 
 # --- a worker's own endpoint -------------------------------------------------------------------
+
+
+@worker_ready.connect
+def serve_when_worker_ready(sender, **_kwargs) -> None:
+    """A Celery worker is up: serve its counters (connected when the logs app is ready)."""
+    serve_worker_metrics(sender.controller.pool_cls)
 
 
 def serve_worker_metrics(pool_cls) -> WSGIServer | None:

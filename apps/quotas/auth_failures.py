@@ -24,6 +24,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from apps.core.errors import RateLimited
+from apps.logs.services import audit
 
 KEY_PREFIX = "gateway:authfail:"
 KNOWN_GOOD_WRITE_EVERY_SECONDS = 60.0  # per process: refresh a known-good mark at most this often
@@ -71,8 +72,6 @@ def _count(key: str) -> int:
 def record_auth_failure(client_ip: str | None, *, reason: str, key_prefix: str | None = None) -> None:
     """Count one failure for ``client_ip`` (and for ``key_prefix``, the prefix of an existing key)
     and audit it, and each lock when this failure reaches it."""
-    from apps.logs.services import audit
-
     failures = _count(_ip_key(client_ip))
     key_failures = _count(_prefix_key(key_prefix)) if key_prefix else 0
     audit(action="apikey.auth_failed", client_ip=client_ip, reason=reason[:200], failures=failures,

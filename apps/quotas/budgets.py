@@ -28,8 +28,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Sum
 
-from apps.agents import llm
-from apps.core.errors import GatewayError, QuotaExceeded, ServiceUnavailable
+from apps.core.errors import GatewayError, LLMError, QuotaExceeded, ServiceUnavailable
 from gateway_project.db import Statement, stored, through_outage
 
 from .ledger import ADMITTED, MISSING, CounterCall, get_ledger
@@ -42,7 +41,7 @@ COST_QUANTUM = Decimal("0.000001")
 COUNTER_GRACE_SECONDS = 2 * 86400  # a counter outlives its period, for late settlements
 
 
-class QuotaRefused(llm.LLMError):
+class QuotaRefused(LLMError):
     """A model call refused before it was made. ``gateway_error`` is what the sender is told."""
 
     def __init__(self, error: GatewayError):

@@ -18,6 +18,7 @@ from django.urls import reverse
 
 from apps.core.client_ip import client_ip_for_request
 from apps.core.errors import GatewayError, RateLimited, error_response
+from apps.logs.services import audit
 from gateway_project.db import database_sync_to_async
 
 from .iprules import check_ip_rules
@@ -62,8 +63,6 @@ def record_login_outcome(request, response) -> None:
     """Count a failed admin login (the form shown again, 200) and audit it, and the block."""
     if not _is_login_post(request) or response.status_code != 200:
         return
-    from apps.logs.services import audit
-
     client_ip = client_ip_for_request(request)
     key = _login_failures_key(client_ip)
     window = settings.GATEWAY_AUTH_FAILURE_WINDOW_SECONDS

@@ -13,6 +13,7 @@ from django.urls import path
 from apps.connectors.models import Channel
 from apps.conversations.models import Conversation
 from apps.core.errors import GatewayError
+from apps.identities.permissions import user_can_use_agent
 
 from .models import Route
 from .router import decide_route
@@ -88,8 +89,6 @@ class RouteAdmin(admin.ModelAdmin):
                     text=data["message"], metadata=data["metadata"], channel=data["channel"],
                     user=data["sender"], conversation=data["conversation"],
                 )
-                from apps.identities.permissions import user_can_use_agent
-
                 if decision.agent is not None and not user_can_use_agent(data["sender"], decision.agent):
                     error = f"The sender may not use {decision.agent.slug}: the message would be refused."
             except GatewayError as exc:

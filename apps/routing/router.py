@@ -18,8 +18,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from apps.agents.models import agent_by_slug
 from apps.conversations.normalized import metadata_vouched_for
 from apps.core.errors import NoRoute, NotFound
+from apps.identities.permissions import user_access, user_can_use_agent
 from gateway_project.config_cache import cached
 
 from .patterns import pattern_search
@@ -66,9 +68,6 @@ def decide_route(*, text: str, metadata: dict, channel, user, conversation=None,
 
     ``requested`` is an agent the gateway was asked for by name (the face's ``model``); ``metadata``
     the message's, which counts only where the channel's platform vouches for it."""
-    from apps.agents.models import agent_by_slug
-    from apps.identities.permissions import user_access, user_can_use_agent
-
     if requested:
         agent = agent_by_slug(str(requested))
         if agent is None or not user_can_use_agent(user, agent):

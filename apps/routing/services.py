@@ -14,7 +14,10 @@ import logging
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.agents.delivery import deliver
+from apps.agents.dispatch import enqueue_agent_run
 from apps.conversations.models import Direction, Message, Status
+from apps.conversations.realtime import publish
 from apps.core.errors import BadRequest, GatewayError
 from apps.logs.services import audit
 
@@ -31,8 +34,6 @@ INBOX_GROUP = "console.inbox"
 def notify_inbox(conversation, kind: str) -> None:
     """Tell the open staff inboxes that this conversation changed (they re-read it over HTTP,
     where the channel permission is checked). Never fails the caller: the inbox is a view."""
-    from apps.conversations.realtime import publish
-
     event = {"type": "inbox.changed", "kind": kind, "conversation_id": str(conversation.pk),
              "channel_id": conversation.channel_id}
 
@@ -108,8 +109,6 @@ def handoff_start(*, conversation, staff) -> Handoff:
 def handoff_end(*, conversation, staff) -> None:
     """Hand the conversation back to its agent. Messages held for the human and left unanswered
     are queued for the agent again."""
-    from apps.agents.dispatch import enqueue_agent_run
-
     with transaction.atomic():
         updated = Handoff.objects.filter(conversation=conversation, ended_at__isnull=True).update(
             ended_at=timezone.now(), ended_by=staff
@@ -147,8 +146,6 @@ def handoff_reply(*, conversation, staff, text: str) -> Message:
     The reply answers the latest inbound message; inbound messages held for the human are marked
     answered. Requires an open handoff by this staff member.
     """
-    from apps.agents.delivery import deliver
-
     text = (text or "").strip()
     if not text:
         raise BadRequest("The reply is empty.")

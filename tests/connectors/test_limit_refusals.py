@@ -29,15 +29,15 @@ pytestmark = pytest.mark.django_db
 def queued_notices(monkeypatch):
     """Whether each refusal queued a notice, in order: the real ``tell_refused`` decides on the
     request's thread, so this is known once the webhook has answered, with nothing to wait out."""
-    from apps.quotas import notices
+    from apps.connectors import base
 
-    decisions, real = [], notices.tell_refused
+    decisions, real = [], base.tell_refused
 
     def recording(*args, **kwargs):
         decisions.append(real(*args, **kwargs))
         return decisions[-1]
 
-    monkeypatch.setattr(notices, "tell_refused", recording)
+    monkeypatch.setattr(base, "tell_refused", recording)  # where the webhook path calls it
     return decisions
 
 

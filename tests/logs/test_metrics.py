@@ -141,7 +141,7 @@ def scrape_text(client) -> str:
 
 
 class TestWorkerEndpoint:
-    """``serve_worker_metrics``: what a Celery worker calls when it is ready (gateway_project/celery.py)."""
+    """``serve_worker_metrics``: what a Celery worker calls when it is ready (``serve_when_worker_ready``)."""
 
     def get(self, port: int) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:

@@ -70,7 +70,8 @@ def test_purge_command_reports_batches(settings, admin_user):
 def test_grafana_dashboard_charts_exported_metric_names():
     dashboard = json.loads((ROOT / "deploy/grafana/agent-gateway.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-    sources = "".join((ROOT / p).read_text() for p in ("apps/logs/metrics.py", "apps/quotas/metrics.py"))
+    sources = "".join((ROOT / p).read_text() for p in (
+        "apps/logs/metrics.py", "apps/quotas/metrics.py", "apps/agents/dispatch.py"))
     names = {re.sub(r"_(total|bucket)$", "", n) for e in exprs for n in re.findall(r"gateway_[a-z_]+", e)}
     assert len(names) >= 8
     for name in names:

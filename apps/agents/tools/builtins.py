@@ -7,6 +7,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from django.db.models import Count, Q, Sum
 from django.utils import timezone as dj_timezone
 
+from apps.conversations.models import Message
+from apps.identities.services import user_block
+from apps.logs.models import LLMCall
+
 from . import ToolContext, ToolFailed, register_tool
 
 
@@ -43,8 +47,6 @@ def current_time(ctx: ToolContext, *, timezone: str = "UTC") -> dict:
     },
 )
 def search_conversations(ctx: ToolContext, *, query: str, limit: int = 5) -> list[dict]:
-    from apps.conversations.models import Message
-
     rows = (
         Message.objects.filter(text__icontains=query)
         .select_related("conversation__user", "channel")
@@ -97,8 +99,6 @@ def customer_lookup(ctx: ToolContext, *, username: str) -> dict:
     },
 )
 def usage_report(ctx: ToolContext, *, days: int = 7) -> dict:
-    from apps.logs.models import LLMCall
-
     since = dj_timezone.now() - timedelta(days=days)
     rows = (
         LLMCall.objects.filter(created_at__gte=since)
@@ -129,8 +129,6 @@ def usage_report(ctx: ToolContext, *, days: int = 7) -> dict:
 )
 def block_user(ctx: ToolContext, *, username: str, reason: str) -> dict:
     from django.contrib.auth import get_user_model
-
-    from apps.identities.services import user_block
 
     user = get_user_model().objects.filter(username=username).first()
     if user is None:

@@ -8,6 +8,8 @@ import time
 import jsonschema
 from django.conf import settings
 
+from apps.identities.access import tool_permitted
+
 from ..models import ToolCall
 from . import ToolContext, ToolFailed, registered_tool
 
@@ -21,8 +23,6 @@ def run_tool_call(message, call: dict, *, allowed: dict, step: int) -> str:
     checked here, at execution, whatever the model was offered: a refusal runs nothing, tells the
     model so, and is audited. Every call is logged as a ToolCall row. Never raises for bad input.
     """
-    from apps.identities.access import tool_permitted
-
     function = call.get("function") or {}
     name = str(function.get("name") or "")[:100]
     raw_args = function.get("arguments") or "{}"

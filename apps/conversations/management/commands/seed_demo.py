@@ -18,11 +18,13 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.agents.models import Agent, LLMModel, Provider, Visibility
+from apps.agents.services import tool_sync
 from apps.connectors.demo import demo_secret, demo_secret_from, demo_webhook_channels
 from apps.connectors.demo_presets import demo_preset_channels
 from apps.connectors.models import Channel
 from apps.identities.models import ApiKey, hash_api_key
 from apps.identities.roles import Role, ensure_role_groups, grant_role_permissions
+from apps.routing.models import Route
 from gateway_project.config_cache import config_changed
 
 DEMO_STAFF_USERNAME = "staff"
@@ -131,9 +133,6 @@ class Command(BaseCommand):
 
 def seed_demo_tools_and_routes(agents: dict) -> None:
     """Built-in tools on the demo agents, and command routes: ``/staff ...`` and ``/ops ...``."""
-    from apps.agents.services import tool_sync
-    from apps.routing.models import Route
-
     tools = {tool.slug: tool for tool in tool_sync()}
     agents["assistant"].tools.set([tools["current_time"]])
     agents["internal-helper"].tools.set([tools[s] for s in ("current_time", "search_conversations", "customer_lookup")])

@@ -14,9 +14,9 @@ from django.db.models.functions import Left, Length
 from django.utils import timezone
 
 from apps.agents.models import ToolCall
+from apps.connectors.models import Channel
 from apps.conversations.models import Conversation, Direction, Message
-
-from .models import (
+from apps.logs.models import (
     AuditEvent,
     DailyCallStats,
     DailyMessageStats,
@@ -26,7 +26,7 @@ from .models import (
     RequestLog,
     RollupMark,
 )
-from .rollups import LATENCY_BUCKETS_MS, day_bounds, message_stats, percentile_ms
+from apps.logs.rollups import LATENCY_BUCKETS_MS, day_bounds, message_stats, percentile_ms
 
 LATEST_ROWS = 100
 TRANSCRIPT_ROWS = 1000  # messages shown on one conversation's page
@@ -122,8 +122,6 @@ def live_day(period: Period) -> date | None:
 
 
 def _channel_names() -> dict:
-    from apps.connectors.models import Channel
-
     return dict(Channel.objects.values_list("id", "slug"))
 
 

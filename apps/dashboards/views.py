@@ -18,6 +18,8 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from apps.agents.models import Agent
+from apps.connectors.models import Channel
 from apps.conversations.models import Status
 from apps.identities.permissions import role_rank
 from apps.identities.roles import ROLE_ORDER, Role
@@ -181,8 +183,6 @@ def conversations(request):
         status=filters.status, agent=filters.agent, model=filters.model,
         limit=selectors.GROUP_ROWS * 10 if export else PAGE_ROWS, offset=0 if export else (page - 1) * PAGE_ROWS,
     )
-    from apps.agents.models import Agent
-    from apps.connectors.models import Channel
 
     carried = carried_query(request)
     if carried:  # opening a conversation keeps the filters for the way back

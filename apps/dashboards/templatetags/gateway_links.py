@@ -4,6 +4,8 @@ from __future__ import annotations
 from django import template
 from django.urls import NoReverseMatch, reverse
 
+from apps.connectors.models import Channel
+
 register = template.Library()
 
 
@@ -17,8 +19,6 @@ def _url(name: str, *args) -> str | None:
 @register.simple_tag
 def gateway_links(chats: bool = True) -> list[dict]:
     """[{"label", "url"}]: the staff tools, then (``chats``) one link per enabled web chat."""
-    from apps.connectors.models import Channel
-
     links = [
         {"label": "Admin", "url": _url("admin:index")},
         {"label": "Dashboards", "url": _url("dashboard-overview")},
