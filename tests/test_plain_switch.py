@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import adrf.views
 import openai.resources.chat.completions
 import pytest
 from channels.db import DatabaseSyncToAsync
@@ -17,6 +18,7 @@ from django.test.utils import CaptureQueriesContext
 
 from apps.agents import llm
 from apps.conversations.models import Conversation
+from apps.conversations.serializers import MessageInSerializer
 from gateway_project import plain
 from gateway_project.db import Update, database_sync_to_async, write_together
 
@@ -73,6 +75,14 @@ def test_an_unknown_name_is_refused_at_startup():
     assert plain.parse(" gc_freeze, ,middleware ") == {"gc_freeze", "middleware"}
 
 
+def test_drf_field_copies(settings):
+    declared = MessageInSerializer._declared_fields["message"]
+    assert MessageInSerializer().fields["message"].validators is declared.validators  # shallow copy
+
+    settings.GATEWAY_PLAIN = frozenset({"drf_field_copies"})
+    assert MessageInSerializer().fields["message"].validators is not declared.validators  # DRF's deep copy
+
+
 def test_asgiref_executor(settings):
     assert not isinstance(database_sync_to_async(len), DatabaseSyncToAsync)
 
@@ -98,6 +108,23 @@ def test_openai_create(settings, llm_model, monkeypatch):
     streamed = llm.chat(llm_model, messages, on_delta=lambda piece: None)
     assert [call["stream"] for call in calls[1:]] == [True] and "stream" not in calls[0]
     assert theirs.text == ours.text == streamed.text and theirs.total_tokens == ours.total_tokens > 0
+
+
+def test_adrf_dispatch(settings, client, monkeypatch, db):
+    calls = []
+    dispatch = adrf.views.APIView.async_dispatch
+
+    async def spy(self, request, *args, **kwargs):
+        calls.append(request.path)
+        return await dispatch(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(adrf.views.APIView, "async_dispatch", spy)
+    assert client.post("/api/v1/messages", {}, content_type="application/json").status_code == 401
+    assert calls == []
+
+    settings.GATEWAY_PLAIN = frozenset({"adrf_dispatch"})
+    assert client.post("/api/v1/messages", {}, content_type="application/json").status_code == 401
+    assert calls == ["/api/v1/messages"]
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-statement writes are PostgreSQL's")
