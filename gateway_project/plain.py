@@ -7,6 +7,7 @@ those two the library's documented way; empty (the default) is the gateway's usu
 """
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 # name -> (where the override lives, what runs instead when the name is listed)
@@ -38,6 +39,4 @@ def parse(value: str) -> frozenset[str]:
 
 def is_plain(name: str) -> bool:
     """Whether the library's own path runs instead of the gateway's override ``name``."""
-    from django.conf import settings
-
     return name in settings.GATEWAY_PLAIN
