@@ -29,9 +29,11 @@ migrate: install
 run: migrate
 	@bash scripts/run.sh "$(HOST)" "$(PORT)" "$(FAKE_LLM_PORT)"
 
-# Lists the 15 slowest tests at the end, to see where the time goes.
+# Two pytest-xdist workers (this machine's cores; TEST_WORKERS=0 runs in one process). Tests that
+# share a started stack run on one worker (tests/conftest.py). Lists the 15 slowest tests at the end.
+TEST_WORKERS ?= 2
 test: install browser-deps
-	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 # Faults on purpose (worker SIGKILL, Redis down, PostgreSQL restart, provider faults, fuzzing,
 # security). Needs DATABASE_URL + REDIS_URL like CI; the tests start their own private

@@ -32,9 +32,26 @@ os.environ.setdefault("GATEWAY_CONFIG_CHECK_SECONDS", "0")
 # Tests that drive the ASGI app in this process must not get the embedded default's recovery thread
 # querying their database behind them (the server processes the e2e tests start keep it).
 settings.GATEWAY_EMBEDDED_RECOVERY = False
+# Test users are made by the hundred: hash their passwords cheaply (tests/helpers.py says why it is safe).
+settings.PASSWORD_HASHERS = ["tests.helpers.FastPBKDF2PasswordHasher", *settings.PASSWORD_HASHERS]
 
 
+# Session fixtures that start processes. Under pytest-xdist (`--dist loadgroup`, make test), the
+# tests that use one run on the same worker, so each stack starts once per run, not once per worker;
+# the other tests go by module, whose module-scoped fixtures then start once too.
+SHARED_STACKS = ("sec", "gw", "gw_rabbitmq", "services_stack", "embedded_stack", "gevent_stack",
+                 "live_server_stack")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
+    stacks = {}
+    for item in items:
+        stacks[item] = next((name for name in SHARED_STACKS if name in item.fixturenames), None)
+        item.add_marker(pytest.mark.xdist_group(stacks[item] or item.nodeid.split("::")[0]))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # The long groups first, so that the run does not end on one worker finishing a stack's tests.
+        items.sort(key=lambda item: SHARED_STACKS.index(stacks[item]) if stacks[item] else len(SHARED_STACKS))
     if SERVICES:
         return
     if REQUIRE_SERVICES:

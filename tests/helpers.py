@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
 from apps.conversations import pipeline
 from apps.conversations.normalized import NormalizedMessage
@@ -72,3 +73,11 @@ def on_layer_loop(layer, coroutine):
         _listener_loop = asyncio.new_event_loop()
         threading.Thread(target=_listener_loop.run_forever, name="test-listener-loop", daemon=True).start()
     return asyncio.run_coroutine_threadsafe(coroutine, _listener_loop).result(30)
+
+
+class FastPBKDF2PasswordHasher(PBKDF2PasswordHasher):
+    """Django's PBKDF2 at one iteration: test users are made by the hundred, and each default hash
+    costs ~0.3 s of CPU. The iteration count is stored in the hash, so server processes the end-to-end
+    tests start verify these passwords with the stock hasher."""
+
+    iterations = 1
