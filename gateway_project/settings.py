@@ -381,7 +381,7 @@ DINGTALK_API_BASE_URL = env.str("DINGTALK_API_BASE_URL", default="https://api.di
 DINGTALK_SESSION_WEBHOOK_BASE_URL = env.str("DINGTALK_SESSION_WEBHOOK_BASE_URL", default="https://oapi.dingtalk.com")
 
 # --- Connectors (Slack, WeCom, CRM webhooks) ------------------------------------------------
-# Fernet key for channel secrets at rest; empty: derived from SECRET_KEY (see apps/connectors/secrets.py).
+# Fernet key for channel secrets at rest; empty: derived from SECRET_KEY (see apps/core/field_key.py).
 FIELD_ENCRYPTION_KEY = env.str("FIELD_ENCRYPTION_KEY", default="")
 CONNECTOR_WEBHOOK_MAX_BODY_BYTES = env.int("CONNECTOR_WEBHOOK_MAX_BODY_BYTES", default=64 * 1024)
 # Signed webhook requests older (or newer) than this are refused as replays.

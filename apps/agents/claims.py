@@ -14,12 +14,11 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from apps.connectors.models import channel_by_id
 from apps.conversations.models import Direction, Message, Status
 from apps.identities.models import user_by_id
-from apps.routing.services import announce_if_held
 from gateway_project.db import stored
 
+from . import hooks
 from .models import agent_by_id
 
 logger = logging.getLogger(__name__)
@@ -49,13 +48,13 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
     if not claimed:
         if not ignore_order and _waits_for_earlier(message_id, now):
             logger.info("waiting for an earlier message of the conversation")
-            announce_if_held(message_id)  # held for a human: the staff inbox shows it
+            hooks.handoff().announce_if_held(message_id)  # held for a human: the staff inbox shows it
             raise WaitingForEarlier()
         logger.info("message not claimable (answered or in progress)")
         return None
     message = claimed[0]
     # Copies of rows kept per process; the conversation loads on first use (few runs need it).
-    for field, by_id in (("channel", channel_by_id), ("agent", agent_by_id), ("sender", user_by_id)):
+    for field, by_id in (("channel", hooks.channel_by_id), ("agent", agent_by_id), ("sender", user_by_id)):
         pk = getattr(message, f"{field}_id")
         related = by_id(pk) if pk is not None else None
         if related is not None:

@@ -15,14 +15,12 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from apps.connectors.base import ChannelMisconfigured
-from apps.connectors.models import channel_by_id
 from apps.conversations.models import Direction, Message, Status
-from apps.core.errors import AgentFailed
+from apps.core.errors import AgentFailed, ChannelMisconfigured
 from apps.core.http import ConnectorError, send_with_retries
 from gateway_project.db import Update, is_database_outage, stored, through_outage, update_then_fetch, write_together
 
-from . import leases, llm
+from . import hooks, leases, llm
 from .dispatch import enqueue_agent_run
 
 logger = logging.getLogger(__name__)
@@ -135,7 +133,7 @@ def deliver_pending(reply_id) -> bool:
         return False
     reply = Message.objects.select_related("reply_to").get(pk=reply_id)
     inbound = reply.reply_to
-    inbound.channel = channel_by_id(inbound.channel_id) or inbound.channel
+    inbound.channel = hooks.channel_by_id(inbound.channel_id) or inbound.channel
     logger.warning("delivering a reply left pending", extra={"message_id": str(inbound.pk)})
     deliver(reply, inbound=inbound, then_start_next=True)
     return True

@@ -20,13 +20,13 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from apps.conversations.models import Direction, Message, Status
 from apps.quotas.budgets import settle_unsettled
-from apps.routing.models import Handoff
 
+from . import hooks
 from .dispatch import enqueue_agent_run, enqueue_delivery
 
 logger = logging.getLogger(__name__)
@@ -49,13 +49,9 @@ def stuck_messages(*, now=None) -> QuerySet[Message]:
             & (Q(lease_until__isnull=True) | Q(lease_until__lt=now))
             | Q(status=Status.PROCESSING, lease_until__lt=now)
         )
-        .exclude(in_open_handoff())  # held for a human on purpose, not stranded
+        .exclude(hooks.handoff().in_open_handoff())  # held for a human on purpose, not stranded
         .order_by("created_at")
     )
-
-
-def in_open_handoff() -> Exists:
-    return Exists(Handoff.objects.filter(conversation_id=OuterRef("conversation_id"), ended_at__isnull=True))
 
 
 def stuck_replies(*, now=None) -> QuerySet[Message]:

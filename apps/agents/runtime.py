@@ -19,10 +19,9 @@ from django.db.models import Q
 
 from apps.conversations.models import Direction, Message, Status
 from apps.logs.structured import message_id_var, request_id_var
-from apps.routing.services import hold_for_handoff
 from gateway_project.db import is_database_outage, through_outage
 
-from . import leases, llm, orchestrator
+from . import hooks, leases, llm, orchestrator
 from .claims import claim, release_claim
 from .delivery import deliver, fail_message, save_reply, start_next_in_conversation
 from .prompt import build_prompt
@@ -94,7 +93,7 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
 
 
 def _answer(message: Message) -> Message | None:
-    if hold_for_handoff(message):
+    if hooks.handoff().hold(message):
         return None  # a human has the conversation
     connector = message.channel.connector
     prompt = build_prompt(message)

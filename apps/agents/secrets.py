@@ -1,11 +1,11 @@
 """Provider API keys at rest: Fernet-encrypted with the gateway's field key (FIELD_ENCRYPTION_KEY,
-shared with channel secrets; see apps/connectors/secrets.py)."""
+shared with channel secrets; see apps/core/field_key.py)."""
 from __future__ import annotations
 
 from cryptography.fernet import InvalidToken
 from django.core.exceptions import ImproperlyConfigured
 
-from apps.connectors.secrets import fernet
+from apps.core.field_key import fernet
 
 
 def encrypt_secret(value: str) -> str:

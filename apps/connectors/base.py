@@ -30,16 +30,10 @@ from django.http import HttpResponse
 
 from apps.conversations.pipeline import accept
 from apps.conversations.realtime import publish, reply_group
-from apps.core.errors import BadRequest, GatewayError, Unauthenticated
+from apps.core.errors import BadRequest, ChannelMisconfigured, GatewayError, Unauthenticated
 from apps.quotas.notices import tell_refused
 
 logger = logging.getLogger(__name__)
-
-
-class ChannelMisconfigured(GatewayError):
-    code = "channel_misconfigured"
-    status = 503
-    default_message = "This channel is not configured correctly."
 
 
 class ConfigError(ValueError):

@@ -103,6 +103,15 @@ class ChannelDisabled(GatewayError):
     default_message = "This channel is not accepting messages."
 
 
+class ChannelMisconfigured(GatewayError):
+    """A channel's config or secrets do not fit its kind: raised by its connector, caught by the
+    agent run's delivery (which does not import connectors)."""
+
+    code = "channel_misconfigured"
+    status = 503
+    default_message = "This channel is not configured correctly."
+
+
 class NoRoute(GatewayError):
     code = "no_agent"
     status = 503

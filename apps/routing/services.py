@@ -1,7 +1,8 @@
 """Human handoff: staff take a conversation over, answer as themselves, and hand it back.
 
-While a handoff is open the agent run does not answer (see ``handoff_open`` in the runtime):
-inbound messages wait for the human. An open handoff without a staff member is a conversation
+While a handoff is open the agent run does not answer (``hold_for_handoff``, which the run calls
+through ``apps.agents.hooks``: ``RUN_HANDOFF``, registered by ``RoutingConfig.ready()``): inbound
+messages wait for the human. An open handoff without a staff member is a conversation
 waiting for a human (the customer asked for one, ``HANDOFF_PHRASES``): it shows in the staff inbox
 (``/console/``) until someone takes it over. Every change is published to the inbox group.
 A human reply is an outbound Message whose ``sender`` is the staff member, delivered on the
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from apps.agents.delivery import deliver
@@ -172,3 +174,20 @@ def handoff_reply(*, conversation, staff, text: str) -> Message:
     audit(action="handoff.replied", actor=staff, target=conversation, message_id=str(reply.pk))
     notify_inbox(conversation, "replied")
     return reply
+
+
+def in_open_handoff() -> Exists:
+    """A filter on messages: a human has their conversation (recovery leaves them alone)."""
+    return Exists(Handoff.objects.filter(conversation_id=OuterRef("conversation_id"), ended_at__isnull=True))
+
+
+class RunHandoff:
+    """The handoff as the agent run asks for it (``apps.agents.hooks.Handoff``); agents sits below
+    routing, so RoutingConfig.ready() registers ``RUN_HANDOFF`` rather than the run importing this."""
+
+    hold = staticmethod(hold_for_handoff)
+    announce_if_held = staticmethod(announce_if_held)
+    in_open_handoff = staticmethod(in_open_handoff)
+
+
+RUN_HANDOFF = RunHandoff()
