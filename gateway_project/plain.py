@@ -19,8 +19,6 @@ OVERRIDES = {
     "asgiref_executor": ("gateway_project/db.py database_sync_to_async",
                          "channels.db.database_sync_to_async (asgiref's thread-sensitive executor)"),
     "adrf_dispatch": ("apps/conversations/async_api.py AsyncAPIView.async_dispatch", "adrf's own async_dispatch"),
-    "drf_field_copies": ("apps/conversations/serializers.py ShallowFieldCopiesMixin",
-                         "DRF's deep copies of declared fields"),
     "one_statement_writes": ("gateway_project/db.py write_together, update_then_fetch",
                              "the ORM: a transaction with one statement per row"),
 }

@@ -18,7 +18,6 @@ from django.test.utils import CaptureQueriesContext
 
 from apps.agents import llm
 from apps.conversations.models import Conversation
-from apps.conversations.serializers import MessageInSerializer
 from gateway_project import plain
 from gateway_project.db import Update, database_sync_to_async, write_together
 
@@ -73,14 +72,6 @@ def test_an_unknown_name_is_refused_at_startup():
     with pytest.raises(ImproperlyConfigured, match="Known: redis_pool"):
         plain.parse("gc_freeze, nope")
     assert plain.parse(" gc_freeze, ,middleware ") == {"gc_freeze", "middleware"}
-
-
-def test_drf_field_copies(settings):
-    declared = MessageInSerializer._declared_fields["message"]
-    assert MessageInSerializer().fields["message"].validators is declared.validators  # shallow copy
-
-    settings.GATEWAY_PLAIN = frozenset({"drf_field_copies"})
-    assert MessageInSerializer().fields["message"].validators is not declared.validators  # DRF's deep copy
 
 
 def test_asgiref_executor(settings):

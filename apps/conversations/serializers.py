@@ -1,12 +1,8 @@
 """Wire shapes of the messages API."""
 from __future__ import annotations
 
-import copy
-
 from django.conf import settings
 from rest_framework import serializers
-
-from gateway_project.plain import is_plain
 
 
 class StrictCharField(serializers.CharField):
@@ -25,20 +21,6 @@ class StrictFloatField(serializers.FloatField):
         return super().to_internal_value(data)
 
 
-class ShallowFieldCopiesMixin:
-    """Each instance gets shallow copies of the declared fields, not deep ones.
-
-    DRF deep-copies every declared field for each serializer instance, and a field's deep copy
-    runs its ``__init__`` again (validators, messages): for the message body of every API request,
-    more CPU than checking it. A shallow copy is enough where no field is a serializer or holds
-    per-instance state; ``bind()`` then sets the copy's own parent and name."""
-
-    def get_fields(self):
-        if is_plain("drf_field_copies"):
-            return super().get_fields()
-        return {name: copy.copy(field) for name, field in self._declared_fields.items()}
-
-
 class RejectUnknownFieldsMixin:
     def validate(self, attrs):
         unknown = set(self.initial_data) - set(self.fields)
@@ -49,7 +31,7 @@ class RejectUnknownFieldsMixin:
         return attrs
 
 
-class MessageInSerializer(ShallowFieldCopiesMixin, RejectUnknownFieldsMixin, serializers.Serializer):
+class MessageInSerializer(RejectUnknownFieldsMixin, serializers.Serializer):
     message = StrictCharField(max_length=settings.GATEWAY_MAX_MESSAGE_CHARS)
     conversation_id = serializers.UUIDField(required=False)
     wait = StrictFloatField(
