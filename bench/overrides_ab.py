@@ -11,7 +11,9 @@ requests, divided by the answers (Redis is shared with other users of the machin
 
 Knobs: BENCH_DATABASE_URL, BENCH_REDIS_URL (as bench/run.py: both wiped), BENCH_AB_ROUNDS (3),
 BENCH_AB_REQUESTS (200 per round), BENCH_AB_WARMUP (30), BENCH_AB_CONCURRENCY (10),
-BENCH_AB_VARIANTS (comma list of override names to turn off alone; default all),
+BENCH_AB_VARIANTS (comma list of override names to turn off alone; default all; empty: none, and
+no "all off"), BENCH_AB_SERVERS ("uvicorn": the same app, all overrides on, on that ASGI server
+beside Daphne), BENCH_AB_LLM_DELAY_MS (the model's latency, 0),
 BENCH_WORKER_POOL / BENCH_WORKER_CONCURRENCY (as bench/run.py). ``--render`` prints the last
 run's table again (bench/results/overrides_ab.json).
 """
@@ -40,16 +42,28 @@ WARMUP = int(os.environ.get("BENCH_AB_WARMUP", "30"))
 CONCURRENCY = int(os.environ.get("BENCH_AB_CONCURRENCY", "10"))
 DOOR = os.environ.get("BENCH_AB_DOOR", "face")
 SINGLES = [n for n in os.environ.get("BENCH_AB_VARIANTS", ",".join(OVERRIDES)).split(",") if n]
+# Other ASGI servers to run beside Daphne, all overrides on (e.g. "uvicorn": devtools/stack.py).
+SERVERS = [n for n in os.environ.get("BENCH_AB_SERVERS", "").split(",") if n]
+LLM_DELAY_MS = os.environ.get("BENCH_AB_LLM_DELAY_MS", "0")
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 RESULTS = BASE / "bench" / "results"
 
 
-def variants() -> dict[str, str]:
-    """Variant name -> GATEWAY_PLAIN."""
+def variants() -> dict[str, tuple[str, str]]:
+    """Variant name -> (GATEWAY_PLAIN, ASGI server)."""
     unknown = set(SINGLES) - OVERRIDES.keys()
     if unknown:
         raise SystemExit(f"BENCH_AB_VARIANTS: unknown override(s) {', '.join(sorted(unknown))}")
-    return {"all on": "", "all off": ",".join(OVERRIDES), **{f"{name} off": name for name in SINGLES}}
+    if set(SERVERS) - {"uvicorn", "litellm"}:
+        raise SystemExit("BENCH_AB_SERVERS: uvicorn and litellm are known beside Daphne")
+    plan = {"all on": ("", "daphne")}
+    if SINGLES:
+        plan["all off"] = (",".join(OVERRIDES), "daphne")
+    plan.update({f"{name} off": (name, "daphne") for name in SINGLES})
+    plan.update({f"all on, {server}": ("", server) for server in SERVERS if server != "litellm"})
+    if "litellm" in SERVERS:
+        plan["LiteLLM proxy"] = ("", "litellm")
+    return plan
 
 
 def cpu_ticks(pid: int) -> int:
@@ -59,6 +73,35 @@ def cpu_ticks(pid: int) -> int:
     except OSError:
         return 0
     return int(fields[11]) + int(fields[12])
+
+
+def tree_ticks(root: int) -> int:
+    """utime + stime of ``root`` and of its live descendants (LiteLLM's proxy may fork)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu_ticks(pid)
+        todo += parents.get(pid, [])
+    return total
+
+
+def redis_ticks() -> int:
+    """CPU of every redis-server on the machine (the bench's db shares the server: others inflate it)."""
+    total = 0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "redis-server":
+                total += cpu_ticks(int(comm.parent.name))
+        except OSError:
+            continue
+    return total
 
 
 class PostgresBackends:
@@ -85,32 +128,53 @@ def target(urls: dict, demo: dict) -> dict:
             "body": {"model": "assistant", "messages": [{"role": "user", "content": "benchmark hello"}]}}
 
 
-def one_round(stack: run.Stack, gateway_plain: str, demo: dict, backends: PostgresBackends) -> dict:
-    """Start Daphne and a worker with ``gateway_plain``, warm up, time REQUESTS requests, stop them."""
+def one_round(stack: run.Stack, variant: tuple[str, str], demo: dict, backends: PostgresBackends) -> dict:
+    """Start the server and a worker as ``variant`` says, warm up, time REQUESTS requests, stop them."""
+    gateway_plain, server = variant
     env = {"GATEWAY_PLAIN": gateway_plain}
     with ThreadPoolExecutor(2) as starting:  # both start at once: Django's import is most of the wait
         worker = starting.submit(stack.worker, concurrency=run.WORKER_CONCURRENCY, pool=run.WORKER_POOL, env=env)
-        gateway = starting.submit(stack.daphne, env=env)
+        gateway = starting.submit(getattr(stack, server), env=env)
         worker, url = worker.result(), gateway.result()
-    daphne = next(p for p in reversed(stack.processes) if p.name == "daphne")
+    server_process = next(p for p in reversed(stack.processes) if p.name == server)
     try:
-        spec = {"kind": "http", "concurrency": CONCURRENCY, "timeout": 300, **target({"gateway": url}, demo)}
+        spec = {"kind": "http", "concurrency": CONCURRENCY, "timeout": 300, "request_timeout": 120,
+                **target({"gateway": url}, demo)}
         status, body, _h = run.http("POST", spec["url"], spec["body"], spec["headers"])
         if status != 200:
             raise RuntimeError(f"GATEWAY_PLAIN={gateway_plain!r}: the gateway answered {status}: {body}")
         run.load({**spec, "count": WARMUP})
-        pids = {"daphne": daphne.popen.pid, "worker": worker.popen.pid}
+        pids = {"server": server_process.popen.pid, "worker": worker.popen.pid}
         before = {name: cpu_ticks(pid) for name, pid in pids.items()}
-        pg_before = backends.ticks()
+        pg_before, redis_before = backends.ticks(), redis_ticks()
         result = run.load({**spec, "count": REQUESTS})
-        pg_after = backends.ticks()
+        pg_after, redis_after = backends.ticks(), redis_ticks()
         after = {name: cpu_ticks(pid) for name, pid in pids.items()}
     finally:
-        daphne.stop()
+        server_process.stop()
         worker.stop(timeout=60)
     answered = max(result["ok"], 1)
     cpu = {name: (after[name] - before[name]) * TICK_MS / answered for name in pids}
     cpu["postgres"] = sum(t - pg_before.get(pid, 0) for pid, t in pg_after.items()) * TICK_MS / answered
+    cpu["redis"] = (redis_after - redis_before) * TICK_MS / answered
+    return measured(result, cpu)
+
+
+def litellm_round(stack: run.Stack, url: str) -> dict:
+    """The reference gateway on the same fake_llm, timed the same way (its whole process tree)."""
+    spec = {"kind": "http", "concurrency": CONCURRENCY, "timeout": 300, "request_timeout": 120,
+            "url": f"{url}/v1/chat/completions", "headers": {"Authorization": f"Bearer {run.MASTER_KEY}"},
+            "body": {"model": "fake-gpt", "messages": [{"role": "user", "content": "benchmark hello"}]}}
+    root = run.process_pid(stack, "litellm")
+    run.load({**spec, "count": WARMUP})
+    before = tree_ticks(root)
+    result = run.load({**spec, "count": REQUESTS})
+    answered = max(result["ok"], 1)
+    return measured(result, {"server": (tree_ticks(root) - before) * TICK_MS / answered, "worker": 0.0,
+                             "postgres": 0.0, "redis": 0.0})
+
+
+def measured(result: dict, cpu: dict[str, float]) -> dict:
     return {"rps": result["rps"], "p50_ms": result["p50_ms"], "ok": result["ok"], "errors": result["errors"],
             "cpu_ms": {name: round(ms, 2) for name, ms in cpu.items()}, "cpu_ms_total": round(sum(cpu.values()), 2)}
 
@@ -123,7 +187,7 @@ def summarize(rounds: dict[str, list[dict]]) -> list[dict]:
             "variant": name, "rps": statistics.median(r["rps"] for r in results),
             "rps_rounds": [r["rps"] for r in results], "cpu_ms": statistics.median(cpu), "cpu_rounds": cpu,
             **{f"cpu_{part}": statistics.median(r["cpu_ms"][part] for r in results)
-               for part in ("daphne", "worker", "postgres")},
+               for part in ("server", "worker", "postgres", "redis")},
             "errors": {k: sum(r["errors"].get(k, 0) for r in results) for r in results for k in r["errors"]},
         })
     base = rows[0]
@@ -136,15 +200,16 @@ def summarize(rounds: dict[str, list[dict]]) -> list[dict]:
 def render(rows: list[dict], meta: dict) -> str:
     lines = [f"Overrides A/B ({meta['started']}, {meta['cpus']} CPUs, load average {meta['load_before']} before, "
              f"{meta['load_after']} after; {meta['rounds']} interleaved rounds of {meta['requests']} requests at "
-             f"concurrency {meta['concurrency']} on {meta['door']}, model 0 ms, worker {meta['worker']}; "
+             f"concurrency {meta['concurrency']} on {meta['door']}, model {meta.get('llm_delay_ms', 0)} ms, "
+             f"worker {meta['worker']}; "
              f"{meta['minutes']} min)", "",
-             "| variant (GATEWAY_PLAIN) | req/s | Δ req/s | CPU ms/msg | Δ CPU | Daphne | worker | PostgreSQL "
-             "| req/s rounds | CPU rounds | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
+             "| variant (GATEWAY_PLAIN) | req/s | Δ req/s | CPU ms/msg | Δ CPU | server | worker | PostgreSQL "
+             "| Redis | req/s rounds | CPU rounds | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['rps']} | {r['rps_delta']:+}% | {r['cpu_ms']:.1f} | {r['cpu_delta']:+}% | "
-            f"{r['cpu_daphne']:.1f} | {r['cpu_worker']:.1f} | {r['cpu_postgres']:.1f} | "
+            f"{r['cpu_server']:.1f} | {r['cpu_worker']:.1f} | {r['cpu_postgres']:.1f} | {r['cpu_redis']:.1f} | "
             f"{' / '.join(str(x) for x in r['rps_rounds'])} | {' / '.join(f'{x:.1f}' for x in r['cpu_rounds'])} | "
             f"{r['errors'] or ''} |")
     on = rows[0]
@@ -163,8 +228,9 @@ def main() -> None:
     started = time.monotonic()
     meta = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
             "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()), "rounds": ROUNDS, "requests": REQUESTS,
-            "concurrency": CONCURRENCY, "door": "/api/v1/messages (wait)" if DOOR == "messages"
-            else "/v1/chat/completions", "worker": f"{run.WORKER_POOL} -c {run.WORKER_CONCURRENCY}"}
+            "concurrency": CONCURRENCY, "llm_delay_ms": LLM_DELAY_MS,
+            "door": "/api/v1/messages (wait)" if DOOR == "messages" else "/v1/chat/completions",
+            "worker": f"{run.WORKER_POOL} -c {run.WORKER_CONCURRENCY}"}
     plan = variants()
     run.log(f"load average {meta['load_before']}; preparing {run.DATABASE_URL} and {run.REDIS_URL}; "
         f"{len(plan)} variants x {ROUNDS} rounds")
@@ -173,7 +239,8 @@ def main() -> None:
                                    GATEWAY_USER_RATE="100000000/m", LOG_LEVEL="WARNING"))
     rounds: dict[str, list[dict]] = {name: [] for name in plan}
     try:
-        stack.env["OPENAI_BASE_URL"] = stack.fake_llm("--delay-ms", "0")
+        llm_url = stack.env["OPENAI_BASE_URL"] = stack.fake_llm("--delay-ms", LLM_DELAY_MS)
+        litellm = run.start_litellm(stack, llm_url) if "litellm" in SERVERS else None
         stack.manage("migrate", "--noinput")
         demo = json.loads(stack.manage("seed_demo", "--json"))
         backends = PostgresBackends()
@@ -181,7 +248,10 @@ def main() -> None:
         for number in range(ROUNDS):
             shift = number % len(names)
             for name in names[shift:] + names[:shift]:  # the order rotates each round
-                result = one_round(stack, plan[name], demo, backends)
+                if plan[name][1] == "litellm":
+                    result = litellm_round(stack, litellm)
+                else:
+                    result = one_round(stack, plan[name], demo, backends)
                 rounds[name].append(result)
                 run.log(f"round {number + 1} {name}: {result['rps']} req/s, {result['cpu_ms_total']} CPU ms/msg "
                     f"{result['cpu_ms']} errors {result['errors'] or 'none'}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -40,13 +41,15 @@ INGEST = int(os.environ.get("BENCH_INGEST", "1000"))
 INGEST_WARMUP = int(os.environ.get("BENCH_INGEST_WARMUP", "200"))
 ALL_SCENARIOS = ("overhead", "ingest", "webchat", "limits", "realistic")
 SCENARIOS = set(os.environ.get("BENCH_SCENARIOS", ",".join(ALL_SCENARIOS)).split(","))
-RESULT_KEYS = ("overhead", "profile", "ingest", "webchat", "limit_step", "realistic", "in_flight")
+RESULT_KEYS = ("overhead", "profile", "ingest", "webchat", "limit_step", "realistic", "in_flight", "in_flight_queued")
 WORKER_POOL = os.environ.get("BENCH_WORKER_POOL", "gevent")
 WORKER_CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", "1000" if WORKER_POOL == "gevent" else "64"))
 # The realistic-latency scenario: requests per cell = concurrency x this; the in-flight figure's runs.
 REALISTIC_REQUESTS_PER_SLOT = int(os.environ.get("BENCH_REALISTIC_REQUESTS_PER_SLOT", "2"))
 REALISTIC_CONCURRENCY = [int(c) for c in os.environ.get("BENCH_REALISTIC_CONCURRENCY", "200,1000").split(",")]
 IN_FLIGHT_RUNS = int(os.environ.get("BENCH_IN_FLIGHT_RUNS", "1000"))
+IN_FLIGHT_DELAY_S = int(os.environ.get("BENCH_IN_FLIGHT_DELAY_S", "5"))
+IN_FLIGHT_ACCEPT_CONCURRENCY = int(os.environ.get("BENCH_IN_FLIGHT_ACCEPT_CONCURRENCY", "200"))
 MASTER_KEY = "sk-bench-master"
 CHAT_BODY = {"model": "fake-gpt", "messages": [{"role": "user", "content": "benchmark hello"}]}
 
@@ -308,19 +311,32 @@ def realistic(stack, urls: dict, demo: dict) -> list[dict]:
     return rows
 
 
-def in_flight(stack, urls: dict, demo: dict) -> dict:
-    """One worker, model latency 5 s: accept IN_FLIGHT_RUNS messages (no wait), then sample how many
-    runs are in flight at once, the worker's RSS and the database connections."""
+def in_flight(stack, urls: dict, demo: dict, *, queued: bool = False) -> dict:
+    """One worker, model latency IN_FLIGHT_DELAY_S: accept IN_FLIGHT_RUNS messages (no wait), then
+    sample how many runs are in flight at once, the worker's RSS and the database connections.
+
+    Paced (the default), runs start as fast as messages are accepted, so the peak is about the accept
+    rate times the model's latency. ``queued``: the worker is paused (SIGSTOP) while every message is
+    accepted and queued, then let go, so it takes up the whole backlog at once: what one process can
+    hold, whatever the front door's rate."""
     import psycopg
 
     auth = {"Authorization": f"Bearer {demo['api_keys']['customer']}"}
     worker = process_pid(stack, "celery")
     rss_before = rss_kib(worker)
-    spec = {"kind": "http", "concurrency": 100, "count": IN_FLIGHT_RUNS, "timeout": 300, "ok_status": [202],
-            "url": f"{urls['gateway']}/api/v1/messages", "headers": auth,
-            "body": {"message": "in flight [[delay:5]]"}}
-    proc = subprocess.Popen([PYTHON, str(BASE / "bench" / "load.py"), json.dumps(spec)], stdout=subprocess.PIPE,
-                            text=True)
+    spec = {"kind": "http", "concurrency": IN_FLIGHT_ACCEPT_CONCURRENCY, "count": IN_FLIGHT_RUNS, "timeout": 300,
+            "ok_status": [202], "url": f"{urls['gateway']}/api/v1/messages", "headers": auth,
+            "body": {"message": f"in flight [[delay:{IN_FLIGHT_DELAY_S}]]"}}
+    proc = None
+    if queued:
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            accepted = load(spec)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+    else:
+        proc = subprocess.Popen([PYTHON, str(BASE / "bench" / "load.py"), json.dumps(spec)],
+                                stdout=subprocess.PIPE, text=True)
     peak = {"processing": 0, "rss_kib": rss_before, "db_connections": 0, "db_active": 0}
     dbname = urllib.parse.urlparse(DATABASE_URL).path[1:]
     deadline = time.monotonic() + 120
@@ -333,15 +349,18 @@ def in_flight(stack, urls: dict, demo: dict) -> dict:
                 "WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,)).fetchone()
             peak = {"processing": max(peak["processing"], processing), "rss_kib": max(peak["rss_kib"], rss_kib(worker)),
                     "db_connections": max(peak["db_connections"], total), "db_active": max(peak["db_active"], active)}
-            if proc.poll() is not None and processing == 0:
+            if (proc is None or proc.poll() is not None) and processing == 0:
                 pending = conn.execute("SELECT count(*) FROM conversations_message WHERE direction='in' "
                                        "AND status='accepted'").fetchone()[0]
                 if not pending:
                     break
             time.sleep(0.5)
-    out, _ = proc.communicate(timeout=60)
-    accepted = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
-    return {"runs": IN_FLIGHT_RUNS, "accepted": accepted["ok"], "accept_errors": accepted["errors"],
+    if proc is not None:
+        out, _ = proc.communicate(timeout=60)
+        accepted = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    return {"mode": "queued" if queued else "paced", "model_latency_s": IN_FLIGHT_DELAY_S,
+            "accept_rps": accepted.get("rps"), "runs": IN_FLIGHT_RUNS, "accepted": accepted["ok"],
+            "accept_errors": accepted["errors"],
             "peak_in_flight": peak["processing"], "worker_rss_before_mib": round(rss_before / 1024, 1),
             "worker_rss_peak_mib": round(peak["rss_kib"] / 1024, 1),
             "db_connections_peak_all_processes": peak["db_connections"],
@@ -391,6 +410,7 @@ def main() -> None:
         if "realistic" in SCENARIOS:
             results["realistic"] = realistic(stack, urls, demo)
             results["in_flight"] = in_flight(stack, urls, demo)
+            results["in_flight_queued"] = in_flight(stack, urls, demo, queued=True)
         if "limits" in SCENARIOS:
             done = subprocess.run([PYTHON, "manage.py", "shell", "-c", limit_step()["code"]], cwd=BASE,
                                   env=stack.env, capture_output=True, text=True, timeout=300)
@@ -520,15 +540,18 @@ def render(results: dict) -> str:
         for r in results["realistic"]:
             lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['rps']} | {r['share_of_direct']} | "
                          f"{r['p50_ms']} | {r['p95_ms']} | {r['overhead_p50_ms']} | {r['errors'] or ''} |")
-    f = results.get("in_flight")
-    if f:
-        lines += ["", "## In flight: one worker, model 5 s", "",
-                  f"- {f['accepted']} of {f['runs']} accepted ({f['accept_errors'] or 'no errors'}); peak runs in "
-                  f"flight **{f['peak_in_flight']}**; worker ({f['worker_pool']}) RSS {f['worker_rss_before_mib']} "
-                  f"→ **{f['worker_rss_peak_mib']} MiB**",
-                  f"- database connections (all gateway processes) peak {f['db_connections_peak_all_processes']}, "
-                  f"of them active at once {f['db_connections_active_peak']}; unanswered after drain "
-                  f"{f['left_unanswered']}"]
+    flights = [f for f in (results.get("in_flight"), results.get("in_flight_queued")) if f]
+    if flights:
+        lines += ["", "## In flight: one worker", "",
+                  "Paced: runs start as messages are accepted (peak ≈ accept rate × model latency). Queued: the "
+                  "worker is paused while all are accepted, then takes up the whole backlog at once.", ""]
+        for f in flights:
+            lines += [f"- {f.get('mode', 'paced')}, model {f.get('model_latency_s', 5)} s: {f['accepted']} of "
+                      f"{f['runs']} accepted at {f.get('accept_rps')} req/s ({f['accept_errors'] or 'no errors'}); "
+                      f"peak runs in flight **{f['peak_in_flight']}**; worker ({f['worker_pool']}) RSS "
+                      f"{f['worker_rss_before_mib']} → **{f['worker_rss_peak_mib']} MiB**; database connections "
+                      f"(all gateway processes) peak {f['db_connections_peak_all_processes']}, active at once "
+                      f"{f['db_connections_active_peak']}; unanswered after drain {f['left_unanswered']}"]
     for name, profile in (results.get("profile") or {}).items():
         lines += ["", f"## Profile of {name} during the overhead runs (inclusive share of busy samples)", ""]
         lines += [f"- {p['share']:.1%} {p['frame']}" for p in profile["top"][:25]]
