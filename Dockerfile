@@ -32,8 +32,11 @@ USER gateway
 
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --retries=3 CMD curl -fs http://127.0.0.1:8000/healthz || exit 1
-# -v 0: no Daphne access log; the gateway writes its own request log (RequestLog, with request ids).
-CMD ["daphne", "-v", "0", "-b", "0.0.0.0", "-p", "8000", "gateway_project.asgi:application"]
+# uvicorn (docs/decisions/asgi-server.md; Daphne serves the same app too): no access log, the gateway
+# writes its own request log; no lifespan, Django has none; X-Forwarded-For is for the gateway's own
+# GATEWAY_TRUSTED_PROXIES rule, so uvicorn must not rewrite the client address from it.
+CMD ["uvicorn", "--host", "0.0.0.0", "--port", "8000", "--no-access-log", "--lifespan", "off", \
+     "--no-proxy-headers", "gateway_project.asgi:application"]
 
 
 # The stand-ins (`manage.py fake_llm`, `manage.py fake_platforms`) for a trial or a test stack.

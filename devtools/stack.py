@@ -80,6 +80,12 @@ class Process:
         self.stop(signal.SIGKILL)
 
 
+# The production server's options (the Dockerfile's CMD says the same): no access log (the gateway
+# keeps its own request log), no lifespan (Django's ASGI app has none), and X-Forwarded-For left to
+# the gateway's own GATEWAY_TRUSTED_PROXIES rule, never rewritten into the client address by uvicorn.
+UVICORN_OPTIONS = ("--no-access-log", "--lifespan", "off", "--no-proxy-headers")
+
+
 @dataclass
 class Stack:
     """A set of processes sharing one environment (database, Redis, provider URL)."""
@@ -121,6 +127,19 @@ class Stack:
         process = self.spawn(
             "daphne", [str(BIN / "daphne"), "-v", "0", "-b", "127.0.0.1", "-p", str(port),
                        "gateway_project.asgi:application"],  # -v 0: no access log, as in production
+            env=env,
+        )
+        url = f"http://127.0.0.1:{port}"
+        process.wait_for_http(f"{url}/healthz")
+        return url
+
+    def uvicorn(self, port: int | None = None, env: dict[str, str] | None = None) -> str:
+        """Start one uvicorn process on the same ASGI app, as the production image does (Dockerfile);
+        returns its base URL once /healthz answers."""
+        port = port or free_port()
+        process = self.spawn(
+            "uvicorn", [str(BIN / "uvicorn"), *UVICORN_OPTIONS, "--host", "127.0.0.1", "--port", str(port),
+                        "--log-level", "warning", "gateway_project.asgi:application"],
             env=env,
         )
         url = f"http://127.0.0.1:{port}"

@@ -52,3 +52,16 @@ def test_only_the_images_devtools_target_carries_it():
     services = yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text())["services"]
     assert services["fake-llm"]["build"]["target"] == "devtools"
     assert all(spec["build"] == "." for name, spec in services.items() if "build" in spec and name != "fake-llm")
+
+
+def test_the_image_serves_with_the_options_the_tests_run_uvicorn_with():
+    """The e2e tests start uvicorn as the image does (tests/e2e/test_uvicorn.py): same options."""
+    from devtools.stack import UVICORN_OPTIONS
+
+    text = (BASE_DIR / "Dockerfile").read_text().replace("\\\n", " ")
+    [cmd] = [line for line in text.splitlines() if line.startswith("CMD ")]
+    args = json.loads(cmd.removeprefix("CMD "))
+    assert args[0] == "uvicorn" and args[-1] == "gateway_project.asgi:application"
+    assert set(UVICORN_OPTIONS) <= set(args)
+    worker = yaml.safe_load((BASE_DIR / "docker-compose.yml").read_text())["services"]["worker"]["command"]
+    assert worker[worker.index("-P") + 1] == "gevent"

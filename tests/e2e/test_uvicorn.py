@@ -1,0 +1,73 @@
+"""The production image's server, uvicorn, in front of the same worker, PostgreSQL and Redis as the
+Daphne of the session stack: every door answers the same, and the client address is the peer's."""
+import openai
+import pytest
+
+from apps.agents.models import Agent, LLMModel, Provider
+from apps.connectors.models import Channel
+from apps.identities.models import ApiKey
+from apps.quotas.models import IpRule
+from devtools.stack import http
+from tests.e2e.test_services import web_chat
+
+pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(scope="module")
+def uvicorn_url(services_stack):
+    process_count = len(services_stack.stack.processes)
+    url = services_stack.stack.uvicorn()
+    yield url
+    for process in services_stack.stack.processes[process_count:]:
+        process.stop()
+
+
+@pytest.fixture
+def live(services_stack, uvicorn_url, customer):
+    provider = Provider.objects.create(slug="fake", name="Fake", base_url=services_stack.llm_url)
+    model = LLMModel.objects.create(provider=provider, name="fake-gpt")
+    agent = Agent.objects.create(slug="assistant", name="Assistant", model=model, system_prompt="Be brief.")
+    api = Channel.objects.create(slug="api", name="API", kind="api", default_agent=agent)
+    Channel.objects.create(slug="web", name="Web chat", kind="webchat", default_agent=agent)
+    _key, raw = ApiKey.generate(user=customer)
+    services_stack.key, services_stack.auth, services_stack.url = raw, {"Authorization": f"Bearer {raw}"}, uvicorn_url
+    services_stack.api_channel = api
+    return services_stack
+
+
+def test_messages_api_with_wait(live):
+    status, body, _ = http("POST", f"{live.url}/api/v1/messages", {"message": "over uvicorn", "wait": 30}, live.auth)
+    assert status == 200, body
+    assert body["reply"]["message"] == "Echo: over uvicorn"
+
+
+def test_openai_face_streamed_and_not(live):
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0, timeout=30)
+    completion = client.chat.completions.create(model="assistant", messages=[{"role": "user", "content": "face"}])
+    assert completion.choices[0].message.content == "Echo: face"
+    stream = client.chat.completions.create(model="assistant", stream=True,
+                                            messages=[{"role": "user", "content": "streamed [[slow:0.01]]"}])
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Echo: streamed"
+
+
+def test_web_chat_socket(live):
+    frames = web_chat(live, [{"type": "message", "message": "socket [[slow:0.01]]", "client_id": "u-1"}])
+    assert frames[0]["type"] == "ack"
+    assert len([f for f in frames if f["type"] == "delta"]) > 1
+    assert frames[-1]["type"] == "reply" and frames[-1]["message"] == "Echo: socket"
+
+
+def test_forwarded_for_does_not_change_the_client_address(live):
+    """uvicorn would take X-Forwarded-For from a loopback peer as the client (its default); the
+    gateway's own rule (GATEWAY_TRUSTED_PROXIES, empty here) decides instead, so a header naming a
+    denied network changes nothing, while a rule on the real peer's address refuses."""
+    def post(headers=None):
+        return http("POST", f"{live.url}/api/v1/messages", {"message": "from where"},
+                    {**live.auth, **(headers or {})})[:2]
+
+    rule = IpRule.objects.create(action="deny", cidr="203.0.113.0/24", channel=live.api_channel)
+    assert post({"X-Forwarded-For": "203.0.113.9"})[0] == 202
+    rule.cidr = "127.0.0.0/8"
+    rule.save()
+    status, body = post({"X-Forwarded-For": "198.51.100.7"})
+    assert status == 403 and body["error"]["code"] == "ip_forbidden"
