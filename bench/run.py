@@ -1,14 +1,17 @@
 """``make bench``: start the stack in services mode, drive it from a separate process, write results.
 
 Stack: PostgreSQL (its own database, BENCH_DATABASE_URL), Redis (its own db, BENCH_REDIS_URL),
-Daphne, a Celery worker (threads pool), fake_llm (BENCH_LLM_DELAY_MS), and LiteLLM's proxy (its own
-virtualenv, bench/.venv-litellm, created on first run) on the same fake_llm. Load comes from
+the ASGI server (BENCH_SERVER), a Celery worker (gevent pool), fake_llm (BENCH_LLM_DELAY_MS), and
+LiteLLM's proxy (its own virtualenv, bench/.venv-litellm, created on first run) on the same fake_llm. Load comes from
 bench/load.py in another process, on loopback. Results: bench/results/latest.json and latest.md.
 
 Scenarios are interleaved (direct, gateway, LiteLLM, … per round) so ratios hold on a noisy machine.
 Environment knobs: BENCH_REQUESTS (per cell at concurrency 1; x2 at 10 and 50), BENCH_ROUNDS,
 BENCH_WS_CONNECTIONS, BENCH_INGEST, BENCH_INGEST_WARMUP, BENCH_SCENARIOS (comma list of overhead, ingest, webchat,
-limits), BENCH_PROFILE=1 (py-spy on Daphne), BENCH_SKIP_LITELLM=1.
+limits, realistic, in_flight; realistic runs in_flight too), BENCH_PROFILE=1 (py-spy on the server and the
+worker), BENCH_SKIP_LITELLM=1, BENCH_SERVER (uvicorn, the image's; or daphne), BENCH_REALISTIC_CONCURRENCY,
+BENCH_REALISTIC_REQUESTS_PER_SLOT, BENCH_IN_FLIGHT_RUNS, BENCH_IN_FLIGHT_DELAY_S,
+BENCH_IN_FLIGHT_ACCEPT_CONCURRENCY.
 """
 from __future__ import annotations
 
@@ -39,10 +42,11 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 WS_CONNECTIONS = int(os.environ.get("BENCH_WS_CONNECTIONS", "5000"))
 INGEST = int(os.environ.get("BENCH_INGEST", "1000"))
 INGEST_WARMUP = int(os.environ.get("BENCH_INGEST_WARMUP", "200"))
-ALL_SCENARIOS = ("overhead", "ingest", "webchat", "limits", "realistic")
+ALL_SCENARIOS = ("overhead", "ingest", "webchat", "limits", "realistic")  # realistic includes in_flight
 SCENARIOS = set(os.environ.get("BENCH_SCENARIOS", ",".join(ALL_SCENARIOS)).split(","))
 RESULT_KEYS = ("overhead", "profile", "ingest", "webchat", "limit_step", "realistic", "in_flight", "in_flight_queued")
 WORKER_POOL = os.environ.get("BENCH_WORKER_POOL", "gevent")
+SERVER = os.environ.get("BENCH_SERVER", "uvicorn")  # the image's server; or daphne (docs/decisions/asgi-server.md)
 WORKER_CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", "1000" if WORKER_POOL == "gevent" else "64"))
 # The realistic-latency scenario: requests per cell = concurrency x this; the in-flight figure's runs.
 REALISTIC_REQUESTS_PER_SLOT = int(os.environ.get("BENCH_REALISTIC_REQUESTS_PER_SLOT", "2"))
@@ -238,7 +242,7 @@ def webchat(stack, urls: dict, demo: dict) -> dict:
     slug = demo["channels"]["webchat"]["slug"]
     token = visitor_token(urls["gateway"], slug)
     ws_url = urls["gateway"].replace("http", "ws") + f"/ws/chat/{slug}/?visitor={token}"
-    pid = process_pid(stack, "daphne")
+    pid = process_pid(stack, SERVER)
     before = rss_kib(pid)
     spec = {"kind": "ws_hold", "url": ws_url, "connections": WS_CONNECTIONS, "keep_for_chat": 1000,
             "message_sockets": 100, "messages": 500, "timeout": 600, "connect_concurrency": 50}
@@ -396,7 +400,7 @@ def main() -> None:
         stack.manage("migrate", "--noinput")
         demo = json.loads(stack.manage("seed_demo", "--json"))
         stack.worker(concurrency=WORKER_CONCURRENCY, pool=WORKER_POOL)
-        urls = {"llm": llm_url, "gateway": stack.daphne()}
+        urls = {"llm": llm_url, "gateway": getattr(stack, SERVER)()}
         urls["litellm"] = start_litellm(stack, llm_url)
         profiler = start_profiler(stack) if os.environ.get("BENCH_PROFILE") == "1" else None
         if "overhead" in SCENARIOS:
@@ -409,6 +413,7 @@ def main() -> None:
             results["webchat"] = webchat(stack, urls, demo)
         if "realistic" in SCENARIOS:
             results["realistic"] = realistic(stack, urls, demo)
+        if SCENARIOS & {"realistic", "in_flight"}:
             results["in_flight"] = in_flight(stack, urls, demo)
             results["in_flight_queued"] = in_flight(stack, urls, demo, queued=True)
         if "limits" in SCENARIOS:
@@ -445,7 +450,7 @@ def start_profiler(stack: Stack) -> list | None:
         log("py-spy not installed; no profile")
         return None
     profilers = []
-    for name in ("daphne", "celery"):
+    for name in (SERVER, "celery"):
         out = stack.log_dir / f"{name}.pyspy.txt"
         proc = subprocess.Popen([str(pyspy), "record", "--pid", str(process_pid(stack, name)), "--format", "raw",
                                  "--output", str(out), "--rate", "100", "--nonblocking", "--threads"],
@@ -485,7 +490,7 @@ IDLE_FRAMES = ("select (", "poll (", "wait (", "_wait_for_tstate_lock", "epoll",
 def render(results: dict) -> str:
     lines = [f"# Benchmark results ({results['started']})", "",
              f"Machine: {results['machine']['cpus']} CPUs; fake_llm delay {results['llm_delay_ms']} ms; "
-             f"one Daphne, one Celery worker ({WORKER_POOL}), one LiteLLM worker; load from a separate process "
+             f"one {SERVER}, one Celery worker ({WORKER_POOL}), one LiteLLM worker; load from a separate process "
              "on loopback.",
              "", "Runs: " + "; ".join(f"{name} {when}" for name, when in results.get("runs", {}).items()),
              "", "## Gateway overhead vs the model directly (median of interleaved rounds)", "",
@@ -513,7 +518,7 @@ def render(results: dict) -> str:
                       "warm-up events are distinct events from the same senders."]
     w = results.get("webchat")
     if w:
-        lines += ["", "## Web chat (one Daphne process)", "",
+        lines += ["", "## Web chat (one " + SERVER + " process)", "",
                   f"- connections held: **{w['connections_held']}** of {w['connections_requested']} "
                   f"(connect errors {w['connect_errors'] or 'none'}, {w['connect_seconds']} s to connect)",
                   f"- Daphne RSS {w['daphne_rss_before_mib']} MiB idle → {w['daphne_rss_held_mib']} MiB held: "
