@@ -81,3 +81,16 @@ class FastPBKDF2PasswordHasher(PBKDF2PasswordHasher):
     tests start verify these passwords with the stock hasher."""
 
     iterations = 1
+
+
+def face_answers(base_url: str, key: str) -> tuple[str, list[str]]:
+    """Ask the OpenAI face at ``base_url`` twice through the real ``openai`` client, for model
+    ``assistant``: "face" non-streamed, then "streamed" in pieces. The first answer, and the
+    second's chunks."""
+    import openai
+
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0, timeout=30)
+    completion = client.chat.completions.create(model="assistant", messages=[{"role": "user", "content": "face"}])
+    stream = client.chat.completions.create(model="assistant", stream=True,
+                                            messages=[{"role": "user", "content": "streamed [[slow:0.01]]"}])
+    return completion.choices[0].message.content, [c.choices[0].delta.content or "" for c in stream if c.choices]

@@ -6,7 +6,6 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
-import openai
 import pytest
 import websockets
 
@@ -15,6 +14,7 @@ from apps.connectors.models import Channel
 from apps.conversations.models import Direction, Message
 from apps.identities.models import ApiKey
 from devtools.stack import Stack, base_env, database_url, http, visitor_token
+from tests.helpers import face_answers
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -59,12 +59,8 @@ def test_api_wait_is_answered_by_a_gevent_worker(live):
 
 
 def test_face_streamed_and_not_through_a_gevent_worker(live):
-    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0, timeout=30)
-    completion = client.chat.completions.create(model="assistant", messages=[{"role": "user", "content": "face"}])
-    assert completion.choices[0].message.content == "Echo: face"
-    stream = client.chat.completions.create(model="assistant", stream=True,
-                                            messages=[{"role": "user", "content": "streamed [[slow:0.01]]"}])
-    chunks = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    answer, chunks = face_answers(live.url, live.key)
+    assert answer == "Echo: face"
     assert len([c for c in chunks if c]) > 1 and "".join(chunks) == "Echo: streamed"
 
 

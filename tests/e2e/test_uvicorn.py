@@ -1,6 +1,5 @@
 """The production image's server, uvicorn, in front of the same worker, PostgreSQL and Redis as the
 Daphne of the session stack: every door answers the same, and the client address is the peer's."""
-import openai
 import pytest
 
 from apps.agents.models import Agent, LLMModel, Provider
@@ -9,6 +8,7 @@ from apps.identities.models import ApiKey
 from apps.quotas.models import IpRule
 from devtools.stack import http
 from tests.e2e.test_services import web_chat
+from tests.helpers import face_answers
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -42,12 +42,9 @@ def test_messages_api_with_wait(live):
 
 
 def test_openai_face_streamed_and_not(live):
-    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=live.key, max_retries=0, timeout=30)
-    completion = client.chat.completions.create(model="assistant", messages=[{"role": "user", "content": "face"}])
-    assert completion.choices[0].message.content == "Echo: face"
-    stream = client.chat.completions.create(model="assistant", stream=True,
-                                            messages=[{"role": "user", "content": "streamed [[slow:0.01]]"}])
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Echo: streamed"
+    answer, chunks = face_answers(live.url, live.key)
+    assert answer == "Echo: face"
+    assert len([c for c in chunks if c]) > 1 and "".join(chunks) == "Echo: streamed"
 
 
 def test_web_chat_socket(live):
