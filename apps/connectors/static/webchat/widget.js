@@ -1,7 +1,7 @@
 // The embeddable web chat widget. On another site:
 //   <script src="https://gateway.example/static/webchat/widget.js" data-chat="web" async></script>
 // It adds a launcher button and a chat panel inside a shadow root (the site's CSS does not leak in),
-// talks to the gateway's /ws/chat/<slug>/ socket (DESIGN.md frames), renders replies as Markdown
+// talks to the gateway's /ws/chat/<slug>/ socket (frames: docs/channels/webchat.md), renders replies as Markdown
 // sanitized by DOMPurify (also while they stream), shows a typing indicator, reconnects with
 // backoff and keeps the conversation across page loads (localStorage of the embedding site).
 // The gateway serves it only to the channel's listed origins.
