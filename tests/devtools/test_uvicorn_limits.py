@@ -4,7 +4,6 @@ websocket message (uvicorn's default allows 16 MiB). A tiny ASGI app stands in f
 import asyncio
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
