@@ -36,7 +36,8 @@ HEALTHCHECK --interval=15s --timeout=3s --retries=3 CMD curl -fs http://127.0.0.
 # writes its own request log; no lifespan, Django has none; X-Forwarded-For is for the gateway's own
 # GATEWAY_TRUSTED_PROXIES rule, so uvicorn must not rewrite the client address from it.
 CMD ["uvicorn", "--host", "0.0.0.0", "--port", "8000", "--no-access-log", "--lifespan", "off", \
-     "--no-proxy-headers", "gateway_project.asgi:application"]
+     "--no-proxy-headers", "--http", "gateway_project.uvicorn_http:BoundedHttpToolsProtocol", \
+     "--ws-max-size", "1048576", "gateway_project.asgi:application"]
 
 
 # The stand-ins (`manage.py fake_llm`, `manage.py fake_platforms`) for a trial or a test stack.

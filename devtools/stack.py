@@ -82,8 +82,11 @@ class Process:
 
 # The production server's options (the Dockerfile's CMD says the same): no access log (the gateway
 # keeps its own request log), no lifespan (Django's ASGI app has none), and X-Forwarded-For left to
-# the gateway's own GATEWAY_TRUSTED_PROXIES rule, never rewritten into the client address by uvicorn.
-UVICORN_OPTIONS = ("--no-access-log", "--lifespan", "off", "--no-proxy-headers")
+# the gateway's own GATEWAY_TRUSTED_PROXIES rule, never rewritten into the client address by uvicorn;
+# httptools with a bound on a request's head (gateway_project/uvicorn_http.py), and websocket messages
+# bounded at 1 MiB like Daphne's --websocket-max-message-size (uvicorn's default is 16 MiB).
+UVICORN_OPTIONS = ("--no-access-log", "--lifespan", "off", "--no-proxy-headers",
+                   "--http", "gateway_project.uvicorn_http:BoundedHttpToolsProtocol", "--ws-max-size", "1048576")
 
 
 @dataclass

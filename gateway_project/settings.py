@@ -357,8 +357,9 @@ WEBCHAT_VISITOR_TOKEN_MAX_AGE_SECONDS = env.int(
 )
 # Anonymous web chat, per client address (rates as above; empty: no limit): new visitor tokens
 # minted by the chat page, and websocket connections opened. A frame longer than
-# WEBCHAT_MAX_FRAME_CHARS is refused before it is parsed (Daphne's own cap,
-# --websocket-max-message-size, bounds what it buffers: 1 MiB by default).
+# WEBCHAT_MAX_FRAME_CHARS is refused before it is parsed (the server's own cap bounds what it
+# buffers: Daphne's --websocket-max-message-size, 1 MiB by default; uvicorn's --ws-max-size, set to
+# 1 MiB in the image's CMD, its default being 16 MiB).
 WEBCHAT_VISITORS_PER_IP_RATE = env.str("WEBCHAT_VISITORS_PER_IP_RATE", default="30/m")
 WEBCHAT_CONNECTS_PER_IP_RATE = env.str("WEBCHAT_CONNECTS_PER_IP_RATE", default="120/m")
 WEBCHAT_MAX_FRAME_CHARS = env.int("WEBCHAT_MAX_FRAME_CHARS", default=64 * 1024)

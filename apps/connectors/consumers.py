@@ -266,3 +266,11 @@ def origin_allowed(scope, channel: Channel) -> bool:
         return True
     host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
     return urlparse(origin).netloc == host
+
+
+class NoSuchSocket(AsyncJsonWebsocketConsumer):
+    """Any other websocket path: refused at the handshake (the server answers 403), where Channels'
+    router would raise ValueError and the server log a traceback and answer 500."""
+
+    async def connect(self):
+        await self.close()

@@ -198,3 +198,11 @@ async def test_an_unexpected_failure_is_an_internal_error_frame_and_the_socket_s
     await ws.disconnect()
     failed = [r for r in caplog.records if r.getMessage() == "web chat frame failed"]
     assert failed and "refused by trigger" in str(failed[0].exc_info[1])
+
+
+@pytest.mark.parametrize("path", ["/ws/nope/", "/ws/chat/", "/ws/chat/a b/", "/"])
+async def test_a_socket_on_another_path_is_refused_not_a_server_error(path):
+    communicator = WebsocketCommunicator(application, path, headers=[(b"host", b"testserver")])
+    connected, _ = await communicator.connect()
+    assert not connected
+    await communicator.disconnect()

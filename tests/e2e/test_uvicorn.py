@@ -1,5 +1,7 @@
 """The production image's server, uvicorn, in front of the same worker, PostgreSQL and Redis as the
 Daphne of the session stack: every door answers the same, and the client address is the peer's."""
+from types import SimpleNamespace
+
 import pytest
 
 from apps.agents.models import Agent, LLMModel, Provider
@@ -30,9 +32,9 @@ def live(services_stack, uvicorn_url, customer):
     api = Channel.objects.create(slug="api", name="API", kind="api", default_agent=agent)
     Channel.objects.create(slug="web", name="Web chat", kind="webchat", default_agent=agent)
     _key, raw = ApiKey.generate(user=customer)
-    services_stack.key, services_stack.auth, services_stack.url = raw, {"Authorization": f"Bearer {raw}"}, uvicorn_url
-    services_stack.api_channel = api
-    return services_stack
+    # A copy: the session's stack keeps its Daphne URL for the e2e modules that run after this one.
+    return SimpleNamespace(**{**vars(services_stack), "key": raw, "auth": {"Authorization": f"Bearer {raw}"},
+                              "url": uvicorn_url, "api_channel": api})
 
 
 def test_messages_api_with_wait(live):
