@@ -34,9 +34,10 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --retries=3 CMD curl -fs http://127.0.0.1:8000/healthz || exit 1
 # uvicorn (docs/decisions/asgi-server.md; Daphne serves the same app too): no access log, the gateway
 # writes its own request log; no lifespan, Django has none; X-Forwarded-For is for the gateway's own
-# GATEWAY_TRUSTED_PROXIES rule, so uvicorn must not rewrite the client address from it.
+# GATEWAY_TRUSTED_PROXIES rule, so uvicorn must not rewrite the client address from it; h11 (its
+# 16 KiB bound on a request's head) and 1 MiB websocket messages, as Daphne bounds them.
 CMD ["uvicorn", "--host", "0.0.0.0", "--port", "8000", "--no-access-log", "--lifespan", "off", \
-     "--no-proxy-headers", "--http", "gateway_project.uvicorn_http:BoundedHttpToolsProtocol", \
+     "--no-proxy-headers", "--http", "h11", \
      "--ws-max-size", "1048576", "gateway_project.asgi:application"]
 
 

@@ -34,6 +34,7 @@ sys.path.insert(0, str(BASE))
 # The stack helpers (Stack, base_env, http), the bench's database and Redis and the load generator,
 # through bench/run.py: the one place that says where they live.
 from bench import run  # noqa: E402
+from devtools.stack import UVICORN_OPTIONS  # noqa: E402
 from gateway_project.plain import OVERRIDES  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_AB_ROUNDS", "3"))
@@ -54,8 +55,8 @@ def variants() -> dict[str, tuple[str, str]]:
     unknown = set(SINGLES) - OVERRIDES.keys()
     if unknown:
         raise SystemExit(f"BENCH_AB_VARIANTS: unknown override(s) {', '.join(sorted(unknown))}")
-    if set(SERVERS) - {"uvicorn", "litellm"}:
-        raise SystemExit("BENCH_AB_SERVERS: uvicorn and litellm are known beside Daphne")
+    if set(SERVERS) - {"uvicorn", "uvicorn_h11", "litellm"}:
+        raise SystemExit("BENCH_AB_SERVERS: uvicorn, uvicorn_h11 and litellm are known beside Daphne")
     plan = {"all on": ("", "daphne")}
     if SINGLES:
         plan["all off"] = (",".join(OVERRIDES), "daphne")
@@ -128,15 +129,24 @@ def target(urls: dict, demo: dict) -> dict:
             "body": {"model": "assistant", "messages": [{"role": "user", "content": "benchmark hello"}]}}
 
 
+def start_server(stack: run.Stack, server: str, env: dict) -> str:
+    """``daphne``, ``uvicorn`` (the image's options) or ``uvicorn_h11`` (h11 instead of httptools)."""
+    if server == "uvicorn_h11":
+        options = list(UVICORN_OPTIONS)
+        options[options.index("--http") + 1] = "h11"
+        return stack.uvicorn(env=env, options=tuple(options))
+    return getattr(stack, server)(env=env)
+
+
 def one_round(stack: run.Stack, variant: tuple[str, str], demo: dict, backends: PostgresBackends) -> dict:
     """Start the server and a worker as ``variant`` says, warm up, time REQUESTS requests, stop them."""
     gateway_plain, server = variant
     env = {"GATEWAY_PLAIN": gateway_plain}
     with ThreadPoolExecutor(2) as starting:  # both start at once: Django's import is most of the wait
         worker = starting.submit(stack.worker, concurrency=run.WORKER_CONCURRENCY, pool=run.WORKER_POOL, env=env)
-        gateway = starting.submit(getattr(stack, server), env=env)
+        gateway = starting.submit(start_server, stack, server, env)
         worker, url = worker.result(), gateway.result()
-    server_process = next(p for p in reversed(stack.processes) if p.name == server)
+    server_process = next(p for p in reversed(stack.processes) if p.name == server.split("_")[0])
     try:
         spec = {"kind": "http", "concurrency": CONCURRENCY, "timeout": 300, "request_timeout": 120,
                 **target({"gateway": url}, demo)}

@@ -83,10 +83,11 @@ class Process:
 # The production server's options (the Dockerfile's CMD says the same): no access log (the gateway
 # keeps its own request log), no lifespan (Django's ASGI app has none), and X-Forwarded-For left to
 # the gateway's own GATEWAY_TRUSTED_PROXIES rule, never rewritten into the client address by uvicorn;
-# httptools with a bound on a request's head (gateway_project/uvicorn_http.py), and websocket messages
+# h11, whose --h11-max-incomplete-event-size (16 KiB) bounds a request's head (httptools keeps any
+# amount), and websocket messages
 # bounded at 1 MiB like Daphne's --websocket-max-message-size (uvicorn's default is 16 MiB).
 UVICORN_OPTIONS = ("--no-access-log", "--lifespan", "off", "--no-proxy-headers",
-                   "--http", "gateway_project.uvicorn_http:BoundedHttpToolsProtocol", "--ws-max-size", "1048576")
+                   "--http", "h11", "--ws-max-size", "1048576")
 
 
 @dataclass
@@ -136,12 +137,13 @@ class Stack:
         process.wait_for_http(f"{url}/healthz")
         return url
 
-    def uvicorn(self, port: int | None = None, env: dict[str, str] | None = None) -> str:
+    def uvicorn(self, port: int | None = None, env: dict[str, str] | None = None,
+                options: tuple[str, ...] = UVICORN_OPTIONS) -> str:
         """Start one uvicorn process on the same ASGI app, as the production image does (Dockerfile);
         returns its base URL once /healthz answers."""
         port = port or free_port()
         process = self.spawn(
-            "uvicorn", [str(BIN / "uvicorn"), *UVICORN_OPTIONS, "--host", "127.0.0.1", "--port", str(port),
+            "uvicorn", [str(BIN / "uvicorn"), *options, "--host", "127.0.0.1", "--port", str(port),
                         "--log-level", "warning", "gateway_project.asgi:application"],
             env=env,
         )

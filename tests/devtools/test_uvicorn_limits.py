@@ -1,6 +1,6 @@
 """uvicorn as the image runs it (devtools.stack.UVICORN_OPTIONS) bounds what one client makes it
-buffer, as Daphne does: a request's line and headers (httptools alone keeps any amount), and a
-websocket message (uvicorn's default allows 16 MiB). A tiny ASGI app stands in for the gateway."""
+buffer, as Daphne does: a request's line and headers (h11's 16 KiB; httptools would keep any
+amount), and a websocket message (uvicorn's default allows 16 MiB). A tiny ASGI app stands in for the gateway."""
 import asyncio
 import socket
 import subprocess
