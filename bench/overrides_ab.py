@@ -12,10 +12,10 @@ requests, divided by the answers (Redis is shared with other users of the machin
 Knobs: BENCH_DATABASE_URL, BENCH_REDIS_URL (as bench/run.py: both wiped), BENCH_AB_ROUNDS (3),
 BENCH_AB_REQUESTS (200 per round), BENCH_AB_WARMUP (30), BENCH_AB_CONCURRENCY (10),
 BENCH_AB_VARIANTS (comma list of override names to turn off alone; default all; empty: none, and
-no "all off"), BENCH_AB_SERVERS ("uvicorn": the same app, all overrides on, on that ASGI server
-beside Daphne), BENCH_AB_LLM_DELAY_MS (the model's latency, 0),
-BENCH_WORKER_POOL / BENCH_WORKER_CONCURRENCY (as bench/run.py). ``--render`` prints the last
-run's table again (bench/results/overrides_ab.json).
+no "all off"), BENCH_AB_SERVERS ("uvicorn", "uvicorn_httptools", "litellm": the same app, all
+overrides on, on that ASGI server beside Daphne; or the reference proxy),
+BENCH_AB_LLM_DELAY_MS (the model's latency, 0), BENCH_WORKER_POOL / BENCH_WORKER_CONCURRENCY (as
+bench/run.py). ``--render`` prints the last run's table again (bench/results/overrides_ab.json).
 """
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ def variants() -> dict[str, tuple[str, str]]:
     unknown = set(SINGLES) - OVERRIDES.keys()
     if unknown:
         raise SystemExit(f"BENCH_AB_VARIANTS: unknown override(s) {', '.join(sorted(unknown))}")
-    if set(SERVERS) - {"uvicorn", "uvicorn_h11", "litellm"}:
-        raise SystemExit("BENCH_AB_SERVERS: uvicorn, uvicorn_h11 and litellm are known beside Daphne")
+    if set(SERVERS) - {"uvicorn", "uvicorn_httptools", "litellm"}:
+        raise SystemExit("BENCH_AB_SERVERS: uvicorn, uvicorn_httptools and litellm are known beside Daphne")
     plan = {"all on": ("", "daphne")}
     if SINGLES:
         plan["all off"] = (",".join(OVERRIDES), "daphne")
@@ -130,10 +130,11 @@ def target(urls: dict, demo: dict) -> dict:
 
 
 def start_server(stack: run.Stack, server: str, env: dict) -> str:
-    """``daphne``, ``uvicorn`` (the image's options) or ``uvicorn_h11`` (h11 instead of httptools)."""
-    if server == "uvicorn_h11":
+    """``daphne``, ``uvicorn`` (the image's options, h11) or ``uvicorn_httptools`` (httptools instead,
+    whose unbounded request head is why the image does not use it)."""
+    if server == "uvicorn_httptools":
         options = list(UVICORN_OPTIONS)
-        options[options.index("--http") + 1] = "h11"
+        options[options.index("--http") + 1] = "httptools"
         return stack.uvicorn(env=env, options=tuple(options))
     return getattr(stack, server)(env=env)
 
