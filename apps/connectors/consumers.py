@@ -71,6 +71,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     conversation_id: str | None = None
 
     async def connect(self):
+        # The address IP rules, limits, the audit and the request log all use (behind a trusted
+        # proxy, the client it names), refusals included.
+        self.client_ip = client_ip_for_scope(self.scope)
         slug = self.scope["url_route"]["kwargs"]["slug"]
         self.channel_row = await database_sync_to_async(channel_by_slug)(slug, kind="webchat")
         if self.channel_row is None or not self.channel_row.enabled:
@@ -79,7 +82,6 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if not origin_allowed(self.scope, self.channel_row):
             await self._refuse(Forbidden("This page may not open this chat."), CLOSE_POLICY_VIOLATION)
             return
-        self.client_ip = client_ip_for_scope(self.scope)
         try:
             await database_sync_to_async(admit_connection)(self.client_ip, self.channel_row)
         except GatewayError as error:
@@ -92,7 +94,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 session_user=self.scope.get("user"),
                 visitor_token=(query.get("visitor") or [""])[0],
                 conversation_id=(query.get("conversation") or [""])[0],
-                client_ip=(self.scope.get("client") or [None])[0],
+                client_ip=self.client_ip,
             )
         except GatewayError as error:
             await self._refuse(error, CLOSE_POLICY_VIOLATION)
@@ -108,7 +110,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _refuse(self, error: GatewayError, close_code: int) -> None:
         request_log_record(  # no I/O: batched to Redis by a thread
             status_code=error.status, rejection=error.code, channel=getattr(self, "channel_row", None),
-            channel_kind="webchat", client_ip=(self.scope.get("client") or [None])[0],
+            channel_kind="webchat", client_ip=self.client_ip,
             request_id=new_request_id(),
         )
         # Accept first so the browser receives the reason, then close.
@@ -153,7 +155,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             status_code, rejection, message_id = await self._receive_message(content)
             request_log_record(  # no I/O: batched to Redis by a thread
                 status_code=status_code, rejection=rejection, channel=self.channel_row, user=self.user,
-                message=message_id, client_ip=(self.scope.get("client") or [None])[0],
+                message=message_id, client_ip=self.client_ip,
                 latency_ms=int((time.monotonic() - started) * 1000), request_id=request_id_var.get(),
             )
         finally:

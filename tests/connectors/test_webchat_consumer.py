@@ -206,3 +206,26 @@ async def test_a_socket_on_another_path_is_refused_not_a_server_error(path):
     connected, _ = await communicator.connect()
     assert not connected
     await communicator.disconnect()
+
+
+async def test_behind_a_trusted_proxy_the_logs_name_the_client_not_the_proxy(webchat_channel, settings):
+    """The request log's row for each frame carries the address the IP rules use: the client that
+    the trusted proxy names in X-Forwarded-For, not the proxy itself."""
+    from asgiref.sync import sync_to_async
+
+    from apps.logs.models import RequestLog
+    from apps.logs.request_log import request_log_flush
+
+    settings.GATEWAY_TRUSTED_PROXIES = ["127.0.0.1"]
+    communicator = WebsocketCommunicator(application, visitor_path(webchat_channel),
+                                         headers=[(b"host", b"testserver"), (b"x-forwarded-for", b"203.0.113.5")])
+    communicator.scope["client"] = ["127.0.0.1", 50000]
+    connected, _ = await communicator.connect()
+    assert connected
+    await communicator.send_json_to({"type": "message", "message": "from behind a proxy", "client_id": "p-1"})
+    ack = await communicator.receive_json_from(timeout=5)
+    assert ack["type"] == "ack"
+    await communicator.disconnect()
+    await sync_to_async(request_log_flush)()
+    rows = RequestLog.objects.filter(message_id=ack["message_id"]).values_list("client_ip", flat=True)
+    assert [ip async for ip in rows] == ["203.0.113.5"]
