@@ -81,11 +81,10 @@ class Process:
 
 
 # The production server's options (the Dockerfile's CMD says the same): no access log (the gateway
-# keeps its own request log), no lifespan (Django's ASGI app has none), and X-Forwarded-For left to
-# the gateway's own GATEWAY_TRUSTED_PROXIES rule, never rewritten into the client address by uvicorn;
-# h11, whose --h11-max-incomplete-event-size (16 KiB) bounds a request's head (httptools keeps any
-# amount), and websocket messages
-# bounded at 1 MiB like Daphne's --websocket-max-message-size (uvicorn's default is 16 MiB).
+# keeps its own request log); no lifespan (Django's ASGI app has none); X-Forwarded-For left to the
+# gateway's own GATEWAY_TRUSTED_PROXIES rule, never rewritten into the client address by uvicorn;
+# h11, whose 16 KiB --h11-max-incomplete-event-size bounds a request's head (httptools keeps any
+# amount); websocket messages bounded at 1 MiB as Daphne bounds them (uvicorn's default: 16 MiB).
 UVICORN_OPTIONS = ("--no-access-log", "--lifespan", "off", "--no-proxy-headers",
                    "--http", "h11", "--ws-max-size", "1048576")
 

@@ -2,10 +2,13 @@
 import uuid
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from apps.connectors.visitors import visitor_token_issue
 from apps.conversations.models import Conversation, Message
+from apps.logs.models import RequestLog
+from apps.logs.request_log import request_log_flush
 from gateway_project.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -211,11 +214,6 @@ async def test_a_socket_on_another_path_is_refused_not_a_server_error(path):
 async def test_behind_a_trusted_proxy_the_logs_name_the_client_not_the_proxy(webchat_channel, settings):
     """The request log's row for each frame carries the address the IP rules use: the client that
     the trusted proxy names in X-Forwarded-For, not the proxy itself."""
-    from asgiref.sync import sync_to_async
-
-    from apps.logs.models import RequestLog
-    from apps.logs.request_log import request_log_flush
-
     settings.GATEWAY_TRUSTED_PROXIES = ["127.0.0.1"]
     communicator = WebsocketCommunicator(application, visitor_path(webchat_channel),
                                          headers=[(b"host", b"testserver"), (b"x-forwarded-for", b"203.0.113.5")])
