@@ -63,9 +63,10 @@ def test_the_widget_on_an_allowed_site(browser, screenshot, shop_site, webchat_c
         page.wait_for_selector("[data-agent-gateway-chat] .send:not([disabled])", timeout=TIMEOUT_MS)
         page.fill("[data-agent-gateway-chat] .text", HOSTILE)
         page.click("[data-agent-gateway-chat] .send")
-        page.wait_for_selector("[data-agent-gateway-chat] .msg.bot >> text=Echo:", timeout=TIMEOUT_MS)
-        link = page.wait_for_selector("[data-agent-gateway-chat] .msg.bot a >> text=docs", timeout=TIMEOUT_MS)
-        reply = link.evaluate_handle("a => a.closest('.msg')")
+        # A streamed reply is re-rendered when its final message lands, which sets data-id; a
+        # handle taken from a delta's render would be detached by then, so wait for the final one.
+        page.wait_for_selector("[data-agent-gateway-chat] .msg.bot[data-id] a >> text=docs", timeout=TIMEOUT_MS)
+        reply = page.locator("[data-agent-gateway-chat] .msg.bot[data-id]")
         assert page.locator("[data-agent-gateway-chat] .msg.bot").count() == 1
         assert reply.evaluate("el => el.querySelectorAll('img, script, [onerror]').length") == 0
         hrefs = reply.evaluate("el => Array.from(el.querySelectorAll('a')).map(a => [a.textContent, "
