@@ -1,19 +1,23 @@
 """``make bench-ab``: each override of a library's internals against the library's own path, same run.
 
 For every variant (all overrides on, all off, each one off alone; ``GATEWAY_PLAIN``,
-gateway_project/plain.py) a fresh Daphne and Celery worker are started on the same PostgreSQL
+gateway_project/plain.py) a fresh ASGI server and Celery worker are started on the same PostgreSQL
 database, Redis db and fake_llm (0 ms), warmed up, then driven at ``/v1/chat/completions``
-(``BENCH_AB_DOOR=messages``: ``POST /api/v1/messages`` with ``wait``). Rounds are interleaved
+(``BENCH_AB_DOOR=messages``: ``POST /api/v1/messages`` with ``wait``; ``BENCH_AB_DOOR=slack``:
+signed Slack events from 50 senders, one in ten resent as Slack retries, with no worker started, so
+the figures are the front door's alone: accepted events, and the server, PostgreSQL and Redis CPU
+per accepted event). Rounds are interleaved
 (every variant once per round, the order rotated each round) so that machine drift hits all of
-them alike; the median round is reported. CPU per answered message is the CPU time the Daphne and
-worker processes, and the PostgreSQL backends of the bench's database, spent during the timed
-requests, divided by the answers (Redis is shared with other users of the machine: not counted).
+them alike; the median round is reported. CPU per answered message is the CPU time the server and
+worker processes, the PostgreSQL backends of the bench's database and every redis-server on the
+machine (run it on a quiet one) spent during the timed requests, divided by the answers.
 
 Knobs: BENCH_DATABASE_URL, BENCH_REDIS_URL (as bench/run.py: both wiped), BENCH_AB_ROUNDS (3),
 BENCH_AB_REQUESTS (200 per round), BENCH_AB_WARMUP (30), BENCH_AB_CONCURRENCY (10),
 BENCH_AB_VARIANTS (comma list of override names to turn off alone; default all; empty: none, and
-no "all off"), BENCH_AB_SERVERS ("uvicorn", "uvicorn_httptools", "litellm": the same app, all
-overrides on, on that ASGI server beside Daphne; or the reference proxy),
+no "all off"), BENCH_AB_SERVER (the ASGI server of those variants: "uvicorn", the image's, or
+"daphne"), BENCH_AB_SERVERS ("daphne", "uvicorn", "uvicorn_httptools", "litellm": the same app, all
+overrides on, on that ASGI server beside it; or the reference proxy),
 BENCH_AB_LLM_DELAY_MS (the model's latency, 0), BENCH_WORKER_POOL / BENCH_WORKER_CONCURRENCY (as
 bench/run.py). ``--render`` prints the last run's table again (bench/results/overrides_ab.json).
 """
@@ -43,7 +47,8 @@ WARMUP = int(os.environ.get("BENCH_AB_WARMUP", "30"))
 CONCURRENCY = int(os.environ.get("BENCH_AB_CONCURRENCY", "10"))
 DOOR = os.environ.get("BENCH_AB_DOOR", "face")
 SINGLES = [n for n in os.environ.get("BENCH_AB_VARIANTS", ",".join(OVERRIDES)).split(",") if n]
-# Other ASGI servers to run beside Daphne, all overrides on (e.g. "uvicorn": devtools/stack.py).
+SERVER = os.environ.get("BENCH_AB_SERVER", "uvicorn")
+# Other ASGI servers to run beside it, all overrides on (e.g. "daphne": devtools/stack.py).
 SERVERS = [n for n in os.environ.get("BENCH_AB_SERVERS", "").split(",") if n]
 LLM_DELAY_MS = os.environ.get("BENCH_AB_LLM_DELAY_MS", "0")
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
@@ -55,13 +60,14 @@ def variants() -> dict[str, tuple[str, str]]:
     unknown = set(SINGLES) - OVERRIDES.keys()
     if unknown:
         raise SystemExit(f"BENCH_AB_VARIANTS: unknown override(s) {', '.join(sorted(unknown))}")
-    if set(SERVERS) - {"uvicorn", "uvicorn_httptools", "litellm"}:
-        raise SystemExit("BENCH_AB_SERVERS: uvicorn, uvicorn_httptools and litellm are known beside Daphne")
-    plan = {"all on": ("", "daphne")}
+    known = {"daphne", "uvicorn", "uvicorn_httptools"}
+    if SERVER not in known or set(SERVERS) - known - {"litellm"}:
+        raise SystemExit("BENCH_AB_SERVER(S): daphne, uvicorn, uvicorn_httptools (and litellm beside) are known")
+    plan = {"all on": ("", SERVER)}
     if SINGLES:
-        plan["all off"] = (",".join(OVERRIDES), "daphne")
-    plan.update({f"{name} off": (name, "daphne") for name in SINGLES})
-    plan.update({f"all on, {server}": ("", server) for server in SERVERS if server != "litellm"})
+        plan["all off"] = (",".join(OVERRIDES), SERVER)
+    plan.update({f"{name} off": (name, SERVER) for name in SINGLES})
+    plan.update({f"all on, {server}": ("", server) for server in SERVERS if server not in ("litellm", SERVER)})
     if "litellm" in SERVERS:
         plan["LiteLLM proxy"] = ("", "litellm")
     return plan
@@ -122,6 +128,10 @@ class PostgresBackends:
 
 def target(urls: dict, demo: dict) -> dict:
     auth = {"Authorization": f"Bearer {demo['api_keys']['customer']}"}
+    if DOOR == "slack":
+        slack = demo["channels"]["slack"]
+        return {"url": f"{urls['gateway']}/api/v1/channels/{slack['slug']}/webhook", "ok_status": [200],
+                "slack_signing_secret": slack["signing_secret"], "slack_users": 50, "repeat_every": 10}
     if DOOR == "messages":
         return {"url": f"{urls['gateway']}/api/v1/messages", "headers": auth,
                 "body": {"message": "benchmark hello", "wait": 30}}
@@ -144,18 +154,20 @@ def one_round(stack: run.Stack, variant: tuple[str, str], demo: dict, backends: 
     gateway_plain, server = variant
     env = {"GATEWAY_PLAIN": gateway_plain}
     with ThreadPoolExecutor(2) as starting:  # both start at once: Django's import is most of the wait
-        worker = starting.submit(stack.worker, concurrency=run.WORKER_CONCURRENCY, pool=run.WORKER_POOL, env=env)
+        worker = None if DOOR == "slack" else starting.submit(
+            stack.worker, concurrency=run.WORKER_CONCURRENCY, pool=run.WORKER_POOL, env=env)
         gateway = starting.submit(start_server, stack, server, env)
-        worker, url = worker.result(), gateway.result()
+        worker, url = worker and worker.result(), gateway.result()
     server_process = next(p for p in reversed(stack.processes) if p.name == server.split("_")[0])
     try:
         spec = {"kind": "http", "concurrency": CONCURRENCY, "timeout": 300, "request_timeout": 120,
                 **target({"gateway": url}, demo)}
-        status, body, _h = run.http("POST", spec["url"], spec["body"], spec["headers"])
-        if status != 200:
-            raise RuntimeError(f"GATEWAY_PLAIN={gateway_plain!r}: the gateway answered {status}: {body}")
+        if worker is not None:
+            status, body, _h = run.http("POST", spec["url"], spec["body"], spec["headers"])
+            if status != 200:
+                raise RuntimeError(f"GATEWAY_PLAIN={gateway_plain!r}: the gateway answered {status}: {body}")
         run.load({**spec, "count": WARMUP})
-        pids = {"server": server_process.popen.pid, "worker": worker.popen.pid}
+        pids = {"server": server_process.popen.pid, **({"worker": worker.popen.pid} if worker else {})}
         before = {name: cpu_ticks(pid) for name, pid in pids.items()}
         pg_before, redis_before = backends.ticks(), redis_ticks()
         result = run.load({**spec, "count": REQUESTS})
@@ -163,9 +175,10 @@ def one_round(stack: run.Stack, variant: tuple[str, str], demo: dict, backends: 
         after = {name: cpu_ticks(pid) for name, pid in pids.items()}
     finally:
         server_process.stop()
-        worker.stop(timeout=60)
+        if worker is not None:
+            worker.stop(timeout=60)
     answered = max(result["ok"], 1)
-    cpu = {name: (after[name] - before[name]) * TICK_MS / answered for name in pids}
+    cpu = {"worker": 0.0, **{name: (after[name] - before[name]) * TICK_MS / answered for name in pids}}
     cpu["postgres"] = sum(t - pg_before.get(pid, 0) for pid, t in pg_after.items()) * TICK_MS / answered
     cpu["redis"] = (redis_after - redis_before) * TICK_MS / answered
     return measured(result, cpu)
@@ -212,7 +225,7 @@ def render(rows: list[dict], meta: dict) -> str:
     lines = [f"Overrides A/B ({meta['started']}, {meta['cpus']} CPUs, load average {meta['load_before']} before, "
              f"{meta['load_after']} after; {meta['rounds']} interleaved rounds of {meta['requests']} requests at "
              f"concurrency {meta['concurrency']} on {meta['door']}, model {meta.get('llm_delay_ms', 0)} ms, "
-             f"worker {meta['worker']}; "
+             f"server {meta.get('server', 'daphne')}, worker {meta['worker']}; "
              f"{meta['minutes']} min)", "",
              "| variant (GATEWAY_PLAIN) | req/s | Δ req/s | CPU ms/msg | Δ CPU | server | worker | PostgreSQL "
              "| Redis | req/s rounds | CPU rounds | errors |",
@@ -240,8 +253,9 @@ def main() -> None:
     meta = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpus": os.cpu_count(),
             "load_before": " ".join(f"{x:.1f}" for x in os.getloadavg()), "rounds": ROUNDS, "requests": REQUESTS,
             "concurrency": CONCURRENCY, "llm_delay_ms": LLM_DELAY_MS,
-            "door": "/api/v1/messages (wait)" if DOOR == "messages" else "/v1/chat/completions",
-            "worker": f"{run.WORKER_POOL} -c {run.WORKER_CONCURRENCY}"}
+            "door": {"messages": "/api/v1/messages (wait)", "slack": "the Slack webhook (no worker)"}.get(
+                DOOR, "/v1/chat/completions"),
+            "worker": f"{run.WORKER_POOL} -c {run.WORKER_CONCURRENCY}", "server": SERVER}
     plan = variants()
     run.log(f"load average {meta['load_before']}; preparing {run.DATABASE_URL} and {run.REDIS_URL}; "
         f"{len(plan)} variants x {ROUNDS} rounds")

@@ -15,12 +15,14 @@ OVERRIDES = {
     "redis_pool": ("gateway_project/redis_pool.py", "Django's RedisCache, no pool_class"),
     "middleware": ("gateway_project/middleware.py", "Django's own middleware classes"),
     "openai_create": ("apps/agents/llm.py _create", "client.chat.completions.create"),
-    "gc_freeze": ("gateway_project/gc_tuning.py", "Python's default garbage collector settings"),
     "asgiref_executor": ("gateway_project/db.py database_sync_to_async",
                          "channels.db.database_sync_to_async (asgiref's thread-sensitive executor)"),
     "adrf_dispatch": ("apps/conversations/async_api.py AsyncAPIView.async_dispatch", "adrf's own async_dispatch"),
     "one_statement_writes": ("gateway_project/db.py write_together, update_then_fetch",
                              "the ORM: a transaction with one statement per row"),
+    "raw_sql": ("apps/agents/claims.py CLAIM_SQL, apps/agents/delivery.py NEXT_WAITING_SQL, "
+                "apps/conversations/pipeline.py SEEN_SQL and _conversation",
+                "the ORM: a conditional update then a read for the claim, querysets for the lookups"),
 }
 
 

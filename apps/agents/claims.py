@@ -12,11 +12,13 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from apps.conversations.models import Direction, Message, Status
 from apps.identities.models import user_by_id
 from gateway_project.db import stored
+from gateway_project.plain import is_plain
 
 from . import hooks
 from .models import agent_by_id
@@ -41,18 +43,21 @@ def claim(message_id, *, ignore_order: bool = False) -> Message | None:
     (The ORM's seven-table select_related spent more time in PostgreSQL's planner than running.)
     """
     now = timezone.now()
-    lease_until = stored(Message, "lease_until", now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS))
-    claimable, params = _claimable(message_id, now, ignore_order=ignore_order)
-    claimed = list(Message.objects.raw(CLAIM_SQL.format(claimable=claimable),
-                                       [Status.PROCESSING, lease_until, *params]))
-    if not claimed:
+    if is_plain("raw_sql"):
+        message = _claim_orm(message_id, now, ignore_order=ignore_order)
+    else:
+        lease_until = stored(Message, "lease_until", now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS))
+        claimable, params = _claimable(message_id, now, ignore_order=ignore_order)
+        claimed = list(Message.objects.raw(CLAIM_SQL.format(claimable=claimable),
+                                           [Status.PROCESSING, lease_until, *params]))
+        message = claimed[0] if claimed else None
+    if message is None:
         if not ignore_order and _waits_for_earlier(message_id, now):
             logger.info("waiting for an earlier message of the conversation")
             hooks.handoff().announce_if_held(message_id)  # held for a human: the staff inbox shows it
             raise WaitingForEarlier()
         logger.info("message not claimable (answered or in progress)")
         return None
-    message = claimed[0]
     # Copies of rows kept per process; the conversation loads on first use (few runs need it).
     for field, by_id in (("channel", hooks.channel_by_id), ("agent", agent_by_id), ("sender", user_by_id)):
         pk = getattr(message, f"{field}_id")
@@ -86,6 +91,34 @@ AND NOT EXISTS (
 """
 
 
+def _claim_orm(message_id, now, *, ignore_order: bool) -> Message | None:
+    """The claim the ORM's way: a conditional UPDATE, then the claimed row read back."""
+    lease_until = now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS)
+    claimed = _claimable_orm(message_id, now, ignore_order=ignore_order).update(
+        status=Status.PROCESSING, attempts=F("attempts") + 1, lease_until=lease_until)
+    if not claimed:
+        return None
+    return Message.objects.annotate(in_handoff=hooks.handoff().in_open_handoff()).get(pk=message_id)
+
+
+def _claimable_orm(message_id, now, *, ignore_order: bool = False, in_order: bool = True):
+    """The messages ``_claimable`` selects, as a queryset."""
+    messages = Message.objects.filter(
+        Q(status=Status.ACCEPTED) | Q(status=Status.PROCESSING, lease_until__lt=now),
+        pk=message_id, direction=Direction.INBOUND)
+    if ignore_order:
+        return messages
+    earlier = Message.objects.filter(
+        Q(status=Status.ACCEPTED) | Q(status=Status.PROCESSING, lease_until__gte=now),
+        conversation_id=OuterRef("conversation_id"), direction=Direction.INBOUND,
+        created_at__lt=OuterRef("created_at"))
+    delivering = Message.objects.filter(
+        conversation_id=OuterRef("conversation_id"), direction=Direction.OUTBOUND, status=Status.PENDING,
+        lease_until__gte=now, reply_to__created_at__lt=OuterRef("created_at"))
+    in_order_q = ~Exists(earlier) & ~Exists(delivering)
+    return messages.filter(in_order_q if in_order else ~in_order_q)
+
+
 def _claimable(message_id, now, *, ignore_order: bool = False, in_order: bool = True) -> tuple[str, list]:
     """The SQL condition (and its parameters) for "this message may be claimed now", with values
     as the database stores them (SQLite: uuid hex, naive UTC text). ``in_order=False`` asks the
@@ -106,8 +139,11 @@ def _waits_for_earlier(message_id, now) -> bool:
     If so, the message gets a wait lease (until its task's next re-check, at the longest, plus a
     claim's lease): recovery leaves a waiting message to the one task chain already waiting on it.
     """
-    condition, params = _claimable(message_id, now, in_order=False)
     wait = settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS + settings.GATEWAY_AGENT_LEASE_SECONDS
+    if is_plain("raw_sql"):
+        waiting = _claimable_orm(message_id, now, in_order=False)
+        return waiting.update(lease_until=now + timedelta(seconds=wait)) > 0
+    condition, params = _claimable(message_id, now, in_order=False)
     until = stored(Message, "lease_until", now + timedelta(seconds=wait))
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {_MESSAGES} SET lease_until = %s WHERE {condition}", [until, *params])

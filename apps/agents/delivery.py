@@ -19,6 +19,7 @@ from apps.conversations.models import Direction, Message, Status
 from apps.core.errors import AgentFailed, ChannelMisconfigured
 from apps.core.http import ConnectorError, send_with_retries
 from gateway_project.db import Update, is_database_outage, stored, through_outage, update_then_fetch, write_together
+from gateway_project.plain import is_plain
 
 from . import hooks, leases, llm
 from .dispatch import enqueue_agent_run
@@ -173,6 +174,21 @@ def start_next_in_conversation(message: Message, *, sent: Message | None = None)
     """
     params = [stored(Message, "conversation", message.conversation_id), Direction.INBOUND, Status.ACCEPTED,
               stored(Message, "created_at", message.created_at)]
+    if is_plain("raw_sql"):
+        def record_and_find():
+            if sent is not None:
+                Message.objects.filter(pk=sent.pk).update(
+                    status=sent.status, attempts=sent.attempts, lease_until=None, updated_at=sent.updated_at)
+            return Message.objects.filter(
+                conversation_id=message.conversation_id, direction=Direction.INBOUND, status=Status.ACCEPTED,
+                created_at__gt=message.created_at).order_by("created_at").values_list("id", flat=True).first()
+
+        if sent is not None:
+            sent.updated_at = timezone.now()
+        waiting = record_and_find() if sent is None else through_outage(record_and_find)
+        if waiting is not None:
+            transaction.on_commit(lambda: enqueue_agent_run(waiting))
+        return
     if sent is None:
         with connection.cursor() as cursor:
             cursor.execute(NEXT_WAITING_SQL, params)

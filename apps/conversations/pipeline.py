@@ -27,6 +27,7 @@ from apps.quotas.iprules import check_ip_rules
 from apps.quotas.limits import check_limits
 from apps.routing.router import route_message
 from gateway_project.db import Update, stored, write_together
+from gateway_project.plain import is_plain
 
 from .models import Conversation, Direction, Message, Status
 from .normalized import NormalizedMessage, metadata_vouched_for
@@ -75,12 +76,18 @@ def dedupe(msg: NormalizedMessage, channel: Channel) -> Accepted | None:
         return None
     # Asked of every webhook event: one prepared statement for the usual answer, "not seen" (the
     # ORM spent more time building the query than PostgreSQL answering it); the rows for a duplicate.
-    with connection.cursor() as cursor:
-        cursor.execute(SEEN_SQL, [channel.pk, msg.external_id, Direction.INBOUND])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    original = Message.objects.select_related("conversation").get(pk=row[0])
+    if is_plain("raw_sql"):
+        original = Message.objects.select_related("conversation").filter(
+            channel=channel, external_id=msg.external_id, direction=Direction.INBOUND).first()
+        if original is None:
+            return None
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(SEEN_SQL, [channel.pk, msg.external_id, Direction.INBOUND])
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        original = Message.objects.select_related("conversation").get(pk=row[0])
     logger.info("duplicate delivery", extra={"external_id": msg.external_id})
     return Accepted(message=original, conversation=original.conversation, duplicate=True)
 
@@ -129,24 +136,30 @@ def find_conversation(msg: NormalizedMessage, *, channel: Channel, user) -> Conv
             raise NotFound("No such conversation.") from None
         conversation = _conversation("id = %s AND channel_id = %s AND user_id = %s",
                                      [stored(Conversation, "id", conversation_id), channel.pk,
-                                      stored(Conversation, "user", user.pk)])
+                                      stored(Conversation, "user", user.pk)],
+                                     id=conversation_id, channel=channel, user_id=user.pk)
         if conversation is None:
             raise NotFound("No such conversation.")
         return conversation
     thread = msg.control.get("thread")
     if thread:
-        return _conversation("channel_id = %s AND external_thread_id = %s", [channel.pk, thread])
+        return _conversation("channel_id = %s AND external_thread_id = %s", [channel.pk, thread],
+                             channel=channel, external_thread_id=thread)
     return None
 
 
-def _conversation(condition: str, params: list) -> Conversation | None:
-    """The newest conversation matching ``condition``, its agent from the per-process cache.
+def _conversation(condition: str, params: list, **lookup) -> Conversation | None:
+    """The newest conversation matching ``condition`` (the ORM: ``lookup``), its agent from the
+    per-process cache.
 
     One prepared statement for a lookup every Slack, WeCom and CRM message makes (the ORM's
     select_related spent more time building the query than PostgreSQL answering it)."""
-    found = next(iter(Conversation.objects.raw(
-        f"SELECT * FROM {Conversation._meta.db_table} WHERE {condition} ORDER BY last_message_at DESC LIMIT 1",
-        params)), None)
+    if is_plain("raw_sql"):
+        found = Conversation.objects.filter(**lookup).order_by("-last_message_at").first()
+    else:
+        found = next(iter(Conversation.objects.raw(
+            f"SELECT * FROM {Conversation._meta.db_table} WHERE {condition} ORDER BY last_message_at DESC LIMIT 1",
+            params)), None)
     if found is not None and found.agent_id is not None and (agent := agent_by_id(found.agent_id)) is not None:
         found.agent = agent
     return found

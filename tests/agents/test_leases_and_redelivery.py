@@ -5,7 +5,7 @@ import pytest
 from django.utils import timezone
 
 from apps.agents import leases
-from apps.agents.claims import claim
+from apps.agents.claims import WaitingForEarlier, claim
 from apps.agents.delivery import deliver_pending
 from apps.agents.recovery import stuck_replies
 from apps.conversations.models import Message
@@ -60,3 +60,35 @@ def test_a_reply_with_a_live_deliverer_is_left_to_it(api_channel, customer):
     assert deliver_pending(reply.pk) is False
     reply.refresh_from_db()
     assert reply.status == "pending"
+
+
+@pytest.mark.parametrize("plain", [frozenset(), frozenset({"raw_sql"})], ids=["statement", "orm"])
+def test_the_next_message_waits_while_a_reply_before_it_is_being_delivered(api_channel, customer, settings, plain):
+    """Order holds on the platform too: the next message of a conversation is not claimed while the
+    previous reply has a live deliverer; once that lease is out (the deliverer died) it is."""
+    settings.GATEWAY_PLAIN = plain
+    first = send(api_channel, customer, "first")
+    reply = pending_reply(first, lease_until=timezone.now() + timedelta(minutes=5))
+    second = send(api_channel, customer, "second", conversation_id=str(first.conversation_id))
+    assert second.conversation_id == first.conversation_id
+    with pytest.raises(WaitingForEarlier):
+        claim(second.id)
+    Message.objects.filter(pk=reply.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
+    Message.objects.filter(pk=second.pk).update(lease_until=None)  # the wait lease the refusal set
+    claimed = claim(second.id)
+    assert claimed is not None and claimed.pk == second.pk and claimed.status == "processing"
+    assert not claimed.in_handoff
+
+
+@pytest.mark.parametrize("plain", [frozenset(), frozenset({"raw_sql"})], ids=["statement", "orm"])
+def test_a_message_waits_for_an_earlier_one_being_answered(api_channel, customer, settings, plain):
+    settings.GATEWAY_PLAIN = plain
+    first = send(api_channel, customer, "first")
+    second = send(api_channel, customer, "second", conversation_id=str(first.conversation_id))
+    assert claim(first.id).pk == first.pk
+    with pytest.raises(WaitingForEarlier):
+        claim(second.id)
+    second.refresh_from_db()
+    assert second.status == "accepted" and second.lease_until is not None  # its wait lease
+    assert claim(second.id, ignore_order=True).pk == second.pk
+    assert claim(second.id, ignore_order=True) is None  # claimed: nobody else takes it
