@@ -16,15 +16,12 @@ from apps.agents.recovery import start_embedded_recovery  # noqa: E402
 from apps.connectors.routing import websocket_urlpatterns  # noqa: E402
 from apps.conversations.realtime import remember_server_loop  # noqa: E402
 from apps.logs.periodic import start_embedded_periodic  # noqa: E402
-from gateway_project.gc_tuning import tune_for_serving  # noqa: E402
 
 router = ProtocolTypeRouter({
     "http": ASGIStaticFilesHandler(django_asgi_app),
     # Origins are checked per channel by the consumer (see connectors.consumers.origin_allowed).
     "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
 })
-
-tune_for_serving()  # everything above is kept for the life of the process
 
 
 async def application(scope, receive, send):

@@ -193,10 +193,6 @@ CACHES["config"] = CACHES["default"] if REDIS_URL else {
 GATEWAY_CONFIG_CHECK_SECONDS = env.float("GATEWAY_CONFIG_CHECK_SECONDS", default=1.0)
 GATEWAY_CONFIG_CACHE_MAX_ENTRIES = env.int("GATEWAY_CONFIG_CACHE_MAX_ENTRIES", default=20000)
 
-# Garbage collection in the server and worker processes (gateway_project/gc_tuning.py).
-GATEWAY_GC_FREEZE = env.bool("GATEWAY_GC_FREEZE", default=True) and "gc_freeze" not in GATEWAY_PLAIN
-GATEWAY_GC_GEN0_THRESHOLD = env.int("GATEWAY_GC_GEN0_THRESHOLD", default=10_000)
-
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
 CELERY_RESULT_BACKEND = None

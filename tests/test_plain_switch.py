@@ -29,7 +29,6 @@ django.setup()
 from django.conf import settings
 print(json.dumps({
     "middleware": settings.MIDDLEWARE, "cache": settings.CACHES["default"],
-    "gc_freeze": settings.GATEWAY_GC_FREEZE,
 }))
 """
 
@@ -49,7 +48,7 @@ def settings_with(gateway_plain: str) -> dict:
 
 
 def test_settings_switches_select_the_libraries_own_classes():
-    ours, theirs = settings_with(""), settings_with("redis_pool,middleware,gc_freeze")
+    ours, theirs = settings_with(""), settings_with("redis_pool,middleware")
 
     assert "gateway_project.middleware.SessionMiddleware" in ours["middleware"]
     assert not any(path.startswith("gateway_project.") for path in theirs["middleware"])
@@ -61,8 +60,6 @@ def test_settings_switches_select_the_libraries_own_classes():
     assert theirs["cache"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
     assert "OPTIONS" not in theirs["cache"]
 
-    assert ours["gc_freeze"] is True and theirs["gc_freeze"] is False
-
 
 def test_an_unknown_name_is_refused_at_startup():
     done = run_with("middleware,bogus")
@@ -70,8 +67,8 @@ def test_an_unknown_name_is_refused_at_startup():
     assert done.returncode != 0
     assert "GATEWAY_PLAIN names unknown override(s): bogus" in done.stderr
     with pytest.raises(ImproperlyConfigured, match="Known: redis_pool"):
-        plain.parse("gc_freeze, nope")
-    assert plain.parse(" gc_freeze, ,middleware ") == {"gc_freeze", "middleware"}
+        plain.parse("raw_sql, nope")
+    assert plain.parse(" raw_sql, ,middleware ") == {"raw_sql", "middleware"}
 
 
 def test_asgiref_executor(settings):
