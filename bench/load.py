@@ -7,7 +7,8 @@ Spec kinds:
   Idempotency-Key per request, ``repeat_every``: also resend every Nth request with its key).
   With ``slack_signing_secret``, each request is instead a distinct Slack ``message`` event
   (a DM from one of ``slack_users`` senders), signed as Slack signs; a resend is Slack's retry of
-  the same event (same body, ``X-Slack-Retry-Num``), re-signed with a fresh timestamp.
+  the same event (same body, ``X-Slack-Retry-Num``), re-signed with a fresh timestamp; events are
+  numbered from ``first_event`` (0), so two loads in one second can keep their events apart.
 - ``ws_hold``: open ``connections`` websockets to ``url`` and hold them; then send ``messages``
   messages on ``message_sockets`` of them and time message→reply; reports connect/hold numbers.
 Bounded by counts and a wall-clock ``timeout``; loopback only.
@@ -71,7 +72,7 @@ async def run_http(spec: dict) -> dict:
     for i in range(spec["count"]):
         key = f"bench-{uuid.uuid4()}" if spec.get("idempotency") else None
         if slack_secret:
-            key, bodies[key] = slack_event(i, spec.get("slack_users", 50))
+            key, bodies[key] = slack_event(spec.get("first_event", 0) + i, spec.get("slack_users", 50))
         queue.put_nowait((key, False))
         if key:
             keys.append(key)

@@ -199,3 +199,23 @@ def test_what_postgresql_cannot_store_is_a_bad_request_and_nothing_is_written(ap
 def test_storable_text_and_json_pass_the_check(api_channel):
     normalized(api_channel, "emoji 😀, CJK 你好, \u2028 and \ufffd", metadata={"x": [1.5, None, True, {"ok": "ä"}]},
                raw={"n": 10**30}).check_storable()
+
+
+@pytest.mark.parametrize("plain", [frozenset(), frozenset({"raw_sql"})], ids=["statement", "orm"])
+def test_lookups_find_the_same_rows_on_both_paths(api_channel, customer, settings, plain):
+    """The webhook dedupe and the conversation lookups, hand-built or the ORM's way (raw_sql)."""
+    settings.GATEWAY_PLAIN = plain
+    first = pipeline.accept(normalized(api_channel, external_id="evt-9", metadata={"thread_id": "t-9"}),
+                            channel=api_channel, principal=customer)
+    again = pipeline.accept(normalized(api_channel, external_id="evt-9"), channel=api_channel, principal=customer)
+    assert again.duplicate is True and again.message.pk == first.message.pk
+    assert again.conversation.pk == first.conversation.pk
+    in_thread = pipeline.accept(normalized(api_channel, "more", metadata={"thread_id": "t-9"}),
+                                channel=api_channel, principal=customer)
+    assert in_thread.duplicate is False and in_thread.conversation.pk == first.conversation.pk
+    by_id = pipeline.accept(normalized(api_channel, "by id", conversation_id=str(first.conversation.pk)),
+                            channel=api_channel, principal=customer)
+    assert by_id.conversation.pk == first.conversation.pk
+    other = pipeline.accept(normalized(api_channel, "elsewhere", metadata={"thread_id": "t-10"}),
+                            channel=api_channel, principal=customer)
+    assert other.conversation.pk != first.conversation.pk
