@@ -217,6 +217,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # A message whose worker died is redelivered after this long (acks_late).
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=600),
 }
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # Connections per kombu pool. A gevent worker acknowledges its runs from as many greenlets as
+    # it holds runs (-c), all at once when they finish together; past this bound an ack fails ("Too
+    # many connections") and the worker drops its broker connection, stranding what it had taken.
+    # Connections open only as needed: the bound has to be at least the worker's -c, not more.
+    CELERY_BROKER_TRANSPORT_OPTIONS["max_connections"] = env.int("CELERY_BROKER_MAX_CONNECTIONS", default=2000)
 # The queue agent runs (and every other task) go to; workers consume it (`-Q`).
 CELERY_TASK_DEFAULT_QUEUE = env.str("GATEWAY_AGENT_QUEUE", default="gateway")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
