@@ -3,8 +3,9 @@
     python bench/load.py '<json spec>'
 
 Spec kinds:
-- ``http``: POST ``body`` to ``url`` ``count`` times at ``concurrency`` (``idempotency``: a unique
-  Idempotency-Key per request, ``repeat_every``: also resend every Nth request with its key).
+- ``http``: POST ``body`` to ``url`` (or to each of ``urls`` in turn) ``count`` times at
+  ``concurrency`` (``idempotency``: a unique Idempotency-Key per request, ``repeat_every``: also
+  resend every Nth request with its key).
   With ``slack_signing_secret``, each request is instead a distinct Slack ``message`` event
   (a DM from one of ``slack_users`` senders), signed as Slack signs; a resend is Slack's retry of
   the same event (same body, ``X-Slack-Retry-Num``), re-signed with a fresh timestamp; events are
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import json
 import statistics
 import sys
@@ -80,6 +82,8 @@ async def run_http(spec: dict) -> dict:
                 queue.put_nowait((key, True))  # a retried delivery of the same message
     connector = aiohttp.TCPConnector(limit=spec["concurrency"] + 5, force_close=False)
     timeout = aiohttp.ClientTimeout(total=spec.get("request_timeout", 60))
+    urls = spec.get("urls") or [spec["url"]]
+    sent = itertools.count()
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         async def one_worker(queue: asyncio.Queue, record: bool):
             while not queue.empty():
@@ -95,7 +99,8 @@ async def run_http(spec: dict) -> dict:
                     headers["Idempotency-Key"] = key
                 started = time.perf_counter()
                 try:
-                    async with session.post(spec["url"], data=data, headers=headers) as resp:
+                    url = urls[next(sent) % len(urls)]
+                    async with session.post(url, data=data, headers=headers) as resp:
                         raw = await resp.read()
                         if resp.status in spec.get("ok_status", [200]):
                             if record:

@@ -8,10 +8,10 @@ bench/load.py in another process, on loopback. Results: bench/results/latest.jso
 Scenarios are interleaved (direct, gateway, LiteLLM, … per round) so ratios hold on a noisy machine.
 Environment knobs: BENCH_REQUESTS (per cell at concurrency 1; x2 at 10 and 50), BENCH_ROUNDS,
 BENCH_WS_CONNECTIONS, BENCH_INGEST, BENCH_INGEST_WARMUP, BENCH_SCENARIOS (comma list of overhead, ingest, webchat,
-limits, realistic, in_flight; realistic runs in_flight too), BENCH_PROFILE=1 (py-spy on the server and the
+limits, realistic, in_flight, scale_out; realistic runs in_flight too), BENCH_PROFILE=1 (py-spy on the server and the
 worker), BENCH_SKIP_LITELLM=1, BENCH_SERVER (uvicorn, the image's; or daphne), BENCH_REALISTIC_CONCURRENCY,
 BENCH_REALISTIC_REQUESTS_PER_SLOT, BENCH_IN_FLIGHT_RUNS, BENCH_IN_FLIGHT_DELAY_S,
-BENCH_IN_FLIGHT_ACCEPT_CONCURRENCY.
+BENCH_IN_FLIGHT_ACCEPT_CONCURRENCY, BENCH_SCALE_OUT_CONCURRENCY, BENCH_SCALE_OUT_REQUESTS.
 """
 from __future__ import annotations
 
@@ -42,9 +42,10 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 WS_CONNECTIONS = int(os.environ.get("BENCH_WS_CONNECTIONS", "5000"))
 INGEST = int(os.environ.get("BENCH_INGEST", "1000"))
 INGEST_WARMUP = int(os.environ.get("BENCH_INGEST_WARMUP", "200"))
-ALL_SCENARIOS = ("overhead", "ingest", "webchat", "limits", "realistic")  # realistic includes in_flight
+ALL_SCENARIOS = ("overhead", "ingest", "webchat", "limits", "realistic", "scale_out")  # realistic: in_flight too
 SCENARIOS = set(os.environ.get("BENCH_SCENARIOS", ",".join(ALL_SCENARIOS)).split(","))
-RESULT_KEYS = ("overhead", "profile", "ingest", "webchat", "limit_step", "realistic", "in_flight", "in_flight_queued")
+RESULT_KEYS = ("overhead", "profile", "ingest", "webchat", "limit_step", "realistic", "in_flight", "in_flight_queued",
+               "scale_out", "process_log_errors")
 WORKER_POOL = os.environ.get("BENCH_WORKER_POOL", "gevent")
 SERVER = os.environ.get("BENCH_SERVER", "uvicorn")  # the image's server; or daphne (docs/decisions/asgi-server.md)
 WORKER_CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", "1000" if WORKER_POOL == "gevent" else "64"))
@@ -54,6 +55,8 @@ REALISTIC_CONCURRENCY = [int(c) for c in os.environ.get("BENCH_REALISTIC_CONCURR
 IN_FLIGHT_RUNS = int(os.environ.get("BENCH_IN_FLIGHT_RUNS", "1000"))
 IN_FLIGHT_DELAY_S = int(os.environ.get("BENCH_IN_FLIGHT_DELAY_S", "5"))
 IN_FLIGHT_ACCEPT_CONCURRENCY = int(os.environ.get("BENCH_IN_FLIGHT_ACCEPT_CONCURRENCY", "200"))
+SCALE_OUT_CONCURRENCY = int(os.environ.get("BENCH_SCALE_OUT_CONCURRENCY", "200"))
+SCALE_OUT_REQUESTS = int(os.environ.get("BENCH_SCALE_OUT_REQUESTS", "600"))
 MASTER_KEY = "sk-bench-master"
 CHAT_BODY = {"model": "fake-gpt", "messages": [{"role": "user", "content": "benchmark hello"}]}
 
@@ -372,6 +375,66 @@ def in_flight(stack, urls: dict, demo: dict, *, queued: bool = False) -> dict:
             "worker_pool": f"{WORKER_POOL} -c {WORKER_CONCURRENCY}", "left_unanswered": drain(120)}
 
 
+def cpu_ms(pids: list[int]) -> float:
+    """utime + stime of ``pids`` so far, in milliseconds."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def log_errors(stack) -> dict[str, int]:
+    """ERROR and CRITICAL records each gateway process logged during the run (a run that answered
+    everything can still have dropped a broker connection and stranded a message)."""
+    counts = {}
+    for process in stack.processes:
+        if process.name in (SERVER, "celery"):
+            found = sum(1 for line in process.log().splitlines()
+                        if '"level": "ERROR"' in line or '"level": "CRITICAL"' in line)
+            counts[f"{process.name} {process.popen.pid}"] = found
+    return counts
+
+
+def scale_out(stack, urls: dict, demo: dict) -> list[dict]:
+    """The face with a 1 s model on one server and one worker, then on two of each (the load
+    generator takes the servers in turn), on the same PostgreSQL and Redis: what a second pair of
+    processes adds. A pair needs cores of its own to add anything; the machine's count is reported."""
+    spec = {"kind": "http", "concurrency": SCALE_OUT_CONCURRENCY, "count": SCALE_OUT_REQUESTS, "timeout": 300,
+            "warmup": SCALE_OUT_CONCURRENCY, "request_timeout": 120,
+            "headers": {"Authorization": f"Bearer {demo['api_keys']['customer']}"},
+            "body": {"model": "assistant", "messages": [{"role": "user", "content": "benchmark hello [[delay:1]]"}]}}
+    first = [p for p in stack.processes if p.name in (SERVER, "celery") and p.popen.poll() is None]
+    rows = []
+
+    def measure(label: str, gateways: list[str], processes) -> None:
+        pids = [p.popen.pid for p in processes]
+        run_spec = {**spec, "urls": [f"{url}/v1/chat/completions" for url in gateways]}
+        load({**run_spec, "count": spec["warmup"], "warmup": 0})
+        before = cpu_ms(pids)
+        result = load({**run_spec, "warmup": 0})
+        used = cpu_ms(pids) - before
+        row = {"scenario": label, "concurrency": SCALE_OUT_CONCURRENCY, "cpus": os.cpu_count(), **result,
+               "cpu_ms_per_answer_gateway_processes": round(used / max(result["ok"], 1), 1)}
+        rows.append(row)
+        log(f"scale-out {label}: {row['rps']} rps p50 {row['p50_ms']} ms, "
+            f"{row['cpu_ms_per_answer_gateway_processes']} CPU ms/answer, errors {row['errors']}")
+
+    measure("1 server + 1 worker", [urls["gateway"]], first)
+    worker = stack.worker(concurrency=WORKER_CONCURRENCY, pool=WORKER_POOL)
+    second = getattr(stack, SERVER)()
+    server = next(p for p in reversed(stack.processes) if p.name == SERVER)
+    try:
+        measure("2 servers + 2 workers", [urls["gateway"], second], [*first, worker, server])
+    finally:
+        server.stop()
+        worker.stop(timeout=60)
+    rows[1]["ratio_to_one_pair"] = round(rows[1]["rps"] / rows[0]["rps"], 2) if rows[0]["rps"] else None
+    for row in rows:
+        row.pop("keys", None)
+    return rows
+
+
 def limit_step() -> dict:
     """The limit step (IP rules + rates + budget check) and the model-call hooks, at 100 concurrent,
     timed in a Django process against Redis (see bench/limits.py)."""
@@ -416,6 +479,9 @@ def main() -> None:
         if SCENARIOS & {"realistic", "in_flight"}:
             results["in_flight"] = in_flight(stack, urls, demo)
             results["in_flight_queued"] = in_flight(stack, urls, demo, queued=True)
+        if "scale_out" in SCENARIOS:
+            results["scale_out"] = scale_out(stack, urls, demo)
+        results["process_log_errors"] = log_errors(stack)
         if "limits" in SCENARIOS:
             done = subprocess.run([PYTHON, "manage.py", "shell", "-c", limit_step()["code"]], cwd=BASE,
                                   env=stack.env, capture_output=True, text=True, timeout=300)
@@ -557,6 +623,17 @@ def render(results: dict) -> str:
                       f"{f['worker_rss_before_mib']} → **{f['worker_rss_peak_mib']} MiB**; database connections "
                       f"(all gateway processes) peak {f['db_connections_peak_all_processes']}, active at once "
                       f"{f['db_connections_active_peak']}; unanswered after drain {f['left_unanswered']}"]
+    if results.get("process_log_errors") is not None:
+        lines += ["", "Errors logged by the gateway's processes during the run (ERROR or CRITICAL records): "
+                  + (", ".join(f"{name}: {n}" for name, n in results["process_log_errors"].items()) or "none")]
+    if results.get("scale_out"):
+        cpus = results["scale_out"][0]["cpus"]
+        lines += ["", f"## Scale-out: the face, model 1 s, one pair of processes and two ({cpus} CPUs)", "",
+                  "| processes | conc. | req/s | ratio | p50 ms | CPU ms per answer (server + worker) | errors |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
+        for r in results["scale_out"]:
+            lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['rps']} | {r.get('ratio_to_one_pair') or 1.0} | "
+                         f"{r['p50_ms']} | {r['cpu_ms_per_answer_gateway_processes']} | {r['errors'] or ''} |")
     for name, profile in (results.get("profile") or {}).items():
         lines += ["", f"## Profile of {name} during the overhead runs (inclusive share of busy samples)", ""]
         lines += [f"- {p['share']:.1%} {p['frame']}" for p in profile["top"][:25]]
