@@ -391,7 +391,9 @@ def log_errors(stack) -> dict[str, int]:
     for process in stack.processes:
         if process.name in (SERVER, "celery"):
             found = sum(1 for line in process.log().splitlines()
-                        if '"level": "ERROR"' in line or '"level": "CRITICAL"' in line)
+                        if '"level": "ERROR"' in line or '"level": "CRITICAL"' in line  # the JSON log
+                        or line.startswith(("ERROR:", "CRITICAL:"))  # uvicorn's own handler
+                        or line.startswith("Traceback (most recent call last)"))  # printed raw
             counts[f"{process.name} {process.popen.pid}"] = found
     return counts
 
@@ -632,7 +634,8 @@ def render(results: dict) -> str:
                   "| processes | conc. | req/s | ratio | p50 ms | CPU ms per answer (server + worker) | errors |",
                   "|---|---:|---:|---:|---:|---:|---|"]
         for r in results["scale_out"]:
-            lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['rps']} | {r.get('ratio_to_one_pair') or 1.0} | "
+            ratio = r.get("ratio_to_one_pair", 1.0)
+            lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['rps']} | {'–' if ratio is None else ratio} | "
                          f"{r['p50_ms']} | {r['cpu_ms_per_answer_gateway_processes']} | {r['errors'] or ''} |")
     for name, profile in (results.get("profile") or {}).items():
         lines += ["", f"## Profile of {name} during the overhead runs (inclusive share of busy samples)", ""]

@@ -217,12 +217,12 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     # A message whose worker died is redelivered after this long (acks_late).
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=600),
 }
-if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    # Connections per kombu pool. A gevent worker acknowledges its runs from as many greenlets as
-    # it holds runs (-c), all at once when they finish together; past this bound an ack fails ("Too
-    # many connections") and the worker drops its broker connection, stranding what it had taken.
-    # Connections open only as needed: the bound has to be at least the worker's -c, not more.
-    CELERY_BROKER_TRANSPORT_OPTIONS["max_connections"] = env.int("CELERY_BROKER_MAX_CONNECTIONS", default=2000)
+if CELERY_BROKER_URL.partition("://")[0] in ("redis", "rediss", "redis+socket", "sentinel"):
+    # Connections per pool of each kombu channel. A gevent worker acknowledges its runs from as
+    # many greenlets as it holds runs (-c), all at once when they finish together; past this bound
+    # an ack fails ("Too many connections") and the worker drops its broker connection, stranding
+    # what it had taken. Connections open as needed and stay open: keep it at the worker's -c.
+    CELERY_BROKER_TRANSPORT_OPTIONS["max_connections"] = env.int("CELERY_BROKER_MAX_CONNECTIONS", default=1000)
 # The queue agent runs (and every other task) go to; workers consume it (`-Q`).
 CELERY_TASK_DEFAULT_QUEUE = env.str("GATEWAY_AGENT_QUEUE", default="gateway")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
@@ -320,8 +320,8 @@ GATEWAY_IP_RATE_EXEMPT_KINDS = env.list(
 GATEWAY_TRUSTED_PROXIES = env.list("GATEWAY_TRUSTED_PROXIES", default=[])
 # Budget counters: Redis (services) or, when empty, a process-local ledger (embedded default).
 GATEWAY_QUOTA_REDIS_URL = env.str("GATEWAY_QUOTA_REDIS_URL", default=REDIS_URL)
-# Redis pools that wait for a free connection (up to the timeout) instead of refusing with
-# MaxConnectionsError when every connection is busy.
+# Redis pools (publishing, the cache, the budget counters) that wait for a free connection (up to
+# the timeout) instead of refusing with MaxConnectionsError when every connection is busy.
 GATEWAY_REDIS_POOL_MAX_CONNECTIONS = env.int("GATEWAY_REDIS_POOL_MAX_CONNECTIONS", default=100)
 GATEWAY_REDIS_POOL_TIMEOUT_SECONDS = env.float("GATEWAY_REDIS_POOL_TIMEOUT_SECONDS", default=5.0)
 # Requests waiting for a reply (API `wait`, the OpenAI face) per server process; past it, 503 with

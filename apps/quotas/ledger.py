@@ -294,7 +294,13 @@ def get_ledger():
                     import redis
 
                     timeout = settings.GATEWAY_QUOTA_REDIS_TIMEOUT_SECONDS
-                    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+                    # A pool that waits (bounded) for a free connection: a gevent worker checks
+                    # budgets from as many greenlets as it holds runs.
+                    pool = redis.BlockingConnectionPool.from_url(
+                        url, max_connections=settings.GATEWAY_REDIS_POOL_MAX_CONNECTIONS,
+                        timeout=settings.GATEWAY_REDIS_POOL_TIMEOUT_SECONDS,
+                        socket_timeout=timeout, socket_connect_timeout=timeout)
+                    client = redis.Redis(connection_pool=pool)
                     ledger = RedisLedger(client)
                 else:
                     ledger = LocalLedger()
