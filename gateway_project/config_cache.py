@@ -129,12 +129,17 @@ def _in_sync() -> bool:
     """Whether the kept entries may be used: the shared generation is the one they belong to.
 
     While the shared cache cannot be read, nothing is kept (a change elsewhere could go unseen);
-    it is asked again at the next interval, not on every lookup.
+    it is asked again at the next interval, not on every lookup. One caller asks when the interval
+    is up; those arriving meanwhile (a gevent worker's greenlets) go on with what is kept.
     """
     global _shared_token, _checked_at, _reachable
     now = time.monotonic()
     if now - _checked_at < settings.GATEWAY_CONFIG_CHECK_SECONDS:
         return _reachable
+    with _lock:
+        if now - _checked_at < settings.GATEWAY_CONFIG_CHECK_SECONDS:
+            return _reachable  # another caller is asking: one question per interval, not one each
+        _checked_at = now
     try:
         token, reachable = caches["config"].get(GENERATION_KEY), True
     except Exception:
@@ -143,7 +148,7 @@ def _in_sync() -> bool:
         if not reachable or token != _shared_token or not _reachable:
             _drop_entries()
             _shared_token = token
-        _checked_at, _reachable = now, reachable
+        _reachable = reachable
     return reachable
 
 

@@ -198,3 +198,31 @@ def test_reload_config_applies_changes_made_behind_djangos_back(customer, api_ke
     call_command("reload_config")
     with pytest.raises(AuthenticationFailed):
         api_key_user(raw)
+
+
+def test_callers_arriving_together_ask_the_shared_cache_once(api_channel, settings, monkeypatch):
+    """When the check interval is up, one caller asks for the shared generation; the others that
+    arrive while it waits for the answer use what is kept (a gevent worker holds hundreds)."""
+    import threading
+    import time
+
+    settings.GATEWAY_CONFIG_CHECK_SECONDS = 3600
+    assert channel_by_slug("api").pk == api_channel.pk
+    backend, asked = type(caches["config"]), []  # each thread has its own cache object: patch the class
+    real_get = backend.get
+
+    def slow_get(self, key, *args, **kwargs):
+        asked.append(key)
+        time.sleep(0.3)
+        return real_get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "get", slow_get)
+    config_cache._checked_at = float("-inf")  # the interval is up
+    found = []
+    callers = [threading.Thread(target=lambda: found.append(channel_by_slug("api").pk)) for _ in range(20)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert found == [api_channel.pk] * 20
+    assert asked.count(config_cache.GENERATION_KEY) == 1
