@@ -4,9 +4,8 @@ Django makes a cache object per thread and per async context, and each RedisCach
 own connection pool, so under Daphne a request (or a websocket's helper thread) would open a new
 TCP connection to Redis for its first rate-limit check. ``CACHES["default"]["OPTIONS"]["pool_class"]``
 points here so all of them share one pool (redis-py's pools are thread-safe and reset after fork),
-and the ``SharedRedisCache`` backend shares one client object per pool as well. The pool waits
-(``GATEWAY_REDIS_POOL_TIMEOUT_SECONDS``) for one of ``GATEWAY_REDIS_POOL_MAX_CONNECTIONS`` instead of
-refusing: a gevent worker reads the cache from as many greenlets as it holds runs.
+and the ``SharedRedisCache`` backend shares one client object per pool as well. Every pool of the
+gateway's own Redis clients is a ``waiting_pool``.
 """
 from __future__ import annotations
 
@@ -15,6 +14,16 @@ import threading
 import redis
 from django.conf import settings
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
+
+
+def waiting_pool(url: str, **kwargs) -> redis.BlockingConnectionPool:
+    """A pool that waits up to ``GATEWAY_REDIS_POOL_TIMEOUT_SECONDS`` for one of
+    ``GATEWAY_REDIS_POOL_MAX_CONNECTIONS`` connections instead of refusing with MaxConnectionsError:
+    the gateway's Redis clients (cache, budget counters, publishing) are used from as many threads
+    or greenlets as a process holds requests or runs."""
+    return redis.BlockingConnectionPool.from_url(url, **{
+        "max_connections": settings.GATEWAY_REDIS_POOL_MAX_CONNECTIONS,
+        "timeout": settings.GATEWAY_REDIS_POOL_TIMEOUT_SECONDS, **kwargs})
 
 
 class SharedConnectionPool(redis.ConnectionPool):
@@ -29,9 +38,7 @@ class SharedConnectionPool(redis.ConnectionPool):
             with cls._lock:
                 pool = cls._shared.get(key)
                 if pool is None:
-                    pool = cls._shared[key] = redis.BlockingConnectionPool.from_url(url, **{
-                        "max_connections": settings.GATEWAY_REDIS_POOL_MAX_CONNECTIONS,
-                        "timeout": settings.GATEWAY_REDIS_POOL_TIMEOUT_SECONDS, **kwargs})
+                    pool = cls._shared[key] = waiting_pool(url, **kwargs)
         return pool
 
 

@@ -19,6 +19,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from gateway_project.redis_pool import waiting_pool
+
 _loop_lock = threading.Lock()
 _server_loop: asyncio.AbstractEventLoop | None = None
 
@@ -78,10 +80,7 @@ def _redis_publisher() -> redis.Redis:
         with _loop_lock:
             if _publisher is None:
                 host = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]
-                pool = redis.BlockingConnectionPool.from_url(
-                    host["address"], max_connections=settings.GATEWAY_REDIS_POOL_MAX_CONNECTIONS,
-                    timeout=settings.GATEWAY_REDIS_POOL_TIMEOUT_SECONDS)
-                _publisher = redis.Redis(connection_pool=pool)
+                _publisher = redis.Redis(connection_pool=waiting_pool(host["address"]))
     return _publisher
 
 

@@ -293,14 +293,11 @@ def get_ledger():
                 if url:
                     import redis
 
+                    from gateway_project.redis_pool import waiting_pool
+
                     timeout = settings.GATEWAY_QUOTA_REDIS_TIMEOUT_SECONDS
-                    # A pool that waits (bounded) for a free connection: a gevent worker checks
-                    # budgets from as many greenlets as it holds runs.
-                    pool = redis.BlockingConnectionPool.from_url(
-                        url, max_connections=settings.GATEWAY_REDIS_POOL_MAX_CONNECTIONS,
-                        timeout=settings.GATEWAY_REDIS_POOL_TIMEOUT_SECONDS,
-                        socket_timeout=timeout, socket_connect_timeout=timeout)
-                    client = redis.Redis(connection_pool=pool)
+                    client = redis.Redis(connection_pool=waiting_pool(
+                        url, socket_timeout=timeout, socket_connect_timeout=timeout))
                     ledger = RedisLedger(client)
                 else:
                     ledger = LocalLedger()
