@@ -172,8 +172,8 @@ def start_next_in_conversation(message: Message, *, sent: Message | None = None)
     ``sent``: the reply just delivered, recorded as sent by the same statement that looks for the
     next message (every run asks: one prepared statement, not an ORM query).
     """
-    params = [stored(Message, "conversation", message.conversation_id), Direction.INBOUND, Status.ACCEPTED,
-              stored(Message, "created_at", message.created_at)]
+    if sent is not None:
+        sent.updated_at = timezone.now()
     if is_plain("raw_sql"):
         def record_and_find():
             if sent is not None:
@@ -183,23 +183,20 @@ def start_next_in_conversation(message: Message, *, sent: Message | None = None)
                 conversation_id=message.conversation_id, direction=Direction.INBOUND, status=Status.ACCEPTED,
                 created_at__gt=message.created_at).order_by("created_at").values_list("id", flat=True).first()
 
-        if sent is not None:
-            sent.updated_at = timezone.now()
         waiting = record_and_find() if sent is None else through_outage(record_and_find)
-        if waiting is not None:
-            transaction.on_commit(lambda: enqueue_agent_run(waiting))
-        return
-    if sent is None:
-        with connection.cursor() as cursor:
-            cursor.execute(NEXT_WAITING_SQL, params)
-            row = cursor.fetchone()
     else:
-        sent.updated_at = timezone.now()
-        recorded = Update(Message, sent.pk, {"status": sent.status, "attempts": sent.attempts,
-                                             "lease_until": None, "updated_at": sent.updated_at})
-        row = through_outage(lambda: update_then_fetch(recorded, NEXT_WAITING_SQL, params))  # it was sent
-    if row is not None:
-        waiting = Message._meta.pk.to_python(row[0])
+        params = [stored(Message, "conversation", message.conversation_id), Direction.INBOUND, Status.ACCEPTED,
+                  stored(Message, "created_at", message.created_at)]
+        if sent is None:
+            with connection.cursor() as cursor:
+                cursor.execute(NEXT_WAITING_SQL, params)
+                row = cursor.fetchone()
+        else:
+            recorded = Update(Message, sent.pk, {"status": sent.status, "attempts": sent.attempts,
+                                                 "lease_until": None, "updated_at": sent.updated_at})
+            row = through_outage(lambda: update_then_fetch(recorded, NEXT_WAITING_SQL, params))  # it was sent
+        waiting = Message._meta.pk.to_python(row[0]) if row is not None else None
+    if waiting is not None:
         transaction.on_commit(lambda: enqueue_agent_run(waiting))
 
 
