@@ -51,7 +51,6 @@ SERVER = os.environ.get("BENCH_AB_SERVER", "uvicorn")
 # Other ASGI servers to run beside it, all overrides on (e.g. "daphne": devtools/stack.py).
 SERVERS = [n for n in os.environ.get("BENCH_AB_SERVERS", "").split(",") if n]
 LLM_DELAY_MS = os.environ.get("BENCH_AB_LLM_DELAY_MS", "0")
-TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
 RESULTS = BASE / "bench" / "results"
 
 
@@ -75,15 +74,6 @@ def variants() -> dict[str, tuple[str, str]]:
     return plan
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of ``pid`` (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
-
-
 def tree_ticks(root: int) -> int:
     """utime + stime of ``root`` and of its live descendants (LiteLLM's proxy may fork)."""
     parents = {}
@@ -96,7 +86,7 @@ def tree_ticks(root: int) -> int:
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()
-        total += cpu_ticks(pid)
+        total += run.cpu_ticks(pid)
         todo += parents.get(pid, [])
     return total
 
@@ -107,7 +97,7 @@ def redis_ticks() -> int:
     for comm in Path("/proc").glob("[0-9]*/comm"):
         try:
             if comm.read_text().strip() == "redis-server":
-                total += cpu_ticks(int(comm.parent.name))
+                total += run.cpu_ticks(int(comm.parent.name))
         except OSError:
             continue
     return total
@@ -125,7 +115,7 @@ class PostgresBackends:
     def ticks(self) -> dict[int, int]:
         pids = self.conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
                                  (self.dbname,)).fetchall()
-        return {pid: cpu_ticks(pid) for (pid,) in pids}
+        return {pid: run.cpu_ticks(pid) for (pid,) in pids}
 
 
 def target(urls: dict, demo: dict) -> dict:
@@ -171,19 +161,19 @@ def one_round(stack: run.Stack, variant: tuple[str, str], demo: dict, backends: 
         pids = {"server": server_process.popen.pid, **({"worker": worker.popen.pid} if worker else {})}
         # Slack: warm-up events numbered after the timed ones, so no dedupe key is reused.
         run.load({**spec, "count": WARMUP, "first_event": REQUESTS})
-        before = {name: cpu_ticks(pid) for name, pid in pids.items()}
+        before = {name: run.cpu_ticks(pid) for name, pid in pids.items()}
         pg_before, redis_before = backends.ticks(), redis_ticks()
         result = run.load({**spec, "count": REQUESTS})
         pg_after, redis_after = backends.ticks(), redis_ticks()
-        after = {name: cpu_ticks(pid) for name, pid in pids.items()}
+        after = {name: run.cpu_ticks(pid) for name, pid in pids.items()}
     finally:
         server_process.stop()
         if worker is not None:
             worker.stop(timeout=60)
     answered = max(result["ok"], 1)
-    cpu = {"worker": 0.0, **{name: (after[name] - before[name]) * TICK_MS / answered for name in pids}}
-    cpu["postgres"] = sum(t - pg_before.get(pid, 0) for pid, t in pg_after.items()) * TICK_MS / answered
-    cpu["redis"] = (redis_after - redis_before) * TICK_MS / answered
+    cpu = {"worker": 0.0, **{name: (after[name] - before[name]) * run.TICK_MS / answered for name in pids}}
+    cpu["postgres"] = sum(t - pg_before.get(pid, 0) for pid, t in pg_after.items()) * run.TICK_MS / answered
+    cpu["redis"] = (redis_after - redis_before) * run.TICK_MS / answered
     return measured(result, cpu)
 
 
@@ -197,7 +187,7 @@ def litellm_round(stack: run.Stack, url: str) -> dict:
     before = tree_ticks(root)
     result = run.load({**spec, "count": REQUESTS})
     answered = max(result["ok"], 1)
-    return measured(result, {"server": (tree_ticks(root) - before) * TICK_MS / answered, "worker": 0.0,
+    return measured(result, {"server": (tree_ticks(root) - before) * run.TICK_MS / answered, "worker": 0.0,
                              "postgres": 0.0, "redis": 0.0})
 
 

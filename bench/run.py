@@ -375,13 +375,16 @@ def in_flight(stack, urls: dict, demo: dict, *, queued: bool = False) -> dict:
             "worker_pool": f"{WORKER_POOL} -c {WORKER_CONCURRENCY}", "left_unanswered": drain(120)}
 
 
-def cpu_ms(pids: list[int]) -> float:
-    """utime + stime of ``pids`` so far, in milliseconds."""
-    ticks = 0
-    for pid in pids:
+TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of ``pid`` (0 once it is gone)."""
+    try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks * 1000 / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
 
 
 def log_errors(stack) -> dict[str, int]:
@@ -413,9 +416,9 @@ def scale_out(stack, urls: dict, demo: dict) -> list[dict]:
         pids = [p.popen.pid for p in processes]
         run_spec = {**spec, "urls": [f"{url}/v1/chat/completions" for url in gateways]}
         load({**run_spec, "count": spec["warmup"], "warmup": 0})
-        before = cpu_ms(pids)
+        before = sum(cpu_ticks(pid) for pid in pids)
         result = load({**run_spec, "warmup": 0})
-        used = cpu_ms(pids) - before
+        used = (sum(cpu_ticks(pid) for pid in pids) - before) * TICK_MS
         row = {"scenario": label, "concurrency": SCALE_OUT_CONCURRENCY, "cpus": os.cpu_count(), **result,
                "cpu_ms_per_answer_gateway_processes": round(used / max(result["ok"], 1), 1)}
         rows.append(row)
