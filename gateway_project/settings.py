@@ -125,8 +125,11 @@ DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Worker threads and the server share one file: wait for the lock instead of failing.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Worker threads and the server share one file: wait for the lock instead of failing. A deferred
+    # transaction (BEGIN) that reads, then writes while another thread writes, is refused at once
+    # whatever the timeout (SQLite will not wait where waiting could deadlock); IMMEDIATE takes the
+    # write lock at BEGIN, where the timeout applies (tests/test_sqlite_locking.py).
+    DATABASES["default"].setdefault("OPTIONS", {}).update(timeout=20, transaction_mode="IMMEDIATE")
     DATABASES["default"].setdefault("TEST", {})["NAME"] = BASE_DIR / "test-db.sqlite3"
 elif env.bool("DATABASE_POOL", default=True):
     # psycopg 3's connection pool (Django 5.1+): a request or task borrows an open connection and
