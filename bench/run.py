@@ -335,6 +335,8 @@ def in_flight(stack, urls: dict, demo: dict, *, queued: bool = False) -> dict:
             "ok_status": [202], "url": f"{urls['gateway']}/api/v1/messages", "headers": auth,
             "body": {"message": f"in flight [[delay:{IN_FLIGHT_DELAY_S}]]"}}
     proc = None
+    with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+        since = conn.execute("SELECT now()").fetchone()[0]
     if queued:
         os.kill(worker, signal.SIGSTOP)
         try:
@@ -365,6 +367,7 @@ def in_flight(stack, urls: dict, demo: dict, *, queued: bool = False) -> dict:
     if proc is not None:
         out, _ = proc.communicate(timeout=60)
         accepted = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    left = drain(120)
     return {"mode": "queued" if queued else "paced", "model_latency_s": IN_FLIGHT_DELAY_S,
             "accept_rps": accepted.get("rps"), "runs": IN_FLIGHT_RUNS, "accepted": accepted["ok"],
             "accept_errors": accepted["errors"],
@@ -372,7 +375,31 @@ def in_flight(stack, urls: dict, demo: dict, *, queued: bool = False) -> dict:
             "worker_rss_peak_mib": round(peak["rss_kib"] / 1024, 1),
             "db_connections_peak_all_processes": peak["db_connections"],
             "db_connections_active_peak": peak["db_active"],
-            "worker_pool": f"{WORKER_POOL} -c {WORKER_CONCURRENCY}", "left_unanswered": drain(120)}
+            "worker_pool": f"{WORKER_POOL} -c {WORKER_CONCURRENCY}", "left_unanswered": left,
+            **model_calls_since(since)}
+
+
+def model_calls_since(since) -> dict:
+    """The model's side of the runs, from their LLM-call rows (each call started ``latency_ms``
+    before its row was written): how many calls were at the model at once, at most; how long a call
+    took in the worker, against the model's own latency; and over how many seconds the runs started.
+    A ``processing`` count alone also counts runs slowed inside the worker."""
+    import psycopg
+
+    with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
+        rows = conn.execute("SELECT extract(epoch FROM created_at)::float8, latency_ms FROM logs_llmcall "
+                            "WHERE created_at >= %s AND status = 'ok'", (since,)).fetchall()
+    if not rows:
+        return {}
+    calls = sorted((end - latency / 1000, end) for end, latency in rows)
+    edges = sorted([(start, 1) for start, _ in calls] + [(end, -1) for _, end in calls])
+    at_once = peak = 0
+    for _, step in edges:
+        at_once += step
+        peak = max(peak, at_once)
+    latencies = sorted(latency for _, latency in rows)
+    return {"model_calls_peak_at_once": peak, "model_call_p50_ms": latencies[len(latencies) // 2],
+            "model_call_max_ms": latencies[-1], "runs_started_over_s": round(calls[-1][0] - calls[0][0], 2)}
 
 
 TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
@@ -627,7 +654,10 @@ def render(results: dict) -> str:
                       f"peak runs in flight **{f['peak_in_flight']}**; worker ({f['worker_pool']}) RSS "
                       f"{f['worker_rss_before_mib']} → **{f['worker_rss_peak_mib']} MiB**; database connections "
                       f"(all gateway processes) peak {f['db_connections_peak_all_processes']}, active at once "
-                      f"{f['db_connections_active_peak']}; unanswered after drain {f['left_unanswered']}"]
+                      f"{f['db_connections_active_peak']}; unanswered after drain {f['left_unanswered']}"
+                      + (f"; model calls at once, peak **{f['model_calls_peak_at_once']}**, a call p50 "
+                         f"{f['model_call_p50_ms']} ms (max {f['model_call_max_ms']}), runs started over "
+                         f"{f['runs_started_over_s']} s" if "model_calls_peak_at_once" in f else "")]
     if results.get("process_log_errors") is not None:
         lines += ["", "Errors logged by the gateway's processes during the run (ERROR or CRITICAL records): "
                   + (", ".join(f"{name}: {n}" for name, n in results["process_log_errors"].items()) or "none")]

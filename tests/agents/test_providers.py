@@ -1,7 +1,7 @@
 """Provider presets and the write-only, encrypted API key."""
 import pytest
 
-from apps.agents.llm import client_for
+from apps.agents.llm import pools_for
 from apps.agents.models import Provider
 
 SECRET = "sk-test-very-secret-value-123"
@@ -46,7 +46,8 @@ class TestEncryptedKey:
         row = Provider.objects.get(pk=provider.pk)
         assert SECRET not in row.api_key_encrypted and row.api_key_encrypted
         assert row.api_key() == SECRET
-        assert client_for(row).api_key == SECRET
+        with pools_for(row).lease() as client:
+            assert client.api_key == SECRET
 
     def test_admin_sets_it_write_only_and_never_shows_it(self, client, admin_user, provider, caplog):
         admin_user.is_superuser = True

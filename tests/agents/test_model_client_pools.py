@@ -1,0 +1,68 @@
+"""apps.agents.llm.ClientPools: a provider's calls share one client until GATEWAY_MODEL_CALLS_PER_POOL
+are in flight on it, then spill into another client (its own connection pool); through the real
+``openai`` client against the local stand-in."""
+import threading
+
+import pytest
+
+from apps.agents import llm
+
+
+@pytest.fixture
+def fresh_pools(monkeypatch):
+    monkeypatch.setattr(llm, "_pools", {})
+
+
+def ask_at_once(model, count: int, text: str) -> list[str]:
+    """``count`` calls started together; their answers."""
+    answers, start = [None] * count, threading.Barrier(count)
+
+    def ask(i):
+        start.wait()
+        answers[i] = llm.chat(model, [{"role": "user", "content": f"{text} {i}"}]).text
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return answers
+
+
+@pytest.mark.django_db
+def test_calls_one_after_another_stay_on_one_client(llm_model, fresh_pools, settings):
+    settings.GATEWAY_MODEL_CALLS_PER_POOL = 2
+    for i in range(4):
+        assert "hello" in llm.chat(llm_model, [{"role": "user", "content": f"hello {i}"}]).text
+    assert len(llm.pools_for(llm_model.provider).clients()) == 1
+
+
+@pytest.mark.django_db
+def test_calls_in_flight_spill_into_more_clients_which_are_kept(llm_model, fresh_pools, settings):
+    settings.GATEWAY_MODEL_CALLS_PER_POOL = 2
+    answers = ask_at_once(llm_model, 5, "[[delay:1]] at once")
+    assert all(answer and "at once" in answer for answer in answers), answers
+    pools = llm.pools_for(llm_model.provider)
+    assert len(pools.clients()) == 3  # 2 + 2 + 1
+    first = pools.clients()
+
+    answers = ask_at_once(llm_model, 4, "[[delay:1]] again")
+    assert all(answer and "again" in answer for answer in answers), answers
+    assert pools.clients() == first  # the leases were given back: no new client
+
+
+@pytest.mark.django_db
+def test_zero_keeps_every_call_on_one_client(llm_model, fresh_pools, settings):
+    settings.GATEWAY_MODEL_CALLS_PER_POOL = 0
+    answers = ask_at_once(llm_model, 5, "[[delay:1]] one pool")
+    assert all(answer and "one pool" in answer for answer in answers), answers
+    assert len(llm.pools_for(llm_model.provider).clients()) == 1
+
+
+@pytest.mark.django_db
+def test_a_failed_call_gives_its_lease_back(llm_model, fresh_pools, settings):
+    settings.GATEWAY_MODEL_CALLS_PER_POOL = 1
+    with pytest.raises(llm.LLMError):
+        llm.chat(llm_model, [{"role": "user", "content": "[[fail:500]]"}])
+    assert "fine" in llm.chat(llm_model, [{"role": "user", "content": "fine"}]).text
+    assert len(llm.pools_for(llm_model.provider).clients()) == 1
