@@ -33,6 +33,13 @@ class LLMResult:
     tool_calls: list[dict] = field(default_factory=list)
 
 
+@dataclass(eq=False)
+class _Pool:
+    client: openai.OpenAI
+    in_flight: int = 0
+    idle_since: float = 0.0
+
+
 class ClientPools:
     """A provider configuration's ``openai`` clients, each with a connection pool of its own; a call
     leases the first whose pool has fewer than GATEWAY_MODEL_CALLS_PER_POOL calls in flight, and a
@@ -42,31 +49,43 @@ class ClientPools:
     of each idle socket included). One pool under a thousand runs in flight spent a third of a gevent
     worker's time walking itself, and a 5 s model answered in 10 s
     (docs/decisions/model-client-pools.md). Light traffic stays on the first client, so its
-    connections are reused as before.
+    connections are reused as before. A client past the first that has had no call for
+    SPILL_IDLE_SECONDS is closed, with its connections: nothing would walk its pool again to let them
+    go, and by then they have outlived httpx's keep-alive anyway.
     """
+
+    SPILL_IDLE_SECONDS = 5.0  # httpx's keep-alive expiry
 
     def __init__(self, make: Callable[[], openai.OpenAI]):
         self._make = make
-        self._pools: list[list] = []  # [client, calls in flight]
+        self._pools: list[_Pool] = []
         self._lock = threading.Lock()
 
     @contextmanager
     def lease(self) -> Iterator[openai.OpenAI]:
         share = settings.GATEWAY_MODEL_CALLS_PER_POOL or float("inf")
+        now = time.monotonic()
         with self._lock:
-            pool = next((pool for pool in self._pools if pool[1] < share), None)
+            idle = [pool for pool in self._pools[1:]
+                    if not pool.in_flight and now - pool.idle_since > self.SPILL_IDLE_SECONDS]
+            if idle:
+                self._pools = [pool for pool in self._pools if pool not in idle]
+            pool = next((pool for pool in self._pools if pool.in_flight < share), None)
             if pool is None:
-                pool = [self._make(), 0]
+                pool = _Pool(self._make())
                 self._pools.append(pool)
-            pool[1] += 1
+            pool.in_flight += 1
+        for closing in idle:
+            closing.client.close()
         try:
-            yield pool[0]
+            yield pool.client
         finally:
             with self._lock:
-                pool[1] -= 1
+                pool.in_flight -= 1
+                pool.idle_since = time.monotonic()
 
     def clients(self) -> list[openai.OpenAI]:
-        return [pool[0] for pool in self._pools]
+        return [pool.client for pool in self._pools]
 
 
 _pools: dict[tuple, ClientPools] = {}

@@ -66,3 +66,18 @@ def test_a_failed_call_gives_its_lease_back(llm_model, fresh_pools, settings):
         llm.chat(llm_model, [{"role": "user", "content": "[[fail:500]]"}])
     assert "fine" in llm.chat(llm_model, [{"role": "user", "content": "fine"}]).text
     assert len(llm.pools_for(llm_model.provider).clients()) == 1
+
+
+@pytest.mark.django_db
+def test_clients_past_the_first_are_closed_once_idle(llm_model, fresh_pools, settings, monkeypatch):
+    settings.GATEWAY_MODEL_CALLS_PER_POOL = 2
+    monkeypatch.setattr(llm.ClientPools, "SPILL_IDLE_SECONDS", 0.5)
+    ask_at_once(llm_model, 5, "[[delay:1]] burst")
+    pools = llm.pools_for(llm_model.provider)
+    first, *spilled = pools.clients()
+    assert len(spilled) == 2 and not any(client.is_closed() for client in spilled)
+
+    threading.Event().wait(0.8)  # the burst's clients idle past SPILL_IDLE_SECONDS
+    assert "after" in llm.chat(llm_model, [{"role": "user", "content": "after"}]).text
+    assert pools.clients() == [first] and not first.is_closed()
+    assert all(client.is_closed() for client in spilled)
