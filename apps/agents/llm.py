@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import ssl
 import threading
 import time
@@ -18,6 +19,8 @@ from apps.core.errors import LLMError
 from gateway_project.plain import is_plain
 
 from .models import LLMModel, Provider, ProviderKeyRefused
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,7 +66,8 @@ class ClientPools:
 
     @contextmanager
     def lease(self) -> Iterator[openai.OpenAI]:
-        share = settings.GATEWAY_MODEL_CALLS_PER_POOL or float("inf")
+        share = settings.GATEWAY_MODEL_CALLS_PER_POOL
+        share = share if share > 0 else float("inf")  # 0 (or less): one pool
         now = time.monotonic()
         with self._lock:
             idle = [pool for pool in self._pools[1:]
@@ -75,9 +79,9 @@ class ClientPools:
                 pool = _Pool(self._make())
                 self._pools.append(pool)
             pool.in_flight += 1
-        for closing in idle:
-            closing.client.close()
         try:
+            for closing in idle:
+                _close_quietly(closing.client)
             yield pool.client
         finally:
             with self._lock:
@@ -86,6 +90,14 @@ class ClientPools:
 
     def clients(self) -> list[openai.OpenAI]:
         return [pool.client for pool in self._pools]
+
+
+def _close_quietly(client: openai.OpenAI) -> None:
+    """Close a client that has idled out; a socket that fails to close must not fail a call."""
+    try:
+        client.close()
+    except Exception:
+        logger.warning("closing an idle model client failed", exc_info=True)
 
 
 _pools: dict[tuple, ClientPools] = {}

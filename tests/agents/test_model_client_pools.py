@@ -52,8 +52,9 @@ def test_calls_in_flight_spill_into_more_clients_which_are_kept(llm_model, fresh
 
 
 @pytest.mark.django_db
-def test_zero_keeps_every_call_on_one_client(llm_model, fresh_pools, settings):
-    settings.GATEWAY_MODEL_CALLS_PER_POOL = 0
+@pytest.mark.parametrize("share", [0, -1])
+def test_zero_keeps_every_call_on_one_client(llm_model, fresh_pools, settings, share):
+    settings.GATEWAY_MODEL_CALLS_PER_POOL = share
     answers = ask_at_once(llm_model, 5, "[[delay:1]] one pool")
     assert all(answer and "one pool" in answer for answer in answers), answers
     assert len(llm.pools_for(llm_model.provider).clients()) == 1
@@ -81,3 +82,23 @@ def test_clients_past_the_first_are_closed_once_idle(llm_model, fresh_pools, set
     assert "after" in llm.chat(llm_model, [{"role": "user", "content": "after"}]).text
     assert pools.clients() == [first] and not first.is_closed()
     assert all(client.is_closed() for client in spilled)
+
+
+@pytest.mark.django_db
+def test_a_client_that_fails_to_close_fails_no_call_and_keeps_no_lease(llm_model, fresh_pools, settings,
+                                                                       monkeypatch):
+    settings.GATEWAY_MODEL_CALLS_PER_POOL = 1
+    monkeypatch.setattr(llm.ClientPools, "SPILL_IDLE_SECONDS", 0.2)
+    ask_at_once(llm_model, 2, "[[delay:0.5]] two")
+    pools = llm.pools_for(llm_model.provider)
+    first, spilled = pools.clients()
+
+    def refuse():
+        raise OSError("socket refused to close")
+
+    monkeypatch.setattr(spilled, "close", refuse)
+    threading.Event().wait(0.4)
+    assert "still" in llm.chat(llm_model, [{"role": "user", "content": "still answered"}]).text
+    assert pools.clients() == [first]
+    assert "again" in llm.chat(llm_model, [{"role": "user", "content": "again"}]).text
+    assert pools.clients() == [first]  # the first call gave its lease back: no spill
