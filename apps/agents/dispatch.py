@@ -6,7 +6,11 @@ tasks and registers their in-process twins with ``runs_in_process``; the app's `
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,13 +29,13 @@ RUN_AGENT = "agents.run_agent"
 DELIVER_REPLY = "agents.deliver_reply"
 BROKER_ERRORS = (BrokerOperationalError, RedisConnectionError, RedisTimeoutError, ConnectionError)
 
-_in_process: dict[str, Callable[[str], None]] = {}
+_in_process: dict[str, Callable[..., None]] = {}
 _embedded_pool: ThreadPoolExecutor | None = None
 
 
-def runs_in_process(task_name: str) -> Callable[[Callable[[str], None]], Callable[[str], None]]:
+def runs_in_process(task_name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register what the embedded default runs on its thread pool in place of the task ``task_name``."""
-    def register(function: Callable[[str], None]) -> Callable[[str], None]:
+    def register(function: Callable[..., None]) -> Callable[..., None]:
         _in_process[task_name] = function
         return function
     return register
@@ -64,6 +68,53 @@ def enqueue_delivery(reply_id) -> None:
             logger.warning("broker unavailable; reply left for recovery", extra={"reply_id": str(reply_id)})
         return
     _embedded().submit(_in_process[DELIVER_REPLY], str(reply_id))
+
+
+def run_later(delay: float, task_name: str, *args) -> None:
+    """The embedded default's ``retry(countdown=delay)``: run the in-process twin of ``task_name``
+    on the pool after ``delay`` seconds. The wait holds a timer entry, not a pool thread: a burst of
+    messages waiting their turn in one conversation kept every thread asleep, and the run that
+    would have let them through queued behind them."""
+    global _timer
+    with _timer_lock:
+        if _timer is None:
+            _timer = _Timer()
+    _timer.add(delay, lambda: _embedded().submit(_in_process[task_name], *args))
+
+
+class _Timer:
+    """One thread that calls each function added when its time comes."""
+
+    def __init__(self):
+        self._due: list[tuple[float, int, Callable[[], object]]] = []
+        self._changed = threading.Condition()
+        self._order = itertools.count()
+        threading.Thread(target=self._run, name="agent-timer", daemon=True).start()
+
+    def add(self, delay: float, function: Callable[[], object]) -> None:
+        with self._changed:
+            heapq.heappush(self._due, (time.monotonic() + delay, next(self._order), function))
+            self._changed.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._changed.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                _, _, function = heapq.heappop(self._due)
+            try:
+                function()
+            except Exception:  # the pool is shut down (the process is exiting)
+                logger.warning("a delayed agent run could not be started", exc_info=True)
+
+
+_timer: _Timer | None = None
+_timer_lock = threading.Lock()
+
+
+def delayed_runs() -> int:
+    """Runs the embedded default has waiting on its timer (``run_later``)."""
+    return len(_timer._due) if _timer is not None else 0
 
 
 def _embedded() -> ThreadPoolExecutor:

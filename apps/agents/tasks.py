@@ -10,7 +10,6 @@ two counts, and a database retry carries the claim to give back.)
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass, replace
 
 from celery import shared_task
@@ -21,7 +20,7 @@ from tenacity.stop import stop_base
 
 from .claims import WaitingForEarlier
 from .delivery import deliver_pending
-from .dispatch import DELIVER_REPLY, RUN_AGENT, runs_in_process
+from .dispatch import DELIVER_REPLY, RUN_AGENT, run_later, runs_in_process
 from .recovery import requeue_stuck_messages, settle_unsettled_usage
 from .runtime import DatabaseUnavailable, agent_run, give_up_after_outage
 
@@ -133,14 +132,14 @@ def run_agent(self, message_id: str, **tries) -> None:
 
 
 @runs_in_process(RUN_AGENT)
-def run_agent_in_process(message_id: str) -> None:
-    """The embedded default's run_agent: the same tries, as a loop on its thread."""
-    tries = Tries()
+def run_agent_in_process(message_id: str, tries: Tries | None = None) -> None:
+    """The embedded default's run_agent: the same tries; between two, the message waits on the
+    dispatcher's timer, not on a pool thread (as a Celery retry waits in the broker)."""
     try:
-        while (again := try_once(message_id, tries)) is not None:
-            delay, tries = again
-            close_old_connections()
-            time.sleep(delay)
+        again = try_once(message_id, tries or Tries())
+        if again is not None:
+            delay, following = again
+            run_later(delay, RUN_AGENT, message_id, following)
     except Exception:
         logger.exception("embedded agent run failed", extra={"message_id": message_id})
     finally:

@@ -52,6 +52,31 @@ def test_embedded_dispatch_answers_in_arrival_order(client, slack_channel, platf
     assert [m["text"] for m in platforms.state.slack_messages] == ["Echo: first", "Echo: second"]
 
 
+def test_embedded_messages_waiting_their_turn_hold_no_pool_thread(client, slack_channel, platforms, settings,
+                                                                  transactional_db, monkeypatch):
+    """Three messages wait behind one at the model, on a pool of two threads: a message of another
+    conversation is still answered while that one is at the model."""
+    from apps.agents import dispatch
+
+    settings.GATEWAY_AGENT_DISPATCH = "thread"
+    settings.GATEWAY_EMBEDDED_WORKERS = 2
+    settings.GATEWAY_ORDER_RETRY_DELAY_SECONDS = 0.05
+    monkeypatch.setattr(dispatch, "_embedded_pool", None)  # a pool of this test's size
+    for text in ("first [[delay:2]]", "second", "third", "fourth"):
+        slack_post(client, slack_channel, slack_event("message_im.json", text=text))
+    slack_post(client, slack_channel, slack_event("message_im.json", channel="D0OTHER", user="U0OTHER",
+                                                  text="theirs"))
+    sent = platforms.state.slack_messages
+    assert wait_until(lambda: any(m["text"] == "Echo: theirs" for m in sent), timeout=30)
+    assert not any(m["text"] == "Echo: first" for m in sent)  # the first is still at the model
+    assert wait_until(lambda: len(sent) >= 5, timeout=60)
+    mine = [m["text"] for m in sent if m["text"] != "Echo: theirs"]
+    assert mine == ["Echo: first", "Echo: second", "Echo: third", "Echo: fourth"]
+    # The re-checks still on the timer find their messages answered and end; none outlives the test.
+    assert wait_until(lambda: dispatch.delayed_runs() == 0, timeout=30)
+    dispatch._embedded().shutdown(wait=True)
+
+
 def test_celery_task_retries_then_gives_up_on_a_stuck_earlier_message(client, slack_channel, platforms, settings):
     settings.GATEWAY_ORDER_RETRY_DELAY_SECONDS = 0.01
     settings.GATEWAY_ORDER_MAX_WAIT_SECONDS = 0.03  # three re-checks, then answer anyway
