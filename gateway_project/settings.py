@@ -347,7 +347,7 @@ GATEWAY_HISTORY_MESSAGES = env.int("GATEWAY_HISTORY_MESSAGES", default=20)
 GATEWAY_AGENT_LEASE_SECONDS = env.int("GATEWAY_AGENT_LEASE_SECONDS", default=300)
 # Retry-After of the 503 given while PostgreSQL or Redis is unreachable.
 GATEWAY_OUTAGE_RETRY_AFTER_SECONDS = env.int("GATEWAY_OUTAGE_RETRY_AFTER_SECONDS", default=5)
-GATEWAY_EMBEDDED_WORKERS = env.int("GATEWAY_EMBEDDED_WORKERS", default=16)
+GATEWAY_EMBEDDED_WORKERS = env.int("GATEWAY_EMBEDDED_WORKERS", default=4)
 # Agent runs (apps/agents/orchestrator.py): retries per model before the next of the fallback
 # chain, exponential backoff between them, Retry-After honoured up to a cap; tool loop bound.
 GATEWAY_LLM_RETRIES = env.int("GATEWAY_LLM_RETRIES", default=2)
