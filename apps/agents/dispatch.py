@@ -77,7 +77,7 @@ def run_later(delay: float, task_name: str, *args) -> None:
     would have let them through queued behind them."""
     global _timer
     with _timer_lock:
-        if _timer is None:
+        if _timer is None or not _timer.thread.is_alive():
             _timer = _Timer()
     _timer.add(delay, lambda: _embedded().submit(_in_process[task_name], *args))
 
@@ -89,7 +89,8 @@ class _Timer:
         self._due: list[tuple[float, int, Callable[[], object]]] = []
         self._changed = threading.Condition()
         self._order = itertools.count()
-        threading.Thread(target=self._run, name="agent-timer", daemon=True).start()
+        self.thread = threading.Thread(target=self._run, name="agent-timer", daemon=True)
+        self.thread.start()
 
     def add(self, delay: float, function: Callable[[], object]) -> None:
         with self._changed:

@@ -111,12 +111,14 @@ def release_leases_of_the_previous_process() -> int:
     """Embedded default, at startup: this server process is the only one answering (one SQLite
     file, one process), so a lease taken before it started is a previous process's, which died with
     its runs. Let those run out now rather than a whole lease later. (A lease this process took
-    runs at least a lease past its start.)"""
+    runs at least a lease past its start.) A message waiting its turn carries a wait lease for its
+    task's next re-check, which the previous process's timer took with it."""
     now = timezone.now()
-    before_us = _PROCESS_STARTED + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS)
-    return Message.objects.filter(
-        status__in=[Status.PROCESSING, Status.PENDING], lease_until__gte=now, lease_until__lt=before_us,
-    ).update(lease_until=now - timedelta(seconds=1))
+    run_lease = timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS)
+    wait_lease = run_lease + timedelta(seconds=settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS)  # claims.py
+    taken_before_us = (Q(status__in=[Status.PROCESSING, Status.PENDING], lease_until__lt=_PROCESS_STARTED + run_lease)
+                       | Q(status=Status.ACCEPTED, lease_until__lt=_PROCESS_STARTED + wait_lease))
+    return Message.objects.filter(taken_before_us, lease_until__gte=now).update(lease_until=now - timedelta(seconds=1))
 
 
 def _recover_forever() -> None:

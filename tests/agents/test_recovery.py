@@ -47,3 +47,27 @@ def test_requeued_message_is_answered_once_even_if_the_original_task_also_runs(m
     agent_run(message.id)  # the "lost" task turns up after all
     assert wait_until(lambda: Message.objects.get(pk=message.pk).status == Status.ANSWERED, timeout=20)
     assert Message.objects.filter(reply_to=message).count() == 1
+
+
+def test_a_restart_lets_go_of_the_previous_processs_leases_wait_leases_included(make_inbound, settings,
+                                                                               monkeypatch):
+    """Embedded default, at startup: leases the previous process took (a run's, a delivery's, and a
+    waiting message's wait lease) run out now; those this process took are kept."""
+    from apps.agents import recovery
+
+    settings.GATEWAY_AGENT_LEASE_SECONDS = 300
+    settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS = 10
+    settings.GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS = 60
+    monkeypatch.setattr(recovery, "_PROCESS_STARTED", timezone.now())
+    # Taken before this process started: a run's lease (a claim's 300 s), and a wait lease (claims.py:
+    # the order re-check's longest delay plus a claim's lease, 310 s).
+    running = make_inbound(Status.PROCESSING, age_seconds=120, lease_in_seconds=290)
+    waiting = make_inbound(Status.ACCEPTED, age_seconds=120, lease_in_seconds=300)
+    assert not set(stuck_messages()) & {running, waiting}
+    # Taken by this process (after it started, so at least a wait lease past its start).
+    mine = make_inbound(Status.ACCEPTED, age_seconds=120, lease_in_seconds=311)
+
+    assert recovery.release_leases_of_the_previous_process() == 2
+    assert set(stuck_messages()) == {running, waiting}
+    mine.refresh_from_db()
+    assert mine.lease_until > timezone.now()
