@@ -347,13 +347,13 @@ GATEWAY_HISTORY_MESSAGES = env.int("GATEWAY_HISTORY_MESSAGES", default=20)
 GATEWAY_AGENT_LEASE_SECONDS = env.int("GATEWAY_AGENT_LEASE_SECONDS", default=300)
 # Retry-After of the 503 given while PostgreSQL or Redis is unreachable.
 GATEWAY_OUTAGE_RETRY_AFTER_SECONDS = env.int("GATEWAY_OUTAGE_RETRY_AFTER_SECONDS", default=5)
-GATEWAY_EMBEDDED_WORKERS = env.int("GATEWAY_EMBEDDED_WORKERS", default=4)
+GATEWAY_EMBEDDED_WORKERS = env.int("GATEWAY_EMBEDDED_WORKERS", default=16)
 # Agent runs (apps/agents/orchestrator.py): retries per model before the next of the fallback
 # chain, exponential backoff between them, Retry-After honoured up to a cap; tool loop bound.
 GATEWAY_LLM_RETRIES = env.int("GATEWAY_LLM_RETRIES", default=2)
 # Model calls in flight per client connection pool: past it, a provider's calls spill into another
 # client (apps.agents.llm.ClientPools; httpx walks a whole pool on every request). 0 = one pool.
-GATEWAY_MODEL_CALLS_PER_POOL = env.int("GATEWAY_MODEL_CALLS_PER_POOL", default=16)
+GATEWAY_MODEL_CALLS_PER_POOL = env.int("GATEWAY_MODEL_CALLS_PER_POOL", default=4)
 GATEWAY_LLM_BACKOFF_BASE_SECONDS = env.float("GATEWAY_LLM_BACKOFF_BASE_SECONDS", default=0.5)
 GATEWAY_LLM_BACKOFF_MAX_SECONDS = env.float("GATEWAY_LLM_BACKOFF_MAX_SECONDS", default=8.0)
 GATEWAY_LLM_RETRY_AFTER_MAX_SECONDS = env.float("GATEWAY_LLM_RETRY_AFTER_MAX_SECONDS", default=30.0)
