@@ -134,18 +134,23 @@ def _claimable(message_id, now, *, ignore_order: bool = False, in_order: bool = 
     return sql, params
 
 
+def wait_lease() -> timedelta:
+    """How long a message waiting its turn is left to its task chain: the longest pause before the
+    next re-check, plus a claim's lease."""
+    return timedelta(seconds=settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS + settings.GATEWAY_AGENT_LEASE_SECONDS)
+
+
 def _waits_for_earlier(message_id, now) -> bool:
     """Whether the unclaimed message is claimable but for an earlier one of its conversation.
 
     If so, the message gets a wait lease (until its task's next re-check, at the longest, plus a
     claim's lease): recovery leaves a waiting message to the one task chain already waiting on it.
     """
-    wait = settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS + settings.GATEWAY_AGENT_LEASE_SECONDS
     if is_plain("raw_sql"):
         waiting = _claimable_orm(message_id, now, in_order=False)
-        return waiting.update(lease_until=now + timedelta(seconds=wait)) > 0
+        return waiting.update(lease_until=now + wait_lease()) > 0
     condition, params = _claimable(message_id, now, in_order=False)
-    until = stored(Message, "lease_until", now + timedelta(seconds=wait))
+    until = stored(Message, "lease_until", now + wait_lease())
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {_MESSAGES} SET lease_until = %s WHERE {condition}", [until, *params])
         return cursor.rowcount > 0

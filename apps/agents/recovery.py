@@ -27,6 +27,7 @@ from apps.conversations.models import Direction, Message, Status
 from apps.quotas.budgets import settle_unsettled
 
 from . import hooks
+from .claims import wait_lease
 from .dispatch import enqueue_agent_run, enqueue_delivery
 
 logger = logging.getLogger(__name__)
@@ -115,9 +116,8 @@ def release_leases_of_the_previous_process() -> int:
     task's next re-check, which the previous process's timer took with it."""
     now = timezone.now()
     run_lease = timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS)
-    wait_lease = run_lease + timedelta(seconds=settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS)  # claims.py
     taken_before_us = (Q(status__in=[Status.PROCESSING, Status.PENDING], lease_until__lt=_PROCESS_STARTED + run_lease)
-                       | Q(status=Status.ACCEPTED, lease_until__lt=_PROCESS_STARTED + wait_lease))
+                       | Q(status=Status.ACCEPTED, lease_until__lt=_PROCESS_STARTED + wait_lease()))
     return Message.objects.filter(taken_before_us, lease_until__gte=now).update(lease_until=now - timedelta(seconds=1))
 
 
