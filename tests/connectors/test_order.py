@@ -1,5 +1,7 @@
 """Per-conversation order: two messages of one user are answered in the order they arrived."""
 
+import threading
+
 import pytest
 
 from apps.agents.claims import WaitingForEarlier
@@ -74,6 +76,33 @@ def test_embedded_messages_waiting_their_turn_hold_no_pool_thread(client, slack_
     assert mine == ["Echo: first", "Echo: second", "Echo: third", "Echo: fourth"]
     # The re-checks still on the timer find their messages answered and end; none outlives the test.
     assert wait_until(lambda: dispatch.delayed_runs() == 0, timeout=30)
+    dispatch._embedded().shutdown(wait=True)
+
+
+def test_embedded_runs_that_can_go_now_are_taken_before_re_checks(settings, monkeypatch):
+    """A new message (or a hand-over) queued behind due re-checks runs first: a burst into one
+    conversation must not hold up the others, or the run that lets the burst through."""
+    from apps.agents import dispatch
+
+    settings.GATEWAY_AGENT_DISPATCH = "thread"
+    settings.GATEWAY_EMBEDDED_WORKERS = 1
+    monkeypatch.setattr(dispatch, "_embedded_pool", None)
+    ran, release = [], threading.Event()
+
+    def run(message_id, tries=None):  # stands for the agent run: holds the one thread until released
+        if message_id == "at the model":
+            release.wait(30)
+        ran.append(message_id)
+
+    monkeypatch.setitem(dispatch._in_process, dispatch.RUN_AGENT, run)
+    dispatch.enqueue_agent_run("at the model")
+    for n in range(5):
+        dispatch.run_later(0, dispatch.RUN_AGENT, f"re-check {n}")
+    assert wait_until(lambda: dispatch.queue_depth() == 5, timeout=10)  # all five due and queued
+    dispatch.enqueue_agent_run("new")
+    release.set()
+    assert wait_until(lambda: len(ran) == 7, timeout=10)
+    assert ran == ["at the model", "new"] + [f"re-check {n}" for n in range(5)]
     dispatch._embedded().shutdown(wait=True)
 
 
