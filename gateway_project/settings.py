@@ -407,7 +407,8 @@ WECOM_AIBOT_STREAM_WINDOW_SECONDS = env.float("WECOM_AIBOT_STREAM_WINDOW_SECONDS
 # Per-conversation order: a message waits while an earlier one of its conversation is in flight.
 # The earlier one's run queues it as soon as it is done; meanwhile it re-checks after
 # GATEWAY_ORDER_RETRY_DELAY_SECONDS, doubling up to GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS, and
-# after GATEWAY_ORDER_MAX_WAIT_SECONDS in all it is answered anyway.
+# GATEWAY_ORDER_MAX_WAIT_SECONDS after its first re-check (by the clock) it is answered anyway.
+# On the embedded pool a due re-check lets newer runs go first for at most the longest pause.
 GATEWAY_ORDER_RETRY_DELAY_SECONDS = env.float("GATEWAY_ORDER_RETRY_DELAY_SECONDS", default=0.5)
 GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS = env.float("GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS", default=10.0)
 GATEWAY_ORDER_MAX_WAIT_SECONDS = env.float("GATEWAY_ORDER_MAX_WAIT_SECONDS", default=300.0)

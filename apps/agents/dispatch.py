@@ -32,8 +32,8 @@ BROKER_ERRORS = (BrokerOperationalError, RedisConnectionError, RedisTimeoutError
 _in_process: dict[str, Callable[..., None]] = {}
 _embedded_pool: _Pool | None = None
 
-# The embedded pool's two queues: runs that can make progress (new messages, hand-overs,
-# deliveries) go ahead of re-checks of messages that were waiting their turn.
+# How urgent a run is on the embedded pool: runs that can make progress (new messages,
+# hand-overs, deliveries) before re-checks of messages that were waiting their turn (``_Pool``).
 NOW, RE_CHECK = 0, 1
 
 
@@ -123,35 +123,42 @@ def delayed_runs() -> int:
 
 
 class _Pool:
-    """The embedded default's thread pool, taking the most urgent queued run first.
+    """The embedded default's thread pool, taking queued runs by urgency.
 
     A ``ThreadPoolExecutor`` runs in the order submitted: a burst into one conversation filled its
     queue with re-checks, and another conversation's new message, or the hand-over that lets the
     burst through, waited behind all of them (14 s behind 938 re-checks in a review). Each
-    ``submit`` puts the run on a heap and asks the executor for one turn; a turn runs whatever is
-    most urgent then. The executor keeps its threads, its shutdown and its exit handling.
+    ``submit`` puts the run on a heap and asks the executor for one turn; a turn runs the entry
+    with the earliest key. A run that can go now is keyed by when it came; a due re-check by when
+    it came plus the longest pause between re-checks: it gives way to what came up to that long
+    after it, then takes its turn, so sustained overload cannot hold it back for good. The
+    executor keeps its threads, its shutdown and its exit handling.
     """
 
     def __init__(self, workers: int):
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent")
-        self._queued: list[tuple[int, int, Callable[..., None], tuple]] = []
+        self._queued: list[tuple[float, int, Callable[..., None], tuple]] = []
         self._lock = threading.Lock()
         self._order = itertools.count()
 
     def submit(self, priority: int, function: Callable[..., None], *args) -> None:
-        entry = (priority, next(self._order), function, args)
+        give_way = settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS if priority == RE_CHECK else 0.0
+        entry = (time.monotonic() + give_way, next(self._order), function, args)
         with self._lock:
             heapq.heappush(self._queued, entry)
         try:
             self._executor.submit(self._one_turn)
-        except RuntimeError:  # shut down (the process is exiting): no turn will take it
+        except RuntimeError:  # shut down (the process is exiting), or no thread could be started
             with self._lock:
-                self._queued.remove(entry)
-                heapq.heapify(self._queued)
+                if entry in self._queued:  # else a turn already took it
+                    self._queued.remove(entry)
+                    heapq.heapify(self._queued)
             raise
 
     def _one_turn(self) -> None:
         with self._lock:
+            if not self._queued:  # its entry was taken back by a submit that failed
+                return
             _, _, function, args = heapq.heappop(self._queued)
         function(*args)
 

@@ -10,6 +10,7 @@ two counts, and a database retry carries the claim to give back.)
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import asdict, dataclass, replace
 
 from celery import shared_task
@@ -43,7 +44,7 @@ def order_wait() -> wait_exponential:
 
 def order_stop() -> stop_base:
     """When a message stops waiting its turn and is answered anyway: after at least one re-check,
-    once the pauses add up to GATEWAY_ORDER_MAX_WAIT_SECONDS."""
+    once it has waited GATEWAY_ORDER_MAX_WAIT_SECONDS (``ignores_order``)."""
     return stop_after_attempt(1) & stop_when_waited(settings.GATEWAY_ORDER_MAX_WAIT_SECONDS)
 
 
@@ -60,11 +61,13 @@ class stop_when_waited(stop_base):  # noqa: N801  (named like tenacity's own str
 @dataclass(frozen=True)
 class Tries:
     """Where a message's agent run stands between tries (the Celery task carries it as kwargs):
-    tries that found an earlier message in flight and what they waited in all; tries the database
-    failed under, and the claim the last one left (the next try gives it back first)."""
+    tries that found an earlier message in flight, the pauses between them in all, and when the
+    first of them was (epoch seconds); tries the database failed under, and the claim the last one
+    left (the next try gives it back first)."""
 
     order_waits: int = 0
     order_waited: float = 0.0
+    waiting_since: float | None = None
     database_retries: int = 0
     release_attempt: int | None = None
 
@@ -77,13 +80,21 @@ def _retry_state(failed_tries: int, waited: float = 0.0) -> RetryCallState:
 
 
 def ignores_order(tries: Tries) -> bool:
-    return order_stop()(_retry_state(tries.order_waits, tries.order_waited))
+    """Whether this try goes ahead of an earlier message. The wait counts from the first try that
+    found one, as the clock runs: a re-check queued behind other work (a busy pool, a deep broker
+    queue) waits longer than its pause, and counting the pauses alone let an overloaded gateway
+    hold a message several times the longest wait."""
+    waited = tries.order_waited
+    if tries.waiting_since is not None:
+        waited = max(waited, time.time() - tries.waiting_since)
+    return order_stop()(_retry_state(tries.order_waits, waited))
 
 
 def after_order_wait(tries: Tries) -> tuple[float, Tries]:
     """The pause before the next try, and that try, after one that found an earlier message."""
     delay = order_wait()(_retry_state(tries.order_waits + 1))
     return delay, replace(tries, order_waits=tries.order_waits + 1, order_waited=tries.order_waited + delay,
+                          waiting_since=tries.waiting_since if tries.waiting_since is not None else time.time(),
                           release_attempt=None)
 
 

@@ -1,6 +1,7 @@
 """Per-conversation order: two messages of one user are answered in the order they arrived."""
 
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -79,13 +80,17 @@ def test_embedded_messages_waiting_their_turn_hold_no_pool_thread(client, slack_
     dispatch._embedded().shutdown(wait=True)
 
 
-def test_embedded_runs_that_can_go_now_are_taken_before_re_checks(settings, monkeypatch):
+@pytest.mark.parametrize("give_way", [60, 0])
+def test_embedded_runs_that_can_go_now_are_taken_before_re_checks(settings, monkeypatch, give_way):
     """A new message (or a hand-over) queued behind due re-checks runs first: a burst into one
-    conversation must not hold up the others, or the run that lets the burst through."""
+    conversation must not hold up the others, or the run that lets the burst through. A re-check
+    gives way for at most the longest pause between re-checks (here 60 s, then none): sustained
+    overload cannot starve it."""
     from apps.agents import dispatch
 
     settings.GATEWAY_AGENT_DISPATCH = "thread"
     settings.GATEWAY_EMBEDDED_WORKERS = 1
+    settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS = give_way
     monkeypatch.setattr(dispatch, "_embedded_pool", None)
     ran, release = [], threading.Event()
 
@@ -102,7 +107,8 @@ def test_embedded_runs_that_can_go_now_are_taken_before_re_checks(settings, monk
     dispatch.enqueue_agent_run("new")
     release.set()
     assert wait_until(lambda: len(ran) == 7, timeout=10)
-    assert ran == ["at the model", "new"] + [f"re-check {n}" for n in range(5)]
+    re_checks = [f"re-check {n}" for n in range(5)]
+    assert ran == ["at the model"] + (["new"] + re_checks if give_way else re_checks + ["new"])
     dispatch._embedded().shutdown(wait=True)
 
 
@@ -175,3 +181,23 @@ def test_database_retries_back_off_then_give_up():
         delays.append(delay)
     assert delays[:6] == [1, 2, 4, 8, 10, 10] and len(delays) == DATABASE_RETRIES
     assert tries.release_attempt == 1
+
+
+def test_a_message_stops_waiting_once_the_longest_wait_has_passed_on_the_clock(settings):
+    """Re-checks held up behind other work wait longer than their pauses: the longest wait counts
+    from the first re-check, not only the pauses' sum."""
+    settings.GATEWAY_ORDER_MAX_WAIT_SECONDS = 300
+    first_wait = after_order_wait(Tries())[1]
+    assert not ignores_order(first_wait)  # 0.5 s of pauses, just now
+    assert ignores_order(replace(first_wait, waiting_since=first_wait.waiting_since - 301))
+    assert not ignores_order(replace(first_wait, waiting_since=first_wait.waiting_since - 299))
+
+
+def test_a_run_a_shut_down_pool_refuses_is_not_left_queued():
+    from apps.agents import dispatch
+
+    pool = dispatch._Pool(1)
+    pool.shutdown()
+    with pytest.raises(RuntimeError):
+        pool.submit(dispatch.NOW, print, "never")
+    assert pool.queued() == 0
