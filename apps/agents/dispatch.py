@@ -144,20 +144,20 @@ class _Pool:
     def submit(self, priority: int, function: Callable[..., None], *args) -> None:
         give_way = settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS if priority == RE_CHECK else 0.0
         entry = (time.monotonic() + give_way, next(self._order), function, args)
+        # Under the lock until the turn is queued: a turn already queued cannot take this entry
+        # before a refused submit takes it back (it would run a refused run and strand another).
         with self._lock:
             heapq.heappush(self._queued, entry)
-        try:
-            self._executor.submit(self._one_turn)
-        except RuntimeError:  # shut down (the process is exiting), or no thread could be started
-            with self._lock:
-                if entry in self._queued:  # else a turn already took it
-                    self._queued.remove(entry)
-                    heapq.heapify(self._queued)
-            raise
+            try:
+                self._executor.submit(self._one_turn)
+            except RuntimeError:  # shut down (the process is exiting), or no thread could be started
+                self._queued.remove(entry)
+                heapq.heapify(self._queued)
+                raise
 
     def _one_turn(self) -> None:
         with self._lock:
-            if not self._queued:  # its entry was taken back by a submit that failed
+            if not self._queued:  # a turn queued by a submit that then failed to start a thread
                 return
             _, _, function, args = heapq.heappop(self._queued)
         function(*args)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from celery import shared_task
 from django.conf import settings
@@ -70,6 +70,16 @@ class Tries:
     waiting_since: float | None = None
     database_retries: int = 0
     release_attempt: int | None = None
+
+    @classmethod
+    def carried(cls, kwargs: dict) -> Tries:
+        """The tries a task carries, leaving out fields this version does not know: a re-check a
+        newer worker queued still runs on an older one during a rolling deploy or a rollback."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            logger.warning("run_agent: ignoring unknown tries %s", unknown)
+        return cls(**{name: value for name, value in kwargs.items() if name in known})
 
 
 def _retry_state(failed_tries: int, waited: float = 0.0) -> RetryCallState:
@@ -136,7 +146,7 @@ def try_once(message_id, tries: Tries) -> tuple[float, Tries] | None:
              max_retries=None)
 def run_agent(self, message_id: str, **tries) -> None:
     """Answer one inbound message (no-op if it is already answered or being answered)."""
-    again = try_once(message_id, Tries(**tries))
+    again = try_once(message_id, Tries.carried(tries))
     if again is not None:
         delay, following = again
         raise self.retry(countdown=delay, args=(message_id,), kwargs=asdict(following))

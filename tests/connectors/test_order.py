@@ -201,3 +201,39 @@ def test_a_run_a_shut_down_pool_refuses_is_not_left_queued():
     with pytest.raises(RuntimeError):
         pool.submit(dispatch.NOW, print, "never")
     assert pool.queued() == 0
+
+
+def test_a_pool_shutting_down_runs_what_it_accepted_and_nothing_it_refused():
+    """Submitters racing a shutdown: each run is either accepted and run, or refused and not run;
+    nothing is left queued. (A refused submit once took back another run's entry.)"""
+    from apps.agents import dispatch
+
+    for _ in range(20):
+        pool, ran, refused = dispatch._Pool(2), [], []
+
+        def submitter(k, pool=pool, ran=ran, refused=refused):
+            for i in range(200):
+                try:
+                    pool.submit(dispatch.NOW, ran.append, (k, i))
+                except RuntimeError:
+                    refused.append((k, i))
+
+        threads = [threading.Thread(target=submitter, args=(k,)) for k in range(4)]
+        for thread in threads:
+            thread.start()
+        pool.shutdown(wait=False)
+        for thread in threads:
+            thread.join()
+        pool.shutdown(wait=True)
+        assert pool.queued() == 0
+        assert not set(ran) & set(refused)
+        assert len(ran) + len(refused) == 800
+
+
+def test_a_re_check_carrying_tries_this_version_does_not_know_still_runs(client, slack_channel, platforms):
+    """A rolling deploy or a rollback: a newer worker's re-check reaches this one."""
+    first, second = two_dm_messages(client, slack_channel, first="first")
+    run_agent.apply(args=[str(first.id)])
+    run_agent.apply(args=[str(second.id)], kwargs={"order_waits": 1, "order_waited": 0.5, "from_a_later_version": 1})
+    second.refresh_from_db()
+    assert second.status == "answered"
