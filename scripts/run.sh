@@ -3,29 +3,14 @@
 set -euo pipefail
 host="$1"; port="$2"; fake_port="$3"
 bin=.venv/bin
-pids=()      # the gateway's processes: stopped first
-model_pid=  # the stand-in model: stopped once they have exited
-# The server finishes the agent runs it has queued before it exits. The stand-in model used to be
-# stopped with it, and each of those runs then failed and its sender got an error.
-stop() {
-  for pid in "${pids[@]}"; do kill "$1" "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ -n "$model_pid" ]; then kill "$model_pid" 2>/dev/null || true; fi
-}
-cleanup() {
-  trap 'trap - EXIT INT TERM; stop -KILL; exit 130' INT TERM
-  trap - EXIT
-  echo "Stopping: finishing the agent runs already queued (Ctrl-C again to stop now; the next start answers the rest)."
-  stop -TERM
-}
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
 
 if [ -z "${OPENAI_API_KEY:-}" ]; then
   export OPENAI_BASE_URL="http://127.0.0.1:${fake_port}/v1"
-  # Its own session: the terminal's Ctrl-C reaches the whole process group, and the stand-in
-  # (aiohttp) stops on it; stop() stops it after the server.
-  setsid "$bin/python" manage.py fake_llm --port "$fake_port" &
-  model_pid=$!
+  "$bin/python" manage.py fake_llm --port "$fake_port" &
+  pids+=($!)
 fi
 # The demo (users, API keys, channels) unless SEED_DEMO=0; its secrets are this install's own.
 staff_password="(yours)"
@@ -54,4 +39,4 @@ cat <<TXT
   Ctrl-C to stop.
 
 TXT
-wait -n "${pids[@]}" ${model_pid:+"$model_pid"}
+wait -n "${pids[@]}"

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 from django.conf import settings
@@ -122,64 +123,50 @@ def delayed_runs() -> int:
 
 
 class _Pool:
-    """The embedded default's thread pool: daemon threads taking queued runs by urgency.
+    """The embedded default's thread pool, taking queued runs by urgency.
 
-    Urgency: a ``ThreadPoolExecutor`` runs in the order submitted. A burst into one conversation
-    filled its queue with re-checks, and another conversation's new message, or the hand-over
-    that lets the burst through, waited behind all of them (12 s behind hundreds of re-checks in
-    a review). Here a run that can go now is keyed by when it came; a due re-check by when it came
-    plus the longest pause between re-checks: it gives way to what came up to that long after it,
-    then takes its turn, so sustained overload cannot hold it back for good.
-
-    Exit: an executor's threads run every queued run while the interpreter exits, and there a run
-    can no longer publish its reply (asgiref refuses new futures): a review's Ctrl-C mid-burst
-    failed over a hundred accepted messages. Daemon threads stop with the process instead; what
-    was queued is still ``accepted`` and a run cut short still holds its lease, and the next
-    start answers both (``recovery.release_leases_of_the_previous_process``), each once.
+    A ``ThreadPoolExecutor`` runs in the order submitted: a burst into one conversation filled its
+    queue with re-checks, and another conversation's new message, or the hand-over that lets the
+    burst through, waited behind all of them (14 s behind 938 re-checks in a review). Each
+    ``submit`` puts the run on a heap and asks the executor for one turn; a turn runs the entry
+    with the earliest key. A run that can go now is keyed by when it came; a due re-check by when
+    it came plus the longest pause between re-checks: it gives way to what came up to that long
+    after it, then takes its turn, so sustained overload cannot hold it back for good. The
+    executor keeps its threads, its shutdown and its exit handling.
     """
 
     def __init__(self, workers: int):
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent")
         self._queued: list[tuple[float, int, Callable[..., None], tuple]] = []
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
         self._order = itertools.count()
-        self._closed = False
-        self._threads = [threading.Thread(target=self._work, name=f"agent_{n}", daemon=True)
-                         for n in range(max(1, workers))]
-        for thread in self._threads:
-            thread.start()
 
     def submit(self, priority: int, function: Callable[..., None], *args) -> None:
         give_way = settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS if priority == RE_CHECK else 0.0
-        with self._changed:
-            if self._closed:
-                raise RuntimeError("the embedded agent pool is shut down")
-            heapq.heappush(self._queued, (time.monotonic() + give_way, next(self._order), function, args))
-            self._changed.notify()
-
-    def _work(self) -> None:
-        while True:
-            with self._changed:
-                while not self._queued and not self._closed:
-                    self._changed.wait()
-                if not self._queued:  # shut down, and nothing left
-                    return
-                _, _, function, args = heapq.heappop(self._queued)
+        entry = (time.monotonic() + give_way, next(self._order), function, args)
+        # Under the lock until the turn is queued: a turn already queued cannot take this entry
+        # before a refused submit takes it back (it would run a refused run and strand another).
+        with self._lock:
+            heapq.heappush(self._queued, entry)
             try:
-                function(*args)
-            except Exception:  # the in-process twins log their own; keep the thread
-                logger.exception("embedded agent pool: a run raised")
+                self._executor.submit(self._one_turn)
+            except RuntimeError:  # shut down (the process is exiting), or no thread could be started
+                self._queued.remove(entry)
+                heapq.heapify(self._queued)
+                raise
+
+    def _one_turn(self) -> None:
+        with self._lock:
+            if not self._queued:  # a turn queued by a submit that then failed to start a thread
+                return
+            _, _, function, args = heapq.heappop(self._queued)
+        function(*args)
 
     def queued(self) -> int:
         return len(self._queued)
 
     def shutdown(self, wait: bool = True) -> None:
-        """Refuse new runs; the threads finish what is queued, then end."""
-        with self._changed:
-            self._closed = True
-            self._changed.notify_all()
-        if wait:
-            for thread in self._threads:
-                thread.join()
+        self._executor.shutdown(wait=wait)
 
 
 def _embedded() -> _Pool:
