@@ -53,6 +53,20 @@ class Process:
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not log {pattern!r} (exit {self.popen.poll()}):\n{self.log()[-4000:]}")
 
+    def wait_for_closed(self, url: str, timeout: float = 30.0) -> None:
+        """Until ``url`` no longer connects (the server stopped listening)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    pass
+            except urllib.error.HTTPError:
+                pass  # still serving
+            except OSError:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} still answers {url}")
+
     def wait_for_http(self, url: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

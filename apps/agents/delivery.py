@@ -22,7 +22,7 @@ from gateway_project.db import Update, is_database_outage, stored, through_outag
 from gateway_project.plain import is_plain
 
 from . import hooks, leases, llm
-from .dispatch import enqueue_agent_run
+from .dispatch import enqueue_agent_run, process_stopping
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,8 @@ def deliver(reply: Message, *, inbound: Message, then_start_next: bool = False) 
         except Exception as exc:
             # Not the platform's answer but the gateway's own means failing (e.g. redis.ConnectionError
             # from the channel layer): retried like any transient error, then left for recovery.
-            error = ConnectorError(f"delivery means unavailable: {type(exc).__name__}: {exc}")
+            error = ConnectorError(f"delivery means unavailable: {type(exc).__name__}: {exc}",
+                                   permanent=process_stopping())  # exiting: left for the next start now
             error.deferred = True
             raise error from exc
 

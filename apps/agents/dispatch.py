@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import redis
 from django.conf import settings
@@ -123,50 +122,98 @@ def delayed_runs() -> int:
 
 
 class _Pool:
-    """The embedded default's thread pool, taking queued runs by urgency.
+    """The embedded default's thread pool: its own threads, taking queued runs by urgency.
 
-    A ``ThreadPoolExecutor`` runs in the order submitted: a burst into one conversation filled its
-    queue with re-checks, and another conversation's new message, or the hand-over that lets the
-    burst through, waited behind all of them (14 s behind 938 re-checks in a review). Each
-    ``submit`` puts the run on a heap and asks the executor for one turn; a turn runs the entry
-    with the earliest key. A run that can go now is keyed by when it came; a due re-check by when
-    it came plus the longest pause between re-checks: it gives way to what came up to that long
-    after it, then takes its turn, so sustained overload cannot hold it back for good. The
-    executor keeps its threads, its shutdown and its exit handling.
+    Urgency: a ``ThreadPoolExecutor`` runs in the order submitted, and a burst into one
+    conversation filled its queue with re-checks; another conversation's new message, or the
+    hand-over that lets the burst through, waited behind all of them (14 s behind 938 re-checks in
+    a review). Here a run that can go now is keyed by when it came; a due re-check by when it came
+    plus the longest pause between re-checks: it gives way to what came up to that long after it,
+    then takes its turn, so sustained overload cannot hold it back for good.
+
+    Exit: an executor's threads run everything still queued while the interpreter exits, where a
+    run can no longer publish (asgiref refuses new futures) and, under ``make run``, the model may
+    be gone: a Ctrl-C mid-burst failed over a hundred accepted messages. These threads are not
+    daemons: once the main thread has ended (``process_stopping``), each finishes the run it
+    holds and takes no other. What was queued stays ``accepted`` for the next start's recovery.
     """
 
+    # How often an idle thread looks whether the process is stopping (nothing wakes it then).
+    IDLE_CHECK_SECONDS = 0.5
+
     def __init__(self, workers: int):
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent")
+        self._workers = max(1, workers)
         self._queued: list[tuple[float, int, Callable[..., None], tuple]] = []
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._order = itertools.count()
+        self._names = itertools.count()
+        self._threads: set[threading.Thread] = set()
+        self._idle = 0
+        self._closed = False
 
     def submit(self, priority: int, function: Callable[..., None], *args) -> None:
+        """Queue ``function(*args)``. Raises RuntimeError once ``shutdown`` was called. While the
+        process stops, the run is left queued: its message is still ``accepted`` in the database."""
         give_way = settings.GATEWAY_ORDER_RETRY_MAX_DELAY_SECONDS if priority == RE_CHECK else 0.0
-        entry = (time.monotonic() + give_way, next(self._order), function, args)
-        # Under the lock until the turn is queued: a turn already queued cannot take this entry
-        # before a refused submit takes it back (it would run a refused run and strand another).
-        with self._lock:
-            heapq.heappush(self._queued, entry)
-            try:
-                self._executor.submit(self._one_turn)
-            except RuntimeError:  # shut down (the process is exiting), or no thread could be started
-                self._queued.remove(entry)
-                heapq.heapify(self._queued)
-                raise
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the embedded agent pool is shut down")
+            heapq.heappush(self._queued, (time.monotonic() + give_way, next(self._order), function, args))
+            if self._idle:
+                self._changed.notify()
+            # More queued than threads waiting (some may be woken already): one more thread.
+            if len(self._queued) > self._idle and len(self._threads) < self._workers and not process_stopping():
+                thread = threading.Thread(target=self._work, name=f"agent_{next(self._names)}")
+                self._threads.add(thread)
+                thread.start()
 
-    def _one_turn(self) -> None:
-        with self._lock:
-            if not self._queued:  # a turn queued by a submit that then failed to start a thread
-                return
-            _, _, function, args = heapq.heappop(self._queued)
-        function(*args)
+    def _work(self) -> None:
+        try:
+            while (entry := self._next()) is not None:
+                _, _, function, args = entry
+                try:
+                    function(*args)
+                except Exception:  # the in-process twins log their own; the thread goes on
+                    logger.exception("embedded agent pool: a run raised")
+        finally:
+            with self._changed:
+                self._threads.discard(threading.current_thread())
+                self._changed.notify_all()
+
+    def _next(self):
+        """The most urgent queued run, waiting for one; None when this thread should end."""
+        with self._changed:
+            while True:
+                if process_stopping():
+                    return None
+                if self._queued:
+                    return heapq.heappop(self._queued)
+                if self._closed:
+                    return None
+                self._idle += 1
+                try:
+                    self._changed.wait(self.IDLE_CHECK_SECONDS)
+                finally:
+                    self._idle -= 1
 
     def queued(self) -> int:
         return len(self._queued)
 
     def shutdown(self, wait: bool = True) -> None:
-        self._executor.shutdown(wait=wait)
+        """Refuse new runs; the threads run what is queued, then end."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+            threads = list(self._threads)
+        if wait:
+            for thread in threads:
+                thread.join()
+
+
+def process_stopping() -> bool:
+    """Whether the interpreter is exiting: its main thread has ended (a server's main thread
+    returns once the server has stopped serving). Runs still going then finish; none starts."""
+    return not threading.main_thread().is_alive()
 
 
 def _embedded() -> _Pool:

@@ -24,6 +24,7 @@ from gateway_project.db import is_database_outage, through_outage
 from . import hooks, leases, llm, orchestrator
 from .claims import claim, release_claim
 from .delivery import deliver, fail_message, save_reply, start_next_in_conversation
+from .dispatch import process_stopping
 from .prompt import build_prompt
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,13 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
             except Exception as exc:
                 if is_database_outage(exc):
                     raise
+                if process_stopping():
+                    # Not the message's fault: the process is exiting (under `make run` its model
+                    # stand-in too). Give the claim back; the next start answers it.
+                    logger.warning("agent run interrupted by the process stopping; left for the next start",
+                                   extra={"error": f"{type(exc).__name__}: {exc}"[:500]})
+                    release_claim(message.pk, message.attempts)
+                    return None
                 # A bug or an outage must not leave the sender waiting in silence.
                 logger.exception("agent run crashed")
                 fail_message(message, llm.LLMError("internal_error", "The agent run crashed."))
@@ -100,14 +108,16 @@ def _answer(message: Message) -> Message | None:
     on_delta = on_reset = None
     if connector.wants_stream(message):
         def on_delta(piece: str) -> None:
-            connector.send_delta(message, piece)
+            _unless_stopping(connector.send_delta, message, piece)
 
         def on_reset() -> None:
-            connector.send_reset(message)
+            _unless_stopping(connector.send_reset, message)
     try:
         # Tool loop, retries and the fallback chain; every model call goes through call_model.
         result = orchestrator.generate(message, prompt, on_delta=on_delta, on_reset=on_reset)
     except llm.LLMError as exc:
+        if process_stopping():
+            raise  # agent_run gives the claim back
         fail_message(message, exc)
         return None
     reply = through_outage(lambda: save_reply(message, result))  # the answer is paid for: keep it
@@ -115,6 +125,17 @@ def _answer(message: Message) -> Message | None:
         return None
     deliver(reply, inbound=message, then_start_next=True)
     return reply
+
+
+def _unless_stopping(send, *args) -> None:
+    """Stream a piece to the client, unless the process is exiting: its listeners are gone with
+    the server, and the channel layer may refuse (asgiref takes no new futures then). The run
+    goes on; its reply is stored and delivered (or left for the next start's recovery)."""
+    try:
+        send(*args)
+    except Exception:
+        if not process_stopping():
+            raise
 
 
 def _take_back_streamed_text(message: Message) -> None:

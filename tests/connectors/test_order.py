@@ -1,9 +1,13 @@
 """Per-conversation order: two messages of one user are answered in the order they arrived."""
 
+import os
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 
 import pytest
+from django.conf import settings
 
 from apps.agents.claims import WaitingForEarlier
 from apps.agents.runtime import agent_run
@@ -228,6 +232,44 @@ def test_a_pool_shutting_down_runs_what_it_accepted_and_nothing_it_refused():
         assert pool.queued() == 0
         assert not set(ran) & set(refused)
         assert len(ran) + len(refused) == 800
+
+
+EXITING = """
+import threading, time
+import django
+django.setup()
+from apps.agents import dispatch
+
+def say(line):
+    print(line, flush=True)
+
+idle, busy, started = dispatch._Pool(2), dispatch._Pool(1), threading.Event()
+idle.submit(dispatch.NOW, say, "idle pool: ran")
+
+def at_the_model():
+    started.set()
+    time.sleep(1)
+    say(f"in flight: done, {busy.queued()} left")
+
+busy.submit(dispatch.NOW, at_the_model)
+for n in range(3):
+    busy.submit(dispatch.NOW, say, f"queued {n}: ran")
+started.wait(10)
+say("main: returns")
+"""
+
+
+def test_an_exiting_process_finishes_the_runs_in_flight_and_starts_no_queued_one():
+    """The server stops (Ctrl-C on `make run`): the run at the model finishes, the three queued
+    stay queued (their messages stay ``accepted`` for the next start), and idle threads do not
+    hold the process. (An executor's threads ran every queued run on the way out, where a run can
+    no longer publish and, under `make run`, the model may be gone.)"""
+    done = subprocess.run([sys.executable, "-c", EXITING], cwd=settings.BASE_DIR, capture_output=True, text=True,
+                          env={**os.environ, "DJANGO_SETTINGS_MODULE": "gateway_project.settings"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert sorted(lines) == ["idle pool: ran", "in flight: done, 3 left", "main: returns"], done.stdout
+    assert lines.index("main: returns") < lines.index("in flight: done, 3 left")
 
 
 def test_a_re_check_carrying_tries_this_version_does_not_know_still_runs(client, slack_channel, platforms):

@@ -3,12 +3,13 @@ what a restart interrupted, as the services stack's periodic recovery does."""
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import time
 
 import pytest
 
-from devtools.stack import Stack, base_env, http
+from devtools.stack import Stack, base_env, free_port, http
 
 pytestmark = pytest.mark.e2e
 
@@ -29,16 +30,27 @@ def replies(db_path, ids: list[str]) -> dict[str, int]:
     return {i: counts.get(i.replace("-", ""), 0) for i in ids}
 
 
-def test_embedded_restart_mid_run_answers_every_accepted_message(tmp_path, ledger):
-    """Must hold: the server is killed (SIGKILL) while messages are being answered and others wait;
-    once it starts again, every accepted message is answered, exactly once."""
+@pytest.mark.parametrize("stop", ["kill", "stop", "stop, model gone"])
+def test_embedded_restart_mid_run_answers_every_accepted_message(tmp_path, ledger, stop):
+    """Must hold: the server is killed (SIGKILL), or stopped (SIGTERM, as `make run` stops it on
+    Ctrl-C), while two messages are at the model and two wait for a thread; once it starts again,
+    every accepted message is answered, exactly once, and none failed.
+
+    On SIGTERM the runs at the model finish on the way out and the queued ones stay ``accepted``
+    (an executor's threads used to run them while the interpreter exited, where a run can no longer
+    publish: they failed). If the model goes away as well (it did under `make run`), the runs at it
+    give their claim back instead of failing their message."""
     db_path = tmp_path / "gateway.sqlite3"
     stack = Stack(base_env(DATABASE_URL=f"sqlite:///{db_path}",
                            GATEWAY_CONFIG_GENERATION_DIR=str(tmp_path / "config-generation"),
                            GATEWAY_AGENT_LEASE_SECONDS="4", GATEWAY_REQUEUE_INTERVAL_SECONDS="1",
-                           GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS="2", GATEWAY_EMBEDDED_WORKERS="2"))
+                           GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS="2", GATEWAY_EMBEDDED_WORKERS="2",
+                           # The model's failure reaches the run after the server's main thread ended.
+                           GATEWAY_LLM_RETRIES="2", GATEWAY_LLM_BACKOFF_BASE_SECONDS="1"))
     try:
-        stack.env["OPENAI_BASE_URL"] = stack.fake_llm()
+        model_port = free_port()
+        stack.env["OPENAI_BASE_URL"] = stack.fake_llm("--port", str(model_port))
+        model = stack.processes[-1]
         stack.manage("migrate", "--noinput")
         key = json.loads(stack.manage("seed_demo", "--json"))["api_keys"]["customer"]
         url = stack.daphne()
@@ -51,11 +63,25 @@ def test_embedded_restart_mid_run_answers_every_accepted_message(tmp_path, ledge
             ids.append(body["message_id"])
         ledger.sent += len(ids)
         deadline = time.monotonic() + 30
-        while "processing" not in statuses(db_path, ids).values():
-            assert time.monotonic() < deadline, "no run started"
+        while list(statuses(db_path, ids).values()).count("processing") < 2:
+            assert time.monotonic() < deadline, "the runs did not start"
             time.sleep(0.1)
-        server.kill()
         ledger.faults += 1
+        if stop == "kill":
+            server.kill()
+        else:
+            server.popen.send_signal(signal.SIGTERM)
+            if stop == "stop, model gone":
+                server.wait_for_closed(f"{url}/healthz")
+                model.kill()
+            assert server.popen.wait(60) == 0, server.log()  # exited by itself, runs in flight done
+            left = statuses(db_path, ids)
+            assert "failed" not in left.values(), left
+            in_flight = "accepted" if stop == "stop, model gone" else "answered"
+            assert sorted(left.values()) == sorted(["accepted", "accepted", in_flight, in_flight]), left
+            if stop == "stop, model gone":
+                assert "interrupted by the process stopping" in server.log()
+                stack.fake_llm("--port", str(model_port))
         stack.daphne(port=int(url.rsplit(":", 1)[1]))
         deadline = time.monotonic() + 60
         while not all(s in ("answered", "failed") for s in statuses(db_path, ids).values()):
