@@ -25,14 +25,19 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
 
 def serve_until_signal(app: web.Application, host: str, port: int, *,
                        on_ready: Callable[[str], None] | None = None) -> None:
-    """Serve in this thread until SIGINT/SIGTERM, then shut down cleanly. ``on_ready(root_url)``."""
+    """Serve in this thread until SIGINT/SIGTERM, then shut down cleanly. ``on_ready(root_url)``.
+
+    A SIGINT the process was started ignoring stays ignored, as a shell's background job expects:
+    under ``make run`` the terminal's Ctrl-C is for the script, which stops the gateway first and
+    the model stand-in after it (its runs in flight still need the model)."""
 
     async def main() -> None:
         runner, root = await start_site(app, host, port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                loop.add_signal_handler(sig, stop.set)
         try:
             if on_ready is not None:
                 on_ready(root)
