@@ -63,6 +63,7 @@ class ClientPools:
         self._make = make
         self._pools: list[_Pool] = []
         self._lock = threading.Lock()
+        self._retired = False
 
     @contextmanager
     def lease(self) -> Iterator[openai.OpenAI]:
@@ -87,6 +88,21 @@ class ClientPools:
             with self._lock:
                 pool.in_flight -= 1
                 pool.idle_since = time.monotonic()
+                done = self._retired and not pool.in_flight
+                if done:
+                    self._pools.remove(pool)
+            if done:
+                _close_quietly(pool.client)
+
+    def retire(self) -> None:
+        """The provider's URL, key or timeout changed: close these clients, each once its calls
+        in flight are done (a call leased before this still finishes on its client)."""
+        with self._lock:
+            self._retired = True
+            idle = [pool for pool in self._pools if not pool.in_flight]
+            self._pools = [pool for pool in self._pools if pool.in_flight]
+        for pool in idle:
+            _close_quietly(pool.client)
 
     def clients(self) -> list[openai.OpenAI]:
         return [pool.client for pool in self._pools]
@@ -100,23 +116,31 @@ def _close_quietly(client: openai.OpenAI) -> None:
         logger.warning("closing an idle model client failed", exc_info=True)
 
 
-_pools: dict[tuple, ClientPools] = {}
+# A provider's clients, with the configuration (URL, key, timeout) they were made for.
+_pools: dict[object, tuple[tuple, ClientPools]] = {}
 _pools_lock = threading.Lock()
 
 
 def pools_for(provider: Provider) -> ClientPools:
-    """The clients of one provider configuration (URL, key, timeout), shared by threads."""
-    key = (provider.base_url, provider.api_key(), provider.timeout_seconds)
-    pools = _pools.get(key)
-    if pools is None:
-        with _pools_lock:
-            pools = _pools.get(key)
-            if pools is None:
-                # Retries are ours (logged per attempt), so a client makes exactly one.
-                pools = ClientPools(lambda: openai.OpenAI(
-                    base_url=key[0], api_key=key[1], timeout=key[2], max_retries=0,
-                    http_client=openai.DefaultHttpxClient(verify=_tls_context())))
-                _pools[key] = pools
+    """The clients of a provider's current configuration, shared by threads. When its URL, key or
+    timeout changes (a rotated key), the clients of the old one are closed once their calls are
+    done: they would otherwise hold their connections, and the old key, for the process's life."""
+    config = (provider.base_url, provider.api_key(), provider.timeout_seconds)
+    slot = provider.pk if provider.pk is not None else config
+    held = _pools.get(slot)
+    if held is not None and held[0] == config:
+        return held[1]
+    with _pools_lock:
+        held = _pools.get(slot)
+        if held is not None and held[0] == config:
+            return held[1]
+        # Retries are ours (logged per attempt), so a client makes exactly one.
+        pools = ClientPools(lambda: openai.OpenAI(
+            base_url=config[0], api_key=config[1], timeout=config[2], max_retries=0,
+            http_client=openai.DefaultHttpxClient(verify=_tls_context())))
+        _pools[slot] = (config, pools)
+    if held is not None:
+        held[1].retire()
     return pools
 
 

@@ -102,3 +102,26 @@ def test_a_client_that_fails_to_close_fails_no_call_and_keeps_no_lease(llm_model
     assert pools.clients() == [first]
     assert "again" in llm.chat(llm_model, [{"role": "user", "content": "again"}]).text
     assert pools.clients() == [first]  # the first call gave its lease back: no spill
+
+
+@pytest.mark.django_db
+def test_a_rotated_key_closes_the_old_clients_once_their_calls_are_done(llm_model, fresh_pools, settings):
+    """The old key's clients would otherwise keep their connections, and the key, for good."""
+    settings.GATEWAY_MODEL_CALLS_PER_POOL = 1
+    provider = llm_model.provider
+    provider.set_api_key("sk-old")
+    provider.save()
+    old = llm.pools_for(provider)
+    in_flight = old.lease()
+    busy = in_flight.__enter__()  # a call still at the model when the key is rotated
+    with old.lease() as idle:  # a second client, its call done
+        assert idle is not busy
+    provider.set_api_key("sk-new")
+    provider.save()
+    new = llm.pools_for(provider)
+    assert new is not old and llm.pools_for(provider) is new
+    assert idle.is_closed() and not busy.is_closed()  # the call in flight goes on
+    assert "hello" in llm.chat(llm_model, [{"role": "user", "content": "hello"}]).text
+    assert [client.api_key for client in new.clients()] == ["sk-new"]
+    in_flight.__exit__(None, None, None)
+    assert busy.is_closed() and old.clients() == []
