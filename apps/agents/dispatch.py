@@ -163,9 +163,17 @@ class _Pool:
                 self._changed.notify()
             # More queued than threads waiting (some may be woken already): one more thread.
             if len(self._queued) > self._idle and len(self._threads) < self._workers and not process_stopping():
-                thread = threading.Thread(target=self._work, name=f"agent_{next(self._names)}")
-                self._threads.add(thread)
-                thread.start()
+                self._start_thread()
+
+    def _start_thread(self) -> None:  # under self._changed
+        thread = threading.Thread(target=self._work, name=f"agent_{next(self._names)}")
+        self._threads.add(thread)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: the others take the run, or recovery does
+            self._threads.discard(thread)
+            logger.warning("embedded agent pool: could not start a thread",
+                           extra={"threads": len(self._threads)}, exc_info=True)
 
     def _work(self) -> None:
         try:
@@ -178,6 +186,8 @@ class _Pool:
         finally:
             with self._changed:
                 self._threads.discard(threading.current_thread())
+                if self._queued and not process_stopping():  # ended by a BaseException: replace it
+                    self._start_thread()
                 self._changed.notify_all()
 
     def _next(self):

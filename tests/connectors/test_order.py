@@ -234,6 +234,24 @@ def test_a_pool_shutting_down_runs_what_it_accepted_and_nothing_it_refused():
         assert len(ran) + len(refused) == 800
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread's end
+def test_a_run_that_ends_its_thread_does_not_strand_the_queued_ones():
+    """SystemExit in a run ends its thread; another takes the runs queued behind it."""
+    from apps.agents import dispatch
+
+    pool, release, ran = dispatch._Pool(1), threading.Event(), []
+
+    def exits():
+        release.wait(10)
+        raise SystemExit
+
+    pool.submit(dispatch.NOW, exits)
+    pool.submit(dispatch.NOW, ran.append, "queued")
+    release.set()
+    assert wait_until(lambda: ran == ["queued"], timeout=10)
+    pool.shutdown()
+
+
 EXITING = """
 import threading, time
 import django
