@@ -42,7 +42,7 @@ pids+=($!)
 for _ in $(seq 1 50); do
   [ -z "$stopping" ] || break
   curl -fs "http://$host:$port/healthz" >/dev/null 2>&1 && break
-  sleep 0.2
+  sleep 0.2 || true  # a Ctrl-C here ends the sleep, not the script (the end stops all in order)
 done
 [ -n "$stopping" ] || cat <<TXT
 

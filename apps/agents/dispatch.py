@@ -166,7 +166,9 @@ class _Pool:
                 self._start_thread()
 
     def _start_thread(self) -> None:  # under self._changed
-        thread = threading.Thread(target=self._work, name=f"agent_{next(self._names)}")
+        # Not a daemon, whoever submits (the recovery and timer threads are daemons): a daemon
+        # would be cut off at exit in the middle of its run.
+        thread = threading.Thread(target=self._work, name=f"agent_{next(self._names)}", daemon=False)
         self._threads.add(thread)
         try:
             thread.start()
@@ -221,9 +223,16 @@ class _Pool:
 
 
 def process_stopping() -> bool:
-    """Whether the interpreter is exiting: its main thread has ended (a server's main thread
-    returns once the server has stopped serving). Runs still going then finish; none starts."""
-    return not threading.main_thread().is_alive()
+    """Whether the interpreter is exiting: a server's main thread returns once the server has
+    stopped serving. Runs still going then finish; none starts.
+
+    The main thread counts as ended only after the interpreter's exit hooks, and the first of
+    them switches off ``concurrent.futures`` (asgiref publishes through it) and then waits for
+    its threads: in that window a run could no longer publish yet saw no stop, and a review's
+    Ctrl-C failed a streamed web chat message. ``threading._SHUTTING_DOWN`` (Python 3.9+, the
+    only sign of that window; read, never written) is set before those hooks run.
+    """
+    return getattr(threading, "_SHUTTING_DOWN", False) or not threading.main_thread().is_alive()
 
 
 def _embedded() -> _Pool:

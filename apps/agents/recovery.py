@@ -72,19 +72,25 @@ def stuck_replies(*, now=None) -> QuerySet[Message]:
 
 
 def requeue_stuck_messages(*, limit: int | None = None) -> int:
-    """Queue an agent run for each stuck message and a delivery for each stuck reply (oldest first,
-    at most ``limit`` of each); returns how many were queued."""
+    """Queue a delivery for each stuck reply, then an agent run for each stuck message (oldest
+    first, at most ``limit`` of each); returns how many were queued.
+
+    Replies first: a stuck reply's lease has run out, so it no longer holds the next message of its
+    conversation back, and that message's reply must not go out before it. (After a stop, the
+    replies of the runs that finished on the way out wait here with the messages queued behind
+    them: queued after those, 9 of 16 conversations got their answers out of order in a review.)
+    """
     limit = limit or settings.GATEWAY_REQUEUE_BATCH_SIZE
-    ids = list(stuck_messages().values_list("pk", flat=True)[:limit])
-    for message_id in ids:
-        enqueue_agent_run(message_id)
-    if ids:
-        logger.warning("re-enqueued stuck messages", extra={"count": len(ids)})
     replies = list(stuck_replies().values_list("pk", flat=True)[:limit])
     for reply_id in replies:
         enqueue_delivery(reply_id)
     if replies:
         logger.warning("re-enqueued undelivered replies", extra={"count": len(replies)})
+    ids = list(stuck_messages().values_list("pk", flat=True)[:limit])
+    for message_id in ids:
+        enqueue_agent_run(message_id)
+    if ids:
+        logger.warning("re-enqueued stuck messages", extra={"count": len(ids)})
     return len(ids) + len(replies)
 
 

@@ -71,3 +71,27 @@ def test_a_restart_lets_go_of_the_previous_processs_leases_wait_leases_included(
     assert set(stuck_messages()) == {running, waiting}
     mine.refresh_from_db()
     assert mine.lease_until > timezone.now()
+
+
+def test_a_stuck_reply_goes_out_before_the_next_message_is_answered(transactional_db, make_inbound, settings,
+                                                                    monkeypatch):
+    """After a stop: the reply of a run that finished on the way out is left for recovery, and the
+    next message of its conversation waits in ``accepted``. The reply is sent first."""
+    from apps.agents import dispatch
+
+    settings.GATEWAY_AGENT_DISPATCH = "thread"
+    settings.GATEWAY_EMBEDDED_WORKERS = 1  # one at a time, in the order recovery queues them
+    settings.GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS = 0
+    monkeypatch.setattr(dispatch, "_embedded_pool", None)
+    first = make_inbound(Status.ANSWERED, age_seconds=20, text="first")
+    stuck = Message.objects.create(
+        conversation=first.conversation, channel=first.channel, direction=Direction.OUTBOUND,
+        status=Status.PENDING, reply_to=first, agent=first.agent, text="Echo: first",
+        error_code="delivery_deferred", lease_until=timezone.now() - timedelta(seconds=1))
+    second = make_inbound(Status.ACCEPTED, age_seconds=10, text="second")
+    assert requeue_stuck_messages() == 2
+    assert wait_until(lambda: Message.objects.filter(reply_to=second, status=Status.SENT).exists(), timeout=20)
+    stuck.refresh_from_db()
+    assert stuck.status == Status.SENT
+    assert stuck.updated_at <= Message.objects.get(reply_to=second).created_at
+    dispatch._embedded().shutdown(wait=True)

@@ -254,6 +254,7 @@ def test_a_run_that_ends_its_thread_does_not_strand_the_queued_ones():
 
 EXITING = """
 import threading, time
+from concurrent.futures import ThreadPoolExecutor
 import django
 django.setup()
 from apps.agents import dispatch
@@ -263,13 +264,21 @@ def say(line):
 
 idle, busy, started = dispatch._Pool(2), dispatch._Pool(1), threading.Event()
 idle.submit(dispatch.NOW, say, "idle pool: ran")
+# The interpreter's exit hooks wait for this executor's thread: meanwhile no executor takes a
+# future (asgiref's publishing included), while the main thread does not count as ended yet.
+ThreadPoolExecutor(1).submit(time.sleep, 1.5)
 
 def at_the_model():
     started.set()
-    time.sleep(1)
-    say(f"in flight: done, {busy.queued()} left")
+    time.sleep(0.5)
+    seen = dispatch.process_stopping()  # in that window
+    time.sleep(2)  # past it: a daemon thread would be cut off here
+    say(f"in flight: done, stopping seen: {seen}, {busy.queued()} left")
 
-busy.submit(dispatch.NOW, at_the_model)
+# Submitted from a daemon thread, as the recovery and timer threads submit.
+submitter = threading.Thread(target=busy.submit, args=(dispatch.NOW, at_the_model), daemon=True)
+submitter.start()
+submitter.join()
 for n in range(3):
     busy.submit(dispatch.NOW, say, f"queued {n}: ran")
 started.wait(10)
@@ -281,13 +290,15 @@ def test_an_exiting_process_finishes_the_runs_in_flight_and_starts_no_queued_one
     """The server stops (Ctrl-C on `make run`): the run at the model finishes, the three queued
     stay queued (their messages stay ``accepted`` for the next start), and idle threads do not
     hold the process. (An executor's threads ran every queued run on the way out, where a run can
-    no longer publish and, under `make run`, the model may be gone.)"""
+    no longer publish and, under `make run`, the model may be gone.) The run sees the stop as soon
+    as the exit begins, and is not cut off though a daemon thread queued it."""
     done = subprocess.run([sys.executable, "-c", EXITING], cwd=settings.BASE_DIR, capture_output=True, text=True,
                           env={**os.environ, "DJANGO_SETTINGS_MODULE": "gateway_project.settings"}, timeout=60)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert sorted(lines) == ["idle pool: ran", "in flight: done, 3 left", "main: returns"], done.stdout
-    assert lines.index("main: returns") < lines.index("in flight: done, 3 left")
+    in_flight = "in flight: done, stopping seen: True, 3 left"
+    assert sorted(lines) == ["idle pool: ran", in_flight, "main: returns"], done.stdout
+    assert lines.index("main: returns") < lines.index(in_flight)
 
 
 def test_a_re_check_carrying_tries_this_version_does_not_know_still_runs(client, slack_channel, platforms):

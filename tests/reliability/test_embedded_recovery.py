@@ -2,14 +2,16 @@
 what a restart interrupted, as the services stack's periodic recovery does."""
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sqlite3
 import time
 
 import pytest
+import websockets
 
-from devtools.stack import Stack, base_env, free_port, http
+from devtools.stack import Stack, base_env, free_port, http, visitor_token
 
 pytestmark = pytest.mark.e2e
 
@@ -94,6 +96,67 @@ def test_embedded_restart_mid_run_answers_every_accepted_message(tmp_path, ledge
         ledger.lost += sum(1 for n in counts.values() if not n)
         assert set(statuses(db_path, ids).values()) == {"answered"}, statuses(db_path, ids)
         assert set(counts.values()) == {1}, counts
+    except Exception:
+        print(stack.logs())
+        raise
+    finally:
+        stack.stop()
+
+
+def test_embedded_stop_while_a_web_chat_answer_streams_fails_nothing(tmp_path, ledger):
+    """Must hold: SIGTERM while a web chat answer is streaming and the visitor's next message waits
+    its turn. The streaming run finishes without its listener (the pieces it can no longer publish
+    are dropped), nothing is failed, and the next start answers the rest, in order, each once.
+    (A review's Ctrl-C failed the streaming message: publishing was refused before the stop showed.)"""
+    db_path = tmp_path / "gateway.sqlite3"
+    stack = Stack(base_env(DATABASE_URL=f"sqlite:///{db_path}",
+                           GATEWAY_CONFIG_GENERATION_DIR=str(tmp_path / "config-generation"),
+                           GATEWAY_AGENT_LEASE_SECONDS="4", GATEWAY_REQUEUE_INTERVAL_SECONDS="1",
+                           GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS="2"))
+    try:
+        stack.env["OPENAI_BASE_URL"] = stack.fake_llm()
+        stack.manage("migrate", "--noinput")
+        slug = json.loads(stack.manage("seed_demo", "--json"))["channels"]["webchat"]["slug"]
+        url = stack.daphne()
+        server = stack.processes[-1]
+        ws_url = url.replace("http", "ws") + f"/ws/chat/{slug}/?visitor={visitor_token(url, slug)}"
+
+        async def chat_until_the_stop() -> list[str]:
+            ids = []
+            async with websockets.connect(ws_url) as ws:
+                for i in range(2):
+                    await ws.send(json.dumps({"type": "message", "client_id": f"c{i}",
+                                              "message": f"[[slow:0.4]] answer {i} comes in many small pieces"}))
+                while True:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                    if frame["type"] == "ack":
+                        ids.append(frame["message_id"])
+                    elif frame["type"] == "delta" and len(ids) == 2:
+                        server.popen.send_signal(signal.SIGTERM)  # the first answer is streaming
+                        return ids
+                    else:
+                        assert frame["type"] != "error", frame
+
+        ids = asyncio.run(chat_until_the_stop())
+        ledger.sent += len(ids)
+        ledger.faults += 1
+        assert server.popen.wait(60) == 0, server.log()
+        assert statuses(db_path, ids) == {ids[0]: "answered", ids[1]: "accepted"}, server.log()
+        stack.daphne(port=int(url.rsplit(":", 1)[1]))
+        deadline = time.monotonic() + 60
+        while set(statuses(db_path, ids).values()) != {"answered"} and time.monotonic() < deadline:
+            time.sleep(0.25)
+        counts = replies(db_path, ids)
+        ledger.answered += sum(1 for n in counts.values() if n)
+        ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
+        ledger.lost += sum(1 for n in counts.values() if not n)
+        assert set(statuses(db_path, ids).values()) == {"answered"}, statuses(db_path, ids)
+        assert set(counts.values()) == {1}, counts
+        with sqlite3.connect(db_path, timeout=10) as conn:
+            sent = [row[0] for row in conn.execute(
+                "SELECT reply_to_id FROM conversations_message WHERE direction = 'out' AND status = 'sent' "
+                "ORDER BY updated_at")]
+        assert sent == [i.replace("-", "") for i in ids]  # the first's reply went out first
     except Exception:
         print(stack.logs())
         raise
