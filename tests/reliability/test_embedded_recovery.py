@@ -32,6 +32,22 @@ def replies(db_path, ids: list[str]) -> dict[str, int]:
     return {i: counts.get(i.replace("-", ""), 0) for i in ids}
 
 
+def restart_then_every_message_is_answered_once(stack, url, db_path, ids: list[str], ledger) -> None:
+    """Start the server again on the same port; every message is answered, exactly once."""
+    stack.daphne(port=int(url.rsplit(":", 1)[1]))
+    deadline = time.monotonic() + 60
+    while not all(s in ("answered", "failed") for s in statuses(db_path, ids).values()):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    counts = replies(db_path, ids)
+    ledger.answered += sum(1 for n in counts.values() if n)
+    ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
+    ledger.lost += sum(1 for n in counts.values() if not n)
+    assert set(statuses(db_path, ids).values()) == {"answered"}, statuses(db_path, ids)
+    assert set(counts.values()) == {1}, counts
+
+
 @pytest.mark.parametrize("stop", ["kill", "stop", "stop, model gone"])
 def test_embedded_restart_mid_run_answers_every_accepted_message(tmp_path, ledger, stop):
     """Must hold: the server is killed (SIGKILL), or stopped (SIGTERM, as `make run` stops it on
@@ -84,18 +100,7 @@ def test_embedded_restart_mid_run_answers_every_accepted_message(tmp_path, ledge
             if stop == "stop, model gone":
                 assert "interrupted by the process stopping" in server.log()
                 stack.fake_llm("--port", str(model_port))
-        stack.daphne(port=int(url.rsplit(":", 1)[1]))
-        deadline = time.monotonic() + 60
-        while not all(s in ("answered", "failed") for s in statuses(db_path, ids).values()):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.25)
-        counts = replies(db_path, ids)
-        ledger.answered += sum(1 for n in counts.values() if n)
-        ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
-        ledger.lost += sum(1 for n in counts.values() if not n)
-        assert set(statuses(db_path, ids).values()) == {"answered"}, statuses(db_path, ids)
-        assert set(counts.values()) == {1}, counts
+        restart_then_every_message_is_answered_once(stack, url, db_path, ids, ledger)
     except Exception:
         print(stack.logs())
         raise
@@ -142,16 +147,7 @@ def test_embedded_stop_while_a_web_chat_answer_streams_fails_nothing(tmp_path, l
         ledger.faults += 1
         assert server.popen.wait(60) == 0, server.log()
         assert statuses(db_path, ids) == {ids[0]: "answered", ids[1]: "accepted"}, server.log()
-        stack.daphne(port=int(url.rsplit(":", 1)[1]))
-        deadline = time.monotonic() + 60
-        while set(statuses(db_path, ids).values()) != {"answered"} and time.monotonic() < deadline:
-            time.sleep(0.25)
-        counts = replies(db_path, ids)
-        ledger.answered += sum(1 for n in counts.values() if n)
-        ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
-        ledger.lost += sum(1 for n in counts.values() if not n)
-        assert set(statuses(db_path, ids).values()) == {"answered"}, statuses(db_path, ids)
-        assert set(counts.values()) == {1}, counts
+        restart_then_every_message_is_answered_once(stack, url, db_path, ids, ledger)
         with sqlite3.connect(db_path, timeout=10) as conn:
             sent = [row[0] for row in conn.execute(
                 "SELECT reply_to_id FROM conversations_message WHERE direction = 'out' AND status = 'sent' "
