@@ -6,6 +6,7 @@ import threading
 import pytest
 
 from apps.agents import llm
+from apps.agents.models import Provider
 
 
 @pytest.fixture
@@ -116,10 +117,14 @@ def test_a_rotated_key_closes_the_old_clients_once_their_calls_are_done(llm_mode
     busy = in_flight.__enter__()  # a call still at the model when the key is rotated
     with old.lease() as idle:  # a second client, its call done
         assert idle is not busy
+    stale = Provider.objects.get(pk=provider.pk)  # a run that loaded it before the rotation
     provider.set_api_key("sk-new")
     provider.save()
     new = llm.pools_for(provider)
     assert new is not old and llm.pools_for(provider) is new
+    with llm.pools_for(stale).lease() as client:  # its next call: the old key, on a client of its own
+        assert client.api_key == "sk-old" and client is not busy
+    assert client.is_closed() and llm.pools_for(provider) is new  # the new clients stay
     assert idle.is_closed() and not busy.is_closed()  # the call in flight goes on
     assert "hello" in llm.chat(llm_model, [{"role": "user", "content": "hello"}]).text
     assert [client.api_key for client in new.clients()] == ["sk-new"]
