@@ -44,12 +44,8 @@ def stuck_messages(*, now=None) -> QuerySet[Message]:
     return (
         Message.objects.filter(direction=Direction.INBOUND)
         .filter(created_at__gte=now - timedelta(seconds=settings.GATEWAY_REQUEUE_MAX_AGE_SECONDS))
-        .filter(
-            # Accepted and nobody waiting on it: a waiting message's task chain keeps a lease on it.
-            Q(status=Status.ACCEPTED, created_at__lt=accepted_before)
-            & (Q(lease_until__isnull=True) | Q(lease_until__lt=now))
-            | Q(status=Status.PROCESSING, lease_until__lt=now)
-        )
+        .filter(_unclaimed(now))
+        .exclude(status=Status.ACCEPTED, created_at__gte=accepted_before)  # its task is likely on its way
         .exclude(hooks.handoff().in_open_handoff())  # held for a human on purpose, not stranded
         .order_by("created_at")
     )
@@ -71,9 +67,36 @@ def stuck_replies(*, now=None) -> QuerySet[Message]:
     )
 
 
+def _unclaimed(now) -> Q:
+    """Accepted and nobody waiting on it (a waiting message's task chain keeps a lease on it), or
+    claimed by a lease that ran out."""
+    return (Q(status=Status.ACCEPTED) & (Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+            | Q(status=Status.PROCESSING, lease_until__lt=now))
+
+
+def expire_stale_messages(*, now=None) -> int:
+    """Mark ``failed`` (``expired``) the inbound messages nobody answered that are too old to be
+    answered now (GATEWAY_REQUEUE_MAX_AGE_SECONDS): left queued by a server stopped longer than
+    that, or stranded while recovery was not running. They would otherwise read as on their way
+    for good, and hold up nothing but the dashboards' truth. The sender is not told a day late."""
+    now = now or timezone.now()
+    expired = (
+        Message.objects.filter(direction=Direction.INBOUND,
+                               created_at__lt=now - timedelta(seconds=settings.GATEWAY_REQUEUE_MAX_AGE_SECONDS))
+        .filter(_unclaimed(now))
+        .exclude(hooks.handoff().in_open_handoff())  # a human may still answer
+        .update(status=Status.FAILED, lease_until=None, error_code="expired",
+                error_message="Not answered before it was too old to answer (GATEWAY_REQUEUE_MAX_AGE_SECONDS).")
+    )
+    if expired:
+        logger.warning("expired messages too old to answer", extra={"count": expired})
+    return expired
+
+
 def requeue_stuck_messages(*, limit: int | None = None) -> int:
     """Queue a delivery for each stuck reply, then an agent run for each stuck message (oldest
-    first, at most ``limit`` of each); returns how many were queued.
+    first, at most ``limit`` of each); returns how many were queued. Messages too old to answer
+    are expired first (``expire_stale_messages``).
 
     Replies first: a stuck reply's lease has run out, so it no longer holds the next message of its
     conversation back, and that message's reply must not go out before it. (After a stop, the
@@ -81,6 +104,7 @@ def requeue_stuck_messages(*, limit: int | None = None) -> int:
     them: queued after those, 9 of 16 conversations got their answers out of order in a review.)
     """
     limit = limit or settings.GATEWAY_REQUEUE_BATCH_SIZE
+    expire_stale_messages()
     replies = list(stuck_replies().values_list("pk", flat=True)[:limit])
     for reply_id in replies:
         enqueue_delivery(reply_id)

@@ -95,3 +95,23 @@ def test_a_stuck_reply_goes_out_before_the_next_message_is_answered(transactiona
     assert stuck.status == Status.SENT
     assert stuck.updated_at <= Message.objects.get(reply_to=second).created_at
     dispatch._embedded().shutdown(wait=True)
+
+
+def test_a_message_too_old_to_answer_is_expired_not_left_accepted(make_inbound, settings):
+    """A server stopped longer than the longest age leaves its queued messages: recovery will not
+    answer them, so they must not read as on their way for good."""
+    from apps.agents.recovery import expire_stale_messages
+
+    settings.GATEWAY_REQUEUE_MAX_AGE_SECONDS = 3600
+    queued = make_inbound(Status.ACCEPTED, age_seconds=7200)
+    cut_off = make_inbound(Status.PROCESSING, age_seconds=7200, lease_in_seconds=-5)
+    held = make_inbound(Status.PROCESSING, age_seconds=7200, lease_in_seconds=60)  # a run still has it
+    waiting = make_inbound(Status.ACCEPTED, age_seconds=7200, lease_in_seconds=60)  # waiting its turn
+    answered = make_inbound(Status.ANSWERED, age_seconds=7200)
+    young = make_inbound(Status.ACCEPTED, age_seconds=120)
+    assert requeue_stuck_messages() == 1  # the young one; the old ones are expired first
+    assert expire_stale_messages() == 0
+    statuses = {m.pk: (m.status, m.error_code) for m in Message.objects.all()}
+    assert statuses[queued.pk] == statuses[cut_off.pk] == (Status.FAILED, "expired")
+    assert statuses[held.pk] == (Status.PROCESSING, "") and statuses[waiting.pk] == (Status.ACCEPTED, "")
+    assert statuses[answered.pk] == (Status.ANSWERED, "") and statuses[young.pk][0] != Status.FAILED
