@@ -117,11 +117,14 @@ def _close_quietly(client: openai.OpenAI) -> None:
         logger.warning("closing an idle model client failed", exc_info=True)
 
 
-# A provider's clients, with the configuration (URL, key, timeout) they were made for; and the
-# digests of the configurations it had before (not the configurations: the old keys go).
+# A provider's clients, with the configuration (URL, key, timeout) they were made for; and when
+# each configuration it had before was replaced, by digest (not the configurations: old keys go).
 _pools: dict[object, tuple[tuple, ClientPools]] = {}
-_replaced: dict[object, set[str]] = {}
+_replaced: dict[object, dict[str, float]] = {}
 _pools_lock = threading.Lock()
+# How long after a change a call with the configuration it replaced counts as a run that loaded the
+# provider before it; later, as the configuration set back (a key rotated, then restored).
+STALE_SECONDS = 300.0
 
 
 def pools_for(provider: Provider) -> ClientPools:
@@ -143,12 +146,16 @@ def pools_for(provider: Provider) -> ClientPools:
         if held is not None and held[0] == config:
             return held[1]
         pools = _client_pools(config)
-        if _digest(config) in _replaced.get(slot, ()):
+        now, replaced = time.monotonic(), _replaced.setdefault(slot, {})
+        for digest, when in list(replaced.items()):
+            if now - when >= STALE_SECONDS:
+                del replaced[digest]
+        if _digest(config) in replaced:
             pools.retire()  # its client closes when the call is done
             return pools
         _pools[slot] = (config, pools)
         if held is not None:
-            _replaced.setdefault(slot, set()).add(_digest(held[0]))
+            replaced[_digest(held[0])] = now
     if held is not None:
         held[1].retire()
     return pools

@@ -12,6 +12,7 @@ from apps.agents.models import Provider
 @pytest.fixture
 def fresh_pools(monkeypatch):
     monkeypatch.setattr(llm, "_pools", {})
+    monkeypatch.setattr(llm, "_replaced", {})
 
 
 def ask_at_once(model, count: int, text: str) -> list[str]:
@@ -130,3 +131,19 @@ def test_a_rotated_key_closes_the_old_clients_once_their_calls_are_done(llm_mode
     assert [client.api_key for client in new.clients()] == ["sk-new"]
     in_flight.__exit__(None, None, None)
     assert busy.is_closed() and old.clients() == []
+
+
+@pytest.mark.django_db
+def test_a_key_set_back_becomes_current_again(llm_model, fresh_pools, monkeypatch):
+    """A→B→A: once a stale run could no longer be the caller, the restored key is the provider's."""
+    provider = llm_model.provider
+    for key in ("sk-a", "sk-b", "sk-a"):
+        provider.set_api_key(key)
+        provider.save()
+        first = llm.pools_for(provider)
+    assert first is not llm.pools_for(provider)  # within STALE_SECONDS: taken for a stale run
+    monkeypatch.setattr(llm, "STALE_SECONDS", 0.0)
+    current = llm.pools_for(provider)
+    assert llm.pools_for(provider) is current
+    with current.lease() as client:
+        assert client.api_key == "sk-a"
