@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import ssl
 import threading
@@ -117,14 +116,10 @@ def _close_quietly(client: openai.OpenAI) -> None:
         logger.warning("closing an idle model client failed", exc_info=True)
 
 
-# A provider's clients, with the configuration (URL, key, timeout) they were made for; and when
-# each configuration it had before was replaced, by digest (not the configurations: old keys go).
-_pools: dict[object, tuple[tuple, ClientPools]] = {}
-_replaced: dict[object, dict[str, float]] = {}
+# A provider's clients, with the configuration (URL, key, timeout) they were made for and when
+# that configuration became the provider's current one.
+_pools: dict[object, tuple[tuple, ClientPools, float]] = {}
 _pools_lock = threading.Lock()
-# How long after a change a call with the configuration it replaced counts as a run that loaded the
-# provider before it; later, as the configuration set back (a key rotated, then restored).
-STALE_SECONDS = 300.0
 
 
 def pools_for(provider: Provider) -> ClientPools:
@@ -132,9 +127,10 @@ def pools_for(provider: Provider) -> ClientPools:
     timeout changes (a rotated key), the clients of the old one are closed once their calls are
     done: they would otherwise hold their connections, and the old key, for the process's life.
 
-    A run that loaded the provider before the change still calls with the old configuration; it
-    gets a client for that call alone, and does not displace the new one. (Letting it displace
-    them made the two take turns: 123 clients for 990 calls over 6 rotations, in a review.)
+    A run that read the provider before the change still calls with the old configuration: a copy
+    read before the current configuration came in gets a client for that call alone, and does not
+    displace it. (Letting it displace them made the two take turns: 123 clients for 990 calls over
+    6 rotations, in a review.) A configuration read later is the provider's, a key set back too.
     """
     config = (provider.base_url, provider.api_key(), float(provider.timeout_seconds))  # 60 and 60.0 alike
     slot = provider.pk if provider.pk is not None else config
@@ -146,16 +142,11 @@ def pools_for(provider: Provider) -> ClientPools:
         if held is not None and held[0] == config:
             return held[1]
         pools = _client_pools(config)
-        now, replaced = time.monotonic(), _replaced.setdefault(slot, {})
-        for digest, when in list(replaced.items()):
-            if now - when >= STALE_SECONDS:
-                del replaced[digest]
-        if _digest(config) in replaced:
-            pools.retire()  # its client closes when the call is done
+        now = time.monotonic()
+        if held is not None and getattr(provider, "_loaded_at", now) < held[2]:
+            pools.retire()  # read before the current configuration came in: closes after the call
             return pools
-        _pools[slot] = (config, pools)
-        if held is not None:
-            replaced[_digest(held[0])] = now
+        _pools[slot] = (config, pools, now)
     if held is not None:
         held[1].retire()
     return pools
@@ -167,10 +158,6 @@ def _client_pools(config: tuple) -> ClientPools:
     return ClientPools(lambda: openai.OpenAI(
         base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0,
         http_client=openai.DefaultHttpxClient(verify=_tls_context())))
-
-
-def _digest(config: tuple) -> str:
-    return hashlib.sha256(repr(config).encode()).hexdigest()
 
 
 @functools.cache

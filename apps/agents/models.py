@@ -4,6 +4,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import time
 from decimal import Decimal
 
 from django.conf import settings
@@ -88,6 +89,14 @@ class Provider(models.Model):
         validate_key_env(self.api_key_env)  # a preset's name too, should the allow-list leave it out
         if not self.base_url:
             raise ValidationError({"base_url": "A base URL is needed (or pick a preset)."})
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        # When this copy was read: of two configurations of one provider, the one read later is
+        # its current one (llm.pools_for); a run may still hold a copy from before a change.
+        instance._loaded_at = time.monotonic()
+        return instance
 
     def set_api_key(self, raw_key: str) -> None:
         """Store ``raw_key`` encrypted ('' clears it). The caller saves the row."""

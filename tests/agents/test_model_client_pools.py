@@ -12,7 +12,6 @@ from apps.agents.models import Provider
 @pytest.fixture
 def fresh_pools(monkeypatch):
     monkeypatch.setattr(llm, "_pools", {})
-    monkeypatch.setattr(llm, "_replaced", {})
 
 
 def ask_at_once(model, count: int, text: str) -> list[str]:
@@ -134,16 +133,17 @@ def test_a_rotated_key_closes_the_old_clients_once_their_calls_are_done(llm_mode
 
 
 @pytest.mark.django_db
-def test_a_key_set_back_becomes_current_again(llm_model, fresh_pools, monkeypatch):
-    """A→B→A: once a stale run could no longer be the caller, the restored key is the provider's."""
-    provider = llm_model.provider
-    for key in ("sk-a", "sk-b", "sk-a"):
-        provider.set_api_key(key)
-        provider.save()
-        first = llm.pools_for(provider)
-    assert first is not llm.pools_for(provider)  # within STALE_SECONDS: taken for a stale run
-    monkeypatch.setattr(llm, "STALE_SECONDS", 0.0)
-    current = llm.pools_for(provider)
-    assert llm.pools_for(provider) is current
+def test_a_key_set_back_becomes_current_again(llm_model, fresh_pools):
+    """A, B, then A again: the copy read last is the provider's configuration; one read before
+    that is a stale run's, whichever key it holds."""
+    copies = {}
+    for step, key in enumerate(("sk-a", "sk-b", "sk-a")):
+        llm_model.provider.set_api_key(key)
+        llm_model.provider.save()
+        copies[step] = Provider.objects.get(pk=llm_model.provider.pk)  # what a run reads now
+        current = llm.pools_for(copies[step])
+    assert llm.pools_for(copies[2]) is current and llm.pools_for(copies[0]) is current  # both "sk-a"
+    stale = llm.pools_for(copies[1])  # a run that read "sk-b" before it was set back
+    assert stale is not current and llm.pools_for(copies[2]) is current
     with current.lease() as client:
         assert client.api_key == "sk-a"
