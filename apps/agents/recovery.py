@@ -85,7 +85,7 @@ def expire_stale_messages(*, now=None) -> int:
                                created_at__lt=now - timedelta(seconds=settings.GATEWAY_REQUEUE_MAX_AGE_SECONDS))
         .filter(_unclaimed(now))
         .exclude(hooks.handoff().in_open_handoff())  # a human may still answer
-        .update(status=Status.FAILED, lease_until=None, error_code="expired",
+        .update(status=Status.FAILED, lease_until=None, updated_at=now, error_code="expired",
                 error_message="Not answered before it was too old to answer (GATEWAY_REQUEUE_MAX_AGE_SECONDS).")
     )
     if expired:

@@ -113,5 +113,6 @@ def test_a_message_too_old_to_answer_is_expired_not_left_accepted(make_inbound, 
     assert expire_stale_messages() == 0
     statuses = {m.pk: (m.status, m.error_code) for m in Message.objects.all()}
     assert statuses[queued.pk] == statuses[cut_off.pk] == (Status.FAILED, "expired")
+    assert Message.objects.get(pk=queued.pk).updated_at > queued.updated_at  # when it was expired
     assert statuses[held.pk] == (Status.PROCESSING, "") and statuses[waiting.pk] == (Status.ACCEPTED, "")
     assert statuses[answered.pk] == (Status.ANSWERED, "") and statuses[young.pk][0] != Status.FAILED
