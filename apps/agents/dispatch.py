@@ -108,7 +108,7 @@ class _Timer:
                 _, _, function = heapq.heappop(self._due)
             try:
                 function()
-            except Exception:  # the pool is shut down (the process is exiting)
+            except Exception:  # the pool was shut down (pool.shutdown(); at exit it queues instead)
                 logger.warning("a delayed agent run could not be started", exc_info=True)
 
 

@@ -6,12 +6,12 @@ import asyncio
 import json
 import signal
 import sqlite3
-import time
 
 import pytest
 import websockets
 
 from devtools.stack import Stack, base_env, free_port, http, visitor_token
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -35,11 +35,8 @@ def replies(db_path, ids: list[str]) -> dict[str, int]:
 def restart_then_every_message_is_answered_once(stack, url, db_path, ids: list[str], ledger) -> None:
     """Start the server again on the same port; every message is answered, exactly once."""
     stack.daphne(port=int(url.rsplit(":", 1)[1]))
-    deadline = time.monotonic() + 60
-    while not all(s in ("answered", "failed") for s in statuses(db_path, ids).values()):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.25)
+    wait_until(lambda: all(s in ("answered", "failed") for s in statuses(db_path, ids).values()), timeout=60,
+               interval=0.25)
     counts = replies(db_path, ids)
     ledger.answered += sum(1 for n in counts.values() if n)
     ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
@@ -80,10 +77,8 @@ def test_embedded_restart_mid_run_answers_every_accepted_message(tmp_path, ledge
             assert status == 202, body
             ids.append(body["message_id"])
         ledger.sent += len(ids)
-        deadline = time.monotonic() + 30
-        while list(statuses(db_path, ids).values()).count("processing") < 2:
-            assert time.monotonic() < deadline, "the runs did not start"
-            time.sleep(0.1)
+        assert wait_until(lambda: list(statuses(db_path, ids).values()).count("processing") == 2, timeout=30), \
+            "the runs did not start"
         ledger.faults += 1
         if stop == "kill":
             server.kill()
