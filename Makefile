@@ -8,7 +8,7 @@ PORT ?= 8000
 FAKE_LLM_PORT ?= 8001
 
 .PHONY: run test test-services test-reliability test-security lint install migrate worker fake-llm clean bench browser-deps \
-	bench-dashboard bench-ab
+	bench-dashboard bench-ab bench-floor
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=python3"; exit 1; }
@@ -80,5 +80,10 @@ bench-ab: install
 	ulimit -n $$(ulimit -Hn) && $(BIN)/python bench/overrides_ab.py
 
 # Scale check (PostgreSQL): 1M model-call rows, then each dashboard page's render time.
+# The fixed stack's own parts (Django on uvicorn, a Celery round trip, an openai call, the ORM's
+# writes) per message beside the face and LiteLLM, same run (bench/floor.py; ≈5 minutes).
+bench-floor: install
+	ulimit -n $$(ulimit -Hn) && $(BIN)/python bench/floor.py
+
 bench-dashboard: install
 	$(BIN)/python bench/dashboard_bench.py $(BENCH_ARGS)
