@@ -2,32 +2,28 @@
 
 Issue 16 asks the OpenAI face, at 0 ms model latency, for a quarter of LiteLLM's CPU per message
 (summed over every gateway process, PostgreSQL and Redis) and three times its throughput. DESIGN.md
-fixes the stack a message crosses: an ASGI server running Django, a Celery task on Redis that runs
-the agent, the ``openai`` client, the message, its reply and its log row written to PostgreSQL, and
-the reply carried back on Redis pub/sub. This bench measures each of those parts alone, doing
-nothing else, in real processes on the same machine and in the same run as LiteLLM and the face:
+fixes the parts a message crosses: an HTTP request on an ASGI server, a Celery task on Redis that
+runs the agent, the ``openai`` client, the message, its reply and its log row in PostgreSQL, and
+the reply carried back on Redis pub/sub. This bench measures each part done several ways, alone,
+doing nothing else, in real processes, in the same run as the face and LiteLLM's proxy:
 
-- ``django_asgi``: uvicorn (the image's options) serving Django's own ASGI handler with no
-  middleware and one async view that parses the JSON body (bench/floor_urls.py; no DRF, no auth,
-  no limits); the server's CPU per request.
-- ``queue_and_wake``: a Celery task published the gateway's way (Redis, ``declare=[]``) to a gevent
-  worker, whose task only publishes on Redis pub/sub to the waiter (one shared subscription, as
-  each server process holds); the publisher's, the worker's and Redis's CPU per round trip.
-- ``model_call``: one ``chat.completions.create`` of the ``openai`` client against ``fake_llm``;
-  the caller's CPU per call (the model's own is not counted, as in the face's figure).
-- ``writes``: the inbound message, its reply and its LLM-call row created through the ORM in one
-  transaction; the writer's and its PostgreSQL backend's CPU per message.
+- server: Django's own ASGI handler on uvicorn, no middleware, one async view (bench/floor_urls.py),
+  or a Channels ``AsyncHttpConsumer`` without Django's handler (bench/floor_asgi.py);
+- queue and wake: a Celery task on a gevent worker that only wakes its waiters on pub/sub (one
+  shared subscription, as each server process holds), one task per message or one per BATCH;
+- model call: ``chat.completions.create``, ``client.post`` parsed (the gateway's way) or raw JSON;
+- writes: message + reply + LLM-call row through the ORM in one transaction, as one statement, or
+  BATCH messages' rows per transaction.
 
-Their sum is the floor: the CPU any message through this stack costs before authentication,
-limits, routing, budgets, ordering or any of the gateway's own work. Beside it, the same run measures
-the face (all of that; `bench/overrides_ab.py`'s round) and LiteLLM's proxy (its process tree),
-both at concurrency ``BENCH_FLOOR_CONCURRENCY`` (10). Rounds are interleaved; the median is reported.
-Redis's CPU is every redis-server on the machine: run it on a quiet one.
+Three floors are summed from them: each part the plain way, the cheapest way one message at a
+time, and the cheapest with batches. A floor leaves out all the gateway's own work (authentication,
+limits, routing, budgets, the conversation order, logs). Rounds are interleaved; the median round
+is reported. Redis's CPU is every redis-server on the machine: run it on a quiet one.
 
 Knobs: BENCH_DATABASE_URL, BENCH_REDIS_URL (as bench/run.py: both wiped), BENCH_FLOOR_ROUNDS (3),
-BENCH_FLOOR_REQUESTS (1,000 per part and round), BENCH_FLOOR_CONCURRENCY (10),
+BENCH_FLOOR_REQUESTS (1,000 per way and round), BENCH_FLOOR_CONCURRENCY (10),
 BENCH_SKIP_LITELLM=1. Writes bench/results/floor.md (committed) and floor.json (not), and prints the
-table; ``--render`` prints the last run's table again.
+tables; ``--render`` prints the last run's tables again.
 """
 from __future__ import annotations
 
@@ -50,26 +46,54 @@ REQUESTS = int(os.environ.get("BENCH_FLOOR_REQUESTS", "1000"))
 CONCURRENCY = int(os.environ.get("BENCH_FLOOR_CONCURRENCY", "10"))
 WARMUP = 100
 FLOOR_QUEUE = "bench-floor"
-PARTS = ("django_asgi", "queue_and_wake", "model_call", "writes")
 
 
 # ---- the parts that run in a process of their own (``floor.py --part NAME SPEC``) ----
+# Each part times its ways in BLOCKS interleaved blocks, after a warm-up of each, and returns the
+# CPU per message of each way: its own process (process_time) and the processes it reads from /proc.
+
+BLOCKS = 5
+BATCH = 10  # messages per task, per pipelined wake-up and per transaction in the batched ways
+
+
+def timed_blocks(ways: dict, count: int, extra=lambda: {}) -> dict:
+    """``ways``: name -> (call, messages per call). Returns name -> {"self": ms, **extra's, per message}."""
+    for call, per in ways.values():
+        for _ in range(max(WARMUP // per, 1)):
+            call()
+    spent = {name: {"self": 0.0, "messages": 0} for name in ways}
+    for _ in range(BLOCKS):
+        for name, (call, per) in ways.items():
+            before_extra, before = extra(), time.process_time()
+            for _ in range(max(count // BLOCKS // per, 1)):
+                call()
+            spent[name]["self"] += time.process_time() - before
+            for key, value in extra().items():
+                spent[name][key] = spent[name].get(key, 0.0) + value - before_extra[key]
+            spent[name]["messages"] += max(count // BLOCKS // per, 1) * per
+    return {name: {key: value * 1000 / s["messages"] for key, value in s.items() if key != "messages"}
+            for name, s in spent.items()}
+
 
 def part_queue(spec: dict) -> dict:
-    """Publish ``count`` wake tasks from ``concurrency`` threads, each waiting for its wake-up."""
+    """Wake tasks published from ``concurrency`` threads, each waiting for its wake-ups: one task per
+    message, or one per BATCH messages."""
     import django
 
     django.setup()
     import redis
     from django.conf import settings
 
-    from bench.floor_tasks import wake
+    from bench.floor_tasks import wake, wake_many
+    from bench.overrides_ab import redis_ticks
+    from bench.run import TICK_MS, cpu_ticks
 
     client = redis.Redis.from_url(settings.REDIS_URL)
     pubsub = client.pubsub()
     pubsub.psubscribe("floor.wake.*")
     waiting: dict[bytes, threading.Event] = {}
     subscribed = threading.Event()
+    missed = 0
 
     def listen() -> None:
         for item in pubsub.listen():
@@ -80,39 +104,51 @@ def part_queue(spec: dict) -> dict:
 
     threading.Thread(target=listen, daemon=True).start()
     subscribed.wait(10)
-    missed = 0
 
-    def one(_i: int) -> None:
+    def send(task, n: int) -> None:
         nonlocal missed
-        channel = f"floor.wake.{uuid.uuid4().hex}"
-        event = waiting[channel.encode()] = threading.Event()
-        wake.apply_async((channel,), queue=FLOOR_QUEUE, declare=[])
-        if not event.wait(30):
-            missed += 1
+        channels = [f"floor.wake.{uuid.uuid4().hex}" for _ in range(n)]
+        events = [waiting.setdefault(c.encode(), threading.Event()) for c in channels]
+        task.apply_async((channels[0] if task is wake else channels,), queue=FLOOR_QUEUE, declare=[])
+        missed += sum(not e.wait(30) for e in events)
 
-    with ThreadPoolExecutor(spec["concurrency"]) as pool:
-        list(pool.map(one, range(WARMUP)))
-        cpu, wall = time.process_time(), time.perf_counter()
-        list(pool.map(one, range(spec["count"])))
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    return {"cpu_ms": cpu * 1000 / spec["count"], "rps": spec["count"] / wall, "missed": missed}
+    pool = ThreadPoolExecutor(spec["concurrency"])
+
+    def concurrently(task, n: int):
+        calls = spec["concurrency"]
+        return lambda: list(pool.map(lambda _i: send(task, n), range(calls)))
+
+    def others() -> dict:
+        return {"worker": cpu_ticks(spec["worker"]) * TICK_MS / 1000, "redis": redis_ticks() * TICK_MS / 1000}
+
+    conc = spec["concurrency"]
+    result = timed_blocks({"one task per message": (concurrently(wake, 1), conc),
+                           f"one task per {BATCH} messages": (concurrently(wake_many, BATCH), conc * BATCH)},
+                          spec["count"], others)
+    pool.shutdown()
+    return {**result, "missed": missed}
 
 
 def part_model(spec: dict) -> dict:
+    import httpx2
     import openai
+    from openai.types.chat import ChatCompletion
 
     client = openai.OpenAI(base_url=spec["llm_url"], api_key="x", max_retries=0)
     messages = [{"role": "user", "content": "benchmark hello"}]
-    for _ in range(WARMUP):
-        client.chat.completions.create(model="fake-gpt", messages=messages)
-    cpu = time.process_time()
-    for _ in range(spec["count"]):
-        client.chat.completions.create(model="fake-gpt", messages=messages)
-    return {"cpu_ms": (time.process_time() - cpu) * 1000 / spec["count"]}
+    body = {"model": "fake-gpt", "messages": messages}
+    return timed_blocks({
+        "chat.completions.create": (lambda: client.chat.completions.create(model="fake-gpt", messages=messages), 1),
+        "client.post, parsed (the gateway's)": (
+            lambda: client.post("/chat/completions", body=body, cast_to=ChatCompletion), 1),
+        "client.post, raw JSON": (
+            lambda: json.loads(client.post("/chat/completions", body=body, cast_to=httpx2.Response).content), 1),
+    }, spec["count"])
 
 
 def part_writes(spec: dict) -> dict:
-    """The three rows a message leaves, one transaction each message, as few as the ORM writes them."""
+    """The three rows a message leaves: through the ORM in a transaction, as one statement, or ten
+    messages' rows in one transaction."""
     import django
 
     django.setup()
@@ -124,33 +160,46 @@ def part_writes(spec: dict) -> dict:
     from apps.conversations.models import Conversation, Message
     from apps.logs.models import LLMCall
     from bench.run import TICK_MS, cpu_ticks
+    from gateway_project.db import _insert_sql
 
     channel = Channel.objects.get(slug=spec["channel"])
     user = get_user_model().objects.order_by("pk").first()
     agent = Agent.objects.get(slug="assistant")
     conversation = Conversation.objects.create(channel=channel, user=user, agent=agent)
 
-    def one() -> None:
-        with transaction.atomic():
-            inbound = Message.objects.create(conversation=conversation, channel=channel, direction="in",
-                                             status="answered", sender=user, text="benchmark hello")
-            Message.objects.create(conversation=conversation, channel=channel, direction="out", status="sent",
-                                   reply_to=inbound, agent=agent, text="Echo: benchmark hello", model="fake-gpt",
-                                   prompt_tokens=2, completion_tokens=3, total_tokens=5, latency_ms=1)
-            LLMCall.objects.create(message=inbound, conversation=conversation, user=user, channel=channel,
-                                   agent=agent, model="fake-gpt", provider="demo", prompt_tokens=2,
-                                   completion_tokens=3, total_tokens=5, latency_ms=1, status="ok")
+    def rows() -> tuple:
+        inbound = Message(id=uuid.uuid4(), conversation=conversation, channel=channel, direction="in",
+                          status="answered", sender=user, text="benchmark hello")
+        reply = Message(id=uuid.uuid4(), conversation=conversation, channel=channel, direction="out", status="sent",
+                        reply_to=inbound, agent=agent, text="Echo: benchmark hello", model="fake-gpt",
+                        prompt_tokens=2, completion_tokens=3, total_tokens=5, latency_ms=1)
+        call = LLMCall(message=inbound, conversation=conversation, user=user, channel=channel, agent=agent,
+                       model="fake-gpt", provider="demo", prompt_tokens=2, completion_tokens=3, total_tokens=5,
+                       latency_ms=1, status="ok")
+        return inbound, reply, call
 
-    for _ in range(WARMUP):
-        one()
+    def orm() -> None:
+        with transaction.atomic():
+            for row in rows():
+                row.save(force_insert=True)
+
+    def one_statement() -> None:  # gateway_project.db.write_together's way, three rows
+        (a, pa), (b, pb), (c, pc) = (_insert_sql(row) for row in rows())
+        with connection.cursor() as cursor:
+            cursor.execute(f"WITH a AS ({a}), b AS ({b}) {c}", [*pa, *pb, *pc])
+
+    def batched() -> None:
+        batch = [rows() for _ in range(BATCH)]
+        with transaction.atomic():
+            for model, column in ((Message, 0), (Message, 1), (LLMCall, 2)):
+                model.objects.bulk_create([r[column] for r in batch])
+
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         backend = cursor.fetchone()[0]
-    cpu, pg = time.process_time(), cpu_ticks(backend)
-    for _ in range(spec["count"]):
-        one()
-    return {"cpu_ms": (time.process_time() - cpu) * 1000 / spec["count"],
-            "postgres_ms": (cpu_ticks(backend) - pg) * TICK_MS / spec["count"]}
+    return timed_blocks({"ORM, one transaction": (orm, 1), "one statement": (one_statement, 1),
+                         f"{BATCH} messages per transaction": (batched, BATCH)}, spec["count"],
+                        lambda: {"postgres": cpu_ticks(backend) * TICK_MS / 1000})
 
 
 def run_part(stack, name: str, spec: dict, settings_module: str = "gateway_project.settings") -> dict:
@@ -158,7 +207,7 @@ def run_part(stack, name: str, spec: dict, settings_module: str = "gateway_proje
 
     done = subprocess.run([PYTHON, str(Path(__file__)), "--part", name, json.dumps(spec)], cwd=BASE,
                           env={**stack.env, "DJANGO_SETTINGS_MODULE": settings_module},
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"part {name} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.splitlines()[-1])
@@ -166,13 +215,20 @@ def run_part(stack, name: str, spec: dict, settings_module: str = "gateway_proje
 
 # ---- the orchestration ----
 
-def start_bare_server(stack) -> tuple[str, int]:
+SERVERS = {  # way -> (the server's ASGI app, DJANGO_SETTINGS_MODULE, uvicorn --factory)
+    "Django's handler, no middleware": ("django.core.asgi:get_asgi_application", "bench.floor_settings", True),
+    "a Channels consumer, no Django handler": ("bench.floor_asgi:application", "bench.floor_settings", False),
+}
+COLUMNS = ("server", "worker", "postgres", "redis")
+
+
+def start_server(stack, app: str, settings_module: str, factory: bool) -> tuple[str, int]:
     from devtools.stack import BIN, UVICORN_OPTIONS, free_port
 
     port = free_port()
     process = stack.spawn("uvicorn-floor", [
         str(BIN / "uvicorn"), *UVICORN_OPTIONS, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-        "--factory", "django.core.asgi:get_asgi_application"], env={"DJANGO_SETTINGS_MODULE": "bench.floor_settings"})
+        *(["--factory"] if factory else []), app], env={"DJANGO_SETTINGS_MODULE": settings_module})
     url = f"http://127.0.0.1:{port}"
     process.wait_for_http(f"{url}/healthz")
     return url, process.popen.pid
@@ -189,84 +245,102 @@ def start_floor_worker(stack) -> int:
     return process.popen.pid
 
 
-def one_round(stack, urls: dict, pids: dict, demo: dict, backends) -> dict:
-    from bench import overrides_ab, run
+def server_cpu(url: str, pid: int) -> dict:
+    """The server's CPU per request of ``url`` at CONCURRENCY."""
+    from bench import run
 
-    measured: dict[str, dict] = {}
-    spec = {"kind": "http", "concurrency": CONCURRENCY, "timeout": 300, "request_timeout": 60,
-            "url": f"{urls['bare']}/floor/echo", "body": {"message": "benchmark hello"}, "ok_status": [202]}
+    spec = {"kind": "http", "concurrency": CONCURRENCY, "timeout": 300, "request_timeout": 60, "url": url,
+            "body": {"message": "benchmark hello"}, "ok_status": [202]}
     run.load({**spec, "count": WARMUP})
-    before = run.cpu_ticks(pids["bare"])
+    before = run.cpu_ticks(pid)
     result = run.load({**spec, "count": REQUESTS})
-    measured["django_asgi"] = {"server": (run.cpu_ticks(pids["bare"]) - before) * run.TICK_MS / max(result["ok"], 1),
-                               "rps": result["rps"], "errors": result["errors"]}
+    return {"server": (run.cpu_ticks(pid) - before) * run.TICK_MS / max(result["ok"], 1), "rps": result["rps"],
+            "errors": result["errors"]}
 
-    worker, redis = run.cpu_ticks(pids["worker"]), overrides_ab.redis_ticks()
-    queue = run_part(stack, "queue", {"count": REQUESTS, "concurrency": CONCURRENCY})
-    worker, redis = run.cpu_ticks(pids["worker"]) - worker, overrides_ab.redis_ticks() - redis
-    # The worker and Redis also served the part's warm-up: counted with it, per round trip.
-    trips = REQUESTS + WARMUP
-    measured["queue_and_wake"] = {"server": queue["cpu_ms"], "worker": worker * run.TICK_MS / trips,
-                                  "redis": redis * run.TICK_MS / trips, "rps": queue["rps"],
-                                  "errors": {"missed": queue["missed"]} if queue["missed"] else {}}
 
-    model = run_part(stack, "model", {"count": REQUESTS, "llm_url": urls["llm"]})
-    measured["model_call"] = {"worker": model["cpu_ms"]}
+def one_round(stack, urls: dict, servers: dict, worker: int, demo: dict, backends) -> dict:
+    """(part, way) -> CPU ms per message by process, for every way of every part, then the face and LiteLLM."""
+    from bench import overrides_ab
 
+    measured: dict[tuple[str, str], dict] = {}
+    for way, (url, pid) in servers.items():
+        measured["server", way] = server_cpu(f"{url}/floor/echo", pid)
+    queue = run_part(stack, "queue", {"count": REQUESTS, "concurrency": CONCURRENCY, "worker": worker})
+    missed = queue.pop("missed")
+    for way, cpu in queue.items():
+        measured["queue and wake", way] = {"server": cpu["self"], "worker": cpu["worker"], "redis": cpu["redis"],
+                                           "errors": {"missed": missed} if missed else {}}
+    for way, cpu in run_part(stack, "model", {"count": REQUESTS, "llm_url": urls["llm"]}).items():
+        measured["model call", way] = {"worker": cpu["self"]}
     writes = run_part(stack, "writes", {"count": REQUESTS, "channel": demo["channels"]["api"]["slug"]})
-    measured["writes"] = {"worker": writes["cpu_ms"], "postgres": writes["postgres_ms"]}
+    for way, cpu in writes.items():
+        measured["writes", way] = {"worker": cpu["self"], "postgres": cpu["postgres"]}
 
+    # Beside the floor: DRF behind the gateway's middleware (bench/urls.py), the face, LiteLLM.
+    measured["beside", "a sync DRF view behind the gateway's middleware"] = server_cpu(
+        f"{urls['drf']}/bench/bare", urls["drf_pid"])
     face = overrides_ab.one_round(stack, ("", "uvicorn"), demo, backends)
-    measured["face"] = {**face["cpu_ms"], "rps": face["rps"], "errors": face["errors"]}
+    measured["beside", "the gateway's face"] = {**face["cpu_ms"], "rps": face["rps"], "errors": face["errors"]}
     if urls.get("litellm"):
         peer = overrides_ab.litellm_round(stack, urls["litellm"])
-        measured["litellm"] = {"server": peer["cpu_ms"]["server"], "rps": peer["rps"], "errors": peer["errors"]}
+        measured["beside", "LiteLLM proxy"] = {"server": peer["cpu_ms"]["server"], "rps": peer["rps"],
+                                               "errors": peer["errors"]}
     for row in measured.values():
-        row["cpu_ms"] = sum(row.get(p, 0.0) for p in ("server", "worker", "postgres", "redis"))
+        row["cpu_ms"] = sum(row.get(column, 0.0) for column in COLUMNS)
     return measured
 
 
 def summarize(rounds: list[dict]) -> dict:
     rows = {}
-    for name in rounds[0]:
-        results = [r[name] for r in rounds]
-        row = {key: statistics.median(r.get(key, 0.0) for r in results)
-               for key in ("cpu_ms", "server", "worker", "postgres", "redis", "rps")}
+    for key in rounds[0]:
+        results = [r[key] for r in rounds]
+        row = {column: statistics.median(r.get(column, 0.0) for r in results) for column in (*COLUMNS, "cpu_ms")}
+        row["rps"] = statistics.median(r.get("rps") or 0.0 for r in results)
         row["cpu_rounds"] = [round(r["cpu_ms"], 2) for r in results]
         row["errors"] = {k: sum(r.get("errors", {}).get(k, 0) for r in results)
                          for r in results for k in r.get("errors", {})}
-        rows[name] = row
-    parts = ("cpu_ms", "server", "worker", "postgres", "redis")
-    rows["floor"] = {key: sum(rows[p][key] for p in PARTS) for key in parts}
-    return rows
+        rows[" / ".join(key)] = {"part": key[0], "way": key[1], **row}
+    floors = {}
+    parts = [p for p in dict.fromkeys(r["part"] for r in rows.values()) if p != "beside"]
+    one_at_a_time = [w for w in rows.values() if f"{BATCH} messages" not in w["way"]]  # the batched ways' names
+    for name, allowed in (("each part the plain way", lambda ways: ways[:1]),
+                          ("the cheapest way, one message at a time",
+                           lambda ways: [w for w in ways if w in one_at_a_time]),
+                          (f"the cheapest way, {BATCH} messages at a time", lambda ways: ways)):
+        chosen = [min(allowed([r for r in rows.values() if r["part"] == part]), key=lambda r: r["cpu_ms"])
+                  for part in parts]
+        floors[name] = {"ways": [c["way"] for c in chosen],
+                        **{column: sum(c[column] for c in chosen) for column in (*COLUMNS, "cpu_ms")}}
+    return {"rows": rows, "floors": floors}
 
 
-def render(rows: dict, meta: dict) -> str:
-    names = {"django_asgi": "Django on uvicorn, no middleware, one async view", "queue_and_wake":
-             "a Celery task (gevent worker) that wakes the waiter on pub/sub", "model_call":
-             "one `openai` client call", "writes": "message + reply + LLM-call row, ORM, one transaction",
-             "floor": "**the floor: the four parts**", "face": "the gateway's face, `/v1/chat/completions`",
-             "litellm": "LiteLLM proxy (its process tree)"}
+def render(summary: dict, meta: dict) -> str:
+    rows, floors = summary["rows"], summary["floors"]
     lines = [f"Floor of the fixed stack ({meta['started']}, {meta['cpus']} CPUs, load average {meta['load_before']} "
              f"before, {meta['load_after']} after; {meta['rounds']} interleaved rounds of {meta['requests']} "
              f"per part, concurrency {meta['concurrency']}, model 0 ms; {meta['minutes']} min)", "",
-             "| part | CPU ms/msg | server | worker | PostgreSQL | Redis | req/s | CPU rounds | errors |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---|"]
-    for key, row in rows.items():
-        rounds = " / ".join(f"{x:.2f}" for x in row.get("cpu_rounds", []))
-        rps = f"{row['rps']:.1f}" if row.get("rps") else ""
-        lines.append(f"| {names[key]} | {row['cpu_ms']:.2f} | {row['server']:.2f} | {row['worker']:.2f} | "
-                     f"{row['postgres']:.2f} | {row['redis']:.2f} | {rps} | {rounds} | {row.get('errors') or ''} |")
-    floor = rows["floor"]["cpu_ms"]
+             "| part | way | CPU ms/msg | server | worker | PostgreSQL | Redis | req/s | CPU rounds | errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    for row in rows.values():
+        cells = " | ".join(f"{row[c]:.2f}" for c in COLUMNS)
+        rps = f"{row['rps']:.1f}" if row["rps"] else ""
+        lines.append(f"| {row['part']} | {row['way']} | {row['cpu_ms']:.2f} | {cells} | {rps} | "
+                     f"{' / '.join(f'{x:.2f}' for x in row['cpu_rounds'])} | {row['errors'] or ''} |")
+    lines += ["", "| floor | CPU ms/msg | server | worker | PostgreSQL | Redis | ways |",
+              "|---|---:|---:|---:|---:|---:|---|"]
+    for name, floor in floors.items():
+        cells = " | ".join(f"{floor[c]:.2f}" for c in COLUMNS)
+        lines.append(f"| {name} | **{floor['cpu_ms']:.2f}** | {cells} | {'; '.join(floor['ways'])} |")
+    face = rows["beside / the gateway's face"]["cpu_ms"]
+    peer = rows.get("beside / LiteLLM proxy")
     lines.append("")
-    lines.append(f"The face costs {rows['face']['cpu_ms'] / floor:.2f}× the floor.")
-    if "litellm" in rows:
-        peer = rows["litellm"]
-        lines.append(
-            f"A quarter of LiteLLM's CPU per message is {peer['cpu_ms'] / 4:.2f} ms: the floor alone is "
-            f"{floor / peer['cpu_ms']:.2f}× LiteLLM's, {4 * floor / peer['cpu_ms']:.1f}× the target. Three times "
-            f"LiteLLM's {peer['rps']:.1f} req/s would take {3 * peer['rps'] * floor / 1000:.2f} of the "
-            f"{meta['cpus']} cores for the floor alone.")
+    for name, floor in floors.items():
+        text = f"- {name}: the face costs {face / floor['cpu_ms']:.2f}× it"
+        if peer:
+            text += (f"; it is {floor['cpu_ms'] / (peer['cpu_ms'] / 4):.2f}× a quarter of LiteLLM's "
+                     f"{peer['cpu_ms']:.2f} ms, and three times LiteLLM's {peer['rps']:.1f} req/s would take "
+                     f"{3 * peer['rps'] * floor['cpu_ms'] / 1000:.2f} of the {meta['cpus']} cores for it alone")
+        lines.append(text + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -289,12 +363,15 @@ def main() -> None:
         urls["litellm"] = run.start_litellm(stack, urls["llm"])
         stack.manage("migrate", "--noinput")
         demo = json.loads(stack.manage("seed_demo", "--json"))
-        urls["bare"], bare = start_bare_server(stack)
-        pids = {"bare": bare, "worker": start_floor_worker(stack)}
+        servers = {way: start_server(stack, *how) for way, how in SERVERS.items()}
+        urls["drf"] = stack.uvicorn(env={"DJANGO_SETTINGS_MODULE": "bench.settings"})
+        urls["drf_pid"] = run.process_pid(stack, "uvicorn")
+        worker = start_floor_worker(stack)
         backends = overrides_ab.PostgresBackends()
         for number in range(ROUNDS):
-            rounds.append(one_round(stack, urls, pids, demo, backends))
-            run.log(f"round {number + 1}: " + ", ".join(f"{k} {v['cpu_ms']:.2f} ms" for k, v in rounds[-1].items()))
+            rounds.append(one_round(stack, urls, servers, worker, demo, backends))
+            run.log(f"round {number + 1}: " + ", ".join(f"{' / '.join(k)} {v['cpu_ms']:.2f}"
+                                                       for k, v in rounds[-1].items()))
     except Exception:
         print(stack.logs())
         raise
@@ -302,11 +379,12 @@ def main() -> None:
         stack.stop()
     meta["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     meta["minutes"] = round((time.monotonic() - started) / 60, 1)
-    rows = summarize(rounds)
+    summary = summarize(rounds)
     run.RESULTS.mkdir(parents=True, exist_ok=True)
-    (run.RESULTS / "floor.json").write_text(json.dumps({"meta": meta, "rows": rows, "rounds": rounds}, indent=2))
-    (run.RESULTS / "floor.md").write_text(render(rows, meta))
-    print(render(rows, meta))
+    saved = {"meta": meta, **summary, "rounds": [{" / ".join(k): v for k, v in r.items()} for r in rounds]}
+    (run.RESULTS / "floor.json").write_text(json.dumps(saved, indent=2))
+    (run.RESULTS / "floor.md").write_text(render(summary, meta))
+    print(render(summary, meta))
 
 
 if __name__ == "__main__":
@@ -315,6 +393,6 @@ if __name__ == "__main__":
         print(json.dumps(part(json.loads(sys.argv[3]))))
     elif sys.argv[1:] == ["--render"]:
         saved = json.loads((BASE / "bench" / "results" / "floor.json").read_text())
-        print(render(saved["rows"], saved["meta"]))
+        print(render(saved, saved["meta"]))
     else:
         main()
