@@ -290,11 +290,14 @@ def realistic(stack, urls: dict, demo: dict) -> list[dict]:
     slug = demo["channels"]["webchat"]["slug"]
     ws_url = urls["gateway"].replace("http", "ws") + f"/ws/chat/{slug}/?visitor={visitor_token(urls['gateway'], slug)}"
     rows = []
+    meter = CpuMeter(stack)
     for concurrency in REALISTIC_CONCURRENCY:
         count = concurrency * REALISTIC_REQUESTS_PER_SLOT
         for name, target in targets.items():
+            before = meter.read()
             result = load({"kind": "http", "concurrency": concurrency, "count": count, "timeout": 300,
                            "warmup": 0, "request_timeout": 120, **target})
+            result["cpu"] = meter.per_answer(before, meter.read(), result["ok"])
             rows.append({"scenario": name, "concurrency": concurrency, **result})
             log(f"realistic c={concurrency} {name}: {result['rps']} rps p50 {result['p50_ms']} ms "
                 f"errors {result['errors']}")
@@ -316,6 +319,40 @@ def realistic(stack, urls: dict, demo: dict) -> list[dict]:
         for key in ("keys", "accepted_ids"):
             row.pop(key, None)
     return rows
+
+
+class CpuMeter:
+    """CPU per answer of a cell, by process: the gateway's server and worker, PostgreSQL's backends of
+    the bench database, every redis-server, fake_llm, LiteLLM's process tree and the load generator
+    (this process's children: each cell's load.py, its start included); and how busy the machine was
+    (all its CPUs, from /proc/stat)."""
+
+    def __init__(self, stack):
+        from bench.overrides_ab import PostgresBackends
+
+        self.stack, self.backends = stack, PostgresBackends()
+
+    def read(self) -> dict:
+        from bench.overrides_ab import redis_ticks, tree_ticks
+
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ticks = {name: cpu_ticks(process_pid(self.stack, name)) for name in (SERVER, "celery", "fake_llm")}
+        litellm = [p.popen.pid for p in self.stack.processes if p.name == "litellm" and p.popen.poll() is None]
+        return {"ticks": {**ticks, "redis": redis_ticks(), "litellm": tree_ticks(litellm[0]) if litellm else 0},
+                "postgres": self.backends.ticks(), "load_s": children.ru_utime + children.ru_stime,
+                "busy": sum(fields) - fields[3] - fields[4], "all": sum(fields)}
+
+    @staticmethod
+    def per_answer(before: dict, after: dict, answered: int) -> dict:
+        n = max(answered, 1)
+        cpu = {name: (after["ticks"][name] - before["ticks"][name]) * TICK_MS / n for name in after["ticks"]}
+        cpu["postgres"] = sum(t - before["postgres"].get(pid, 0) for pid, t in after["postgres"].items()) * TICK_MS / n
+        cpu["load"] = (after["load_s"] - before["load_s"]) * 1000 / n
+        cpu = {("server" if name == SERVER else "worker" if name == "celery" else name): round(ms, 2)
+               for name, ms in cpu.items()}
+        cpu["machine_busy"] = round((after["busy"] - before["busy"]) / max(after["all"] - before["all"], 1), 3)
+        return cpu
 
 
 def in_flight(stack, urls: dict, demo: dict, *, queued: bool = False) -> dict:
@@ -643,6 +680,17 @@ def render(results: dict) -> str:
         for r in results["realistic"]:
             lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['rps']} | {r['share_of_direct']} | "
                          f"{r['p50_ms']} | {r['p95_ms']} | {r['overhead_p50_ms']} | {r['errors'] or ''} |")
+        metered = [r for r in results["realistic"] if r.get("cpu")]
+        if metered:
+            lines += ["", "CPU ms per answer in each cell, by process (the load generator's start included), and how "
+                      "busy the machine's CPUs were:", "",
+                      "| scenario | conc. | server | worker | PostgreSQL | Redis | fake_llm | LiteLLM | load | "
+                      "machine busy |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            for r in metered:
+                c = r["cpu"]
+                lines.append(f"| {r['scenario']} | {r['concurrency']} | {c['server']} | {c['worker']} | "
+                             f"{c['postgres']} | {c['redis']} | {c['fake_llm']} | {c['litellm']} | {c['load']} | "
+                             f"{c['machine_busy']:.0%} |")
     flights = [f for f in (results.get("in_flight"), results.get("in_flight_queued")) if f]
     if flights:
         lines += ["", "## In flight: one worker", "",
