@@ -79,11 +79,11 @@ clean:
 bench-ab: install
 	ulimit -n $$(ulimit -Hn) && $(BIN)/python bench/overrides_ab.py
 
-# Scale check (PostgreSQL): 1M model-call rows, then each dashboard page's render time.
-# The fixed stack's own parts (Django on uvicorn, a Celery round trip, an openai call, the ORM's
-# writes) per message beside the face and LiteLLM, same run (bench/floor.py; ≈5 minutes).
+# The fixed stack's own parts (the HTTP request, a Celery task, an openai call, the writes), each
+# several ways, per message beside the face and LiteLLM, same run (bench/floor.py; ≈3 minutes).
 bench-floor: install
 	ulimit -n $$(ulimit -Hn) && $(BIN)/python bench/floor.py
 
+# Scale check (PostgreSQL): 1M model-call rows, then each dashboard page's render time.
 bench-dashboard: install
 	$(BIN)/python bench/dashboard_bench.py $(BENCH_ARGS)

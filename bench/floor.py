@@ -17,8 +17,9 @@ doing nothing else, in real processes, in the same run as the face and LiteLLM's
 
 Three floors are summed from them: each part the plain way, the cheapest way one message at a
 time, and the cheapest with batches. A floor leaves out all the gateway's own work (authentication,
-limits, routing, budgets, the conversation order, logs). Rounds are interleaved; the median round
-is reported. Redis's CPU is every redis-server on the machine: run it on a quiet one.
+limits, routing, budgets, the conversation order, logs). The ways of the queue, model and writes
+parts are interleaved in blocks; the median of each figure over the rounds is reported. Redis's
+CPU is every redis-server on the machine: run it on a quiet one.
 
 Knobs: BENCH_DATABASE_URL, BENCH_REDIS_URL (as bench/run.py: both wiped), BENCH_FLOOR_ROUNDS (3),
 BENCH_FLOOR_REQUESTS (1,000 per way and round), BENCH_FLOOR_CONCURRENCY (10),
@@ -94,6 +95,7 @@ def part_queue(spec: dict) -> dict:
     waiting: dict[bytes, threading.Event] = {}
     subscribed = threading.Event()
     missed = 0
+    counting = threading.Lock()
 
     def listen() -> None:
         for item in pubsub.listen():
@@ -110,7 +112,9 @@ def part_queue(spec: dict) -> dict:
         channels = [f"floor.wake.{uuid.uuid4().hex}" for _ in range(n)]
         events = [waiting.setdefault(c.encode(), threading.Event()) for c in channels]
         task.apply_async((channels[0] if task is wake else channels,), queue=FLOOR_QUEUE, declare=[])
-        missed += sum(not e.wait(30) for e in events)
+        lost = sum(not e.wait(30) for e in events)
+        with counting:
+            missed += lost
 
     pool = ThreadPoolExecutor(spec["concurrency"])
 
@@ -303,7 +307,10 @@ def summarize(rounds: list[dict]) -> dict:
     floors = {}
     parts = [p for p in dict.fromkeys(r["part"] for r in rows.values()) if p != "beside"]
     one_at_a_time = [w for w in rows.values() if f"{BATCH} messages" not in w["way"]]  # the batched ways' names
+    gateways = ("Django's handler, no middleware", "one task per message", "client.post, parsed (the gateway's)",
+                "one statement")  # the ways the gateway's face uses today
     for name, allowed in (("each part the plain way", lambda ways: ways[:1]),
+                          ("the gateway's ways", lambda ways: [w for w in ways if w["way"] in gateways]),
                           ("the cheapest way, one message at a time",
                            lambda ways: [w for w in ways if w in one_at_a_time]),
                           (f"the cheapest way, {BATCH} messages at a time", lambda ways: ways)):
@@ -317,8 +324,10 @@ def summarize(rounds: list[dict]) -> dict:
 def render(summary: dict, meta: dict) -> str:
     rows, floors = summary["rows"], summary["floors"]
     lines = [f"Floor of the fixed stack ({meta['started']}, {meta['cpus']} CPUs, load average {meta['load_before']} "
-             f"before, {meta['load_after']} after; {meta['rounds']} interleaved rounds of {meta['requests']} "
-             f"per part, concurrency {meta['concurrency']}, model 0 ms; {meta['minutes']} min)", "",
+             f"before, {meta['load_after']} after; {meta['rounds']} rounds of {meta['requests']} per way; HTTP, the "
+             f"face and LiteLLM at concurrency {meta['concurrency']}, tasks from {meta['concurrency']} threads, model "
+             f"calls and writes one at a time; model 0 ms; the median of each figure over the rounds; "
+             f"{meta['minutes']} min)", "",
              "| part | way | CPU ms/msg | server | worker | PostgreSQL | Redis | req/s | CPU rounds | errors |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for row in rows.values():
