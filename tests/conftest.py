@@ -206,7 +206,7 @@ def webchat_channel(agent):
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):
     """Close the PostgreSQL connection pool before the test database is dropped (its idle
-    connections would keep the database in use)."""
+    connections would keep the database in use), then end any session still on it."""
     yield
     from django.db import connections
 
@@ -214,6 +214,29 @@ def django_db_setup(django_db_setup, django_db_blocker):
         for conn in connections.all(initialized_only=True):
             if getattr(conn, "pool", None) is not None:
                 conn.close_pool()
+        default = connections["default"]
+        if default.vendor == "postgresql":
+            # This thread's own connection is closed by the drop itself.
+            own = default.connection.info.backend_pid if default.connection is not None else 0
+            _end_sessions_left_on(default.settings_dict, besides=own)
+
+
+def _end_sessions_left_on(db: dict, besides: int) -> None:
+    """A connection the pool lent to another thread and never got back (a background thread
+    started by a test, still holding one) keeps the test database from being dropped: end it,
+    and say what it last ran, so the thread can be found."""
+    import warnings
+
+    import psycopg
+
+    with psycopg.connect(host=db["HOST"] or None, port=db["PORT"] or None, user=db["USER"] or None,
+                         password=db["PASSWORD"] or None, dbname="postgres", autocommit=True) as admin:
+        left = admin.execute(
+            "SELECT pid, state, left(query, 200), pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND pid <> pg_backend_pid() AND pid <> %s", (db["NAME"], besides)).fetchall()
+    for pid, state, query, _ in left:
+        warnings.warn(f"a session was still on the test database at the end (pid {pid}, {state}), "
+                      f"ended; its last statement: {query}", stacklevel=1)
 
 
 @pytest.fixture(autouse=True)
