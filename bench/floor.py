@@ -366,7 +366,7 @@ def main() -> None:
     stack = run.Stack(run.base_env(DATABASE_URL=run.DATABASE_URL, REDIS_URL=run.REDIS_URL,
                                    GATEWAY_USER_RATE="100000000/m", LOG_LEVEL="WARNING"))
     rounds = []
-    try:
+    with run.shown_on_failure(stack):
         urls = {"llm": stack.fake_llm("--delay-ms", "0")}
         stack.env["OPENAI_BASE_URL"] = urls["llm"]
         urls["litellm"] = run.start_litellm(stack, urls["llm"])
@@ -381,13 +381,7 @@ def main() -> None:
             rounds.append(one_round(stack, urls, servers, worker, demo, backends))
             run.log(f"round {number + 1}: " + ", ".join(f"{' / '.join(k)} {v['cpu_ms']:.2f}"
                                                        for k, v in rounds[-1].items()))
-    except Exception:
-        print(stack.logs())
-        raise
-    finally:
-        stack.stop()
-    meta["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    meta["minutes"] = round((time.monotonic() - started) / 60, 1)
+    run.finish_meta(meta, started)
     summary = summarize(rounds)
     run.RESULTS.mkdir(parents=True, exist_ok=True)
     saved = {"meta": meta, **summary, "rounds": [{" / ".join(k): v for k, v in r.items()} for r in rounds]}

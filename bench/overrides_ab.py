@@ -256,7 +256,7 @@ def main() -> None:
     stack = run.Stack(run.base_env(DATABASE_URL=run.DATABASE_URL, REDIS_URL=run.REDIS_URL,
                                    GATEWAY_USER_RATE="100000000/m", LOG_LEVEL="WARNING"))
     rounds: dict[str, list[dict]] = {name: [] for name in plan}
-    try:
+    with run.shown_on_failure(stack):
         llm_url = stack.env["OPENAI_BASE_URL"] = stack.fake_llm("--delay-ms", LLM_DELAY_MS)
         litellm = run.start_litellm(stack, llm_url) if "litellm" in SERVERS else None
         stack.manage("migrate", "--noinput")
@@ -273,13 +273,7 @@ def main() -> None:
                 rounds[name].append(result)
                 run.log(f"round {number + 1} {name}: {result['rps']} req/s, {result['cpu_ms_total']} CPU ms/msg "
                     f"{result['cpu_ms']} errors {result['errors'] or 'none'}")
-    except Exception:
-        print(stack.logs())
-        raise
-    finally:
-        stack.stop()
-    meta["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    meta["minutes"] = round((time.monotonic() - started) / 60, 1)
+    run.finish_meta(meta, started)
     rows = summarize(rounds)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "overrides_ab.json").write_text(json.dumps({"meta": meta, "rows": rows, "rounds": rounds}, indent=2))

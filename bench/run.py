@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from contextlib import contextmanager
 from pathlib import Path
 
 BASE = Path(__file__).resolve().parent.parent
@@ -63,6 +64,24 @@ CHAT_BODY = {"model": "fake-gpt", "messages": [{"role": "user", "content": "benc
 
 def log(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+@contextmanager
+def shown_on_failure(stack: Stack):
+    """Stop ``stack`` when the block ends; if it failed, print the stack's logs first."""
+    try:
+        yield
+    except Exception:
+        print(stack.logs())
+        raise
+    finally:
+        stack.stop()
+
+
+def finish_meta(meta: dict, started: float) -> None:
+    """The machine's load after a run and how long it took (``started``: time.monotonic())."""
+    meta["load_after"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    meta["minutes"] = round((time.monotonic() - started) / 60, 1)
 
 
 def load(spec: dict) -> dict:
