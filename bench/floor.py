@@ -86,8 +86,7 @@ def part_queue(spec: dict) -> dict:
     from django.conf import settings
 
     from bench.floor_tasks import wake, wake_many
-    from bench.overrides_ab import redis_ticks
-    from bench.run import TICK_MS, cpu_ticks
+    from bench.run import TICK_MS, cpu_ticks, redis_ticks
 
     client = redis.Redis.from_url(settings.REDIS_URL)
     pubsub = client.pubsub()
@@ -376,7 +375,7 @@ def main() -> None:
         urls["drf"] = stack.uvicorn(env={"DJANGO_SETTINGS_MODULE": "bench.settings"})
         urls["drf_pid"] = run.process_pid(stack, "uvicorn")
         worker = start_floor_worker(stack)
-        backends = overrides_ab.PostgresBackends()
+        backends = run.PostgresBackends()
         for number in range(ROUNDS):
             rounds.append(one_round(stack, urls, servers, worker, demo, backends))
             run.log(f"round {number + 1}: " + ", ".join(f"{' / '.join(k)} {v['cpu_ms']:.2f}"

@@ -28,7 +28,6 @@ import os
 import statistics
 import sys
 import time
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -74,50 +73,6 @@ def variants() -> dict[str, tuple[str, str]]:
     return plan
 
 
-def tree_ticks(root: int) -> int:
-    """utime + stime of ``root`` and of its live descendants (LiteLLM's proxy may fork)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += run.cpu_ticks(pid)
-        todo += parents.get(pid, [])
-    return total
-
-
-def redis_ticks() -> int:
-    """CPU of every redis-server on the machine (the bench's db shares the server: others inflate it)."""
-    total = 0
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        try:
-            if comm.read_text().strip() == "redis-server":
-                total += run.cpu_ticks(int(comm.parent.name))
-        except OSError:
-            continue
-    return total
-
-
-class PostgresBackends:
-    """CPU of the PostgreSQL backends serving the bench's database (the pools keep them for the round)."""
-
-    def __init__(self):
-        import psycopg
-
-        self.dbname = urllib.parse.urlparse(run.DATABASE_URL).path[1:]
-        self.conn = psycopg.connect(run.DATABASE_URL, autocommit=True)
-
-    def ticks(self) -> dict[int, int]:
-        pids = self.conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                                 (self.dbname,)).fetchall()
-        return {pid: run.cpu_ticks(pid) for (pid,) in pids}
-
-
 def target(urls: dict, demo: dict) -> dict:
     auth = {"Authorization": f"Bearer {demo['api_keys']['customer']}"}
     if DOOR == "slack":
@@ -141,7 +96,7 @@ def start_server(stack: run.Stack, server: str, env: dict) -> str:
     return getattr(stack, server)(env=env)
 
 
-def one_round(stack: run.Stack, variant: tuple[str, str], demo: dict, backends: PostgresBackends) -> dict:
+def one_round(stack: run.Stack, variant: tuple[str, str], demo: dict, backends: run.PostgresBackends) -> dict:
     """Start the server and a worker as ``variant`` says, warm up, time REQUESTS requests, stop them."""
     gateway_plain, server = variant
     env = {"GATEWAY_PLAIN": gateway_plain}
@@ -162,9 +117,9 @@ def one_round(stack: run.Stack, variant: tuple[str, str], demo: dict, backends: 
         # Slack: warm-up events numbered after the timed ones, so no dedupe key is reused.
         run.load({**spec, "count": WARMUP, "first_event": REQUESTS})
         before = {name: run.cpu_ticks(pid) for name, pid in pids.items()}
-        pg_before, redis_before = backends.ticks(), redis_ticks()
+        pg_before, redis_before = backends.ticks(), run.redis_ticks()
         result = run.load({**spec, "count": REQUESTS})
-        pg_after, redis_after = backends.ticks(), redis_ticks()
+        pg_after, redis_after = backends.ticks(), run.redis_ticks()
         after = {name: run.cpu_ticks(pid) for name, pid in pids.items()}
     finally:
         server_process.stop()
@@ -184,10 +139,10 @@ def litellm_round(stack: run.Stack, url: str) -> dict:
             "body": {"model": "fake-gpt", "messages": [{"role": "user", "content": "benchmark hello"}]}}
     root = run.process_pid(stack, "litellm")
     run.load({**spec, "count": WARMUP})
-    before = tree_ticks(root)
+    before = run.tree_ticks(root)
     result = run.load({**spec, "count": REQUESTS})
     answered = max(result["ok"], 1)
-    return measured(result, {"server": (tree_ticks(root) - before) * run.TICK_MS / answered, "worker": 0.0,
+    return measured(result, {"server": (run.tree_ticks(root) - before) * run.TICK_MS / answered, "worker": 0.0,
                              "postgres": 0.0, "redis": 0.0})
 
 
@@ -261,7 +216,7 @@ def main() -> None:
         litellm = run.start_litellm(stack, llm_url) if "litellm" in SERVERS else None
         stack.manage("migrate", "--noinput")
         demo = json.loads(stack.manage("seed_demo", "--json"))
-        backends = PostgresBackends()
+        backends = run.PostgresBackends()
         names = list(plan)
         for number in range(ROUNDS):
             shift = number % len(names)

@@ -347,13 +347,9 @@ class CpuMeter:
     (all its CPUs, from /proc/stat)."""
 
     def __init__(self, stack):
-        from bench.overrides_ab import PostgresBackends
-
         self.stack, self.backends = stack, PostgresBackends()
 
     def read(self) -> dict:
-        from bench.overrides_ab import redis_ticks, tree_ticks
-
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         ticks = {name: cpu_ticks(process_pid(self.stack, name)) for name in (SERVER, "celery", "fake_llm")}
@@ -468,6 +464,50 @@ def cpu_ticks(pid: int) -> int:
     except OSError:
         return 0
     return int(fields[11]) + int(fields[12])
+
+
+def tree_ticks(root: int) -> int:
+    """utime + stime of ``root`` and of its live descendants (LiteLLM's proxy may fork)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu_ticks(pid)
+        todo += parents.get(pid, [])
+    return total
+
+
+def redis_ticks() -> int:
+    """CPU of every redis-server on the machine (the bench's db shares the server: others inflate it)."""
+    total = 0
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == "redis-server":
+                total += cpu_ticks(int(comm.parent.name))
+        except OSError:
+            continue
+    return total
+
+
+class PostgresBackends:
+    """CPU of the PostgreSQL backends serving the bench's database (the pools keep them for the round)."""
+
+    def __init__(self):
+        import psycopg
+
+        self.dbname = urllib.parse.urlparse(DATABASE_URL).path[1:]
+        self.conn = psycopg.connect(DATABASE_URL, autocommit=True)
+
+    def ticks(self) -> dict[int, int]:
+        pids = self.conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                                 (self.dbname,)).fetchall()
+        return {pid: cpu_ticks(pid) for (pid,) in pids}
 
 
 def log_errors(stack) -> dict[str, int]:
