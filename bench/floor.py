@@ -65,13 +65,14 @@ def timed_blocks(ways: dict, count: int, extra=lambda: {}) -> dict:
     spent = {name: {"self": 0.0, "messages": 0} for name in ways}
     for _ in range(BLOCKS):
         for name, (call, per) in ways.items():
+            calls = max(count // BLOCKS // per, 1)
             before_extra, before = extra(), time.process_time()
-            for _ in range(max(count // BLOCKS // per, 1)):
+            for _ in range(calls):
                 call()
             spent[name]["self"] += time.process_time() - before
             for key, value in extra().items():
                 spent[name][key] = spent[name].get(key, 0.0) + value - before_extra[key]
-            spent[name]["messages"] += max(count // BLOCKS // per, 1) * per
+            spent[name]["messages"] += calls * per
     return {name: {key: value * 1000 / s["messages"] for key, value in s.items() if key != "messages"}
             for name, s in spent.items()}
 
