@@ -208,9 +208,15 @@ def django_db_setup(django_db_setup, django_db_blocker):
     """Close the PostgreSQL connection pool before the test database is dropped (its idle
     connections would keep the database in use), then end any session still on it."""
     yield
+    import asyncio
+
+    from asgiref.sync import sync_to_async
     from django.db import connections
 
     with django_db_blocker.unblock():
+        # Async tests' ORM calls (``aget``, ``async for``) run on asgiref's one shared thread,
+        # whose connection outlives them: give it back too.
+        asyncio.run(sync_to_async(connections.close_all)())
         for conn in connections.all(initialized_only=True):
             if getattr(conn, "pool", None) is not None:
                 conn.close_pool()
@@ -224,7 +230,7 @@ def django_db_setup(django_db_setup, django_db_blocker):
 def _end_sessions_left_on(db: dict, besides: int) -> None:
     """A connection the pool lent to another thread and never got back (a background thread
     started by a test, still holding one) keeps the test database from being dropped: end it,
-    and say what it last ran, so the thread can be found."""
+    and say what it last ran, so the thread can be found. (One was asgiref's shared thread.)"""
     import warnings
 
     import psycopg
