@@ -11,6 +11,7 @@ from apps.core.errors import ServiceUnavailable
 from .realtime import reply_group
 
 _in_flight = 0  # waiters open in this process (they all run on its one event loop)
+_leaving: set[asyncio.Task] = set()  # exits under way, held so that a cancelled caller cannot drop one
 
 
 class ReplyWaiter:
@@ -21,12 +22,19 @@ class ReplyWaiter:
 
     Past ``GATEWAY_MAX_WAITERS_PER_PROCESS`` open waiters, entering raises ServiceUnavailable (503
     with ``Retry-After``) before anything is accepted: overload is answered, not queued unbounded.
+
+    Leaving closes the waiter's channel. The channel layer has no call for that: channels_redis's
+    pub/sub layer unsubscribes a channel (and drops its queue) only when a receive on it is
+    cancelled (django/channels_redis#276), so a waiter that just read its reply and left kept its
+    Redis subscription and queue for the life of the process, one per request. One receive runs
+    per waiter, not cancelled by a timeout, and leaving cancels it while it waits.
     """
 
     def __init__(self, message_id):
         self.group = reply_group(message_id)
         self.layer = get_channel_layer()
         self.channel_name: str | None = None
+        self._receiving: asyncio.Task | None = None
 
     async def __aenter__(self) -> ReplyWaiter:
         global _in_flight
@@ -45,11 +53,35 @@ class ReplyWaiter:
     async def __aexit__(self, *exc_info) -> None:
         global _in_flight
         _in_flight -= 1
+        # Shielded: a caller cancelled here (the client went away) still closes the channel.
+        leaving = asyncio.ensure_future(self._leave())
+        _leaving.add(leaving)
+        leaving.add_done_callback(_leaving.discard)
+        await asyncio.shield(leaving)
+
+    async def _leave(self) -> None:
         await self.layer.group_discard(self.group, self.channel_name)
+        while True:
+            if self._receiving is None:
+                self._receiving = asyncio.ensure_future(self.layer.receive(self.channel_name))
+                await asyncio.sleep(0)  # let it start: it waits on the channel's queue
+            if not self._receiving.done():
+                self._receiving.cancel()  # the layer closes the channel as the receive ends
+                await asyncio.wait([self._receiving])
+                return
+            if self._receiving.cancelled() or self._receiving.exception() is not None:
+                return  # the layer failed (Redis gone): its connection and subscriptions go with it
+            self._receiving = None  # an event nobody reads: drop it, read on until the receive waits
 
     async def next_event(self, timeout: float) -> dict:
         """The next event about the message; raises TimeoutError when ``timeout`` runs out."""
-        return await asyncio.wait_for(self.layer.receive(self.channel_name), timeout)
+        if self._receiving is None:
+            self._receiving = asyncio.ensure_future(self.layer.receive(self.channel_name))
+        done, _pending = await asyncio.wait([self._receiving], timeout=timeout)
+        if not done:
+            raise TimeoutError
+        receiving, self._receiving = self._receiving, None
+        return receiving.result()
 
     async def final_event(self, timeout: float) -> dict:
         """Skip streamed pieces; the reply or error event. Raises TimeoutError."""
