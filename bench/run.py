@@ -8,10 +8,11 @@ bench/load.py in another process, on loopback. Results: bench/results/latest.jso
 Scenarios are interleaved (direct, gateway, LiteLLM, … per round) so ratios hold on a noisy machine.
 Environment knobs: BENCH_REQUESTS (per cell at concurrency 1; x2 at 10 and 50), BENCH_ROUNDS,
 BENCH_WS_CONNECTIONS, BENCH_INGEST, BENCH_INGEST_WARMUP, BENCH_SCENARIOS (comma list of overhead, ingest, webchat,
-limits, realistic, in_flight, scale_out; realistic runs in_flight too), BENCH_PROFILE=1 (py-spy on the server and the
-worker), BENCH_SKIP_LITELLM=1, BENCH_SERVER (uvicorn, the image's; or daphne), BENCH_REALISTIC_CONCURRENCY,
+limits, realistic, in_flight, scale_out, soak; realistic runs in_flight too), BENCH_PROFILE=1 (py-spy on the server
+and the worker), BENCH_SKIP_LITELLM=1, BENCH_SERVER (uvicorn, the image's; or daphne), BENCH_REALISTIC_CONCURRENCY,
 BENCH_REALISTIC_REQUESTS_PER_SLOT, BENCH_IN_FLIGHT_RUNS, BENCH_IN_FLIGHT_DELAY_S,
-BENCH_IN_FLIGHT_ACCEPT_CONCURRENCY, BENCH_SCALE_OUT_CONCURRENCY, BENCH_SCALE_OUT_REQUESTS.
+BENCH_IN_FLIGHT_ACCEPT_CONCURRENCY, BENCH_SCALE_OUT_CONCURRENCY, BENCH_SCALE_OUT_REQUESTS, BENCH_SOAK_BLOCKS,
+BENCH_SOAK_REQUESTS.
 """
 from __future__ import annotations
 
@@ -43,10 +44,11 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 WS_CONNECTIONS = int(os.environ.get("BENCH_WS_CONNECTIONS", "5000"))
 INGEST = int(os.environ.get("BENCH_INGEST", "1000"))
 INGEST_WARMUP = int(os.environ.get("BENCH_INGEST_WARMUP", "200"))
-ALL_SCENARIOS = ("overhead", "ingest", "webchat", "limits", "realistic", "scale_out")  # realistic: in_flight too
+# realistic runs in_flight too
+ALL_SCENARIOS = ("overhead", "ingest", "webchat", "limits", "realistic", "scale_out", "soak")
 SCENARIOS = set(os.environ.get("BENCH_SCENARIOS", ",".join(ALL_SCENARIOS)).split(","))
 RESULT_KEYS = ("overhead", "profile", "ingest", "webchat", "limit_step", "realistic", "in_flight", "in_flight_queued",
-               "scale_out", "process_log_errors")
+               "scale_out", "soak", "process_log_errors")
 WORKER_POOL = os.environ.get("BENCH_WORKER_POOL", "gevent")
 SERVER = os.environ.get("BENCH_SERVER", "uvicorn")  # the image's server; or daphne (docs/decisions/asgi-server.md)
 WORKER_CONCURRENCY = int(os.environ.get("BENCH_WORKER_CONCURRENCY", "1000" if WORKER_POOL == "gevent" else "64"))
@@ -58,6 +60,10 @@ IN_FLIGHT_DELAY_S = int(os.environ.get("BENCH_IN_FLIGHT_DELAY_S", "5"))
 IN_FLIGHT_ACCEPT_CONCURRENCY = int(os.environ.get("BENCH_IN_FLIGHT_ACCEPT_CONCURRENCY", "200"))
 SCALE_OUT_CONCURRENCY = int(os.environ.get("BENCH_SCALE_OUT_CONCURRENCY", "200"))
 SCALE_OUT_REQUESTS = int(os.environ.get("BENCH_SCALE_OUT_REQUESTS", "600"))
+# The soak: blocks of face requests (model 0 ms), memory read after each.
+SOAK_BLOCKS = int(os.environ.get("BENCH_SOAK_BLOCKS", "4"))
+SOAK_REQUESTS = int(os.environ.get("BENCH_SOAK_REQUESTS", "5000"))
+SOAK_CONCURRENCY = 50
 MASTER_KEY = "sk-bench-master"
 CHAT_BODY = {"model": "fake-gpt", "messages": [{"role": "user", "content": "benchmark hello"}]}
 
@@ -563,6 +569,43 @@ def scale_out(stack, urls: dict, demo: dict) -> list[dict]:
     return rows
 
 
+def soak(urls: dict, demo: dict, *, server: int, worker: int) -> dict:
+    """Memory over a long run: SOAK_BLOCKS blocks of SOAK_REQUESTS requests on the face (model 0 ms,
+    concurrency SOAK_CONCURRENCY); after each, the server's and the worker's RSS, Redis' memory, the
+    request-log rows buffered in Redis (the beat task drains them; the bench runs no beat) and how
+    many channel-layer channels Redis holds subscribed. What each request leaves behind shows as
+    growth that does not level off; the first block is the warm-up, the growth is counted after it."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = "asgi"  # settings.CHANNEL_LAYERS' prefix
+
+    def sample(done: int) -> dict:
+        return {"requests": done, "server_rss_mib": round(rss_kib(server) / 1024, 1),
+                "worker_rss_mib": round(rss_kib(worker) / 1024, 1),
+                "redis_used_mib": round(client.info("memory")["used_memory"] / 2**20, 1),
+                "log_rows_buffered": client.llen("gateway:logbuffer:requests"),
+                "subscribed_channels": len(client.pubsub_channels(f"{prefix}*"))}
+
+    spec = {"kind": "http", "concurrency": SOAK_CONCURRENCY, "count": SOAK_REQUESTS, "timeout": 900,
+            "url": f"{urls['gateway']}/v1/chat/completions",
+            "headers": {"Authorization": f"Bearer {demo['api_keys']['customer']}"},
+            "body": {**CHAT_BODY, "model": "assistant"}}
+    rows = [sample(0)]
+    for block in range(1, SOAK_BLOCKS + 1):
+        result = load(spec)
+        rows.append({**sample(block * SOAK_REQUESTS), "rps": result["rps"], "errors": result["errors"]})
+        log(f"soak block {block}: {rows[-1]}")
+    growth = {}
+    if len(rows) > 2:
+        first, last = rows[1], rows[-1]
+        per = 1000 / (last["requests"] - first["requests"])
+        growth = {key: round((last[key] - first[key]) * per, 2)
+                  for key in ("server_rss_mib", "worker_rss_mib", "redis_used_mib", "log_rows_buffered",
+                              "subscribed_channels")}
+    return {"concurrency": SOAK_CONCURRENCY, "blocks": rows, "growth_per_1000_after_warmup": growth}
+
+
 def limit_step() -> dict:
     """The limit step (IP rules + rates + budget check) and the model-call hooks, at 100 concurrent,
     timed in a Django process against Redis (see bench/limits.py)."""
@@ -609,6 +652,8 @@ def main() -> None:
             results["in_flight_queued"] = in_flight(stack, urls, demo, queued=True)
         if "scale_out" in SCENARIOS:
             results["scale_out"] = scale_out(stack, urls, demo)
+        if "soak" in SCENARIOS:
+            results["soak"] = soak(urls, demo, server=process_pid(stack, SERVER), worker=process_pid(stack, "celery"))
         results["process_log_errors"] = log_errors(stack)
         if "limits" in SCENARIOS:
             done = subprocess.run([PYTHON, "manage.py", "shell", "-c", limit_step()["code"]], cwd=BASE,
@@ -777,6 +822,19 @@ def render(results: dict) -> str:
             ratio = r.get("ratio_to_one_pair", 1.0)
             lines.append(f"| {r['scenario']} | {r['concurrency']} | {r['rps']} | {'–' if ratio is None else ratio} | "
                          f"{r['p50_ms']} | {r['cpu_ms_per_answer_gateway_processes']} | {r['errors'] or ''} |")
+    if results.get("soak"):
+        soaked = results["soak"]
+        lines += ["", "## Soak: memory over a long run "
+                      f"(the face, model 0 ms, concurrency {soaked['concurrency']})", "",
+                  "| requests | server RSS MiB | worker RSS MiB | Redis used MiB | log rows buffered "
+                  "| subscribed channels | req/s | errors |", "|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in soaked["blocks"]:
+            lines.append(f"| {r['requests']} | {r['server_rss_mib']} | {r['worker_rss_mib']} | {r['redis_used_mib']} | "
+                         f"{r['log_rows_buffered']} | {r['subscribed_channels']} | {r.get('rps', '')} | "
+                         f"{r.get('errors') or ''} |")
+        if soaked["growth_per_1000_after_warmup"]:
+            lines += ["", "Growth per 1,000 requests after the first block: " + ", ".join(
+                f"{key.replace('_', ' ')} {value}" for key, value in soaked["growth_per_1000_after_warmup"].items())]
     for name, profile in (results.get("profile") or {}).items():
         lines += ["", f"## Profile of {name} during the overhead runs (inclusive share of busy samples)", ""]
         lines += [f"- {p['share']:.1%} {p['frame']}" for p in profile["top"][:25]]
