@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -10,8 +11,25 @@ from apps.core.errors import ServiceUnavailable
 
 from .realtime import reply_group
 
+logger = logging.getLogger(__name__)
+
 _in_flight = 0  # waiters open in this process (they all run on its one event loop)
-_leaving: set[asyncio.Task] = set()  # exits under way, held so that a cancelled caller cannot drop one
+_background: set[asyncio.Task] = set()  # joins and exits under way, held until they end
+
+
+def _in_background(coroutine) -> asyncio.Task:
+    """Run ``coroutine`` to its end whatever happens to the caller (a client that went away); a
+    failure is logged here, as the caller may be gone."""
+    task = asyncio.ensure_future(coroutine)
+    _background.add(task)
+    task.add_done_callback(_ended)
+    return task
+
+
+def _ended(task: asyncio.Task) -> None:
+    _background.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("reply waiter: the channel layer failed", exc_info=task.exception())
 
 
 class ReplyWaiter:
@@ -27,7 +45,11 @@ class ReplyWaiter:
     pub/sub layer unsubscribes a channel (and drops its queue) only when a receive on it is
     cancelled (django/channels_redis#276), so a waiter that just read its reply and left kept its
     Redis subscription and queue for the life of the process, one per request. One receive runs
-    per waiter, not cancelled by a timeout, and leaving cancels it while it waits.
+    per waiter, not cancelled by a timeout, and leaving cancels it while it waits. Joining and
+    leaving run to their end even when the caller is cancelled (the client went away), so a
+    waiter cancelled halfway through joining leaves too. (If Redis is unreachable as a waiter
+    leaves, the layer keeps the subscriptions it could not drop, and takes them up again when
+    Redis is back: docs/decisions/reply-bus.md.)
     """
 
     def __init__(self, message_id):
@@ -42,25 +64,35 @@ class ReplyWaiter:
             raise ServiceUnavailable("This server is answering as many requests as it can; retry shortly.",
                                      retry_after=settings.GATEWAY_OVERLOAD_RETRY_AFTER_SECONDS, reason="overload")
         _in_flight += 1
+        joining = _in_background(self._join())
         try:
-            self.channel_name = await self.layer.new_channel()
-            await self.layer.group_add(self.group, self.channel_name)
+            await asyncio.shield(joining)
         except BaseException:
             _in_flight -= 1
+            _in_background(self._leave_after(joining))
             raise
         return self
 
     async def __aexit__(self, *exc_info) -> None:
         global _in_flight
         _in_flight -= 1
-        # Shielded: a caller cancelled here (the client went away) still closes the channel.
-        leaving = asyncio.ensure_future(self._leave())
-        _leaving.add(leaving)
-        leaving.add_done_callback(_leaving.discard)
-        await asyncio.shield(leaving)
+        await asyncio.shield(_in_background(self._leave()))
+
+    async def _join(self) -> None:
+        self.channel_name = await self.layer.new_channel()
+        await self.layer.group_add(self.group, self.channel_name)
+
+    async def _leave_after(self, joining: asyncio.Task) -> None:
+        await asyncio.wait([joining])
+        await self._leave()
 
     async def _leave(self) -> None:
-        await self.layer.group_discard(self.group, self.channel_name)
+        if self.channel_name is None:
+            return  # no channel was opened (the layer failed first)
+        try:
+            await self.layer.group_discard(self.group, self.channel_name)
+        except Exception:  # Redis unreachable: close the channel all the same
+            logger.warning("a reply waiter could not leave its group", exc_info=True)
         while True:
             if self._receiving is None:
                 self._receiving = asyncio.ensure_future(self.layer.receive(self.channel_name))
@@ -70,7 +102,7 @@ class ReplyWaiter:
                 await asyncio.wait([self._receiving])
                 return
             if self._receiving.cancelled() or self._receiving.exception() is not None:
-                return  # the layer failed (Redis gone): its connection and subscriptions go with it
+                return  # the receive failed (and ended): nothing is waiting on the channel
             self._receiving = None  # an event nobody reads: drop it, read on until the receive waits
 
     async def next_event(self, timeout: float) -> dict:

@@ -10,6 +10,7 @@ import redis
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
+from apps.conversations import waiters
 from apps.conversations.realtime import publish, reply_group
 from apps.conversations.waiters import ReplyWaiter
 
@@ -103,3 +104,69 @@ async def test_redis_keeps_no_subscription(pubsub_prefix, way):
     assert await sync_to_async(subscribed)(pubsub_prefix, 0) == []
     await way(message_id)
     assert await sync_to_async(subscribed)(pubsub_prefix, 0) == []
+
+
+class Held:
+    """The layer's ``group_add`` or ``group_discard`` held at a gate (or failing), so that a test
+    can act at that point: the layer itself is the real one."""
+
+    def __init__(self, monkeypatch, layer, name: str, *, fail: bool = False):
+        self.reached, self.gate = asyncio.Event(), asyncio.Event()
+        real = getattr(layer, name)
+
+        async def held(*args):
+            self.reached.set()
+            await self.gate.wait()
+            if fail:
+                raise ConnectionError("Redis went away")
+            return await real(*args)
+
+        monkeypatch.setattr(layer, name, held)
+
+
+async def settled():
+    """Every join and leave under way has ended."""
+    while waiters._background:
+        await asyncio.gather(*list(waiters._background), return_exceptions=True)
+
+
+async def cancel_while_joining(monkeypatch):
+    held = Held(monkeypatch, get_channel_layer(), "group_add")
+    entering = asyncio.ensure_future(ReplyWaiter(uuid.uuid4()).__aenter__())
+    await held.reached.wait()  # its channel is open; it is joining the group
+    entering.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await entering
+    held.gate.set()
+    await settled()
+    assert waiters._in_flight == 0
+
+
+async def leave_while_the_group_cannot_be_left(monkeypatch, message_id):
+    held = Held(monkeypatch, get_channel_layer(), "group_discard", fail=True)
+    held.gate.set()
+    async with ReplyWaiter(message_id) as waiter:
+        with pytest.raises(TimeoutError):
+            await waiter.next_event(0.01)
+    await settled()
+
+
+async def test_a_waiter_cancelled_while_joining_leaves_nothing_in_memory(in_memory_layer, monkeypatch):
+    await cancel_while_joining(monkeypatch)
+    assert in_memory_layer.channels == {}
+    assert in_memory_layer.groups == {}
+
+
+@pytest.mark.services
+async def test_redis_keeps_no_channel_of_a_waiter_cancelled_while_joining(pubsub_prefix, monkeypatch):
+    await cancel_while_joining(monkeypatch)
+    assert await sync_to_async(subscribed)(pubsub_prefix, 0) == []
+
+
+@pytest.mark.services
+async def test_a_waiter_that_cannot_leave_its_group_still_closes_its_channel(pubsub_prefix, monkeypatch):
+    message_id = uuid.uuid4()
+    await leave_while_the_group_cannot_be_left(monkeypatch, message_id)
+    # The group stays (the stand-in failure kept the layer from dropping it); the channel is closed.
+    group = f"{pubsub_prefix}__group__{reply_group(message_id)}"
+    assert await sync_to_async(subscribed)(pubsub_prefix, 1) == [group]
