@@ -571,30 +571,35 @@ def scale_out(stack, urls: dict, demo: dict) -> list[dict]:
 
 def soak(urls: dict, demo: dict, *, server: int, worker: int) -> dict:
     """Memory over a long run: SOAK_BLOCKS blocks of SOAK_REQUESTS requests on the face (model 0 ms,
-    concurrency SOAK_CONCURRENCY); after each, the server's and the worker's RSS, Redis' memory, the
-    request-log rows buffered in Redis (the beat task drains them; the bench runs no beat) and how
-    many channel-layer channels Redis holds subscribed. What each request leaves behind shows as
-    growth that does not level off; the first block is the warm-up, the growth is counted after it."""
+    concurrency SOAK_CONCURRENCY, half of them streamed), then four rounds of web chat sockets
+    opened, used once and closed; after each, the server's and the worker's RSS, Redis' memory, the request-log rows
+    buffered in Redis (the beat task drains them; the bench runs no beat) and how many
+    channel-layer channels Redis holds subscribed. What each request leaves behind shows as growth
+    that does not level off; the first block is the warm-up, the growth is counted after it."""
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
     prefix = "asgi"  # settings.CHANNEL_LAYERS' prefix
 
-    def sample(done: int) -> dict:
+    def sample(done: int, settle: float = 0.0) -> dict:
+        deadline = time.monotonic() + settle  # sockets just closed: their server side is still leaving
+        while (subscribed := len(client.pubsub_channels(f"{prefix}*"))) and time.monotonic() < deadline:
+            time.sleep(0.1)
         return {"requests": done, "server_rss_mib": round(rss_kib(server) / 1024, 1),
                 "worker_rss_mib": round(rss_kib(worker) / 1024, 1),
                 "redis_used_mib": round(client.info("memory")["used_memory"] / 2**20, 1),
-                "log_rows_buffered": client.llen("gateway:logbuffer:requests"),
-                "subscribed_channels": len(client.pubsub_channels(f"{prefix}*"))}
+                "log_rows_buffered": client.llen("gateway:logbuffer:requests"), "subscribed_channels": subscribed}
 
-    spec = {"kind": "http", "concurrency": SOAK_CONCURRENCY, "count": SOAK_REQUESTS, "timeout": 900,
+    face = {"kind": "http", "concurrency": SOAK_CONCURRENCY, "count": SOAK_REQUESTS // 2, "timeout": 900,
             "url": f"{urls['gateway']}/v1/chat/completions",
             "headers": {"Authorization": f"Bearer {demo['api_keys']['customer']}"},
             "body": {**CHAT_BODY, "model": "assistant"}}
+    streamed = {**face, "body": {**face["body"], "stream": True}}
     rows = [sample(0)]
     for block in range(1, SOAK_BLOCKS + 1):
-        result = load(spec)
-        rows.append({**sample(block * SOAK_REQUESTS), "rps": result["rps"], "errors": result["errors"]})
+        results = [load(face), load(streamed)]
+        rows.append({**sample(block * SOAK_REQUESTS), "rps": round(sum(r["rps"] for r in results) / 2, 1),
+                     "errors": {k: v for r in results for k, v in (r["errors"] or {}).items()}})
         log(f"soak block {block}: {rows[-1]}")
     growth = {}
     if len(rows) > 2:
@@ -603,7 +608,21 @@ def soak(urls: dict, demo: dict, *, server: int, worker: int) -> dict:
         growth = {key: round((last[key] - first[key]) * per, 2)
                   for key in ("server_rss_mib", "worker_rss_mib", "redis_used_mib", "log_rows_buffered",
                               "subscribed_channels")}
-    return {"concurrency": SOAK_CONCURRENCY, "blocks": rows, "growth_per_1000_after_warmup": growth}
+    slug = demo["channels"]["webchat"]["slug"]
+    sockets = SOAK_REQUESTS // 10
+    spec = {"kind": "ws_hold", "url": urls["gateway"].replace("http", "ws") + f"/ws/chat/{slug}/?visitor="
+            + visitor_token(urls["gateway"], slug), "connections": sockets, "keep_for_chat": sockets,
+            "message_sockets": sockets, "messages": sockets, "timeout": 600, "connect_concurrency": 50}
+    web_chat = []  # four rounds: the RSS levels off once the allocator has reached the peak; a leak grows on
+    for _round in range(4):
+        done = subprocess.run([PYTHON, str(BASE / "bench" / "load.py"), json.dumps(spec)], input="go\n",
+                              capture_output=True, text=True, timeout=700)
+        chat = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+        web_chat.append({**sample(rows[-1]["requests"], settle=10.0), "sockets": sockets, "rps": chat["rps"],
+                         "errors": {**chat["errors"], **chat["connect_errors"]}})
+        log(f"soak web chat: {web_chat[-1]}")
+    return {"concurrency": SOAK_CONCURRENCY, "blocks": rows, "growth_per_1000_after_warmup": growth,
+            "web_chat": web_chat}
 
 
 def limit_step() -> dict:
@@ -825,13 +844,17 @@ def render(results: dict) -> str:
     if results.get("soak"):
         soaked = results["soak"]
         lines += ["", "## Soak: memory over a long run "
-                      f"(the face, model 0 ms, concurrency {soaked['concurrency']})", "",
+                      f"(the face, half streamed, model 0 ms, concurrency {soaked['concurrency']})", "",
                   "| requests | server RSS MiB | worker RSS MiB | Redis used MiB | log rows buffered "
                   "| subscribed channels | req/s | errors |", "|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in soaked["blocks"]:
             lines.append(f"| {r['requests']} | {r['server_rss_mib']} | {r['worker_rss_mib']} | {r['redis_used_mib']} | "
                          f"{r['log_rows_buffered']} | {r['subscribed_channels']} | {r.get('rps', '')} | "
                          f"{r.get('errors') or ''} |")
+        for r in soaked.get("web_chat") or []:
+            lines.append(f"| then {r['sockets']} web chat sockets, one message each, closed | {r['server_rss_mib']} | "
+                         f"{r['worker_rss_mib']} | {r['redis_used_mib']} | {r['log_rows_buffered']} | "
+                         f"{r['subscribed_channels']} | {r['rps']} | {r.get('errors') or ''} |")
         if soaked["growth_per_1000_after_warmup"]:
             lines += ["", "Growth per 1,000 requests after the first block: " + ", ".join(
                 f"{key.replace('_', ' ')} {value}" for key, value in soaked["growth_per_1000_after_warmup"].items())]
