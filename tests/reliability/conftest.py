@@ -64,6 +64,12 @@ class Row:
     lost: int = 0  # accepted by the gateway and never answered
     notes: list[str] = field(default_factory=list)
 
+    def record(self, counts: dict[str, int]) -> None:
+        """Count accepted messages by their stored replies: answered, lost (none), duplicates."""
+        self.answered += sum(1 for n in counts.values() if n)
+        self.lost += sum(1 for n in counts.values() if not n)
+        self.duplicates += sum(max(0, n - 1) for n in counts.values())
+
 
 _LEDGER: dict[str, Row] = {}
 
@@ -208,6 +214,17 @@ def wait_for_quiet_broker(gw, timeout: float = 30) -> None:
 
 def post_message(gw, body, headers=None, timeout: float = 60):
     return http("POST", f"{gw.url}/api/v1/messages", body, {**gw.auth, **(headers or {})}, timeout=timeout)
+
+
+def accept_all(gw, ledger, texts) -> list[str]:
+    """Send each text without waiting; every one must be accepted (202). Their message ids."""
+    accepted = []
+    for text in texts:
+        status, body, _ = post_message(gw, {"message": text})
+        ledger.sent += 1
+        assert status == 202, body
+        accepted.append(body["message_id"])
+    return accepted
 
 
 def webhook_deliver(gw, slug: str, body: bytes | str, headers: dict, query: str = ""):

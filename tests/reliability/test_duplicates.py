@@ -41,9 +41,7 @@ def test_api_retries_with_one_idempotency_key_are_one_message_and_one_reply(gw, 
     assert len({body["message_id"] for _, body in answers}) == 1
     assert len({body["reply"]["message_id"] for _, body in answers}) == 1
     counts = replies_per_message(gw, [answers[0][1]["message_id"]])
-    ledger.answered += sum(1 for n in counts.values() if n)
-    ledger.lost += sum(1 for n in counts.values() if not n)
-    ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
+    ledger.record(counts)
     assert list(counts.values()) == [1]
     calls = sql(gw, "SELECT count(*) FROM logs_llmcall WHERE message_id::text = %s", answers[0][1]["message_id"])
     assert calls[0][0] == 1
@@ -65,9 +63,7 @@ def test_concurrent_identical_requests_race_to_one_message(gw, ledger):
     message_ids = {body["message_id"] for _s, body, _h in results}
     assert len(message_ids) == 3
     counts = replies_per_message(gw, message_ids)
-    ledger.answered += sum(1 for n in counts.values() if n)
-    ledger.lost += sum(1 for n in counts.values() if not n)
-    ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
+    ledger.record(counts)
     assert set(counts.values()) == {1}
 
 

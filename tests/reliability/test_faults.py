@@ -14,7 +14,7 @@ import pytest
 from devtools.stack import http
 from tests.helpers import wait_until
 
-from .conftest import post_message, sql, wait_until_answered
+from .conftest import accept_all, post_message, sql, wait_until_answered
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
@@ -113,12 +113,7 @@ def test_the_gevent_worker_rides_out_a_redis_restart_with_runs_in_flight(gw, led
     worker = gw.stack.worker(concurrency=50, pool="gevent")
     gw.workers = [worker]
     try:
-        accepted = []
-        for i in range(4):
-            status, body, _ = post_message(gw, {"message": f"in flight as Redis goes [[delay:2]] {i}"})
-            ledger.sent += 1
-            assert status == 202, body
-            accepted.append(body["message_id"])
+        accepted = accept_all(gw, ledger, [f"in flight as Redis goes [[delay:2]] {i}" for i in range(4)])
         for message_id in accepted:
             wait_for_status(gw, message_id, "processing")
         port = gw.redis.port
@@ -127,9 +122,7 @@ def test_the_gevent_worker_rides_out_a_redis_restart_with_runs_in_flight(gw, led
         time.sleep(1)  # Redis stays away while the runs wait on the model
         gw.redis = gw.stack.redis(port=port)
         counts = wait_until_answered(gw, accepted, timeout=60)
-        ledger.answered += sum(1 for n in counts.values() if n)
-        ledger.lost += sum(1 for n in counts.values() if not n)
-        ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
+        ledger.record(counts)
         assert set(counts.values()) == {1}, counts
         status, body = answered_after_recovery(gw, ledger, "after Redis came back")
         assert status == 200, body
@@ -146,12 +139,7 @@ def test_redis_down_then_back_every_accepted_message_is_answered(gw, ledger):
     for worker in gw.workers:  # nothing consumes the queue: the tasks live only in Redis
         worker.stop()
     gw.workers = []
-    accepted = []
-    for i in range(5):
-        status, body, _ = post_message(gw, {"message": f"queued before outage {i}"})
-        ledger.sent += 1
-        assert status == 202, body
-        accepted.append(body["message_id"])
+    accepted = accept_all(gw, ledger, [f"queued before outage {i}" for i in range(5)])
     port = gw.redis.port
     gw.redis.kill()  # the queue is gone: no persistence
     ledger.faults += 1
@@ -174,9 +162,7 @@ def test_redis_down_then_back_every_accepted_message_is_answered(gw, ledger):
         gw.redis = gw.stack.redis(port=port)
         gw.workers = [gw.stack.worker()]
     counts = wait_until_answered(gw, accepted, timeout=60)
-    ledger.answered += sum(1 for n in counts.values() if n)
-    ledger.lost += sum(1 for n in counts.values() if not n)
-    ledger.duplicates += sum(max(0, n - 1) for n in counts.values())
+    ledger.record(counts)
     assert set(counts.values()) == {1}, counts
     status, body = answered_after_recovery(gw, ledger, "after the outage")
     assert status == 200, body

@@ -15,7 +15,7 @@ import pytest
 from devtools.stack import http
 from tests.helpers import wait_until
 
-from .conftest import post_message, sql, wait_until_answered
+from .conftest import accept_all, post_message, sql, wait_until_answered
 from .test_faults import answered_after_recovery, wait_for_status
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
@@ -87,12 +87,7 @@ def test_rabbitmq_restarted_queued_runs_survive(gw_rabbitmq, ledger):
     try:
         # What beat queued before it stopped (its periodic requeue task) stays in the count.
         before = queue_depth(gw)
-        accepted = []
-        for i in range(5):
-            status, body, _ = post_message(gw, {"message": f"queued before the restart {i}"})
-            ledger.sent += 1
-            assert status == 202, body
-            accepted.append(body["message_id"])
+        accepted = accept_all(gw, ledger, [f"queued before the restart {i}" for i in range(5)])
         assert queue_depth(gw) == before + 5
         gw.rabbitmq.stop()
         ledger.faults += 1
