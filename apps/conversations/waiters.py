@@ -17,12 +17,12 @@ _in_flight = 0  # waiters open in this process (they all run on its one event lo
 _background: set[asyncio.Task] = set()  # joins and exits under way, held until they end
 
 
-def _in_background(coroutine) -> asyncio.Task:
+def _in_background(coroutine, *, log_failure: bool = True) -> asyncio.Task:
     """Run ``coroutine`` to its end whatever happens to the caller (a client that went away); a
-    failure is logged here, as the caller may be gone."""
+    failure is logged here (``log_failure``) when no caller is left to be told."""
     task = asyncio.ensure_future(coroutine)
     _background.add(task)
-    task.add_done_callback(_ended)
+    task.add_done_callback(_ended if log_failure else _background.discard)
     return task
 
 
@@ -47,7 +47,9 @@ class ReplyWaiter:
     Redis subscription and queue for the life of the process, one per request. One receive runs
     per waiter, not cancelled by a timeout, and leaving cancels it while it waits. Joining and
     leaving run to their end even when the caller is cancelled (the client went away), so a
-    waiter cancelled halfway through joining leaves too. (If Redis is unreachable as a waiter
+    waiter cancelled halfway through joining leaves too. A waiter counts against the limit
+    until it has left: joins that hang on an unresponsive Redis fill it, and then requests are
+    answered 503 instead of piling up joins. (If Redis is unreachable as a waiter
     leaves, the layer keeps the subscriptions it could not drop, and takes them up again when
     Redis is back: docs/decisions/reply-bus.md.)
     """
@@ -57,26 +59,26 @@ class ReplyWaiter:
         self.layer = get_channel_layer()
         self.channel_name: str | None = None
         self._receiving: asyncio.Task | None = None
+        self._leaving: asyncio.Task | None = None
 
     async def __aenter__(self) -> ReplyWaiter:
         global _in_flight
         if _in_flight >= settings.GATEWAY_MAX_WAITERS_PER_PROCESS:
             raise ServiceUnavailable("This server is answering as many requests as it can; retry shortly.",
                                      retry_after=settings.GATEWAY_OVERLOAD_RETRY_AFTER_SECONDS, reason="overload")
-        _in_flight += 1
-        joining = _in_background(self._join())
+        _in_flight += 1  # given back once the waiter has left (_leave)
+        joining = _in_background(self._join(), log_failure=False)  # a failure reaches the caller
         try:
             await asyncio.shield(joining)
         except BaseException:
-            _in_flight -= 1
-            _in_background(self._leave_after(joining))
+            self._leaving = _in_background(self._leave_after(joining))
             raise
         return self
 
     async def __aexit__(self, *exc_info) -> None:
-        global _in_flight
-        _in_flight -= 1
-        await asyncio.shield(_in_background(self._leave()))
+        if self._leaving is None:
+            self._leaving = _in_background(self._leave())
+        await asyncio.shield(self._leaving)
 
     async def _join(self) -> None:
         self.channel_name = await self.layer.new_channel()
@@ -84,9 +86,18 @@ class ReplyWaiter:
 
     async def _leave_after(self, joining: asyncio.Task) -> None:
         await asyncio.wait([joining])
+        if not joining.cancelled():
+            joining.exception()  # the caller was told, or is gone
         await self._leave()
 
     async def _leave(self) -> None:
+        global _in_flight
+        try:
+            await self._close()
+        finally:
+            _in_flight -= 1
+
+    async def _close(self) -> None:
         if self.channel_name is None:
             return  # no channel was opened (the layer failed first)
         try:

@@ -13,6 +13,7 @@ from channels.layers import get_channel_layer
 from apps.conversations import waiters
 from apps.conversations.realtime import publish, reply_group
 from apps.conversations.waiters import ReplyWaiter
+from apps.core.errors import ServiceUnavailable
 
 REPLY = {"type": "agent.reply", "message": "hello"}
 
@@ -170,3 +171,34 @@ async def test_a_waiter_that_cannot_leave_its_group_still_closes_its_channel(pub
     # The group stays (the stand-in failure kept the layer from dropping it); the channel is closed.
     group = f"{pubsub_prefix}__group__{reply_group(message_id)}"
     assert await sync_to_async(subscribed)(pubsub_prefix, 1) == [group]
+
+
+async def test_joins_held_up_by_the_layer_keep_counting_against_the_limit(in_memory_layer, monkeypatch, settings):
+    """Clients that give up while their waiter's join hangs (Redis not answering) do not free
+    their place: past the limit the next request is refused, not one more hung join."""
+    settings.GATEWAY_MAX_WAITERS_PER_PROCESS = 2
+    held = Held(monkeypatch, in_memory_layer, "group_add")
+    entering = [asyncio.ensure_future(ReplyWaiter(uuid.uuid4()).__aenter__()) for _ in range(2)]
+    await held.reached.wait()
+    for task in entering:
+        task.cancel()
+    await asyncio.gather(*entering, return_exceptions=True)
+    third = asyncio.ensure_future(ReplyWaiter(uuid.uuid4()).__aenter__())
+    await asyncio.sleep(0)  # a refusal comes before the join's first step
+    try:
+        assert third.done() and isinstance(third.exception(), ServiceUnavailable)
+    finally:
+        third.cancel()
+        held.gate.set()  # the layer answers again: the joins end, and their waiters leave
+        await settled()
+    assert waiters._in_flight == 0
+    async with ReplyWaiter(uuid.uuid4()):
+        assert waiters._in_flight == 1
+    assert in_memory_layer.channels == {} and in_memory_layer.groups == {}
+
+
+async def test_leaving_twice_gives_back_one_place(in_memory_layer):
+    waiter = await ReplyWaiter(uuid.uuid4()).__aenter__()
+    await waiter.__aexit__(None, None, None)
+    await waiter.__aexit__(None, None, None)
+    assert waiters._in_flight == 0
