@@ -65,8 +65,12 @@ def test_slack_dm_two_messages_are_answered_in_order_despite_a_429(live):
     assert wait_until(lambda: len(live.platforms.state.slack_messages) == 2, timeout=30), live.stack.logs()
     assert [m["text"] for m in live.platforms.state.slack_messages] == ["Echo: first", "Echo: second"]
     assert live.platforms.state.slack_rejected == 1  # the 429 was retried after its Retry-After
-    replies = Message.objects.filter(direction="out").order_by("created_at")
-    assert [(r.status, r.attempts) for r in replies] == [("sent", 2), ("sent", 1)]
+
+    def sent() -> list[tuple[str, int]]:
+        return [(r.status, r.attempts) for r in Message.objects.filter(direction="out").order_by("created_at")]
+
+    # Slack has the reply before the worker records it as sent: wait for that record.
+    assert wait_until(lambda: sent() == [("sent", 2), ("sent", 1)], timeout=30), sent()
 
 
 def test_wecom_callback_is_answered_through_message_send(live):
