@@ -90,10 +90,11 @@ def finish_meta(meta: dict, started: float) -> None:
     meta["minutes"] = round((time.monotonic() - started) / 60, 1)
 
 
-def load(spec: dict) -> dict:
-    """Run one scenario in the separate load-generating process."""
+def load(spec: dict, stdin: str | None = None) -> dict:
+    """Run one scenario in the separate load-generating process (``stdin``: what it reads, such as
+    the "go" a ws_hold scenario waits for)."""
     done = subprocess.run([PYTHON, str(BASE / "bench" / "load.py"), json.dumps(spec)], capture_output=True,
-                          text=True, timeout=spec.get("timeout", 120) + 60)
+                          text=True, timeout=spec.get("timeout", 120) + 60, input=stdin)
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"load generator failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
@@ -615,9 +616,7 @@ def soak(urls: dict, demo: dict, *, server: int, worker: int) -> dict:
             "message_sockets": sockets, "messages": sockets, "timeout": 600, "connect_concurrency": 50}
     web_chat = []  # four rounds: the RSS levels off once the allocator has reached the peak; a leak grows on
     for _round in range(4):
-        done = subprocess.run([PYTHON, str(BASE / "bench" / "load.py"), json.dumps(spec)], input="go\n",
-                              capture_output=True, text=True, timeout=700)
-        chat = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
+        chat = load(spec, stdin="go\n")
         web_chat.append({**sample(rows[-1]["requests"], settle=10.0), "sockets": sockets, "rps": chat["rps"],
                          "errors": {**chat["errors"], **chat["connect_errors"]}})
         log(f"soak web chat: {web_chat[-1]}")

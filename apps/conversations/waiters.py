@@ -106,7 +106,7 @@ class ReplyWaiter:
             logger.warning("a reply waiter could not leave its group", exc_info=True)
         while True:
             if self._receiving is None:
-                self._receiving = asyncio.ensure_future(self.layer.receive(self.channel_name))
+                self._start_receiving()
                 await asyncio.sleep(0)  # let it start: it waits on the channel's queue
             if not self._receiving.done():
                 self._receiving.cancel()  # the layer closes the channel as the receive ends
@@ -116,10 +116,13 @@ class ReplyWaiter:
                 return  # the receive failed (and ended): nothing is waiting on the channel
             self._receiving = None  # an event nobody reads: drop it, read on until the receive waits
 
+    def _start_receiving(self) -> None:
+        self._receiving = asyncio.ensure_future(self.layer.receive(self.channel_name))
+
     async def next_event(self, timeout: float) -> dict:
         """The next event about the message; raises TimeoutError when ``timeout`` runs out."""
         if self._receiving is None:
-            self._receiving = asyncio.ensure_future(self.layer.receive(self.channel_name))
+            self._start_receiving()
         done, _pending = await asyncio.wait([self._receiving], timeout=timeout)
         if not done:
             raise TimeoutError

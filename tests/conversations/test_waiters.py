@@ -2,7 +2,6 @@
 after a timeout, not when its caller is cancelled, not with an event left unread. Before, each
 waiter that read its reply kept its Redis subscription and queue for the life of the server."""
 import asyncio
-import time
 import uuid
 
 import pytest
@@ -14,6 +13,7 @@ from apps.conversations import waiters
 from apps.conversations.realtime import publish, reply_group
 from apps.conversations.waiters import ReplyWaiter
 from apps.core.errors import ServiceUnavailable
+from tests.helpers import wait_until
 
 REPLY = {"type": "agent.reply", "message": "hello"}
 
@@ -52,7 +52,6 @@ async def leave_an_event_unread(message_id):
         await sync_to_async(publish)(reply_group(message_id), REPLY)
         assert (await waiter.next_event(10))["type"] == "agent.delta"
         # the reply is on its way (or queued) and never read
-    await asyncio.sleep(0)
 
 
 WAYS = [read_the_reply, time_out, be_cancelled, leave_an_event_unread]
@@ -88,12 +87,12 @@ def subscribed(prefix: str, count: int) -> list[str]:
     from django.conf import settings
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    deadline = time.monotonic() + 5
-    while True:
-        channels = sorted(c.decode() for c in client.pubsub_channels(f"{prefix}*"))
-        if len(channels) == count or time.monotonic() > deadline:
-            return channels
-        time.sleep(0.02)
+
+    def channels() -> list[str]:
+        return sorted(c.decode() for c in client.pubsub_channels(f"{prefix}*"))
+
+    wait_until(lambda: len(channels()) == count, timeout=5, interval=0.02)
+    return channels()
 
 
 @pytest.mark.services
