@@ -13,6 +13,7 @@ from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
 from apps.conversations import pipeline
 from apps.conversations.normalized import NormalizedMessage
+from apps.conversations.realtime import INBOX_KEY
 
 T = TypeVar("T")
 
@@ -35,12 +36,22 @@ def send(channel, user, text, **fields):
 
 
 class Listener:
-    """Subscribes a fresh channel-layer channel to a group and drains what arrived."""
+    """A fresh channel-layer channel, subscribed to ``group`` if one is given; drains what arrived."""
 
-    def __init__(self, group):
+    def __init__(self, group: str | None = None):
         self.layer = get_channel_layer()
         self.name = on_layer_loop(self.layer, self.layer.new_channel())
-        on_layer_loop(self.layer, self.layer.group_add(group, self.name))
+        if group is not None:
+            on_layer_loop(self.layer, self.layer.group_add(group, self.name))
+
+    @classmethod
+    def waiting_for(cls, message) -> Listener:
+        """Stands in for the server inbox of a request waiting for ``message``: the message names
+        this listener's channel, as ``ReplyWaiter`` has a waiting request's message do."""
+        listener = cls()
+        message.control = {**(message.control or {}), INBOX_KEY: listener.name}
+        type(message).objects.filter(pk=message.pk).update(control=message.control)
+        return listener
 
     def drain(self, quiet_seconds: float = 0.5) -> list[dict]:
         """Every event received until none arrives for ``quiet_seconds``."""

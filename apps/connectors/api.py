@@ -1,7 +1,7 @@
 """The plain API channel: replies wake the HTTP request waiting for them (if any)."""
 from __future__ import annotations
 
-from apps.conversations.realtime import publish, reply_group
+from apps.conversations.realtime import to_waiter
 
 from .base import Connector, reply_event
 
@@ -13,12 +13,12 @@ class ApiConnector(Connector):
         return bool((inbound.control or {}).get("stream"))  # the face's decision, never the client's metadata
 
     def send_delta(self, inbound, piece: str) -> None:
-        publish(reply_group(inbound.id), {"type": "agent.delta", "delta": piece})
+        to_waiter(inbound, {"type": "agent.delta", "delta": piece})
 
     def send_reset(self, inbound) -> None:
-        publish(reply_group(inbound.id), {"type": "agent.reset"})
+        to_waiter(inbound, {"type": "agent.reset"})
 
     def send(self, reply, *, inbound) -> None:
         # The reply is already stored; a client that did not wait reads it from the
-        # conversation, so the only delivery is waking a waiter.
-        publish(reply_group(inbound.id), reply_event(reply))
+        # conversation, so the only delivery is waking the request waiting for it, if any.
+        to_waiter(inbound, reply_event(reply))

@@ -29,7 +29,7 @@ from django.conf import settings
 from django.http import HttpResponse
 
 from apps.conversations.pipeline import accept
-from apps.conversations.realtime import publish, reply_group
+from apps.conversations.realtime import to_waiter
 from apps.core.errors import BadRequest, ChannelMisconfigured, GatewayError, Unauthenticated
 from apps.quotas.notices import tell_refused
 
@@ -121,7 +121,7 @@ class Connector:
 
     def send_error(self, inbound, error) -> None:
         """Default: wake whoever waits on the message (API waiters) with the error."""
-        publish(reply_group(inbound.id), {"type": "agent.error", **error.error_body()["error"]})
+        to_waiter(inbound, {"type": "agent.error", **error.error_body()["error"]})
 
     # --- inbound (webhook kinds) --------------------------------------------------------
     def verify(self, request: WebhookRequest) -> None:

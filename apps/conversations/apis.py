@@ -1,7 +1,7 @@
 """The API channel: ``POST /api/v1/messages`` and ``GET /api/v1/conversations/<id>/messages``."""
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import uuid
 
 from django.conf import settings
@@ -25,6 +25,7 @@ from .async_api import API_CHANNEL_SLUG, ApiIpRulesMixin, AsyncAPIView
 from .models import Conversation, Direction, Message
 from .normalized import NormalizedMessage
 from .pipeline import Accepted, accept
+from .realtime import INBOX_KEY
 from .serializers import (
     ConversationMessageSerializer,
     MessageAcceptedSerializer,
@@ -97,16 +98,14 @@ class MessageCreateApi(AsyncAPIView):
 
     async def _accept_and_wait(self, message: dict, context: dict, wait: float) -> Response:
         # Listen before the message is enqueued, so a fast reply cannot slip by.
-        async with contextlib.AsyncExitStack() as stack:
-            waiter = await stack.enter_async_context(ReplyWaiter(message["id"]))
+        async with ReplyWaiter(message["id"]) as waiter:
+            message["control"] = {INBOX_KEY: waiter.inbox_name}
             accepted = await database_sync_to_async(accept_on_api_channel)(message, **context)
-            if accepted.duplicate:
-                waiter = await stack.enter_async_context(ReplyWaiter(accepted.message.id))
-                stored = await database_sync_to_async(stored_reply_event)(accepted.message)
-                if stored is not None:
-                    return Response(_answered_body(accepted, stored))
             try:
-                event = await waiter.final_event(wait)
+                if accepted.duplicate:
+                    event = await stored_reply_within(accepted.message.id, wait)
+                else:
+                    event = await waiter.final_event(wait)
             except TimeoutError:
                 error = ReplyTimeout()
                 return Response(
@@ -119,8 +118,25 @@ class MessageCreateApi(AsyncAPIView):
         return Response(_answered_body(accepted, event))
 
 
-def stored_reply_event(message: Message) -> dict | None:
-    """The reply (or failure) already stored for ``message``, as the waiter's event."""
+async def stored_reply_within(message_id, wait: float) -> dict:
+    """The reply (or failure) of a message accepted by an earlier request, read from the database
+    until it is there; raises TimeoutError after ``wait`` seconds. The earlier request's server,
+    which may be another one, is the one told when the reply comes: a resent request is rare
+    enough to read, at most every 2 s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    pause = 0.1
+    while (stored := await database_sync_to_async(stored_reply_event)(message_id)) is None:
+        if (left := deadline - loop.time()) <= 0:
+            raise TimeoutError
+        await asyncio.sleep(min(pause, left))
+        pause = min(pause * 2, 2.0)
+    return stored
+
+
+def stored_reply_event(message_id) -> dict | None:
+    """The reply (or failure) stored for the message, as the waiter's event; None while pending."""
+    message = Message.objects.only("status").get(pk=message_id)
     if message.status == "failed":
         return {"type": "agent.error", "code": "agent_failed", "message": AgentFailed.default_message}
     reply = message.replies.filter(direction=Direction.OUTBOUND).order_by("created_at").first()

@@ -34,6 +34,7 @@ from gateway_project.db import database_sync_to_async
 from .apis import accept_on_api_channel
 from .async_api import ApiIpRulesMixin, AsyncAPIView
 from .normalized import storable_text
+from .realtime import INBOX_KEY
 from .waiters import ReplyWaiter
 
 CLIENT_HISTORY_KEY = "client_history"  # in NormalizedMessage.control, read by the runtime's build_prompt
@@ -133,13 +134,14 @@ class ChatCompletionsApi(OpenAIErrorsMixin, AsyncAPIView):
         user = request.user
         # The request's model, streaming and earlier turns are the gateway's decisions for this
         # message (``control``), not client metadata: nothing an API client sends can set them.
-        message = dict(
-            id=uuid.uuid4(), user_id=str(user.pk), principal_id=str(user.pk), message=fields["text"],
-            control={REQUESTED_AGENT_KEY: fields["model"], "stream": fields["stream"], "openai": True,
-                     CLIENT_HISTORY_KEY: fields["history"]},
-        )
-        waiter = ReplyWaiter(message["id"])
+        message_id = uuid.uuid4()
+        waiter = ReplyWaiter(message_id)
         await waiter.__aenter__()  # listen before the message is enqueued
+        message = dict(
+            id=message_id, user_id=str(user.pk), principal_id=str(user.pk), message=fields["text"],
+            control={REQUESTED_AGENT_KEY: fields["model"], "stream": fields["stream"], "openai": True,
+                     CLIENT_HISTORY_KEY: fields["history"], INBOX_KEY: waiter.inbox_name},
+        )
         try:
             accepted = await database_sync_to_async(accept_on_api_channel)(
                 message, principal=user, api_key=request.auth, client_ip=client_ip_for_request(request))

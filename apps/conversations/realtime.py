@@ -1,8 +1,10 @@
 """Publishing to whoever waits for a message: web chat sockets, API waiters (the channel layer).
 
-Group names are the contract between publishers (the agent run) and listeners (consumers, API
-waiters): ``reply_group(message_id)`` gets every event about one inbound message,
-``conversation_group(conversation_id)`` every event of a conversation.
+``conversation_group(conversation_id)`` gets every event of a conversation (web chat sockets). An
+API request that waits for its reply is answered on its server process's inbox, one channel per
+process named in the message's ``control[INBOX_KEY]`` (apps/conversations/waiters.py): ``to_waiter``
+sends each event about the message there, marked with the message's id; a message nobody waits
+for gets none.
 
 With services the layer is channels_redis's ``RedisPubSubChannelLayer``: each server process holds
 one subscription connection for all its listeners, and ``publish`` is one synchronous Redis
@@ -25,8 +27,7 @@ _loop_lock = threading.Lock()
 _server_loop: asyncio.AbstractEventLoop | None = None
 
 
-def reply_group(message_id) -> str:
-    return f"reply.{_hex(message_id)}"
+INBOX_KEY = "inbox"  # in Message.control: the channel of the server process waiting for the reply
 
 
 def conversation_group(conversation_id) -> str:
@@ -58,15 +59,41 @@ def publish(group: str, event: dict) -> None:
     if _is_pubsub(layer):
         _redis_publisher().publish(_pubsub_group_channel(group), layer.serialize(event))
         return
+    _on_layer_loop(layer, layer.group_send(group, event))
+
+
+def _on_layer_loop(layer, coroutine) -> None:
     try:
         running = asyncio.get_running_loop()
     except RuntimeError:
         running = None
     loop = server_loop() if _is_in_memory(layer) else None  # the in-memory layer lives on the server's loop
     if loop is not None and running is not loop:
-        asyncio.run_coroutine_threadsafe(layer.group_send(group, event), loop).result(10)
+        asyncio.run_coroutine_threadsafe(coroutine, loop).result(10)
         return
-    async_to_sync(layer.group_send)(group, event)
+    async_to_sync(_awaited)(coroutine)
+
+
+async def _awaited(coroutine):
+    return await coroutine
+
+
+def to_waiter(inbound, event: dict) -> None:
+    """Send ``event`` about the message ``inbound`` to the request waiting for it, if any."""
+    inbox = (inbound.control or {}).get(INBOX_KEY)
+    if inbox:
+        send(inbox, {**event, "in_reply_to": str(inbound.id)})
+
+
+def send(channel: str, event: dict) -> None:
+    """Send ``event`` to one channel-layer channel from synchronous code (workers, views)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    if _is_pubsub(layer):  # the pub/sub layer's channel is the Redis channel of that name
+        _redis_publisher().publish(channel, layer.serialize(event))
+        return
+    _on_layer_loop(layer, layer.send(channel, event))
 
 
 _publisher: redis.Redis | None = None

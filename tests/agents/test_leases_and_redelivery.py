@@ -9,7 +9,6 @@ from apps.agents.claims import WaitingForEarlier, claim
 from apps.agents.delivery import deliver_pending
 from apps.agents.recovery import stuck_replies
 from apps.conversations.models import Message
-from apps.conversations.realtime import reply_group
 from tests.helpers import Listener, send
 
 pytestmark = pytest.mark.django_db
@@ -43,7 +42,7 @@ def pending_reply(message, *, lease_until):
 
 def test_a_reply_whose_deliverer_died_is_recovered_and_sent_once(api_channel, customer):
     message = send(api_channel, customer, "deliver me later")
-    listener = Listener(reply_group(message.id))
+    listener = Listener.waiting_for(message)
     reply = pending_reply(message, lease_until=timezone.now() - timedelta(seconds=1))
     assert list(stuck_replies().values_list("pk", flat=True)) == [reply.pk]
     assert deliver_pending(reply.pk) is True

@@ -11,7 +11,7 @@ from apps.agents.delivery import save_reply
 from apps.agents.llm import LLMResult
 from apps.agents.runtime import agent_run
 from apps.conversations.models import Message
-from apps.conversations.realtime import conversation_group, reply_group
+from apps.conversations.realtime import conversation_group
 from apps.logs.models import LLMCall
 from tests.helpers import Listener, send
 
@@ -20,7 +20,7 @@ from tests.helpers import Listener, send
 class TestAgentRun:
     def test_answers_and_logs_tokens_cost_latency(self, api_channel, customer, fake_llm):
         message = send(api_channel, customer, "hello agent")
-        listener = Listener(reply_group(message.id))
+        listener = Listener.waiting_for(message)
         reply = agent_run(message.id)
         message.refresh_from_db()
         assert message.status == "answered"
@@ -83,7 +83,7 @@ class TestAgentRun:
 
     def test_model_error_fails_the_message_logs_it_and_tells_the_sender(self, api_channel, customer):
         message = send(api_channel, customer, "boom [[fail:500]]")
-        listener = Listener(reply_group(message.id))
+        listener = Listener.waiting_for(message)
         assert agent_run(message.id) is None
         message.refresh_from_db()
         assert message.status == "failed" and message.error_code == "provider_error"

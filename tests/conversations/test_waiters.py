@@ -1,7 +1,8 @@
-"""A reply waiter leaves nothing behind in the channel layer: not after reading its reply, not
-after a timeout, not when its caller is cancelled, not with an event left unread. Before, each
-waiter that read its reply kept its Redis subscription and queue for the life of the server."""
+"""Reply waiters: each hears the events of its own message, through its server's one inbox, and a
+request costs the channel layer nothing. Before, each waiter opened a channel and joined a group of
+its own (two Redis subscriptions per request, and each one leaked until closed by hand)."""
 import asyncio
+import types
 import uuid
 
 import pytest
@@ -10,64 +11,25 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
 from apps.conversations import waiters
-from apps.conversations.realtime import publish, reply_group
+from apps.conversations.realtime import INBOX_KEY, to_waiter
 from apps.conversations.waiters import ReplyWaiter
 from apps.core.errors import ServiceUnavailable
 from tests.helpers import wait_until
 
-REPLY = {"type": "agent.reply", "message": "hello"}
+
+def inbound(message_id, waiter: ReplyWaiter | None):
+    """A stored message as the agent run sees it: its id, and the inbox its request named."""
+    return types.SimpleNamespace(id=message_id, control={INBOX_KEY: waiter.inbox_name} if waiter else {})
 
 
-async def read_the_reply(message_id):
-    async with ReplyWaiter(message_id) as waiter:
-        await sync_to_async(publish)(reply_group(message_id), REPLY)  # as the worker publishes it
-        assert (await waiter.final_event(10))["message"] == "hello"
-
-
-async def time_out(message_id):
-    async with ReplyWaiter(message_id) as waiter:
-        with pytest.raises(TimeoutError):
-            await waiter.next_event(0.05)
-        with pytest.raises(TimeoutError):
-            await waiter.next_event(0)
-
-
-async def be_cancelled(message_id):
-    async def wait():
-        async with ReplyWaiter(message_id) as waiter:
-            entered.set()
-            await waiter.next_event(30)
-
-    entered = asyncio.Event()
-    task = asyncio.ensure_future(wait())
-    await entered.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-
-
-async def leave_an_event_unread(message_id):
-    async with ReplyWaiter(message_id) as waiter:
-        await sync_to_async(publish)(reply_group(message_id), {"type": "agent.delta", "delta": "hel"})
-        await sync_to_async(publish)(reply_group(message_id), REPLY)
-        assert (await waiter.next_event(10))["type"] == "agent.delta"
-        # the reply is on its way (or queued) and never read
-
-
-WAYS = [read_the_reply, time_out, be_cancelled, leave_an_event_unread]
+async def publish(message, event):
+    await sync_to_async(to_waiter)(message, event)  # from a worker's thread, as the run sends it
 
 
 @pytest.fixture
 def in_memory_layer(settings):
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     return get_channel_layer()
-
-
-@pytest.mark.parametrize("way", WAYS, ids=lambda way: way.__name__)
-async def test_the_in_memory_layer_keeps_no_channel_or_group(in_memory_layer, way):
-    await way(uuid.uuid4())
-    assert in_memory_layer.channels == {}
-    assert in_memory_layer.groups == {}
 
 
 @pytest.fixture
@@ -79,6 +41,11 @@ def pubsub_prefix(settings):
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {"hosts": [{"address": settings.REDIS_URL}], "prefix": prefix}}}
     return prefix
+
+
+@pytest.fixture(params=["in_memory", pytest.param("redis", marks=pytest.mark.services)])
+def layer(request):
+    return request.getfixturevalue("in_memory_layer" if request.param == "in_memory" else "pubsub_prefix")
 
 
 def subscribed(prefix: str, count: int) -> list[str]:
@@ -95,109 +62,140 @@ def subscribed(prefix: str, count: int) -> list[str]:
     return channels()
 
 
-@pytest.mark.services
-@pytest.mark.parametrize("way", WAYS, ids=lambda way: way.__name__)
-async def test_redis_keeps_no_subscription(pubsub_prefix, way):
+async def test_each_waiter_hears_its_own_message_in_order(layer):
+    ids = [uuid.uuid4() for _ in range(3)]
+    async with ReplyWaiter(ids[0]) as a, ReplyWaiter(ids[1]) as b, ReplyWaiter(ids[1]) as b_again:
+        assert a.inbox_name == b.inbox_name  # one inbox for the process
+        for piece in ("he", "llo"):
+            for message_id, waiter in zip(ids[:2], (a, b), strict=True):
+                await publish(inbound(message_id, waiter), {"type": "agent.delta", "delta": f"{piece}{message_id}"})
+        await publish(inbound(ids[2], a), {"type": "agent.reply", "message": "nobody waits for this one"})
+        await publish(inbound(ids[0], a), {"type": "agent.reply", "message": "for a"})
+        await publish(inbound(ids[1], b), {"type": "agent.reply", "message": "for b"})
+        assert [(await a.next_event(10)).get("delta") for _ in range(2)] == [f"he{ids[0]}", f"llo{ids[0]}"]
+        assert (await a.final_event(10))["message"] == "for a"
+        for waiter in (b, b_again):  # a resent request in the same process hears it too
+            assert (await waiter.final_event(10))["message"] == "for b"
+        with pytest.raises(TimeoutError):
+            await a.next_event(0.05)
+    assert waiters.inbox().waiters == {}
+
+
+async def test_a_message_nobody_waits_for_sends_nothing(in_memory_layer):
     message_id = uuid.uuid4()
+    async with ReplyWaiter(message_id) as waiter:
+        await publish(inbound(message_id, None), {"type": "agent.reply", "message": "unheard"})
+        with pytest.raises(TimeoutError):
+            await waiter.next_event(0.1)
+
+
+@pytest.mark.services
+async def test_redis_holds_one_subscription_however_many_requests_wait(pubsub_prefix):
+    async def one_request(i):
+        message_id = uuid.uuid4()
+        async with ReplyWaiter(message_id) as waiter:
+            if i % 3:
+                await publish(inbound(message_id, waiter), {"type": "agent.reply", "message": "hi"})
+            if i % 3 == 1:
+                assert (await waiter.final_event(10))["message"] == "hi"
+            elif i % 3 == 0:
+                with pytest.raises(TimeoutError):
+                    await waiter.next_event(0.01)
+            # i % 3 == 2: the reply is left unread
+
+    await asyncio.gather(*(one_request(i) for i in range(60)))
+    task = asyncio.ensure_future(one_request(0))
+    await asyncio.sleep(0)
+    task.cancel()  # a client that goes away
+    await asyncio.gather(task, return_exceptions=True)
+    inbox = waiters.inbox()
+    assert await sync_to_async(subscribed)(pubsub_prefix, 1) == [inbox.channel_name]
+    assert inbox.waiters == {} and waiters._in_flight == 0
+
+
+async def test_past_the_limit_a_request_is_answered_503_and_leaving_gives_one_place_back(in_memory_layer,
+                                                                                        settings):
+    settings.GATEWAY_MAX_WAITERS_PER_PROCESS = 2
+    first, second = ReplyWaiter(uuid.uuid4()), ReplyWaiter(uuid.uuid4())
+    await first.__aenter__()
+    await second.__aenter__()
+    with pytest.raises(ServiceUnavailable) as refused:
+        await ReplyWaiter(uuid.uuid4()).__aenter__()
+    assert refused.value.headers()["Retry-After"] == str(settings.GATEWAY_OVERLOAD_RETRY_AFTER_SECONDS)
+    await first.__aexit__(None, None, None)
+    await first.__aexit__(None, None, None)  # leaving twice gives back one place
     async with ReplyWaiter(uuid.uuid4()):
-        assert len(await sync_to_async(subscribed)(pubsub_prefix, 2)) == 2  # its channel and its group
-    assert await sync_to_async(subscribed)(pubsub_prefix, 0) == []
-    await way(message_id)
-    assert await sync_to_async(subscribed)(pubsub_prefix, 0) == []
+        with pytest.raises(ServiceUnavailable):
+            await ReplyWaiter(uuid.uuid4()).__aenter__()
+    await second.__aexit__(None, None, None)
+    assert waiters._in_flight == 0
 
 
-class Held:
-    """The layer's ``group_add`` or ``group_discard`` held at a gate (or failing), so that a test
-    can act at that point: the layer itself is the real one."""
+class Gate:
+    """The layer's ``new_channel`` held at a gate, and failing the first time if asked: the layer
+    itself is the real one."""
 
-    def __init__(self, monkeypatch, layer, name: str, *, fail: bool = False):
-        self.reached, self.gate = asyncio.Event(), asyncio.Event()
-        real = getattr(layer, name)
+    def __init__(self, monkeypatch, layer, *, fail_first: bool = False):
+        self.reached, self.open = asyncio.Event(), asyncio.Event()
+        self.calls = 0
+        real = layer.new_channel
 
         async def held(*args):
+            self.calls += 1
             self.reached.set()
-            await self.gate.wait()
-            if fail:
+            await self.open.wait()
+            if fail_first and self.calls == 1:
                 raise ConnectionError("Redis went away")
             return await real(*args)
 
-        monkeypatch.setattr(layer, name, held)
+        monkeypatch.setattr(layer, "new_channel", held)
 
 
-async def settled():
-    """Every join and leave under way has ended."""
-    while waiters._background:
-        await asyncio.gather(*list(waiters._background), return_exceptions=True)
-
-
-async def cancel_while_joining(monkeypatch):
-    held = Held(monkeypatch, get_channel_layer(), "group_add")
-    entering = asyncio.ensure_future(ReplyWaiter(uuid.uuid4()).__aenter__())
-    await held.reached.wait()  # its channel is open; it is joining the group
-    entering.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await entering
-    held.gate.set()
-    await settled()
-    assert waiters._in_flight == 0
-
-
-async def leave_while_the_group_cannot_be_left(monkeypatch, message_id):
-    held = Held(monkeypatch, get_channel_layer(), "group_discard", fail=True)
-    held.gate.set()
-    async with ReplyWaiter(message_id) as waiter:
-        with pytest.raises(TimeoutError):
-            await waiter.next_event(0.01)
-    await settled()
-
-
-async def test_a_waiter_cancelled_while_joining_leaves_nothing_in_memory(in_memory_layer, monkeypatch):
-    await cancel_while_joining(monkeypatch)
-    assert in_memory_layer.channels == {}
-    assert in_memory_layer.groups == {}
-
-
-@pytest.mark.services
-async def test_redis_keeps_no_channel_of_a_waiter_cancelled_while_joining(pubsub_prefix, monkeypatch):
-    await cancel_while_joining(monkeypatch)
-    assert await sync_to_async(subscribed)(pubsub_prefix, 0) == []
-
-
-@pytest.mark.services
-async def test_a_waiter_that_cannot_leave_its_group_still_closes_its_channel(pubsub_prefix, monkeypatch):
+async def test_a_request_that_gives_up_while_the_inbox_opens_leaves_it_opening_for_the_others(
+        in_memory_layer, monkeypatch):
+    gate = Gate(monkeypatch, in_memory_layer)
     message_id = uuid.uuid4()
-    await leave_while_the_group_cannot_be_left(monkeypatch, message_id)
-    # The group stays (the stand-in failure kept the layer from dropping it); the channel is closed.
-    group = f"{pubsub_prefix}__group__{reply_group(message_id)}"
-    assert await sync_to_async(subscribed)(pubsub_prefix, 1) == [group]
-
-
-async def test_joins_held_up_by_the_layer_keep_counting_against_the_limit(in_memory_layer, monkeypatch, settings):
-    """Clients that give up while their waiter's join hangs (Redis not answering) do not free
-    their place: past the limit the next request is refused, not one more hung join."""
-    settings.GATEWAY_MAX_WAITERS_PER_PROCESS = 2
-    held = Held(monkeypatch, in_memory_layer, "group_add")
-    entering = [asyncio.ensure_future(ReplyWaiter(uuid.uuid4()).__aenter__()) for _ in range(2)]
-    await held.reached.wait()
-    for task in entering:
-        task.cancel()
-    await asyncio.gather(*entering, return_exceptions=True)
-    third = asyncio.ensure_future(ReplyWaiter(uuid.uuid4()).__aenter__())
-    await asyncio.sleep(0)  # a refusal comes before the join's first step
-    try:
-        assert third.done() and isinstance(third.exception(), ServiceUnavailable)
-    finally:
-        third.cancel()
-        held.gate.set()  # the layer answers again: the joins end, and their waiters leave
-        await settled()
-    assert waiters._in_flight == 0
-    async with ReplyWaiter(uuid.uuid4()):
-        assert waiters._in_flight == 1
-    assert in_memory_layer.channels == {} and in_memory_layer.groups == {}
-
-
-async def test_leaving_twice_gives_back_one_place(in_memory_layer):
-    waiter = await ReplyWaiter(uuid.uuid4()).__aenter__()
+    quitter = asyncio.ensure_future(ReplyWaiter(uuid.uuid4()).__aenter__())
+    await gate.reached.wait()
+    stayer = asyncio.ensure_future(ReplyWaiter(message_id).__aenter__())
+    await asyncio.sleep(0)
+    quitter.cancel()
+    await asyncio.gather(quitter, return_exceptions=True)
+    assert waiters._in_flight == 1  # the one that gave up gave its place back
+    gate.open.set()
+    waiter = await stayer
+    await publish(inbound(message_id, waiter), {"type": "agent.reply", "message": "hi"})
+    assert (await waiter.final_event(10))["message"] == "hi"
     await waiter.__aexit__(None, None, None)
-    await waiter.__aexit__(None, None, None)
+    assert gate.calls == 1 and waiters._in_flight == 0
+
+
+async def test_an_inbox_that_failed_to_open_is_opened_by_the_next_request(in_memory_layer, monkeypatch):
+    gate = Gate(monkeypatch, in_memory_layer, fail_first=True)
+    gate.open.set()
+    with pytest.raises(ConnectionError):
+        await ReplyWaiter(uuid.uuid4()).__aenter__()
     assert waiters._in_flight == 0
+    message_id = uuid.uuid4()
+    async with ReplyWaiter(message_id) as waiter:
+        await publish(inbound(message_id, waiter), {"type": "agent.reply", "message": "hi"})
+        assert (await waiter.final_event(10))["message"] == "hi"
+    assert gate.calls == 2
+
+
+async def test_the_inbox_reads_on_after_the_layer_fails_once(in_memory_layer, monkeypatch, caplog):
+    real, failed = in_memory_layer.receive, asyncio.Event()
+
+    async def fails_once(channel):
+        if not failed.is_set():
+            failed.set()
+            raise ConnectionError("Redis went away")
+        return await real(channel)
+
+    monkeypatch.setattr(in_memory_layer, "receive", fails_once)
+    message_id = uuid.uuid4()
+    async with ReplyWaiter(message_id) as waiter:
+        await failed.wait()
+        await publish(inbound(message_id, waiter), {"type": "agent.reply", "message": "still heard"})
+        assert (await waiter.final_event(10))["message"] == "still heard"
+    assert "reply inbox: the channel layer failed" in caplog.text

@@ -4,7 +4,6 @@ from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings as django_settings
 
 from apps.agents.prompt import build_prompt
@@ -12,7 +11,6 @@ from apps.agents.runtime import agent_run
 from apps.conversations import pipeline
 from apps.conversations.models import Message
 from apps.conversations.normalized import NormalizedMessage
-from apps.conversations.realtime import reply_group
 from apps.core.errors import QuotaExceeded
 from apps.logs.models import AuditEvent, LLMCall
 from apps.quotas import budgets
@@ -22,7 +20,7 @@ from apps.quotas.models import QuotaCredit, UsageDaily
 from apps.quotas.policies import user_limits
 from apps.quotas.selectors import budget_states
 from apps.quotas.services import quota_reset
-from tests.helpers import on_layer_loop
+from tests.helpers import Listener
 
 SERVICES = bool(django_settings.REDIS_URL)
 
@@ -35,24 +33,6 @@ def send(channel, user, text="hello", api_key=None):
 def live(user):
     """{"tokens/day": (used, reserved), ...} of the user's budgets."""
     return {f"{s['meter']}/{s['period']}": (s["used"], s["reserved"]) for s in budget_states(user_limits(user))}
-
-
-class Drain:
-    def __init__(self, group):
-        self.layer = get_channel_layer()
-        self.name = on_layer_loop(self.layer, self.layer.new_channel())
-        on_layer_loop(self.layer, self.layer.group_add(group, self.name))
-
-    def events(self):
-        async def take():
-            import asyncio
-            out = []
-            while True:
-                try:
-                    out.append(await asyncio.wait_for(self.layer.receive(self.name), 0.5))
-                except TimeoutError:
-                    return out
-        return on_layer_loop(self.layer, take())
 
 
 # --- the ledger itself, in both forms ------------------------------------------------------
@@ -168,13 +148,13 @@ class TestModelCall:
         first = send(api_channel, customer, "first")  # both admitted at entry: nothing used yet
         message = send(api_channel, customer, "second")
         assert agent_run(first.id) is not None  # spends more than the 5 tokens
-        waiter = Drain(reply_group(message.id))
+        waiter = Listener.waiting_for(message)
         before = fake_llm.stats()["requests"]
         assert agent_run(message.id) is None
         assert fake_llm.stats()["requests"] == before  # the model was never called
         message.refresh_from_db()
         assert (message.status, message.error_code) == ("failed", "quota_exceeded")
-        [event] = waiter.events()
+        [event] = waiter.drain()
         assert event["type"] == "agent.error" and event["code"] == "quota_exceeded"
         assert "resets at" in event["message"] and 1 <= event["retry_after"] <= 86400
         assert not LLMCall.objects.filter(message=message).exists()

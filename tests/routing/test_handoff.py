@@ -4,7 +4,7 @@ import pytest
 
 from apps.agents.runtime import agent_run
 from apps.conversations.models import Message
-from apps.conversations.realtime import conversation_group, reply_group
+from apps.conversations.realtime import conversation_group
 from apps.logs.models import AuditEvent, LLMCall
 from apps.routing.models import Handoff
 from tests.helpers import Listener, send
@@ -66,7 +66,7 @@ class TestHandoff:
         message = send(api_channel, customer, "hello")
         handoff_start(conversation=message.conversation, staff=staff)
         agent_run(message.id)
-        listener = Listener(reply_group(message.id))
+        listener = Listener.waiting_for(message)
         handoff_reply(conversation=message.conversation, staff=staff, text="A human answer")
         events = listener.drain()
         assert [e["type"] for e in events] == ["agent.reply"] and events[0]["message"] == "A human answer"
