@@ -14,14 +14,22 @@ See docs/decisions/reply-bus.md.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
+from collections import OrderedDict
 
 import redis
 from asgiref.sync import async_to_sync
+from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
 
 from gateway_project.redis_pool import waiting_pool
+
+from .waiters import INBOX_PREFIX
+
+logger = logging.getLogger(__name__)
 
 _loop_lock = threading.Lock()
 _server_loop: asyncio.AbstractEventLoop | None = None
@@ -78,22 +86,51 @@ async def _awaited(coroutine):
     return await coroutine
 
 
+UNHEARD_PAUSES = (0.1, 0.2, 0.4, 0.8, 1.5)  # seconds between tries while nobody listens on an inbox
+_unheard: OrderedDict[str, None] = OrderedDict()  # inboxes found without a listener, latest last
+
+
 def to_waiter(inbound, event: dict) -> None:
-    """Send ``event`` about the message ``inbound`` to the request waiting for it, if any."""
+    """Send ``event`` about the message ``inbound`` to the request waiting for it, if any.
+
+    With Redis, PUBLISH answers how many listened. None listens on an inbox for a moment after
+    Redis restarts (the server's layer subscribes again within a second or so), and never once its
+    server is gone: an event nobody heard is sent again for a few seconds (``UNHEARD_PAUSES``), the
+    first time an inbox is found so; after that, not again for that inbox."""
     inbox = (inbound.control or {}).get(INBOX_KEY)
-    if inbox:
-        send(inbox, {**event, "in_reply_to": str(inbound.id)})
+    if not inbox:
+        return
+    event = {**event, "in_reply_to": str(inbound.id)}
+    if send(inbox, event) != 0:
+        return
+    with _loop_lock:
+        if inbox in _unheard:
+            return
+    for pause in UNHEARD_PAUSES:
+        time.sleep(pause)
+        if send(inbox, event) != 0:
+            return
+    with _loop_lock:
+        _unheard[inbox] = None
+        if len(_unheard) > 1000:
+            _unheard.popitem(last=False)
 
 
-def send(channel: str, event: dict) -> None:
-    """Send ``event`` to one channel-layer channel from synchronous code (workers, views)."""
+def send(channel: str, event: dict) -> int | None:
+    """Send ``event`` to one channel-layer channel from synchronous code (workers, views); with
+    Redis, how many listened (0 or 1)."""
     layer = get_channel_layer()
     if layer is None:
-        return
+        return None
     if _is_pubsub(layer):  # the pub/sub layer's channel is the Redis channel of that name
-        _redis_publisher().publish(channel, layer.serialize(event))
-        return
-    _on_layer_loop(layer, layer.send(channel, event))
+        return _redis_publisher().publish(channel, layer.serialize(event))
+    if channel.startswith("inbox.") and not channel.startswith(INBOX_PREFIX):
+        return None  # another process's inbox: in-memory channels are read in their own process only
+    try:
+        _on_layer_loop(layer, layer.send(channel, event))
+    except ChannelFull:  # a reader that fell that far behind: drop, never fail the run
+        logger.warning("a channel of the in-memory layer is full; an event was dropped", extra={"channel": channel})
+    return None
 
 
 _publisher: redis.Redis | None = None

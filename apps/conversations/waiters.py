@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -12,6 +13,9 @@ from apps.core.errors import ServiceUnavailable
 logger = logging.getLogger(__name__)
 
 _in_flight = 0  # waiters open in this process (they all run on its one event loop)
+# This process's inbox names begin so: an in-memory layer's inbox of another process (one that
+# stopped: the embedded default recovering its messages) can never be read (realtime.to_waiter).
+INBOX_PREFIX = f"inbox.{uuid.uuid4().hex[:12]}."
 
 
 class Inbox:
@@ -36,7 +40,7 @@ class Inbox:
     async def open(self) -> str:
         if self.channel_name is None:
             if self._opening is None or self._opening.done():
-                self._opening = asyncio.ensure_future(self.layer.new_channel("inbox."))
+                self._opening = asyncio.ensure_future(self.layer.new_channel(INBOX_PREFIX))
             # Shielded: a request that gives up does not cancel the opening the others await; an
             # opening that failed is tried again by the next waiter.
             name = await asyncio.shield(self._opening)

@@ -10,7 +10,7 @@ import redis
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 
-from apps.conversations import waiters
+from apps.conversations import realtime, waiters
 from apps.conversations.realtime import INBOX_KEY, to_waiter
 from apps.conversations.waiters import ReplyWaiter
 from apps.core.errors import ServiceUnavailable
@@ -199,3 +199,43 @@ async def test_the_inbox_reads_on_after_the_layer_fails_once(in_memory_layer, mo
         await publish(inbound(message_id, waiter), {"type": "agent.reply", "message": "still heard"})
         assert (await waiter.final_event(10))["message"] == "still heard"
     assert "reply inbox: the channel layer failed" in caplog.text
+
+
+@pytest.mark.services
+async def test_an_event_nobody_heard_is_sent_again_once_the_inbox_listens(pubsub_prefix, monkeypatch):
+    """As after a Redis restart, before the server's layer has subscribed its inbox again."""
+    heard, real_send = [], realtime.send
+    monkeypatch.setattr(realtime, "send", lambda channel, event: heard.append(real_send(channel, event)) or heard[-1])
+    layer, message_id = get_channel_layer(), uuid.uuid4()
+    name = f"{pubsub_prefix}{waiters.INBOX_PREFIX}late"
+    sending = asyncio.ensure_future(publish(types.SimpleNamespace(id=message_id, control={INBOX_KEY: name}),
+                                            {"type": "agent.reply", "message": "late but heard"}))
+    while not heard:
+        await asyncio.sleep(0.01)
+    assert heard == [0]  # the first PUBLISH found nobody
+    event = await asyncio.wait_for(layer.receive(name), 10)  # subscribes, as the layer does again
+    await sending
+    assert event["message"] == "late but heard" and event["in_reply_to"] == str(message_id)
+    assert name not in realtime._unheard
+
+
+@pytest.mark.services
+async def test_an_inbox_nobody_listens_on_is_tried_for_a_while_once(pubsub_prefix, monkeypatch):
+    """Its server is gone: the first event is sent again a few times, the next ones once."""
+    tries, real_send = [], realtime.send
+    monkeypatch.setattr(realtime, "send", lambda channel, event: tries.append(event) or real_send(channel, event))
+    message = types.SimpleNamespace(id=uuid.uuid4(), control={INBOX_KEY: f"{pubsub_prefix}{waiters.INBOX_PREFIX}gone"})
+    monkeypatch.setattr(realtime, "UNHEARD_PAUSES", (0.01, 0.01))
+    await publish(message, {"type": "agent.delta", "delta": "a"})
+    assert len(tries) == 3 and message.control[INBOX_KEY] in realtime._unheard
+    await publish(message, {"type": "agent.delta", "delta": "b"})
+    assert len(tries) == 4
+
+
+async def test_the_in_memory_layer_never_holds_events_for_another_process_inbox(in_memory_layer):
+    """Its channels live in one process: an inbox named by a process that stopped (the embedded
+    default recovering its messages) can never be read, so nothing is kept for it."""
+    gone = types.SimpleNamespace(id=uuid.uuid4(), control={INBOX_KEY: "inbox.0123456789ab..inmemory!abcdef"})
+    for _ in range(3):
+        await publish(gone, {"type": "agent.delta", "delta": "x"})
+    assert in_memory_layer.channels == {}

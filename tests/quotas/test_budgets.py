@@ -3,15 +3,16 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings as django_settings
 
 from apps.agents.prompt import build_prompt
 from apps.agents.runtime import agent_run
 from apps.conversations import pipeline
+from apps.conversations.apis import stored_reply_within
 from apps.conversations.models import Message
 from apps.conversations.normalized import NormalizedMessage
-from apps.core.errors import QuotaExceeded
+from apps.core.errors import QuotaExceeded, error_from_event
 from apps.logs.models import AuditEvent, LLMCall
 from apps.quotas import budgets
 from apps.quotas.budgets import QuotaRefused, estimate_prompt_tokens
@@ -158,6 +159,10 @@ class TestModelCall:
         assert event["type"] == "agent.error" and event["code"] == "quota_exceeded"
         assert "resets at" in event["message"] and 1 <= event["retry_after"] <= 86400
         assert not LLMCall.objects.filter(message=message).exists()
+        # A resend of the request (its Idempotency-Key) reads the failure back: told the same.
+        told, retold = error_from_event(event), error_from_event(async_to_sync(stored_reply_within)(message.id, 1))
+        assert (retold.status, retold.code, retold.message) == (429, "quota_exceeded", told.message)
+        assert 0 <= told.retry_after - retold.retry_after <= 60  # the stored text names the minute
 
     def test_failed_call_releases_its_reservation(self, api_channel, customer, policy):
         policy("user", customer, tokens_per_day=100_000)
