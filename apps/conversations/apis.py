@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 from django.conf import settings
@@ -20,7 +19,6 @@ from apps.connectors.base import reply_event
 from apps.connectors.models import Channel, channel_by_slug
 from apps.core.client_ip import client_ip_for_request
 from apps.core.errors import AgentFailed, ChannelDisabled, NotFound, QuotaExceeded, ReplyTimeout, error_from_event
-from apps.quotas.budgets import stored_quota_error
 from gateway_project.db import database_sync_to_async
 
 from .async_api import API_CHANNEL_SLUG, ApiIpRulesMixin, AsyncAPIView
@@ -141,8 +139,9 @@ def stored_reply_event(message_id) -> dict | None:
     message = Message.objects.only("status", "error_code", "error_message").get(pk=message_id)
     if message.status == "failed":  # as the first request was told (delivery.fail_message)
         if message.error_code == QuotaExceeded.code:
-            refusal = stored_quota_error(message.error_message, time.time())
-            return {"type": "agent.error", **refusal.error_body()["error"]}
+            # Without a Retry-After: this message is not tried again, however long one waits.
+            return {"type": "agent.error", "code": QuotaExceeded.code,
+                    "message": message.error_message or QuotaExceeded.default_message}
         return {"type": "agent.error", "code": "agent_failed", "message": AgentFailed.default_message}
     reply = message.replies.filter(direction=Direction.OUTBOUND).order_by("created_at").first()
     return reply_event(reply) if reply is not None else None

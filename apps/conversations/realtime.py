@@ -96,12 +96,15 @@ def to_waiter(inbound, event: dict) -> None:
     With Redis, PUBLISH answers how many listened. None listens on an inbox for a moment after
     Redis restarts (the server's layer subscribes again within a second or so), and never once its
     server is gone: an event nobody heard is sent again for a few seconds (``UNHEARD_PAUSES``), the
-    first time an inbox is found so; after that, not again for that inbox."""
+    first time an inbox is found so; after that, not again for that inbox until it is heard again."""
     inbox = (inbound.control or {}).get(INBOX_KEY)
     if not inbox:
         return
     event = {**event, "in_reply_to": str(inbound.id)}
     if send(inbox, event) != 0:
+        if inbox in _unheard:  # heard again (its server's layer was away longer than the tries)
+            with _loop_lock:
+                _unheard.pop(inbox, None)
         return
     with _loop_lock:
         if inbox in _unheard:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -315,25 +314,14 @@ def check_budgets_open(*, user, api_key_id=None, channel=None) -> None:
         raise quota_error(refused, now)
 
 
-RESETS_AT = "%Y-%m-%d %H:%M"
-
-
 def quota_error(counter: Counter, now: float) -> QuotaExceeded:
     whose = {"user": "Your", "api_key": "This API key's", "channel": "This channel's"}[counter.subject.split(":")[0]]
     meter = "token quota" if counter.meter == "tokens" else "cost budget"
     resets = counter.resets_at
     return QuotaExceeded(
-        f"{whose} {meter} ({counter.describe()}) is used up; it resets at {resets:{RESETS_AT}} UTC.",
+        f"{whose} {meter} ({counter.describe()}) is used up; it resets at {resets:%Y-%m-%d %H:%M} UTC.",
         retry_after=max(1, math.ceil(resets.timestamp() - now)),
     )
-
-
-def stored_quota_error(message: str, now: float) -> QuotaExceeded:
-    """``quota_error``'s refusal again from its stored text (a failed message keeps only that):
-    the seconds until the reset it names, at least 1."""
-    found = re.search(r"resets at (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", message)
-    resets = found and datetime.strptime(found[1], RESETS_AT).replace(tzinfo=UTC).timestamp()
-    return QuotaExceeded(message, retry_after=max(1, math.ceil(resets - now)) if resets else None)
 
 
 def _admit(counters: list[Counter], amounts: list[int], *, reservation_id: str, now: float) -> Counter | None:

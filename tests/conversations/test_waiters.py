@@ -230,6 +230,13 @@ async def test_an_inbox_nobody_listens_on_is_tried_for_a_while_once(pubsub_prefi
     assert len(tries) == 3 and message.control[INBOX_KEY] in realtime._unheard
     await publish(message, {"type": "agent.delta", "delta": "b"})
     assert len(tries) == 4
+    # Its server's layer comes back (it was away longer than the tries): heard, and so tried
+    # again the next time nobody listens.
+    listening = asyncio.ensure_future(get_channel_layer().receive(message.control[INBOX_KEY]))
+    assert await sync_to_async(subscribed)(pubsub_prefix, 1) == [message.control[INBOX_KEY]]
+    await publish(message, {"type": "agent.delta", "delta": "c"})
+    assert (await asyncio.wait_for(listening, 10))["delta"] == "c"
+    assert message.control[INBOX_KEY] not in realtime._unheard
 
 
 async def test_the_in_memory_layer_never_holds_events_for_another_process_inbox(in_memory_layer):
