@@ -114,11 +114,12 @@ def test_worker_killed_between_reply_write_and_delivery_sends_it_once(gw, ledger
 def test_redis_down_while_a_reply_is_published_fails_the_delivery_not_the_message(gw, ledger):
     """Must hold: Redis (the channel layer an API or web chat reply is published on) goes away
     after the model answered. That is a delivery failure: the answered message stays answered,
-    the reply is kept and retried, and goes out once Redis is back."""
+    the reply is kept and retried, and goes out once Redis is back. (The request waited for its
+    reply, so its server's inbox is where the reply goes; it gave up before the model answered.)"""
     before = llm_requests(gw)
-    status, body, _ = post_message(gw, {"message": "Redis breaks as I answer [[delay:2]]"})
+    status, body, _ = post_message(gw, {"message": "Redis breaks as I answer [[delay:4]]", "wait": 1})
     ledger.sent += 1
-    assert status == 202, body
+    assert status == 504 and body["error"]["code"] == "reply_timeout", body
     message_id = body["message_id"]
     wait_for("the model call under way", lambda: llm_requests(gw) > before, timeout=30)
     port = gw.redis.port
