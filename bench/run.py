@@ -778,7 +778,7 @@ def render(results: dict) -> str:
         lines += ["", "## Web chat (one " + SERVER + " process)", "",
                   f"- connections held: **{w['connections_held']}** of {w['connections_requested']} "
                   f"(connect errors {w['connect_errors'] or 'none'}, {w['connect_seconds']} s to connect)",
-                  f"- Daphne RSS {w['daphne_rss_before_mib']} MiB idle → {w['daphne_rss_held_mib']} MiB held: "
+                  f"- server RSS {w['daphne_rss_before_mib']} MiB idle → {w['daphne_rss_held_mib']} MiB held: "
                   f"**{w['kib_per_connection']} KiB per connection**",
                   f"- message→reply with {w['connected_while_chatting']} connected "
                   f"({w['ok']} replies on 100 sockets, 5 messages each in turn): p50 **{w['p50_ms']} ms**, "
