@@ -582,9 +582,11 @@ def soak(urls: dict, demo: dict, *, server: int, worker: int) -> dict:
     client = redis.Redis.from_url(REDIS_URL)
     prefix = "asgi"  # settings.CHANNEL_LAYERS' prefix
 
-    def sample(done: int, settle: float = 0.0) -> dict:
-        deadline = time.monotonic() + settle  # sockets just closed: their server side is still leaving
-        while (subscribed := len(client.pubsub_channels(f"{prefix}*"))) and time.monotonic() < deadline:
+    def sample(done: int, settle: float = 0.0, at_rest: int = 0) -> dict:
+        # Sockets just closed: their server side is still leaving; wait (up to ``settle`` s) for the
+        # subscriptions to come back to ``at_rest`` (the server's reply inbox stays subscribed).
+        deadline = time.monotonic() + settle
+        while (subscribed := len(client.pubsub_channels(f"{prefix}*"))) > at_rest and time.monotonic() < deadline:
             time.sleep(0.1)
         return {"requests": done, "server_rss_mib": round(rss_kib(server) / 1024, 1),
                 "worker_rss_mib": round(rss_kib(worker) / 1024, 1),
@@ -617,7 +619,8 @@ def soak(urls: dict, demo: dict, *, server: int, worker: int) -> dict:
     web_chat = []  # four rounds: the RSS levels off once the allocator has reached the peak; a leak grows on
     for _round in range(4):
         chat = load(spec, stdin="go\n")
-        web_chat.append({**sample(rows[-1]["requests"], settle=10.0), "sockets": sockets, "rps": chat["rps"],
+        web_chat.append({**sample(rows[-1]["requests"], settle=10.0, at_rest=rows[-1]["subscribed_channels"]),
+                         "sockets": sockets, "rps": chat["rps"],
                          "errors": {**chat["errors"], **chat["connect_errors"]}})
         log(f"soak web chat: {web_chat[-1]}")
     return {"concurrency": SOAK_CONCURRENCY, "blocks": rows, "growth_per_1000_after_warmup": growth,

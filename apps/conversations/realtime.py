@@ -27,7 +27,7 @@ from django.conf import settings
 
 from gateway_project.redis_pool import waiting_pool
 
-from .waiters import INBOX_PREFIX
+from .waiters import INBOX_PREFIX, INBOX_STEM
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +106,8 @@ def to_waiter(inbound, event: dict) -> None:
             with _loop_lock:
                 _unheard.pop(inbox, None)
         return
-    with _loop_lock:
-        if inbox in _unheard:
-            return
+    if inbox in _unheard:
+        return
     for pause in UNHEARD_PAUSES:
         time.sleep(pause)
         if send(inbox, event) != 0:
@@ -127,7 +126,7 @@ def send(channel: str, event: dict) -> int | None:
         return None
     if _is_pubsub(layer):  # the pub/sub layer's channel is the Redis channel of that name
         return _redis_publisher().publish(channel, layer.serialize(event))
-    if channel.startswith("inbox.") and not channel.startswith(INBOX_PREFIX):
+    if channel.startswith(INBOX_STEM) and not channel.startswith(INBOX_PREFIX):
         return None  # another process's inbox: in-memory channels are read in their own process only
     try:
         _on_layer_loop(layer, layer.send(channel, event))

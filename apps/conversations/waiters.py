@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 _in_flight = 0  # waiters open in this process (they all run on its one event loop)
 # This process's inbox names begin so: an in-memory layer's inbox of another process (one that
 # stopped: the embedded default recovering its messages) can never be read (realtime.to_waiter).
-INBOX_PREFIX = f"inbox.{uuid.uuid4().hex[:12]}."
+INBOX_STEM = "inbox."
+INBOX_PREFIX = f"{INBOX_STEM}{uuid.uuid4().hex[:12]}."
 
 
 class Inbox:
@@ -35,7 +36,7 @@ class Inbox:
         self.channel_name: str | None = None
         self.waiters: dict[str, set[asyncio.Queue]] = {}
         self._opening: asyncio.Task | None = None
-        self._reading: asyncio.Task | None = None
+        self._reading: asyncio.Task | None = None  # held: the loop keeps only a weak reference to a task
 
     async def open(self) -> str:
         if self.channel_name is None:
