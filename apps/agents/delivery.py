@@ -160,9 +160,8 @@ def fail_message(message: Message, exc: llm.LLMError) -> None:
     )
     logger.warning("agent run failed", extra={"error_code": exc.code, "error": exc.message})
     error = getattr(exc, "gateway_error", None)  # e.g. a quota refusal, told as such
-    message.channel.connector.send_error(
-        message, error or AgentFailed("The assistant could not answer right now. Please try again.")
-    )
+    # AgentFailed's own text: a resend reads the failure back and is told the same (apis.py).
+    message.channel.connector.send_error(message, error or AgentFailed())
 
 
 def start_next_in_conversation(message: Message, *, sent: Message | None = None) -> None:

@@ -22,7 +22,7 @@ from apps.core.errors import AgentFailed, ChannelDisabled, NotFound, QuotaExceed
 from gateway_project.db import database_sync_to_async
 
 from .async_api import API_CHANNEL_SLUG, ApiIpRulesMixin, AsyncAPIView
-from .models import Conversation, Direction, Message
+from .models import Conversation, Direction, Message, Status
 from .normalized import NormalizedMessage
 from .pipeline import Accepted, accept
 from .realtime import INBOX_KEY
@@ -136,14 +136,20 @@ async def stored_reply_within(message_id, wait: float) -> dict:
 
 def stored_reply_event(message_id) -> dict | None:
     """The reply (or failure) stored for the message, as the waiter's event; None while pending."""
-    message = Message.objects.only("status", "error_code", "error_message").get(pk=message_id)
-    if message.status == "failed":  # as the first request was told (delivery.fail_message)
+    message = Message.objects.only("status", "error_code", "error_message", "conversation_id", "created_at").get(
+        pk=message_id)
+    if message.status == Status.FAILED:  # as the first request was told (delivery.fail_message)
         if message.error_code == QuotaExceeded.code:
             # Without a Retry-After: this message is not tried again, however long one waits.
             return {"type": "agent.error", "code": QuotaExceeded.code,
                     "message": message.error_message or QuotaExceeded.default_message}
         return {"type": "agent.error", "code": "agent_failed", "message": AgentFailed.default_message}
     reply = message.replies.filter(direction=Direction.OUTBOUND).order_by("created_at").first()
+    if reply is None and message.status == Status.ANSWERED:
+        # Answered by a reply to a later message: a human's, which answers every message held for them.
+        reply = Message.objects.filter(
+            conversation_id=message.conversation_id, direction=Direction.OUTBOUND, created_at__gt=message.created_at,
+        ).order_by("created_at").first()
     return reply_event(reply) if reply is not None else None
 
 

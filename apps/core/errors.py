@@ -127,7 +127,7 @@ class ReplyTimeout(GatewayError):
 class AgentFailed(GatewayError):
     code = "agent_failed"
     status = 502
-    default_message = "The agent could not answer this message."
+    default_message = "The assistant could not answer right now. Please try again."
 
 
 class InternalError(GatewayError):

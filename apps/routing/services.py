@@ -18,8 +18,9 @@ from django.utils import timezone
 
 from apps.agents.delivery import deliver
 from apps.agents.dispatch import enqueue_agent_run
+from apps.connectors.base import reply_event
 from apps.conversations.models import Direction, Message, Status
-from apps.conversations.realtime import publish
+from apps.conversations.realtime import publish, to_waiter
 from apps.core.errors import BadRequest, GatewayError
 from apps.logs.services import audit
 
@@ -146,7 +147,8 @@ def handoff_reply(*, conversation, staff, text: str) -> Message:
     """Send ``text`` as ``staff`` on the conversation's channel; returns the stored reply.
 
     The reply answers the latest inbound message; inbound messages held for the human are marked
-    answered. Requires an open handoff by this staff member.
+    answered, and requests waiting for them are told the same reply. Requires an open handoff by
+    this staff member.
     """
     text = (text or "").strip()
     if not text:
@@ -161,16 +163,20 @@ def handoff_reply(*, conversation, staff, text: str) -> Message:
     )
     if inbound is None:
         raise BadRequest("The conversation has no message to answer yet.")
+    held = Message.objects.filter(
+        conversation=conversation, direction=Direction.INBOUND, status__in=[Status.ACCEPTED, Status.PROCESSING],
+        created_at__lte=inbound.created_at,
+    )
     with transaction.atomic():
         reply = Message.objects.create(
             conversation=conversation, channel_id=inbound.channel_id, direction=Direction.OUTBOUND,
             status=Status.PENDING, reply_to=inbound, sender=staff, text=text,
         )
-        Message.objects.filter(
-            conversation=conversation, direction=Direction.INBOUND, status__in=[Status.ACCEPTED, Status.PROCESSING],
-            created_at__lte=inbound.created_at,
-        ).update(status=Status.ANSWERED, lease_until=None)
+        earlier = list(held.exclude(pk=inbound.pk).only("id", "control").select_for_update())
+        held.update(status=Status.ANSWERED, lease_until=None)
     deliver(reply, inbound=inbound)
+    for message in earlier:  # requests still waiting for an earlier held message get the same answer
+        to_waiter(message, reply_event(reply))
     audit(action="handoff.replied", actor=staff, target=conversation, message_id=str(reply.pk))
     notify_inbox(conversation, "replied")
     return reply

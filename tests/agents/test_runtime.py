@@ -3,6 +3,7 @@ from contextlib import nullcontext
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection
 from django.utils import timezone
 
@@ -10,8 +11,10 @@ from apps.agents.claims import claim, release_claim
 from apps.agents.delivery import save_reply
 from apps.agents.llm import LLMResult
 from apps.agents.runtime import agent_run
+from apps.conversations.apis import stored_reply_within
 from apps.conversations.models import Message
 from apps.conversations.realtime import conversation_group
+from apps.core.errors import error_from_event
 from apps.logs.models import LLMCall
 from tests.helpers import Listener, send
 
@@ -93,6 +96,10 @@ class TestAgentRun:
         events = listener.drain()
         assert [e["type"] for e in events] == ["agent.error"]
         assert events[0]["code"] == "agent_failed"
+        # A resend of the request (its Idempotency-Key) reads the failure back: told the same.
+        told = error_from_event(events[0])
+        retold = error_from_event(async_to_sync(stored_reply_within)(message.id, 1))
+        assert (retold.status, retold.code, retold.message) == (told.status, "agent_failed", told.message)
 
     def test_web_chat_streams_deltas_then_the_reply(self, webchat_channel, customer):
         message = send(webchat_channel, customer, "stream this please")

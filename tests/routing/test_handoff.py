@@ -1,8 +1,10 @@
 """Human handoff: staff take over from the admin, the agent pauses, staff reply on the channel, hand back."""
 
 import pytest
+from asgiref.sync import async_to_sync
 
 from apps.agents.runtime import agent_run
+from apps.conversations.apis import stored_reply_within
 from apps.conversations.models import Message
 from apps.conversations.realtime import conversation_group
 from apps.logs.models import AuditEvent, LLMCall
@@ -70,6 +72,25 @@ class TestHandoff:
         handoff_reply(conversation=message.conversation, staff=staff, text="A human answer")
         events = listener.drain()
         assert [e["type"] for e in events] == ["agent.reply"] and events[0]["message"] == "A human answer"
+
+    def test_every_held_messages_waiter_and_resend_gets_the_human_reply(self, staff, api_channel, customer):
+        from apps.routing.services import handoff_reply, handoff_start
+
+        first = send(api_channel, customer, "hello?")
+        handoff_start(conversation=first.conversation, staff=staff)
+        second = send(api_channel, customer, "anyone there?", conversation_id=str(first.conversation_id))
+        listeners = [Listener.waiting_for(first), Listener.waiting_for(second)]
+        assert agent_run(first.id) is None  # held for the human
+        assert agent_run(second.id, ignore_order=True) is None  # and after it
+        reply = handoff_reply(conversation=first.conversation, staff=staff, text="Yes, Sam here.")
+        assert reply.reply_to_id == second.id  # it answers the latest; the earlier one with it
+        for listener in listeners:
+            events = listener.drain()
+            assert [(e["type"], e["message"]) for e in events] == [("agent.reply", "Yes, Sam here.")]
+        # A resend of the earlier request (its Idempotency-Key) reads the same answer back.
+        event = async_to_sync(stored_reply_within)(first.id, 1)
+        assert (event["type"], event["message"], event["message_id"]) == ("agent.reply", "Yes, Sam here.",
+                                                                          str(reply.id))
 
     def test_hand_back_requeues_unanswered_messages(self, staff, api_channel, customer,
                                                     django_capture_on_commit_callbacks):
