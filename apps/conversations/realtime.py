@@ -88,6 +88,7 @@ async def _awaited(coroutine):
 
 UNHEARD_PAUSES = (0.1, 0.2, 0.4, 0.8, 1.5)  # seconds between tries while nobody listens on an inbox
 _unheard: OrderedDict[str, None] = OrderedDict()  # inboxes found without a listener, latest last
+_heard_at: dict[str, float] = {}  # when each inbox last had a listener (monotonic seconds)
 
 
 def to_waiter(inbound, event: dict) -> None:
@@ -102,20 +103,31 @@ def to_waiter(inbound, event: dict) -> None:
         return
     event = {**event, "in_reply_to": str(inbound.id)}
     if send(inbox, event) != 0:
-        if inbox in _unheard:  # heard again (its server's layer was away longer than the tries)
-            with _loop_lock:
-                _unheard.pop(inbox, None)
+        _heard(inbox)
         return
     if inbox in _unheard:
         return
+    trying_since = time.monotonic()
     for pause in UNHEARD_PAUSES:
         time.sleep(pause)
         if send(inbox, event) != 0:
+            _heard(inbox)
             return
     with _loop_lock:
+        if _heard_at.get(inbox, 0.0) >= trying_since:
+            return  # another thread's event was heard meanwhile: the inbox is listened to
         _unheard[inbox] = None
         if len(_unheard) > 1000:
             _unheard.popitem(last=False)
+
+
+def _heard(inbox: str) -> None:
+    # Under the lock, as the mark is made: a mark never follows a later hearing.
+    with _loop_lock:
+        if len(_heard_at) > 1000:  # one entry per server process seen; forgetting only costs a retry
+            _heard_at.clear()
+        _heard_at[inbox] = time.monotonic()
+        _unheard.pop(inbox, None)  # heard again (its server's layer was away longer than the tries)
 
 
 def send(channel: str, event: dict) -> int | None:

@@ -246,3 +246,30 @@ async def test_the_in_memory_layer_never_holds_events_for_another_process_inbox(
     for _ in range(3):
         await publish(gone, {"type": "agent.delta", "delta": "x"})
     assert in_memory_layer.channels == {}
+
+
+@pytest.mark.services
+async def test_an_inbox_heard_after_another_threads_last_try_is_not_marked_unheard(pubsub_prefix, monkeypatch,
+                                                                                   settings):
+    """One thread's tries end unheard just as its server's layer subscribes again and another
+    thread's event is heard: the inbox is listened to, so its next unheard event is tried again."""
+    name = f"{pubsub_prefix}{waiters.INBOX_PREFIX}back"
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    listener = client.pubsub()
+    tries, real_send = [], realtime.send
+
+    def send(channel, event):
+        listened = real_send(channel, event)
+        tries.append(listened)
+        if len(tries) == 3:  # this thread's last try found nobody; then the inbox is back
+            listener.subscribe(name)
+            other = types.SimpleNamespace(id=uuid.uuid4(), control={INBOX_KEY: name})
+            to_waiter(other, {"type": "agent.delta", "delta": "heard"})  # another run's event, heard
+        return listened
+
+    monkeypatch.setattr(realtime, "send", send)
+    monkeypatch.setattr(realtime, "UNHEARD_PAUSES", (0.01, 0.01))
+    await publish(types.SimpleNamespace(id=uuid.uuid4(), control={INBOX_KEY: name}), {"type": "agent.delta"})
+    assert tries == [0, 0, 0, 1]
+    assert name not in realtime._unheard
+    listener.close()
