@@ -180,9 +180,6 @@ else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     # Each server's one reply inbox takes every waiting request's events: room for bursts.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 10_000}}}
-    # One process holds everything in the embedded default, so a process-local cache is shared
-    # by every request it serves; django-ratelimit's checks assume several processes.
-    SILENCED_SYSTEM_CHECKS += ["django_ratelimit.E003", "django_ratelimit.W001"]
 
 # Where processes tell each other that the configuration changed (gateway_project/config_cache.py):
 # Redis with services; on the embedded default a file beside the database, so that a command run

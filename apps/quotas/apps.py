@@ -1,4 +1,9 @@
 from django.apps import AppConfig
+from django.conf import settings
+from django.core import checks
+
+RATE_SETTINGS = ("GATEWAY_USER_RATE", "GATEWAY_API_KEY_RATE", "GATEWAY_CHANNEL_RATE", "GATEWAY_IP_RATE",
+                 "WEBCHAT_VISITORS_PER_IP_RATE", "WEBCHAT_CONNECTS_PER_IP_RATE")
 
 
 class QuotasConfig(AppConfig):
@@ -12,3 +17,18 @@ class QuotasConfig(AppConfig):
         from .models import IpRule, QuotaPolicy
 
         watch(IpRule, QuotaPolicy)
+        checks.register(_rates_parse)
+
+
+def _rates_parse(app_configs=None, **kwargs):
+    """A rate setting that does not parse would fail every request it applies to: refuse to start."""
+    from .models import parse_rate
+
+    errors = []
+    for name in RATE_SETTINGS:
+        if value := getattr(settings, name, ""):
+            try:
+                parse_rate(value)
+            except ValueError as exc:
+                errors.append(checks.Error(f"{name}: {exc}", id="quotas.E001"))
+    return errors

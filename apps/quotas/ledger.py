@@ -1,4 +1,5 @@
-"""Budget counters with atomic reservations: a Redis Lua script, or a process-local twin.
+"""Budget counters with atomic reservations, and request-rate counters: Redis Lua scripts, or a
+process-local twin.
 
 Each counter (one subject, one meter, one period) holds ``used`` (settled usage) and ``reserved``
 (the sum of open reservations, each with an expiry). ``admit`` checks every counter of a model call
@@ -9,6 +10,10 @@ that is never settled (its worker crashed) expires after the TTL given at reserv
 
 Missing counters (a new period, or Redis lost its data) are seeded from the durable rollup: admit
 returns which are missing, the caller computes the seeds from the database and admits again.
+
+Request rates are fixed windows: ``count_rates`` counts one request against every rate that
+applies, in order, in one step (one round trip to Redis however many rates there are), and stops at
+the first rate the request goes over: the later ones do not count it.
 """
 from __future__ import annotations
 
@@ -138,6 +143,29 @@ return out
 """
 
 
+# KEYS: per rate, the counter of its current window. ARGV: per rate, its limit and when the counter
+# may be dropped (epoch seconds). Returns the counts, up to the first over its limit.
+RATES_LUA = """
+local counts = {}
+for i = 1, #KEYS do
+  local count = redis.call('INCR', KEYS[i])
+  if count == 1 then redis.call('EXPIREAT', KEYS[i], ARGV[2 * i]) end
+  counts[i] = count
+  if count > tonumber(ARGV[2 * i - 1]) then break end
+end
+return counts
+"""
+
+
+@dataclass(frozen=True)
+class RateCall:
+    """One rate's counter for the current window, as the ledger sees it."""
+
+    key: str
+    limit: int
+    expires_at: int  # epoch seconds after which the counter itself may be dropped
+
+
 def _zkey(key: str) -> str:
     return f"{key}:res"
 
@@ -151,6 +179,7 @@ class RedisLedger:
         self._settle = client.register_script(SETTLE_LUA)
         self._read = client.register_script(READ_LUA)
         self._take_used = client.register_script(TAKE_USED_LUA)
+        self._count_rates = client.register_script(RATES_LUA)
 
     @staticmethod
     def _keys(keys: list[str]) -> list[str]:
@@ -184,6 +213,15 @@ class RedisLedger:
         if keys:
             self.client.delete(*self._keys(keys))
 
+    def count_rates(self, rates: list[RateCall], *, now: float) -> list[int]:
+        """Count one request on each rate in order, up to the first it goes over: their counts."""
+        args = [a for r in rates for a in (r.limit, r.expires_at)]
+        return [int(c) for c in self._count_rates(keys=[r.key for r in rates], args=args)]
+
+    def rate_counts(self, keys: list[str], *, now: float) -> list[int]:
+        """The current counts of these rate counters, without counting (0 for none yet)."""
+        return [int(c or 0) for c in self.client.mget(keys)] if keys else []
+
     def clear(self, prefix: str) -> None:
         """Drop every counter under ``prefix`` (tests and benchmarks only)."""
         for key in self.client.scan_iter(match=f"{prefix}*", count=1000):
@@ -201,6 +239,8 @@ class LocalLedger:
     def __init__(self):
         self._lock = threading.Lock()
         self._counters: dict[str, dict] = {}
+        self._rates: dict[str, list] = {}  # key -> [count, expires_at]
+        self._rates_swept_at = 0.0
 
     def _purge(self, entry: dict, now: float) -> None:
         for rid, (amount, expires) in list(entry["res"].items()):
@@ -270,10 +310,32 @@ class LocalLedger:
             for key in keys:
                 self._counters.pop(key, None)
 
+    def count_rates(self, rates: list[RateCall], *, now: float) -> list[int]:
+        with self._lock:
+            if now - self._rates_swept_at > 60:  # past windows' counters are never asked for again
+                self._rates = {k: v for k, v in self._rates.items() if v[1] > now}
+                self._rates_swept_at = now
+            counts = []
+            for rate in rates:
+                entry = self._rates.get(rate.key)
+                if entry is None or entry[1] <= now:
+                    entry = self._rates[rate.key] = [0, rate.expires_at]
+                entry[0] += 1
+                counts.append(entry[0])
+                if entry[0] > rate.limit:
+                    break
+            return counts
+
+    def rate_counts(self, keys: list[str], *, now: float) -> list[int]:
+        with self._lock:
+            return [entry[0] if (entry := self._rates.get(key)) and entry[1] > now else 0 for key in keys]
+
     def clear(self, prefix: str) -> None:
         with self._lock:
             for key in [k for k in self._counters if k.startswith(prefix)]:
                 del self._counters[key]
+            for key in [k for k in self._rates if k.startswith(prefix)]:
+                del self._rates[key]
 
 
 _ledgers: dict[str, object] = {}

@@ -1,22 +1,27 @@
-"""The pipeline's *limit* step: request rates (django-ratelimit on the shared cache) and budgets.
+"""The pipeline's *limit* step: request rates and budgets.
 
-Counters live in the shared cache (Redis in services mode), so every Daphne process and worker
-counts against the same numbers. Rates are fixed windows of the rate's period.
+Rate counters live in the quota ledger (apps/quotas/ledger.py: Redis in services mode, shared by
+every server process and worker; in the process on the embedded default). Rates are fixed windows
+of the rate's period, each rate's windows offset by a fixed amount of its own so that they do not
+all end at once. A request's rates are counted in one step: one Redis round trip for all of them.
 """
 from __future__ import annotations
 
+import time
+import zlib
 from dataclasses import dataclass
 
 from django.conf import settings
-from django_ratelimit.core import get_usage
 
 from apps.core.errors import RateLimited, ServiceUnavailable
 
 from .budgets import check_budgets_open
+from .ledger import RateCall, get_ledger
 from .metrics import count_backend_error, count_rejection
+from .models import parse_rate
 from .policies import api_key_limits, channel_limits, user_limits
 
-RATE_GROUP = "gateway.rate"
+EXPIRY_MARGIN_SECONDS = 5  # a window's counter outlives its window by this much
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,19 @@ class RateCheck:
     refusal: str  # the end of the sentence telling the sender which limit it was
 
 
+def window_end(key: str, period: int, now: float) -> int:
+    """When the current window of the rate ``key`` ends (epoch seconds)."""
+    offset = zlib.crc32(key.encode()) % period
+    return int((now - offset) // period + 1) * period + offset
+
+
+def _window(check: RateCheck, now: float) -> tuple[RateCall, int]:
+    limit, period = parse_rate(check.rate)
+    ends = window_end(check.key, period, now)
+    key = f"{settings.GATEWAY_LIMIT_KEY_PREFIX}:rate:{check.key}:{period}:{ends}"
+    return RateCall(key=key, limit=limit, expires_at=ends + EXPIRY_MARGIN_SECONDS), ends
+
+
 def check_limits(*, user, channel, api_key=None, client_ip: str | None = None) -> None:
     """Count one request against every rate that applies, then refuse if a budget is used up.
 
@@ -34,15 +52,31 @@ def check_limits(*, user, channel, api_key=None, client_ip: str | None = None) -
     retry_after = when the budget resets). Order: address, API key, user, channel; a refused
     request is not counted against the limits after the one that refused it.
     """
-    for check in rate_checks(user=user, channel=channel, api_key=api_key, client_ip=client_ip):
-        usage = _usage(check, increment=True)
-        if usage and usage["should_limit"]:
-            count_rejection(RateLimited.code, channel, limit=check.limit)
-            raise RateLimited(
-                f"Too many messages: the limit is {check.rate} {check.refusal}.",
-                retry_after=max(1, int(usage["time_left"])),
-            )
+    count_requests(rate_checks(user=user, channel=channel, api_key=api_key, client_ip=client_ip), channel=channel)
     check_budgets_open(user=user, api_key_id=getattr(api_key, "pk", None), channel=channel)
+
+
+def count_requests(checks: list[RateCheck], *, channel=None, what: str = "messages") -> None:
+    """Count one request against each of ``checks`` in order, in one step; RateLimited at the
+    first one it goes over (the later ones do not count it)."""
+    if not checks:
+        return
+    now = time.time()
+    windows = [_window(check, now) for check in checks]
+    try:
+        counts = get_ledger().count_rates([call for call, _ in windows], now=now)
+    except Exception as exc:  # the store's connection errors (Redis down)
+        outcome = "open" if settings.GATEWAY_RATE_LIMIT_FAIL_OPEN else "closed"
+        for _ in checks:
+            count_backend_error("rate", outcome, exc)
+        if outcome == "open":
+            return
+        raise ServiceUnavailable(retry_after=settings.GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS) from exc
+    for check, (call, ends), count in zip(checks, windows, counts, strict=False):
+        if count > call.limit:
+            count_rejection(RateLimited.code, channel, limit=check.limit)
+            raise RateLimited(f"Too many {what}: the limit is {check.rate} {check.refusal}.",
+                              retry_after=max(1, int(ends - now)))
 
 
 def rate_checks(*, user, channel, api_key=None, client_ip: str | None = None) -> list[RateCheck]:
@@ -62,20 +96,16 @@ def rate_checks(*, user, channel, api_key=None, client_ip: str | None = None) ->
 
 
 def rate_usage(check: RateCheck) -> dict | None:
-    """The current window's count for ``check`` without counting (for /api/v1/usage and the admin)."""
-    return _usage(check, increment=False)
-
-
-def _usage(check: RateCheck, *, increment: bool) -> dict | None:
+    """The current window of ``check`` without counting (for /api/v1/usage and the admin):
+    ``{"count", "time_left"}``, or None when the store cannot be reached."""
+    now = time.time()
+    call, ends = _window(check, now)
     try:
-        key = f"{settings.GATEWAY_LIMIT_KEY_PREFIX}:{check.key}"
-        return get_usage(None, group=RATE_GROUP, key=lambda _g, _r: key, rate=check.rate, increment=increment)
-    except Exception as exc:  # the cache backend's connection errors (Redis down)
-        if settings.GATEWAY_RATE_LIMIT_FAIL_OPEN:
-            count_backend_error("rate", "open", exc)
-            return None
-        count_backend_error("rate", "closed", exc)
-        raise ServiceUnavailable(retry_after=settings.GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS) from exc
+        [count] = get_ledger().rate_counts([call.key], now=now)
+    except Exception as exc:
+        count_backend_error("rate_read", "unknown", exc)
+        return None
+    return {"count": count, "time_left": ends - now}
 
 
 def check_address_rate(event: str, client_ip: str | None, rate: str, *, channel=None) -> None:
@@ -85,9 +115,5 @@ def check_address_rate(event: str, client_ip: str | None, rate: str, *, channel=
     opened). Raises RateLimited past the rate; no rate or no address: nothing to count."""
     if not rate or not client_ip:
         return
-    check = RateCheck(event, f"{event}:ip:{client_ip}", rate, "from your address")
-    usage = _usage(check, increment=True)
-    if usage and usage["should_limit"]:
-        count_rejection(RateLimited.code, channel, limit=event)
-        raise RateLimited(f"Too many requests: the limit is {rate} {check.refusal}.",
-                          retry_after=max(1, int(usage["time_left"])))
+    count_requests([RateCheck(event, f"{event}:ip:{client_ip}", rate, "from your address")], channel=channel,
+                   what="requests")

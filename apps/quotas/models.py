@@ -11,13 +11,26 @@ from django.db import models
 from apps.identities.models import User
 from apps.identities.roles import ROLE_ORDER
 
-RATE_RE = re.compile(r"^\d+/\d*[smhd]$")
+RATE_RE = re.compile(r"^(\d+)/(\d*)([smhd])$")
+PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """``"20/m"`` → (20, 60): requests, per so many seconds; ``"5/10s"`` → (5, 10). ValueError otherwise."""
+    match = RATE_RE.match(rate)
+    seconds = match and int(match.group(2) or 1) * PERIOD_SECONDS[match.group(3)]
+    if not seconds:
+        raise ValueError(f"{rate!r} is not a rate like 20/m, 100/h, 5/10s or 1000/d.")
+    return int(match.group(1)), seconds
 
 
 def validate_rate(value: str) -> None:
-    """A django-ratelimit rate: ``20/m``, ``100/h``, ``5/10s``, ``1000/d``."""
-    if value and not RATE_RE.match(value):
-        raise ValidationError(f"{value!r} is not a rate like 20/m, 100/h, 5/10s or 1000/d.")
+    """A request rate: ``20/m``, ``100/h``, ``5/10s``, ``1000/d``."""
+    if value:
+        try:
+            parse_rate(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
 
 
 def validate_cidr(value: str) -> None:

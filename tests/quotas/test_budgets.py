@@ -1,4 +1,5 @@
 """Token quotas and cost budgets: reserve before the model call, settle after, refuse when used up."""
+import time
 from datetime import date
 from decimal import Decimal
 
@@ -16,7 +17,7 @@ from apps.core.errors import QuotaExceeded, error_from_event
 from apps.logs.models import AuditEvent, LLMCall
 from apps.quotas import budgets
 from apps.quotas.budgets import QuotaRefused, estimate_prompt_tokens
-from apps.quotas.ledger import ADMITTED, MISSING, REFUSED, CounterCall, LocalLedger, RedisLedger
+from apps.quotas.ledger import ADMITTED, MISSING, REFUSED, CounterCall, LocalLedger, RateCall, RedisLedger
 from apps.quotas.models import QuotaCredit, UsageDaily
 from apps.quotas.policies import user_limits
 from apps.quotas.selectors import budget_states
@@ -78,6 +79,23 @@ class TestLedger:
         admission = ledger.admit([ok, full], reservation_id="r1", now=1000, reservation_expires_at=2000)
         assert (admission.outcome, admission.refused_index) == (REFUSED, 1)
         assert ledger.read([key("c1"), key("c2")], now=1000) == [(0, 0), (100, 0)]
+
+    def test_rates_count_in_order_and_stop_at_the_first_one_over(self, ledger, key):
+        minute, second = RateCall(key("rate-a"), limit=2, expires_at=FAR), RateCall(key("rate-b"), 1, FAR)
+        assert ledger.count_rates([minute, second], now=1000) == [1, 1]
+        assert ledger.count_rates([minute, second], now=1000) == [2, 2]  # the second is over
+        assert ledger.count_rates([minute, second], now=1000) == [3]  # the first is over: the second not counted
+        assert ledger.rate_counts([key("rate-a"), key("rate-b"), key("rate-none")], now=1000) == [3, 2, 0]
+
+    def test_a_rate_counter_lasts_until_its_expiry(self, ledger, key):
+        ends = int(time.time()) + 60
+        ledger.count_rates([RateCall(key("rate-w"), 10, ends)], now=ends - 60)
+        if isinstance(ledger, LocalLedger):
+            assert ledger.rate_counts([key("rate-w")], now=ends - 1) == [1]
+            assert ledger.rate_counts([key("rate-w")], now=ends) == [0]
+            assert ledger.count_rates([RateCall(key("rate-w"), 10, ends + 60)], now=ends) == [1]  # a new window
+        else:
+            assert ledger.client.expiretime(key("rate-w")) == ends
 
     def test_settle_books_real_usage_and_frees_the_reservation(self, ledger, key):
         ledger.admit([CounterCall(key("d"), 100, 60, FAR, seed=0)], reservation_id="r1", now=1000,

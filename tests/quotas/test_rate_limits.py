@@ -129,12 +129,10 @@ class TestWebchatRates:
 class TestRedisUnavailable:
     """Request rates fail open (logged and counted); configurable to fail closed.
 
-    Tested at the pipeline: over HTTP the API key check's brute-force counter (same cache) already
-    answers 503 when the cache is down.
+    Tested at the pipeline, with the quota ledger's Redis (where the rate counters live) out.
     """
 
-    DEAD_CACHE = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                              "LOCATION": "redis://127.0.0.1:1/0"}}
+    DEAD_REDIS = "redis://127.0.0.1:1/0"
 
     @staticmethod
     def accept(channel, user):
@@ -152,7 +150,7 @@ class TestRedisUnavailable:
         settings.GATEWAY_IP_RATE = "1/m"
         counted = LIMIT_BACKEND_ERRORS.labels(limit="rate", outcome="open")
         before = counted._value.get()
-        with override_settings(CACHES=self.DEAD_CACHE):
+        with override_settings(GATEWAY_QUOTA_REDIS_URL=self.DEAD_REDIS):
             for _ in range(3):
                 self.accept(api_channel, customer)
         assert Message.objects.count() == 3
@@ -163,8 +161,32 @@ class TestRedisUnavailable:
         from apps.core.errors import ServiceUnavailable
 
         settings.GATEWAY_RATE_LIMIT_FAIL_OPEN = False
-        with override_settings(CACHES=self.DEAD_CACHE), pytest.raises(ServiceUnavailable) as refused:
+        with override_settings(GATEWAY_QUOTA_REDIS_URL=self.DEAD_REDIS), pytest.raises(ServiceUnavailable) as refused:
             self.accept(api_channel, customer)
         assert refused.value.status == 503
         assert refused.value.retry_after == settings.GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS
         assert not Message.objects.exists()
+
+
+def test_a_rate_setting_that_does_not_parse_stops_the_start(settings):
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    settings.GATEWAY_USER_RATE = "60/x"
+    settings.GATEWAY_IP_RATE = "5/0s"
+    with pytest.raises(SystemCheckError) as refused:
+        call_command("check")
+    assert "GATEWAY_USER_RATE: '60/x' is not a rate" in str(refused.value)
+    assert "GATEWAY_IP_RATE: '5/0s' is not a rate" in str(refused.value)
+
+
+def test_policy_rates_are_validated_the_same_way():
+    from django.core.exceptions import ValidationError
+
+    from apps.quotas.models import parse_rate, validate_rate
+
+    assert [parse_rate(r) for r in ("20/m", "5/10s", "100/h", "1000/d", "3/2m")] == [
+        (20, 60), (5, 10), (100, 3600), (1000, 86400), (3, 120)]
+    for bad in ("5/0s", "m", "20/", "20/w", "-1/m"):
+        with pytest.raises(ValidationError):
+            validate_rate(bad)
