@@ -146,10 +146,13 @@ def stored_reply_event(message_id) -> dict | None:
         return {"type": "agent.error", "code": "agent_failed", "message": AgentFailed.default_message}
     reply = message.replies.filter(direction=Direction.OUTBOUND).order_by("created_at").first()
     if reply is None and message.status == Status.ANSWERED:
-        # Answered by a reply to a later message: a human's, which answers every message held for them.
+        # Answered by a reply to a later message: a human's, which answers every message held for
+        # them; the first later message that has a reply (not the first reply stored later, which
+        # may answer an earlier message).
         reply = Message.objects.filter(
-            conversation_id=message.conversation_id, direction=Direction.OUTBOUND, created_at__gt=message.created_at,
-        ).order_by("created_at").first()
+            conversation_id=message.conversation_id, direction=Direction.OUTBOUND,
+            reply_to__created_at__gt=message.created_at,
+        ).order_by("reply_to__created_at", "created_at").first()
     return reply_event(reply) if reply is not None else None
 
 

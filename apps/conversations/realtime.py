@@ -89,6 +89,7 @@ async def _awaited(coroutine):
 UNHEARD_PAUSES = (0.1, 0.2, 0.4, 0.8, 1.5)  # seconds between tries while nobody listens on an inbox
 _unheard: OrderedDict[str, None] = OrderedDict()  # inboxes found without a listener, latest last
 _heard_at: dict[str, float] = {}  # when each inbox last had a listener (monotonic seconds)
+HEARD_KEPT_SECONDS = 60.0  # far longer than the tries (UNHEARD_PAUSES), which read it
 
 
 def to_waiter(inbound, event: dict) -> None:
@@ -123,10 +124,12 @@ def to_waiter(inbound, event: dict) -> None:
 
 def _heard(inbox: str) -> None:
     # Under the lock, as the mark is made: a mark never follows a later hearing.
+    now = time.monotonic()
     with _loop_lock:
-        if len(_heard_at) > 1000:  # one entry per server process seen; forgetting only costs a retry
-            _heard_at.clear()
-        _heard_at[inbox] = time.monotonic()
+        if len(_heard_at) > 1000:  # one entry per server process seen: forget those not heard lately
+            for name in [name for name, at in _heard_at.items() if now - at > HEARD_KEPT_SECONDS]:
+                del _heard_at[name]
+        _heard_at[inbox] = now
         _unheard.pop(inbox, None)  # heard again (its server's layer was away longer than the tries)
 
 

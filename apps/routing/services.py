@@ -176,7 +176,10 @@ def handoff_reply(*, conversation, staff, text: str) -> Message:
         held.update(status=Status.ANSWERED, lease_until=None)
     deliver(reply, inbound=inbound)
     for message in earlier:  # requests still waiting for an earlier held message get the same answer
-        to_waiter(message, reply_event(reply))
+        try:
+            to_waiter(message, reply_event(reply))
+        except Exception:  # the channel layer is down: they time out, and a resend reads the reply
+            logger.warning("could not tell a waiting request the human reply", exc_info=True)
     audit(action="handoff.replied", actor=staff, target=conversation, message_id=str(reply.pk))
     notify_inbox(conversation, "replied")
     return reply

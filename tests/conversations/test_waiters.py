@@ -273,3 +273,14 @@ async def test_an_inbox_heard_after_another_threads_last_try_is_not_marked_unhea
     assert tries == [0, 0, 0, 1]
     assert name not in realtime._unheard
     listener.close()
+
+
+def test_the_hearings_kept_are_bounded_without_forgetting_recent_ones(monkeypatch):
+    """Forgetting a hearing during another thread's tries would mark a listened inbox unheard."""
+    import time
+
+    heard = {f"gone{n}": time.monotonic() - 3600 for n in range(1001)}  # servers heard long ago
+    heard["tried"] = time.monotonic()  # heard while another thread tries it
+    monkeypatch.setattr(realtime, "_heard_at", heard)
+    realtime._heard("another")
+    assert set(realtime._heard_at) == {"tried", "another"}

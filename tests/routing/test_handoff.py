@@ -92,6 +92,46 @@ class TestHandoff:
         assert (event["type"], event["message"], event["message_id"]) == ("agent.reply", "Yes, Sam here.",
                                                                           str(reply.id))
 
+    def test_a_resend_of_a_held_message_reads_the_human_reply_not_an_earlier_answer(self, staff, api_channel,
+                                                                                     customer):
+        from apps.routing.services import handoff_reply, handoff_start
+
+        asked = send(api_channel, customer, "what are your opening hours?")
+        conversation_id = str(asked.conversation_id)
+        held = send(api_channel, customer, "human", conversation_id=conversation_id)  # while the agent answers
+        answer = agent_run(asked.id)
+        assert answer.created_at > held.created_at  # stored after the held message came in
+        assert agent_run(held.id) is None  # a person is asked for: held
+        latest = send(api_channel, customer, "hello? anyone?", conversation_id=conversation_id)
+        assert agent_run(latest.id, ignore_order=True) is None
+        handoff_start(conversation=asked.conversation, staff=staff)
+        reply = handoff_reply(conversation=asked.conversation, staff=staff, text="Hi, Sam from support here.")
+        event = async_to_sync(stored_reply_within)(held.id, 1)
+        assert (event["message_id"], event["message"]) == (str(reply.id), "Hi, Sam from support here.")
+
+    def test_a_human_reply_goes_out_while_the_channel_layer_is_down(self, client, staff, api_channel, customer,
+                                                                    monkeypatch, settings):
+        import redis
+
+        from apps.conversations import realtime
+        from apps.routing.services import handoff_start
+
+        first = send(api_channel, customer, "hello?")
+        handoff_start(conversation=first.conversation, staff=staff)
+        second = send(api_channel, customer, "anyone?", conversation_id=str(first.conversation_id))
+        Listener.waiting_for(first), Listener.waiting_for(second)
+        assert agent_run(first.id) is None and agent_run(second.id, ignore_order=True) is None
+        monkeypatch.setattr(realtime, "_is_pubsub", lambda layer: True)  # the layer's Redis, gone
+        monkeypatch.setattr(realtime, "_publisher", redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2))
+        settings.CONNECTOR_SEND_ATTEMPTS = 1
+        monkeypatch.setattr(realtime, "UNHEARD_PAUSES", ())
+        client.force_login(staff)
+        response = client.post(handoff_url(first.conversation_id, "reply"), {"text": "Sam here"})
+        assert response.status_code == 302
+        assert AuditEvent.objects.filter(action="handoff.replied", actor=staff).exists()
+        reply = Message.objects.get(reply_to=second)
+        assert (reply.status, reply.error_code) == ("pending", "delivery_deferred")  # recovery delivers it
+
     def test_hand_back_requeues_unanswered_messages(self, staff, api_channel, customer,
                                                     django_capture_on_commit_callbacks):
         from apps.routing.services import handoff_end, handoff_start
