@@ -17,6 +17,7 @@ the first rate the request goes over: the later ones do not count it.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 from dataclasses import dataclass
 
@@ -143,13 +144,14 @@ return out
 """
 
 
-# KEYS: per rate, the counter of its current window. ARGV: per rate, its limit and when the counter
-# may be dropped (epoch seconds). Returns the counts, up to the first over its limit.
+# KEYS: per rate, the counter of its current window. ARGV: per rate, its limit and how many seconds
+# the counter is kept (relative: Redis' clock need not agree with ours). Returns the counts, up to
+# the first over its limit.
 RATES_LUA = """
 local counts = {}
 for i = 1, #KEYS do
   local count = redis.call('INCR', KEYS[i])
-  if count == 1 then redis.call('EXPIREAT', KEYS[i], ARGV[2 * i]) end
+  if count == 1 then redis.call('EXPIRE', KEYS[i], ARGV[2 * i]) end
   counts[i] = count
   if count > tonumber(ARGV[2 * i - 1]) then break end
 end
@@ -164,6 +166,12 @@ class RateCall:
     key: str
     limit: int
     expires_at: int  # epoch seconds after which the counter itself may be dropped
+
+    def keep_seconds(self, now: float) -> int:
+        return max(1, int(self.expires_at - now))
+
+
+MAX_LOCAL_RATE_COUNTERS = 100_000  # the embedded default's bound; past it the oldest are dropped
 
 
 def _zkey(key: str) -> str:
@@ -215,7 +223,7 @@ class RedisLedger:
 
     def count_rates(self, rates: list[RateCall], *, now: float) -> list[int]:
         """Count one request on each rate in order, up to the first it goes over: their counts."""
-        args = [a for r in rates for a in (r.limit, r.expires_at)]
+        args = [a for r in rates for a in (r.limit, r.keep_seconds(now))]
         return [int(c) for c in self._count_rates(keys=[r.key for r in rates], args=args)]
 
     def rate_counts(self, keys: list[str], *, now: float) -> list[int]:
@@ -315,10 +323,14 @@ class LocalLedger:
             if now - self._rates_swept_at > 60:  # past windows' counters are never asked for again
                 self._rates = {k: v for k, v in self._rates.items() if v[1] > now}
                 self._rates_swept_at = now
+            if len(self._rates) >= MAX_LOCAL_RATE_COUNTERS:  # e.g. a flood of new addresses
+                for key in list(itertools.islice(self._rates, MAX_LOCAL_RATE_COUNTERS // 10)):
+                    del self._rates[key]
             counts = []
             for rate in rates:
                 entry = self._rates.get(rate.key)
                 if entry is None or entry[1] <= now:
+                    self._rates.pop(rate.key, None)  # a new window goes last, as the newest
                     entry = self._rates[rate.key] = [0, rate.expires_at]
                 entry[0] += 1
                 counts.append(entry[0])

@@ -7,6 +7,8 @@ all end at once. A request's rates are counted in one step: one Redis round trip
 """
 from __future__ import annotations
 
+import logging
+import math
 import time
 import zlib
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from .ledger import RateCall, get_ledger
 from .metrics import count_backend_error, count_rejection
 from .models import parse_rate
 from .policies import api_key_limits, channel_limits, user_limits
+
+logger = logging.getLogger(__name__)
 
 EXPIRY_MARGIN_SECONDS = 5  # a window's counter outlives its window by this much
 
@@ -59,24 +63,32 @@ def check_limits(*, user, channel, api_key=None, client_ip: str | None = None) -
 def count_requests(checks: list[RateCheck], *, channel=None, what: str = "messages") -> None:
     """Count one request against each of ``checks`` in order, in one step; RateLimited at the
     first one it goes over (the later ones do not count it)."""
-    if not checks:
-        return
     now = time.time()
-    windows = [_window(check, now) for check in checks]
+    counted, windows = [], []
+    for check in checks:
+        try:
+            windows.append(_window(check, now))
+        except ValueError:  # a policy row saved before its rate was validated so: ignored, loudly
+            logger.error("a request rate that does not parse is ignored", extra={"limit": check.limit,
+                                                                                  "rate": check.rate})
+            continue
+        counted.append(check)
+    if not counted:
+        return
     try:
         counts = get_ledger().count_rates([call for call, _ in windows], now=now)
     except Exception as exc:  # the store's connection errors (Redis down)
         outcome = "open" if settings.GATEWAY_RATE_LIMIT_FAIL_OPEN else "closed"
-        for _ in checks:
+        for _ in counted:
             count_backend_error("rate", outcome, exc)
         if outcome == "open":
             return
         raise ServiceUnavailable(retry_after=settings.GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS) from exc
-    for check, (call, ends), count in zip(checks, windows, counts, strict=False):
+    for check, (call, ends), count in zip(counted, windows, counts, strict=False):
         if count > call.limit:
             count_rejection(RateLimited.code, channel, limit=check.limit)
             raise RateLimited(f"Too many {what}: the limit is {check.rate} {check.refusal}.",
-                              retry_after=max(1, int(ends - now)))
+                              retry_after=max(1, math.ceil(ends - now)))
 
 
 def rate_checks(*, user, channel, api_key=None, client_ip: str | None = None) -> list[RateCheck]:
@@ -99,9 +111,11 @@ def rate_usage(check: RateCheck) -> dict | None:
     """The current window of ``check`` without counting (for /api/v1/usage and the admin):
     ``{"count", "time_left"}``, or None when the store cannot be reached."""
     now = time.time()
-    call, ends = _window(check, now)
     try:
+        call, ends = _window(check, now)
         [count] = get_ledger().rate_counts([call.key], now=now)
+    except ValueError:  # a rate that does not parse (count_requests ignores it)
+        return None
     except Exception as exc:
         count_backend_error("rate_read", "unknown", exc)
         return None

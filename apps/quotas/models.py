@@ -11,16 +11,18 @@ from django.db import models
 from apps.identities.models import User
 from apps.identities.roles import ROLE_ORDER
 
-RATE_RE = re.compile(r"^(\d+)/(\d*)([smhd])$")
+RATE_RE = re.compile(r"(\d+)/(\d*)([smhd])")
 PERIOD_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_RATE_PERIOD_SECONDS = 366 * 86400
 
 
 def parse_rate(rate: str) -> tuple[int, int]:
-    """``"20/m"`` → (20, 60): requests, per so many seconds; ``"5/10s"`` → (5, 10). ValueError otherwise."""
-    match = RATE_RE.match(rate)
+    """``"20/m"`` → (20, 60): requests, per so many seconds; ``"5/10s"`` → (5, 10). ValueError
+    otherwise, and for a period of 0 or over a year."""
+    match = RATE_RE.fullmatch(rate)
     seconds = match and int(match.group(2) or 1) * PERIOD_SECONDS[match.group(3)]
-    if not seconds:
-        raise ValueError(f"{rate!r} is not a rate like 20/m, 100/h, 5/10s or 1000/d.")
+    if not seconds or seconds > MAX_RATE_PERIOD_SECONDS:
+        raise ValueError(f"{rate!r} is not a rate like 20/m, 100/h, 5/10s or 1000/d (a period of up to a year).")
     return int(match.group(1)), seconds
 
 

@@ -95,7 +95,17 @@ class TestLedger:
             assert ledger.rate_counts([key("rate-w")], now=ends) == [0]
             assert ledger.count_rates([RateCall(key("rate-w"), 10, ends + 60)], now=ends) == [1]  # a new window
         else:
-            assert ledger.client.expiretime(key("rate-w")) == ends
+            assert 0 < ledger.client.ttl(key("rate-w")) <= 60
+
+    def test_the_embedded_rate_counters_are_bounded(self, key, monkeypatch):
+        from apps.quotas import ledger as ledgers
+
+        monkeypatch.setattr(ledgers, "MAX_LOCAL_RATE_COUNTERS", 100)
+        local = LocalLedger()
+        for n in range(250):  # a flood of new addresses
+            local.count_rates([RateCall(key(f"rate-ip{n}"), 10, FAR)], now=1000)
+        assert len(local._rates) <= 100
+        assert local.rate_counts([key("rate-ip249")], now=1000) == [1]  # the newest are kept
 
     def test_settle_books_real_usage_and_frees_the_reservation(self, ledger, key):
         ledger.admit([CounterCall(key("d"), 100, 60, FAR, seed=0)], reservation_id="r1", now=1000,

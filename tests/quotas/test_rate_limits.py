@@ -1,4 +1,6 @@
 """Request rates per user, role, API key, channel and client address, from the side refused."""
+import time
+
 import pytest
 from django.test import override_settings
 
@@ -98,6 +100,39 @@ class TestHttpRates:
             msg = NormalizedMessage(channel="api", channel_id="api", user_id=f"u{n}", message="hi")
             pipeline.accept(msg, channel=channel, client_ip="198.51.100.40")
 
+    def test_a_stored_rate_that_does_not_parse_is_ignored_not_a_500(self, api_channel, customer, policy,
+                                                                      key_client, caplog):
+        policy("user", customer, request_rate="5/0m")  # valid before rates were parsed
+        client, _ = key_client(customer)
+        assert [post(client).status_code for _ in range(2)] == [202, 202]
+        assert "a request rate that does not parse is ignored" in caplog.text
+        usage = client.get("/api/v1/usage")
+        assert usage.status_code == 200
+        assert [r["used"] for r in usage.json()["rates"] if r["scope"] == "user"] == [None]
+
+    def test_retry_after_is_the_end_of_the_window_rounded_up(self, api_channel, customer, policy, key_client,
+                                                             monkeypatch, assert_error):
+        from apps.quotas import limits
+
+        policy("user", customer, request_rate="1/10s")
+        client, _ = key_client(customer)
+        ends = limits.window_end(f"user:{customer.pk}", 10, time.time()) + 10  # the next window, whole
+        monkeypatch.setattr(limits.time, "time", lambda: ends - 8.1)
+        assert post(client).status_code == 202
+        assert assert_error(post(client), 429, "rate_limited")["retry_after"] == 9
+        monkeypatch.setattr(limits.time, "time", lambda: ends - 8.1 + 9)  # waited as told: a new window
+        assert post(client).status_code == 202
+
+    def test_counters_last_their_window_whatever_redis_clock_says(self, api_channel, customer, policy, key_client,
+                                                                  monkeypatch):
+        from apps.quotas import limits
+
+        policy("user", customer, request_rate="2/10s")
+        client, _ = key_client(customer)
+        behind = time.time() - 30  # our clock 30 s behind the store's
+        monkeypatch.setattr(limits.time, "time", lambda: behind)
+        assert [post(client).status_code for _ in range(4)] == [202, 202, 429, 429]
+
     def test_refusals_are_counted_for_the_dashboards(self, api_channel, customer, policy, key_client):
         from apps.quotas.metrics import LIMIT_REJECTIONS
 
@@ -187,6 +222,6 @@ def test_policy_rates_are_validated_the_same_way():
 
     assert [parse_rate(r) for r in ("20/m", "5/10s", "100/h", "1000/d", "3/2m")] == [
         (20, 60), (5, 10), (100, 3600), (1000, 86400), (3, 120)]
-    for bad in ("5/0s", "m", "20/", "20/w", "-1/m"):
+    for bad in ("5/0s", "m", "20/", "20/w", "-1/m", "20/m\n", "1/367d", "1/99999999999999999999d"):
         with pytest.raises(ValidationError):
             validate_rate(bad)
