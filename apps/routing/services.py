@@ -146,9 +146,11 @@ def hold_for_handoff(message) -> bool:
 def handoff_reply(*, conversation, staff, text: str) -> Message:
     """Send ``text`` as ``staff`` on the conversation's channel; returns the stored reply.
 
-    The reply answers the latest inbound message; inbound messages held for the human are marked
-    answered, and requests waiting for them are told the same reply. Requires an open handoff by
-    this staff member.
+    The reply answers the latest message held for the human (else the latest inbound message); the
+    messages held for the human are marked answered, and requests waiting for them are told the
+    same reply. A message an agent run holds (processing: its model was called before the takeover)
+    is left to that run, so that it gets one answer, the agent's. Requires an open handoff by this
+    staff member.
     """
     text = (text or "").strip()
     if not text:
@@ -156,15 +158,13 @@ def handoff_reply(*, conversation, staff, text: str) -> Message:
     current = handoff_open(conversation.pk)
     if current is None or current.staff_id != staff.pk:
         raise HandoffConflict("Take the conversation over before replying.")
-    inbound = (
-        Message.objects.select_related("channel", "conversation")
-        .filter(conversation=conversation, direction=Direction.INBOUND)
-        .order_by("-created_at").first()
-    )
+    inbound_messages = Message.objects.select_related("channel", "conversation").filter(
+        conversation=conversation, direction=Direction.INBOUND).order_by("-created_at")
+    inbound = inbound_messages.filter(status=Status.ACCEPTED).first() or inbound_messages.first()
     if inbound is None:
         raise BadRequest("The conversation has no message to answer yet.")
     held = Message.objects.filter(
-        conversation=conversation, direction=Direction.INBOUND, status__in=[Status.ACCEPTED, Status.PROCESSING],
+        conversation=conversation, direction=Direction.INBOUND, status=Status.ACCEPTED,
         created_at__lte=inbound.created_at,
     )
     with transaction.atomic():

@@ -109,6 +109,27 @@ class TestHandoff:
         event = async_to_sync(stored_reply_within)(held.id, 1)
         assert (event["message_id"], event["message"]) == (str(reply.id), "Hi, Sam from support here.")
 
+    def test_a_message_whose_model_was_called_before_the_takeover_gets_the_agents_answer_only(
+            self, staff, api_channel, customer):
+        from apps.agents.claims import claim
+        from apps.agents.delivery import deliver, save_reply
+        from apps.agents.llm import LLMResult
+        from apps.routing.services import handoff_reply, handoff_start
+
+        first = send(api_channel, customer, "first question")
+        second = send(api_channel, customer, "second", conversation_id=str(first.conversation_id))
+        listeners = {first.id: Listener.waiting_for(first), second.id: Listener.waiting_for(second)}
+        in_flight = claim(first.id)  # a run has it and is waiting for the model ...
+        handoff_start(conversation=first.conversation, staff=staff)  # ... when a person takes over
+        human = handoff_reply(conversation=first.conversation, staff=staff, text="Sam here, I have it.")
+        assert human.reply_to_id == second.id
+        answer = save_reply(in_flight, LLMResult(text="Echo: first question", model="fake-gpt"))  # the run ends
+        deliver(answer, inbound=in_flight)
+        told = {message_id: [e["message"] for e in listener.drain()] for message_id, listener in listeners.items()}
+        assert told == {first.id: ["Echo: first question"], second.id: ["Sam here, I have it."]}
+        for message_id, [text] in told.items():  # and a resend is told the same
+            assert async_to_sync(stored_reply_within)(message_id, 1)["message"] == text
+
     def test_a_human_reply_goes_out_while_the_channel_layer_is_down(self, client, staff, api_channel, customer,
                                                                     monkeypatch, settings):
         import redis
