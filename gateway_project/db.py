@@ -67,11 +67,13 @@ def stored(model, field: str, value):
 
 @dataclass(frozen=True)
 class Update:
-    """``model``'s row ``pk`` gets ``values`` (field name → value), as ``QuerySet.update()`` sets them."""
+    """``model``'s row ``pk`` gets ``values`` (field name → value), as ``QuerySet.update()`` sets them;
+    with ``only_if`` (field name → value), only while the row still holds those values."""
 
     model: type
     pk: object
     values: dict
+    only_if: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class Statement:
             cursor.execute(self.sql, self.params)
 
 
-def write_together(first, obj) -> None:
+def write_together(first, obj) -> bool:
     """``first`` (an unsaved instance to insert, an ``Update`` or a ``Statement``) and then the insert
     of the unsaved ``obj``, atomically: a write that must go in whole, on the hot path (an accepted
     message, a reply, a model call and its usage).
@@ -97,17 +99,20 @@ def write_together(first, obj) -> None:
     IntegrityError (a duplicate) leaves that transaction usable. Other databases: the ORM, in a
     transaction. No pre_save/post_save signal is sent on PostgreSQL. ``first``, if an instance, must
     have its primary key; ``obj`` may leave an auto-increment one to the database (it is set here).
+    Returns False, writing nothing, when ``first`` is an ``Update`` whose ``only_if`` no longer holds.
     """
+    conditional = isinstance(first, Update) and first.only_if is not None
     if connection.vendor != "postgresql" or is_plain("one_statement_writes"):
         with transaction.atomic():
             if isinstance(first, Update):
-                first.model.objects.filter(pk=first.pk).update(**first.values)
+                if not first.model.objects.filter(pk=first.pk, **(first.only_if or {})).update(**first.values):
+                    return False
             elif isinstance(first, Statement):
                 first.execute()
             else:
                 first.save(force_insert=True)
             obj.save(force_insert=True)
-        return
+        return True
     if isinstance(first, Update):
         head, head_params = _update_sql(first)
     elif isinstance(first, Statement):
@@ -116,14 +121,17 @@ def write_together(first, obj) -> None:
         if first.pk is None:
             raise ValueError(f"{type(first).__name__} has no primary key yet")
         head, head_params = _insert_sql(first)
-    insert, params = _insert_sql(obj)
+    insert, params = _insert_sql(obj, only_after_written=conditional)
     with transaction.atomic() if connection.in_atomic_block else nullcontext(), connection.cursor() as cursor:
         cursor.execute(f"WITH written AS ({head}) {insert}", [*head_params, *params])
+        if conditional and cursor.rowcount == 0:
+            return False
         if obj.pk is None:
             obj.pk = cursor.fetchone()[0]
     for saved in (first, obj) if isinstance(first, Model) else (obj,):  # what save() records
         saved._state.adding = False
         saved._state.db = connection.alias
+    return True
 
 
 def update_then_fetch(update: Update, query: str, params: list):
@@ -141,34 +149,40 @@ def update_then_fetch(update: Update, query: str, params: list):
         return cursor.fetchone()
 
 
-def _insert_sql(obj) -> tuple[str, list]:
+def _insert_sql(obj, *, only_after_written: bool = False) -> tuple[str, list]:
     """``INSERT`` for the unsaved ``obj`` and its parameters, as ``obj.save()`` would store it
     (auto_now fields set, every value prepared by its field). Without a primary key, the database
-    numbers the row (an auto-increment key) and the statement returns it."""
+    numbers the row (an auto-increment key) and the statement returns it. ``only_after_written``:
+    the row goes in only if the ``written`` CTE before it returned a row."""
     auto_pk = obj.pk is None
     if auto_pk and not getattr(obj._meta.pk, "db_returning", False):
         raise ValueError(f"{type(obj).__name__} has no primary key yet")
-    sql, fields = _insert_template(type(obj), auto_pk)
+    sql, fields = _insert_template(type(obj), auto_pk, only_after_written)
     return sql, [field.get_db_prep_save(field.pre_save(obj, add=True), connection) for field in fields]
 
 
 @functools.cache
-def _insert_template(model, auto_pk: bool = False) -> tuple[str, tuple]:
+def _insert_template(model, auto_pk: bool = False, only_after_written: bool = False) -> tuple[str, tuple]:
     quote, pk = connection.ops.quote_name, model._meta.pk
     fields = tuple(f for f in model._meta.concrete_fields if not (auto_pk and f is pk))
     columns = ", ".join(quote(field.column) for field in fields)
     values = ", ".join(["%s"] * len(fields))
+    rows = f"SELECT {values} WHERE EXISTS (SELECT 1 FROM written)" if only_after_written else f"VALUES ({values})"
     returning = f" RETURNING {quote(pk.column)}" if auto_pk else ""
-    return f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES ({values}){returning}", fields
+    return f"INSERT INTO {quote(model._meta.db_table)} ({columns}) {rows}{returning}", fields
 
 
 def _update_sql(update: Update) -> tuple[str, list]:
-    """``UPDATE`` and its parameters, as ``QuerySet.update()`` writes them (auto_now fields are left alone)."""
+    """``UPDATE`` and its parameters, as ``QuerySet.update()`` writes them (auto_now fields are left
+    alone); with ``only_if``, it returns the row it updated."""
     meta, quote = update.model._meta, connection.ops.quote_name
     columns = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in update.values)
-    sql = f"UPDATE {quote(meta.db_table)} SET {columns} WHERE {quote(meta.pk.column)} = %s"
+    conditions = "".join(f" AND {quote(meta.get_field(name).column)} = %s" for name in update.only_if or {})
+    returning = " RETURNING 1" if update.only_if is not None else ""
+    sql = f"UPDATE {quote(meta.db_table)} SET {columns} WHERE {quote(meta.pk.column)} = %s{conditions}{returning}"
     params = [meta.get_field(name).get_db_prep_save(value, connection) for name, value in update.values.items()]
-    return sql, [*params, stored(update.model, meta.pk.name, update.pk)]
+    checks = [stored(update.model, name, value) for name, value in (update.only_if or {}).items()]
+    return sql, [*params, stored(update.model, meta.pk.name, update.pk), *checks]
 
 
 # SQLSTATEs that say "try again" rather than "this statement is wrong": connection exceptions (08),

@@ -1,4 +1,6 @@
 """gateway_project.db.update_then_fetch: an update and a lookup, one statement on PostgreSQL."""
+from contextlib import nullcontext
+
 import pytest
 from django.db import connection
 
@@ -52,3 +54,34 @@ def test_a_model_calls_usage_and_log_row_go_in_together(api_channel, customer, d
     assert list(LLMCall.objects.filter(pk__in=calls).order_by("pk").values_list("total_tokens", flat=True)) == [7, 5]
     row = UsageDaily.objects.get(user=customer, channel=api_channel, api_key=None)
     assert (row.calls, row.total_tokens, row.cost) == (2, 12, Decimal("1.0"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_conditional_update_writes_both_rows_or_neither(api_channel, customer, django_assert_num_queries):
+    """write_together(Update(..., only_if=...), obj): the agent run's reply goes in only while the
+    message is still its own; one statement on PostgreSQL either way."""
+    from django.utils import timezone
+
+    from gateway_project.db import write_together
+
+    message = send(api_channel, customer, "mine?")
+    Message.objects.filter(pk=message.pk).update(status="processing", attempts=1)
+    postgresql = connection.vendor == "postgresql"
+    answered = {"status": "answered", "updated_at": timezone.now()}
+
+    def one_statement():
+        return django_assert_num_queries(1) if postgresql else nullcontext()  # elsewhere: the ORM, in a transaction
+
+    def reply(text):
+        return Message(conversation_id=message.conversation_id, channel_id=message.channel_id, direction="out",
+                       status="pending", reply_to=message, text=text)
+
+    with one_statement():
+        assert not write_together(Update(Message, message.pk, answered, only_if={"status": "processing",
+                                                                                 "attempts": 2}), reply("no"))
+    assert Message.objects.get(pk=message.pk).status == "processing"
+    with one_statement():
+        assert write_together(Update(Message, message.pk, answered, only_if={"status": "processing",
+                                                                             "attempts": 1}), reply("yes"))
+    assert Message.objects.get(pk=message.pk).status == "answered"
+    assert list(Message.objects.filter(reply_to=message).values_list("text", flat=True)) == ["yes"]

@@ -51,8 +51,11 @@ def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
     # Stored with this run's delivery lease: nobody else delivers it while this run is alive.
     reply.lease_until = now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS)
     answered = {"status": Status.ANSWERED, "lease_until": None, "error_code": "", "error_message": ""}
+    # Only while the message is still this run's: a person who took the conversation over may
+    # have answered it meanwhile (apps.routing handoff_reply), and it keeps that one answer.
+    still_ours = {"status": Status.PROCESSING, "attempts": message.attempts}
     try:
-        write_together(Update(Message, message.pk, answered), reply)
+        written = write_together(Update(Message, message.pk, answered, only_if=still_ours), reply)
     except IntegrityError:
         if (stored := _stored_by_this_run(message)) is not None:
             # This run's write went in but the connection broke before PostgreSQL said so, and
@@ -60,6 +63,12 @@ def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
             logger.warning("reply already stored by this run before the connection broke; delivering it")
             return stored
         logger.warning("reply already stored by another run; not answering twice")
+        return None
+    if not written:
+        if (stored := _stored_by_this_run(message)) is not None:
+            logger.warning("reply already stored by this run before the connection broke; delivering it")
+            return stored  # as above: this run's first write went in, and through_outage wrote again
+        logger.warning("the message was answered meanwhile (a person took over); the agent's reply is dropped")
         return None
     return reply
 

@@ -17,7 +17,7 @@ the first rate the request goes over: the later ones do not count it.
 """
 from __future__ import annotations
 
-import itertools
+import heapq
 import threading
 from dataclasses import dataclass
 
@@ -324,7 +324,10 @@ class LocalLedger:
                 self._rates = {k: v for k, v in self._rates.items() if v[1] > now}
                 self._rates_swept_at = now
             if len(self._rates) >= MAX_LOCAL_RATE_COUNTERS:  # e.g. a flood of new addresses
-                for key in list(itertools.islice(self._rates, MAX_LOCAL_RATE_COUNTERS // 10)):
+                self._rates = {k: v for k, v in self._rates.items() if v[1] > now}
+                # Still full: drop the tenth whose windows end soonest (a day's counter outlives a flood).
+                for key in heapq.nsmallest(len(self._rates) - MAX_LOCAL_RATE_COUNTERS * 9 // 10, self._rates,
+                                           key=lambda k: self._rates[k][1]):
                     del self._rates[key]
             counts = []
             for rate in rates:

@@ -136,7 +136,9 @@ def hold_for_handoff(message) -> bool:
     if not held and not (message.direction == Direction.INBOUND and wants_human(message.text)
                          and handoff_request(message) is not None):
         return False
-    Message.objects.filter(pk=message.pk).update(status=Status.ACCEPTED, lease_until=None)
+    # Put back only while still this run's: a person's reply may have answered it since the claim.
+    Message.objects.filter(pk=message.pk, status=Status.PROCESSING, attempts=message.attempts).update(
+        status=Status.ACCEPTED, lease_until=None)
     message.status, message.lease_until = Status.ACCEPTED, None
     logger.info("conversation in human handoff; the agent does not answer")
     notify_inbox(message.conversation, "message")
@@ -146,11 +148,10 @@ def hold_for_handoff(message) -> bool:
 def handoff_reply(*, conversation, staff, text: str) -> Message:
     """Send ``text`` as ``staff`` on the conversation's channel; returns the stored reply.
 
-    The reply answers the latest message held for the human (else the latest inbound message); the
-    messages held for the human are marked answered, and requests waiting for them are told the
-    same reply. A message an agent run holds (processing: its model was called before the takeover)
-    is left to that run, so that it gets one answer, the agent's. Requires an open handoff by this
-    staff member.
+    The reply answers the latest inbound message, and every message not answered yet is marked
+    answered: those held for the human and any whose agent run is still under way (that run then
+    drops its reply: ``save_reply`` stores one only while the message is still its own). Requests
+    waiting for any of them are told this reply. Requires an open handoff by this staff member.
     """
     text = (text or "").strip()
     if not text:
@@ -158,13 +159,15 @@ def handoff_reply(*, conversation, staff, text: str) -> Message:
     current = handoff_open(conversation.pk)
     if current is None or current.staff_id != staff.pk:
         raise HandoffConflict("Take the conversation over before replying.")
-    inbound_messages = Message.objects.select_related("channel", "conversation").filter(
-        conversation=conversation, direction=Direction.INBOUND).order_by("-created_at")
-    inbound = inbound_messages.filter(status=Status.ACCEPTED).first() or inbound_messages.first()
+    inbound = (
+        Message.objects.select_related("channel", "conversation")
+        .filter(conversation=conversation, direction=Direction.INBOUND)
+        .order_by("-created_at").first()
+    )
     if inbound is None:
         raise BadRequest("The conversation has no message to answer yet.")
     held = Message.objects.filter(
-        conversation=conversation, direction=Direction.INBOUND, status=Status.ACCEPTED,
+        conversation=conversation, direction=Direction.INBOUND, status__in=[Status.ACCEPTED, Status.PROCESSING],
         created_at__lte=inbound.created_at,
     )
     with transaction.atomic():

@@ -102,10 +102,12 @@ class TestLedger:
 
         monkeypatch.setattr(ledgers, "MAX_LOCAL_RATE_COUNTERS", 100)
         local = LocalLedger()
-        for n in range(250):  # a flood of new addresses
-            local.count_rates([RateCall(key(f"rate-ip{n}"), 10, FAR)], now=1000)
+        day = RateCall(key("rate-day"), 2, FAR)
+        assert local.count_rates([day, day, day], now=1000) == [1, 2, 3]  # refused for the day
+        for n in range(250):  # then a flood of new addresses, each counter for a minute
+            local.count_rates([RateCall(key(f"rate-ip{n}"), 10, 1060)], now=1000)
         assert len(local._rates) <= 100
-        assert local.rate_counts([key("rate-ip249")], now=1000) == [1]  # the newest are kept
+        assert local.rate_counts([key("rate-ip249"), key("rate-day")], now=1000) == [1, 3]  # still refused
 
     def test_settle_books_real_usage_and_frees_the_reservation(self, ledger, key):
         ledger.admit([CounterCall(key("d"), 100, 60, FAR, seed=0)], reservation_id="r1", now=1000,

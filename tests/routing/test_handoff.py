@@ -1,7 +1,10 @@
 """Human handoff: staff take over from the admin, the agent pauses, staff reply on the channel, hand back."""
 
+from datetime import timedelta
+
 import pytest
 from asgiref.sync import async_to_sync
+from django.utils import timezone
 
 from apps.agents.runtime import agent_run
 from apps.conversations.apis import stored_reply_within
@@ -109,10 +112,9 @@ class TestHandoff:
         event = async_to_sync(stored_reply_within)(held.id, 1)
         assert (event["message_id"], event["message"]) == (str(reply.id), "Hi, Sam from support here.")
 
-    def test_a_message_whose_model_was_called_before_the_takeover_gets_the_agents_answer_only(
-            self, staff, api_channel, customer):
+    def test_a_message_whose_run_is_under_way_gets_the_human_answer_only(self, staff, api_channel, customer):
         from apps.agents.claims import claim
-        from apps.agents.delivery import deliver, save_reply
+        from apps.agents.delivery import save_reply
         from apps.agents.llm import LLMResult
         from apps.routing.services import handoff_reply, handoff_start
 
@@ -123,12 +125,42 @@ class TestHandoff:
         handoff_start(conversation=first.conversation, staff=staff)  # ... when a person takes over
         human = handoff_reply(conversation=first.conversation, staff=staff, text="Sam here, I have it.")
         assert human.reply_to_id == second.id
-        answer = save_reply(in_flight, LLMResult(text="Echo: first question", model="fake-gpt"))  # the run ends
-        deliver(answer, inbound=in_flight)
-        told = {message_id: [e["message"] for e in listener.drain()] for message_id, listener in listeners.items()}
-        assert told == {first.id: ["Echo: first question"], second.id: ["Sam here, I have it."]}
-        for message_id, [text] in told.items():  # and a resend is told the same
-            assert async_to_sync(stored_reply_within)(message_id, 1)["message"] == text
+        assert save_reply(in_flight, LLMResult(text="Echo: first question", model="fake-gpt")) is None  # dropped
+        assert not Message.objects.filter(reply_to=first).exists()
+        for message_id, listener in listeners.items():  # each told one answer, and a resend the same
+            assert [e["message"] for e in listener.drain()] == ["Sam here, I have it."]
+            assert async_to_sync(stored_reply_within)(message_id, 1)["message"] == "Sam here, I have it."
+
+    def test_a_message_whose_run_died_keeps_the_human_answer_after_the_hand_back(self, staff, api_channel,
+                                                                                customer):
+        from apps.agents.claims import claim
+        from apps.routing.services import handoff_end, handoff_reply, handoff_start
+
+        message = send(api_channel, customer, "question")
+        claim(message.id)  # its run dies: the message stays processing until its lease runs out
+        Message.objects.filter(pk=message.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
+        handoff_start(conversation=message.conversation, staff=staff)
+        handoff_reply(conversation=message.conversation, staff=staff, text="A human answer")
+        handoff_end(conversation=message.conversation, staff=staff)
+        assert agent_run(message.id) is None  # recovery's run finds it answered
+        assert list(Message.objects.filter(reply_to=message).values_list("text", flat=True)) == ["A human answer"]
+
+    def test_a_human_reply_between_a_runs_claim_and_its_hold_stands(self, staff, api_channel, customer):
+        from apps.agents.claims import claim
+        from apps.routing.services import handoff_end, handoff_reply, handoff_start, hold_for_handoff
+
+        first = send(api_channel, customer, "hello")
+        agent_run(first.id)
+        handoff_start(conversation=first.conversation, staff=staff)
+        message = send(api_channel, customer, "are you there", conversation_id=str(first.conversation_id))
+        claimed = claim(message.id)  # the run has it, about to put it back for the human ...
+        handoff_reply(conversation=message.conversation, staff=staff, text="Here!")  # ... who answers first
+        assert hold_for_handoff(claimed)
+        message.refresh_from_db()
+        assert message.status == "answered"
+        handoff_end(conversation=message.conversation, staff=staff)
+        assert agent_run(message.id) is None
+        assert list(Message.objects.filter(reply_to=message).values_list("text", flat=True)) == ["Here!"]
 
     def test_a_human_reply_goes_out_while_the_channel_layer_is_down(self, client, staff, api_channel, customer,
                                                                     monkeypatch, settings):
