@@ -77,7 +77,7 @@ def _stored_by_this_run(message: Message) -> Message | None:
     """The undelivered reply to ``message`` if this run stored it: the message is answered and no
     run claimed it since this one (its attempts are still this run's)."""
     return Message.objects.filter(
-        reply_to=message, direction=Direction.OUTBOUND, status=Status.PENDING,
+        reply_to=message, direction=Direction.OUTBOUND, status=Status.PENDING, sender__isnull=True,  # not a person's
         reply_to__status=Status.ANSWERED, reply_to__attempts=message.attempts,
     ).first()
 
@@ -163,10 +163,14 @@ def _start_next_after_delivery(inbound: Message, *, sent: Message | None = None)
 
 
 def fail_message(message: Message, exc: llm.LLMError) -> None:
-    """Mark the message failed and tell the sender, so a failure is never silence."""
-    Message.objects.filter(pk=message.pk).update(
-        status=Status.FAILED, lease_until=None, error_code=exc.code, error_message=exc.message[:2000]
-    )
+    """Mark the message failed and tell the sender, so a failure is never silence; unless it was
+    answered meanwhile (a person who took the conversation over), when its answer stands."""
+    if not Message.objects.filter(
+        pk=message.pk, status__in=[Status.ACCEPTED, Status.PROCESSING], attempts=message.attempts,
+    ).update(status=Status.FAILED, lease_until=None, error_code=exc.code, error_message=exc.message[:2000]):
+        logger.warning("the message was answered meanwhile (a person took over); its run's failure is not told",
+                       extra={"error_code": exc.code})
+        return
     logger.warning("agent run failed", extra={"error_code": exc.code, "error": exc.message})
     error = getattr(exc, "gateway_error", None)  # e.g. a quota refusal, told as such
     # AgentFailed's own text: a resend reads the failure back and is told the same (apis.py).

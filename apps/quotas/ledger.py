@@ -325,9 +325,10 @@ class LocalLedger:
                 self._rates_swept_at = now
             if len(self._rates) >= MAX_LOCAL_RATE_COUNTERS:  # e.g. a flood of new addresses
                 self._rates = {k: v for k, v in self._rates.items() if v[1] > now}
-                # Still full: drop the tenth whose windows end soonest (a day's counter outlives a flood).
+                # Still full: drop a tenth, the lowest counts first (a flood's one-request counters
+                # go before a sender's who is near or over a limit).
                 for key in heapq.nsmallest(len(self._rates) - MAX_LOCAL_RATE_COUNTERS * 9 // 10, self._rates,
-                                           key=lambda k: self._rates[k][1]):
+                                           key=lambda k: tuple(self._rates[k])):
                     del self._rates[key]
             counts = []
             for rate in rates:

@@ -102,10 +102,10 @@ class TestLedger:
 
         monkeypatch.setattr(ledgers, "MAX_LOCAL_RATE_COUNTERS", 100)
         local = LocalLedger()
-        day = RateCall(key("rate-day"), 2, FAR)
+        day = RateCall(key("rate-day"), 2, 1010)  # a day's window, ending soon
         assert local.count_rates([day, day, day], now=1000) == [1, 2, 3]  # refused for the day
-        for n in range(250):  # then a flood of new addresses, each counter for a minute
-            local.count_rates([RateCall(key(f"rate-ip{n}"), 10, 1060)], now=1000)
+        for n in range(250):  # then a flood of new addresses, each counter for a day
+            local.count_rates([RateCall(key(f"rate-ip{n}"), 10, FAR)], now=1000)
         assert len(local._rates) <= 100
         assert local.rate_counts([key("rate-ip249"), key("rate-day")], now=1000) == [1, 3]  # still refused
 

@@ -131,6 +131,44 @@ class TestHandoff:
             assert [e["message"] for e in listener.drain()] == ["Sam here, I have it."]
             assert async_to_sync(stored_reply_within)(message_id, 1)["message"] == "Sam here, I have it."
 
+    def test_a_run_under_way_never_takes_an_undelivered_human_reply_for_its_own(
+            self, staff, api_channel, customer, monkeypatch, settings):
+        import redis
+
+        from apps.agents.claims import claim
+        from apps.agents.delivery import save_reply
+        from apps.agents.llm import LLMResult
+        from apps.conversations import realtime
+        from apps.routing.services import handoff_reply, handoff_start
+
+        message = send(api_channel, customer, "question")
+        Listener.waiting_for(message)
+        in_flight = claim(message.id)
+        handoff_start(conversation=message.conversation, staff=staff)
+        monkeypatch.setattr(realtime, "_is_pubsub", lambda layer: True)  # the layer's Redis, gone: the
+        monkeypatch.setattr(realtime, "_publisher", redis.Redis(host="127.0.0.1", port=1,  # human reply
+                                                                socket_connect_timeout=0.2))  # stays pending
+        settings.CONNECTOR_SEND_ATTEMPTS = 1
+        human = handoff_reply(conversation=message.conversation, staff=staff, text="Human answer")
+        assert Message.objects.get(pk=human.pk).status == "pending"
+        assert save_reply(in_flight, LLMResult(text="Echo: question", model="fake-gpt")) is None
+
+    def test_a_run_failing_after_a_human_answered_tells_nothing_more(self, staff, api_channel, customer):
+        from apps.agents.claims import claim
+        from apps.agents.delivery import fail_message
+        from apps.agents.llm import LLMError
+        from apps.routing.services import handoff_reply, handoff_start
+
+        message = send(api_channel, customer, "question")
+        listener = Listener.waiting_for(message)
+        in_flight = claim(message.id)
+        handoff_start(conversation=message.conversation, staff=staff)
+        handoff_reply(conversation=message.conversation, staff=staff, text="Human answer")
+        fail_message(in_flight, LLMError("provider_error", "The model failed."))  # the run's model fails after
+        assert Message.objects.get(pk=message.pk).status == "answered"
+        assert [(e["type"], e["message"]) for e in listener.drain()] == [("agent.reply", "Human answer")]
+        assert async_to_sync(stored_reply_within)(message.id, 1)["message"] == "Human answer"
+
     def test_a_message_whose_run_died_keeps_the_human_answer_after_the_hand_back(self, staff, api_channel,
                                                                                 customer):
         from apps.agents.claims import claim
