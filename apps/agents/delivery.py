@@ -68,7 +68,8 @@ def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
         if (stored := _stored_by_this_run(message)) is not None:
             logger.warning("reply already stored by this run before the connection broke; delivering it")
             return stored  # as above: this run's first write went in, and through_outage wrote again
-        logger.warning("the message was answered meanwhile (a person took over); the agent's reply is dropped")
+        logger.warning("the message is no longer this run's (answered by a person who took over, or claimed by "
+                       "another run after this one's lease ran out); this run's reply is dropped")
         return None
     return reply
 
@@ -168,7 +169,8 @@ def fail_message(message: Message, exc: llm.LLMError) -> None:
     if not Message.objects.filter(
         pk=message.pk, status__in=[Status.ACCEPTED, Status.PROCESSING], attempts=message.attempts,
     ).update(status=Status.FAILED, lease_until=None, error_code=exc.code, error_message=exc.message[:2000]):
-        logger.warning("the message was answered meanwhile (a person took over); its run's failure is not told",
+        logger.warning("the message is no longer this run's (answered by a person who took over, or claimed by "
+                       "another run after this one's lease ran out); its failure is not told",
                        extra={"error_code": exc.code})
         return
     logger.warning("agent run failed", extra={"error_code": exc.code, "error": exc.message})
