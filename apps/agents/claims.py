@@ -26,6 +26,12 @@ from .models import agent_by_id
 logger = logging.getLogger(__name__)
 
 
+def still_claimed(message: Message) -> dict:
+    """Filter values that hold while ``message`` is still the claim of the run that has it (a person
+    who took the conversation over, or a run after this one's lease ran out, changes them)."""
+    return {"status": Status.PROCESSING, "attempts": message.attempts}
+
+
 class WaitingForEarlier(Exception):
     """An earlier message of the same conversation is still being answered: try again shortly."""
 

@@ -22,6 +22,7 @@ from gateway_project.db import Update, is_database_outage, stored, through_outag
 from gateway_project.plain import is_plain
 
 from . import hooks, leases, llm
+from .claims import still_claimed
 from .dispatch import enqueue_agent_run, process_stopping
 
 logger = logging.getLogger(__name__)
@@ -53,25 +54,20 @@ def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
     answered = {"status": Status.ANSWERED, "lease_until": None, "error_code": "", "error_message": ""}
     # Only while the message is still this run's: a person who took the conversation over may
     # have answered it meanwhile (apps.routing handoff_reply), and it keeps that one answer.
-    still_ours = {"status": Status.PROCESSING, "attempts": message.attempts}
     try:
-        written = write_together(Update(Message, message.pk, answered, only_if=still_ours), reply)
-    except IntegrityError:
-        if (stored := _stored_by_this_run(message)) is not None:
-            # This run's write went in but the connection broke before PostgreSQL said so, and
-            # through_outage wrote again: the stored reply is this run's, still to be delivered.
-            logger.warning("reply already stored by this run before the connection broke; delivering it")
-            return stored
-        logger.warning("reply already stored by another run; not answering twice")
-        return None
-    if not written:
-        if (stored := _stored_by_this_run(message)) is not None:
-            logger.warning("reply already stored by this run before the connection broke; delivering it")
-            return stored  # as above: this run's first write went in, and through_outage wrote again
-        logger.warning("the message is no longer this run's (answered by a person who took over, or claimed by "
-                       "another run after this one's lease ran out); this run's reply is dropped")
-        return None
-    return reply
+        written = write_together(Update(Message, message.pk, answered, only_if=still_claimed(message)), reply)
+    except IntegrityError:  # another reply to it went in first
+        written = False
+    if written:
+        return reply
+    if (stored := _stored_by_this_run(message)) is not None:
+        # This run's write went in but the connection broke before PostgreSQL said so, and
+        # through_outage wrote again: the stored reply is this run's, still to be delivered.
+        logger.warning("reply already stored by this run before the connection broke; delivering it")
+        return stored
+    logger.warning("the message is no longer this run's (answered by a person who took over, or by another "
+                   "run after this one's lease ran out); this run's reply is dropped")
+    return None
 
 
 def _stored_by_this_run(message: Message) -> Message | None:
@@ -167,7 +163,7 @@ def fail_message(message: Message, exc: llm.LLMError) -> None:
     """Mark the message failed and tell the sender, so a failure is never silence; unless it was
     answered meanwhile (a person who took the conversation over), when its answer stands."""
     if not Message.objects.filter(
-        pk=message.pk, status__in=[Status.ACCEPTED, Status.PROCESSING], attempts=message.attempts,
+        pk=message.pk, status__in=[Status.ACCEPTED, Status.PROCESSING], attempts=message.attempts,  # not claimed
     ).update(status=Status.FAILED, lease_until=None, error_code=exc.code, error_message=exc.message[:2000]):
         logger.warning("the message is no longer this run's (answered by a person who took over, or claimed by "
                        "another run after this one's lease ran out); its failure is not told",

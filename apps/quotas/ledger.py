@@ -171,7 +171,7 @@ class RateCall:
         return max(1, int(self.expires_at - now))
 
 
-MAX_LOCAL_RATE_COUNTERS = 100_000  # the embedded default's bound; past it the oldest are dropped
+MAX_LOCAL_RATE_COUNTERS = 100_000  # the embedded default's bound; past it the lowest counts are dropped
 
 
 def _zkey(key: str) -> str:
@@ -320,11 +320,11 @@ class LocalLedger:
 
     def count_rates(self, rates: list[RateCall], *, now: float) -> list[int]:
         with self._lock:
-            if now - self._rates_swept_at > 60:  # past windows' counters are never asked for again
+            full = len(self._rates) >= MAX_LOCAL_RATE_COUNTERS  # e.g. a flood of new addresses
+            if full or now - self._rates_swept_at > 60:  # past windows' counters are never asked for again
                 self._rates = {k: v for k, v in self._rates.items() if v[1] > now}
                 self._rates_swept_at = now
-            if len(self._rates) >= MAX_LOCAL_RATE_COUNTERS:  # e.g. a flood of new addresses
-                self._rates = {k: v for k, v in self._rates.items() if v[1] > now}
+            if len(self._rates) >= MAX_LOCAL_RATE_COUNTERS:
                 # Still full: drop a tenth, the lowest counts first (a flood's one-request counters
                 # go before a sender's who is near or over a limit).
                 for key in heapq.nsmallest(len(self._rates) - MAX_LOCAL_RATE_COUNTERS * 9 // 10, self._rates,

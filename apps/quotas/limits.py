@@ -64,19 +64,17 @@ def count_requests(checks: list[RateCheck], *, channel=None, what: str = "messag
     """Count one request against each of ``checks`` in order, in one step; RateLimited at the
     first one it goes over (the later ones do not count it)."""
     now = time.time()
-    counted, windows = [], []
+    counted = []  # (check, its counter, when its window ends)
     for check in checks:
         try:
-            windows.append(_window(check, now))
+            counted.append((check, *_window(check, now)))
         except ValueError:  # a policy row saved before its rate was validated so: ignored, loudly
             logger.error("a request rate that does not parse is ignored", extra={"limit": check.limit,
                                                                                   "rate": check.rate})
-            continue
-        counted.append(check)
     if not counted:
         return
     try:
-        counts = get_ledger().count_rates([call for call, _ in windows], now=now)
+        counts = get_ledger().count_rates([call for _, call, _ in counted], now=now)
     except Exception as exc:  # the store's connection errors (Redis down)
         outcome = "open" if settings.GATEWAY_RATE_LIMIT_FAIL_OPEN else "closed"
         for _ in counted:
@@ -84,7 +82,7 @@ def count_requests(checks: list[RateCheck], *, channel=None, what: str = "messag
         if outcome == "open":
             return
         raise ServiceUnavailable(retry_after=settings.GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS) from exc
-    for check, (call, ends), count in zip(counted, windows, counts, strict=False):
+    for (check, call, ends), count in zip(counted, counts, strict=False):  # counts stop at a refusal
         if count > call.limit:
             count_rejection(RateLimited.code, channel, limit=check.limit)
             raise RateLimited(f"Too many {what}: the limit is {check.rate} {check.refusal}.",

@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from apps.agents.claims import still_claimed
 from apps.agents.delivery import deliver
 from apps.agents.dispatch import enqueue_agent_run
 from apps.connectors.base import reply_event
@@ -137,8 +138,7 @@ def hold_for_handoff(message) -> bool:
                          and handoff_request(message) is not None):
         return False
     # Put back only while still this run's: a person's reply may have answered it since the claim.
-    Message.objects.filter(pk=message.pk, status=Status.PROCESSING, attempts=message.attempts).update(
-        status=Status.ACCEPTED, lease_until=None)
+    Message.objects.filter(pk=message.pk, **still_claimed(message)).update(status=Status.ACCEPTED, lease_until=None)
     message.status, message.lease_until = Status.ACCEPTED, None
     logger.info("conversation in human handoff; the agent does not answer")
     notify_inbox(message.conversation, "message")
