@@ -106,8 +106,11 @@ def _answer(message: Message) -> Message | None:
     connector = message.channel.connector
     prompt = build_prompt(message)
     on_delta = on_reset = None
+    streamed = False
     if connector.wants_stream(message):
         def on_delta(piece: str) -> None:
+            nonlocal streamed
+            streamed = True
             _unless_stopping(connector.send_delta, message, piece)
 
         def on_reset() -> None:
@@ -122,6 +125,8 @@ def _answer(message: Message) -> Message | None:
         return None
     reply = through_outage(lambda: save_reply(message, result))  # the answer is paid for: keep it
     if reply is None:
+        if streamed:  # the client was shown this run's answer, and the message has another
+            _take_back_streamed_text(message)
         return None
     deliver(reply, inbound=message, then_start_next=True)
     return reply
@@ -139,7 +144,8 @@ def _unless_stopping(send, *args) -> None:
 
 
 def _take_back_streamed_text(message: Message) -> None:
-    """The retry answers from the start: a client shown part of this run's answer drops it."""
+    """A client shown part of this run's answer drops it: a retry answers from the start, or the
+    message was answered by someone else (a person who took the conversation over)."""
     try:
         connector = message.channel.connector
         if connector.wants_stream(message):

@@ -26,7 +26,7 @@ from rest_framework.views import APIView
 
 from apps.agents.models import Agent
 from apps.core.client_ip import client_ip_for_request
-from apps.core.errors import AgentFailed, BadRequest, ReplyTimeout, drf_exception_handler
+from apps.core.errors import AgentFailed, AnswerReplaced, BadRequest, ReplyTimeout, drf_exception_handler
 from apps.identities.permissions import api_key_allows_agent, user_can_use_agent
 from apps.routing.router import REQUESTED_AGENT_KEY
 from gateway_project.db import database_sync_to_async
@@ -209,6 +209,9 @@ async def _sse(waiter: ReplyWaiter, completion_id: str, created: int, model: str
                 yield error(AgentFailed(event.get("message")))
                 return
             elif kind == "agent.reply":
+                if sent_text and event.get("by_person"):  # the streamed text is not the answer
+                    yield error(AnswerReplaced(f"{AnswerReplaced.default_message} Their answer: {event['message']}"))
+                    return
                 if not sent_text and event["message"]:
                     yield chunk({"content": event["message"]})  # e.g. a human's reply: not streamed
                 yield chunk({}, "stop")

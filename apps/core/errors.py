@@ -130,6 +130,15 @@ class AgentFailed(GatewayError):
     default_message = "The assistant could not answer right now. Please try again."
 
 
+class AnswerReplaced(GatewayError):
+    """Text of an agent's answer was streamed, then a person who took the conversation over
+    answered the message instead; streamed text cannot be taken back (SSE)."""
+
+    code = "answer_replaced"
+    status = 409
+    default_message = "A person answered this message instead of the assistant: the text streamed so far is void."
+
+
 class InternalError(GatewayError):
     """A bug or an unforeseen failure (logged with its traceback); the client is told no more."""
 

@@ -3,8 +3,10 @@ dashboard without a rollup; a customer asking for a person shows up live in the 
 staff member sees the transcript grow, replies, and the reply reaches the customer's chat."""
 import pytest
 
-from apps.logs.models import AuditEvent
+from apps.conversations.models import Message
+from apps.logs.models import AuditEvent, LLMCall
 from apps.routing.models import Handoff
+from tests.helpers import wait_until
 
 from .test_dashboard_browser import TIMEOUT_MS, log_in_as_staff
 
@@ -90,6 +92,40 @@ def test_the_inbox_receives_a_handoff_live_and_the_reply_reaches_the_customer(
         actions = list(AuditEvent.objects.filter(action__startswith="handoff.").order_by("created_at")
                        .values_list("action", flat=True))
         assert actions == ["handoff.requested", "handoff.started", "handoff.replied", "handoff.ended"]
+    finally:
+        staff.close()
+        customer.close()
+
+
+def test_a_person_answering_while_the_agent_streams_replaces_its_pieces(live_server_stack, browser, admin_user,
+                                                                         webchat_channel):
+    """The customer's chat ends with the person's answer alone: the pieces the agent's run streamed
+    for that message, before and after the person answered, are taken back once its reply is dropped."""
+    admin_user.is_superuser = True
+    admin_user.save()
+    url = live_server_stack.url
+    staff = browser.new_context(viewport={"width": 1280, "height": 900})
+    customer = browser.new_context(viewport={"width": 420, "height": 800})
+    try:
+        page = customer.new_page()
+        page.goto(f"{url}/chat/{webchat_channel.slug}/")
+        page.wait_for_selector("#send:not([disabled])", timeout=TIMEOUT_MS)
+        chat(page, url, webchat_channel.slug, "[[slow:1]] one two three four five six seven eight nine ten", None)
+        page.wait_for_selector(".msg.bot >> text=Echo", timeout=TIMEOUT_MS)  # the agent is streaming
+        message = Message.objects.get(direction="in")
+
+        inbox = staff.new_page()
+        log_in_as_staff(inbox, url, admin_user)
+        inbox.goto(f"{url}/console/c/{message.conversation_id}/")
+        inbox.click("#take")
+        inbox.fill("#reply-text", "Sam here, I have it.")
+        inbox.click("#reply-send")
+        page.wait_for_selector(".msg.bot >> text=Sam here", timeout=TIMEOUT_MS)
+        assert wait_until(lambda: LLMCall.objects.filter(message=message).exists(), timeout=30)  # the run ended
+        page.wait_for_function("() => Array.from(document.querySelectorAll('.msg.bot'), e => e.textContent)"
+                               ".join('|') === 'Sam here, I have it.'", timeout=TIMEOUT_MS)
+        assert list(Message.objects.filter(reply_to=message).values_list("text", flat=True)) == [
+            "Sam here, I have it."]
     finally:
         staff.close()
         customer.close()

@@ -1,5 +1,6 @@
 """Human handoff: staff take over from the admin, the agent pauses, staff reply on the channel, hand back."""
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -153,6 +154,32 @@ class TestHandoff:
         assert Message.objects.get(pk=human.pk).status == "pending"
         assert save_reply(in_flight, LLMResult(text="Echo: question", model="fake-gpt")) is None
 
+    def test_a_run_streaming_when_a_person_answers_takes_its_pieces_back(self, staff, webchat_channel, customer,
+                                                                          fake_llm, monkeypatch):
+        """The person's reply is the message's answer: the pieces the run streamed, before and after
+        it, are taken back once the run finds its own reply dropped."""
+        from apps.connectors.webchat import WebchatConnector
+        from apps.routing.services import handoff_reply, handoff_start
+
+        message = send(webchat_channel, customer, "tell me a long story")
+        listener = Listener(conversation_group(message.conversation_id))
+        stream_piece = WebchatConnector.send_delta
+
+        def a_person_answers_at_the_first_piece(connector, inbound, piece):
+            stream_piece(connector, inbound, piece)
+            if not Handoff.objects.filter(conversation_id=inbound.conversation_id).exists():
+                handoff_start(conversation=inbound.conversation, staff=staff)
+                handoff_reply(conversation=inbound.conversation, staff=staff, text="Sam here.")
+
+        monkeypatch.setattr(WebchatConnector, "send_delta", a_person_answers_at_the_first_piece)
+        assert agent_run(message.id) is None
+        events = listener.drain()
+        kinds = [e["type"] for e in events]
+        assert kinds[0] == "chat.delta" and kinds.count("chat.delta") > 1  # it went on streaming after
+        assert [e["message"] for e in events if e["type"] == "chat.reply"] == ["Sam here."]
+        assert events[-1] == {"type": "chat.reset", "reply_to": str(message.id)}
+        assert list(Message.objects.filter(reply_to=message).values_list("text", flat=True)) == ["Sam here."]
+
     def test_a_run_failing_after_a_human_answered_tells_nothing_more(self, staff, api_channel, customer):
         from apps.agents.claims import claim
         from apps.agents.delivery import fail_message
@@ -281,3 +308,32 @@ def test_messages_held_for_a_human_are_not_requeued_as_stuck(staff, api_channel,
     assert message not in stuck_messages()
     handoff_end(conversation=message.conversation, staff=staff)
     assert message in stuck_messages()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_face_stream_a_person_answers_ends_in_an_error_not_a_half_answer(staff, api_channel, customer):
+    """Pieces sent over SSE cannot be taken back: the stream ends with an error that carries the
+    person's answer, never with "stop" after the run's half answer."""
+    from asgiref.sync import sync_to_async
+
+    from apps.conversations.models import Conversation
+    from apps.conversations.openai_face import _sse
+    from apps.conversations.realtime import INBOX_KEY
+    from apps.conversations.waiters import ReplyWaiter
+    from apps.routing.services import handoff_reply, handoff_start
+
+    message = await sync_to_async(send)(api_channel, customer, "question")
+    waiter = ReplyWaiter(message.id)
+    await waiter.__aenter__()
+    message.control = {**(message.control or {}), INBOX_KEY: waiter.inbox_name, "stream": True}
+    await Message.objects.filter(pk=message.pk).aupdate(control=message.control)
+    stream = _sse(waiter, "chatcmpl-test", 0, "assistant", False)
+    assert '"role": "assistant"' in await anext(stream)
+    await sync_to_async(api_channel.connector.send_delta)(message, "Echo: que")  # the run's first piece
+    assert '"content": "Echo: que"' in await anext(stream)
+    conversation = await Conversation.objects.aget(pk=message.conversation_id)
+    await sync_to_async(handoff_start)(conversation=conversation, staff=staff)
+    await sync_to_async(handoff_reply)(conversation=conversation, staff=staff, text="Sam here.")
+    rest = [json.loads(chunk.removeprefix("data: ")) async for chunk in stream]
+    assert len(rest) == 1 and rest[0]["error"]["code"] == "answer_replaced"
+    assert rest[0]["error"]["message"].endswith("Their answer: Sam here.")

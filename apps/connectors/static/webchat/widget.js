@@ -208,7 +208,8 @@
       links(s.el);
       scroll();
     } else if (frame.type === "reset") {
-      if (streams[frame.reply_to]) { streams[frame.reply_to].text = ""; streams[frame.reply_to].el.innerHTML = ""; }
+      var dropped = streams[frame.reply_to];  // its pieces are void; the next attempt's start a new bubble
+      if (dropped) { dropped.el.remove(); delete streams[frame.reply_to]; }
     } else if (frame.type === "reply") {
       setTyping(false);
       if (!shown[frame.message_id]) { showBot(frame.message || "", frame.message_id, frame.reply_to); }
