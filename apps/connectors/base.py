@@ -7,6 +7,8 @@ Subclasses set ``kind`` and override what their channel needs:
   platform said when). Never retry inside ``send``: ``apps.core.http.send_with_retries`` is the one
   place that retries.
 - ``send_error(inbound, error)`` — tell the sender their message could not be answered.
+- ``tell_answered(inbound, reply)`` — a reply sent for a later message answers this one too
+  (a person's during a handoff); by default its waiting request is told.
 - ``wants_stream(inbound)`` / ``send_delta(inbound, piece)`` — for channels that stream;
   ``send_reset(inbound)`` — discard the pieces streamed so far (that attempt failed; another
   attempt, or an error, follows).
@@ -122,6 +124,11 @@ class Connector:
     def send_error(self, inbound, error) -> None:
         """Default: wake whoever waits on the message (API waiters) with the error."""
         to_waiter(inbound, {"type": "agent.error", **error.error_body()["error"]})
+
+    def tell_answered(self, inbound, reply) -> None:
+        """``reply``, sent for a later message, answers ``inbound`` too (a person's reply during a
+        handoff answers every message held for them). Default: wake whoever waits on it."""
+        to_waiter(inbound, reply_event(reply))
 
     # --- inbound (webhook kinds) --------------------------------------------------------
     def verify(self, request: WebhookRequest) -> None:

@@ -262,6 +262,11 @@ class WeComAiBotConnector(Connector):
     def send(self, reply, *, inbound) -> None:
         self.finish(inbound, reply.text)
 
+    def tell_answered(self, inbound, reply) -> None:
+        # The message's own stream ends with the answer, not empty: its run, if streaming, takes
+        # back what it streamed.
+        self.finish(inbound, reply.text)
+
     def send_error(self, inbound, error) -> None:
         try:
             self.finish(inbound, error.message)

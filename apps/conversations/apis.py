@@ -105,7 +105,7 @@ class MessageCreateApi(AsyncAPIView):
                 if accepted.duplicate:
                     event = await stored_reply_within(accepted.message.id, wait)
                 else:
-                    event = await waiter.final_event(wait)
+                    event = await answer_event(waiter, wait)
             except TimeoutError:
                 error = ReplyTimeout()
                 return Response(
@@ -132,6 +132,26 @@ async def stored_reply_within(message_id, wait: float) -> dict:
         await asyncio.sleep(min(pause, left))
         pause = min(pause * 2, 2.0)
     return stored
+
+
+async def answer_event(waiter: ReplyWaiter, timeout: float) -> dict:
+    """The reply or error event answering the waiter's message; raises TimeoutError. A person's
+    reply that does not answer it is skipped: staff who reply just after the run stored its own
+    answer send a follow-up, told to the waiter before the run's reply."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        event = await waiter.final_event(max(0.0, deadline - loop.time()))
+        if not event.get("by_person") or await answered_by_a_person(waiter.key):
+            return event
+
+
+async def answered_by_a_person(message_id) -> dict | None:
+    """The reply of the person who answered the message during a handoff, if one did; None if the
+    run's own reply answers it (or nothing yet). Read only on a rare event: a person's reply, or
+    a reset after streamed text, reaching a waiter."""
+    stored = await database_sync_to_async(stored_reply_event)(message_id)
+    return stored if stored is not None and stored.get("by_person") else None
 
 
 def stored_reply_event(message_id) -> dict | None:

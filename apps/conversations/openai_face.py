@@ -31,7 +31,7 @@ from apps.identities.permissions import api_key_allows_agent, user_can_use_agent
 from apps.routing.router import REQUESTED_AGENT_KEY
 from gateway_project.db import database_sync_to_async
 
-from .apis import accept_on_api_channel
+from .apis import accept_on_api_channel, answer_event, answered_by_a_person
 from .async_api import ApiIpRulesMixin, AsyncAPIView
 from .normalized import storable_text
 from .realtime import INBOX_KEY
@@ -159,7 +159,7 @@ class ChatCompletionsApi(OpenAIErrorsMixin, AsyncAPIView):
             response["X-Accel-Buffering"] = "no"
             return response
         try:
-            event = await waiter.final_event(settings.GATEWAY_OPENAI_REPLY_TIMEOUT_SECONDS)
+            event = await answer_event(waiter, settings.GATEWAY_OPENAI_REPLY_TIMEOUT_SECONDS)
         except TimeoutError:
             raise ReplyTimeout() from None
         finally:
@@ -187,6 +187,9 @@ async def _sse(waiter: ReplyWaiter, completion_id: str, created: int, model: str
     def error(err) -> str:
         return f"data: {json.dumps(openai_error_body(err.code, err.message, err.status))}\n\n"
 
+    def replaced(person: dict) -> str:
+        return error(AnswerReplaced(f"{AnswerReplaced.default_message} Their answer: {person['message']}"))
+
     loop_deadline = time.monotonic() + settings.GATEWAY_OPENAI_REPLY_TIMEOUT_SECONDS
     sent_text = False
     try:
@@ -203,15 +206,22 @@ async def _sse(waiter: ReplyWaiter, completion_id: str, created: int, model: str
                 yield chunk({"content": event["delta"]})
             elif kind == "agent.reset":
                 if sent_text:
-                    yield error(AgentFailed("The model's answer was cut off; retry the request."))
+                    # A person's reply and the run's events come from different processes, in
+                    # either order; without one, an attempt failed mid-answer.
+                    person = await answered_by_a_person(waiter.key)
+                    yield replaced(person) if person else error(
+                        AgentFailed("The model's answer was cut off; retry the request."))
                     return
             elif kind == "agent.error":
                 yield error(AgentFailed(event.get("message")))
                 return
             elif kind == "agent.reply":
-                if sent_text and event.get("by_person"):  # the streamed text is not the answer
-                    yield error(AnswerReplaced(f"{AnswerReplaced.default_message} Their answer: {event['message']}"))
-                    return
+                if event.get("by_person"):
+                    if not await answered_by_a_person(waiter.key):
+                        continue  # a follow-up to the run's own answer, whose event is on its way
+                    if sent_text:  # the streamed text is not the answer
+                        yield replaced(event)
+                        return
                 if not sent_text and event["message"]:
                     yield chunk({"content": event["message"]})  # e.g. a human's reply: not streamed
                 yield chunk({}, "stop")

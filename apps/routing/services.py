@@ -19,9 +19,8 @@ from django.utils import timezone
 from apps.agents.claims import still_claimed
 from apps.agents.delivery import deliver
 from apps.agents.dispatch import enqueue_agent_run
-from apps.connectors.base import reply_event
 from apps.conversations.models import Direction, Message, Status
-from apps.conversations.realtime import publish, to_waiter
+from apps.conversations.realtime import publish
 from apps.core.errors import BadRequest, GatewayError
 from apps.logs.services import audit
 
@@ -175,14 +174,14 @@ def handoff_reply(*, conversation, staff, text: str) -> Message:
             conversation=conversation, channel_id=inbound.channel_id, direction=Direction.OUTBOUND,
             status=Status.PENDING, reply_to=inbound, sender=staff, text=text,
         )
-        earlier = list(held.exclude(pk=inbound.pk).only("id", "control").select_for_update())
+        earlier = list(held.exclude(pk=inbound.pk).only("id", "control", "metadata").select_for_update())
         held.update(status=Status.ANSWERED, lease_until=None)
     deliver(reply, inbound=inbound)
-    for message in earlier:  # requests still waiting for an earlier held message get the same answer
+    for message in earlier:  # each earlier held message is told the same answer (a waiting request, a stream)
         try:
-            to_waiter(message, reply_event(reply))
-        except Exception:  # the channel layer is down: they time out, and a resend reads the reply
-            logger.warning("could not tell a waiting request the human reply", exc_info=True)
+            inbound.channel.connector.tell_answered(message, reply)
+        except Exception:  # e.g. the channel layer is down: they time out, and a resend reads the reply
+            logger.warning("could not tell an earlier held message the human reply", exc_info=True)
     audit(action="handoff.replied", actor=staff, target=conversation, message_id=str(reply.pk))
     notify_inbox(conversation, "replied")
     return reply

@@ -152,6 +152,32 @@ class TestStreamedReply:
         assert refresh(client, aibot_channel, stream_id) == told
         assert not Message.objects.filter(direction="in", status="accepted").exists()
 
+    def test_a_person_answering_ends_every_held_stream_with_their_answer(self, client, aibot_channel, admin_user,
+                                                                         monkeypatch):
+        """The run streaming the first message when a person answers the second: both streams end
+        with the person's answer, the first not emptied by the run taking its pieces back."""
+        from apps.connectors.wecom_aibot import WeComAiBotConnector
+        from apps.routing.services import handoff_reply, handoff_start
+
+        first, second = text_callback("first question"), text_callback("second question")
+        for callback in (first, second):
+            assert aibot_post(client, aibot_channel, callback).status_code == 200
+        streams = [stream_id_for(aibot_channel.slug, c["msgid"]) for c in (first, second)]
+        message = Message.objects.get(external_id=first["msgid"])
+        stream_piece = WeComAiBotConnector.send_delta
+
+        def a_person_answers_at_the_first_piece(connector, inbound, piece):
+            stream_piece(connector, inbound, piece)
+            if not StreamState(streams[1]).final():
+                handoff_start(conversation=inbound.conversation, staff=admin_user)
+                handoff_reply(conversation=inbound.conversation, staff=admin_user, text="Sam here.")
+
+        monkeypatch.setattr(WeComAiBotConnector, "send_delta", a_person_answers_at_the_first_piece)
+        assert agent_run(message.id) is None  # its reply dropped: the person's answers it
+        for stream_id in streams:
+            assert refresh(client, aibot_channel, stream_id) == {"id": stream_id, "finish": True,
+                                                                 "content": "Sam here."}
+
     def test_an_unknown_stream_is_finished_empty(self, client, aibot_channel):
         assert refresh(client, aibot_channel, "gw-never-opened") == {
             "id": "gw-never-opened", "finish": True, "content": ""}

@@ -310,30 +310,124 @@ def test_messages_held_for_a_human_are_not_requeued_as_stuck(staff, api_channel,
     assert message in stuck_messages()
 
 
-@pytest.mark.django_db(transaction=True)
-async def test_a_face_stream_a_person_answers_ends_in_an_error_not_a_half_answer(staff, api_channel, customer):
-    """Pieces sent over SSE cannot be taken back: the stream ends with an error that carries the
-    person's answer, never with "stop" after the run's half answer."""
+async def face_stream_of(message):
+    """The OpenAI face's stream for ``message`` as its request serves it, after the run's first piece."""
     from asgiref.sync import sync_to_async
 
-    from apps.conversations.models import Conversation
     from apps.conversations.openai_face import _sse
     from apps.conversations.realtime import INBOX_KEY
     from apps.conversations.waiters import ReplyWaiter
-    from apps.routing.services import handoff_reply, handoff_start
 
-    message = await sync_to_async(send)(api_channel, customer, "question")
     waiter = ReplyWaiter(message.id)
     await waiter.__aenter__()
     message.control = {**(message.control or {}), INBOX_KEY: waiter.inbox_name, "stream": True}
     await Message.objects.filter(pk=message.pk).aupdate(control=message.control)
     stream = _sse(waiter, "chatcmpl-test", 0, "assistant", False)
     assert '"role": "assistant"' in await anext(stream)
-    await sync_to_async(api_channel.connector.send_delta)(message, "Echo: que")  # the run's first piece
+    await sync_to_async(message.channel.connector.send_delta)(message, "Echo: que")  # the run's first piece
     assert '"content": "Echo: que"' in await anext(stream)
-    conversation = await Conversation.objects.aget(pk=message.conversation_id)
-    await sync_to_async(handoff_start)(conversation=conversation, staff=staff)
-    await sync_to_async(handoff_reply)(conversation=conversation, staff=staff, text="Sam here.")
-    rest = [json.loads(chunk.removeprefix("data: ")) async for chunk in stream]
-    assert len(rest) == 1 and rest[0]["error"]["code"] == "answer_replaced"
-    assert rest[0]["error"]["message"].endswith("Their answer: Sam here.")
+    return stream
+
+
+async def rest_of(stream) -> list[dict]:
+    chunks = [chunk async for chunk in stream]
+    return [json.loads(chunk.removeprefix("data: ")) for chunk in chunks if chunk != "data: [DONE]\n\n"]
+
+
+def replaced_by(chunks: list[dict], text: str) -> bool:
+    return (len(chunks) == 1 and chunks[0]["error"]["code"] == "answer_replaced"
+            and chunks[0]["error"]["message"].endswith(f"Their answer: {text}"))
+
+
+@pytest.mark.django_db(transaction=True)
+class TestFaceStreamDuringAHandoff:
+    """Pieces sent over SSE cannot be taken back: a face stream whose message a person answered
+    ends with an error that carries their answer, never with "stop" after the run's half answer;
+    a person's follow-up to the run's own answer leaves that answer standing."""
+
+    async def test_the_persons_reply_after_the_runs_pieces(self, staff, api_channel, customer):
+        from asgiref.sync import sync_to_async
+
+        from apps.conversations.models import Conversation
+        from apps.routing.services import handoff_reply, handoff_start
+
+        message = await sync_to_async(send)(api_channel, customer, "question")
+        stream = await face_stream_of(message)
+        conversation = await Conversation.objects.aget(pk=message.conversation_id)
+        await sync_to_async(handoff_start)(conversation=conversation, staff=staff)
+        await sync_to_async(handoff_reply)(conversation=conversation, staff=staff, text="Sam here.")
+        assert replaced_by(await rest_of(stream), "Sam here.")
+
+    async def test_the_runs_reset_before_the_persons_reply(self, staff, api_channel, customer, monkeypatch):
+        """The run finds its reply dropped and takes its pieces back before the person's reply to
+        a later message reaches this one (it is told after the later message is delivered)."""
+        from asgiref.sync import sync_to_async
+
+        from apps.connectors.api import ApiConnector
+        from apps.conversations.models import Conversation
+        from apps.routing.services import handoff_reply, handoff_start
+
+        message = await sync_to_async(send)(api_channel, customer, "question")
+        later = await sync_to_async(send)(api_channel, customer, "hello?", conversation_id=str(message.conversation_id))
+        stream = await face_stream_of(message)
+        deliver_to_later = ApiConnector.send
+
+        def the_run_resets_meanwhile(connector, reply, *, inbound):
+            connector.send_reset(message)  # as runtime._answer does once save_reply returned None
+            deliver_to_later(connector, reply, inbound=inbound)
+
+        monkeypatch.setattr(ApiConnector, "send", the_run_resets_meanwhile)
+        conversation = await Conversation.objects.aget(pk=message.conversation_id)
+        await sync_to_async(handoff_start)(conversation=conversation, staff=staff)
+        human = await sync_to_async(handoff_reply)(conversation=conversation, staff=staff, text="Sam here.")
+        assert human.reply_to_id == later.id
+        assert replaced_by(await rest_of(stream), "Sam here.")
+
+    async def test_a_persons_follow_up_to_the_runs_own_answer(self, staff, api_channel, customer):
+        """Staff reply just after the run stored its answer and before it is delivered: the
+        follow-up reaches the request first, and the run's answer is still the one it gets."""
+        from asgiref.sync import sync_to_async
+
+        from apps.agents.claims import claim
+        from apps.agents.delivery import deliver, save_reply
+        from apps.agents.llm import LLMResult
+        from apps.conversations.models import Conversation
+        from apps.routing.services import handoff_reply, handoff_start
+
+        message = await sync_to_async(send)(api_channel, customer, "question")
+        stream = await face_stream_of(message)
+        in_flight = await sync_to_async(claim)(message.id)
+        reply = await sync_to_async(save_reply)(in_flight, LLMResult(text="Echo: question", model="fake-gpt"))
+        conversation = await Conversation.objects.aget(pk=message.conversation_id)
+        await sync_to_async(handoff_start)(conversation=conversation, staff=staff)
+        await sync_to_async(handoff_reply)(conversation=conversation, staff=staff, text="Anything else?")
+        await sync_to_async(deliver)(reply, inbound=in_flight)
+        rest = await rest_of(stream)
+        assert [c["choices"][0]["finish_reason"] for c in rest] == ["stop"]
+
+    async def test_a_waiting_request_gets_the_runs_answer_not_a_follow_up(self, staff, api_channel, customer):
+        """The same race without a stream (`wait`, the face's JSON answer): the request answers
+        with the run's reply, as its resend does."""
+        from asgiref.sync import sync_to_async
+
+        from apps.agents.claims import claim
+        from apps.agents.delivery import deliver, save_reply
+        from apps.agents.llm import LLMResult
+        from apps.conversations.apis import answer_event
+        from apps.conversations.models import Conversation
+        from apps.conversations.realtime import INBOX_KEY
+        from apps.conversations.waiters import ReplyWaiter
+        from apps.routing.services import handoff_reply, handoff_start
+
+        message = await sync_to_async(send)(api_channel, customer, "question")
+        async with ReplyWaiter(message.id) as waiter:
+            await Message.objects.filter(pk=message.pk).aupdate(control={INBOX_KEY: waiter.inbox_name})
+            in_flight = await sync_to_async(claim)(message.id)
+            reply = await sync_to_async(save_reply)(in_flight, LLMResult(text="Echo: question", model="fake-gpt"))
+            conversation = await Conversation.objects.aget(pk=message.conversation_id)
+            await sync_to_async(handoff_start)(conversation=conversation, staff=staff)
+            await sync_to_async(handoff_reply)(conversation=conversation, staff=staff, text="Anything else?")
+            await sync_to_async(deliver)(reply, inbound=in_flight)
+            event = await answer_event(waiter, 5)
+        assert (event["message"], event["by_person"]) == ("Echo: question", False)
+        assert (await stored_reply_within(message.id, 1))["message"] == "Echo: question"
