@@ -126,7 +126,7 @@ def _answer(message: Message) -> Message | None:
     reply = through_outage(lambda: save_reply(message, result))  # the answer is paid for: keep it
     if reply is None:
         if streamed:  # the client was shown this run's answer, and the message has another
-            _take_back_streamed_text(message)
+            _take_back_streamed_text(message, replaced=True)
         return None
     deliver(reply, inbound=message, then_start_next=True)
     return reply
@@ -143,13 +143,13 @@ def _unless_stopping(send, *args) -> None:
             raise
 
 
-def _take_back_streamed_text(message: Message) -> None:
-    """A client shown part of this run's answer drops it: a retry answers from the start, or the
-    message was answered by someone else (a person who took the conversation over)."""
+def _take_back_streamed_text(message: Message, *, replaced: bool = False) -> None:
+    """A client shown part of this run's answer drops it: a retry answers from the start, or,
+    ``replaced``, the message was answered otherwise (a person who took the conversation over)."""
     try:
         connector = message.channel.connector
         if connector.wants_stream(message):
-            connector.send_reset(message)
+            connector.send_reset(message, replaced=replaced)
     except Exception:  # the channel layer may be down too; the retry's reply still replaces it
         logger.warning("could not tell the client to drop a partial answer", exc_info=True)
 

@@ -15,10 +15,11 @@ class ApiConnector(Connector):
     def send_delta(self, inbound, piece: str) -> None:
         to_waiter(inbound, {"type": "agent.delta", "delta": piece})
 
-    def send_reset(self, inbound) -> None:
-        to_waiter(inbound, {"type": "agent.reset"})
+    def send_reset(self, inbound, *, replaced: bool = False) -> None:
+        to_waiter(inbound, {"type": "agent.reset", "replaced": replaced})
 
     def send(self, reply, *, inbound) -> None:
         # The reply is already stored; a client that did not wait reads it from the
         # conversation, so the only delivery is waking the request waiting for it, if any.
-        to_waiter(inbound, reply_event(reply))
+        if not reply.follows_up:  # a request waits for its message's answer, not what follows it
+            to_waiter(inbound, reply_event(reply))

@@ -10,8 +10,8 @@ Subclasses set ``kind`` and override what their channel needs:
 - ``tell_answered(inbound, reply)`` — a reply sent for a later message answers this one too
   (a person's during a handoff); by default its waiting request is told.
 - ``wants_stream(inbound)`` / ``send_delta(inbound, piece)`` — for channels that stream;
-  ``send_reset(inbound)`` — discard the pieces streamed so far (that attempt failed; another
-  attempt, or an error, follows).
+  ``send_reset(inbound, replaced=...)`` — discard the pieces streamed so far (that attempt failed
+  and another attempt, or an error, follows; or the message was answered otherwise).
 - Webhook channels: ``verify(request)`` (raise GatewayError unless authentic) and
   ``parse(request)`` (return a WebhookResult); ``handle_webhook`` runs them and the pipeline.
 - ``Config``: a dataclass the channel's ``config`` + ``secrets`` are validated into (``conf``).
@@ -115,8 +115,10 @@ class Connector:
     def send_delta(self, inbound, piece: str) -> None:
         """A streamed piece of the reply (only called when wants_stream() is true)."""
 
-    def send_reset(self, inbound) -> None:
-        """The pieces streamed so far are void (only called after send_delta)."""
+    def send_reset(self, inbound, *, replaced: bool = False) -> None:
+        """The pieces streamed so far are void (only called after send_delta): another attempt or
+        an error follows, or, ``replaced``, the message was answered otherwise (a person's reply
+        during a handoff, told to it as well)."""
 
     def send(self, reply, *, inbound) -> None:
         raise NotImplementedError

@@ -18,7 +18,7 @@ class WebchatConnector(Connector):
             {"type": "chat.delta", "reply_to": str(inbound.id), "delta": piece},
         )
 
-    def send_reset(self, inbound) -> None:
+    def send_reset(self, inbound, *, replaced: bool = False) -> None:
         publish(conversation_group(inbound.conversation_id), {"type": "chat.reset", "reply_to": str(inbound.id)})
 
     def send(self, reply, *, inbound) -> None:

@@ -254,18 +254,26 @@ class WeComAiBotConnector(Connector):
         self._streamed[stream_id] = self._streamed.get(stream_id, "") + piece
         StreamState(stream_id).set_text(self._streamed[stream_id])
 
-    def send_reset(self, inbound) -> None:
+    def send_reset(self, inbound, *, replaced: bool = False) -> None:
         stream_id = inbound.metadata["aibot_stream_id"]
         self._streamed[stream_id] = ""
         StreamState(stream_id).set_text("")
 
     def send(self, reply, *, inbound) -> None:
+        if reply.follows_up:  # the message's stream has the agent's answer: this one goes after it
+            self.post_response_url(inbound.metadata.get("aibot_response_url", ""), reply.text)
+            return
         self.finish(inbound, reply.text)
 
     def tell_answered(self, inbound, reply) -> None:
-        # The message's own stream ends with the answer, not empty: its run, if streaming, takes
-        # back what it streamed.
-        self.finish(inbound, reply.text)
+        # The message's stream, if still open, ends with the answer rather than empty (its run,
+        # if streaming, takes back what it streamed). A closed one is left: the answer went to
+        # the later message, and posting it once per held message would repeat it in the chat.
+        stream_id = inbound.metadata.get("aibot_stream_id")
+        if stream_id:
+            state = StreamState(stream_id)
+            state.set_final(reply.text)
+            state.claim("worker")
 
     def send_error(self, inbound, error) -> None:
         try:

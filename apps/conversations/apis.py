@@ -22,7 +22,7 @@ from apps.core.errors import AgentFailed, ChannelDisabled, NotFound, QuotaExceed
 from gateway_project.db import database_sync_to_async
 
 from .async_api import API_CHANNEL_SLUG, ApiIpRulesMixin, AsyncAPIView
-from .models import Conversation, Direction, Message, Status
+from .models import FOLLOW_UP_KEY, Conversation, Direction, Message, Status
 from .normalized import NormalizedMessage
 from .pipeline import Accepted, accept
 from .realtime import INBOX_KEY
@@ -105,7 +105,7 @@ class MessageCreateApi(AsyncAPIView):
                 if accepted.duplicate:
                     event = await stored_reply_within(accepted.message.id, wait)
                 else:
-                    event = await answer_event(waiter, wait)
+                    event = await waiter.final_event(wait)
             except TimeoutError:
                 error = ReplyTimeout()
                 return Response(
@@ -134,26 +134,6 @@ async def stored_reply_within(message_id, wait: float) -> dict:
     return stored
 
 
-async def answer_event(waiter: ReplyWaiter, timeout: float) -> dict:
-    """The reply or error event answering the waiter's message; raises TimeoutError. A person's
-    reply that does not answer it is skipped: staff who reply just after the run stored its own
-    answer send a follow-up, told to the waiter before the run's reply."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        event = await waiter.final_event(max(0.0, deadline - loop.time()))
-        if not event.get("by_person") or await answered_by_a_person(waiter.key):
-            return event
-
-
-async def answered_by_a_person(message_id) -> dict | None:
-    """The reply of the person who answered the message during a handoff, if one did; None if the
-    run's own reply answers it (or nothing yet). Read only on a rare event: a person's reply, or
-    a reset after streamed text, reaching a waiter."""
-    stored = await database_sync_to_async(stored_reply_event)(message_id)
-    return stored if stored is not None and stored.get("by_person") else None
-
-
 def stored_reply_event(message_id) -> dict | None:
     """The reply (or failure) stored for the message, as the waiter's event; None while pending."""
     message = Message.objects.only("status", "error_code", "error_message", "conversation_id", "created_at").get(
@@ -164,14 +144,15 @@ def stored_reply_event(message_id) -> dict | None:
             return {"type": "agent.error", "code": QuotaExceeded.code,
                     "message": message.error_message or QuotaExceeded.default_message}
         return {"type": "agent.error", "code": "agent_failed", "message": AgentFailed.default_message}
-    reply = message.replies.filter(direction=Direction.OUTBOUND).order_by("created_at").first()
+    replies = Message.objects.filter(direction=Direction.OUTBOUND)
+    # Not a person's follow-up to the agent's answer, stored (by created_at) before it in a race.
+    reply = replies.filter(reply_to=message).exclude(control__has_key=FOLLOW_UP_KEY).order_by("created_at").first()
     if reply is None and message.status == Status.ANSWERED:
-        # Answered by a reply to a later message: a human's, which answers every message held for
-        # them; the first later message that has a reply (not the first reply stored later, which
-        # may answer an earlier message).
-        reply = Message.objects.filter(
-            conversation_id=message.conversation_id, direction=Direction.OUTBOUND,
-            reply_to__created_at__gt=message.created_at,
+        # Answered by a person's reply to a later message, which answers every message held for
+        # them: that of the first later message with one (not the first stored later, which may
+        # answer an earlier message; not the agent's answer to a later message).
+        reply = replies.filter(
+            conversation_id=message.conversation_id, sender__isnull=False, reply_to__created_at__gt=message.created_at,
         ).order_by("reply_to__created_at", "created_at").first()
     return reply_event(reply) if reply is not None else None
 

@@ -6,6 +6,9 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+# In an outbound reply's ``control``: see Message.follows_up.
+FOLLOW_UP_KEY = "follow_up"
+
 
 class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -132,3 +135,8 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.direction} {self.status}: {self.text[:40]}"
+
+    @property
+    def follows_up(self) -> bool:
+        """A person's reply to a message the agent had answered already: not that message's answer."""
+        return bool((self.control or {}).get(FOLLOW_UP_KEY))

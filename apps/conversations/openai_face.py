@@ -31,7 +31,7 @@ from apps.identities.permissions import api_key_allows_agent, user_can_use_agent
 from apps.routing.router import REQUESTED_AGENT_KEY
 from gateway_project.db import database_sync_to_async
 
-from .apis import accept_on_api_channel, answer_event, answered_by_a_person
+from .apis import accept_on_api_channel
 from .async_api import ApiIpRulesMixin, AsyncAPIView
 from .normalized import storable_text
 from .realtime import INBOX_KEY
@@ -159,7 +159,7 @@ class ChatCompletionsApi(OpenAIErrorsMixin, AsyncAPIView):
             response["X-Accel-Buffering"] = "no"
             return response
         try:
-            event = await answer_event(waiter, settings.GATEWAY_OPENAI_REPLY_TIMEOUT_SECONDS)
+            event = await waiter.final_event(settings.GATEWAY_OPENAI_REPLY_TIMEOUT_SECONDS)
         except TimeoutError:
             raise ReplyTimeout() from None
         finally:
@@ -187,11 +187,10 @@ async def _sse(waiter: ReplyWaiter, completion_id: str, created: int, model: str
     def error(err) -> str:
         return f"data: {json.dumps(openai_error_body(err.code, err.message, err.status))}\n\n"
 
-    def replaced(person: dict) -> str:
-        return error(AnswerReplaced(f"{AnswerReplaced.default_message} Their answer: {person['message']}"))
-
+    cut_off = AgentFailed("The model's answer was cut off; retry the request.")
     loop_deadline = time.monotonic() + settings.GATEWAY_OPENAI_REPLY_TIMEOUT_SECONDS
     sent_text = False
+    void = False  # the text sent was taken back as replaced: the message's answer comes from elsewhere
     try:
         yield chunk({"role": "assistant", "content": ""})
         while True:
@@ -202,26 +201,26 @@ async def _sse(waiter: ReplyWaiter, completion_id: str, created: int, model: str
                 return
             kind = event["type"]
             if kind == "agent.delta":
+                if void:
+                    continue  # another run's: the client cannot be shown a fresh answer after the void one
                 sent_text = True
                 yield chunk({"content": event["delta"]})
             elif kind == "agent.reset":
-                if sent_text:
-                    # A person's reply and the run's events come from different processes, in
-                    # either order; without one, an attempt failed mid-answer.
-                    person = await answered_by_a_person(waiter.key)
-                    yield replaced(person) if person else error(
-                        AgentFailed("The model's answer was cut off; retry the request."))
+                if sent_text and event.get("replaced"):
+                    void = True  # the person's reply is told to this message too, in either order
+                elif sent_text:
+                    yield error(cut_off)  # an attempt failed mid-answer
                     return
             elif kind == "agent.error":
                 yield error(AgentFailed(event.get("message")))
                 return
             elif kind == "agent.reply":
-                if event.get("by_person"):
-                    if not await answered_by_a_person(waiter.key):
-                        continue  # a follow-up to the run's own answer, whose event is on its way
-                    if sent_text:  # the streamed text is not the answer
-                        yield replaced(event)
-                        return
+                if sent_text and event.get("by_person"):  # the streamed text is not the answer
+                    yield error(AnswerReplaced(f"{AnswerReplaced.default_message} Their answer: {event['message']}"))
+                    return
+                if void:  # another run answered after this one's text was taken back
+                    yield error(cut_off)
+                    return
                 if not sent_text and event["message"]:
                     yield chunk({"content": event["message"]})  # e.g. a human's reply: not streamed
                 yield chunk({}, "stop")

@@ -19,7 +19,7 @@ from django.utils import timezone
 from apps.agents.claims import still_claimed
 from apps.agents.delivery import deliver
 from apps.agents.dispatch import enqueue_agent_run
-from apps.conversations.models import Direction, Message, Status
+from apps.conversations.models import FOLLOW_UP_KEY, Direction, Message, Status
 from apps.conversations.realtime import publish
 from apps.core.errors import BadRequest, GatewayError
 from apps.logs.services import audit
@@ -144,13 +144,18 @@ def hold_for_handoff(message) -> bool:
     return True
 
 
+HELD = [Status.ACCEPTED, Status.PROCESSING]  # not answered yet: what a person's reply answers
+
+
 def handoff_reply(*, conversation, staff, text: str) -> Message:
     """Send ``text`` as ``staff`` on the conversation's channel; returns the stored reply.
 
     The reply answers the latest inbound message, and every message not answered yet is marked
     answered: those held for the human and any whose agent run is still under way (that run then
     drops its reply: ``save_reply`` stores one only while the message is still its own). Requests
-    waiting for any of them are told this reply. Requires an open handoff by this staff member.
+    waiting for any of them are told this reply. If the agent answered the latest message first,
+    the reply follows that answer up (``Message.follows_up``) and is not told as its answer.
+    Requires an open handoff by this staff member.
     """
     text = (text or "").strip()
     if not text:
@@ -166,18 +171,24 @@ def handoff_reply(*, conversation, staff, text: str) -> Message:
     if inbound is None:
         raise BadRequest("The conversation has no message to answer yet.")
     held = Message.objects.filter(
-        conversation=conversation, direction=Direction.INBOUND, status__in=[Status.ACCEPTED, Status.PROCESSING],
-        created_at__lte=inbound.created_at,
+        conversation=conversation, direction=Direction.INBOUND, status__in=HELD, created_at__lte=inbound.created_at,
     )
     with transaction.atomic():
+        # Locked first: a run storing its own reply to one of them waits, then finds it answered.
+        waiting = list(held.only("id", "control", "metadata").select_for_update())
+        answered = [m for m in waiting if Message.objects.filter(pk=m.pk, status__in=HELD).update(
+            status=Status.ANSWERED, lease_until=None)]
+        # The agent answered the latest message first: this reply follows that answer up.
+        follow_up = all(m.pk != inbound.pk for m in answered)
         reply = Message.objects.create(
             conversation=conversation, channel_id=inbound.channel_id, direction=Direction.OUTBOUND,
             status=Status.PENDING, reply_to=inbound, sender=staff, text=text,
+            control={FOLLOW_UP_KEY: True} if follow_up else {},
         )
-        earlier = list(held.exclude(pk=inbound.pk).only("id", "control", "metadata").select_for_update())
-        held.update(status=Status.ANSWERED, lease_until=None)
     deliver(reply, inbound=inbound)
-    for message in earlier:  # each earlier held message is told the same answer (a waiting request, a stream)
+    for message in answered:  # each earlier one is told the same answer (a waiting request, a stream)
+        if message.pk == inbound.pk:
+            continue
         try:
             inbound.channel.connector.tell_answered(message, reply)
         except Exception:  # e.g. the channel layer is down: they time out, and a resend reads the reply

@@ -178,6 +178,44 @@ class TestStreamedReply:
             assert refresh(client, aibot_channel, stream_id) == {"id": stream_id, "finish": True,
                                                                  "content": "Sam here."}
 
+    def test_a_person_answering_messages_whose_streams_closed_is_posted_once(self, client, aibot_channel,
+                                                                             platforms, admin_user):
+        """Past the stream window each held message's stream closed: the answer goes to the chat
+        once (the latest message's response_url), not once per held message."""
+        from apps.routing.services import handoff_reply, handoff_start
+
+        aibot_channel.config["stream_window_seconds"] = 0.05
+        aibot_channel.save()
+        callbacks = [text_callback(text, response_url=platforms.aibot_response_url())
+                     for text in ("a human please", "hello?", "anyone??")]
+        for callback in callbacks:
+            assert aibot_post(client, aibot_channel, callback).status_code == 200
+        conversation = Message.objects.get(external_id=callbacks[0]["msgid"]).conversation
+        handoff_start(conversation=conversation, staff=admin_user)
+        deadline = time.monotonic() + 5
+        for callback in callbacks:  # WeCom stops waiting: each stream closes, empty
+            stream_id = stream_id_for(aibot_channel.slug, callback["msgid"])
+            while refresh(client, aibot_channel, stream_id)["finish"] is False:
+                assert time.monotonic() < deadline
+        handoff_reply(conversation=conversation, staff=admin_user, text="Sam here.")
+        assert [r["markdown"]["content"] for r in platforms.state.aibot_responses] == ["Sam here."]
+
+    def test_a_persons_follow_up_to_a_finished_stream_is_posted(self, client, aibot_channel, platforms, admin_user):
+        from apps.routing.services import handoff_reply, handoff_start
+
+        callback = text_callback("question", response_url=platforms.aibot_response_url())
+        aibot_post(client, aibot_channel, callback)
+        message = Message.objects.get(external_id=callback["msgid"])
+        assert agent_run(message.id).status == "sent"
+        stream_id = stream_id_for(aibot_channel.slug, callback["msgid"])
+        assert refresh(client, aibot_channel, stream_id) == {"id": stream_id, "finish": True,
+                                                             "content": "Echo: question"}
+        handoff_start(conversation=message.conversation, staff=admin_user)
+        reply = handoff_reply(conversation=message.conversation, staff=admin_user, text="Anything else?")
+        assert reply.follows_up and Message.objects.get(pk=reply.pk).status == "sent"
+        assert [r["markdown"]["content"] for r in platforms.state.aibot_responses] == ["Anything else?"]
+        assert refresh(client, aibot_channel, stream_id)["content"] == "Echo: question"  # the answer stands
+
     def test_an_unknown_stream_is_finished_empty(self, client, aibot_channel):
         assert refresh(client, aibot_channel, "gw-never-opened") == {
             "id": "gw-never-opened", "finish": True, "content": ""}

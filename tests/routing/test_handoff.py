@@ -373,7 +373,7 @@ class TestFaceStreamDuringAHandoff:
         deliver_to_later = ApiConnector.send
 
         def the_run_resets_meanwhile(connector, reply, *, inbound):
-            connector.send_reset(message)  # as runtime._answer does once save_reply returned None
+            connector.send_reset(message, replaced=True)  # as runtime._answer does once save_reply returned None
             deliver_to_later(connector, reply, inbound=inbound)
 
         monkeypatch.setattr(ApiConnector, "send", the_run_resets_meanwhile)
@@ -413,7 +413,6 @@ class TestFaceStreamDuringAHandoff:
         from apps.agents.claims import claim
         from apps.agents.delivery import deliver, save_reply
         from apps.agents.llm import LLMResult
-        from apps.conversations.apis import answer_event
         from apps.conversations.models import Conversation
         from apps.conversations.realtime import INBOX_KEY
         from apps.conversations.waiters import ReplyWaiter
@@ -426,8 +425,63 @@ class TestFaceStreamDuringAHandoff:
             reply = await sync_to_async(save_reply)(in_flight, LLMResult(text="Echo: question", model="fake-gpt"))
             conversation = await Conversation.objects.aget(pk=message.conversation_id)
             await sync_to_async(handoff_start)(conversation=conversation, staff=staff)
-            await sync_to_async(handoff_reply)(conversation=conversation, staff=staff, text="Anything else?")
+            human = await sync_to_async(handoff_reply)(conversation=conversation, staff=staff, text="Anything else?")
             await sync_to_async(deliver)(reply, inbound=in_flight)
-            event = await answer_event(waiter, 5)
+            event = await waiter.final_event(5)
         assert (event["message"], event["by_person"]) == ("Echo: question", False)
+        assert human.follows_up and human.reply_to_id == message.id
+        # A resend reads the agent's answer, even when the follow-up was stored first (two
+        # processes' clocks, or a transaction that began before the run stored its reply).
+        await Message.objects.filter(pk=human.pk).aupdate(created_at=reply.created_at - timedelta(seconds=1))
         assert (await stored_reply_within(message.id, 1))["message"] == "Echo: question"
+
+    async def test_an_earlier_message_answered_by_a_person_after_the_agent_answered_a_later_one(
+            self, staff, api_channel, customer):
+        """The earlier message's run is slow (or died); the agent answered the later one first; a
+        person's reply then answers the earlier one: its request and its resend get that reply,
+        not the agent's answer to the later message."""
+        from asgiref.sync import sync_to_async
+
+        from apps.agents.claims import claim
+        from apps.agents.delivery import deliver, save_reply
+        from apps.agents.llm import LLMResult
+        from apps.conversations.models import Conversation
+        from apps.conversations.realtime import INBOX_KEY
+        from apps.conversations.waiters import ReplyWaiter
+        from apps.routing.services import handoff_reply, handoff_start
+
+        first = await sync_to_async(send)(api_channel, customer, "first")
+        second = await sync_to_async(send)(api_channel, customer, "second", conversation_id=str(first.conversation_id))
+        async with ReplyWaiter(first.id) as waiter:
+            await Message.objects.filter(pk=first.pk).aupdate(control={INBOX_KEY: waiter.inbox_name})
+            await sync_to_async(claim)(first.id)  # its run waits on a slow model
+            later = await sync_to_async(claim)(second.id, ignore_order=True)
+            answer = await sync_to_async(save_reply)(later, LLMResult(text="Echo: second", model="fake-gpt"))
+            await sync_to_async(deliver)(answer, inbound=later)
+            conversation = await Conversation.objects.aget(pk=first.conversation_id)
+            await sync_to_async(handoff_start)(conversation=conversation, staff=staff)
+            await sync_to_async(handoff_reply)(conversation=conversation, staff=staff, text="Sam here.")
+            event = await waiter.final_event(5)
+        assert (event["message"], event["by_person"]) == ("Sam here.", True)
+        assert (await stored_reply_within(first.id, 1))["message"] == "Sam here."
+        assert (await stored_reply_within(second.id, 1))["message"] == "Echo: second"
+
+    async def test_another_runs_answer_after_the_text_was_taken_back(self, api_channel, customer):
+        """A run outlived its lease and another claimed the message: the first takes its text
+        back as replaced, and the client, which cannot be shown a fresh answer after it, is told
+        to retry rather than given the second run's text glued to the first's."""
+        from asgiref.sync import sync_to_async
+
+        from apps.agents.claims import claim
+        from apps.agents.delivery import deliver, save_reply
+        from apps.agents.llm import LLMResult
+
+        message = await sync_to_async(send)(api_channel, customer, "question")
+        stream = await face_stream_of(message)
+        await sync_to_async(api_channel.connector.send_reset)(message, replaced=True)
+        second_run = await sync_to_async(claim)(message.id, ignore_order=True)
+        await sync_to_async(api_channel.connector.send_delta)(message, "Echo: question")
+        reply = await sync_to_async(save_reply)(second_run, LLMResult(text="Echo: question", model="fake-gpt"))
+        await sync_to_async(deliver)(reply, inbound=second_run)
+        rest = await rest_of(stream)
+        assert len(rest) == 1 and rest[0]["error"]["code"] == "agent_failed"
