@@ -22,7 +22,7 @@ from apps.core.errors import AgentFailed, ChannelDisabled, NotFound, QuotaExceed
 from gateway_project.db import database_sync_to_async
 
 from .async_api import API_CHANNEL_SLUG, ApiIpRulesMixin, AsyncAPIView
-from .models import FOLLOW_UP_KEY, Conversation, Direction, Message, Status
+from .models import ANSWERED_BY_KEY, FOLLOW_UP_KEY, Conversation, Direction, Message, Status
 from .normalized import NormalizedMessage
 from .pipeline import Accepted, accept
 from .realtime import INBOX_KEY
@@ -136,8 +136,8 @@ async def stored_reply_within(message_id, wait: float) -> dict:
 
 def stored_reply_event(message_id) -> dict | None:
     """The reply (or failure) stored for the message, as the waiter's event; None while pending."""
-    message = Message.objects.only("status", "error_code", "error_message", "conversation_id", "created_at").get(
-        pk=message_id)
+    message = Message.objects.only("status", "error_code", "error_message", "conversation_id", "created_at",
+                                   "control").get(pk=message_id)
     if message.status == Status.FAILED:  # as the first request was told (delivery.fail_message)
         if message.error_code == QuotaExceeded.code:
             # Without a Retry-After: this message is not tried again, however long one waits.
@@ -147,12 +147,13 @@ def stored_reply_event(message_id) -> dict | None:
     replies = Message.objects.filter(direction=Direction.OUTBOUND)
     # Not a person's follow-up to the agent's answer, stored (by created_at) before it in a race.
     reply = replies.filter(reply_to=message).exclude(control__has_key=FOLLOW_UP_KEY).order_by("created_at").first()
-    if reply is None and message.status == Status.ANSWERED:
-        # Answered by a person's reply to a later message, which answers every message held for
-        # them: that of the first later message with one (not the first stored later, which may
-        # answer an earlier message; not the agent's answer to a later message).
+    if reply is None and (answered_by := (message.control or {}).get(ANSWERED_BY_KEY)):
+        reply = replies.filter(pk=answered_by).first()  # a person's reply to a later message (a handoff)
+    elif reply is None and message.status == Status.ANSWERED:
+        # Answered in a handoff before the reply was recorded on the message: the reply to the
+        # first later message with one (not the first stored later, which may answer an earlier one).
         reply = replies.filter(
-            conversation_id=message.conversation_id, sender__isnull=False, reply_to__created_at__gt=message.created_at,
+            conversation_id=message.conversation_id, reply_to__created_at__gt=message.created_at,
         ).order_by("reply_to__created_at", "created_at").first()
     return reply_event(reply) if reply is not None else None
 

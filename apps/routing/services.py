@@ -11,6 +11,7 @@ conversation's channel by its connector like an agent reply.
 from __future__ import annotations
 
 import logging
+import uuid
 
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
@@ -19,7 +20,7 @@ from django.utils import timezone
 from apps.agents.claims import still_claimed
 from apps.agents.delivery import deliver
 from apps.agents.dispatch import enqueue_agent_run
-from apps.conversations.models import FOLLOW_UP_KEY, Direction, Message, Status
+from apps.conversations.models import ANSWERED_BY_KEY, FOLLOW_UP_KEY, Direction, Message, Status
 from apps.conversations.realtime import publish
 from apps.core.errors import BadRequest, GatewayError
 from apps.logs.services import audit
@@ -150,12 +151,13 @@ HELD = [Status.ACCEPTED, Status.PROCESSING]  # not answered yet: what a person's
 def handoff_reply(*, conversation, staff, text: str) -> Message:
     """Send ``text`` as ``staff`` on the conversation's channel; returns the stored reply.
 
-    The reply answers the latest inbound message, and every message not answered yet is marked
-    answered: those held for the human and any whose agent run is still under way (that run then
-    drops its reply: ``save_reply`` stores one only while the message is still its own). Requests
-    waiting for any of them are told this reply. If the agent answered the latest message first,
-    the reply follows that answer up (``Message.follows_up``) and is not told as its answer.
-    Requires an open handoff by this staff member.
+    The reply answers every inbound message not answered yet: those held for the human and any
+    whose agent run is still under way (that run then drops its reply: ``save_reply`` stores one
+    only while the message is still its own). It is the reply to the latest of them, and each
+    earlier one records it (``control["answered_by"]``). Requests waiting for any of them are told
+    it. With none left to answer, it is the reply to the latest message; if the agent answered
+    that one, the reply follows its answer up (``Message.follows_up``) and is not told as its
+    answer. Requires an open handoff by this staff member.
     """
     text = (text or "").strip()
     if not text:
@@ -163,34 +165,33 @@ def handoff_reply(*, conversation, staff, text: str) -> Message:
     current = handoff_open(conversation.pk)
     if current is None or current.staff_id != staff.pk:
         raise HandoffConflict("Take the conversation over before replying.")
-    inbound = (
+    latest = (
         Message.objects.select_related("channel", "conversation")
         .filter(conversation=conversation, direction=Direction.INBOUND)
         .order_by("-created_at").first()
     )
-    if inbound is None:
+    if latest is None:
         raise BadRequest("The conversation has no message to answer yet.")
     held = Message.objects.filter(
-        conversation=conversation, direction=Direction.INBOUND, status__in=HELD, created_at__lte=inbound.created_at,
-    )
+        conversation=conversation, direction=Direction.INBOUND, status__in=HELD, created_at__lte=latest.created_at,
+    ).order_by("created_at")
+    reply_id = uuid.uuid4()
     with transaction.atomic():
         # Locked first: a run storing its own reply to one of them waits, then finds it answered.
-        waiting = list(held.only("id", "control", "metadata").select_for_update())
-        answered = [m for m in waiting if Message.objects.filter(pk=m.pk, status__in=HELD).update(
-            status=Status.ANSWERED, lease_until=None)]
-        # The agent answered the latest message first: this reply follows that answer up.
-        follow_up = all(m.pk != inbound.pk for m in answered)
+        answered = [m for m in held.select_for_update() if Message.objects.filter(pk=m.pk, status__in=HELD).update(
+            status=Status.ANSWERED, lease_until=None, control={**m.control, ANSWERED_BY_KEY: str(reply_id)})]
+        inbound = answered[-1] if answered else latest
+        inbound.channel = latest.channel
+        follow_up = not answered and Message.objects.filter(pk=latest.pk, status=Status.ANSWERED).exists()
         reply = Message.objects.create(
-            conversation=conversation, channel_id=inbound.channel_id, direction=Direction.OUTBOUND,
+            id=reply_id, conversation=conversation, channel_id=latest.channel_id, direction=Direction.OUTBOUND,
             status=Status.PENDING, reply_to=inbound, sender=staff, text=text,
             control={FOLLOW_UP_KEY: True} if follow_up else {},
         )
     deliver(reply, inbound=inbound)
-    for message in answered:  # each earlier one is told the same answer (a waiting request, a stream)
-        if message.pk == inbound.pk:
-            continue
+    for message in answered[:-1]:  # each earlier one is told the same answer (a waiting request, a stream)
         try:
-            inbound.channel.connector.tell_answered(message, reply)
+            latest.channel.connector.tell_answered(message, reply)
         except Exception:  # e.g. the channel layer is down: they time out, and a resend reads the reply
             logger.warning("could not tell an earlier held message the human reply", exc_info=True)
     audit(action="handoff.replied", actor=staff, target=conversation, message_id=str(reply.pk))

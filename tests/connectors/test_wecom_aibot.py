@@ -216,6 +216,28 @@ class TestStreamedReply:
         assert [r["markdown"]["content"] for r in platforms.state.aibot_responses] == ["Anything else?"]
         assert refresh(client, aibot_channel, stream_id)["content"] == "Echo: question"  # the answer stands
 
+    def test_a_person_answering_an_earlier_message_after_a_later_one_failed_is_shown_once(
+            self, client, aibot_channel, platforms, admin_user):
+        from apps.agents.claims import claim
+        from apps.agents.delivery import fail_message
+        from apps.core.errors import LLMError
+        from apps.routing.services import handoff_reply, handoff_start
+
+        callbacks = [text_callback(text, response_url=platforms.aibot_response_url())
+                     for text in ("first question", "second question")]
+        for callback in callbacks:
+            assert aibot_post(client, aibot_channel, callback).status_code == 200
+        first, second = (Message.objects.get(external_id=c["msgid"]) for c in callbacks)
+        claim(first.id)  # its run waits on a slow model
+        fail_message(claim(second.id, ignore_order=True), LLMError("provider_error", "The model failed."))
+        handoff_start(conversation=first.conversation, staff=admin_user)
+        reply = handoff_reply(conversation=first.conversation, staff=admin_user, text="Sam here.")
+        assert (reply.reply_to_id, reply.follows_up) == (first.id, False)  # the latest message it answers
+        streams = [refresh(client, aibot_channel, stream_id_for(aibot_channel.slug, c["msgid"]))["content"]
+                   for c in callbacks]
+        assert streams == ["Sam here.", "The assistant could not answer right now. Please try again."]
+        assert platforms.state.aibot_responses == []
+
     def test_an_unknown_stream_is_finished_empty(self, client, aibot_channel):
         assert refresh(client, aibot_channel, "gw-never-opened") == {
             "id": "gw-never-opened", "finish": True, "content": ""}

@@ -180,6 +180,38 @@ class TestHandoff:
         assert events[-1] == {"type": "chat.reset", "reply_to": str(message.id)}
         assert list(Message.objects.filter(reply_to=message).values_list("text", flat=True)) == ["Sam here."]
 
+    def test_a_reply_after_the_agent_failed_is_not_a_follow_up(self, staff, api_channel, customer):
+        from apps.agents.claims import claim
+        from apps.agents.delivery import fail_message
+        from apps.agents.llm import LLMError
+        from apps.routing.services import handoff_reply, handoff_start
+
+        message = send(api_channel, customer, "question")
+        fail_message(claim(message.id), LLMError("provider_error", "The model failed."))
+        handoff_start(conversation=message.conversation, staff=staff)
+        reply = handoff_reply(conversation=message.conversation, staff=staff, text="Sam here: it is 42.")
+        assert (reply.reply_to_id, reply.follows_up) == (message.id, False)
+
+    def test_an_earlier_messages_answer_is_read_back_after_its_author_is_deleted(self, staff, make_user,
+                                                                                api_channel, customer):
+        """A resend of a message a person answered through a later one reads their reply, even
+        once their user is gone (the reply's sender is then empty, like an agent's)."""
+        from apps.routing.services import handoff_reply, handoff_start
+
+        other = make_user(None)
+        other.is_staff = other.is_superuser = True
+        other.save()
+        first = send(api_channel, customer, "hello?")
+        handoff_start(conversation=first.conversation, staff=other)
+        second = send(api_channel, customer, "anyone?", conversation_id=str(first.conversation_id))
+        assert agent_run(first.id) is None  # held for the person
+        assert agent_run(second.id, ignore_order=True) is None
+        reply = handoff_reply(conversation=first.conversation, staff=other, text="Yes, Sam here.")
+        assert Message.objects.get(pk=first.pk).control["answered_by"] == str(reply.pk)
+        other.delete()
+        for message in (first, second):
+            assert async_to_sync(stored_reply_within)(message.id, 1)["message"] == "Yes, Sam here."
+
     def test_a_run_failing_after_a_human_answered_tells_nothing_more(self, staff, api_channel, customer):
         from apps.agents.claims import claim
         from apps.agents.delivery import fail_message
