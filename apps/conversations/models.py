@@ -13,19 +13,6 @@ FOLLOW_UP_KEY = "follow_up"
 ANSWERED_BY_KEY = "answered_by"
 
 
-DELETED_USER = "(deleted user)"  # not a name the admin's forms accept: no real user can take it
-
-
-def deleted_user():
-    """Who a message names once its sender's user is deleted (Django's sentinel-user pattern): a
-    person's reply stays a person's. Without a sender it would count as the agent's reply, and a
-    message the agent answered too would break one_reply_per_message."""
-    from django.contrib.auth import get_user_model
-
-    user, _ = get_user_model().objects.get_or_create(username=DELETED_USER, defaults={"is_active": False})
-    return user
-
-
 class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     channel = models.ForeignKey(
@@ -84,7 +71,7 @@ class Message(models.Model):
     direction = models.CharField(max_length=3, choices=Direction.choices)
     status = models.CharField(max_length=16, choices=Status.choices)
     sender = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET(deleted_user),
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
         related_name="+", help_text="Inbound: the speaker. Outbound: a human agent, if any.",
     )
     # NULL, not "": messages without a channel id must not collide in the dedupe constraint.

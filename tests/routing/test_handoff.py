@@ -212,26 +212,6 @@ class TestHandoff:
         for message in (first, second):
             assert async_to_sync(stored_reply_within)(message.id, 1)["message"] == "Yes, Sam here."
 
-    def test_deleting_a_staff_user_keeps_their_replies_a_persons(self, make_user, api_channel, customer, client):
-        """Their follow-up to the agent's answer stays a person's reply (without a sender it would
-        count as a second agent reply to the message, which the database refuses)."""
-        from apps.conversations.models import DELETED_USER
-        from apps.routing.services import handoff_reply, handoff_start
-
-        other = make_user(None)
-        other.is_staff = other.is_superuser = True
-        other.save()
-        message = send(api_channel, customer, "question")
-        answer = agent_run(message.id)
-        handoff_start(conversation=message.conversation, staff=other)
-        follow_up = handoff_reply(conversation=message.conversation, staff=other, text="Anything else?")
-        assert follow_up.follows_up
-        other.delete()
-        follow_up.refresh_from_db()
-        assert follow_up.sender.username == DELETED_USER and not follow_up.sender.is_active
-        assert async_to_sync(stored_reply_within)(message.id, 1)["message"] == answer.text
-        assert not client.login(username=DELETED_USER, password="")  # the stand-in cannot sign in
-
     def test_a_run_failing_after_a_human_answered_tells_nothing_more(self, staff, api_channel, customer):
         from apps.agents.claims import claim
         from apps.agents.delivery import fail_message
