@@ -123,10 +123,11 @@ class Message(models.Model):
                 fields=["channel", "external_id"], name="message_dedupe_key",
                 condition=models.Q(external_id__isnull=False),
             ),
-            # One agent reply per inbound message, however often the task is redelivered.
+            # One agent reply per inbound message, however often the task is redelivered. An agent's
+            # reply names its agent; a person's names none (and loses its sender if they are deleted).
             models.UniqueConstraint(
-                fields=["reply_to"], name="one_reply_per_message",
-                condition=models.Q(direction="out", sender__isnull=True),
+                fields=["reply_to"], name="one_agent_reply_per_message",
+                condition=models.Q(direction="out", agent__isnull=False),
             ),
         ]
         indexes = [

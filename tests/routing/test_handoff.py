@@ -212,6 +212,35 @@ class TestHandoff:
         for message in (first, second):
             assert async_to_sync(stored_reply_within)(message.id, 1)["message"] == "Yes, Sam here."
 
+    def test_deleting_a_staff_user_who_followed_up_an_answer(self, make_user, api_channel, customer):
+        """Their reply loses its sender but stays a person's: it is not a second agent reply to
+        the message (the database would refuse the delete), and a resend reads the agent's."""
+        from apps.routing.services import handoff_reply, handoff_start
+
+        other = make_user(None)
+        other.is_staff = other.is_superuser = True
+        other.save()
+        message = send(api_channel, customer, "question")
+        answer = agent_run(message.id)
+        handoff_start(conversation=message.conversation, staff=other)
+        follow_up = handoff_reply(conversation=message.conversation, staff=other, text="Anything else?")
+        assert follow_up.follows_up
+        other.delete()
+        follow_up.refresh_from_db()
+        assert (follow_up.sender_id, follow_up.agent_id, follow_up.text) == (None, None, "Anything else?")
+        assert async_to_sync(stored_reply_within)(message.id, 1)["message"] == answer.text
+
+    def test_a_message_answered_in_a_handoff_before_answers_were_recorded(self, staff, api_channel, customer):
+        """Rows from before ``answered_by``: a resend guesses a person's reply to a later message,
+        not the agent's answer to it."""
+        first = send(api_channel, customer, "first")
+        second = send(api_channel, customer, "second", conversation_id=str(first.conversation_id))
+        agent_run(second.id, ignore_order=True)
+        Message.objects.filter(pk=first.pk).update(status="answered")
+        Message.objects.create(conversation=first.conversation, channel=first.channel, direction="out",
+                               status="sent", reply_to=second, sender=staff, text="Sam here")
+        assert async_to_sync(stored_reply_within)(first.id, 1)["message"] == "Sam here"
+
     def test_a_run_failing_after_a_human_answered_tells_nothing_more(self, staff, api_channel, customer):
         from apps.agents.claims import claim
         from apps.agents.delivery import fail_message
