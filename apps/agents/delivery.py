@@ -74,9 +74,9 @@ def _stored_by_this_run(message: Message) -> Message | None:
     """The undelivered reply to ``message`` if this run stored it: the message is answered and no
     run claimed it since this one (its attempts are still this run's)."""
     return Message.objects.filter(
-        reply_to=message, direction=Direction.OUTBOUND, status=Status.PENDING, agent__isnull=False,  # not a person's
+        reply_to=message, direction=Direction.OUTBOUND, status=Status.PENDING,
         reply_to__status=Status.ANSWERED, reply_to__attempts=message.attempts,
-    ).first()
+    ).exclude(model="").first()  # an agent's (Message.by_agent), not a person's
 
 
 def deliver(reply: Message, *, inbound: Message, then_start_next: bool = False) -> None:

@@ -234,5 +234,5 @@ def reply_event(reply) -> dict:
             "total_tokens": reply.total_tokens or 0,
         },
         "latency_ms": reply.latency_ms,
-        "by_person": reply.sender_id is not None,  # a staff member's reply during a handoff
+        "by_person": not reply.by_agent,  # a staff member's reply during a handoff
     }

@@ -30,8 +30,8 @@ class MessageInline(admin.TabularInline):
         """Outbound: the human (staff) or the agent that wrote it."""
         if obj.direction != "out":
             return ""
-        if obj.sender_id:
-            return f"human: {obj.sender}"
+        if not obj.by_agent:
+            return f"human: {obj.sender}" if obj.sender_id else "human (deleted user)"
         return f"agent: {obj.agent.slug}" if obj.agent_id else "agent"
 
 

@@ -151,10 +151,10 @@ def stored_reply_event(message_id) -> dict | None:
         reply = replies.filter(pk=answered_by).first()  # a person's reply to a later message (a handoff)
     elif reply is None and message.status == Status.ANSWERED:
         # Answered in a handoff before the reply was recorded on the message: a person's reply (no
-        # agent) to the first later message with one (not the first stored later, which may answer
+        # model: Message.by_agent) to the first later message with one (not the first stored later, which may answer
         # an earlier message; not the agent's answer to a later message).
         reply = replies.filter(
-            conversation_id=message.conversation_id, agent__isnull=True, reply_to__created_at__gt=message.created_at,
+            conversation_id=message.conversation_id, model="", reply_to__created_at__gt=message.created_at,
         ).order_by("reply_to__created_at", "created_at").first()
     return reply_event(reply) if reply is not None else None
 

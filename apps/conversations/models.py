@@ -123,11 +123,11 @@ class Message(models.Model):
                 fields=["channel", "external_id"], name="message_dedupe_key",
                 condition=models.Q(external_id__isnull=False),
             ),
-            # One agent reply per inbound message, however often the task is redelivered. An agent's
-            # reply names its agent; a person's names none (and loses its sender if they are deleted).
+            # One agent reply per inbound message, however often the task is redelivered
+            # (Message.by_agent: what tells it apart whoever or whatever is deleted later).
             models.UniqueConstraint(
                 fields=["reply_to"], name="one_agent_reply_per_message",
-                condition=models.Q(direction="out", agent__isnull=False),
+                condition=models.Q(direction="out") & ~models.Q(model=""),
             ),
         ]
         indexes = [
@@ -139,6 +139,12 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.direction} {self.status}: {self.text[:40]}"
+
+    @property
+    def by_agent(self) -> bool:
+        """An outbound reply a model wrote (it names its model); a person's reply in a handoff names
+        none. Its agent and its sender may be deleted later; this stays."""
+        return bool(self.model)
 
     @property
     def follows_up(self) -> bool:

@@ -355,7 +355,7 @@ def conversation_detail(conversation_id) -> dict | None:
     for m in conversation.messages.order_by("created_at")[:TRANSCRIPT_ROWS]:
         row = {
             "id": str(m.id), "created_at": m.created_at, "text": m.text, "status": m.status,
-            "direction": "user" if m.direction == Direction.INBOUND else ("agent" if m.sender_id is None else "staff"),
+            "direction": "user" if m.direction == Direction.INBOUND else ("agent" if m.by_agent else "staff"),
             "model": m.model, "prompt_tokens": m.prompt_tokens, "completion_tokens": m.completion_tokens,
             "total_tokens": m.total_tokens, "latency_ms": m.latency_ms, "request_id": m.request_id, "cost": None,
         }

@@ -195,6 +195,17 @@ def test_save_reply_in_autocommit(api_channel, customer, django_assert_num_queri
 
 
 @pytest.mark.django_db
+def test_a_stored_reply_is_still_this_runs_after_its_agent_is_deleted(api_channel, customer):
+    """The write went in, the connection broke, and meanwhile staff deleted the agent: the retry
+    still finds the reply this run stored (it names its model) and delivers it."""
+    message = claim(send(api_channel, customer, "answer me").id)
+    first = save_reply(message, LLMResult(text="the answer", model="fake-gpt"))
+    message.agent.delete()
+    again = save_reply(message, LLMResult(text="the answer", model="fake-gpt"))
+    assert again is not None and again.pk == first.pk
+
+
+@pytest.mark.django_db
 def test_a_worker_clock_behind_the_web_servers_gives_latency_zero(api_channel, customer):
     message = send(api_channel, customer, "from the future")
     Message.objects.filter(pk=message.pk).update(created_at=timezone.now() + timedelta(seconds=5))

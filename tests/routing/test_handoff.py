@@ -240,6 +240,9 @@ class TestHandoff:
         Message.objects.create(conversation=first.conversation, channel=first.channel, direction="out",
                                status="sent", reply_to=second, sender=staff, text="Sam here")
         assert async_to_sync(stored_reply_within)(first.id, 1)["message"] == "Sam here"
+        staff.delete()  # the agent's reply and the person's lose their agent and their sender ...
+        first.agent.delete()
+        assert async_to_sync(stored_reply_within)(first.id, 1)["message"] == "Sam here"  # ... not their model
 
     def test_a_run_failing_after_a_human_answered_tells_nothing_more(self, staff, api_channel, customer):
         from apps.agents.claims import claim
