@@ -93,6 +93,22 @@ class TestInbox:
                        .values_list("action", flat=True))
         assert actions == ["handoff.requested", "handoff.started", "handoff.replied", "handoff.ended"]
 
+    def test_a_deleted_staff_members_reply_stays_theirs_in_the_transcript(self, client, staff, make_user,
+                                                                          webchat_channel, customer, fake_llm):
+        from apps.routing.services import handoff_reply, handoff_start
+
+        other = make_user(None)
+        other.is_staff = other.is_superuser = True
+        other.save()
+        asking = ask_for_a_person(webchat_channel, customer, fake_llm)
+        handoff_start(conversation=asking.conversation, staff=other)
+        handoff_reply(conversation=asking.conversation, staff=other, text="Sam here.")
+        other.delete()
+        client.force_login(staff)
+        transcript = client.get(f"/console/c/{asking.conversation_id}/transcript/").content.decode()
+        sam = transcript[transcript.rindex('<li class="msg', 0, transcript.index("Sam here.")):]
+        assert sam.startswith('<li class="msg staff">') and "(deleted user)" in sam
+
     def test_another_staff_member_cannot_take_a_taken_conversation(
             self, client, staff, make_user, webchat_channel, customer, fake_llm):
         asking = ask_for_a_person(webchat_channel, customer, fake_llm)
