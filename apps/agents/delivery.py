@@ -15,7 +15,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from apps.conversations.models import Direction, Message, Status
+from apps.conversations.models import PERSONS_REPLY, Direction, Message, Status
 from apps.core.errors import AgentFailed, ChannelMisconfigured
 from apps.core.http import ConnectorError, send_with_retries
 from gateway_project.db import Update, is_database_outage, stored, through_outage, update_then_fetch, write_together
@@ -76,7 +76,7 @@ def _stored_by_this_run(message: Message) -> Message | None:
     return Message.objects.filter(
         reply_to=message, direction=Direction.OUTBOUND, status=Status.PENDING,
         reply_to__status=Status.ANSWERED, reply_to__attempts=message.attempts,
-    ).exclude(model="").first()  # an agent's (Message.by_agent), not a person's
+    ).exclude(PERSONS_REPLY).first()
 
 
 def deliver(reply: Message, *, inbound: Message, then_start_next: bool = False) -> None:

@@ -22,7 +22,7 @@ from apps.core.errors import AgentFailed, ChannelDisabled, NotFound, QuotaExceed
 from gateway_project.db import database_sync_to_async
 
 from .async_api import API_CHANNEL_SLUG, ApiIpRulesMixin, AsyncAPIView
-from .models import ANSWERED_BY_KEY, FOLLOW_UP_KEY, Conversation, Direction, Message, Status
+from .models import ANSWERED_BY_KEY, FOLLOW_UP_KEY, PERSONS_REPLY, Conversation, Direction, Message, Status
 from .normalized import NormalizedMessage
 from .pipeline import Accepted, accept
 from .realtime import INBOX_KEY
@@ -150,11 +150,11 @@ def stored_reply_event(message_id) -> dict | None:
     if reply is None and (answered_by := (message.control or {}).get(ANSWERED_BY_KEY)):
         reply = replies.filter(pk=answered_by).first()  # a person's reply to a later message (a handoff)
     elif reply is None and message.status == Status.ANSWERED:
-        # Answered in a handoff before the reply was recorded on the message: a person's reply (no
-        # model: Message.by_agent) to the first later message with one (not the first stored later, which may answer
-        # an earlier message; not the agent's answer to a later message).
+        # Answered in a handoff before the reply was recorded on the message: a person's reply to
+        # the first later message with one (not the first stored later, which may answer an
+        # earlier message; not the agent's answer to a later message).
         reply = replies.filter(
-            conversation_id=message.conversation_id, model="", reply_to__created_at__gt=message.created_at,
+            PERSONS_REPLY, conversation_id=message.conversation_id, reply_to__created_at__gt=message.created_at,
         ).order_by("reply_to__created_at", "created_at").first()
     return reply_event(reply) if reply is not None else None
 

@@ -11,6 +11,8 @@ FOLLOW_UP_KEY = "follow_up"
 # In an inbound message's ``control``: the id of a person's reply to a later message that answers
 # it too (a handoff); its own reply, if any, is the agent's.
 ANSWERED_BY_KEY = "answered_by"
+# An outbound reply no model wrote: a person's in a handoff (Message.by_agent is its negation).
+PERSONS_REPLY = models.Q(model="")
 
 
 class Conversation(models.Model):
@@ -127,7 +129,7 @@ class Message(models.Model):
             # (Message.by_agent: what tells it apart whoever or whatever is deleted later).
             models.UniqueConstraint(
                 fields=["reply_to"], name="one_agent_reply_per_message",
-                condition=models.Q(direction="out") & ~models.Q(model=""),
+                condition=models.Q(direction="out") & ~PERSONS_REPLY,
             ),
         ]
         indexes = [
