@@ -58,6 +58,8 @@ def parse_xml(data: bytes | str) -> Element:
         raise BadRequest("XML with DTDs or entities is not accepted.") from exc
     except ParseError as exc:
         raise BadRequest("The body is not well-formed XML.") from exc
+    except (ValueError, LookupError) as exc:  # expat refuses an encoding it cannot read (gbk, utf-32, a made-up one)
+        raise BadRequest("The XML declares an encoding that is not accepted; send UTF-8.") from exc
 
 
 def _epoch(value: str | None) -> float:

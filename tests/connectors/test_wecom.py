@@ -167,6 +167,14 @@ class TestRefusals:
                  b"<xml><MsgType>text</MsgType><Content>&xxe;</Content></xml>")
         assert_refused(wecom_post(client, wecom_channel, inner), 400)
 
+    @pytest.mark.parametrize("encoding", ["gbk", "utf-32", "made-up"])
+    def test_xml_in_an_encoding_the_parser_cannot_read(self, client, wecom_channel, encoding):
+        # Before the signature is checked (the envelope) and after (the decrypted message).
+        envelope = f'<?xml version="1.0" encoding="{encoding}"?><xml><Encrypt>abc</Encrypt></xml>'
+        assert_refused(wecom_post(client, wecom_channel, body=envelope, encrypt="x", signature="x"), 400)
+        inner = f'<?xml version="1.0" encoding="{encoding}"?><xml><MsgType>text</MsgType></xml>'.encode()
+        assert_refused(wecom_post(client, wecom_channel, inner), 400)
+
     def test_not_xml(self, client, wecom_channel):
         assert_refused(wecom_post(client, wecom_channel, body="{}", encrypt="x", signature="x"), 400)
 
