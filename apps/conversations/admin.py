@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 
 from apps.agents.dispatch import enqueue_agent_run
+from apps.routing.console import visible_channel_ids
 from apps.routing.handoff_admin import HandoffAdminMixin
 
 from .models import Conversation, Message
@@ -35,10 +36,21 @@ class MessageInline(admin.TabularInline):
         return f"agent: {obj.agent.slug}" if obj.agent_id else "agent"
 
 
+class UsableChannelsOnly:
+    """A staff member sees (and so opens, hands off, re-enqueues) only what was said on channels
+    they may use, as in the staff console; a hidden one is "not found" here too."""
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(channel_id__in=visible_channel_ids(request.user))
+
+
 @admin.register(Conversation)
-class ConversationAdmin(HandoffAdminMixin, admin.ModelAdmin):
+class ConversationAdmin(UsableChannelsOnly, HandoffAdminMixin, admin.ModelAdmin):
     list_display = ("id", "channel", "user", "agent", "created_at", "last_message_at")
-    list_filter = ("channel", "agent")
+    list_filter = (("channel", admin.RelatedOnlyFieldListFilter), "agent")
     search_fields = ("id", "user__username", "external_thread_id", "messages__text")
     list_select_related = ("channel", "user", "agent")
     readonly_fields = ("id", "channel", "user", "created_at", "last_message_at", "external_thread_id")
@@ -47,10 +59,10 @@ class ConversationAdmin(HandoffAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(UsableChannelsOnly, admin.ModelAdmin):
     list_display = ("created_at", "direction", "status", "channel", "sender", "short_text", "model",
                     "total_tokens", "latency_ms", "error_code")
-    list_filter = ("direction", "status", "channel")
+    list_filter = ("direction", "status", ("channel", admin.RelatedOnlyFieldListFilter))
     search_fields = ("id", "external_id", "text", "sender__username")
     list_select_related = ("channel", "sender")
     date_hierarchy = "created_at"

@@ -25,7 +25,7 @@ class HandoffAdminMixin:
     def handoff_view(self, request, pk, action):
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
-        conversation = get_object_or_404(self.model, pk=pk)
+        conversation = get_object_or_404(self.get_queryset(request), pk=pk)
         if not self.has_change_permission(request, conversation):
             raise PermissionDenied
         try:

@@ -133,6 +133,35 @@ class TestInbox:
         assert client.post(f"/console/c/{asking.conversation_id}/take/").status_code == 404
         assert not AuditEvent.objects.filter(action="handoff.started").exists()
 
+    def test_the_admin_hides_them_as_the_console_does(self, client, limited_staff, agent, make_user, fake_llm,
+                                                        webchat_channel, customer):
+        """The same staff member in the admin: conversations and messages of channels they may not
+        use are not listed, not found, and cannot be taken over or answered there either."""
+        limited_staff.user_permissions.add(*Permission.objects.filter(
+            codename__in=["view_conversation", "view_message", "change_message"]))
+        hidden = Channel.objects.create(slug="vip", name="VIP", kind="webchat", default_agent=agent,
+                                        visibility="admin")
+        asking = ask_for_a_person(hidden, make_user(Role.ADMIN), fake_llm)
+        shown = ask_for_a_person(webchat_channel, customer, fake_llm)
+        client.force_login(limited_staff)
+        base = "/admin/conversations"
+        listed = client.get(f"{base}/conversation/").context["cl"].result_list
+        assert [c.pk for c in listed] == [shown.conversation_id]
+        assert {m.channel_id for m in client.get(f"{base}/message/").context["cl"].result_list} == {
+            webchat_channel.pk}
+        hidden_page = client.get(f"{base}/conversation/{asking.conversation_id}/change/")
+        assert hidden_page.status_code == 302 and "VIP" not in hidden_page.content.decode()  # "does not exist"
+        assert client.get(f"{base}/message/{asking.pk}/change/").status_code == 302
+        for action in ("start", "reply", "end"):
+            response = client.post(f"{base}/conversation/{asking.conversation_id}/handoff/{action}/", {"text": "hi"})
+            assert response.status_code == 404
+        assert Handoff.objects.get(conversation_id=asking.conversation_id, ended_at__isnull=True).staff is None
+        assert not Message.objects.filter(reply_to=asking).exists()
+        # A channel they may use works as before.
+        assert client.get(f"{base}/conversation/{shown.conversation_id}/change/").status_code == 200
+        client.post(f"{base}/conversation/{shown.conversation_id}/handoff/start/")
+        assert Handoff.objects.get(conversation_id=shown.conversation_id, ended_at__isnull=True).staff == limited_staff
+
     def test_customers_and_anonymous_are_kept_out(self, client, customer):
         assert client.get("/console/").status_code == 302  # to the login page
         client.force_login(customer)
