@@ -16,9 +16,12 @@ process answers the refresh. WeCom stops refreshing 6 minutes after the message:
 ``stream_window_seconds`` have passed, a refresh closes the stream with what is there and the final
 answer goes to the message's ``response_url`` (valid one hour, usable once, plain JSON).
 
-Who delivers the final answer is decided once, with an atomic ``cache.add`` on the stream's
-``closed`` key: the worker claims it after storing the answer (the next refresh shows it), or a
-refresh claims it when the window ran out (the worker then posts to response_url).
+Who ends the stream is decided once, with an atomic ``cache.add`` on the stream's ``closed`` key:
+the first answer (``reply:<id>``, an agent's or a person's) or failure (``error:<message id>``)
+claims it and the next refresh shows it, or a refresh claims it when the window ran out. Any other
+text for the message (a person's answer after the agent's failure, an answer after the window)
+goes to its ``response_url``; a retry of the same delivery knows its own claim and posts nothing
+twice.
 """
 from __future__ import annotations
 
@@ -108,8 +111,8 @@ class StreamState:
     def closed_by(self) -> str | None:
         return cache.get(f"{self.key}:closed")
 
-    def mark_posted(self) -> None:
-        cache.set(f"{self.key}:closed", "posted", timeout=STATE_TTL_SECONDS)
+    def mark_posted(self, by: str) -> None:
+        cache.set(f"{self.key}:closed", f"posted:{by}", timeout=STATE_TTL_SECONDS)
 
 
 class WeComAiBotConnector(Connector):
@@ -232,8 +235,11 @@ class WeComAiBotConnector(Connector):
         if state.claim("refresh"):
             logger.info("wecom ai bot stream window over; the answer will go to response_url")
             return self.passive_stream(stream_id, state.text(), True, nonce=nonce)
-        # The worker claimed the stream a moment ago: its answer is stored.
-        return self.passive_stream(stream_id, state.final() or state.text(), True, nonce=nonce)
+        final = state.final()
+        if final is None and (state.closed_by() or "").startswith(("reply:", "error:")):
+            # Claimed by an answer a moment ago, stored the next moment: the next refresh has it.
+            return self.passive_stream(stream_id, state.text(), False, nonce=nonce)
+        return self.passive_stream(stream_id, state.text() if final is None else final, True, nonce=nonce)
 
     def passive_stream(self, stream_id: str, content: str, finish: bool, *, nonce: str) -> JsonResponse:
         """An encrypted passive reply carrying a stream message (WeCom's JSON reply format)."""
@@ -263,7 +269,7 @@ class WeComAiBotConnector(Connector):
         if reply.follows_up:  # the message's stream has the agent's answer: this one goes after it
             self.post_response_url(inbound.metadata.get("aibot_response_url", ""), reply.text)
             return
-        self.finish(inbound, reply.text)
+        self.finish(inbound, reply.text, by=f"reply:{reply.pk}")
 
     def tell_answered(self, inbound, reply) -> None:
         # The message's stream, if still open, ends with the answer rather than empty (its run,
@@ -271,30 +277,36 @@ class WeComAiBotConnector(Connector):
         # the later message, and posting it once per held message would repeat it in the chat.
         stream_id = inbound.metadata.get("aibot_stream_id")
         if stream_id:
-            state = StreamState(stream_id)
-            state.set_final(reply.text)
-            state.claim("worker")
+            self._end_stream(StreamState(stream_id), reply.text, by=f"reply:{reply.pk}")
 
     def send_error(self, inbound, error) -> None:
         try:
-            self.finish(inbound, error.message)
+            self.finish(inbound, error.message, by=f"error:{inbound.pk}")
         except (ConnectorError, GatewayError) as exc:
             # The failure itself is already recorded on the message; telling the sender is best effort.
             logger.warning("could not tell the sender about the failure", extra={"error": str(exc)})
 
-    def finish(self, inbound, text: str) -> None:
-        """Store the answer for the stream's next refresh, or, when the stream was closed for
-        running out of time, post it to the message's response_url."""
+    def finish(self, inbound, text: str, *, by: str) -> None:
+        """End the message's stream with ``text`` (``by``: this answer or failure); when something
+        else ended it (the window ran out, the agent's failure was shown), post ``text`` to the
+        message's response_url instead."""
         stream_id = inbound.metadata.get("aibot_stream_id")
-        if stream_id:
-            state = StreamState(stream_id)
-            state.set_final(text)
-            # Claimed now, or by an earlier attempt of this run: the stream shows it. Posted: done.
-            if state.claim("worker") or state.closed_by() in ("worker", "posted"):
-                return
+        state = StreamState(stream_id) if stream_id else None
+        if state is not None:
+            if self._end_stream(state, text, by=by) or state.closed_by() == f"posted:{by}":
+                return  # the stream shows it, or an earlier attempt of this delivery posted it
         self.post_response_url(inbound.metadata.get("aibot_response_url", ""), text)
-        if stream_id:
-            StreamState(stream_id).mark_posted()
+        if state is not None:
+            state.mark_posted(by)
+
+    @staticmethod
+    def _end_stream(state: StreamState, text: str, *, by: str) -> bool:
+        """Claim the stream for ``text`` (or find it claimed by an earlier attempt of the same
+        delivery) and store it for the next refresh; False when something else ended it."""
+        if state.claim(by) or state.closed_by() == by:
+            state.set_final(text)
+            return True
+        return False
 
     def post_response_url(self, url: str, text: str) -> None:
         if not url.startswith(("http://", "https://")):

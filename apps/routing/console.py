@@ -18,6 +18,7 @@ from apps.conversations.models import Conversation, Direction
 from apps.core.errors import GatewayError
 from apps.identities.permissions import user_can_use_channel
 
+from .handoff_admin import tell_delivery
 from .models import Handoff
 from .services import handoff_end, handoff_open, handoff_reply, handoff_start
 
@@ -104,7 +105,8 @@ def act(request, conversation_id, action):
         if action == "take":
             handoff_start(conversation=conversation, staff=request.user)
         elif action == "reply":
-            handoff_reply(conversation=conversation, staff=request.user, text=request.POST.get("text", ""))
+            tell_delivery(request, handoff_reply(conversation=conversation, staff=request.user,
+                                                 text=request.POST.get("text", "")))
         elif action == "handback":
             handoff_end(conversation=conversation, staff=request.user)
             messages.success(request, "Handed back to the agent.")

@@ -7,6 +7,7 @@ from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 
+from apps.conversations.models import Status
 from apps.core.errors import GatewayError
 
 from .services import handoff_end, handoff_open, handoff_reply, handoff_start
@@ -33,8 +34,8 @@ class HandoffAdminMixin:
                 handoff_start(conversation=conversation, staff=request.user)
                 messages.success(request, "You have the conversation; the agent is paused.")
             elif action == "reply":
-                handoff_reply(conversation=conversation, staff=request.user, text=request.POST.get("text", ""))
-                messages.success(request, "Reply sent.")
+                reply = handoff_reply(conversation=conversation, staff=request.user, text=request.POST.get("text", ""))
+                tell_delivery(request, reply)
             elif action == "end":
                 handoff_end(conversation=conversation, staff=request.user)
                 messages.success(request, "Handed back to the agent.")
@@ -47,3 +48,14 @@ class HandoffAdminMixin:
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = {**(extra_context or {}), "handoff": handoff_open(object_id) if object_id else None}
         return super().change_view(request, object_id, form_url, extra_context)
+
+
+def tell_delivery(request, reply) -> None:
+    """What became of a person's reply on the customer's channel, as the one who wrote it sees it."""
+    if reply.status == Status.FAILED:
+        messages.error(request, f"The reply is stored, but the channel did not take it: {reply.error_message}")
+    elif reply.status == Status.PENDING:
+        messages.warning(request, "The reply is stored; the channel cannot be reached now, and it is sent "
+                                  "once it can.")
+    else:
+        messages.success(request, "Reply sent.")

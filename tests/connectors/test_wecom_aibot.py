@@ -238,6 +238,79 @@ class TestStreamedReply:
         assert streams == ["Sam here.", "The assistant could not answer right now. Please try again."]
         assert platforms.state.aibot_responses == []
 
+    def test_a_persons_answer_after_the_agent_failed_goes_after_the_shown_failure(
+            self, client, aibot_channel, platforms, admin_user):
+        """The usual reason to take over: the agent failed, and its stream ended with the failure.
+        The person's answer to that message is posted to its response_url, and posted once even
+        when its delivery is retried."""
+        from apps.agents.claims import claim
+        from apps.agents.delivery import deliver, fail_message
+        from apps.core.errors import LLMError
+        from apps.routing.services import handoff_reply, handoff_start
+
+        callback = text_callback("question", response_url=platforms.aibot_response_url())
+        assert aibot_post(client, aibot_channel, callback).status_code == 200
+        message = Message.objects.get(external_id=callback["msgid"])
+        fail_message(claim(message.id), LLMError("provider_error", "The model failed."))
+        stream_id = stream_id_for(aibot_channel.slug, callback["msgid"])
+        failure = "The assistant could not answer right now. Please try again."
+        assert refresh(client, aibot_channel, stream_id) == {"id": stream_id, "finish": True, "content": failure}
+        handoff_start(conversation=message.conversation, staff=admin_user)
+        reply = handoff_reply(conversation=message.conversation, staff=admin_user, text="Sam here, sorry.")
+        assert (reply.reply_to_id, reply.status) == (message.id, "sent")
+        assert [r["markdown"]["content"] for r in platforms.state.aibot_responses] == ["Sam here, sorry."]
+        deliver(reply, inbound=Message.objects.get(pk=message.pk))  # a retry of that delivery
+        assert len(platforms.state.aibot_responses) == 1
+        assert refresh(client, aibot_channel, stream_id)["content"] == failure  # the failure stands
+
+    def test_a_person_is_told_when_their_answer_could_not_be_delivered(
+            self, client, aibot_channel, platforms, admin_user):
+        """The agent's answer came after the window and used the message's response_url (WeCom
+        takes it once): the person's follow-up is refused there, and the admin and the console
+        say so rather than "Reply sent."."""
+        aibot_channel.config["stream_window_seconds"] = 0.05
+        aibot_channel.save()
+        callback = text_callback("question", response_url=platforms.aibot_response_url())
+        assert aibot_post(client, aibot_channel, callback).status_code == 200
+        message = Message.objects.get(external_id=callback["msgid"])
+        stream_id = stream_id_for(aibot_channel.slug, callback["msgid"])
+        deadline = time.monotonic() + 5
+        while refresh(client, aibot_channel, stream_id)["finish"] is False:  # the window closes it, empty
+            assert time.monotonic() < deadline
+        assert agent_run(message.id).status == "sent"
+        assert [r["markdown"]["content"] for r in platforms.state.aibot_responses] == ["Echo: question"]
+        admin_user.is_superuser = True
+        admin_user.save()
+        client.force_login(admin_user)
+        admin = f"/admin/conversations/conversation/{message.conversation_id}/handoff/"
+        client.post(admin + "start/")
+        page = client.post(admin + "reply/", {"text": "Anything else?"}, follow=True).content.decode()
+        reply = Message.objects.get(direction="out", text="Anything else?")
+        assert reply.status == "failed" and "errcode" in reply.error_message
+        assert "Reply sent." not in page and "the channel did not take it" in page
+        console = client.post(f"/console/c/{message.conversation_id}/reply/", {"text": "Hello?"}, follow=True)
+        assert "the channel did not take it" in console.content.decode()
+        transcript = client.get(f"/console/c/{message.conversation_id}/transcript/").content.decode()
+        assert transcript.count('class="undelivered"') == 2
+
+    def test_a_stream_claimed_by_its_answer_is_not_finished_before_the_answer_is_there(
+            self, client, aibot_channel):
+        """Past the window, between an answer's claim and its text being stored, a refresh keeps the
+        stream open rather than end it with the partial text."""
+        aibot_channel.config["stream_window_seconds"] = 0.05
+        aibot_channel.save()
+        callback = text_callback("question")
+        aibot_post(client, aibot_channel, callback)
+        stream_id = stream_id_for(aibot_channel.slug, callback["msgid"])
+        state = StreamState(stream_id)
+        state.set_text("Echo: que")
+        assert state.claim("reply:some-reply")
+        time.sleep(0.1)
+        assert refresh(client, aibot_channel, stream_id) == {"id": stream_id, "finish": False, "content": "Echo: que"}
+        state.set_final("Echo: question")
+        assert refresh(client, aibot_channel, stream_id) == {"id": stream_id, "finish": True,
+                                                             "content": "Echo: question"}
+
     def test_an_unknown_stream_is_finished_empty(self, client, aibot_channel):
         assert refresh(client, aibot_channel, "gw-never-opened") == {
             "id": "gw-never-opened", "finish": True, "content": ""}
