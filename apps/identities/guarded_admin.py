@@ -18,26 +18,13 @@ from guardian.admin import (
 
 from apps.core.client_ip import client_ip_for_request
 
-from .privileges import refused
+from .privileges import actor_holds, refused
 from .services import object_permission_set
 
 
 def client_ip(request) -> str | None:
     # The one trusted-proxy-aware answer, so audit rows name the client, not the proxy.
     return client_ip_for_request(request)
-
-
-def actor_holds(actor, obj, codename: str) -> bool:
-    """Whether ``actor`` holds ``codename`` on ``obj``, and so may hand it out."""
-    from .permissions import user_can_use_agent, user_can_use_channel, user_can_use_tool
-
-    if actor.is_superuser:
-        return True
-    can_use = {"use_agent": user_can_use_agent, "use_tool": user_can_use_tool, "use_channel": user_can_use_channel}
-    if codename in can_use:
-        return can_use[codename](actor, obj)
-    dotted = f"{obj._meta.app_label}.{codename}"
-    return actor.has_perm(dotted) or actor.has_perm(dotted, obj)
 
 
 def _audited(form_class, request, holder_attr: str):

@@ -2,10 +2,12 @@
 than you do, and hand out only what you hold yourself.
 
 "Hold" means global permissions (the user's own and their groups'), read fresh from the database
-whether or not the account is active, plus the superuser flag: a superuser holds everything. So an
-admin-role staff member can neither edit, merge, block nor set the password of a superuser (or of
-anyone holding a permission she lacks), nor give anyone a group, a permission or the superuser flag
-beyond her own. Refusals are audited as ``admin.refused``.
+whether or not the account is active, plus the superuser flag: a superuser holds everything; and
+object permissions (django-guardian, the user's own and their groups'): a ``use_*`` one is held by
+whoever may use that object anyway. So an admin-role staff member can neither edit, merge, block,
+set the password of, mint an API key for, nor move a channel identity onto a superuser (or anyone
+holding a permission she lacks, globally or on one agent, tool or channel), nor give anyone a
+group, a permission or the superuser flag beyond her own. Refusals are audited as ``admin.refused``.
 """
 from __future__ import annotations
 
@@ -26,6 +28,31 @@ def held_permissions(user) -> set[str]:
     return {f"{app}.{codename}" for app, codename in rows}
 
 
+def held_object_permissions(user) -> list[tuple[object, str]]:
+    """(object, codename) of every object permission ``user`` holds, directly or through a group;
+    those on objects deleted since are left out."""
+    from guardian.models import GroupObjectPermission, UserObjectPermission
+
+    if user.pk is None:
+        return []
+    rows = [*UserObjectPermission.objects.filter(user=user).select_related("permission", "content_type"),
+            *GroupObjectPermission.objects.filter(group__user=user).select_related("permission", "content_type")]
+    return [(row.content_object, row.permission.codename) for row in rows if row.content_object is not None]
+
+
+def actor_holds(actor, obj, codename: str) -> bool:
+    """Whether ``actor`` holds ``codename`` on ``obj``, and so may hand it out."""
+    from .permissions import user_can_use_agent, user_can_use_channel, user_can_use_tool
+
+    if actor.is_superuser:
+        return True
+    can_use = {"use_agent": user_can_use_agent, "use_tool": user_can_use_tool, "use_channel": user_can_use_channel}
+    if codename in can_use:
+        return can_use[codename](actor, obj)
+    dotted = f"{obj._meta.app_label}.{codename}"
+    return actor.has_perm(dotted) or actor.has_perm(dotted, obj)
+
+
 def permission_names(permissions) -> set[str]:
     return {f"{p.content_type.app_label}.{p.codename}" for p in permissions}
 
@@ -36,7 +63,9 @@ def outranks(target, actor) -> bool:
         return False
     if target.is_superuser:
         return True
-    return not held_permissions(target) <= held_permissions(actor)
+    if not held_permissions(target) <= held_permissions(actor):
+        return True
+    return any(not actor_holds(actor, obj, codename) for obj, codename in held_object_permissions(target))
 
 
 def beyond(actor, *, permissions=(), groups=()) -> set[str]:

@@ -213,6 +213,40 @@ class TestApiKeys:
         api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
         assert api.post("/api/v1/messages", {"message": "hi"}, format="json").status_code == 202
 
+    def test_no_key_for_someone_given_an_agent_the_actor_may_not_use(self, client, make_user, agent, roles):
+        """A key is the holder's rights: a customer granted one admin-only agent (django-guardian)
+        holds something an employee does not, so an employee who may add keys cannot mint one in
+        that customer's name (directly granted, or through a group), nor move them an identity; a
+        grant the employee holds anyway (by her role) does not stop her."""
+        from django.contrib.auth.models import Group
+        from guardian.shortcuts import assign_perm
+
+        ops = Agent.objects.create(slug="ops", name="Ops", model=agent.model, visibility=Visibility.ADMIN)
+        helper = Agent.objects.create(slug="helper", name="Helper", model=agent.model,
+                                      visibility=Visibility.INTERNAL)
+        actor = with_perms(make_user(Role.EMPLOYEE, is_staff=True), "identities.add_apikey",
+                           "identities.view_apikey", "identities.view_user", "identities.change_user")
+        direct, through_group, harmless = make_user(Role.CUSTOMER), make_user(Role.CUSTOMER), make_user(Role.CUSTOMER)
+        assign_perm("agents.use_agent", direct, ops)
+        insiders = Group.objects.create(name="ops insiders")
+        assign_perm("agents.use_agent", insiders, ops)
+        through_group.groups.add(insiders)
+        assign_perm("agents.use_agent", harmless, helper)  # internal: the employee may use it herself
+        assert not user_can_use_agent(actor, ops) and user_can_use_agent(direct, ops)
+        client.force_login(actor)
+
+        def mint(user):
+            return client.post(reverse("admin:identities_apikey_add"), {
+                "user": str(user.pk), "name": f"for {user.username}", "expires_at_0": "", "expires_at_1": ""})
+
+        for outranking in (direct, through_group):
+            assert mint(outranking).status_code == 200  # the form again, with its error
+            assert not ApiKey.objects.filter(user=outranking).exists()
+            assert client.get(reverse("admin:identities_user_change", args=[outranking.pk])).context[
+                "has_change_permission"] is False
+        assert AuditEvent.objects.filter(action="admin.refused", actor=actor).count() >= 2
+        assert mint(harmless).status_code == 200 and ApiKey.objects.filter(user=harmless).exists()
+
     def test_revoke_action_is_audited_and_the_key_stops_working(self, admin_client, customer, api_channel):
         key, raw = ApiKey.generate(user=customer)
         admin_client.post(reverse("admin:identities_apikey_changelist"),
