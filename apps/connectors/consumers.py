@@ -79,7 +79,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if self.channel_row is None or not self.channel_row.enabled:
             await self._refuse(NotFound("No such chat."), CLOSE_NOT_FOUND)
             return
-        if not origin_allowed(self.scope, self.channel_row):
+        page = page_origin(self.scope, self.channel_row)
+        if page is None:
             await self._refuse(Forbidden("This page may not open this chat."), CLOSE_POLICY_VIOLATION)
             return
         try:
@@ -91,7 +92,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         try:
             sender = await database_sync_to_async(resolve_chat_user)(
                 channel=self.channel_row,
-                session_user=self.scope.get("user"),
+                # A gateway session speaks only from the gateway's own pages: a site embedding the
+                # widget may be same-site with the gateway, and its scripts must not speak as the
+                # staff member or customer signed in there.
+                session_user=self.scope.get("user") if page == "own" else None,
                 visitor_token=(query.get("visitor") or [""])[0],
                 conversation_id=(query.get("conversation") or [""])[0],
                 client_ip=self.client_ip,
@@ -257,17 +261,18 @@ def parse_message_frame(content) -> tuple[str, str | None]:
     return text, client_id
 
 
-def origin_allowed(scope, channel: Channel) -> bool:
-    """The page's Origin must be listed on the channel, or be the gateway's own host."""
-    origin = dict(scope.get("headers", [])).get(b"origin", b"").decode("latin-1")
+def page_origin(scope, channel: Channel) -> str | None:
+    """Where the socket was opened from: ``"own"`` (the gateway's own host), ``"embed"`` (an
+    Origin listed on the channel), or None (any other page: refused)."""
+    headers = dict(scope.get("headers", []))
+    origin = headers.get(b"origin", b"").decode("latin-1")
     if not origin:
         # Browsers always send Origin on websockets; non-browser clients are not cross-site.
-        return True
+        return "own"
+    if urlparse(origin).netloc == headers.get(b"host", b"").decode("latin-1"):
+        return "own"
     allowed = list(channel.allowed_origins or []) + list(settings.WEBCHAT_ALLOWED_ORIGINS)
-    if origin in allowed or "*" in allowed:
-        return True
-    host = dict(scope.get("headers", [])).get(b"host", b"").decode("latin-1")
-    return urlparse(origin).netloc == host
+    return "embed" if origin in allowed or "*" in allowed else None
 
 
 class NoSuchSocket(AsyncJsonWebsocketConsumer):

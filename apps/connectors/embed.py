@@ -1,7 +1,7 @@
 """The embeddable web chat: ``<script src="<gateway>/static/webchat/widget.js" data-chat="<slug>" async>``
 on another site. The widget asks ``GET /chat/<slug>/widget-session`` for a visitor token; that
 token is given only to the channel's listed origins (other sites get a readable refusal), and
-the chat socket checks the same list against its Origin (``consumers.origin_allowed``)."""
+the chat socket checks the same list against its Origin (``consumers.page_origin``)."""
 from __future__ import annotations
 
 from django.conf import settings

@@ -98,6 +98,27 @@ async def test_listed_origin_is_allowed(webchat_channel):
     await ws.disconnect()
 
 
+async def test_an_embedding_site_never_speaks_for_the_gateway_session(webchat_channel, employee):
+    """A listed site same-site with the gateway gets the browser's gateway session on the socket:
+    it still speaks as a visitor (its token), and without a token it is refused; the gateway's own
+    page speaks as the signed-in user."""
+    webchat_channel.allowed_origins = ["https://shop.example"]
+    await webchat_channel.asave()
+    ws = await connect(visitor_path(webchat_channel), origin="https://shop.example", user=employee)
+    await ws.send_json_to({"type": "message", "message": "from the shop's page"})
+    message = await Message.objects.select_related("sender").aget(pk=(await ws.receive_json_from(timeout=5))[
+        "message_id"])
+    assert message.sender_id != employee.pk and message.sender.is_visitor
+    await ws.disconnect()
+    no_token = await connect(f"/ws/chat/{webchat_channel.slug}/", origin="https://shop.example", user=employee)
+    await refused_with(no_token, "unauthenticated")
+    own = await connect(f"/ws/chat/{webchat_channel.slug}/", origin="http://testserver", user=employee)
+    await own.send_json_to({"type": "message", "message": "from the gateway's page"})
+    assert (await Message.objects.aget(pk=(await own.receive_json_from(timeout=5))["message_id"])).sender_id == (
+        employee.pk)
+    await own.disconnect()
+
+
 async def test_unknown_and_disabled_chats_are_refused(webchat_channel):
     await refused_with(await connect("/ws/chat/nope/"), "not_found")
     webchat_channel.enabled = False
