@@ -69,6 +69,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     visitor_id: str | None = None
     group: str | None = None
     conversation_id: str | None = None
+    ANSWERED_KEPT = 256  # messages this socket saw answered, newest last (their streams are over)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.answered: dict[str, None] = {}
 
     async def connect(self):
         # The address IP rules, limits, the audit and the request log all use (behind a trusted
@@ -219,15 +224,22 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         })
         return 202, "", str(accepted.message.id)
 
-    # Channel-layer events from the agent run (see WebchatConnector).
+    # Channel-layer events from the agent run (see WebchatConnector). A message has one answer:
+    # once its reply is told, a run still streaming for it (a person answered meanwhile, and the
+    # run will drop its own) is not shown beside it.
     async def chat_delta(self, event):
-        await self.send_json({"type": "delta", "reply_to": event["reply_to"], "delta": event["delta"]})
+        if event["reply_to"] not in self.answered:
+            await self.send_json({"type": "delta", "reply_to": event["reply_to"], "delta": event["delta"]})
 
     async def chat_reset(self, event):
         # The streamed attempt failed: the client drops the deltas it shows for this reply_to.
-        await self.send_json({"type": "reset", "reply_to": event["reply_to"]})
+        if event["reply_to"] not in self.answered:
+            await self.send_json({"type": "reset", "reply_to": event["reply_to"]})
 
     async def chat_reply(self, event):
+        self.answered[event["reply_to"]] = None
+        if len(self.answered) > self.ANSWERED_KEPT:
+            del self.answered[next(iter(self.answered))]
         await self.send_json({
             "type": "reply", "message_id": event["message_id"], "reply_to": event["reply_to"],
             "message": event["message"], "model": event.get("model", ""),
