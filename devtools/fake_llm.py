@@ -15,6 +15,8 @@ the last user message script behaviour (they are removed from the echoed text):
                     ``times`` fails only the first N matching requests, counted per
                     directive text + first user message text
 ``[[truncate]]``    stream: a few chunks then an abrupt close; JSON: a 200 cut in half
+``[[answer_model:ID]]``  name ID as the answering model (providers answer with a dated or
+                   routed id, not always the one asked for; an empty ID: none)
 ``[[tool:NAME {json}]]``  ask for tool NAME until a ``tool`` message follows the last
                     user message, then answer ``Tool NAME said: <content>``
 ``[[tool_loop:NAME {json}]]``  ask for tool NAME on every turn
@@ -52,7 +54,7 @@ _ERROR_TYPES = {
 # arguments end at the first "}" followed by "]]", so nested JSON lists still parse.
 _DIRECTIVE_RE = re.compile(
     r"\s*\[\[(?:(?P<tool>tool_loop|tool):\s*(?P<name>[\w.\-]+)\s*(?P<args>\{.*?\})?\s*"
-    r"|(?P<kind>reply|delay|slow|fail|truncate)(?::(?P<arg>.*?))?)\]\]",
+    r"|(?P<kind>reply|delay|slow|fail|truncate|answer_model)(?::(?P<arg>.*?))?)\]\]",
     re.DOTALL,
 )
 _PIECE_RE = re.compile(r"\s*\S+\s*")  # one word plus its following whitespace
@@ -95,6 +97,7 @@ class Directives:
     delay: float = 0.0
     slow: float | None = None
     truncate: bool = False
+    answer_model: str | None = None
     fails: list[_Fail] = field(default_factory=list)
     tools: list[tuple[str, str, bool]] = field(default_factory=list)  # name, args, loop
 
@@ -125,6 +128,8 @@ def parse_directives(text: str) -> tuple[str, Directives]:
                 found.slow = float(arg)
             elif kind == "truncate":
                 found.truncate = True
+            elif kind == "answer_model":
+                found.answer_model = arg
             else:
                 status, *pairs = arg.split()
                 opts = dict(p.split("=", 1) for p in pairs)
@@ -268,7 +273,7 @@ def _compose(body: dict[str, Any], last: int, found: Directives, echo: str) -> _
     head = {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
         "created": int(time.time()),
-        "model": body["model"],
+        "model": body["model"] if found.answer_model is None else found.answer_model,
         "system_fingerprint": "fp_fake",
     }
     return _Reply(head, pieces, calls, finish, usage)

@@ -20,6 +20,8 @@ from . import llm
 
 logger = logging.getLogger(__name__)
 
+MODEL_ID_CHARS = min(Message._meta.get_field("model").max_length, LLMCall._meta.get_field("model").max_length)
+
 
 def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict] | None = None,
                on_delta=None, attempt: int = 1) -> llm.LLMResult:
@@ -42,6 +44,9 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
     except BaseException:
         budgets.release_model_call(reservation)
         raise
+    # The id the provider answered with names the reply as an agent's (Message.by_agent) and goes
+    # in columns of 100 characters: never empty, never longer (a routed or dated id may be).
+    result.model = (result.model or model.name or "unknown")[:MODEL_ID_CHARS]
     usage = budgets.settle_model_call(reservation, result, write_usage=False)
     # The day's usage and the call's log row, in one statement.
     unsettled = budgets.unsettled_usage(reservation)  # the ledger's store failed: recovery re-seeds from the rollup
@@ -80,7 +85,7 @@ def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = N
     )
     if result is not None:
         fields.update(
-            model=(result.model or model.name)[:LLMCall._meta.get_field("model").max_length], status=LLMCall.Status.OK,
+            model=result.model, status=LLMCall.Status.OK,
             prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
             total_tokens=result.total_tokens, latency_ms=result.latency_ms, ttft_ms=result.ttft_ms,
             cost=model.cost(result.prompt_tokens, result.completion_tokens),

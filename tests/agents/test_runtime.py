@@ -73,6 +73,24 @@ class TestAgentRun:
         message.refresh_from_db()
         assert message.status == "answered"
 
+    @pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
+    def test_the_id_the_provider_answers_with_names_the_reply_within_its_column(
+            self, api_channel, webchat_channel, customer, llm_model, fake_llm, stream):
+        """A routed or dated id longer than the column is cut, and an agent's reply always names a
+        model (one that names none would be taken for a person's): the paid answer is kept."""
+        channel = webchat_channel if stream else api_channel  # the web chat streams
+        long_id = "fake-gpt-2026-12-06-" + "x" * 120
+        message = send(channel, customer, f"hello [[answer_model:{long_id}]]")
+        reply = agent_run(message.id)
+        assert reply is not None and reply.text == "Echo: hello" and reply.status == "sent"
+        assert Message.objects.get(pk=reply.pk).model == long_id[:100] and reply.by_agent
+        assert LLMCall.objects.get(message=message).model == long_id[:100]
+        llm_model.name = ""  # only the ORM can write it so, but the provider may echo it back
+        llm_model.save()
+        nameless = send(channel, customer, "again [[answer_model:]]", conversation_id=str(message.conversation_id))
+        reply = agent_run(nameless.id)
+        assert reply is not None and Message.objects.get(pk=reply.pk).model == "unknown" and reply.by_agent
+
     def test_history_is_sent_to_the_model(self, api_channel, customer, fake_llm):
         first = send(api_channel, customer, "my name is Ada")
         agent_run(first.id)
