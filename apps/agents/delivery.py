@@ -24,6 +24,7 @@ from gateway_project.plain import is_plain
 from . import hooks, leases, llm
 from .claims import still_claimed
 from .dispatch import enqueue_agent_run, process_stopping
+from .models import agent_deleted
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +57,12 @@ def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
     # have answered it meanwhile (apps.routing handoff_reply), and it keeps that one answer.
     try:
         written = write_together(Update(Message, message.pk, answered, only_if=still_claimed(message)), reply)
-    except IntegrityError:  # another reply to it went in first
-        written = False
+    except IntegrityError:
+        if not agent_deleted(reply.agent_id):  # another reply to it went in first
+            written = False
+        else:  # deleted while its model answered: the reply is still an agent's (it names its model)
+            reply.agent = None
+            written = write_together(Update(Message, message.pk, answered, only_if=still_claimed(message)), reply)
     if written:
         return reply
     if (stored := _stored_by_this_run(message)) is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 
 from apps.conversations.models import Message
 from apps.logs.metrics import llm_call_observed
@@ -17,6 +17,7 @@ from apps.quotas import budgets
 from gateway_project.db import Statement, through_outage, write_together
 
 from . import llm
+from .models import agent_deleted
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +94,24 @@ def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = N
     else:
         fields.update(status=LLMCall.Status.ERROR, error=str(error)[:2000])
     call = LLMCall(**fields)
-    if unsettled is not None and usage is not None:  # rare: the ledger's store failed at settle
-        with transaction.atomic():
+
+    def write() -> None:
+        if unsettled is not None and usage is not None:  # rare: the ledger's store failed at settle
+            with transaction.atomic():
+                write_together(usage, call)
+                unsettled.llm_call = call
+                unsettled.save(force_insert=True)
+        elif usage is not None:
             write_together(usage, call)
-            unsettled.llm_call = call
-            unsettled.save(force_insert=True)
-    elif usage is not None:
-        write_together(usage, call)
-    else:
-        call.save(force_insert=True)
+        else:
+            call.save(force_insert=True)
+
+    try:
+        write()
+    except IntegrityError:
+        if not agent_deleted(call.agent_id):
+            raise
+        call.agent = None  # deleted while its model answered: the call is logged without it
+        write()
     llm_call_observed(call)
     return call

@@ -203,6 +203,12 @@ def agent_by_id(pk) -> Agent | None:
     return cached_copy("agent_by_id", pk, lambda: Agent.objects.select_related("model__provider").filter(pk=pk).first())
 
 
+def agent_deleted(agent_id) -> bool:
+    """Whether the agent ``agent_id`` names was deleted, so a row naming it can no longer be
+    written (asked fresh, after such a write failed)."""
+    return agent_id is not None and not Agent.objects.filter(pk=agent_id).exists()
+
+
 def agent_tools(agent: Agent) -> list[Tool]:
     """The agent's enabled tools, kept per process."""
     from gateway_project.config_cache import cached

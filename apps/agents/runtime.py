@@ -103,6 +103,9 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
 def _answer(message: Message) -> Message | None:
     if hooks.handoff().hold(message):
         return None  # a human has the conversation
+    if message.agent is None:  # deleted since the message was routed to it (a retry or recovery)
+        fail_message(message, llm.LLMError("agent_unavailable", "The agent this message went to was deleted."))
+        return None
     connector = message.channel.connector
     prompt = build_prompt(message)
     on_delta = on_reset = None

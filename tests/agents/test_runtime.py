@@ -230,3 +230,42 @@ def test_a_worker_clock_behind_the_web_servers_gives_latency_zero(api_channel, c
     message = claim(message.id)  # as the run has it
     reply = save_reply(message, LLMResult(text="still answered", model="fake-gpt"))
     assert reply is not None and Message.objects.get(pk=reply.pk).latency_ms == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_agent_deleted_while_its_model_answers_keeps_the_paid_answer(
+        webchat_channel, customer, fake_llm, monkeypatch):
+    """Staff delete the agent mid-stream: the call is logged and the reply stored without it (the
+    reply still names its model, so it is the agent's), not dropped as if someone else answered."""
+    from apps.agents.models import Agent
+    from apps.connectors.webchat import WebchatConnector
+
+    message = send(webchat_channel, customer, "a long answer please")
+    stream_piece, resets = WebchatConnector.send_delta, []
+
+    def staff_delete_the_agent_at_the_first_piece(connector, inbound, piece):
+        stream_piece(connector, inbound, piece)
+        Agent.objects.filter(pk=inbound.agent_id).delete()
+
+    monkeypatch.setattr(WebchatConnector, "send_delta", staff_delete_the_agent_at_the_first_piece)
+    monkeypatch.setattr(WebchatConnector, "send_reset", lambda connector, inbound, **kw: resets.append(kw))
+    reply = agent_run(message.id)
+    assert reply is not None and reply.text == "Echo: a long answer please" and reply.status == "sent"
+    stored = Message.objects.get(pk=reply.pk)
+    assert (stored.agent_id, stored.model, stored.by_agent) == (None, "fake-gpt", True)
+    assert Message.objects.get(pk=message.pk).status == "answered" and resets == []
+    call = LLMCall.objects.get(message=message)
+    assert (call.status, call.agent_id) == ("ok", None)
+
+
+@pytest.mark.django_db
+def test_a_message_whose_agent_was_deleted_before_its_run_fails_and_is_told(api_channel, customer, fake_llm):
+    message = send(api_channel, customer, "anyone there?")
+    listener = Listener.waiting_for(message)
+    message.agent.delete()
+    before = fake_llm.stats()["requests"]
+    assert agent_run(message.id) is None
+    message.refresh_from_db()
+    assert (message.status, message.error_code) == ("failed", "agent_unavailable")
+    assert [e["type"] for e in listener.drain()] == ["agent.error"]
+    assert fake_llm.stats()["requests"] == before
