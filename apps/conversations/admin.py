@@ -85,3 +85,8 @@ class MessageAdmin(UsableChannelsOnly, admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # The record of what was said and answered: a message goes only with its conversation
+        # (a deleted reply would leave its message answered by nothing a resend can read).
+        return False

@@ -359,7 +359,7 @@ def conversation_detail(conversation_id) -> dict | None:
             "model": m.model, "prompt_tokens": m.prompt_tokens, "completion_tokens": m.completion_tokens,
             "total_tokens": m.total_tokens, "latency_ms": m.latency_ms, "request_id": m.request_id, "cost": None,
         }
-        if m.direction == Direction.OUTBOUND and m.reply_to_id in usage:
+        if m.direction == Direction.OUTBOUND and m.by_agent and m.reply_to_id in usage:  # a person's costs none
             row["cost"] = usage[m.reply_to_id]["cost"]
         if m.direction == Direction.INBOUND and m.error_code:
             row["status"] = f"{m.status} ({m.error_code})"

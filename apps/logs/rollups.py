@@ -15,7 +15,7 @@ from django.db import transaction
 from django.db.models import Case, Count, Exists, IntegerField, OuterRef, Q, Sum, Value, When
 from django.utils import timezone
 
-from apps.conversations.models import Direction, Message, Status
+from apps.conversations.models import PERSONS_REPLY, Direction, Message, Status
 
 from .models import (
     AuditEvent,
@@ -130,7 +130,7 @@ def message_stats(start, end, *, day_start: datetime | None = None, channel: str
         default=Value(len(LATENCY_BUCKETS_MS)), output_field=IntegerField(),
     )
     replies = (
-        in_day.filter(direction=Direction.OUTBOUND, sender__isnull=True, latency_ms__isnull=False)
+        in_day.filter(direction=Direction.OUTBOUND, latency_ms__isnull=False).exclude(PERSONS_REPLY)  # agents' replies
         .annotate(bucket=bucket)
         .values("channel_id", "bucket")
         .annotate(n=Count("id"))

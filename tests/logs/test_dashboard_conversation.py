@@ -76,3 +76,24 @@ def test_the_page_reads_in_the_same_number_of_queries_however_many_tool_calls(st
 
     one = queries_for([TIME_TOOL])
     assert queries_for([TIME_TOOL, TIME_TOOL, "plain", TIME_TOOL]) == one
+
+
+@pytest.mark.django_db
+def test_a_persons_follow_up_costs_nothing(staff_client, api_channel, customer, make_user):
+    """The agent answered, then a person followed up on the same message: the model call's cost
+    shows once, on the agent's reply, also once that person's account is deleted."""
+    from apps.conversations.models import Message
+    from apps.identities.roles import Role
+    from apps.routing.services import handoff_reply, handoff_start
+
+    conversation_id = converse(api_channel, customer, ["hello"])
+    conversation = Message.objects.get(conversation_id=conversation_id, direction="in").conversation
+    sam = make_user(Role.ADMIN, is_staff=True)
+    handoff_start(conversation=conversation, staff=sam)
+    handoff_reply(conversation=conversation, staff=sam, text="Sam here, anything else?")
+    for deleted in (False, True):
+        if deleted:
+            sam.delete()  # its replies keep no sender: still a person's
+        rows = staff_client.get(f"/dashboard/conversations/{conversation_id}/").context["tables"][0].rows
+        assert [(row["direction"], bool(row["cost"])) for row in rows if row["direction"] != "user"] == [
+            ("agent", True), ("staff", False)]

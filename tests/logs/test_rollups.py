@@ -59,7 +59,7 @@ class TestRollups:
         ]
         for message, latency in zip(inbound[:2], (90, 1200), strict=True):
             Message.objects.create(conversation=conversation, channel=api_channel, direction="out",
-                                   status="sent", reply_to=message, text="yo", latency_ms=latency)
+                                   status="sent", reply_to=message, text="yo", latency_ms=latency, model="fake-gpt")
         rollup_day(timezone.localdate())
         row = DailyMessageStats.objects.get(channel=api_channel)
         assert (row.inbound, row.replies, row.failures, row.active_users) == (3, 2, 1, 2)

@@ -152,6 +152,9 @@ class TestInbox:
         hidden_page = client.get(f"{base}/conversation/{asking.conversation_id}/change/")
         assert hidden_page.status_code == 302 and "VIP" not in hidden_page.content.decode()  # "does not exist"
         assert client.get(f"{base}/message/{asking.pk}/change/").status_code == 302
+        limited_staff.user_permissions.add(Permission.objects.get(codename="delete_message"))
+        assert client.post(f"{base}/message/{shown.pk}/delete/", {"post": "yes"}).status_code == 403
+        assert Message.objects.filter(pk=shown.pk).exists()  # messages go only with their conversation
         for action in ("start", "reply", "end"):
             response = client.post(f"{base}/conversation/{asking.conversation_id}/handoff/{action}/", {"text": "hi"})
             assert response.status_code == 404
