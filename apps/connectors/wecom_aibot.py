@@ -81,10 +81,11 @@ def stream_id_for(slug: str, msgid: str) -> str:
 
 class StreamState:
     """One stream's text in the shared cache: ``opened`` (epoch), ``text`` so far, ``final``
-    answer, and the ``closed`` claim (who delivers the final answer: worker or refresh)."""
+    answer, and the ``closed`` claim (who ends the stream). Kept per channel: a refresh signed
+    by another bot's channel finds nothing, whatever stream id it names."""
 
-    def __init__(self, stream_id: str):
-        self.key = f"wecom_aibot:stream:{stream_id}"
+    def __init__(self, channel_id: int, stream_id: str):
+        self.key = f"wecom_aibot:stream:{channel_id}:{stream_id}"
 
     def open(self) -> None:
         cache.add(f"{self.key}:opened", time.time(), timeout=STATE_TTL_SECONDS)  # a redelivery keeps it
@@ -136,8 +137,8 @@ class WeComAiBotConnector(Connector):
             except GatewayError as error:
                 logger.warning("webhook message refused", extra={"code": error.code, "channel": self.channel.slug})
                 stream_id, text = msg.metadata["aibot_stream_id"], polite_text(error)
-                StreamState(stream_id).set_final(text)
-                StreamState(stream_id).claim("refused")
+                StreamState(self.channel.pk, stream_id).set_final(text)
+                StreamState(self.channel.pk, stream_id).claim("refused")
                 return self.passive_stream(stream_id, text, True, nonce=request.query.get("nonce", ""))
         return result.response or HttpResponse(status=200)
 
@@ -197,7 +198,7 @@ class WeComAiBotConnector(Connector):
             return WebhookResult(response=HttpResponse(""))
         msg = self.normalize(data)
         stream_id = msg.metadata["aibot_stream_id"]
-        StreamState(stream_id).open()
+        StreamState(self.channel.pk, stream_id).open()
         return WebhookResult(messages=[msg], response=self.passive_stream(stream_id, "", False, nonce=nonce))
 
     def normalize(self, data: dict) -> NormalizedMessage:
@@ -224,7 +225,7 @@ class WeComAiBotConnector(Connector):
 
     def refresh(self, stream_id: str, *, nonce: str) -> HttpResponse:
         """The answer to a stream refresh: the text so far, or the whole answer with finish."""
-        state = StreamState(stream_id)
+        state = StreamState(self.channel.pk, stream_id)
         opened = state.opened()
         if opened is None:  # unknown or long gone: nothing more will come
             return self.passive_stream(stream_id, "", True, nonce=nonce)
@@ -258,12 +259,12 @@ class WeComAiBotConnector(Connector):
     def send_delta(self, inbound, piece: str) -> None:
         stream_id = inbound.metadata["aibot_stream_id"]
         self._streamed[stream_id] = self._streamed.get(stream_id, "") + piece
-        StreamState(stream_id).set_text(self._streamed[stream_id])
+        StreamState(self.channel.pk, stream_id).set_text(self._streamed[stream_id])
 
     def send_reset(self, inbound, *, replaced: bool = False) -> None:
         stream_id = inbound.metadata["aibot_stream_id"]
         self._streamed[stream_id] = ""
-        StreamState(stream_id).set_text("")
+        StreamState(self.channel.pk, stream_id).set_text("")
 
     def send(self, reply, *, inbound) -> None:
         if reply.follows_up:  # the message's stream has the agent's answer: this one goes after it
@@ -277,7 +278,7 @@ class WeComAiBotConnector(Connector):
         # the later message, and posting it once per held message would repeat it in the chat.
         stream_id = inbound.metadata.get("aibot_stream_id")
         if stream_id:
-            self._end_stream(StreamState(stream_id), reply.text, by=f"reply:{reply.pk}")
+            self._end_stream(StreamState(self.channel.pk, stream_id), reply.text, by=f"reply:{reply.pk}")
 
     def send_error(self, inbound, error) -> None:
         try:
@@ -291,7 +292,7 @@ class WeComAiBotConnector(Connector):
         else ended it (the window ran out, the agent's failure was shown), post ``text`` to the
         message's response_url instead."""
         stream_id = inbound.metadata.get("aibot_stream_id")
-        state = StreamState(stream_id) if stream_id else None
+        state = StreamState(self.channel.pk, stream_id) if stream_id else None
         if state is not None:
             if self._end_stream(state, text, by=by) or state.closed_by() == f"posted:{by}":
                 return  # the stream shows it, or an earlier attempt of this delivery posted it

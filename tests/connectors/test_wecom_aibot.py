@@ -103,7 +103,7 @@ class TestStreamedReply:
         assert refresh(client, aibot_channel, stream_id) == {"id": stream_id, "finish": False, "content": ""}
 
         assert agent_run(message.id).status == "sent"
-        assert StreamState(stream_id).text() == "Echo: what time is it?"  # the streamed deltas, shared
+        assert StreamState(aibot_channel.pk, stream_id).text() == "Echo: what time is it?"  # the streamed deltas, shared
         assert refresh(client, aibot_channel, stream_id) == {
             "id": stream_id, "finish": True, "content": "Echo: what time is it?"}
 
@@ -168,7 +168,7 @@ class TestStreamedReply:
 
         def a_person_answers_at_the_first_piece(connector, inbound, piece):
             stream_piece(connector, inbound, piece)
-            if not StreamState(streams[1]).final():
+            if not StreamState(aibot_channel.pk, streams[1]).final():
                 handoff_start(conversation=inbound.conversation, staff=admin_user)
                 handoff_reply(conversation=inbound.conversation, staff=admin_user, text="Sam here.")
 
@@ -302,7 +302,7 @@ class TestStreamedReply:
         callback = text_callback("question")
         aibot_post(client, aibot_channel, callback)
         stream_id = stream_id_for(aibot_channel.slug, callback["msgid"])
-        state = StreamState(stream_id)
+        state = StreamState(aibot_channel.pk, stream_id)
         state.set_text("Echo: que")
         assert state.claim("reply:some-reply")
         time.sleep(0.1)
@@ -340,6 +340,18 @@ class TestRefusals:
         other_bot = aibot_post(client, aibot_channel, text_callback(bot_id="aib-someone-else"))
         assert_refused(other_bot, 401)
         assert_refusal_logged_and_audited(other_bot, aibot_channel, reason="wrong_bot")
+
+    def test_another_bots_channel_cannot_read_a_stream(self, client, aibot_channel, agent):
+        """Bots may share a Token and EncodingAESKey: a refresh signed for another bot's channel,
+        naming this channel's stream, finds nothing there."""
+        callback = text_callback("a private question")
+        aibot_post(client, aibot_channel, callback)
+        agent_run(Message.objects.get().id)
+        stream_id = stream_id_for(aibot_channel.slug, callback["msgid"])
+        assert refresh(client, aibot_channel, stream_id)["content"] == "Echo: a private question"
+        other = make_channel("wecom_aibot", agent, slug="other-bot", config={},
+                             secrets={"token": AIBOT["token"], "encoding_aes_key": AIBOT["encoding_aes_key"]})
+        assert refresh(client, other, stream_id) == {"id": stream_id, "finish": True, "content": ""}
 
     @pytest.mark.parametrize("bot_id", [None, "", ["aib-test-bot"]])
     def test_a_callback_naming_no_bot_is_refused_even_without_a_configured_bot_id(self, client, agent, bot_id):
