@@ -158,8 +158,9 @@ class FeishuConnector(Connector):
             event = self._decrypted(body["encrypt"])
         else:
             event = body
-        if conf.encrypt_key and not signed and event.get("type") != "url_verification":
-            # Only the URL verification comes unsigned; an unsigned event is not from Feishu.
+        if conf.encrypt_key and not signed and (event.get("type") != "url_verification" or "encrypt" not in body):
+            # Only the URL verification comes unsigned, encrypted with the key; anything else
+            # unsigned (a plaintext verification included) is not from Feishu.
             raise Unauthenticated("The request signature is missing.", reason="signature_missing")
         if conf.verification_token and not constant_time_equals(conf.verification_token, _event_token(event)):
             raise Unauthenticated("The Verification Token does not match.", reason="token_mismatch")

@@ -94,6 +94,15 @@ def test_encrypted_url_verification_is_answered_unsigned(client, feishu_channel)
     assert response.json() == {"challenge": "ajls384kdjx98XX"}
 
 
+def test_a_plaintext_url_verification_is_refused_where_the_channel_has_an_encrypt_key(client, agent):
+    """Feishu encrypts everything once an Encrypt Key is set: an unsigned plaintext challenge is
+    not from it (without a Verification Token, anyone's challenge would be echoed)."""
+    channel = feishu_channel_with(agent, encrypt_key=FEISHU["encrypt_key"], verification_token="")
+    plain = fixture_json("feishu/url_verification.json")
+    assert_refused(feishu_post(client, channel, plain, encrypt_key=None, signed=False), 401)
+    assert feishu_post(client, channel, plain, signed=False).json() == {"challenge": "ajls384kdjx98XX"}
+
+
 def test_url_verification_with_the_wrong_token_is_refused(client, feishu_channel, token_only_channel):
     plain = fixture_json("feishu/url_verification.json")  # token "xxxxxx", not the channel's
     assert_refused(feishu_post(client, token_only_channel, plain, encrypt_key=None, signed=False), 401)
