@@ -579,7 +579,7 @@ def soak(urls: dict, demo: dict, *, server: int, worker: int) -> dict:
     """Memory over a long run: SOAK_BLOCKS blocks of SOAK_REQUESTS requests on the face (model 0 ms,
     concurrency SOAK_CONCURRENCY, half of them streamed), then four rounds of web chat sockets
     opened, used once and closed; after each, the server's and the worker's RSS, Redis' memory, the request-log rows
-    buffered in Redis (the beat task drains them; the bench runs no beat) and how many
+    buffered in Redis (the beat task drains them every GATEWAY_LOG_FLUSH_SECONDS) and how many
     channel-layer channels Redis holds subscribed. What each request leaves behind shows as growth
     that does not level off; the first block is the warm-up, the growth is counted after it."""
     import redis
@@ -660,6 +660,9 @@ def main() -> None:
         stack.manage("migrate", "--noinput")
         demo = json.loads(stack.manage("seed_demo", "--json"))
         stack.worker(concurrency=WORKER_CONCURRENCY, pool=WORKER_POOL)
+        # Beat, as in production: the request log is written from its buffer by a periodic task in
+        # the worker, so each cell's CPU per answer includes writing its requests' log rows.
+        stack.beat()
         urls = {"llm": llm_url, "gateway": getattr(stack, SERVER)()}
         urls["litellm"] = start_litellm(stack, llm_url)
         profiler = start_profiler(stack) if os.environ.get("BENCH_PROFILE") == "1" else None
