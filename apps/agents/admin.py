@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin
 
+from apps.identities.channel_scope import UsableChannelsOnly
 from apps.identities.guarded_admin import ObjectPermissionsAdmin, client_ip
 from apps.logs.services import audit
 
@@ -130,7 +131,8 @@ class ToolAdmin(ObjectPermissionsAdmin):
 
 
 @admin.register(ToolCall)
-class ToolCallAdmin(admin.ModelAdmin):
+class ToolCallAdmin(UsableChannelsOnly, admin.ModelAdmin):
+    channel_path = "message__channel_id"
     list_display = ("created_at", "name", "status", "user", "step", "latency_ms")
     list_filter = ("status", "name")
     search_fields = ("name", "user__username", "message__id")

@@ -1,7 +1,8 @@
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 
 from apps.agents.dispatch import enqueue_agent_run
-from apps.routing.console import visible_channel_ids
+from apps.identities.channel_scope import UsableChannelFilter, UsableChannelsOnly
 from apps.routing.handoff_admin import HandoffAdminMixin
 
 from .models import Conversation, Message
@@ -36,21 +37,10 @@ class MessageInline(admin.TabularInline):
         return f"agent: {obj.agent.slug}" if obj.agent_id else "agent"
 
 
-class UsableChannelsOnly:
-    """A staff member sees (and so opens, hands off, re-enqueues) only what was said on channels
-    they may use, as in the staff console; a hidden one is "not found" here too."""
-
-    def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        if request.user.is_superuser:
-            return queryset
-        return queryset.filter(channel_id__in=visible_channel_ids(request.user))
-
-
 @admin.register(Conversation)
 class ConversationAdmin(UsableChannelsOnly, HandoffAdminMixin, admin.ModelAdmin):
     list_display = ("id", "channel", "user", "agent", "created_at", "last_message_at")
-    list_filter = (("channel", admin.RelatedOnlyFieldListFilter), "agent")
+    list_filter = (("channel", UsableChannelFilter), "agent")
     search_fields = ("id", "user__username", "external_thread_id", "messages__text")
     list_select_related = ("channel", "user", "agent")
     readonly_fields = ("id", "channel", "user", "created_at", "last_message_at", "external_thread_id")
@@ -62,7 +52,7 @@ class ConversationAdmin(UsableChannelsOnly, HandoffAdminMixin, admin.ModelAdmin)
 class MessageAdmin(UsableChannelsOnly, admin.ModelAdmin):
     list_display = ("created_at", "direction", "status", "channel", "sender", "short_text", "model",
                     "total_tokens", "latency_ms", "error_code")
-    list_filter = ("direction", "status", ("channel", admin.RelatedOnlyFieldListFilter))
+    list_filter = ("direction", "status", ("channel", UsableChannelFilter))
     search_fields = ("id", "external_id", "text", "sender__username")
     list_select_related = ("channel", "sender")
     date_hierarchy = "created_at"
@@ -86,7 +76,16 @@ class MessageAdmin(UsableChannelsOnly, admin.ModelAdmin):
     def has_add_permission(self, request) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None) -> bool:
-        # The record of what was said and answered: a message goes only with its conversation
-        # (a deleted reply would leave its message answered by nothing a resend can read).
-        return False
+    # The record of what was said and answered: a message goes only with its conversation or its
+    # sender (a deleted reply would leave its message answered by nothing a resend can read). The
+    # delete permission stays, so that those deletes may take their messages with them.
+    def delete_view(self, request, object_id, extra_context=None):
+        raise PermissionDenied("A message is deleted with its conversation, not on its own.")
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "show_delete": False})

@@ -301,10 +301,14 @@ def cost(period: Period, filters: Filters = Filters()) -> dict:
 
 
 def conversation_search(period: Period, *, user: str = "", channel: str = "", text: str = "", status: str = "",
-                        agent: str = "", model: str = "", limit: int = 50, offset: int = 0) -> Table:
+                        agent: str = "", model: str = "", limit: int = 50, offset: int = 0,
+                        channel_ids: set[int] | None = None) -> Table:
+    """``channel_ids``: only conversations of these channels (None: all)."""
     start, end = period.bounds
     found = (Conversation.objects.filter(last_message_at__gte=start, last_message_at__lt=end)
              .select_related("channel", "user", "agent").order_by("-last_message_at"))
+    if channel_ids is not None:
+        found = found.filter(channel_id__in=channel_ids)
     if user:
         found = found.filter(user__username__icontains=user)
     if channel:
@@ -334,12 +338,15 @@ def conversation_search(period: Period, *, user: str = "", channel: str = "", te
     return table
 
 
-def conversation_detail(conversation_id) -> dict | None:
+def conversation_detail(conversation_id, *, channel_ids: set[int] | None = None) -> dict | None:
     """The transcript, each model call with the tools it ran and the audit events near it, and
     the conversation's audit trail: a fixed number of queries whatever the conversation's size
-    (messages, calls, tool calls and audit events are each one bounded query)."""
+    (messages, calls, tool calls and audit events are each one bounded query). None when there is
+    no such conversation, or its channel is not among ``channel_ids`` (None: any)."""
     conversation = (Conversation.objects.select_related("channel", "user", "agent")
                     .filter(pk=conversation_id).first())
+    if conversation is not None and channel_ids is not None and conversation.channel_id not in channel_ids:
+        return None
     if conversation is None:
         return None
     usage = {

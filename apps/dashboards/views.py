@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET
 from apps.agents.models import Agent
 from apps.connectors.models import Channel
 from apps.conversations.models import Status
-from apps.identities.permissions import role_rank
+from apps.identities.permissions import role_rank, usable_channel_ids
 from apps.identities.roles import ROLE_ORDER, Role
 
 from . import selectors
@@ -167,6 +167,12 @@ def cost(request):
     return render_page(request, "dashboard/cost.html", period, selectors.cost(period, filters_from(request)))
 
 
+def transcript_channels(request) -> set[int] | None:
+    """What was said is shown only on the channels the staff member may use (as in the console and
+    the admin); None for a superuser: every channel. Counts and costs stay whole."""
+    return None if request.user.is_superuser else usable_channel_ids(request.user)
+
+
 @staff_dashboard
 def conversations(request):
     period = period_from(request)
@@ -182,6 +188,7 @@ def conversations(request):
         period, user=filters.user, channel=filters.channel, text=request.GET.get("text", "").strip(),
         status=filters.status, agent=filters.agent, model=filters.model,
         limit=selectors.GROUP_ROWS * 10 if export else PAGE_ROWS, offset=0 if export else (page - 1) * PAGE_ROWS,
+        channel_ids=transcript_channels(request),
     )
 
     carried = carried_query(request)
@@ -199,7 +206,7 @@ def conversations(request):
 
 @staff_dashboard
 def conversation(request, conversation_id):
-    detail = selectors.conversation_detail(conversation_id)
+    detail = selectors.conversation_detail(conversation_id, channel_ids=transcript_channels(request))
     if detail is None:
         raise Http404("No such conversation.")
     return render_page(request, "dashboard/conversation.html", None, detail)

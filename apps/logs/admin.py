@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from apps.identities.channel_scope import UsableChannelFilter, UsableChannelsOnly
+
 from .models import AuditEvent, LLMCall, RequestLog
 
 # One product: the admin carries the gateway's name (its index links to the other staff tools).
@@ -8,12 +10,12 @@ admin.site.index_title = "Administration"
 
 
 @admin.register(LLMCall)
-class LLMCallAdmin(admin.ModelAdmin):
+class LLMCallAdmin(UsableChannelsOnly, admin.ModelAdmin):
     """Read-only: the log is what happened."""
 
     list_display = ("created_at", "model", "provider", "status", "attempt", "total_tokens", "cost",
                     "latency_ms", "ttft_ms", "agent", "channel", "user")
-    list_filter = ("status", "provider", "model", "channel", "agent")
+    list_filter = ("status", "provider", "model", ("channel", UsableChannelFilter), "agent")
     search_fields = ("model", "error", "message__id", "conversation__id")
     date_hierarchy = "created_at"
     list_select_related = ("agent", "channel", "user")

@@ -13,10 +13,9 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from apps.connectors.models import Channel
 from apps.conversations.models import Conversation, Direction
 from apps.core.errors import GatewayError
-from apps.identities.permissions import user_can_use_channel
+from apps.identities.permissions import usable_channel_ids, user_can_use_channel
 
 from .handoff_admin import tell_delivery
 from .models import Handoff
@@ -29,10 +28,6 @@ TRANSCRIPT_ROWS = 200
 def console_allowed(user) -> bool:
     return bool(user.is_authenticated and user.is_active and user.is_staff
                 and user.has_perm("conversations.change_conversation"))
-
-
-def visible_channel_ids(user) -> set[int]:
-    return {c.pk for c in Channel.objects.all() if user_can_use_channel(user, c)}
 
 
 def staff_console(view):
@@ -48,7 +43,7 @@ def staff_console(view):
 
 def waiting(user) -> list[dict]:
     """Open handoffs the user may see, newest first: waiting ones (no staff yet) and taken ones."""
-    rows = (Handoff.objects.filter(ended_at__isnull=True, conversation__channel_id__in=visible_channel_ids(user))
+    rows = (Handoff.objects.filter(ended_at__isnull=True, conversation__channel_id__in=usable_channel_ids(user))
             .select_related("conversation__channel", "conversation__user", "staff").order_by("-started_at"))
     items = []
     for handoff in rows[:INBOX_ROWS]:

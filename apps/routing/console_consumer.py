@@ -8,9 +8,10 @@ from urllib.parse import urlparse
 
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from apps.identities.permissions import usable_channel_ids
 from gateway_project.db import database_sync_to_async
 
-from .console import console_allowed, visible_channel_ids
+from .console import console_allowed
 from .services import INBOX_GROUP
 
 CLOSE_POLICY_VIOLATION = 4403
@@ -36,7 +37,7 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
         if not allowed:
             await self.close(code=CLOSE_POLICY_VIOLATION)
             return
-        self.channels_seen = await database_sync_to_async(visible_channel_ids)(user)
+        self.channels_seen = await database_sync_to_async(usable_channel_ids)(user)
         await self.channel_layer.group_add(INBOX_GROUP, self.channel_name)
         self.joined = True
         await self.accept()

@@ -103,7 +103,7 @@ class TestStreamedReply:
         assert refresh(client, aibot_channel, stream_id) == {"id": stream_id, "finish": False, "content": ""}
 
         assert agent_run(message.id).status == "sent"
-        assert StreamState(aibot_channel.pk, stream_id).text() == "Echo: what time is it?"  # the streamed deltas, shared
+        assert StreamState(aibot_channel.pk, stream_id).text() == "Echo: what time is it?"  # the deltas, shared
         assert refresh(client, aibot_channel, stream_id) == {
             "id": stream_id, "finish": True, "content": "Echo: what time is it?"}
 

@@ -6,7 +6,9 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth.models import Permission
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from apps.agents.claims import WaitingForEarlier
 from apps.agents.runtime import agent_run
@@ -14,7 +16,7 @@ from apps.connectors.models import Channel
 from apps.conversations.models import Message
 from apps.conversations.realtime import conversation_group
 from apps.identities.roles import Role
-from apps.logs.models import AuditEvent
+from apps.logs.models import AuditEvent, LLMCall
 from apps.routing.models import Handoff
 from apps.routing.services import INBOX_GROUP
 from tests.helpers import Listener, send
@@ -138,7 +140,7 @@ class TestInbox:
         """The same staff member in the admin: conversations and messages of channels they may not
         use are not listed, not found, and cannot be taken over or answered there either."""
         limited_staff.user_permissions.add(*Permission.objects.filter(
-            codename__in=["view_conversation", "view_message", "change_message"]))
+            codename__in=["view_conversation", "view_message", "change_message", "view_llmcall", "view_dashboard"]))
         hidden = Channel.objects.create(slug="vip", name="VIP", kind="webchat", default_agent=agent,
                                         visibility="admin")
         asking = ask_for_a_person(hidden, make_user(Role.ADMIN), fake_llm)
@@ -152,9 +154,14 @@ class TestInbox:
         hidden_page = client.get(f"{base}/conversation/{asking.conversation_id}/change/")
         assert hidden_page.status_code == 302 and "VIP" not in hidden_page.content.decode()  # "does not exist"
         assert client.get(f"{base}/message/{asking.pk}/change/").status_code == 302
-        limited_staff.user_permissions.add(Permission.objects.get(codename="delete_message"))
-        assert client.post(f"{base}/message/{shown.pk}/delete/", {"post": "yes"}).status_code == 403
-        assert Message.objects.filter(pk=shown.pk).exists()  # messages go only with their conversation
+        # Nor the model calls made there, nor the dashboard's transcripts.
+        hidden_call = LLMCall.objects.get(conversation_id=asking.conversation_id)
+        assert hidden_call not in client.get("/admin/logs/llmcall/").context["cl"].result_list
+        assert client.get(f"/admin/logs/llmcall/{hidden_call.pk}/change/").status_code == 302
+        found = client.get("/dashboard/conversations/", {"text": "hello bot"}).context["tables"][0].rows
+        assert [row["id"] for row in found] == [str(shown.conversation_id)]
+        assert client.get(f"/dashboard/conversations/{asking.conversation_id}/").status_code == 404
+        assert client.get(f"/dashboard/conversations/{shown.conversation_id}/").status_code == 200
         for action in ("start", "reply", "end"):
             response = client.post(f"{base}/conversation/{asking.conversation_id}/handoff/{action}/", {"text": "hi"})
             assert response.status_code == 404
@@ -164,6 +171,40 @@ class TestInbox:
         assert client.get(f"{base}/conversation/{shown.conversation_id}/change/").status_code == 200
         client.post(f"{base}/conversation/{shown.conversation_id}/handoff/start/")
         assert Handoff.objects.get(conversation_id=shown.conversation_id, ended_at__isnull=True).staff == limited_staff
+
+    def test_the_admin_reads_the_channels_in_a_few_queries_however_many(self, client, limited_staff, agent):
+        limited_staff.user_permissions.add(Permission.objects.get(codename="view_message"))
+        client.force_login(limited_staff)
+        client.get("/admin/conversations/message/")  # the session's and the permissions' first reads
+        counts = []
+        for hidden in (1, 60):
+            Channel.objects.bulk_create(Channel(slug=f"vip-{len(counts)}-{i}", name="VIP", kind="webchat",
+                                                default_agent=agent, visibility="admin") for i in range(hidden))
+            with CaptureQueriesContext(connection) as queries:
+                assert client.get("/admin/conversations/message/").status_code == 200
+            counts.append(len(queries))
+        assert counts[0] == counts[1], counts
+
+    def test_a_message_goes_only_with_its_conversation_or_its_sender(self, client, make_user, webchat_channel,
+                                                                     customer, fake_llm):
+        """One message cannot be deleted in the admin (a deleted reply would leave its message
+        answered by nothing); deleting its conversation, or its sender, takes it along."""
+        root = make_user(None, is_staff=True, is_superuser=True)
+        client.force_login(root)
+        asked = send(webchat_channel, customer, "hello")
+        agent_run(asked.id)
+        reply = Message.objects.get(reply_to=asked)
+        assert client.post(f"/admin/conversations/message/{reply.pk}/delete/", {"post": "yes"}).status_code == 403
+        assert "delete_selected" not in client.get("/admin/conversations/message/").context["action_form"].fields[
+            "action"].choices.__repr__()
+        assert "deletelink" not in client.get(f"/admin/conversations/message/{reply.pk}/change/").content.decode()
+        assert client.post(f"/admin/conversations/conversation/{asked.conversation_id}/delete/",
+                           {"post": "yes"}).status_code == 302
+        assert not Message.objects.filter(pk__in=[asked.pk, reply.pk]).exists()
+        again = send(webchat_channel, customer, "hello again")
+        agent_run(again.id)
+        assert client.post(f"/admin/identities/user/{customer.pk}/delete/", {"post": "yes"}).status_code == 302
+        assert not Message.objects.filter(pk=again.pk).exists()
 
     def test_customers_and_anonymous_are_kept_out(self, client, customer):
         assert client.get("/console/").status_code == 302  # to the login page
