@@ -24,7 +24,7 @@ def build_prompt(message: Message) -> list[dict]:
             Message.objects.filter(conversation_id=message.conversation_id, created_at__lt=message.created_at)
             .exclude(direction=Direction.INBOUND, status=Status.FAILED)
             .order_by("-created_at")
-            .values_list("direction", "text", "agent_id", "model", "sender_id")[:window],
+            .values_list("direction", "text", "agent_id", "model", "sender_id", "reply_to_id")[:window],
             message.sender,
         )
     earlier = earlier[:window]
@@ -52,31 +52,40 @@ def client_history(message) -> list[dict] | None:
 
 
 def history_for_speaker(rows, sender) -> list[dict]:
-    """Earlier turns (direction, text, agent id, model, sender id; newest first) the speaker may
-    be shown.
+    """Earlier turns (direction, text, agent id, model, sender id, reply-to id; newest first) the
+    speaker may be shown.
 
     A platform thread is one conversation for everyone in it (a Slack channel thread, a WeCom
     group), so its history holds other people's turns. A turn that went to, or came from, an agent
     the speaker may not use is left out: an employee's exchange with an internal agent (and what
     its tools returned) never reaches the prompt of a customer's reply in the same thread. A turn
-    whose agent was deleted since is left out too (its visibility is no longer known), unless the
-    speaker sent it; a person's reply (no agent, no model) is shown."""
+    whose agent was deleted since is left out too (its visibility is no longer known), unless it
+    is the speaker's own: what they sent, and the answers to it. A person's reply (no agent, no
+    model) is shown."""
+    rows = list(rows)
     allowed: dict = {}
+    # Answers whose agent is gone are the speaker's own when they answer the speaker (rare: asked
+    # only when there are such rows).
+    orphans = [reply_to for direction, _t, agent_id, model, _s, reply_to in rows
+               if direction != Direction.INBOUND and agent_id is None and model and reply_to is not None]
+    answers_to_speaker = set(Message.objects.filter(pk__in=orphans, sender_id=sender.pk).values_list(
+        "pk", flat=True)) if orphans and sender is not None else set()
 
-    def visible(direction, agent_id, model, sender_id) -> bool:
+    def visible(direction, agent_id, model, sender_id, reply_to) -> bool:
         if sender is None:
             return True
         if agent_id is None:
             if direction == Direction.INBOUND:
                 return sender_id == sender.pk  # every message is routed to an agent: that agent is gone
-            return not model  # a person's reply; an agent's names its model, and that agent is gone
+            return not model or reply_to in answers_to_speaker  # a person's reply, or an answer to the speaker
         if agent_id not in allowed:
             agent = agent_by_id(agent_id)
             allowed[agent_id] = agent is not None and user_can_use_agent(sender, agent)
         return allowed[agent_id]
 
     return [{"role": "user" if direction == Direction.INBOUND else "assistant", "content": text}
-            for direction, text, agent_id, model, sender_id in rows if visible(direction, agent_id, model, sender_id)]
+            for direction, text, agent_id, model, sender_id, reply_to in rows
+            if visible(direction, agent_id, model, sender_id, reply_to)]
 
 
 def trim_history_to_tokens(texts_newest_first: list[str], budget: int) -> int:

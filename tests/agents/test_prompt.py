@@ -47,6 +47,21 @@ def test_nor_once_that_agent_was_deleted(thread, agent):
     internal, now = thread
     internal.delete()
     assert history(now) == ["customer: where is my order", "public: it ships today", "staff: and I checked it myself"]
-    # The customer's own words stay theirs to see, whatever became of the agent that answered them.
+    # The customer's own exchange stays theirs to see, whatever became of the agent that answered.
     Message.objects.filter(agent=agent).exclude(pk=now.pk).update(agent=None)  # as if deleted
-    assert history(now) == ["customer: where is my order", "staff: and I checked it myself"]
+    assert history(now) == ["customer: where is my order", "public: it ships today", "staff: and I checked it myself"]
+
+
+def test_a_private_conversation_keeps_its_answers_when_their_agent_is_replaced(
+        api_channel, agent, llm_model, customer, fake_llm):
+    """The channel's agent is replaced and the old one deleted: the customer's own conversation
+    still shows the model what it answered before."""
+    from apps.agents.runtime import agent_run
+
+    first = send(api_channel, customer, "My order number is 4711")
+    assert agent_run(first.id).text == "Echo: My order number is 4711"
+    api_channel.default_agent = Agent.objects.create(slug="new", name="New", model=llm_model, system_prompt="x")
+    api_channel.save()
+    agent.delete()
+    later = send(api_channel, customer, "What was my order number?", conversation_id=str(first.conversation_id))
+    assert history(later) == ["My order number is 4711", "Echo: My order number is 4711"]
