@@ -11,12 +11,16 @@ group, a permission or the superuser flag beyond her own. Refusals are audited a
 """
 from __future__ import annotations
 
+import logging
+
 from django.contrib.auth.models import Permission
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q
 
 from apps.core.client_ip import client_ip_for_request
 from apps.logs.services import audit
+
+logger = logging.getLogger(__name__)
 
 
 def held_permissions(user) -> set[str]:
@@ -37,7 +41,17 @@ def held_object_permissions(user) -> list[tuple[object, str]]:
         return []
     rows = [*UserObjectPermission.objects.filter(user=user).select_related("permission", "content_type"),
             *GroupObjectPermission.objects.filter(group__user=user).select_related("permission", "content_type")]
-    return [(row.content_object, row.permission.codename) for row in rows if row.content_object is not None]
+    held = []
+    for row in rows:
+        try:
+            obj = row.content_object
+        except (AttributeError, ValueError, TypeError, ValidationError):
+            # A grant on a model no longer installed, or naming no possible object: it grants nothing.
+            logger.warning("object permission naming no object ignored", extra={"row": row.pk})
+            continue
+        if obj is not None:
+            held.append((obj, row.permission.codename))
+    return held
 
 
 def actor_holds(actor, obj, codename: str) -> bool:

@@ -351,3 +351,26 @@ def test_setting_a_peers_password_is_audited_and_a_superusers_is_refused(admin_c
     assert refused.status_code == 403
     assert User.objects.get(pk=root.pk).check_password("Root-Pa55word-1")
     assert AuditEvent.objects.filter(action="admin.refused", target_id=str(root.pk)).exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("bad", ["model no longer installed", "no such primary key"])
+def test_an_object_permission_naming_no_object_grants_nothing_and_breaks_nothing(client, make_user, admin_user, bad):
+    """Rows guardian's own save would refuse, as a removed app or a hand-written row leaves them:
+    the user admin still opens the user, and the row counts as no grant."""
+    from django.contrib.contenttypes.models import ContentType
+    from guardian.models import UserObjectPermission
+
+    target = make_user(Role.CUSTOMER)
+    if bad == "model no longer installed":
+        content_type = ContentType.objects.create(app_label="gone_plugin", model="widget")
+        permission = Permission.objects.create(codename="use_widget", name="use widget", content_type=content_type)
+        object_pk = "1"
+    else:
+        content_type = ContentType.objects.get_for_model(Agent)
+        permission, object_pk = Permission.objects.get(codename="use_agent", content_type=content_type), "not-a-number"
+    UserObjectPermission.objects.bulk_create([UserObjectPermission(
+        user=target, permission=permission, content_type=content_type, object_pk=object_pk)])
+    client.force_login(admin_user)
+    page = client.get(reverse("admin:identities_user_change", args=[target.pk]))
+    assert page.status_code == 200 and page.context["has_change_permission"] is True
