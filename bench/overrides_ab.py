@@ -16,7 +16,7 @@ Knobs: BENCH_DATABASE_URL, BENCH_REDIS_URL (as bench/run.py: both wiped), BENCH_
 BENCH_AB_REQUESTS (200 per round), BENCH_AB_WARMUP (30), BENCH_AB_CONCURRENCY (10),
 BENCH_AB_VARIANTS (comma list of override names to turn off alone; default all; empty: none, and
 no "all off"), BENCH_AB_SERVER (the ASGI server of those variants: "uvicorn", the image's, or
-"daphne"), BENCH_AB_SERVERS ("daphne", "uvicorn", "uvicorn_httptools", "litellm": the same app, all
+"daphne"), BENCH_AB_SERVERS ("daphne", "uvicorn", "uvicorn_httptools", "granian", "litellm": the same app, all
 overrides on, on that ASGI server beside it; or the reference proxy),
 BENCH_AB_LLM_DELAY_MS (the model's latency, 0), BENCH_WORKER_POOL / BENCH_WORKER_CONCURRENCY (as
 bench/run.py). ``--render`` prints the last run's table again (bench/results/overrides_ab.json).
@@ -58,9 +58,10 @@ def variants() -> dict[str, tuple[str, str]]:
     unknown = set(SINGLES) - OVERRIDES.keys()
     if unknown:
         raise SystemExit(f"BENCH_AB_VARIANTS: unknown override(s) {', '.join(sorted(unknown))}")
-    known = {"daphne", "uvicorn", "uvicorn_httptools"}
+    known = {"daphne", "uvicorn", "uvicorn_httptools", "granian"}
     if SERVER not in known or set(SERVERS) - known - {"litellm"}:
-        raise SystemExit("BENCH_AB_SERVER(S): daphne, uvicorn, uvicorn_httptools (and litellm beside) are known")
+        raise SystemExit("BENCH_AB_SERVER(S): daphne, uvicorn, uvicorn_httptools, granian (and litellm beside) "
+                         "are known")
     if DOOR == "slack" and "litellm" in SERVERS:
         raise SystemExit("BENCH_AB_DOOR=slack: LiteLLM has no Slack door to compare")
     plan = {"all on": ("", SERVER)}
@@ -114,13 +115,19 @@ def one_round(stack: run.Stack, variant: tuple[str, str], demo: dict, backends: 
             if status != 200:
                 raise RuntimeError(f"GATEWAY_PLAIN={gateway_plain!r}: the gateway answered {status}: {body}")
         pids = {"server": server_process.popen.pid, **({"worker": worker.popen.pid} if worker else {})}
+        # granian serves from a worker process under its supervisor: count the whole tree.
+        server_ticks = run.tree_ticks if server == "granian" else run.cpu_ticks
+
+        def ticks(name: str, pid: int) -> int:
+            return (server_ticks if name == "server" else run.cpu_ticks)(pid)
+
         # Slack: warm-up events numbered after the timed ones, so no dedupe key is reused.
         run.load({**spec, "count": WARMUP, "first_event": REQUESTS})
-        before = {name: run.cpu_ticks(pid) for name, pid in pids.items()}
+        before = {name: ticks(name, pid) for name, pid in pids.items()}
         pg_before, redis_before = backends.ticks(), run.redis_ticks()
         result = run.load({**spec, "count": REQUESTS})
         pg_after, redis_after = backends.ticks(), run.redis_ticks()
-        after = {name: run.cpu_ticks(pid) for name, pid in pids.items()}
+        after = {name: ticks(name, pid) for name, pid in pids.items()}
     finally:
         server_process.stop()
         if worker is not None:
@@ -156,7 +163,7 @@ def summarize(rounds: dict[str, list[dict]]) -> list[dict]:
     for name, results in rounds.items():
         cpu = [r["cpu_ms_total"] for r in results]
         rows.append({
-            "variant": name, "rps": statistics.median(r["rps"] for r in results),
+            "variant": name, "rps": round(statistics.median(r["rps"] for r in results), 1),
             "rps_rounds": [r["rps"] for r in results], "cpu_ms": statistics.median(cpu), "cpu_rounds": cpu,
             **{f"cpu_{part}": statistics.median(r["cpu_ms"][part] for r in results)
                for part in ("server", "worker", "postgres", "redis")},

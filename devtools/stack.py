@@ -101,6 +101,11 @@ class Process:
 # amount); websocket messages bounded at 1 MiB as Daphne bounds them (uvicorn's default: 16 MiB).
 UVICORN_OPTIONS = ("--no-access-log", "--lifespan", "off", "--no-proxy-headers",
                    "--http", "h11", "--ws-max-size", "1048576")
+# granian for the HTTP doors only (docs/decisions/asgi-server.md): Django's ASGI app has no lifespan
+# (``asginl``); no websockets (it cannot bound a message below 16 MiB; uvicorn or Daphne serve
+# /ws/); a request's head bounded at 16 KiB, as h11's; one worker process, HTTP/1.1, no access log.
+GRANIAN_OPTIONS = ("--interface", "asginl", "--no-ws", "--http1-buffer-size", "16384", "--workers", "1",
+                   "--http", "1", "--loop", "uvloop", "--no-access-log")
 
 
 @dataclass
@@ -158,6 +163,20 @@ class Stack:
         process = self.spawn(
             "uvicorn", [str(BIN / "uvicorn"), *options, "--host", "127.0.0.1", "--port", str(port),
                         "--log-level", "warning", "gateway_project.asgi:application"],
+            env=env,
+        )
+        url = f"http://127.0.0.1:{port}"
+        process.wait_for_http(f"{url}/healthz")
+        return url
+
+    def granian(self, port: int | None = None, env: dict[str, str] | None = None,
+                options: tuple[str, ...] = GRANIAN_OPTIONS) -> str:
+        """Start granian on the same ASGI app (a supervisor process and one worker process under
+        it); returns its base URL once /healthz answers."""
+        port = port or free_port()
+        process = self.spawn(
+            "granian", [str(BIN / "granian"), *options, "--log-level", "warning", "--host", "127.0.0.1",
+                        "--port", str(port), "gateway_project.asgi:application"],
             env=env,
         )
         url = f"http://127.0.0.1:{port}"

@@ -54,6 +54,13 @@ def test_only_the_images_devtools_target_carries_it():
     assert all(spec["build"] == "." for name, spec in services.items() if "build" in spec and name != "fake-llm")
 
 
+def test_the_granian_command_documented_is_the_one_the_tests_run():
+    from devtools.stack import GRANIAN_OPTIONS
+
+    record = " ".join((BASE_DIR / "docs" / "decisions" / "asgi-server.md").read_text().split())
+    assert f"granian {' '.join(GRANIAN_OPTIONS)} --host 0.0.0.0 --port 8000 gateway_project.asgi:application" in record
+
+
 def test_the_image_serves_with_the_options_the_tests_run_uvicorn_with():
     """The e2e tests start uvicorn as the image does (tests/e2e/test_uvicorn.py): same options."""
     from devtools.stack import UVICORN_OPTIONS
