@@ -62,7 +62,7 @@ def test_the_granian_command_documented_is_the_one_the_tests_run():
 
 
 def test_the_image_serves_with_the_options_the_tests_run_uvicorn_with():
-    """The e2e tests start uvicorn as the image does (tests/e2e/test_uvicorn.py): same options."""
+    """The e2e tests start uvicorn as the image does (tests/e2e/test_asgi_servers.py): same options."""
     from devtools.stack import UVICORN_OPTIONS
 
     text = (BASE_DIR / "Dockerfile").read_text().replace("\\\n", " ")
