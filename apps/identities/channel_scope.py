@@ -1,11 +1,17 @@
 """The admin's pages of what was said on a channel (conversations, messages, model and tool
-calls) show a staff member only the channels they may use, as the staff console does; a hidden
-row is "not found". Superusers see everything."""
+calls, request logs) show a staff member only the channels they may use, as the staff console
+does; a hidden row is "not found", and cannot be deleted (nor can what its deletion would take
+along). Superusers who may act see everything."""
 from __future__ import annotations
 
 from django.contrib import admin
+from django.db.models import Q
 
-from .permissions import usable_channel_ids
+from .permissions import usable_channel_ids, user_may_act
+
+
+def sees_every_channel(user) -> bool:
+    return bool(user.is_superuser) and user_may_act(user)
 
 
 def request_channel_ids(request) -> set[int]:
@@ -21,11 +27,23 @@ class UsableChannelsOnly:
 
     channel_path = "channel_id"
 
+    def usable_rows(self, ids: set[int]) -> Q:
+        return Q(**{f"{self.channel_path}__in": ids})
+
     def get_queryset(self, request):
         queryset = super().get_queryset(request)
-        if request.user.is_superuser:
+        if sees_every_channel(request.user):
             return queryset
-        return queryset.filter(**{f"{self.channel_path}__in": request_channel_ids(request)})
+        return queryset.filter(self.usable_rows(request_channel_ids(request)))
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Also asked for each row another deletion would take along (a user's, a conversation's):
+        # a hidden one refuses that deletion, and its confirmation page lists no row.
+        if not super().has_delete_permission(request, obj):
+            return False
+        if obj is None or sees_every_channel(request.user):
+            return True
+        return type(obj)._default_manager.filter(self.usable_rows(request_channel_ids(request)), pk=obj.pk).exists()
 
 
 class UsableChannelFilter(admin.RelatedFieldListFilter):
@@ -33,7 +51,7 @@ class UsableChannelFilter(admin.RelatedFieldListFilter):
     channels table, not from the rows)."""
 
     def field_choices(self, field, request, model_admin):
-        if request.user.is_superuser:
+        if sees_every_channel(request.user):
             return super().field_choices(field, request, model_admin)
         return field.get_choices(include_blank=False, ordering=self.field_admin_ordering(field, request, model_admin),
                                  limit_choices_to={"pk__in": request_channel_ids(request)})

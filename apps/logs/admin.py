@@ -1,4 +1,5 @@
 from django.contrib import admin
+from django.db.models import Q
 
 from apps.identities.channel_scope import UsableChannelFilter, UsableChannelsOnly
 
@@ -28,7 +29,7 @@ class LLMCallAdmin(UsableChannelsOnly, admin.ModelAdmin):
 
 
 @admin.register(RequestLog)
-class RequestLogAdmin(admin.ModelAdmin):
+class RequestLogAdmin(UsableChannelsOnly, admin.ModelAdmin):
     list_display = ("created_at", "channel_kind", "channel", "status_code", "rejection", "client_ip", "latency_ms")
     list_filter = ("status_code", "rejection", "channel_kind")
     search_fields = ("client_ip", "request_id", "user__username")
@@ -40,6 +41,10 @@ class RequestLogAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+    def usable_rows(self, ids):
+        # A request refused before its channel was known names no channel and no message.
+        return Q(channel_id__in=ids) | Q(channel__isnull=True, message__isnull=True)
 
 
 @admin.register(AuditEvent)

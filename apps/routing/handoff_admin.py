@@ -1,6 +1,8 @@
 """Human handoff in the conversation admin: take over, reply as yourself, hand back."""
 from __future__ import annotations
 
+import uuid
+
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
@@ -46,7 +48,9 @@ class HandoffAdminMixin:
         return HttpResponseRedirect(reverse("admin:conversations_conversation_change", args=[pk]))
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        extra_context = {**(extra_context or {}), "handoff": handoff_open(object_id) if object_id else None}
+        # Not a conversation's id: no handoff to show, and the admin says there is no such one.
+        handoff = handoff_open(object_id) if object_id and _is_uuid(object_id) else None
+        extra_context = {**(extra_context or {}), "handoff": handoff}
         return super().change_view(request, object_id, form_url, extra_context)
 
 
@@ -59,3 +63,11 @@ def tell_delivery(request, reply) -> None:
                                   "once it can.")
     else:
         messages.success(request, "Reply sent.")
+
+
+def _is_uuid(value) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True

@@ -172,6 +172,33 @@ class TestInbox:
         client.post(f"{base}/conversation/{shown.conversation_id}/handoff/start/")
         assert Handoff.objects.get(conversation_id=shown.conversation_id, ended_at__isnull=True).staff == limited_staff
 
+    def test_nor_through_the_request_log_or_a_deletion_that_would_take_them_along(
+            self, client, limited_staff, agent, make_user, fake_llm):
+        """A customer spoke on a channel since closed to the staff member's role: its request-log
+        row does not show the message, and deleting the customer (which would delete it) is refused
+        without listing it. A non-UUID conversation address is "not found", not a 500."""
+        from apps.logs.models import RequestLog
+
+        limited_staff.user_permissions.add(*Permission.objects.filter(codename__in=[
+            "view_requestlog", "view_message", "view_user", "delete_user", "delete_conversation",
+            "delete_message", "delete_channelidentity", "delete_llmcall", "delete_toolcall", "delete_handoff",
+            "delete_usagedaily", "view_conversation"]))
+        vip = Channel.objects.create(slug="vip", name="VIP", kind="webchat", default_agent=agent)
+        speaker = make_user(Role.CUSTOMER)
+        said = send(vip, speaker, "SECRET-BOARD-MINUTES fire the CFO")
+        agent_run(said.id)
+        vip.visibility = "admin"
+        vip.save()
+        logged = RequestLog.objects.create(channel=vip, channel_kind="webchat", status_code=202, message=said)
+        client.force_login(limited_staff)
+        assert client.get(f"/admin/logs/requestlog/{logged.pk}/change/").status_code == 302
+        assert logged not in client.get("/admin/logs/requestlog/").context["cl"].result_list
+        confirm = client.get(f"/admin/identities/user/{speaker.pk}/delete/")
+        assert "SECRET-BOARD" not in confirm.content.decode() and confirm.context["perms_lacking"]
+        assert client.post(f"/admin/identities/user/{speaker.pk}/delete/", {"post": "yes"}).status_code == 403
+        assert Message.objects.filter(pk=said.pk).exists()
+        assert client.get("/admin/conversations/conversation/not-a-uuid/change/").status_code == 302
+
     def test_the_admin_reads_the_channels_in_a_few_queries_however_many(self, client, limited_staff, agent):
         limited_staff.user_permissions.add(Permission.objects.get(codename="view_message"))
         client.force_login(limited_staff)
