@@ -46,6 +46,9 @@ class RequestLogAdmin(UsableChannelsOnly, admin.ModelAdmin):
         # A request refused before its channel was known names no channel and no message.
         return Q(channel_id__in=ids) | Q(channel__isnull=True, message__isnull=True)
 
+    def usable_row(self, obj, ids) -> bool:
+        return obj.channel_id in ids or (obj.channel_id is None and obj.message_id is None)
+
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):

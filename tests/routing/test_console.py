@@ -199,6 +199,29 @@ class TestInbox:
         assert Message.objects.filter(pk=said.pk).exists()
         assert client.get("/admin/conversations/conversation/not-a-uuid/change/").status_code == 302
 
+    def test_a_user_whose_messages_are_all_on_usable_channels_is_deleted_in_a_few_queries(
+            self, client, limited_staff, webchat_channel, make_user):
+        """The deletion asks, per row it takes along, whether the staff member may delete it: read
+        from the row, so the confirmation costs the same however many messages there are."""
+        limited_staff.user_permissions.add(*Permission.objects.filter(codename__in=[
+            "view_user", "delete_user", "delete_conversation", "delete_message", "delete_channelidentity",
+            "delete_llmcall", "delete_handoff", "delete_usagedaily"]))
+        client.force_login(limited_staff)
+        counts = []
+        for said in (3, 40):
+            speaker = make_user(Role.CUSTOMER)
+            first = send(webchat_channel, speaker, "hello 0")
+            for i in range(1, said):
+                send(webchat_channel, speaker, f"hello {i}", conversation_id=str(first.conversation_id))
+            client.get(f"/admin/identities/user/{speaker.pk}/delete/")  # the first read of the session
+            with CaptureQueriesContext(connection) as queries:
+                confirm = client.get(f"/admin/identities/user/{speaker.pk}/delete/")
+            assert confirm.status_code == 200 and not confirm.context["perms_lacking"]
+            counts.append(len(queries))
+            assert client.post(f"/admin/identities/user/{speaker.pk}/delete/", {"post": "yes"}).status_code == 302
+            assert not Message.objects.filter(conversation_id=first.conversation_id).exists()
+        assert counts[0] == counts[1], counts
+
     def test_the_admin_reads_the_channels_in_a_few_queries_however_many(self, client, limited_staff, agent):
         limited_staff.user_permissions.add(Permission.objects.get(codename="view_message"))
         client.force_login(limited_staff)
