@@ -146,7 +146,7 @@ class TestRequestLog:
 
 
 @pytest.mark.django_db
-def test_a_row_without_a_message_id_is_linked_through_the_request_id(customer, api_channel):
+def test_a_row_without_a_message_id_is_linked_through_the_request_id(customer, api_channel, webchat_channel):
     """Webhook answers do not carry our message id; the request id stored on the message links them."""
     from apps.conversations.normalized import NormalizedMessage
     from apps.conversations.pipeline import accept
@@ -159,9 +159,13 @@ def test_a_row_without_a_message_id_is_linked_through_the_request_id(customer, a
     finally:
         request_id_var.reset(token)
     request_log_record(status_code=200, channel_slug="api", request_id="hook-req-1")
+    # The client chose that request id; the same one on a request of another channel links nothing.
+    request_log_record(status_code=200, channel_slug="web", request_id="hook-req-1")
     request_log_flush()
-    row = RequestLog.objects.get()
+    row = RequestLog.objects.get(channel=api_channel)
     assert row.message_id == accepted.message.id and row.user == customer
+    other = RequestLog.objects.get(channel=webchat_channel)
+    assert (other.message_id, other.user_id) == (None, None)
 
 
 @pytest.mark.django_db
