@@ -1,4 +1,5 @@
-# The gateway image: Daphne (HTTP + websockets), Celery workers and beat all run from it.
+# The gateway image: uvicorn (HTTP + websockets; Daphne, or granian for HTTP alone, serve the same app),
+# Celery workers and beat all run from it.
 # Targets: `production` (the default, last below) carries the gateway only; `devtools` adds the
 # local stand-ins (devtools/) for compose's fake-llm service. `base` is what both share.
 FROM python:3.11-slim-bookworm AS base
