@@ -24,7 +24,7 @@ from gateway_project.plain import is_plain
 from . import hooks, leases, llm
 from .claims import still_claimed
 from .dispatch import enqueue_agent_run, process_stopping
-from .models import agent_deleted
+from .models import written_without_a_deleted_agent
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +55,12 @@ def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
     answered = {"status": Status.ANSWERED, "lease_until": None, "error_code": "", "error_message": ""}
     # Only while the message is still this run's: a person who took the conversation over may
     # have answered it meanwhile (apps.routing handoff_reply), and it keeps that one answer.
+    # A reply whose agent was deleted meanwhile is written without it: still an agent's (it names its model).
     try:
-        written = write_together(Update(Message, message.pk, answered, only_if=still_claimed(message)), reply)
-    except IntegrityError:
-        if not agent_deleted(reply.agent_id):  # another reply to it went in first
-            written = False
-        else:  # deleted while its model answered: the reply is still an agent's (it names its model)
-            reply.agent = None
-            written = write_together(Update(Message, message.pk, answered, only_if=still_claimed(message)), reply)
+        written = written_without_a_deleted_agent(reply, lambda: write_together(
+            Update(Message, message.pk, answered, only_if=still_claimed(message)), reply))
+    except IntegrityError:  # another reply to it went in first
+        written = False
     if written:
         return reply
     if (stored := _stored_by_this_run(message)) is not None:

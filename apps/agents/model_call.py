@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 
 from apps.conversations.models import Message
 from apps.logs.metrics import llm_call_observed
@@ -17,7 +17,7 @@ from apps.quotas import budgets
 from gateway_project.db import Statement, through_outage, write_together
 
 from . import llm
-from .models import agent_deleted
+from .models import written_without_a_deleted_agent
 
 logger = logging.getLogger(__name__)
 
@@ -106,12 +106,6 @@ def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = N
         else:
             call.save(force_insert=True)
 
-    try:
-        write()
-    except IntegrityError:
-        if not agent_deleted(call.agent_id):
-            raise
-        call.agent = None  # deleted while its model answered: the call is logged without it
-        write()
+    written_without_a_deleted_agent(call, write)
     llm_call_observed(call)
     return call

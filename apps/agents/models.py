@@ -8,7 +8,7 @@ import time
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import models
+from django.db import IntegrityError, models
 
 from .secrets import decrypt_secret, encrypt_secret
 
@@ -203,10 +203,17 @@ def agent_by_id(pk) -> Agent | None:
     return cached_copy("agent_by_id", pk, lambda: Agent.objects.select_related("model__provider").filter(pk=pk).first())
 
 
-def agent_deleted(agent_id) -> bool:
-    """Whether the agent ``agent_id`` names was deleted, so a row naming it can no longer be
-    written (asked fresh, after such a write failed)."""
-    return agent_id is not None and not Agent.objects.filter(pk=agent_id).exists()
+def written_without_a_deleted_agent(row, write):
+    """``write()`` a run's ``row`` (its reply, its call's log row); if that fails because its agent
+    was deleted while the model answered (asked fresh, after the failure), write it again without
+    the agent. Any other IntegrityError is raised."""
+    try:
+        return write()
+    except IntegrityError:
+        if row.agent_id is None or Agent.objects.filter(pk=row.agent_id).exists():
+            raise
+    row.agent = None
+    return write()
 
 
 def agent_tools(agent: Agent) -> list[Tool]:
