@@ -126,6 +126,9 @@ class WeComAiBotConnector(Connector):
         super().__init__(channel)
         self._streamed: dict[str, str] = {}  # stream id → text sent so far by this agent run
 
+    def stream(self, stream_id: str) -> StreamState:
+        return StreamState(self.channel.pk, stream_id)  # kept per channel
+
     def handle_webhook(self, request: WebhookRequest) -> HttpResponse:
         """As the base does, except that a refused message is told so in its own stream at once
         (the first passive reply finishes with the reason) instead of by a notice sent later."""
@@ -137,8 +140,9 @@ class WeComAiBotConnector(Connector):
             except GatewayError as error:
                 logger.warning("webhook message refused", extra={"code": error.code, "channel": self.channel.slug})
                 stream_id, text = msg.metadata["aibot_stream_id"], polite_text(error)
-                StreamState(self.channel.pk, stream_id).set_final(text)
-                StreamState(self.channel.pk, stream_id).claim("refused")
+                state = self.stream(stream_id)
+                state.set_final(text)
+                state.claim("refused")
                 return self.passive_stream(stream_id, text, True, nonce=request.query.get("nonce", ""))
         return result.response or HttpResponse(status=200)
 
@@ -198,7 +202,7 @@ class WeComAiBotConnector(Connector):
             return WebhookResult(response=HttpResponse(""))
         msg = self.normalize(data)
         stream_id = msg.metadata["aibot_stream_id"]
-        StreamState(self.channel.pk, stream_id).open()
+        self.stream(stream_id).open()
         return WebhookResult(messages=[msg], response=self.passive_stream(stream_id, "", False, nonce=nonce))
 
     def normalize(self, data: dict) -> NormalizedMessage:
@@ -225,7 +229,7 @@ class WeComAiBotConnector(Connector):
 
     def refresh(self, stream_id: str, *, nonce: str) -> HttpResponse:
         """The answer to a stream refresh: the text so far, or the whole answer with finish."""
-        state = StreamState(self.channel.pk, stream_id)
+        state = self.stream(stream_id)
         opened = state.opened()
         if opened is None:  # unknown or long gone: nothing more will come
             return self.passive_stream(stream_id, "", True, nonce=nonce)
@@ -259,12 +263,12 @@ class WeComAiBotConnector(Connector):
     def send_delta(self, inbound, piece: str) -> None:
         stream_id = inbound.metadata["aibot_stream_id"]
         self._streamed[stream_id] = self._streamed.get(stream_id, "") + piece
-        StreamState(self.channel.pk, stream_id).set_text(self._streamed[stream_id])
+        self.stream(stream_id).set_text(self._streamed[stream_id])
 
     def send_reset(self, inbound, *, replaced: bool = False) -> None:
         stream_id = inbound.metadata["aibot_stream_id"]
         self._streamed[stream_id] = ""
-        StreamState(self.channel.pk, stream_id).set_text("")
+        self.stream(stream_id).set_text("")
 
     def send(self, reply, *, inbound) -> None:
         if reply.follows_up:  # the message's stream has the agent's answer: this one goes after it
@@ -278,7 +282,7 @@ class WeComAiBotConnector(Connector):
         # the later message, and posting it once per held message would repeat it in the chat.
         stream_id = inbound.metadata.get("aibot_stream_id")
         if stream_id:
-            self._end_stream(StreamState(self.channel.pk, stream_id), reply.text, by=f"reply:{reply.pk}")
+            self._end_stream(self.stream(stream_id), reply.text, by=f"reply:{reply.pk}")
 
     def send_error(self, inbound, error) -> None:
         try:
@@ -292,7 +296,7 @@ class WeComAiBotConnector(Connector):
         else ended it (the window ran out, the agent's failure was shown), post ``text`` to the
         message's response_url instead."""
         stream_id = inbound.metadata.get("aibot_stream_id")
-        state = StreamState(self.channel.pk, stream_id) if stream_id else None
+        state = self.stream(stream_id) if stream_id else None
         if state is not None:
             if self._end_stream(state, text, by=by) or state.closed_by() == f"posted:{by}":
                 return  # the stream shows it, or an earlier attempt of this delivery posted it

@@ -345,9 +345,7 @@ def conversation_detail(conversation_id, *, channel_ids: set[int] | None = None)
     no such conversation, or its channel is not among ``channel_ids`` (None: any)."""
     conversation = (Conversation.objects.select_related("channel", "user", "agent")
                     .filter(pk=conversation_id).first())
-    if conversation is not None and channel_ids is not None and conversation.channel_id not in channel_ids:
-        return None
-    if conversation is None:
+    if conversation is None or (channel_ids is not None and conversation.channel_id not in channel_ids):
         return None
     usage = {
         row["message_id"]: row for row in

@@ -21,8 +21,8 @@ from django.views.decorators.http import require_GET
 from apps.agents.models import Agent
 from apps.connectors.models import Channel
 from apps.conversations.models import Status
-from apps.identities.channel_scope import sees_every_channel
-from apps.identities.permissions import role_rank, usable_channel_ids
+from apps.identities.channel_scope import request_channel_ids, sees_every_channel
+from apps.identities.permissions import role_rank
 from apps.identities.roles import ROLE_ORDER, Role
 
 from . import selectors
@@ -171,7 +171,7 @@ def cost(request):
 def transcript_channels(request) -> set[int] | None:
     """What was said is shown only on the channels the staff member may use (as in the console and
     the admin); None for a superuser: every channel. Counts and costs stay whole."""
-    return None if sees_every_channel(request.user) else usable_channel_ids(request.user)
+    return None if sees_every_channel(request.user) else request_channel_ids(request)
 
 
 @staff_dashboard

@@ -1,10 +1,8 @@
 """Human handoff in the conversation admin: take over, reply as yourself, hand back."""
 from __future__ import annotations
 
-import uuid
-
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
@@ -48,8 +46,10 @@ class HandoffAdminMixin:
         return HttpResponseRedirect(reverse("admin:conversations_conversation_change", args=[pk]))
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        # Not a conversation's id: no handoff to show, and the admin says there is no such one.
-        handoff = handoff_open(object_id) if object_id and _is_uuid(object_id) else None
+        try:
+            handoff = handoff_open(self.model._meta.pk.to_python(object_id)) if object_id else None
+        except ValidationError:  # not a conversation's id: the admin says there is no such one
+            handoff = None
         extra_context = {**(extra_context or {}), "handoff": handoff}
         return super().change_view(request, object_id, form_url, extra_context)
 
@@ -63,11 +63,3 @@ def tell_delivery(request, reply) -> None:
                                   "once it can.")
     else:
         messages.success(request, "Reply sent.")
-
-
-def _is_uuid(value) -> bool:
-    try:
-        uuid.UUID(str(value))
-    except ValueError:
-        return False
-    return True
