@@ -303,6 +303,58 @@ class TestInboxSocket:
 
         async_to_sync(scenario)()
 
+    def test_an_open_socket_follows_its_staff_member_losing_access(self, limited_staff, webchat_channel, monkeypatch):
+        """Checked again before a frame (every time here): a channel taken away stops its frames,
+        and a deactivated staff member's socket is closed."""
+        from channels.layers import get_channel_layer
+
+        from apps.routing import console_consumer
+
+        event = {"type": "inbox.changed", "kind": "message", "conversation_id": "c-web",
+                 "channel_id": webchat_channel.pk}
+
+        async def scenario():
+            socket, ok, _ = await open_inbox(limited_staff)
+            assert ok
+            monkeypatch.setattr(console_consumer, "RECHECK_SECONDS", 0.0)
+            layer = get_channel_layer()
+            await layer.group_send(INBOX_GROUP, event)
+            assert (await socket.receive_json_from(timeout=5))["conversation_id"] == "c-web"
+            webchat_channel.visibility = "admin"
+            await sync_to_async(webchat_channel.save)()
+            await layer.group_send(INBOX_GROUP, event)
+            assert await socket.receive_nothing(timeout=0.3)
+            limited_staff.is_active = False
+            await sync_to_async(limited_staff.save)()
+            await layer.group_send(INBOX_GROUP, event)
+            assert await socket.receive_output(timeout=5) == {"type": "websocket.close", "code": 4403}
+            await socket.disconnect()
+
+        async_to_sync(scenario)()
+
+    def test_an_open_socket_closes_once_its_session_is_signed_out(self, staff, webchat_channel, monkeypatch):
+        from channels.layers import get_channel_layer
+        from django.contrib.sessions.models import Session
+
+        from apps.routing import console_consumer
+
+        event = {"type": "inbox.changed", "kind": "message", "conversation_id": "c-web",
+                 "channel_id": webchat_channel.pk}
+
+        async def scenario():
+            socket, ok, _ = await open_inbox(staff)
+            assert ok
+            layer = get_channel_layer()
+            await layer.group_send(INBOX_GROUP, event)  # within RECHECK_SECONDS of the connect: no check
+            assert (await socket.receive_json_from(timeout=5))["conversation_id"] == "c-web"
+            await sync_to_async(Session.objects.all().delete)()  # signed out everywhere
+            monkeypatch.setattr(console_consumer, "RECHECK_SECONDS", 0.0)
+            await layer.group_send(INBOX_GROUP, event)
+            assert await socket.receive_output(timeout=5) == {"type": "websocket.close", "code": 4403}
+            await socket.disconnect()
+
+        async_to_sync(scenario)()
+
     def test_refused_to_customers_anonymous_and_other_sites(self, staff, customer):
         async def scenario():
             for user, origin in ((customer, b"http://testserver"), (None, b"http://testserver"),
