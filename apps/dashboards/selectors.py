@@ -448,14 +448,18 @@ ERROR_CALL_FILTERS = {"channel": "channel__slug", "agent": "agent__slug", "model
 ERROR_REQUEST_FILTERS = {"channel": "channel__slug", "user": "user__username__icontains"}
 
 
-def errors_and_security(period: Period, *, action: str = "", filters: Filters = Filters()) -> dict:
+def errors_and_security(period: Period, *, action: str = "", filters: Filters = Filters(),
+                        channel_ids: set[int] | None = None) -> dict:
+    """``channel_ids``: failed model calls (their errors) of these channels only (None: all)."""
     start, end = period.bounds
+    failed_calls = LLMCall.objects.filter(status=LLMCall.Status.ERROR, created_at__gte=start, created_at__lt=end)
+    if channel_ids is not None:
+        failed_calls = failed_calls.filter(channel_id__in=channel_ids)
     failed = Table("failed_calls", "Failed model calls (latest)", [
         ("created_at", "Time"), ("model", "Model"), ("provider", "Provider"), ("attempt", "Attempt"),
         ("error", "Error"), ("agent__slug", "Agent"), ("channel__slug", "Channel"), ("user__username", "User"),
         ("conversation_id", "Conversation"),
-    ], rows=list(_apply(LLMCall.objects.filter(status=LLMCall.Status.ERROR, created_at__gte=start,
-                                               created_at__lt=end), filters, ERROR_CALL_FILTERS)
+    ], rows=list(_apply(failed_calls, filters, ERROR_CALL_FILTERS)
                  .order_by("-created_at").values("created_at", "model", "provider", "attempt", "error",
                                                  "agent__slug", "channel__slug", "user__username",
                                                  "conversation_id")[:LATEST_ROWS]))

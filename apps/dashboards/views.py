@@ -169,8 +169,9 @@ def cost(request):
 
 
 def transcript_channels(request) -> set[int] | None:
-    """What was said is shown only on the channels the staff member may use (as in the console and
-    the admin); None for a superuser: every channel. Counts and costs stay whole."""
+    """What was said, and the errors of model calls, are shown only on the channels the staff
+    member may use (as in the console and the admin); None for a superuser: every channel. Counts
+    and costs stay whole."""
     return None if sees_every_channel(request.user) else request_channel_ids(request)
 
 
@@ -217,4 +218,5 @@ def conversation(request, conversation_id):
 def errors(request):
     period = period_from(request)
     return render_page(request, "dashboard/errors.html", period, selectors.errors_and_security(
-        period, action=request.GET.get("action", "").strip(), filters=filters_from(request)))
+        period, action=request.GET.get("action", "").strip(), filters=filters_from(request),
+        channel_ids=transcript_channels(request)))

@@ -172,6 +172,25 @@ class TestInbox:
         client.post(f"{base}/conversation/{shown.conversation_id}/handoff/start/")
         assert Handoff.objects.get(conversation_id=shown.conversation_id, ended_at__isnull=True).staff == limited_staff
 
+    def test_nor_the_errors_of_their_model_calls_on_the_dashboard(self, client, limited_staff, staff, agent,
+                                                                  webchat_channel):
+        limited_staff.user_permissions.add(Permission.objects.get(codename="view_dashboard"))
+        hidden = Channel.objects.create(slug="vip", name="VIP", kind="webchat", default_agent=agent,
+                                        visibility="admin")
+        for channel in (hidden, webchat_channel):
+            LLMCall.objects.create(channel=channel, model="m", provider="p", status=LLMCall.Status.ERROR,
+                                   error=f"refused on {channel.slug}")
+
+        def errors_listed(user):
+            client.force_login(user)
+            tables = {t.name: t for t in client.get("/dashboard/errors/").context["tables"]}
+            exported = client.get("/dashboard/errors/", {"export": "failed_calls"}).content.decode()
+            return sorted(row["error"] for row in tables["failed_calls"].rows), exported
+
+        listed, exported = errors_listed(limited_staff)
+        assert listed == ["refused on web"] and "refused on vip" not in exported
+        assert errors_listed(staff)[0] == ["refused on vip", "refused on web"]
+
     def test_nor_through_the_request_log_or_a_deletion_that_would_take_them_along(
             self, client, limited_staff, agent, make_user, fake_llm):
         """A customer spoke on a channel since closed to the staff member's role: its request-log
