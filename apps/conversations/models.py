@@ -41,6 +41,12 @@ class Conversation(models.Model):
             # Slack, WeCom and CRM messages find their conversation by the channel's thread id.
             models.Index(fields=["channel", "external_thread_id"], name="conversation_thread"),
         ]
+        constraints = [
+            # One conversation per platform thread, even when its first messages arrive at once
+            # (pipeline.persist: the one that loses joins the winner's).
+            models.UniqueConstraint(fields=["channel", "external_thread_id"],
+                                    condition=~models.Q(external_thread_id=""), name="one_conversation_per_thread"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.channel.slug} / {self.user} / {self.id}"

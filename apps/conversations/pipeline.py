@@ -35,6 +35,14 @@ from .normalized import NormalizedMessage, metadata_vouched_for
 logger = logging.getLogger(__name__)
 
 
+class ThreadStarted(Exception):
+    """The message would start its thread's conversation, and another message just did."""
+
+    def __init__(self, conversation: Conversation):
+        super().__init__("the thread's conversation was started meanwhile")
+        self.conversation = conversation
+
+
 @dataclass
 class Accepted:
     message: Message
@@ -64,7 +72,13 @@ def accept(
     conversation = find_conversation(msg, channel=channel, user=user)
     agent = route_message(msg, channel=channel, user=user, conversation=conversation)
     check_agent_access(user=user, agent=agent, api_key=api_key, client_ip=client_ip)
-    accepted = persist(msg, channel=channel, user=user, conversation=conversation, agent=agent, api_key=api_key)
+    try:
+        accepted = persist(msg, channel=channel, user=user, conversation=conversation, agent=agent, api_key=api_key)
+    except ThreadStarted as started:  # another first message of the thread started its conversation
+        agent = route_message(msg, channel=channel, user=user, conversation=started.conversation)
+        check_agent_access(user=user, agent=agent, api_key=api_key, client_ip=client_ip)
+        accepted = persist(msg, channel=channel, user=user, conversation=started.conversation, agent=agent,
+                           api_key=api_key)
     if not accepted.duplicate:
         transaction.on_commit(lambda: enqueue_agent_run(accepted.message.id))
     return accepted
@@ -204,6 +218,10 @@ def persist(
         # Two identical deliveries raced past dedupe(); the first insert won.
         if (original := dedupe(msg, channel)) is not None:
             return original
+        # Or two first messages of one thread (one_conversation_per_thread): this one joins.
+        if first is conversation and conversation.external_thread_id and (
+                started := find_conversation(msg, channel=channel, user=user)) is not None:
+            raise ThreadStarted(started) from None
         raise
     msg.principal_id = str(user.pk)
     msg.conversation_id = str(conversation.pk)

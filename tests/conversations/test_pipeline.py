@@ -1,4 +1,5 @@
 """Each pipeline step, from the side that passes and the side that must be refused."""
+import threading
 from contextlib import nullcontext
 
 import pytest
@@ -104,6 +105,19 @@ class TestAccept:
                                  conversation=None, agent=api_channel.default_agent)
         assert raced.duplicate is True and raced.message.pk == first.message.pk
         assert Conversation.objects.count() == 1  # the raced delivery's new conversation went with it
+
+    def test_a_threads_second_first_message_joins_the_conversation_the_first_started(self, api_channel,
+                                                                                     customer):
+        """Two first messages of one thread, both looked it up before either was stored: the one
+        stored second joins the first one's conversation rather than starting another."""
+        agent = api_channel.default_agent
+        first = pipeline.persist(normalized(api_channel, "one", control={"thread": "t-9"}), channel=api_channel,
+                                 user=customer, conversation=None, agent=agent)
+        with pytest.raises(pipeline.ThreadStarted) as raced:
+            pipeline.persist(normalized(api_channel, "two", control={"thread": "t-9"}), channel=api_channel,
+                             user=customer, conversation=None, agent=agent)
+        assert raced.value.conversation.pk == first.conversation.pk
+        assert (Conversation.objects.count(), Message.objects.count()) == (1, 1)
 
     def test_continues_the_senders_own_conversation(self, api_channel, customer):
         first = pipeline.accept(normalized(api_channel), channel=api_channel, principal=customer)
@@ -219,3 +233,32 @@ def test_lookups_find_the_same_rows_on_both_paths(api_channel, customer, setting
     other = pipeline.accept(normalized(api_channel, "elsewhere", metadata={"thread_id": "t-10"}),
                             channel=api_channel, principal=customer)
     assert other.conversation.pk != first.conversation.pk
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_first_messages_of_one_thread_at_once_share_one_conversation(api_channel, customer):
+    """Eight first messages of one thread, accepted at once on eight connections: one
+    conversation, all eight in it (before, each that missed the others started its own)."""
+    barrier = threading.Barrier(8)
+    accepted, errors = [], []
+
+    def send(n):
+        try:
+            barrier.wait(timeout=10)
+            accepted.append(pipeline.accept(normalized(api_channel, f"m{n}", metadata={"thread_id": "t-race"}),
+                                            channel=api_channel, principal=customer))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    conversation = Conversation.objects.get()
+    assert {a.conversation.pk for a in accepted} == {conversation.pk}
+    assert conversation.messages.count() == 8
