@@ -142,7 +142,9 @@ class DingTalkConnector(Connector):
             return  # not a time (a huge number or inf overflowed int() here): the reply goes by the API
         lifetime = expires - time.time() - SESSION_WEBHOOK_MARGIN_SECONDS
         if lifetime > 1:
-            cache.set(self._session_key(msg_id), url, timeout=int(lifetime))
+            # The first delivery's: a redelivery of the msgId (whose signature covers only its
+            # timestamp, so its body may be anyone's) cannot send the answer somewhere else.
+            cache.add(self._session_key(msg_id), url, timeout=int(lifetime))
 
     # --- outbound -------------------------------------------------------------------------
     def _api(self, path: str) -> str:

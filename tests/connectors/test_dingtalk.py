@@ -145,6 +145,20 @@ def test_a_redelivered_message_runs_the_agent_once(client, dingtalk_channel, mes
     assert len(queued) == 1
 
 
+def test_a_redelivery_with_another_session_webhook_does_not_redirect_the_answer(
+    client, dingtalk_channel, message, dingtalk_platform
+):
+    """The signature covers only the timestamp: a replayed msgId with someone else's session
+    webhook is a duplicate, and the answer still goes where the first delivery asked."""
+    payload = message()
+    assert dingtalk_post(client, dingtalk_channel, payload).status_code == 200
+    elsewhere = {**payload, "sessionWebhook": payload["sessionWebhook"].rsplit("=", 1)[0] + "=someone-else"}
+    assert dingtalk_post(client, dingtalk_channel, elsewhere).status_code == 200
+    agent_run(inbound().id)
+    assert [m["session"] for m in dingtalk_platform.state.dingtalk.session_messages] == [
+        payload["sessionWebhook"].rsplit("=", 1)[1]]
+
+
 @pytest.mark.parametrize("fields", [
     pytest.param({"msgtype": "picture", "content": {"downloadCode": "x"}}, id="a picture"),
     pytest.param({"text": "   "}, id="only whitespace"),
