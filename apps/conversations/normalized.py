@@ -56,13 +56,17 @@ class NormalizedMessage:
     def check_storable(self) -> None:
         """Raise BadRequest (400 ``invalid_request``) when a field holds what PostgreSQL cannot
         store: NUL characters or unpaired surrogates in text (columns and jsonb alike), keys
-        included, or NaN/Infinity in JSON (jsonb has no such numbers). Without this the insert
+        included, NaN/Infinity in JSON (jsonb has no such numbers), or a platform id longer than
+        its column. Without this the insert
         fails inside the pipeline: a 500, a dead socket. SQLite would store them; the check runs
         everywhere so that both ways of running answer alike."""
         for name in STORED_FIELDS:
             if (where := unstorable(getattr(self, name), name)) is not None:
                 raise BadRequest(f"{where[:200]}: text with NUL characters or unpaired surrogates, and NaN or "
                                  "Infinity numbers, cannot be stored.")
+        for name, what in (("user_id", "The sender's id"), ("external_id", "The message's id")):
+            if len(getattr(self, name) or "") > EXTERNAL_ID_MAX_CHARS:
+                raise BadRequest(f"{what} on the channel is limited to {EXTERNAL_ID_MAX_CHARS} characters.")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -70,6 +74,9 @@ class NormalizedMessage:
         data["id"] = str(self.id)
         return data
 
+
+# Message.external_id and external_user_id, ChannelIdentity.external_id: a platform's ids, stored whole.
+EXTERNAL_ID_MAX_CHARS = 255
 
 # The fields ``persist`` writes (``raw`` as the message's raw payload, ``control`` with the face's turns).
 STORED_FIELDS = ("message", "user_id", "external_id", "conversation_id", "principal_id", "attachments",

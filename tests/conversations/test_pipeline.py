@@ -235,6 +235,16 @@ def test_lookups_find_the_same_rows_on_both_paths(api_channel, customer, setting
     assert other.conversation.pk != first.conversation.pk
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("field", ["user_id", "external_id"])
+def test_a_platform_id_longer_than_its_column_is_a_bad_request(api_channel, customer, field):
+    with pytest.raises(BadRequest, match="limited to 255 characters"):
+        pipeline.accept(normalized(api_channel, **{field: "x" * 256}), channel=api_channel, principal=customer)
+    accepted = pipeline.accept(normalized(api_channel, **{field: "x" * 255}), channel=api_channel, principal=customer)
+    assert getattr(Message.objects.get(pk=accepted.message.pk), {"user_id": "external_user_id"}.get(field, field)) == (
+        "x" * 255)
+
+
 @pytest.mark.services
 @pytest.mark.django_db(transaction=True)
 def test_first_messages_of_one_thread_at_once_share_one_conversation(api_channel, customer):

@@ -439,7 +439,8 @@ def test_signed_webhook_bodies_with_wrong_types_are_refused_not_crashed(sec, att
     channels = sec.demo["channels"]
     tries = []
     for event in ({"ts": "abc"}, {"ts": "1e400"}, {"ts": 5}, {"user": ["U1"]}, {"text": {"a": 1}},
-                  {"channel": None}, {"thread_ts": {"x": 1}}, {"channel_type": 7}, {"bot_id": []}):
+                  {"channel": None}, {"thread_ts": {"x": 1}}, {"channel_type": 7}, {"bot_id": []},
+                  {"user": "U" * 300}, {"channel": "D" * 300}):
         body = json.dumps(slack_event("message_im.json", **event)).encode()
         tries.append((f"slack {event}", webhook_url(sec, "slack"), body, slack_signed(sec, body)))
     body = json.dumps({"type": "event_callback", "event": "not an object", "event_id": []}).encode()
@@ -447,13 +448,15 @@ def test_signed_webhook_bodies_with_wrong_types_are_refused_not_crashed(sec, att
     for payload in ({"id": 1.5, "user_id": "u", "message": "hi"}, {"id": "x", "user_id": ["u"], "message": "hi"},
                     {"id": "x", "user_id": "u", "message": {"t": 1}}, {"id": "y", "user_id": "u", "message": "hi",
                                                                        "timestamp": 10**400},
-                    {"id": "z", "user_id": "u", "message": "hi", "thread_id": {"a": [1]}}, [1, 2], "text", 7):
+                    {"id": "z", "user_id": "u", "message": "hi", "thread_id": {"a": [1]}}, [1, 2], "text", 7,
+                    {"id": "i" * 300, "user_id": "u", "message": "hi"},
+                    {"id": "w", "user_id": "u" * 300, "message": "hi"}):
         body = json.dumps(payload).encode()
         tries.append((f"crm {str(payload)[:40]}", webhook_url(sec, "crm"), body, crm_signed(sec, body)))
     ding = channels["dingtalk"]
     for fields in ({"sessionWebhookExpiredTime": 10**400}, {"createAt": "later"}, {"createAt": 10**400},
                    {"text": "hi"}, {"conversationType": ["1"]}, {"senderStaffId": 5}, {"msgId": None},
-                   {"robotCode": {"a": 1}}):
+                   {"robotCode": {"a": 1}}, {"msgId": "m" * 300}, {"senderStaffId": "s" * 300}):
         payload = dingtalk_message(session_base=sec.platforms.dingtalk_session_base_url, conversation_type="1",
                                    **fields)
         stamp = str(int(time.time() * 1000))
@@ -462,7 +465,8 @@ def test_signed_webhook_bodies_with_wrong_types_are_refused_not_crashed(sec, att
                        "sign": dingtalk_sign(stamp, ding["app_secret"])}))
     feishu = channels["feishu"]
     for fields in ({"mentions": 5}, {"mentions": True}, {"content": 5}, {"content": "[1]"}, {"root_id": {"a": 1}},
-                   {"create_time": "1e400"}, {"chat_type": []}, {"message_id": 7}):
+                   {"create_time": "1e400"}, {"chat_type": []}, {"message_id": 7}, {"message_id": "om_" + "m" * 300},
+                   {"sender": "ou_" + "s" * 300}):
         event = feishu_event(**{"chat_type": "p2p", **fields})
         event["header"]["token"] = feishu["verification_token"]
         body = feishu_body(event, encrypt_key=feishu["encrypt_key"])
