@@ -15,11 +15,13 @@ import re
 
 from django.conf import settings
 
-# A JSON string: quote, then runs of ordinary characters and escapes, then quote.
-_STRING_BYTES = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_STRING_TEXT = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_BRACKETS_BYTES = re.compile(rb"[\[\]{}]")
-_BRACKETS_TEXT = re.compile(r"[\[\]{}]")
+# Outside strings, the characters that matter: brackets and the quote that opens a string.
+_OUTSIDE_BYTES = re.compile(rb'[\[\]{}"]')
+_OUTSIDE_TEXT = re.compile(r'[\[\]{}"]')
+# The rest of a string after its opening quote, through its closing quote. Possessive, so an
+# unclosed string is given up in one pass (no backtracking), and strings are never rescanned.
+_STRING_REST_BYTES = re.compile(rb'(?:[^"\\]++|\\.)*+"', re.DOTALL)
+_STRING_REST_TEXT = re.compile(r'(?:[^"\\]++|\\.)*+"', re.DOTALL)
 
 
 class TooDeep(ValueError):
@@ -29,13 +31,18 @@ class TooDeep(ValueError):
 def nesting_depth(raw: bytes | str, stop_above: int | None = None) -> int:
     """The deepest bracket nesting of ``raw`` outside strings; once past ``stop_above`` the scan
     stops and returns the depth reached. Unbalanced or invalid text gives a number all the same
-    (the parser refuses such text afterwards)."""
+    (the parser refuses such text afterwards). One pass over ``raw``: time linear in its length."""
     text_mode = isinstance(raw, str)
-    stripped = (_STRING_TEXT if text_mode else _STRING_BYTES).sub("" if text_mode else b"", raw)
-    opens = ("[", "{") if text_mode else (b"[", b"{")
-    depth = deepest = 0
-    for match in (_BRACKETS_TEXT if text_mode else _BRACKETS_BYTES).finditer(stripped):
-        if match.group() in opens:
+    outside, string_rest = (_OUTSIDE_TEXT, _STRING_REST_TEXT) if text_mode else (_OUTSIDE_BYTES, _STRING_REST_BYTES)
+    quote, opens = ('"', ("[", "{")) if text_mode else (b'"', (b"[", b"{"))
+    depth = deepest = pos = 0
+    while (found := outside.search(raw, pos)) is not None:
+        char, pos = found.group(), found.end()
+        if char == quote:
+            if (string := string_rest.match(raw, pos)) is None:
+                break  # an unclosed string runs to the end: no bracket after it counts
+            pos = string.end()
+        elif char in opens:
             depth += 1
             if depth > deepest:
                 deepest = depth

@@ -24,3 +24,13 @@ def test_a_document_past_the_limit_is_refused_before_parsing(settings):
         check_depth("[" * 9 + "]" * 9)
     with pytest.raises(ValueError):  # callers catching bad JSON catch this too
         loads_bounded("[" * 5000 + "]" * 5000)
+
+
+@pytest.mark.parametrize("raw, depth", [
+    (r'["ends in a backslash \\", [1]]', 2),  # the string closes after an escaped backslash
+    (r'["a \" quote [[", [[]]]', 3),  # an escaped quote does not close it
+    ('[["unclosed [[[[', 2),  # no bracket after an unclosed string counts
+    ("[" * 70 + '"' + '\\"' * 50_000, 70),  # the pathological body: one pass, not one per quote
+])
+def test_strings_are_skipped_whole_escapes_and_all(raw, depth):
+    assert nesting_depth(raw) == nesting_depth(raw.encode()) == depth
