@@ -18,7 +18,16 @@ from rest_framework.views import APIView
 from apps.connectors.base import reply_event
 from apps.connectors.models import Channel, channel_by_slug
 from apps.core.client_ip import client_ip_for_request
-from apps.core.errors import AgentFailed, ChannelDisabled, NotFound, QuotaExceeded, ReplyTimeout, error_from_event
+from apps.core.errors import (
+    AgentFailed,
+    BadRequest,
+    ChannelDisabled,
+    NotFound,
+    QuotaExceeded,
+    ReplyTimeout,
+    error_from_event,
+)
+from apps.identities.permissions import api_key_scope
 from gateway_project.db import database_sync_to_async
 
 from .async_api import API_CHANNEL_SLUG, ApiIpRulesMixin, AsyncAPIView
@@ -41,6 +50,9 @@ ErrorSerializer = inline_serializer(
         "retry_after": serializers.IntegerField(required=False),
     })},
 )
+
+
+IDEMPOTENCY_KEY_MAX_CHARS = 200  # with the user's id, within the message's external id (255)
 
 
 def api_channel() -> Channel:
@@ -78,7 +90,9 @@ class MessageCreateApi(AsyncAPIView):
         data.is_valid(raise_exception=True)
         fields = data.validated_data
         user = request.user
-        idempotency_key = request.headers.get("Idempotency-Key", "")[:200]
+        idempotency_key = request.headers.get("Idempotency-Key", "")
+        if len(idempotency_key) > IDEMPOTENCY_KEY_MAX_CHARS:  # cut, two keys would be one
+            raise BadRequest(f"The Idempotency-Key header is limited to {IDEMPOTENCY_KEY_MAX_CHARS} characters.")
         message = dict(
             id=uuid.uuid4(),
             user_id=str(user.pk),
@@ -174,13 +188,25 @@ def _answered_body(accepted: Accepted, event: dict) -> dict:
     return {**_accepted_ids(accepted), "reply": {"message_id": event["message_id"], **reply}}
 
 
+def key_may_read(api_key, conversation: Conversation) -> bool:
+    """A key limited to some channels reads only their conversations; one limited to some agents,
+    only conversations no other agent spoke in."""
+    if api_key is None:
+        return True
+    channels, agents = api_key_scope(api_key)
+    if channels and conversation.channel_id not in channels:
+        return False
+    return not agents or not conversation.messages.filter(agent_id__isnull=False).exclude(
+        agent_id__in=agents).exists()
+
+
 class ConversationMessagesApi(ApiIpRulesMixin, APIView):
     """The messages of one of the caller's own conversations, oldest first."""
 
     @extend_schema(responses={200: ConversationMessageSerializer(many=True), 404: ErrorSerializer})
     def get(self, request, conversation_id):
         conversation = Conversation.objects.filter(pk=conversation_id, user=request.user).first()
-        if conversation is None:
+        if conversation is None or not key_may_read(request.auth, conversation):
             raise NotFound("No such conversation.")
         limit = settings.GATEWAY_HISTORY_MESSAGES * 10
         messages = conversation.messages.order_by("created_at")[:limit]

@@ -8,6 +8,9 @@ from django.core.handlers.asgi import ASGIRequest
 
 from apps.connectors.models import channel_by_slug
 from apps.core.client_ip import client_ip_for_request
+from apps.core.errors import Forbidden
+from apps.identities.access import refuse
+from apps.identities.permissions import api_key_allows_channel
 from apps.quotas.iprules import check_ip_rules
 from gateway_project.db import database_sync_to_async
 from gateway_project.plain import is_plain
@@ -18,11 +21,18 @@ API_CHANNEL_SLUG = "api"
 class ApiIpRulesMixin:
     """The API channel's IP rules (and the global ones) before anything else DRF does for the
     request: a denied address is refused (403 ``ip_forbidden``) before its API key is even looked
-    at, on every API view (messages, conversations, the OpenAI face, usage)."""
+    at, on every API view (messages, conversations, the OpenAI face, usage). Then, once the key is
+    known, its channel scope: a key limited to other channels is refused (403)."""
 
     def initial(self, request, *args, **kwargs):
-        check_ip_rules(client_ip_for_request(request), channel=channel_by_slug(API_CHANNEL_SLUG, kind="api"))
+        channel = channel_by_slug(API_CHANNEL_SLUG, kind="api")
+        check_ip_rules(client_ip_for_request(request), channel=channel)
         super().initial(request, *args, **kwargs)
+        if channel is not None and not api_key_allows_channel(request.auth, channel):
+            # A key limited to other channels is refused here on every API endpoint, reads included.
+            refuse(Forbidden("This API key may not be used on this channel."), action="channel.refused",
+                   reason="key_scope", actor=request.user, target=channel,
+                   client_ip=client_ip_for_request(request), api_key=request.auth.prefix)
 
 
 class AsyncAPIView(ApiIpRulesMixin, APIView):

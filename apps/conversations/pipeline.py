@@ -24,7 +24,7 @@ from apps.identities.access import check_agent_access, check_channel_access
 from apps.identities.services import identify_sender
 from apps.logs.structured import request_id_var
 from apps.quotas.iprules import check_ip_rules
-from apps.quotas.limits import check_limits
+from apps.quotas.limits import check_limits, count_requests, rate_checks
 from apps.routing.router import route_message
 from gateway_project.db import Update, stored, write_together
 from gateway_project.plain import is_plain
@@ -64,6 +64,8 @@ def accept(
     check_ip_rules(client_ip, channel=channel)
     msg.check_storable()
     if (original := dedupe(msg, channel)) is not None:
+        if not metadata_vouched_for(channel.kind):
+            vet_resend(original, channel=channel, principal=principal, api_key=api_key, client_ip=client_ip)
         return original
     user = identify_sender(msg, channel=channel, principal=principal, client_ip=client_ip)
     authorize(user, channel, api_key=api_key, client_ip=client_ip)
@@ -104,6 +106,18 @@ def dedupe(msg: NormalizedMessage, channel: Channel) -> Accepted | None:
         original = Message.objects.select_related("conversation").get(pk=row[0])
     logger.info("duplicate delivery", extra={"external_id": msg.external_id})
     return Accepted(message=original, conversation=original.conversation, duplicate=True)
+
+
+def vet_resend(original: Accepted, *, channel: Channel, principal, api_key=None, client_ip: str | None = None) -> None:
+    """A client's resend (the same Idempotency-Key): the key it comes with must still reach the
+    channel and the message's agent, and it counts against the request rates like any request. Not
+    the budgets: the message is already accepted, and the resend only reads its outcome. (A
+    platform's redelivery of an event is not a client's request: it is not vetted so.)"""
+    user = principal or original.message.sender
+    check_channel_access(user=user, channel=channel, api_key=api_key, client_ip=client_ip)
+    count_requests(rate_checks(user=user, channel=channel, api_key=api_key, client_ip=client_ip), channel=channel)
+    if original.message.agent_id is not None and (agent := agent_by_id(original.message.agent_id)) is not None:
+        check_agent_access(user=user, agent=agent, api_key=api_key, client_ip=client_ip)
 
 
 SEEN_SQL = f"SELECT id FROM {Message._meta.db_table} WHERE channel_id = %s AND external_id = %s AND direction = %s"

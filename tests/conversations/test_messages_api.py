@@ -69,6 +69,13 @@ class TestPostMessage:
         assert again["message_id"] == first["message_id"]
         assert Message.objects.count() == 1
 
+    def test_an_idempotency_key_too_long_to_keep_whole_is_refused(self, client):
+        """Cut to fit, two different keys would name one message."""
+        assert client.post(URL, {"message": "a"}, format="json", HTTP_IDEMPOTENCY_KEY="k" * 200).status_code == 202
+        response = client.post(URL, {"message": "b"}, format="json", HTTP_IDEMPOTENCY_KEY="k" * 200 + "x")
+        assert_error(response, 400, "invalid_request")
+        assert list(Message.objects.values_list("text", flat=True)) == ["a"]
+
     def test_idempotency_keys_of_two_users_do_not_collide(self, client, client_for, employee):
         client.post(URL, {"message": "a"}, format="json", HTTP_IDEMPOTENCY_KEY="same")
         client_for(employee).post(URL, {"message": "b"}, format="json", HTTP_IDEMPOTENCY_KEY="same")

@@ -223,6 +223,44 @@ class TestOverHttp:
         response = bearer(raw).post(URL, {"message": "hi"}, format="json")
         assert response.status_code == 403 and "API key" in response.json()["error"]["message"]
 
+    def test_a_key_scoped_elsewhere_reads_nothing_either(self, api_channel, crm_channel, customer, api_key_for):
+        conversation_id = bearer(api_key_for(customer)).post(URL, {"message": "mine"}, format="json").json()[
+            "conversation_id"]
+        _key, raw = api_key_create(user=customer, actor=None, channels=[crm_channel])
+        for path in (f"/api/v1/conversations/{conversation_id}/messages", "/api/v1/usage", "/v1/models"):
+            response = bearer(raw).get(path)
+            assert response.status_code == 403, path
+            assert "API key" in response.json()["error"]["message"]
+
+    def test_a_key_scoped_to_some_agents_reads_only_conversations_with_them(
+            self, api_channel, customer, agent, llm_model, api_key_for):
+        other = Agent.objects.create(slug="other", name="Other", model=llm_model)
+        own = bearer(api_key_for(customer)).post(URL, {"message": "to the default"}, format="json").json()
+        _key, raw = api_key_create(user=customer, actor=None, agents=[other])
+        assert bearer(raw).get(f"/api/v1/conversations/{own['conversation_id']}/messages").status_code == 404
+        _key, raw = api_key_create(user=customer, actor=None, agents=[agent])
+        assert bearer(raw).get(f"/api/v1/conversations/{own['conversation_id']}/messages").status_code == 200
+
+    def test_a_resend_is_vetted_like_a_request(self, api_channel, crm_channel, customer, llm_model, api_key_for,
+                                               settings):
+        """The same Idempotency-Key again: the key it comes with must reach the channel and the
+        message's agent, and it counts against the request rates."""
+        settings.GATEWAY_USER_RATE = "5/m"
+        sent = bearer(api_key_for(customer)).post(URL, {"message": "pay"}, format="json",
+                                                  HTTP_IDEMPOTENCY_KEY="k-1").json()
+        other = Agent.objects.create(slug="other", name="Other", model=llm_model)
+        for scope in ({"channels": [crm_channel]}, {"agents": [other]}):
+            _key, raw = api_key_create(user=customer, actor=None, **scope)
+            response = bearer(raw).post(URL, {"message": "pay"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1")
+            assert response.status_code == 403 and "message_id" not in response.json(), scope
+        client = bearer(api_key_for(customer))  # counted so far: the first request, the agent-scoped resend
+        statuses = [client.post(URL, {"message": "pay"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1").status_code
+                    for _ in range(4)]
+        assert statuses == [202, 202, 202, 429]
+        assert client.post(URL, {"message": "pay"}, format="json", HTTP_IDEMPOTENCY_KEY="k-1").json()[
+            "error"]["code"] == "rate_limited"
+        assert Message.objects.filter(pk=sent["message_id"]).count() == Message.objects.count() == 1
+
     def test_revoked_and_expired_keys_get_401(self, api_channel, customer):
         key, raw = api_key_create(user=customer, actor=None)
         ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
