@@ -26,7 +26,14 @@ from rest_framework.views import APIView
 
 from apps.agents.models import Agent
 from apps.core.client_ip import client_ip_for_request
-from apps.core.errors import AgentFailed, AnswerReplaced, BadRequest, ReplyTimeout, drf_exception_handler
+from apps.core.errors import (
+    AgentFailed,
+    AnswerReplaced,
+    BadRequest,
+    ReplyTimeout,
+    drf_exception_handler,
+    error_from_event,
+)
 from apps.identities.permissions import api_key_allows_agent, user_can_use_agent
 from apps.routing.router import REQUESTED_AGENT_KEY
 from gateway_project.db import database_sync_to_async
@@ -40,8 +47,8 @@ from .waiters import ReplyWaiter
 CLIENT_HISTORY_KEY = "client_history"  # in NormalizedMessage.control, read by the runtime's build_prompt
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-                429: "rate_limit_error"}
+                404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
+                415: "invalid_request_error", 429: "rate_limit_error"}
 
 
 def text_of(content) -> str:
@@ -165,7 +172,7 @@ class ChatCompletionsApi(OpenAIErrorsMixin, AsyncAPIView):
         finally:
             await waiter.__aexit__(None, None, None)
         if event["type"] == "agent.error":
-            raise AgentFailed(event.get("message"))
+            raise error_from_event(event)  # a used-up budget is a 429 with Retry-After, as on the messages API
         return Response({
             "id": completion_id, "object": "chat.completion", "created": created, "model": fields["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": event["message"], "refusal": None},
@@ -212,7 +219,7 @@ async def _sse(waiter: ReplyWaiter, completion_id: str, created: int, model: str
                     yield error(cut_off)  # an attempt failed mid-answer
                     return
             elif kind == "agent.error":
-                yield error(AgentFailed(event.get("message")))
+                yield error(error_from_event(event))
                 return
             elif kind == "agent.reply":
                 if sent_text and event.get("by_person"):  # the streamed text is not the answer

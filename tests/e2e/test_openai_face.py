@@ -126,3 +126,44 @@ def test_truncated_stream_is_never_a_complete_answer(embedded_stack):
                 assert chunk.choices[0].finish_reason is None  # never "stop"
                 received.append(chunk.choices[0].delta.content or "")
     assert "".join(received) != "Echo: one two three four five six"
+
+
+USED_UP_BUDGET = """
+from django.contrib.auth import get_user_model
+from apps.identities.roles import Role, ensure_role_groups
+from apps.identities.services import api_key_create
+from apps.quotas.models import QuotaPolicy
+user = get_user_model().objects.create_user(username="{username}")
+user.groups.add(ensure_role_groups()[Role.CUSTOMER])
+QuotaPolicy.objects.create(scope="user", user=user, tokens_per_day=5)
+print(api_key_create(user=user, actor=None)[1])
+"""
+
+
+def test_a_used_up_budget_is_a_rate_limit_error_with_retry_after(embedded_stack):
+    """Four requests at once on a 5-token budget: all admitted at entry (nothing used yet), the
+    first run's reservation takes the budget, and the others' runs are refused. Each refusal is
+    what the messages API says (429 quota_exceeded, Retry-After), not a server error that the
+    official client would retry at once."""
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    raw_key = embedded_stack.stack.manage("shell", "-c", USED_UP_BUDGET.format(
+        username=f"budget-{uuid.uuid4().hex[:8]}")).strip().splitlines()[-1]
+    client = openai.OpenAI(base_url=f"{embedded_stack.url}/v1", api_key=raw_key, max_retries=0, timeout=30)
+
+    def ask(n):
+        try:
+            return client.chat.completions.create(
+                model="assistant", messages=[{"role": "user", "content": f"spend tokens {n} [[delay:1]]"}])
+        except openai.APIStatusError as exc:
+            return exc
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(ask, range(4)))
+    refused = [o for o in outcomes if isinstance(o, Exception)]
+    assert len(refused) < 4 and refused
+    for error in refused:
+        assert isinstance(error, openai.RateLimitError), error
+        assert error.code == "quota_exceeded" and error.body["type"] == "rate_limit_error"
+        assert int(error.response.headers["Retry-After"]) >= 1
