@@ -1,10 +1,17 @@
-"""Project-wide 404/500 handlers: JSON error bodies for API paths, plain pages elsewhere."""
+"""Project-wide 400/404/500 handlers: JSON error bodies for API paths, plain pages elsewhere."""
 from django.http import HttpResponse, JsonResponse
-from django.views.defaults import page_not_found, server_error
+from django.views.defaults import bad_request, page_not_found, server_error
 
 
 def _is_api(request) -> bool:
     return request.path.startswith(("/api/", "/v1/"))
+
+
+def json_400(request, exception=None):
+    """A request Django refused before any view (a Host header not in ALLOWED_HOSTS, ...)."""
+    if _is_api(request):
+        return JsonResponse({"error": {"code": "invalid_request", "message": "Bad request."}}, status=400)
+    return bad_request(request, exception)
 
 
 def json_404(request, exception=None):

@@ -11,7 +11,7 @@ from apps.logs.health import healthz, readyz
 from apps.logs.metrics import metrics_view
 from apps.quotas.apis import UsageApi
 
-from .errors import json_404, json_500
+from .errors import json_400, json_404, json_500
 
 urlpatterns = [
     path("api/v1/messages", MessageCreateApi.as_view(), name="api-messages"),
@@ -38,5 +38,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
 ]
 
+handler400 = json_400
 handler404 = json_404
 handler500 = json_500

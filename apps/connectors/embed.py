@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.http import JsonResponse
-from django.views.decorators.http import require_GET
+from django.views.decorators.csrf import csrf_exempt
 
 from apps.core.client_ip import client_ip_for_request
 from apps.core.errors import GatewayError, error_response
@@ -26,11 +26,15 @@ def _error(code: str, message: str, status: int) -> JsonResponse:
     return JsonResponse({"error": {"code": code, "message": message}}, status=status)
 
 
-@require_GET
+@csrf_exempt  # a cross-site GET that reads no cookie; any other method is a JSON 405 below
 def widget_session(request, slug: str):
     """A new visitor token, under the same rules as the chat page that mints one: the channel's IP
     rules, and at most WEBCHAT_VISITORS_PER_IP_RATE new visitors per client address (429 past it;
     the page and the widget share the count)."""
+    if request.method not in ("GET", "HEAD"):
+        response = _error("method_not_allowed", "Ask for a visitor token with GET.", 405)
+        response["Allow"] = "GET, HEAD"
+        return response
     channel = channel_by_slug(slug, kind="webchat")
     if channel is None or not channel.enabled:
         return _error("not_found", "No such chat.", 404)

@@ -54,6 +54,16 @@ class TestWidgetSession:
 class TestWidgetSessionGuards:
     """The widget mints visitors like the chat page: under the IP rules and the per-address rate."""
 
+    @pytest.mark.parametrize("method", ["post", "put", "delete"])
+    def test_other_methods_get_a_json_405_even_with_csrf_checks(self, embedded_channel, method):
+        """A cross-site caller reads JSON, not Django's CSRF page."""
+        from django.test import Client
+
+        response = getattr(Client(enforce_csrf_checks=True), method)(
+            f"/chat/{embedded_channel.slug}/widget-session", HTTP_ORIGIN=ALLOWED)
+        assert response.status_code == 405 and response["Allow"] == "GET, HEAD"
+        assert response.json()["error"]["code"] == "method_not_allowed"
+
     @pytest.mark.parametrize("scope", ["global", "channel"])
     def test_a_denied_address_gets_no_token(self, client, embedded_channel, scope):
         IpRule.objects.create(action="deny", cidr="127.0.0.0/8",

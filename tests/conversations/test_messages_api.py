@@ -180,6 +180,12 @@ class TestBadInput:
         assert_error(client.get(URL), 405, "method_not_allowed")
         assert_error(client.get("/api/v1/nothing-here"), 404, "not_found")
 
+    def test_a_host_not_served_is_a_json_400_on_api_paths(self, client, settings):
+        settings.ALLOWED_HOSTS = ["gateway.example"]
+        for path in (URL, "/api/v1/channels/crm/webhook", "/v1/chat/completions"):
+            assert_error(client.post(path, {}, format="json", HTTP_HOST="evil.example"), 400, "invalid_request")
+        assert client.get("/admin/login/", HTTP_HOST="evil.example").status_code == 400  # a page there
+
 
 @pytest.mark.django_db
 class TestConversationMessages:
