@@ -49,6 +49,15 @@ class QuotaRefused(LLMError):
         self.gateway_error = error
 
 
+class QuotaBusy(QuotaRefused):
+    """Refused only because other calls in flight hold what is left of a budget: they settle at
+    their real use, usually far below their reservations, so the caller may try again shortly."""
+
+    def __init__(self, counter: Counter, error: GatewayError):
+        super().__init__(error)
+        self.counter = counter
+
+
 @dataclass(frozen=True)
 class Counter:
     subject: str  # "user:<uuid>", "api_key:<id>", "channel:<id>"
@@ -192,10 +201,17 @@ def reserve_model_call(message, model, prompt: list[dict], *, max_tokens: int | 
             retry_after=settings.GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS,
         )) from exc
     if refused is not None:
-        count_rejection(QuotaExceeded.code, message.channel, limit=f"{refused.meter}_{refused.period}")
-        raise QuotaRefused(quota_error(refused, now))
+        counter, spent = refused
+        if not spent:
+            raise QuotaBusy(counter, busy_error(counter))
+        count_refusal(message.channel, counter)
+        raise QuotaRefused(quota_error(counter, now))
     reservation.counters = counters
     return reservation
+
+
+def count_refusal(channel, counter: Counter) -> None:
+    count_rejection(QuotaExceeded.code, channel, limit=f"{counter.meter}_{counter.period}")
 
 
 def settle_model_call(reservation: Reservation, result, *, write_usage: bool = True) -> Statement:
@@ -310,8 +326,17 @@ def check_budgets_open(*, user, api_key_id=None, channel=None) -> None:
         count_backend_error("budget", "closed", exc)
         raise ServiceUnavailable(retry_after=settings.GATEWAY_LIMIT_UNAVAILABLE_RETRY_SECONDS) from exc
     if refused is not None:
-        count_rejection(QuotaExceeded.code, channel, limit=f"{refused.meter}_{refused.period}")
-        raise quota_error(refused, now)
+        count_refusal(channel, refused[0])
+        raise quota_error(refused[0], now)
+
+
+def busy_error(counter: Counter) -> QuotaExceeded:
+    """What the sender is told when what is left of a budget stayed held by calls in flight."""
+    whose = {"user": "Your", "api_key": "This API key's", "channel": "This channel's"}[counter.subject.split(":")[0]]
+    meter = "token quota" if counter.meter == "tokens" else "cost budget"
+    return QuotaExceeded(f"What is left of {whose.lower()} {meter} ({counter.describe()}) is held by answers "
+                         "in progress; try again in a few seconds.",
+                         retry_after=settings.GATEWAY_QUOTA_BUSY_RETRY_SECONDS)
 
 
 def quota_error(counter: Counter, now: float) -> QuotaExceeded:
@@ -324,8 +349,10 @@ def quota_error(counter: Counter, now: float) -> QuotaExceeded:
     )
 
 
-def _admit(counters: list[Counter], amounts: list[int], *, reservation_id: str, now: float) -> Counter | None:
-    """Admit on the ledger, seeding missing counters from the rollup. Returns the refusing counter."""
+def _admit(counters: list[Counter], amounts: list[int], *, reservation_id: str,
+           now: float) -> tuple[Counter, bool] | None:
+    """Admit on the ledger, seeding missing counters from the rollup. Returns the refusing counter
+    and whether its used amount alone refused it (False: reservations of calls in flight did)."""
     ledger = get_ledger()
     expires = [int(c.resets_at.timestamp()) + COUNTER_GRACE_SECONDS for c in counters]
     calls = [CounterCall(c.key, c.limit, a, e) for c, a, e in zip(counters, amounts, expires, strict=True)]
@@ -344,7 +371,7 @@ def _admit(counters: list[Counter], amounts: list[int], *, reservation_id: str, 
         return None
     if admission.outcome == MISSING:  # dropped between the two calls (period rollover): be strict
         raise RuntimeError("quota counters vanished while being seeded")
-    return counters[admission.refused_index]
+    return counters[admission.refused_index], admission.spent
 
 
 def seed_from_rollup(counter: Counter) -> int:

@@ -30,6 +30,7 @@ REFUSED = "refused"
 class Admission:
     outcome: str  # ADMITTED, REFUSED or MISSING
     refused_index: int | None = None  # which counter refused (0-based)
+    spent: bool = True  # refused by its used amount alone (False: by reservations of calls in flight)
     missing: tuple[int, ...] = ()  # which counters need a seed (0-based)
 
 
@@ -61,6 +62,8 @@ end
 # KEYS: per counter, its hash then its reservation-expiry zset.
 # ARGV: now, reservation id ('' = only check), reservation expiry, then per counter:
 #       limit, amount, seed ('' = none), counter expiry.
+# Refuses {0, i, 1} when counter i's used amount reaches its limit; a reservation is also refused
+# {0, i, 0} while used + reserved does (calls in flight hold the rest). A check admits then.
 ADMIT_LUA = _PURGE + """
 local now, rid, rexp = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local n = #KEYS / 2
@@ -82,7 +85,9 @@ for i = 1, n do
   purge(h, z, now)
   local used = tonumber(redis.call('HGET', h, 'used') or '0')
   local reserved = tonumber(redis.call('HGET', h, 'reserved') or '0')
-  if used + reserved >= tonumber(ARGV[base + 1]) then return {0, i} end
+  local limit = tonumber(ARGV[base + 1])
+  if used >= limit then return {0, i, 1} end
+  if rid ~= '' and used + reserved >= limit then return {0, i, 0} end
 end
 if rid ~= '' then
   for i = 1, n do
@@ -202,7 +207,7 @@ class RedisLedger:
         if reply[0] == -1:
             return Admission(MISSING, missing=tuple(i - 1 for i in reply[1]))
         if reply[0] == 0:
-            return Admission(REFUSED, refused_index=reply[1] - 1)
+            return Admission(REFUSED, refused_index=reply[1] - 1, spent=bool(reply[2]))
         return Admission(ADMITTED)
 
     def settle(self, keys: list[str], *, reservation_id: str, amounts: list[int]) -> None:
@@ -271,8 +276,10 @@ class LocalLedger:
             for i, c in enumerate(counters):
                 entry = self._counters[c.key]
                 self._purge(entry, now)
-                if entry["used"] + entry["reserved"] >= c.limit:
+                if entry["used"] >= c.limit:
                     return Admission(REFUSED, refused_index=i)
+                if reservation_id and entry["used"] + entry["reserved"] >= c.limit:
+                    return Admission(REFUSED, refused_index=i, spent=False)
             if reservation_id:
                 for c in counters:
                     entry = self._counters[c.key]

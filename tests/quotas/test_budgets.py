@@ -1,4 +1,6 @@
 """Token quotas and cost budgets: reserve before the model call, settle after, refuse when used up."""
+import logging
+import threading
 import time
 from datetime import date
 from decimal import Decimal
@@ -6,6 +8,7 @@ from decimal import Decimal
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings as django_settings
+from django.db import connection
 
 from apps.agents.prompt import build_prompt
 from apps.agents.runtime import agent_run
@@ -72,6 +75,19 @@ class TestLedger:
             outcomes.append(ledger.admit(calls, reservation_id=f"r{n}", now=1000, reservation_expires_at=2000).outcome)
         assert outcomes == [ADMITTED, ADMITTED, ADMITTED, REFUSED, REFUSED]
         assert ledger.read([key("b")], now=1000) == [(0, 120)]
+
+    def test_reservations_in_flight_refuse_a_reservation_but_not_a_check(self, ledger, key):
+        """Held by calls in flight is not used up: a reservation is refused (``spent`` False, to
+        be tried again), a check at entry admits; the used amount alone refuses both."""
+        held = [CounterCall(key("g"), 100, 100, FAR, seed=10)]
+        assert ledger.admit(held, reservation_id="r1", now=1000, reservation_expires_at=2000).outcome == ADMITTED
+        busy = ledger.admit(held, reservation_id="r2", now=1000, reservation_expires_at=2000)
+        assert (busy.outcome, busy.spent) == (REFUSED, False)
+        assert ledger.admit(held, reservation_id="", now=1000, reservation_expires_at=2000).outcome == ADMITTED
+        ledger.settle([key("g")], reservation_id="r1", amounts=[90])
+        for rid in ("r3", ""):
+            spent = ledger.admit(held, reservation_id=rid, now=1000, reservation_expires_at=2000)
+            assert (spent.outcome, spent.spent) == (REFUSED, True)
 
     def test_all_or_nothing_across_counters(self, ledger, key):
         ok = CounterCall(key("c1"), 1000, 10, FAR, seed=0)
@@ -218,6 +234,19 @@ class TestModelCall:
         other = send(api_channel, employee, "hold")
         reserve(other)  # dies too
         assert reserve(other).counters  # the dead one has expired: admitted again
+
+    def test_a_run_still_held_off_tells_the_sender_to_retry_shortly(self, api_channel, customer, policy, agent,
+                                                                     settings):
+        settings.GATEWAY_QUOTA_BUSY_WAIT_SECONDS = 0.2
+        policy("user", customer, tokens_per_day=agent.max_tokens)  # one call's estimate fills it
+        first, second = send(api_channel, customer, "first"), send(api_channel, customer, "second")
+        budgets.reserve_model_call(first, agent.model, build_prompt(first), max_tokens=agent.max_tokens)
+        waiter = Listener.waiting_for(second)
+        assert agent_run(second.id) is None
+        second.refresh_from_db()
+        assert (second.status, second.error_code) == ("failed", "quota_exceeded")
+        [event] = waiter.drain()
+        assert "in progress" in event["message"] and event["retry_after"] == settings.GATEWAY_QUOTA_BUSY_RETRY_SECONDS
 
     def test_cost_budget(self, api_channel, customer, policy, llm_model):
         llm_model.input_price_per_1k = llm_model.output_price_per_1k = Decimal("1.0")
@@ -371,3 +400,40 @@ def test_periods_reset_at_utc_midnight_and_month_start():
 def test_estimates_are_generous_for_non_ascii_text():
     assert budgets.text_tokens("你好世界") >= 4  # one token per character at least
     assert budgets.text_tokens("one two three four") >= 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_waits_for_calls_in_flight_that_hold_the_rest(api_channel, customer, policy, agent):
+    """Another call's reservation holds what is left: the run waits for it to settle (at its real
+    use, far below its reservation), then answers, rather than failing the message."""
+    policy("user", customer, tokens_per_day=agent.max_tokens)  # one call's estimate fills it
+    first, second = send(api_channel, customer, "first"), send(api_channel, customer, "second")
+    held = budgets.reserve_model_call(first, agent.model, build_prompt(first), max_tokens=agent.max_tokens)
+    waiting = threading.Event()
+
+    class Told(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("budget held by calls in flight"):
+                waiting.set()
+
+    told, model_call_log = Told(), logging.getLogger("apps.agents.model_call")
+    model_call_log.addHandler(told)
+    answered = []
+
+    def answer():
+        try:
+            answered.append(agent_run(second.id))
+        finally:
+            connection.close()
+
+    try:
+        run = threading.Thread(target=answer)
+        run.start()
+        assert waiting.wait(10)  # the run found the budget held, and waits
+        budgets.release_model_call(held)
+        run.join(30)
+    finally:
+        model_call_log.removeHandler(told)
+    assert answered and answered[0] is not None
+    second.refresh_from_db()
+    assert second.status == "answered"
