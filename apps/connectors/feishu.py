@@ -63,6 +63,9 @@ TRANSIENT_CODES = {99991400, 1000004, 1000005}  # frequency limit, internal erro
 TOKEN_EARLY_REFRESH_SECONDS = 300
 
 
+MENTION_KEY = re.compile(r"@_user_\d{1,4}")  # the placeholder Feishu puts in the text for a mention
+MENTION_NAME_CHARS = 64  # a mention's name as shown in the text: bounded, so the text grows by a bounded factor
+
 class FeishuCryptoError(ValueError):
     pass
 
@@ -214,7 +217,10 @@ class FeishuConnector(Connector):
         if not isinstance(text, str):
             raise BadRequest("message.content.text: must be a string.")
         listed = message.get("mentions") if isinstance(message.get("mentions"), list) else []
-        mentions = [m for m in listed if isinstance(m, dict) and isinstance(m.get("key"), str)]
+        # Only placeholders of Feishu's form: an empty or odd key would make each replace below
+        # multiply the text.
+        mentions = [m for m in listed if isinstance(m, dict) and isinstance(m.get("key"), str)
+                    and MENTION_KEY.fullmatch(m["key"])]
         if message.get("chat_type") != "p2p" and not self._mentions_bot(mentions):
             return None
         text = self._without_bot_mention(text, mentions).strip()
@@ -247,7 +253,8 @@ class FeishuConnector(Connector):
         leading = set(re.findall(r"@_user_\d+", re.match(r"^(\s*@_user_\d+)*", text).group(0)))
         for mention in sorted(mentions, key=lambda m: len(m["key"]), reverse=True):  # @_user_10 before @_user_1
             bot = self._is_bot(mention) if self.conf.bot_open_id else mention["key"] in leading
-            text = text.replace(mention["key"], "" if bot else f"@{mention.get('name') or ''}")
+            name = mention.get("name") if isinstance(mention.get("name"), str) else ""
+            text = text.replace(mention["key"], "" if bot else f"@{name[:MENTION_NAME_CHARS]}")
         return re.sub(r"[ \t]{2,}", " ", text)
 
     # --- outbound -------------------------------------------------------------------------

@@ -295,6 +295,16 @@ class TestRefusals:
         assert_refused(client.get(f"/api/v1/channels/{feishu_channel.slug}/webhook"), 400)
 
 
+def test_mentions_with_odd_keys_or_long_names_cannot_multiply_the_text(client, feishu_channel):
+    """An empty key would put the name between every two characters; a long name would repeat
+    itself at each placeholder. Signed by Feishu's key, but bounded all the same."""
+    mentions = [{"key": "", "id": {"open_id": "ou_x"}, "name": "N" * 1000},
+                {"key": "hi", "id": {"open_id": "ou_y"}, "name": "Y"},
+                {"key": "@_user_2", "id": {"open_id": "ou_z"}, "name": "Z" * 1000}]
+    feishu_post(client, feishu_channel, feishu_event(text="hi @_user_2 hi", chat_type="p2p", mentions=mentions))
+    assert Message.objects.get().text == f"hi @{'Z' * 64} hi"
+
+
 @pytest.mark.parametrize("mentions", [5, True, {"key": "@_user_1"}, "@_user_1"])
 def test_mentions_that_are_not_a_list_are_no_mentions(client, feishu_channel, mentions):
     response = feishu_post(client, feishu_channel, feishu_event(text="hi", chat_type="p2p", mentions=mentions))
