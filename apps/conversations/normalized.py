@@ -24,6 +24,12 @@ from apps.core.errors import BadRequest
 CLIENT_METADATA_KINDS = frozenset({"api"})
 
 
+# Channel kinds whose dedupe key a client chooses (the API's Idempotency-Key, the web chat's
+# client_id): a repeat is a client's request, vetted and counted like one. Elsewhere it is a
+# platform's redelivery of an event.
+CLIENT_KEYED_KINDS = frozenset({"api", "webchat"})
+
+
 def metadata_vouched_for(channel_kind: str) -> bool:
     """Whether a message's metadata on this kind of channel comes from a verified platform payload
     (so route conditions may match it and its thread is the platform's), not from a client."""

@@ -30,7 +30,7 @@ from gateway_project.db import Update, stored, write_together
 from gateway_project.plain import is_plain
 
 from .models import Conversation, Direction, Message, Status
-from .normalized import NormalizedMessage, metadata_vouched_for
+from .normalized import CLIENT_KEYED_KINDS, NormalizedMessage, metadata_vouched_for
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def accept(
     check_ip_rules(client_ip, channel=channel)
     msg.check_storable()
     if (original := dedupe(msg, channel)) is not None:
-        if not metadata_vouched_for(channel.kind):
+        if channel.kind in CLIENT_KEYED_KINDS:
             vet_resend(original, channel=channel, principal=principal, api_key=api_key, client_ip=client_ip)
         return original
     user = identify_sender(msg, channel=channel, principal=principal, client_ip=client_ip)
@@ -109,10 +109,11 @@ def dedupe(msg: NormalizedMessage, channel: Channel) -> Accepted | None:
 
 
 def vet_resend(original: Accepted, *, channel: Channel, principal, api_key=None, client_ip: str | None = None) -> None:
-    """A client's resend (the same Idempotency-Key): the key it comes with must still reach the
-    channel and the message's agent, and it counts against the request rates like any request. Not
-    the budgets: the message is already accepted, and the resend only reads its outcome. (A
-    platform's redelivery of an event is not a client's request: it is not vetted so.)"""
+    """A client's resend (the same Idempotency-Key or web chat client_id): the sender and the key
+    it comes with must still reach the channel and the message's agent, and it counts against the
+    request rates like any request. Not the budgets: the message is already accepted, and the
+    resend only reads its outcome. (A platform's redelivery of an event is not a client's request:
+    it is not vetted so.)"""
     user = principal or original.message.sender
     check_channel_access(user=user, channel=channel, api_key=api_key, client_ip=client_ip)
     count_requests(rate_checks(user=user, channel=channel, api_key=api_key, client_ip=client_ip), channel=channel)

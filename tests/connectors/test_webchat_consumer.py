@@ -162,6 +162,21 @@ async def test_rate_limit_is_an_error_frame_with_retry_after(webchat_channel, se
     await ws.disconnect()
 
 
+async def test_a_resent_client_id_counts_against_the_rate(webchat_channel, settings):
+    """A repeat is acknowledged as a duplicate, but it is a request all the same: past the rate,
+    an error frame (before, a client could resend one client_id as fast as it liked)."""
+    settings.GATEWAY_USER_RATE = "2/m"
+    ws = await connect(visitor_path(webchat_channel))
+    frames = []
+    for _ in range(3):
+        await ws.send_json_to({"type": "message", "message": "one", "client_id": "c-1"})
+        frames.append(await ws.receive_json_from(timeout=5))
+    assert [f["type"] for f in frames] == ["ack", "ack", "error"]
+    assert frames[1]["duplicate"] is True and frames[2]["code"] == "rate_limited"
+    await ws.disconnect()
+    assert await Message.objects.acount() == 1
+
+
 async def test_reconnecting_to_a_conversation_replays_its_history(webchat_channel):
     token = visitor_token_issue(webchat_channel)
     ws = await connect(f"/ws/chat/{webchat_channel.slug}/?visitor={token}")
