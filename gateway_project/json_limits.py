@@ -59,6 +59,13 @@ def check_depth(raw: bytes | str) -> None:
     Cheap where it matters: a document with no more opening brackets than the limit cannot be too
     deep, so the usual small body costs two ``count`` calls and no scan."""
     limit = settings.GATEWAY_JSON_MAX_DEPTH
+    if isinstance(raw, bytes | bytearray) and (encoding := json.detect_encoding(raw)) not in ("utf-8", "utf-8-sig"):
+        # json.loads(bytes) reads UTF-16 and UTF-32 too, decoding them so (its own detect_encoding):
+        # the scan must read the same characters, or a UTF-16 quote byte hides the brackets after it.
+        try:
+            raw = raw.decode(encoding, "surrogatepass")
+        except UnicodeDecodeError:
+            return  # the parser refuses it as well
     text_mode = isinstance(raw, str)
     opening = raw.count("[" if text_mode else b"[") + raw.count("{" if text_mode else b"{")
     if opening > limit and nesting_depth(raw, stop_above=limit) > limit:

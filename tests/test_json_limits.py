@@ -34,3 +34,16 @@ def test_a_document_past_the_limit_is_refused_before_parsing(settings):
 ])
 def test_strings_are_skipped_whole_escapes_and_all(raw, depth):
     assert nesting_depth(raw) == nesting_depth(raw.encode()) == depth
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-16", "utf-32-le", "utf-32"])
+def test_bodies_in_the_other_encodings_json_reads_are_checked_as_it_reads_them(settings, encoding):
+    """json.loads(bytes) decodes UTF-16 and UTF-32: a character whose UTF-16 bytes hold a quote
+    byte (U+0122: 22 01) must not hide the brackets after it."""
+    settings.GATEWAY_JSON_MAX_DEPTH = 8
+    deep = '{"x": "\u0122", "deep": ' + "[" * 9 + "]" * 9 + "}"
+    with pytest.raises(TooDeep):
+        check_depth(deep.encode(encoding))
+    shallow = json.dumps({"x": "\u0122", "deep": [[1]]}, ensure_ascii=False).encode(encoding)
+    check_depth(shallow)
+    assert json.loads(shallow)["deep"] == [[1]]
