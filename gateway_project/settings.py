@@ -333,8 +333,9 @@ GATEWAY_QUOTA_REDIS_TIMEOUT_SECONDS = env.float("GATEWAY_QUOTA_REDIS_TIMEOUT_SEC
 # An unsettled reservation (its worker died) stops counting after this long.
 GATEWAY_QUOTA_RESERVATION_TTL_SECONDS = env.int("GATEWAY_QUOTA_RESERVATION_TTL_SECONDS", default=600)
 GATEWAY_QUOTA_DEFAULT_MAX_TOKENS = env.int("GATEWAY_QUOTA_DEFAULT_MAX_TOKENS", default=1024)
-# What is left of a budget held by other calls in flight: a run waits this long for them to settle
-# before its sender is told to retry in GATEWAY_QUOTA_BUSY_RETRY_SECONDS (docs/limits.md).
+# What is left of a budget held by other calls in flight: a run is tried again (queued, holding no
+# worker) for this long while they settle, then its sender is told to retry in
+# GATEWAY_QUOTA_BUSY_RETRY_SECONDS (docs/limits.md).
 GATEWAY_QUOTA_BUSY_WAIT_SECONDS = env.float("GATEWAY_QUOTA_BUSY_WAIT_SECONDS", default=30.0)
 GATEWAY_QUOTA_BUSY_RETRY_SECONDS = env.int("GATEWAY_QUOTA_BUSY_RETRY_SECONDS", default=5)
 GATEWAY_LIMIT_KEY_PREFIX = env.str("GATEWAY_LIMIT_KEY_PREFIX", default="gw")

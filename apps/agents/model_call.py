@@ -7,9 +7,7 @@ model answers) live in one place.
 from __future__ import annotations
 
 import logging
-import time
 
-from django.conf import settings
 from django.db import connection, transaction
 
 from apps.conversations.models import Message
@@ -23,7 +21,6 @@ from .models import written_without_a_deleted_agent
 
 logger = logging.getLogger(__name__)
 
-BUSY_FIRST_PAUSE = 0.05  # seconds; doubled up to 1 s while a budget stays held by calls in flight
 MODEL_ID_CHARS = min(Message._meta.get_field("model").max_length, LLMCall._meta.get_field("model").max_length)
 
 
@@ -34,7 +31,7 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
     Raises llm.LLMError (QuotaRefused, before the model is called, when a budget is used up).
     """
     agent = message.agent
-    reservation = _reserve(message, model, prompt, max_tokens=agent.max_tokens, tools=tools)
+    reservation = budgets.reserve_model_call(message, model, prompt, max_tokens=agent.max_tokens, tools=tools)
     release_database_connection()
     try:
         result = llm.chat(
@@ -62,27 +59,6 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
                "latency_ms": result.latency_ms, "llm_call_id": call.pk, "attempt": attempt},
     )
     return result
-
-
-def _reserve(message: Message, model, prompt: list[dict], *, max_tokens, tools) -> budgets.Reservation:
-    """The call's budget reservation. While only other calls in flight hold what is left of a
-    budget, wait for them to settle (at their real use, usually far below what they reserved), up
-    to GATEWAY_QUOTA_BUSY_WAIT_SECONDS; then QuotaBusy tells the sender to retry shortly."""
-    deadline = time.monotonic() + settings.GATEWAY_QUOTA_BUSY_WAIT_SECONDS
-    pause = BUSY_FIRST_PAUSE
-    while True:
-        try:
-            return budgets.reserve_model_call(message, model, prompt, max_tokens=max_tokens, tools=tools)
-        except budgets.QuotaBusy as busy:
-            if (left := deadline - time.monotonic()) <= 0:
-                budgets.count_refusal(message.channel, busy.counter)
-                raise
-            if pause == BUSY_FIRST_PAUSE:
-                logger.info("budget held by calls in flight; waiting for them to settle",
-                            extra={"budget": busy.counter.key})
-        release_database_connection()
-        time.sleep(min(pause, left))
-        pause = min(pause * 2, 1.0)
 
 
 def release_database_connection() -> None:

@@ -19,6 +19,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tenacity.wait import wait_base
 
 from apps.identities.permissions import user_can_use_tool
+from apps.quotas import budgets
 
 from . import llm, model_call
 from .models import Tool, agent_fallback_models, agent_tools
@@ -27,18 +28,31 @@ from .tools.runner import run_tool_call
 logger = logging.getLogger(__name__)
 
 
+class BudgetHeld(Exception):
+    """The run's first model call found what is left of a budget held by other calls in flight:
+    nothing was spent and no tool ran, so the run can be tried again from the start shortly."""
+
+
 def generate(message, prompt: list[dict], *, on_delta: Callable[[str], None] | None = None,
-             on_reset: Callable[[], None] | None = None) -> llm.LLMResult:
+             on_reset: Callable[[], None] | None = None, wait_for_budget: bool = False) -> llm.LLMResult:
     """The final answer to ``message``; ``prompt`` grows with the tool steps. Raises llm.LLMError.
 
     Token counts of the result add up every model call of the run (tool steps included).
+    ``wait_for_budget``: a budget held by other calls at the first step raises BudgetHeld rather
+    than failing the message (budgets.QuotaBusy, an LLMError).
     """
     agent = message.agent
     allowed = {tool.slug: tool for tool in agent_tools(agent)}
     specs = [tool.spec() for tool in offered_tools(allowed.values(), message.sender)] or None
     totals = [0, 0, 0]
     for step in range(1, settings.GATEWAY_TOOL_MAX_STEPS + 2):
-        result = call_with_fallbacks(message, prompt, tools=specs, on_delta=on_delta, on_reset=on_reset)
+        try:
+            result = call_with_fallbacks(message, prompt, tools=specs, on_delta=on_delta, on_reset=on_reset)
+        except budgets.QuotaBusy as busy:
+            if step == 1 and wait_for_budget:
+                raise BudgetHeld() from busy
+            budgets.count_refusal(message.channel, busy.counter)
+            raise
         totals = [totals[0] + result.prompt_tokens, totals[1] + result.completion_tokens,
                   totals[2] + result.total_tokens]
         if not result.tool_calls:

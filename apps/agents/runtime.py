@@ -42,7 +42,8 @@ class DatabaseUnavailable(Exception):
         self.claimed_attempt = claimed_attempt
 
 
-def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | None = None) -> Message | None:
+def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | None = None,
+              wait_for_budget: bool = False) -> Message | None:
     """Answer one inbound message. Returns the reply, or None if there was nothing to do.
 
     Raises WaitingForEarlier (nothing changed) while an earlier message of its conversation is
@@ -50,6 +51,10 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
 
     Raises DatabaseUnavailable when the database fails mid-run; the caller retries later with
     ``release_attempt=exc.claimed_attempt``, which first gives back the claim the failed run left.
+
+    ``wait_for_budget``: raises BudgetHeld (the claim given back, nothing spent) when other calls
+    in flight hold what is left of a budget; the caller tries again later, and finally passes False
+    (the message then fails, its sender told to retry shortly).
     """
     token = message_id_var.set(str(message_id))
     request_token = None
@@ -65,7 +70,11 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
         request_token = request_id_var.set(message.request_id or None)
         with leases.kept(message.pk):  # however long the run takes, nobody else claims it meanwhile
             try:
-                reply = _answer(message)  # a delivered reply's run starts the next when it records the delivery
+                # A delivered reply's run starts the next when it records the delivery.
+                reply = _answer(message, wait_for_budget=wait_for_budget)
+            except orchestrator.BudgetHeld:
+                release_claim(message.pk, message.attempts)  # tried again shortly, holding no worker
+                raise
             except Exception as exc:
                 if is_database_outage(exc):
                     raise
@@ -100,7 +109,7 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
         message_id_var.reset(token)
 
 
-def _answer(message: Message) -> Message | None:
+def _answer(message: Message, *, wait_for_budget: bool = False) -> Message | None:
     if hooks.handoff().hold(message):
         return None  # a human has the conversation
     if message.agent is None:  # deleted since the message was routed to it (a retry or recovery)
@@ -120,7 +129,8 @@ def _answer(message: Message) -> Message | None:
             _unless_stopping(connector.send_reset, message)
     try:
         # Tool loop, retries and the fallback chain; every model call goes through call_model.
-        result = orchestrator.generate(message, prompt, on_delta=on_delta, on_reset=on_reset)
+        result = orchestrator.generate(message, prompt, on_delta=on_delta, on_reset=on_reset,
+                                       wait_for_budget=wait_for_budget)
     except llm.LLMError as exc:
         if process_stopping():
             raise  # agent_run gives the claim back

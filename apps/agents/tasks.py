@@ -1,7 +1,8 @@
 """Celery tasks. They take ids and call a service; the service is idempotent under redelivery.
 
-A message's run is tried again in two cases, counted apart: an earlier message of its conversation
-is still being answered (WaitingForEarlier), or the database failed mid-run (DatabaseUnavailable).
+A message's run is tried again in three cases, counted apart: an earlier message of its
+conversation is still being answered (WaitingForEarlier), the database failed mid-run
+(DatabaseUnavailable), or other calls in flight hold what is left of a budget (BudgetHeld).
 The pauses and limits are tenacity strategies. The task carries where it stands (``Tries``) as
 kwargs and reschedules itself with ``self.retry(countdown=...)``, so a waiting message holds no
 worker thread. (Celery's ``autoretry_for`` keeps one count and the same kwargs: these retries need
@@ -22,6 +23,7 @@ from tenacity.stop import stop_base
 from .claims import WaitingForEarlier
 from .delivery import deliver_pending
 from .dispatch import DELIVER_REPLY, RUN_AGENT, run_later, runs_in_process
+from .orchestrator import BudgetHeld
 from .recovery import requeue_stuck_messages, settle_unsettled_usage
 from .runtime import DatabaseUnavailable, agent_run, give_up_after_outage
 
@@ -33,6 +35,11 @@ logger = logging.getLogger(__name__)
 DATABASE_RETRIES = 20
 DATABASE_WAIT = wait_exponential(multiplier=1, max=10)
 DATABASE_STOP = stop_after_attempt(DATABASE_RETRIES + 1)
+
+
+# A run whose budget other calls in flight hold is tried again after 0.5, 1, 2, 4, then every 5
+# seconds, until GATEWAY_QUOTA_BUSY_WAIT_SECONDS have passed since the first such try.
+BUDGET_WAIT = wait_exponential(multiplier=0.5, max=5)
 
 
 def order_wait() -> wait_exponential:
@@ -63,13 +70,16 @@ class Tries:
     """Where a message's agent run stands between tries (the Celery task carries it as kwargs):
     tries that found an earlier message in flight, the pauses between them in all, and when the
     first of them was (epoch seconds); tries the database failed under, and the claim the last one
-    left (the next try gives it back first)."""
+    left (the next try gives it back first); tries that found a budget held by calls in flight, and
+    when the first of them was."""
 
     order_waits: int = 0
     order_waited: float = 0.0
     waiting_since: float | None = None
     database_retries: int = 0
     release_attempt: int | None = None
+    budget_waits: int = 0
+    budget_since: float | None = None
 
     @classmethod
     def carried(cls, kwargs: dict) -> Tries:
@@ -118,6 +128,18 @@ def after_outage(tries: Tries, claimed_attempt: int | None) -> tuple[float, Trie
                                           release_attempt=claimed_attempt)
 
 
+def waits_for_budget(tries: Tries) -> bool:
+    """Whether this try, finding a budget held by calls in flight, may be tried again later."""
+    return tries.budget_since is None or time.time() - tries.budget_since < settings.GATEWAY_QUOTA_BUSY_WAIT_SECONDS
+
+
+def after_budget_wait(tries: Tries) -> tuple[float, Tries]:
+    """The pause before the next try, and that try, after one that found a budget held."""
+    delay = BUDGET_WAIT(_retry_state(tries.budget_waits + 1))
+    return delay, replace(tries, budget_waits=tries.budget_waits + 1, release_attempt=None,
+                          budget_since=tries.budget_since if tries.budget_since is not None else time.time())
+
+
 def give_up(message_id, claimed_attempt: int | None) -> None:
     """Out of database retries: fail the message and tell the sender, if the database answers."""
     try:
@@ -131,9 +153,12 @@ def try_once(message_id, tries: Tries) -> tuple[float, Tries] | None:
     """Run the agent on the message once: None when that is the end of it, else how many seconds to
     wait and the next try. The Celery task and the embedded default's loop both go through here."""
     try:
-        agent_run(message_id, ignore_order=ignores_order(tries), release_attempt=tries.release_attempt)
+        agent_run(message_id, ignore_order=ignores_order(tries), release_attempt=tries.release_attempt,
+                  wait_for_budget=waits_for_budget(tries))
     except WaitingForEarlier:
         return after_order_wait(tries)
+    except BudgetHeld:
+        return after_budget_wait(tries)
     except DatabaseUnavailable as exc:
         again = after_outage(tries, exc.claimed_attempt)
         if again is None:
