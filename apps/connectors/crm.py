@@ -22,6 +22,7 @@ from django.http import JsonResponse
 from apps.conversations.normalized import NormalizedMessage
 from apps.core.errors import BadRequest, Unauthenticated
 from apps.core.http import request_json
+from gateway_project.json_limits import loads_bounded
 
 from .base import (
     Connector,
@@ -98,7 +99,7 @@ class CrmConnector(Connector):
 
     def parse(self, request: WebhookRequest) -> WebhookResult:
         try:
-            payload = json.loads(request.body)
+            payload = loads_bounded(request.body)
         except ValueError as exc:
             raise BadRequest("The body is not valid JSON.") from exc
         paths = {**DEFAULT_FIELD_MAP, **self.conf.field_map}

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
@@ -32,6 +31,7 @@ from django.http import JsonResponse
 
 from apps.conversations.normalized import NormalizedMessage
 from apps.core.errors import BadRequest, Unauthenticated
+from gateway_project.json_limits import loads_bounded
 
 from .base import WebhookRequest, WebhookResult, check_timestamp, parse_epoch, require_signature
 from .crm import DEFAULT_FIELD_MAP, REQUIRED_FIELDS, CrmConfig, CrmConnector, json_path
@@ -78,7 +78,7 @@ class CrmPresetConnector(CrmConnector):
 
     def parse(self, request: WebhookRequest) -> WebhookResult:
         try:
-            payload = json.loads(request.body)
+            payload = loads_bounded(request.body)
         except ValueError as exc:
             raise BadRequest("The body is not valid JSON.") from exc
         if not isinstance(payload, (dict, list)):

@@ -33,6 +33,7 @@ from django.http import JsonResponse
 from apps.conversations.normalized import NormalizedMessage
 from apps.core.errors import BadRequest, GatewayError, Unauthenticated
 from apps.core.http import ConnectorError
+from gateway_project.json_limits import loads_bounded
 
 from .base import (
     Connector,
@@ -89,7 +90,7 @@ class DingTalkConnector(Connector):
 
     def parse(self, request: WebhookRequest) -> WebhookResult:
         try:
-            payload = json.loads(request.body)
+            payload = loads_bounded(request.body)
         except ValueError as exc:
             raise BadRequest("The body is not valid JSON.") from exc
         if not isinstance(payload, dict):

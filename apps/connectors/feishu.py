@@ -41,6 +41,7 @@ from django.http import JsonResponse
 from apps.conversations.normalized import NormalizedMessage
 from apps.core.errors import BadRequest, GatewayError, Unauthenticated
 from apps.core.http import ConnectorError
+from gateway_project.json_limits import loads_bounded
 
 from .base import (
     Connector,
@@ -119,7 +120,7 @@ class FeishuConfig:
 
 def _json_object(data: bytes, what: str) -> dict:
     try:
-        payload = json.loads(data)
+        payload = loads_bounded(data)
     except ValueError as exc:
         raise BadRequest(f"The {what} is not valid JSON.") from exc
     if not isinstance(payload, dict):
@@ -210,7 +211,7 @@ class FeishuConnector(Connector):
         if not all(isinstance(v, str) and v for v in (open_id, event_id, message_id, chat_id)):
             raise BadRequest("im.message.receive_v1: sender open_id, event_id, message_id and chat_id are required.")
         try:
-            content = json.loads(message.get("content") or "")
+            content = loads_bounded(message.get("content") or "")
             text = content["text"]
         except (ValueError, TypeError, KeyError) as exc:
             raise BadRequest('message.content: must be a JSON string like {"text": "..."}.') from exc

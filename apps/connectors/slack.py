@@ -11,7 +11,6 @@ WebClient at SLACK_API_BASE_URL.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from slack_sdk.signature import SignatureVerifier
 from apps.conversations.normalized import NormalizedMessage
 from apps.core.errors import BadRequest, GatewayError, Unauthenticated
 from apps.core.http import ConnectorError
+from gateway_project.json_limits import loads_bounded
 
 from .base import Connector, WebhookRequest, WebhookResult, check_timestamp, parse_epoch
 
@@ -61,7 +61,7 @@ class SlackConnector(Connector):
 
     def parse(self, request: WebhookRequest) -> WebhookResult:
         try:
-            payload = json.loads(request.body)
+            payload = loads_bounded(request.body)
         except ValueError as exc:
             raise BadRequest("The body is not valid JSON.") from exc
         if not isinstance(payload, dict):

@@ -42,6 +42,7 @@ from apps.conversations.pipeline import accept
 from apps.core.errors import BadRequest, GatewayError, Unauthenticated
 from apps.core.http import ConnectorError, request_json
 from apps.quotas.notices import polite_text
+from gateway_project.json_limits import loads_bounded
 
 from .base import Connector, WebhookRequest, WebhookResult, check_timestamp
 from .wecom_crypto import WeComCrypto, WeComCryptoError
@@ -155,7 +156,7 @@ class WeComAiBotConnector(Connector):
         if request.method == "GET":
             return request.query.get("echostr", "")
         try:
-            body = json.loads(request.body)
+            body = loads_bounded(request.body)
         except ValueError as exc:
             raise BadRequest("The body is not valid JSON.") from exc
         encrypt = body.get("encrypt") if isinstance(body, dict) else None
@@ -183,7 +184,7 @@ class WeComAiBotConnector(Connector):
         if request.method == "GET":
             return WebhookResult(response=HttpResponse(plain, content_type="text/plain"))
         try:
-            data = json.loads(plain)
+            data = loads_bounded(plain)
         except ValueError as exc:
             raise BadRequest("The decrypted callback is not JSON.") from exc
         if not isinstance(data, dict):

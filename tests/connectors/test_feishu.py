@@ -295,6 +295,17 @@ class TestRefusals:
         assert_refused(client.get(f"/api/v1/channels/{feishu_channel.slug}/webhook"), 400)
 
 
+def test_a_decrypted_event_or_content_nesting_too_deep_is_refused_and_not_stored(client, feishu_channel):
+    """The encrypted body is flat; the event inside, and the message's content inside that, are
+    checked like any body, or a too-deep document would be stored and crash every run."""
+    event = feishu_event(text="hi", chat_type="p2p")
+    event["x"] = json.loads("[" * 200 + "]" * 200)
+    assert feishu_post(client, feishu_channel, event).status_code == 400
+    deep_content = '{"text": "hi", "x": ' + "[" * 3000 + "]" * 3000 + "}"
+    assert feishu_post(client, feishu_channel, feishu_event(chat_type="p2p", content=deep_content)).status_code == 400
+    assert not Message.objects.exists()
+
+
 def test_mentions_with_odd_keys_or_long_names_cannot_multiply_the_text(client, feishu_channel):
     """An empty key would put the name between every two characters; a long name would repeat
     itself at each placeholder. Signed by Feishu's key, but bounded all the same."""

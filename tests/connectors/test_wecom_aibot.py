@@ -385,3 +385,15 @@ class TestRefusals:
                                secrets={"token": "t", "encoding_aes_key": "too-short"})
         response = aibot_post(client, channel, text_callback())
         assert (response.status_code, response.json()["error"]["code"]) == (503, "channel_misconfigured")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
+def test_a_decrypted_callback_nesting_too_deep_is_refused_and_not_stored(client, aibot_channel, content_type):
+    """The outer body is flat ({"encrypt": ...}); what it decrypts to is checked like any body,
+    or a too-deep document would be stored and crash every run that loads its message."""
+    callback = text_callback("deep")
+    callback["x"] = json.loads("[" * 200 + "]" * 200)
+    response = aibot_post(client, aibot_channel, callback, content_type=content_type)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
+    assert not Message.objects.exists()
