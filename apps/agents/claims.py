@@ -162,12 +162,15 @@ def _waits_for_earlier(message_id, now) -> bool:
         return cursor.rowcount > 0
 
 
-def release_claim(message_id, attempt: int) -> int:
+def release_claim(message_id, attempt: int, *, waiting: bool = False) -> int:
     """Give back the claim of a run the database failed under, so the retry can claim it again.
 
     Only the claim that run made is released (``attempts`` is still ``attempt``): a message
-    answered meanwhile, or claimed again after its lease ran out, is left as it is.
+    answered meanwhile, or claimed again after its lease ran out, is left as it is. ``waiting``:
+    the run's task chain tries again shortly (a budget held by calls in flight), so the message
+    keeps a wait lease, and recovery leaves it to that chain as it does a message waiting its turn.
     """
+    lease_until = timezone.now() + wait_lease() if waiting else None
     return Message.objects.filter(
         pk=message_id, direction=Direction.INBOUND, status=Status.PROCESSING, attempts=attempt
-    ).update(status=Status.ACCEPTED, lease_until=None)
+    ).update(status=Status.ACCEPTED, lease_until=lease_until)

@@ -73,7 +73,7 @@ def agent_run(message_id, *, ignore_order: bool = False, release_attempt: int | 
                 # A delivered reply's run starts the next when it records the delivery.
                 reply = _answer(message, wait_for_budget=wait_for_budget)
             except orchestrator.BudgetHeld:
-                release_claim(message.pk, message.attempts)  # tried again shortly, holding no worker
+                release_claim(message.pk, message.attempts, waiting=True)  # tried again shortly, holding no worker
                 raise
             except Exception as exc:
                 if is_database_outage(exc):

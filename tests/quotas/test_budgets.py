@@ -1,13 +1,15 @@
 """Token quotas and cost budgets: reserve before the model call, settle after, refuse when used up."""
 import time
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings as django_settings
+from django.utils import timezone
 
 from apps.agents.prompt import build_prompt
+from apps.agents.recovery import stuck_messages
 from apps.agents.runtime import agent_run
 from apps.agents.tasks import Tries, try_once
 from apps.conversations import pipeline
@@ -234,7 +236,7 @@ class TestModelCall:
         assert reserve(other).counters  # the dead one has expired: admitted again
 
     def test_a_run_whose_budget_calls_in_flight_hold_is_queued_again_then_answered(
-            self, api_channel, customer, policy, agent):
+            self, api_channel, customer, policy, agent, settings):
         """Held by another call's reservation, not used up: the run gives its claim back and is
         tried again shortly (holding no worker meanwhile); once that call settles, it answers."""
         policy("user", customer, tokens_per_day=agent.max_tokens)  # one call's estimate fills it
@@ -244,6 +246,11 @@ class TestModelCall:
         second.refresh_from_db()
         assert second.status == "accepted" and 0 < delay <= 5 and tries.budget_since is not None
         assert not LLMCall.objects.filter(message=second).exists()
+        # Left to this task chain: recovery, however old the message, does not start another.
+        assert second.lease_until is not None
+        later = timezone.now() + timedelta(seconds=settings.GATEWAY_REQUEUE_ACCEPTED_AFTER_SECONDS + delay)
+        assert second not in stuck_messages(now=later)
+        assert first in stuck_messages(now=later)  # sent, never run: recovery's
         budgets.release_model_call(held)  # the call in flight ends (here: it failed, spending nothing)
         assert try_once(second.id, tries) is None
         second.refresh_from_db()
