@@ -39,7 +39,7 @@ def metered(request, services_stack, customer):
     stack = services_stack.stack
     worker_port = free_port()
     env = {"GATEWAY_AGENT_QUEUE": f"e2e-metrics-{pool}", "GATEWAY_METRICS_TOKEN": TOKEN,
-           "GATEWAY_LIMIT_KEY_PREFIX": f"m{os.urandom(6).hex()}", "GATEWAY_USER_RATE": "1/m"}
+           "GATEWAY_LIMIT_KEY_PREFIX": f"m{os.urandom(6).hex()}", "GATEWAY_USER_RATE": "1/d"}
     worker = stack.spawn(f"celery-{pool}", [
         str(BIN / "celery"), "-A", "gateway_project", "worker", "-P", pool, "-c", "8", "-Q", env["GATEWAY_AGENT_QUEUE"],
         "-l", "INFO", "--without-mingle", "--without-gossip", "--without-heartbeat",
