@@ -73,7 +73,10 @@ def check_depth(raw: bytes | str) -> None:
 
 
 def loads_bounded(raw: bytes | str):
-    """``json.loads`` after ``check_depth``; raises ValueError (TooDeep, JSONDecodeError)."""
+    """``json.loads`` after ``check_depth``; raises ValueError (TooDeep, JSONDecodeError), or
+    TypeError for what is not text, as json.loads does."""
+    if not isinstance(raw, str | bytes | bytearray):
+        raise TypeError(f"the JSON object must be str, bytes or bytearray, not {type(raw).__name__}")
     check_depth(raw)
     try:
         return json.loads(raw)

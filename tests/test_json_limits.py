@@ -47,3 +47,12 @@ def test_bodies_in_the_other_encodings_json_reads_are_checked_as_it_reads_them(s
     shallow = json.dumps({"x": "\u0122", "deep": [[1]]}, ensure_ascii=False).encode(encoding)
     check_depth(shallow)
     assert json.loads(shallow)["deep"] == [[1]]
+
+
+@pytest.mark.parametrize("raw", [5, None, ["[]"], {"a": 1}])
+def test_what_is_not_text_is_a_type_error_as_json_loads_says(raw):
+    """Callers catch TypeError for a field of the wrong JSON type (Feishu's message content)."""
+    with pytest.raises(TypeError):
+        json.loads(raw)
+    with pytest.raises(TypeError):
+        loads_bounded(raw)
