@@ -261,6 +261,8 @@ def test_first_messages_of_one_thread_at_once_share_one_conversation(api_channel
         except Exception as exc:  # reported below
             errors.append(exc)
         finally:
+            if connection.connection is not None:
+                connection.connection.close()  # not back to the pool: gone with the thread
             connection.close()
 
     threads = [threading.Thread(target=send, args=(n,)) for n in range(8)]
