@@ -180,6 +180,12 @@ class TestBadInput:
         assert_error(client.get(URL), 405, "method_not_allowed")
         assert_error(client.get("/api/v1/nothing-here"), 404, "not_found")
 
+    def test_a_wrong_method_on_the_face_is_an_openai_invalid_request_error(self, client):
+        for path in ("/v1/chat/completions", "/v1/models"):
+            response = client.delete(path)
+            assert response.status_code == 405
+            assert response.json()["error"]["type"] == "invalid_request_error", path
+
     def test_a_host_not_served_is_a_json_400_on_api_paths(self, client, settings):
         settings.ALLOWED_HOSTS = ["gateway.example"]
         for path in (URL, "/api/v1/channels/crm/webhook", "/v1/chat/completions"):
