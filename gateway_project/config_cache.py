@@ -39,6 +39,8 @@ _entries: dict[tuple, object] = {}
 _epoch = 0  # bumped whenever _entries is emptied, so a load that raced a change is not kept
 _shared_token: object = None  # the shared generation the entries belong to
 _checked_at = float("-inf")
+_checking: threading.Event | None = None  # set once the caller asking for the shared generation has its answer
+CHECK_WAIT_SECONDS = 0.25  # how long callers wait for that answer before using what is kept
 _reachable = True  # whether the last look at the shared generation succeeded
 _quiet = threading.local()
 _watched_fields: dict[type, frozenset[str]] = {}
@@ -130,25 +132,37 @@ def _in_sync() -> bool:
 
     While the shared cache cannot be read, nothing is kept (a change elsewhere could go unseen);
     it is asked again at the next interval, not on every lookup. One caller asks when the interval
-    is up; those arriving meanwhile (a gevent worker's greenlets) go on with what is kept.
+    is up. Those arriving meanwhile (a burst after a quiet spell, a gevent worker's greenlets) wait
+    for its answer, up to CHECK_WAIT_SECONDS: a change made elsewhere is not read from old copies
+    by a burst that arrives together with the check. Past that wait (a slow shared cache), they go
+    on with what is kept.
     """
-    global _shared_token, _checked_at, _reachable
-    now = time.monotonic()
-    if now - _checked_at < settings.GATEWAY_CONFIG_CHECK_SECONDS:
+    global _shared_token, _checked_at, _reachable, _checking
+    if time.monotonic() - _checked_at < settings.GATEWAY_CONFIG_CHECK_SECONDS:
         return _reachable
     with _lock:
-        if now - _checked_at < settings.GATEWAY_CONFIG_CHECK_SECONDS:
-            return _reachable  # another caller is asking: one question per interval, not one each
-        _checked_at = now
+        if time.monotonic() - _checked_at < settings.GATEWAY_CONFIG_CHECK_SECONDS:
+            return _reachable
+        asking = _checking
+        if asking is None:
+            _checking = answered = threading.Event()
+    if asking is not None:  # another caller is asking: one question per interval, not one each
+        asking.wait(CHECK_WAIT_SECONDS)
+        return _reachable
+    token, reachable = None, False
     try:
         token, reachable = caches["config"].get(GENERATION_KEY), True
     except Exception:
-        token, reachable = None, False
-    with _lock:
-        if not reachable or token != _shared_token or not _reachable:
-            _drop_entries()
-            _shared_token = token
-        _reachable = reachable
+        pass
+    finally:
+        with _lock:
+            if not reachable or token != _shared_token or not _reachable:
+                _drop_entries()
+                _shared_token = token
+            _reachable = reachable
+            _checked_at = time.monotonic()
+            _checking = None
+        answered.set()
     return reachable
 
 

@@ -202,7 +202,8 @@ def test_reload_config_applies_changes_made_behind_djangos_back(customer, api_ke
 
 def test_callers_arriving_together_ask_the_shared_cache_once(api_channel, settings, monkeypatch):
     """When the check interval is up, one caller asks for the shared generation; the others that
-    arrive while it waits for the answer use what is kept (a gevent worker holds hundreds)."""
+    arrive while it waits for the answer wait for it a little, then use what is kept (a gevent
+    worker holds hundreds, and the shared cache may be slow)."""
     import threading
     import time
 
@@ -226,3 +227,47 @@ def test_callers_arriving_together_ask_the_shared_cache_once(api_channel, settin
         caller.join()
     assert found == [api_channel.pk] * 20
     assert asked.count(config_cache.GENERATION_KEY) == 1
+
+
+def test_a_burst_arriving_with_the_check_reads_a_change_made_elsewhere(api_channel, settings, monkeypatch):
+    """A quiet process, a change made elsewhere, then requests arriving together: the one that
+    asks for the shared generation drops the old copies, and the others wait for its answer
+    rather than read them (before, a burst of Slack events right after a channel's change got
+    mixed answers)."""
+    import threading
+
+    settings.GATEWAY_CONFIG_CHECK_SECONDS = 3600
+    assert channel_by_slug("api").enabled
+    Channel.objects.filter(pk=api_channel.pk).update(enabled=False)  # no signal: "elsewhere"
+    another_process_committed_a_change()
+    backend = type(caches["config"])  # each thread has its own cache object: patch the class
+    real_get, asking, answer = backend.get, threading.Event(), threading.Event()
+
+    def held_get(self, key, *args, **kwargs):
+        asking.set()
+        answer.wait(10)
+        return real_get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "get", held_get)
+    monkeypatch.setattr(config_cache, "CHECK_WAIT_SECONDS", 10)
+    config_cache._checked_at = float("-inf")  # the interval is up
+    found = {}
+
+    def look(name):
+        try:
+            found[name] = channel_by_slug("api").enabled
+        finally:
+            if connection.connection is not None:
+                connection.connection.close()  # not back to the pool: gone with the thread
+            connection.close()
+
+    first = threading.Thread(target=look, args=("first",))
+    first.start()
+    assert asking.wait(10)
+    second = threading.Thread(target=look, args=("second",))
+    second.start()
+    second.join(0.5)  # it waits for the first one's answer (before: it read the old copy at once)
+    answer.set()
+    first.join(10)
+    second.join(10)
+    assert found == {"first": False, "second": False}
