@@ -8,9 +8,7 @@ from django.core.handlers.asgi import ASGIRequest
 
 from apps.connectors.models import channel_by_slug
 from apps.core.client_ip import client_ip_for_request
-from apps.core.errors import Forbidden
-from apps.identities.access import refuse
-from apps.identities.permissions import api_key_allows_channel
+from apps.identities.access import check_key_channel_scope
 from apps.quotas.iprules import check_ip_rules
 from gateway_project.db import database_sync_to_async
 from gateway_project.plain import is_plain
@@ -28,11 +26,9 @@ class ApiIpRulesMixin:
         channel = channel_by_slug(API_CHANNEL_SLUG, kind="api")
         check_ip_rules(client_ip_for_request(request), channel=channel)
         super().initial(request, *args, **kwargs)
-        if channel is not None and not api_key_allows_channel(request.auth, channel):
-            # A key limited to other channels is refused here on every API endpoint, reads included.
-            refuse(Forbidden("This API key may not be used on this channel."), action="channel.refused",
-                   reason="key_scope", actor=request.user, target=channel,
-                   client_ip=client_ip_for_request(request), api_key=request.auth.prefix)
+        if channel is not None:  # a key limited to other channels: refused on every endpoint, reads included
+            check_key_channel_scope(user=request.user, channel=channel, api_key=request.auth,
+                                    client_ip=client_ip_for_request(request))
 
 
 class AsyncAPIView(ApiIpRulesMixin, APIView):

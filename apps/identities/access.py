@@ -52,12 +52,17 @@ def check_user_active(user, *, channel=None, client_ip: str | None = None) -> No
                client_ip=client_ip, **where)
 
 
-def check_channel_access(*, user, channel, api_key=None, client_ip: str | None = None) -> None:
-    """The user (and the API key they came with) may talk on ``channel``."""
-    check_user_active(user, channel=channel, client_ip=client_ip)
+def check_key_channel_scope(*, user, channel, api_key=None, client_ip: str | None = None) -> None:
+    """The API key (if any) is not limited to other channels; refused with reason ``key_scope``."""
     if not api_key_allows_channel(api_key, channel):
         refuse(Forbidden("This API key may not be used on this channel."), action="channel.refused",
                reason="key_scope", actor=user, target=channel, client_ip=client_ip, api_key=api_key.prefix)
+
+
+def check_channel_access(*, user, channel, api_key=None, client_ip: str | None = None) -> None:
+    """The user (and the API key they came with) may talk on ``channel``."""
+    check_user_active(user, channel=channel, client_ip=client_ip)
+    check_key_channel_scope(user=user, channel=channel, api_key=api_key, client_ip=client_ip)
     if not user_can_use_channel(user, channel):
         refuse(Forbidden("You are not allowed to use this channel."), action="channel.refused",
                reason="permission", actor=user, target=channel, client_ip=client_ip)

@@ -330,21 +330,24 @@ def check_budgets_open(*, user, api_key_id=None, channel=None) -> None:
         raise quota_error(refused[0], now)
 
 
-def busy_error(counter: Counter) -> QuotaExceeded:
-    """What the sender is told when what is left of a budget stayed held by calls in flight."""
+def _budget_named(counter: Counter) -> str:
+    """"Your token quota (1000 tokens per day)", "This channel's cost budget (...)"."""
     whose = {"user": "Your", "api_key": "This API key's", "channel": "This channel's"}[counter.subject.split(":")[0]]
     meter = "token quota" if counter.meter == "tokens" else "cost budget"
-    return QuotaExceeded(f"What is left of {whose.lower()} {meter} ({counter.describe()}) is held by answers "
-                         "in progress; try again in a few seconds.",
-                         retry_after=settings.GATEWAY_QUOTA_BUSY_RETRY_SECONDS)
+    return f"{whose} {meter} ({counter.describe()})"
+
+
+def busy_error(counter: Counter) -> QuotaExceeded:
+    """What the sender is told when what is left of a budget stayed held by calls in flight."""
+    named = _budget_named(counter)
+    return QuotaExceeded(f"What is left of {named[0].lower()}{named[1:]} is held by answers in progress; "
+                         "try again in a few seconds.", retry_after=settings.GATEWAY_QUOTA_BUSY_RETRY_SECONDS)
 
 
 def quota_error(counter: Counter, now: float) -> QuotaExceeded:
-    whose = {"user": "Your", "api_key": "This API key's", "channel": "This channel's"}[counter.subject.split(":")[0]]
-    meter = "token quota" if counter.meter == "tokens" else "cost budget"
     resets = counter.resets_at
     return QuotaExceeded(
-        f"{whose} {meter} ({counter.describe()}) is used up; it resets at {resets:%Y-%m-%d %H:%M} UTC.",
+        f"{_budget_named(counter)} is used up; it resets at {resets:%Y-%m-%d %H:%M} UTC.",
         retry_after=max(1, math.ceil(resets.timestamp() - now)),
     )
 
