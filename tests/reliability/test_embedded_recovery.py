@@ -32,9 +32,10 @@ def replies(db_path, ids: list[str]) -> dict[str, int]:
     return {i: counts.get(i.replace("-", ""), 0) for i in ids}
 
 
-def restart_then_every_message_is_answered_once(stack, url, db_path, ids: list[str], ledger) -> None:
-    """Start the server again on the same port; every message is answered, exactly once."""
-    stack.daphne(port=int(url.rsplit(":", 1)[1]))
+def restart_then_every_message_is_answered_once(stack, db_path, ids: list[str], ledger) -> None:
+    """Start the server again; every message is answered, exactly once. (On a new port: the old one,
+    free for a moment, may meanwhile be taken by another test worker's free_port().)"""
+    stack.daphne()
     wait_until(lambda: all(s in ("answered", "failed") for s in statuses(db_path, ids).values()), timeout=60,
                interval=0.25)
     counts = replies(db_path, ids)
@@ -95,7 +96,7 @@ def test_embedded_restart_mid_run_answers_every_accepted_message(tmp_path, ledge
             if stop == "stop, model gone":
                 assert "interrupted by the process stopping" in server.log()
                 stack.fake_llm("--port", str(model_port))
-        restart_then_every_message_is_answered_once(stack, url, db_path, ids, ledger)
+        restart_then_every_message_is_answered_once(stack, db_path, ids, ledger)
     except Exception:
         print(stack.logs())
         raise
@@ -142,7 +143,7 @@ def test_embedded_stop_while_a_web_chat_answer_streams_fails_nothing(tmp_path, l
         ledger.faults += 1
         assert server.popen.wait(60) == 0, server.log()
         assert statuses(db_path, ids) == {ids[0]: "answered", ids[1]: "accepted"}, server.log()
-        restart_then_every_message_is_answered_once(stack, url, db_path, ids, ledger)
+        restart_then_every_message_is_answered_once(stack, db_path, ids, ledger)
         with sqlite3.connect(db_path, timeout=10) as conn:
             sent = [row[0] for row in conn.execute(
                 "SELECT reply_to_id FROM conversations_message WHERE direction = 'out' AND status = 'sent' "
