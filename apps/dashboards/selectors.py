@@ -297,6 +297,19 @@ def cost(period: Period, filters: Filters = Filters()) -> dict:
             "applied": {"channel", "agent", "model", "user"}}
 
 
+def _audit_table(start, end, action: str) -> Table:
+    audit_rows = AuditEvent.objects.filter(created_at__gte=start, created_at__lt=end)
+    if action:
+        audit_rows = audit_rows.filter(action=action)
+    return Table("audit", "Audit log (latest)", [
+        ("created_at", "Time"), ("action", "Action"), ("actor__username", "Actor"), ("target_type", "Target type"),
+        ("target_id", "Target"), ("before", "Before"), ("after", "After"), ("detail", "Detail"),
+        ("client_ip", "Client IP"),
+    ], rows=list(audit_rows.order_by("-created_at").values(
+        "created_at", "action", "actor__username", "target_type", "target_id", "before", "after", "detail",
+        "client_ip")[:LATEST_ROWS]))
+
+
 # --- conversations ---------------------------------------------------------------------------
 
 
@@ -449,8 +462,9 @@ ERROR_REQUEST_FILTERS = {"channel": "channel__slug", "user": "user__username__ic
 
 
 def errors_and_security(period: Period, *, action: str = "", filters: Filters = Filters(),
-                        channel_ids: set[int] | None = None) -> dict:
-    """``channel_ids``: failed model calls (their errors) of these channels only (None: all)."""
+                        channel_ids: set[int] | None = None, audit_log: bool = True) -> dict:
+    """``channel_ids``: failed model calls and refused requests of these channels only (None: all),
+    as the admin lists them. ``audit_log``: include the audit log (the viewer may read it)."""
     start, end = period.bounds
     failed_calls = LLMCall.objects.filter(status=LLMCall.Status.ERROR, created_at__gte=start, created_at__lt=end)
     if channel_ids is not None:
@@ -463,6 +477,9 @@ def errors_and_security(period: Period, *, action: str = "", filters: Filters = 
                  .order_by("-created_at").values("created_at", "model", "provider", "attempt", "error",
                                                  "agent__slug", "channel__slug", "user__username",
                                                  "conversation_id")[:LATEST_ROWS]))
+    refused_requests = RequestLog.objects.filter(created_at__gte=start, created_at__lt=end, rejection__gt="")
+    if channel_ids is not None:
+        refused_requests = refused_requests.filter(RequestLog.on_channels(channel_ids))
     by_reason = Table("refusals_by_reason", "Refused requests by reason", [
         ("rejection", "Reason"), ("channel_kind", "Channel kind"), ("status_code", "Status"), ("requests", "Requests"),
     ], rows=list(_apply(DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end),
@@ -473,21 +490,10 @@ def errors_and_security(period: Period, *, action: str = "", filters: Filters = 
         ("created_at", "Time"), ("rejection", "Reason"), ("status_code", "Status"), ("channel_kind", "Kind"),
         ("channel__slug", "Channel"), ("user__username", "User"), ("client_ip", "Client IP"),
         ("request_id", "Request id"),
-    ], rows=list(_apply(RequestLog.objects.filter(created_at__gte=start, created_at__lt=end, rejection__gt=""),
-                        filters, ERROR_REQUEST_FILTERS)
+    ], rows=list(_apply(refused_requests, filters, ERROR_REQUEST_FILTERS)
                  .order_by("-created_at").values("created_at", "rejection", "status_code", "channel_kind",
                                                  "channel__slug", "user__username", "client_ip",
                                                  "request_id")[:LATEST_ROWS]))
-    audit_rows = AuditEvent.objects.filter(created_at__gte=start, created_at__lt=end)
-    if action:
-        audit_rows = audit_rows.filter(action=action)
-    audit = Table("audit", "Audit log (latest)", [
-        ("created_at", "Time"), ("action", "Action"), ("actor__username", "Actor"), ("target_type", "Target type"),
-        ("target_id", "Target"), ("before", "Before"), ("after", "After"), ("detail", "Detail"),
-        ("client_ip", "Client IP"),
-    ], rows=list(audit_rows.order_by("-created_at").values(
-        "created_at", "action", "actor__username", "target_type", "target_id", "before", "after", "detail",
-        "client_ip")[:LATEST_ROWS]))
     labels = [d.isoformat() for d in period.days]
     per_reason: dict = defaultdict(dict)
     for row in (_apply(DailyRequestStats.objects.filter(day__gte=period.start, day__lte=period.end), filters,
@@ -497,6 +503,9 @@ def errors_and_security(period: Period, *, action: str = "", filters: Filters = 
     chart = Chart("refusals", "Refused requests per day", "bar", labels,
                   [{"label": r, "data": _series(s, period.days)} for r, s in sorted(per_reason.items())],
                   stacked=True)
-    actions = list(AuditEvent.objects.order_by().values_list("action", flat=True).distinct()[:200])
-    return {"charts": [chart], "tables": [failed, by_reason, refused, audit], "actions": sorted(actions),
+    tables, actions = [failed, by_reason, refused], []
+    if audit_log:
+        tables.append(_audit_table(start, end, action))
+        actions = sorted(AuditEvent.objects.order_by().values_list("action", flat=True).distinct()[:200])
+    return {"charts": [chart], "tables": tables, "actions": actions, "audit_log": audit_log,
             "applied": {"channel", "agent", "model", "user"}}

@@ -29,6 +29,7 @@ from . import selectors
 from .selectors import Filters, Period
 
 DASHBOARD_PERMISSION = "logs.view_dashboard"
+AUDIT_PERMISSION = "logs.view_auditevent"  # the audit log, as in the admin
 DEFAULT_PERIOD_DAYS = 14
 MAX_PERIOD_DAYS = 366
 PAGE_ROWS = 50
@@ -169,9 +170,9 @@ def cost(request):
 
 
 def transcript_channels(request) -> set[int] | None:
-    """What was said, and the errors of model calls, are shown only on the channels the staff
-    member may use (as in the console and the admin); None for a superuser: every channel. Counts
-    and costs stay whole."""
+    """What was said, the errors of model calls and the refused requests are shown only on the
+    channels the staff member may use (as in the console and the admin); None for a superuser:
+    every channel. Counts and costs stay whole."""
     return None if sees_every_channel(request.user) else request_channel_ids(request)
 
 
@@ -219,4 +220,4 @@ def errors(request):
     period = period_from(request)
     return render_page(request, "dashboard/errors.html", period, selectors.errors_and_security(
         period, action=request.GET.get("action", "").strip(), filters=filters_from(request),
-        channel_ids=transcript_channels(request)))
+        channel_ids=transcript_channels(request), audit_log=request.user.has_perm(AUDIT_PERMISSION)))

@@ -1,5 +1,4 @@
 from django.contrib import admin
-from django.db.models import Q
 
 from apps.identities.channel_scope import UsableChannelFilter, UsableChannelsOnly
 
@@ -43,11 +42,10 @@ class RequestLogAdmin(UsableChannelsOnly, admin.ModelAdmin):
         return False
 
     def usable_rows(self, ids):
-        # A request refused before its channel was known names no channel and no message.
-        return Q(channel_id__in=ids) | Q(channel__isnull=True, message__isnull=True)
+        return RequestLog.on_channels(ids)
 
     def usable_row(self, obj, ids) -> bool:
-        return obj.channel_id in ids or (obj.channel_id is None and obj.message_id is None)
+        return obj.is_on_channels(ids)
 
 
 @admin.register(AuditEvent)

@@ -92,6 +92,16 @@ class RequestLog(models.Model):
     def __str__(self) -> str:
         return f"{self.channel_kind} {self.status_code} {self.rejection}"
 
+    @staticmethod
+    def on_channels(ids) -> models.Q:
+        """The rows a staff member who may use the channels ``ids`` may read: those channels', and
+        requests refused before any channel was known (they name no channel and no message)."""
+        return models.Q(channel_id__in=ids) | models.Q(channel__isnull=True, message__isnull=True)
+
+    def is_on_channels(self, ids) -> bool:
+        """``on_channels`` for one row in hand."""
+        return self.channel_id in ids or (self.channel_id is None and self.message_id is None)
+
 
 class AuditEvent(models.Model):
     """A security-relevant event: refusals, changes to roles/keys/quotas/blocks, merges."""

@@ -16,7 +16,7 @@ from apps.connectors.models import Channel
 from apps.conversations.models import Message
 from apps.conversations.realtime import conversation_group
 from apps.identities.roles import Role
-from apps.logs.models import AuditEvent, LLMCall
+from apps.logs.models import AuditEvent, LLMCall, RequestLog
 from apps.routing.models import Handoff
 from apps.routing.services import INBOX_GROUP
 from tests.helpers import Listener, send
@@ -190,6 +190,36 @@ class TestInbox:
         listed, exported = errors_listed(limited_staff)
         assert listed == ["refused on web"] and "refused on vip" not in exported
         assert errors_listed(staff)[0] == ["refused on vip", "refused on web"]
+
+    def test_nor_their_refused_requests_nor_the_audit_log_on_the_errors_page(
+            self, client, limited_staff, staff, agent, webchat_channel, make_user):
+        """The errors page lists refused requests as the admin does (channels the staff member may
+        use, and refusals before any channel was known), and its audit log only to staff who may
+        read audit events."""
+        limited_staff.user_permissions.add(Permission.objects.get(codename="view_dashboard"))
+        hidden = Channel.objects.create(slug="vip", name="VIP", kind="webchat", default_agent=agent,
+                                        visibility="admin")
+        for channel, ip in ((hidden, "192.0.2.1"), (webchat_channel, "192.0.2.2"), (None, "192.0.2.3")):
+            RequestLog.objects.create(channel=channel, channel_kind="webchat", status_code=429,
+                                      rejection="rate_limited", client_ip=ip)
+        AuditEvent.objects.create(action="apikey.revoked", actor=make_user(Role.ADMIN), after={"key": "vip's"})
+
+        def errors_page(user):
+            client.force_login(user)
+            page = client.get("/dashboard/errors/")
+            tables = {t.name: t for t in page.context["tables"]}
+            return page, tables, client.get("/dashboard/errors/", {"export": "refused_requests"}).content.decode()
+
+        page, tables, exported = errors_page(limited_staff)
+        assert sorted(r["client_ip"] for r in tables["refused_requests"].rows) == ["192.0.2.2", "192.0.2.3"]
+        assert "192.0.2.1" not in exported and "192.0.2.2" in exported
+        assert "audit" not in tables and "apikey.revoked" not in page.content.decode()
+        assert client.get("/dashboard/errors/", {"export": "audit"}).status_code == 400
+        page, tables, _ = errors_page(staff)  # a superuser
+        assert len(tables["refused_requests"].rows) == 3
+        assert [r["action"] for r in tables["audit"].rows] == ["apikey.revoked"]
+        limited_staff.user_permissions.add(Permission.objects.get(codename="view_auditevent"))
+        assert "audit" in errors_page(limited_staff)[1]
 
     def test_nor_through_the_request_log_or_a_deletion_that_would_take_them_along(
             self, client, limited_staff, agent, make_user, fake_llm):
