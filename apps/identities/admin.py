@@ -18,7 +18,7 @@ from apps.logs.services import audit
 
 from .guarded_admin import client_ip
 from .models import ApiKey, ChannelIdentity, User
-from .privileges import beyond, grant_checked_form, outranks, refuse, refused
+from .privileges import beyond, grant_checked_form, group_outranks, outranks, refuse, refused
 from .roles import ROLE_ORDER, Role, ensure_role_groups
 from .services import (
     api_key_describe,
@@ -426,4 +426,17 @@ class GroupAdmin(BaseGroupAdmin):
                               permissions_field="permissions")
 
     def has_change_permission(self, request, obj=None) -> bool:
-        return super().has_change_permission(request, obj) and request.user.has_perm("identities.grant_role")
+        # A group holding more than the staff member, or with a member who does, is read-only to her.
+        return (super().has_change_permission(request, obj) and request.user.has_perm("identities.grant_role")
+                and not (obj is not None and group_outranks(obj, request.user)))
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return super().has_delete_permission(request, obj) and not (obj is not None and not request.user.is_superuser
+                                                                    and (obj.name in ROLE_ORDER
+                                                                         or group_outranks(obj, request.user)))
+
+    def get_readonly_fields(self, request, obj=None):
+        # The roles are found by their groups' names (roles.py): only a superuser renames one.
+        if obj is not None and obj.name in ROLE_ORDER and not request.user.is_superuser:
+            return ("name",)
+        return ()

@@ -10,6 +10,9 @@ may use that object; others: they hold it globally or on that object); refusals 
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from guardian.admin import (
     AdminGroupObjectPermissionsForm,
     AdminUserObjectPermissionsForm,
@@ -18,7 +21,7 @@ from guardian.admin import (
 
 from apps.core.client_ip import client_ip_for_request
 
-from .privileges import actor_holds, refused
+from .privileges import actor_holds, group_outranks, outranks, refuse, refused
 from .services import object_permission_set
 
 
@@ -54,11 +57,36 @@ def _audited(form_class, request, holder_attr: str):
 
 
 class ObjectPermissionsAdminMixin(ReinforcedGuardedModelAdminMixin):
+    """Besides adding only what she holds, a staff member changes no object permissions of a user
+    or group who holds more than she does (removing theirs would make them hers: privileges.py)."""
+
+    def obj_perms_manage_user_view(self, request, object_pk, user_id):
+        if request.method == "POST":
+            target = _found(get_user_model(), user_id)
+            if outranks(target, request.user):
+                refuse(request, what="change their object permissions", target=target)
+        return super().obj_perms_manage_user_view(request, object_pk, user_id)
+
+    def obj_perms_manage_group_view(self, request, object_pk, group_id):
+        if request.method == "POST":
+            group = _found(Group, group_id)
+            if group is not None and group_outranks(group, request.user):
+                refuse(request, what="change this group's object permissions", target=group)
+        return super().obj_perms_manage_group_view(request, object_pk, group_id)
+
     def get_obj_perms_manage_user_form(self, request):
         return _audited(AdminUserObjectPermissionsForm, request, "user")
 
     def get_obj_perms_manage_group_form(self, request):
         return _audited(AdminGroupObjectPermissionsForm, request, "group")
+
+
+def _found(model, pk):
+    """The row, or None when there is none (guardian's view then answers 404)."""
+    try:
+        return model.objects.filter(pk=pk).first()
+    except (ValueError, TypeError, ValidationError):
+        return None
 
 
 class ObjectPermissionsAdmin(ObjectPermissionsAdminMixin, admin.ModelAdmin):

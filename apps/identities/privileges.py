@@ -39,8 +39,20 @@ def held_object_permissions(user) -> list[tuple[object, str]]:
 
     if user.pk is None:
         return []
-    rows = [*UserObjectPermission.objects.filter(user=user).select_related("permission", "content_type"),
-            *GroupObjectPermission.objects.filter(group__user=user).select_related("permission", "content_type")]
+    return _granted([*UserObjectPermission.objects.filter(user=user).select_related("permission", "content_type"),
+                     *GroupObjectPermission.objects.filter(group__user=user).select_related("permission",
+                                                                                             "content_type")])
+
+
+def group_object_permissions(groups) -> list[tuple[object, str]]:
+    """(object, codename) of every object permission the ``groups`` hold."""
+    from guardian.models import GroupObjectPermission
+
+    return _granted(GroupObjectPermission.objects.filter(group__in=[g.pk for g in groups])
+                    .select_related("permission", "content_type"))
+
+
+def _granted(rows) -> list[tuple[object, str]]:
     held = []
     for row in rows:
         try:
@@ -82,15 +94,29 @@ def outranks(target, actor) -> bool:
     return any(not actor_holds(actor, obj, codename) for obj, codename in held_object_permissions(target))
 
 
+def group_outranks(group, actor) -> bool:
+    """Whether ``group`` holds something ``actor`` does not, or has a member who does (then
+    ``actor`` may not change it: emptying a role's group would leave its members hers)."""
+    if actor.is_superuser:
+        return False
+    if beyond(actor, groups=[group]):
+        return True
+    return any(outranks(member, actor) for member in group.user_set.all())
+
+
 def beyond(actor, *, permissions=(), groups=()) -> set[str]:
-    """What among ``permissions`` and the ``groups``' permissions ``actor`` does not hold."""
+    """What among ``permissions`` and the ``groups``' permissions, global and on objects, ``actor``
+    does not hold."""
     if actor.is_superuser:
         return set()
     wanted = permission_names(Permission.objects.filter(pk__in=[p.pk for p in permissions])
                               .select_related("content_type"))
     wanted |= permission_names(Permission.objects.filter(group__in=[g.pk for g in groups])
                                .select_related("content_type"))
-    return wanted - held_permissions(actor)
+    lacking = wanted - held_permissions(actor)
+    lacking |= {f"{codename} on a {obj._meta.verbose_name}" for obj, codename in group_object_permissions(groups)
+                if not actor_holds(actor, obj, codename)}
+    return lacking
 
 
 def refused(request, *, what: str, target=None, **detail) -> None:
