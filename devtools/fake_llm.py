@@ -15,6 +15,10 @@ the last user message script behaviour (they are removed from the echoed text):
                     ``times`` fails only the first N matching requests, counted per
                     directive text + first user message text
 ``[[truncate]]``    stream: a few chunks then an abrupt close; JSON: a 200 cut in half
+``[[error_event]]`` stream: a few chunks then an error event (``data: {"error": ...}``), as
+                    OpenAI sends on a server error mid-answer
+``[[no_usage]]``    report no usage (providers that ignore ``stream_options.include_usage``)
+``[[null_message]]`` a 200 whose choice has a null ``message`` (stream: a null ``delta``)
 ``[[answer_model:ID]]``  name ID as the answering model (providers answer with a dated or
                    routed id, not always the one asked for; an empty ID: none)
 ``[[tool:NAME {json}]]``  ask for tool NAME until a ``tool`` message follows the last
@@ -54,7 +58,8 @@ _ERROR_TYPES = {
 # arguments end at the first "}" followed by "]]", so nested JSON lists still parse.
 _DIRECTIVE_RE = re.compile(
     r"\s*\[\[(?:(?P<tool>tool_loop|tool):\s*(?P<name>[\w.\-]+)\s*(?P<args>\{.*?\})?\s*"
-    r"|(?P<kind>reply|delay|slow|fail|truncate|answer_model)(?::(?P<arg>.*?))?)\]\]",
+    r"|(?P<kind>reply|delay|slow|fail|truncate|error_event|no_usage|null_message|answer_model)"
+    r"(?::(?P<arg>.*?))?)\]\]",
     re.DOTALL,
 )
 _PIECE_RE = re.compile(r"\s*\S+\s*")  # one word plus its following whitespace
@@ -97,6 +102,9 @@ class Directives:
     delay: float = 0.0
     slow: float | None = None
     truncate: bool = False
+    error_event: bool = False
+    no_usage: bool = False
+    null_message: bool = False
     answer_model: str | None = None
     fails: list[_Fail] = field(default_factory=list)
     tools: list[tuple[str, str, bool]] = field(default_factory=list)  # name, args, loop
@@ -126,8 +134,8 @@ def parse_directives(text: str) -> tuple[str, Directives]:
                 found.delay += float(arg)
             elif kind == "slow":
                 found.slow = float(arg)
-            elif kind == "truncate":
-                found.truncate = True
+            elif kind in ("truncate", "error_event", "no_usage", "null_message"):
+                setattr(found, kind, True)
             elif kind == "answer_model":
                 found.answer_model = arg
             else:
@@ -321,15 +329,17 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     if body.get("stream"):
         slow = found.slow if found.slow is not None else state.config.token_delay_ms / 1000
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return await _stream(request, reply, slow, include_usage, found.truncate)
+        return await _stream(request, reply, slow, include_usage and not found.no_usage, found)
     message = {
         "role": "assistant",
         "content": None if reply.calls else "".join(reply.pieces),
         "refusal": None,
         **({"tool_calls": reply.calls} if reply.calls else {}),
     }
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish}
-    payload = {**reply.head, "object": "chat.completion", "choices": [choice], "usage": reply.usage}
+    choice = {"index": 0, "message": None if found.null_message else message, "logprobs": None,
+              "finish_reason": reply.finish}
+    payload = {**reply.head, "object": "chat.completion", "choices": [choice],
+               "usage": None if found.no_usage else reply.usage}
     if found.truncate:
         text = json.dumps(payload)
         return web.Response(body=text[: len(text) // 2].encode(), content_type="application/json")
@@ -337,8 +347,9 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(
-    request: web.Request, reply: _Reply, slow: float, include_usage: bool, truncate: bool
+    request: web.Request, reply: _Reply, slow: float, include_usage: bool, found: Directives
 ) -> web.StreamResponse:
+    truncate, cut_short = found.truncate, found.truncate or found.error_event
     # Chunks share everything but the delta, so splice JSON text instead of
     # re-serialising a whole dict per word.
     prefix = "data: " + json.dumps({**reply.head, "object": "chat.completion.chunk"})[:-1]
@@ -355,11 +366,16 @@ async def _stream(
         events.append(event({"tool_calls": [opening]}))
         events.append(event({"tool_calls": [{"index": i, "function": {"arguments": fn["arguments"]}}]}))
     pieces = reply.pieces
-    if truncate:
+    if cut_short:
         # Stop short of the full answer so the client can never mistake it for success.
         pieces = pieces[: max(1, min(3, len(pieces) - 1))]
     events += [event({"content": p}) for p in pieces]
-    if not truncate:
+    if found.null_message:
+        events.append(f"{prefix}null{tail % 'null'}}}\n\n".encode())
+    if found.error_event:
+        error = {"error": {"message": "fake_llm scripted error event", "type": "server_error", "code": None}}
+        events += [f"data: {json.dumps(error)}\n\n".encode(), b"data: [DONE]\n\n"]
+    elif not truncate:
         events.append(event({}, reply.finish))
         if include_usage:
             last = {

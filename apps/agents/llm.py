@@ -211,6 +211,9 @@ def chat(
         raise LLMError("connection_error", "The model could not be reached.", retryable=True) from exc
     except (openai.APIResponseValidationError, ValueError) as exc:
         raise LLMError("bad_response", f"Unreadable model response: {exc}", retryable=True) from exc
+    except openai.APIError as exc:  # e.g. an error event in a stream: the provider failed, not the gateway
+        raise LLMError("provider_error", f"The model provider reported an error: {exc.message}",
+                       retryable=True) from exc
     result.latency_ms = int((time.monotonic() - started) * 1000)
     return result
 
@@ -230,17 +233,20 @@ def _complete(client: openai.OpenAI, params: dict) -> LLMResult:
     response = _create(client, params)
     if not response.choices:
         raise LLMError("bad_response", "The model returned no choices.", retryable=True)
-    choice = response.choices[0]
-    usage = response.usage
-    return LLMResult(
-        text=choice.message.content or "",
-        model=response.model or params["model"],
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
-        total_tokens=usage.total_tokens if usage else 0,
-        finish_reason=choice.finish_reason,
-        tool_calls=[tc.model_dump() for tc in (choice.message.tool_calls or [])],
-    )
+    try:  # the client does not validate a response: a field may be missing or null
+        choice = response.choices[0]
+        usage = response.usage
+        return LLMResult(
+            text=choice.message.content or "",
+            model=response.model or params["model"],
+            prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
+            completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+            total_tokens=(usage.total_tokens or 0) if usage else 0,
+            finish_reason=choice.finish_reason,
+            tool_calls=[tc.model_dump() for tc in (choice.message.tool_calls or [])],
+        )
+    except (AttributeError, TypeError) as exc:
+        raise LLMError("bad_response", f"Unreadable model response: {exc}", retryable=True) from exc
 
 
 def _stream(client: openai.OpenAI, params: dict, on_delta, started: float) -> LLMResult:
@@ -250,33 +256,57 @@ def _stream(client: openai.OpenAI, params: dict, on_delta, started: float) -> LL
     result = LLMResult(text="", model=params["model"])
     try:
         for chunk in stream:
-            if chunk.model:
-                result.model = chunk.model
-            if chunk.usage:
-                result.prompt_tokens = chunk.usage.prompt_tokens
-                result.completion_tokens = chunk.usage.completion_tokens
-                result.total_tokens = chunk.usage.total_tokens
-            for choice in chunk.choices:
-                delta = choice.delta
-                if delta.content:
-                    if result.ttft_ms is None:
-                        result.ttft_ms = int((time.monotonic() - started) * 1000)
-                    pieces.append(delta.content)
-                    on_delta(delta.content)
-                for tc in delta.tool_calls or []:
-                    _merge_tool_call_delta(tool_calls, tc)
-                if choice.finish_reason:
-                    result.finish_reason = choice.finish_reason
+            try:  # as in _complete: nothing in a chunk is validated
+                texts = _read_chunk(chunk, result, tool_calls)
+            except (AttributeError, TypeError) as exc:
+                raise _cut_off("bad_response", f"Unreadable model response: {exc}", pieces, result) from exc
+            for text in texts:
+                if result.ttft_ms is None:
+                    result.ttft_ms = int((time.monotonic() - started) * 1000)
+                pieces.append(text)
+                on_delta(text)
     except openai.APIConnectionError as exc:
         # The connection dropped mid-answer (the client reports it as a connection error).
-        raise LLMError("truncated_stream", "The model's answer was cut off.", retryable=True) from exc
+        raise _cut_off("truncated_stream", "The model's answer was cut off.", pieces, result) from exc
+    except openai.APIError as exc:  # an error event mid-stream
+        raise _cut_off("provider_error", f"The model provider reported an error: {exc.message}",
+                       pieces, result) from exc
     finally:
         stream.close()
     if result.finish_reason is None:
-        raise LLMError("truncated_stream", "The model's answer was cut off.", retryable=True)
+        raise _cut_off("truncated_stream", "The model's answer was cut off.", pieces, result)
     result.text = "".join(pieces)
     result.tool_calls = [tool_calls[i] for i in sorted(tool_calls)]
     return result
+
+
+def _read_chunk(chunk: ChatCompletionChunk, result: LLMResult, tool_calls: dict[int, dict]) -> list[str]:
+    """Take a chunk's model, usage, tool-call pieces and finish reason into ``result``; its text pieces."""
+    if chunk.model:
+        result.model = chunk.model
+    if chunk.usage:
+        result.prompt_tokens = chunk.usage.prompt_tokens or 0
+        result.completion_tokens = chunk.usage.completion_tokens or 0
+        result.total_tokens = chunk.usage.total_tokens or 0
+    texts = []
+    for choice in chunk.choices or ():
+        delta = choice.delta
+        if delta.content:
+            texts.append(delta.content)
+        for tc in delta.tool_calls or []:
+            _merge_tool_call_delta(tool_calls, tc)
+        if choice.finish_reason:
+            result.finish_reason = choice.finish_reason
+    return texts
+
+
+def _cut_off(code: str, message: str, pieces: list[str], result: LLMResult) -> LLMError:
+    """A stream that failed after some of its answer went out: the words sent and any usage the
+    provider reported travel with the error, since the provider bills them (model_call books them)."""
+    error = LLMError(code, message, retryable=True)
+    error.partial = LLMResult(text="".join(pieces), model=result.model, prompt_tokens=result.prompt_tokens,
+                              completion_tokens=result.completion_tokens, total_tokens=result.total_tokens)
+    return error
 
 
 def _merge_tool_call_delta(calls: dict[int, dict], delta) -> None:

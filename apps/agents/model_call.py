@@ -6,8 +6,11 @@ model answers) live in one place.
 """
 from __future__ import annotations
 
+import json
 import logging
+import time
 
+from django.conf import settings
 from django.db import connection, transaction
 
 from apps.conversations.models import Message
@@ -31,23 +34,30 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
     Raises llm.LLMError (QuotaRefused, before the model is called, when a budget is used up).
     """
     agent = message.agent
-    reservation = budgets.reserve_model_call(message, model, prompt, max_tokens=agent.max_tokens, tools=tools)
+    # What the reservation counts on is what the model is told (an agent's 0 means the default).
+    max_tokens = agent.max_tokens or settings.GATEWAY_QUOTA_DEFAULT_MAX_TOKENS
+    reservation = budgets.reserve_model_call(message, model, prompt, max_tokens=max_tokens, tools=tools)
     release_database_connection()
+    started = time.monotonic()
     try:
         result = llm.chat(
-            model, prompt, max_tokens=agent.max_tokens, temperature=agent.temperature,
+            model, prompt, max_tokens=max_tokens, temperature=agent.temperature,
             tools=tools, on_delta=on_delta,
         )
     except llm.LLMError as exc:
-        budgets.release_model_call(reservation)
-        record_llm_call(message, model=model, error=exc, attempt=attempt)
+        _failed(message, model, prompt, tools, reservation, exc, attempt=attempt, started=started)
         raise
-    except BaseException:
-        budgets.release_model_call(reservation)
+    except BaseException as exc:
+        if isinstance(exc, Exception):  # a bug, not the process stopping: the attempt is still logged
+            _failed(message, model, prompt, tools, reservation, exc, attempt=attempt, started=started)
+        else:
+            budgets.release_model_call(reservation)
         raise
     # The id the provider answered with names the reply as an agent's (Message.by_agent) and goes
     # in columns of 100 characters: never empty, never longer (a routed or dated id may be).
     result.model = (result.model or model.name or "unknown")[:MODEL_ID_CHARS]
+    if not result.total_tokens:  # the provider reported no usage: the estimate, in the log row as in the budgets
+        _estimate_usage(result, prompt, tools)
     usage = budgets.settle_model_call(reservation, result, write_usage=False)
     # The day's usage and the call's log row, in one statement.
     unsettled = budgets.unsettled_usage(reservation)  # the ledger's store failed: recovery re-seeds from the rollup
@@ -59,6 +69,31 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
                "latency_ms": result.latency_ms, "llm_call_id": call.pk, "attempt": attempt},
     )
     return result
+
+
+def _failed(message: Message, model, prompt, tools, reservation, exc: BaseException, *, attempt: int,
+            started: float) -> None:
+    """Log a failed attempt; the words a cut-off stream already sent (``exc.partial``) are billed
+    by the provider, so they are booked and logged at their usage, the rest of the reservation given back."""
+    latency_ms = int((time.monotonic() - started) * 1000)
+    partial = getattr(exc, "partial", None)
+    if partial is None or not (partial.text or partial.total_tokens):
+        budgets.release_model_call(reservation)
+        record_llm_call(message, model=model, error=exc, attempt=attempt, latency_ms=latency_ms)
+        return
+    if not partial.total_tokens:
+        _estimate_usage(partial, prompt, tools)
+    usage = budgets.settle_model_call(reservation, partial, write_usage=False)
+    unsettled = budgets.unsettled_usage(reservation)
+    through_outage(lambda: record_llm_call(message, model=model, error=exc, attempt=attempt, latency_ms=latency_ms,
+                                           usage=usage, unsettled=unsettled, partial=partial))
+
+
+def _estimate_usage(result: llm.LLMResult, prompt: list[dict], tools: list[dict] | None) -> None:
+    result.prompt_tokens = budgets.estimate_prompt_tokens(prompt, tools)
+    result.completion_tokens = budgets.text_tokens(result.text) + (
+        budgets.text_tokens(json.dumps(result.tool_calls)) if result.tool_calls else 0)
+    result.total_tokens = result.prompt_tokens + result.completion_tokens
 
 
 def release_database_connection() -> None:
@@ -73,10 +108,12 @@ def release_database_connection() -> None:
 
 
 def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = None,
-                    error: llm.LLMError | None = None, attempt: int = 1, usage: Statement | None = None,
-                    unsettled=None) -> LLMCall:
+                    error: BaseException | None = None, attempt: int = 1, usage: Statement | None = None,
+                    unsettled=None, latency_ms: int = 0, partial: llm.LLMResult | None = None) -> LLMCall:
     """The LLMCall row of one attempt; ``usage`` (the day's usage upsert) is written with it, atomically,
-    and so is ``unsettled`` (an UnsettledUsage row: the call's settle did not reach the ledger)."""
+    and so is ``unsettled`` (an UnsettledUsage row: the call's settle did not reach the ledger).
+    A failed attempt's row has its ``latency_ms`` and, if its stream was cut off, the ``partial``
+    answer's usage and cost."""
     agent = message.agent
     fields = dict(
         message=message, conversation_id=message.conversation_id, user_id=message.sender_id,
@@ -92,7 +129,11 @@ def record_llm_call(message: Message, *, model, result: llm.LLMResult | None = N
             cost=model.cost(result.prompt_tokens, result.completion_tokens),
         )
     else:
-        fields.update(status=LLMCall.Status.ERROR, error=str(error)[:2000])
+        fields.update(status=LLMCall.Status.ERROR, error=str(error)[:2000], latency_ms=latency_ms)
+        if partial is not None:
+            fields.update(prompt_tokens=partial.prompt_tokens, completion_tokens=partial.completion_tokens,
+                          total_tokens=partial.total_tokens,
+                          cost=model.cost(partial.prompt_tokens, partial.completion_tokens))
     call = LLMCall(**fields)
 
     def write() -> None:
