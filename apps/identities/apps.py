@@ -1,5 +1,7 @@
+import functools
+
 from django.apps import AppConfig
-from django.db.models.signals import m2m_changed
+from django.db.models.signals import m2m_changed, pre_delete
 
 
 class IdentitiesConfig(AppConfig):
@@ -22,9 +24,18 @@ class IdentitiesConfig(AppConfig):
             User.groups.through, User.user_permissions.through, Group.permissions.through,
             ApiKey.channels.through, ApiKey.agents.through,
         ])
+        for scope, model in (("agents", "agents.Agent"), ("channels", "connectors.Channel")):
+            pre_delete.connect(functools.partial(_revoke_keys_scoped_only_to, scope), sender=model, weak=False,
+                               dispatch_uid=f"revoke-keys-scoped-only-to-{model}")
         for through in (User.groups.through, User.user_permissions.through):
             m2m_changed.connect(_forget_access_of_instance, sender=through, weak=False,
                                 dispatch_uid=f"forget-access-{through._meta.label}")
+
+
+def _revoke_keys_scoped_only_to(scope: str, instance, **kwargs) -> None:
+    from .services import revoke_keys_scoped_only_to
+
+    revoke_keys_scoped_only_to(scope, instance)
 
 
 def _forget_access_of_instance(instance, action: str, **kwargs) -> None:

@@ -253,14 +253,24 @@ def api_key_create(*, user, actor, name: str = "", expires_at=None, channels=(),
 
 
 @transaction.atomic
-def api_key_revoke(*, key: ApiKey, actor, client_ip: str | None = None) -> None:
+def api_key_revoke(*, key: ApiKey, actor, client_ip: str | None = None, **detail) -> None:
     if key.revoked_at is not None:
         return
     before = api_key_describe(key)
     key.revoked_at = timezone.now()
     key.save(update_fields=["revoked_at"])
     audit(action="apikey.revoked", actor=actor, target=key, client_ip=client_ip, before=before,
-          after=api_key_describe(key))
+          after=api_key_describe(key), **detail)
+
+
+def revoke_keys_scoped_only_to(scope: str, obj) -> None:
+    """``obj`` (an agent or a channel) is being deleted: revoke the keys whose ``scope`` ("agents",
+    "channels") names only it. An empty scope means "any", so they would otherwise be widened to
+    every agent or channel their owner may use."""
+    named = ApiKey.objects.filter(**{scope: obj}, revoked_at__isnull=True).values("pk")
+    for key in ApiKey.objects.filter(pk__in=named).annotate(named=models.Count(scope)).filter(named=1):
+        api_key_revoke(key=key, actor=None, reason=f"its whole {scope} scope was deleted",
+                       deleted=f"{obj._meta.label_lower}:{obj.pk}")
 
 
 @transaction.atomic
