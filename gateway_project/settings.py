@@ -44,7 +44,7 @@ if env.bool("SECURE_PROXY_SSL_HEADER", default=False):
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    "apps.identities.admin_site.GatewayAdminConfig",  # django.contrib.admin, refusing blocked staff
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

@@ -22,7 +22,7 @@ from apps.agents.models import Agent
 from apps.connectors.models import Channel
 from apps.conversations.models import Status
 from apps.identities.channel_scope import request_channel_ids, sees_every_channel
-from apps.identities.permissions import role_rank
+from apps.identities.permissions import role_rank, staff_may_act
 from apps.identities.roles import ROLE_ORDER, Role
 
 from . import selectors
@@ -41,7 +41,7 @@ STATUSES = (Status.ACCEPTED, Status.PROCESSING, Status.ANSWERED, Status.FAILED)
 
 def dashboard_allowed(user) -> bool:
     """Staff only, and permission-checked: the explicit permission, or the admin role."""
-    if not (user.is_authenticated and user.is_active and user.is_staff):
+    if not staff_may_act(user):
         return False
     return user.has_perm(DASHBOARD_PERMISSION) or role_rank(user) >= ROLE_ORDER.index(Role.ADMIN)
 

@@ -97,6 +97,12 @@ def user_may_act(user) -> bool:
     return bool(user.is_active) and getattr(user, "blocked_at", None) is None
 
 
+def staff_may_act(user) -> bool:
+    """Signed-in staff who may act: the admin, the dashboards and the console refuse the rest (a
+    blocked staff member keeps her session, but none of what it opened)."""
+    return bool(user.is_authenticated and user.is_staff and user_may_act(user))
+
+
 def _allowed(user, obj, kind: str, object_perm: str) -> bool:
     if not user_may_act(user):
         return False

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from apps.conversations.models import Conversation, Direction
 from apps.core.errors import GatewayError
-from apps.identities.permissions import usable_channel_ids, user_can_use_channel
+from apps.identities.permissions import staff_may_act, usable_channel_ids, user_can_use_channel
 
 from .handoff_admin import tell_delivery
 from .models import Handoff
@@ -26,8 +26,7 @@ TRANSCRIPT_ROWS = 200
 
 
 def console_allowed(user) -> bool:
-    return bool(user.is_authenticated and user.is_active and user.is_staff
-                and user.has_perm("conversations.change_conversation"))
+    return staff_may_act(user) and user.has_perm("conversations.change_conversation")
 
 
 def staff_console(view):
