@@ -1,11 +1,17 @@
 """Staff edit policies and IP rules, read usage, see each user's effective limits and reset quotas."""
 from __future__ import annotations
 
+import copy
+
 from django.contrib import admin, messages
-from django.forms.models import model_to_dict
+from django.core.exceptions import ValidationError
+from django.forms.models import construct_instance, model_to_dict
 from django.utils.html import format_html, format_html_join
 
 from apps.core.client_ip import client_ip_for_request
+from apps.identities.permissions import role_rank, user_can_use_channel
+from apps.identities.privileges import outranks, refused
+from apps.identities.roles import ROLE_ORDER
 from apps.logs.services import audit
 
 from .limits import RateCheck
@@ -36,6 +42,57 @@ class AuditedAdmin(admin.ModelAdmin):
             self.delete_model(request, obj)
 
 
+def may_set_limits_of(actor, *, user=None, role: str = "", channel=None, global_rule: bool = False) -> bool:
+    """Whether a staff member who is not a superuser may set or lift these limits: a user's (or
+    their API key's) only if they are someone else who holds no more than she does (her own would
+    lift her own limits, a stronger user's throttle or block them by another name); a role's only
+    below her own; a channel's only if she may use it; rules for every address, never."""
+    if actor.is_superuser:
+        return True
+    if global_rule:
+        return False
+    if user is not None and (user.pk == actor.pk or outranks(user, actor)):
+        return False
+    if role and ROLE_ORDER.index(role) >= role_rank(actor):
+        return False
+    return channel is None or user_can_use_channel(actor, channel)
+
+
+class LimitsOfOthersOnly:
+    """A ModelAdmin mixin: rows whose limits the staff member may not set (``may_set_limits_of``)
+    are read-only to her, and a form naming such a target is refused (audited)."""
+
+    def targets(self, obj) -> dict:
+        raise NotImplementedError
+
+    def _may_set(self, request, obj) -> bool:
+        return may_set_limits_of(request.user, **self.targets(obj))
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return super().has_change_permission(request, obj) and (obj is None or self._may_set(request, obj))
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return super().has_delete_permission(request, obj) and (obj is None or self._may_set(request, obj))
+
+    def get_form(self, request, obj=None, **kwargs):
+        admin_ = self
+
+        class Checked(super().get_form(request, obj, **kwargs)):
+            def clean(self):
+                cleaned = super().clean()
+                if self.errors:
+                    return cleaned
+                wanted = construct_instance(self, copy.copy(self.instance))  # the row as it would be saved
+                if not admin_._may_set(request, wanted):
+                    refused(request, what="set these limits", target=admin_.targets(wanted).get("user"))
+                    raise ValidationError("You may not set these limits: they are your own, or those of "
+                                          "someone who holds more than you do, or of a channel, role or "
+                                          "address range beyond yours.")
+                return cleaned
+
+        return Checked
+
+
 def _jsonable(data):
     if data is None:
         return None
@@ -43,7 +100,7 @@ def _jsonable(data):
 
 
 @admin.register(QuotaPolicy)
-class QuotaPolicyAdmin(AuditedAdmin):
+class QuotaPolicyAdmin(LimitsOfOthersOnly, AuditedAdmin):
     audit_name = "quota_policy"
     list_display = ("__str__", "request_rate", "per_ip_rate", "tokens_per_day", "tokens_per_month", "cost_limit",
                     "cost_period", "enabled", "updated_at")
@@ -59,14 +116,23 @@ class QuotaPolicyAdmin(AuditedAdmin):
         ("Tokens and cost", {"fields": ("tokens_per_day", "tokens_per_month", "cost_limit", "cost_period")}),
     )
 
+    def targets(self, obj) -> dict:
+        owner = obj.user if obj.user_id else (obj.api_key.user if obj.api_key_id else None)
+        return {"user": owner, "role": obj.role if obj.scope == QuotaPolicy.Scope.ROLE else "",
+                "channel": obj.channel if obj.channel_id else None}
+
 
 @admin.register(IpRule)
-class IpRuleAdmin(AuditedAdmin):
+class IpRuleAdmin(LimitsOfOthersOnly, AuditedAdmin):
     audit_name = "ip_rule"
     list_display = ("cidr", "action", "channel", "source", "enabled", "note", "created_at")
     list_filter = ("action", "enabled", "source", "channel")
     search_fields = ("cidr", "note")
     list_select_related = ("channel",)
+
+    def targets(self, obj) -> dict:
+        # A rule for every channel can shut every superuser out of the admin: superusers' own.
+        return {"channel": obj.channel, "global_rule": True} if obj.channel_id is None else {"channel": obj.channel}
 
 
 @admin.register(UsageDaily)
@@ -155,6 +221,13 @@ class UserQuotaAdmin(admin.ModelAdmin):
 
     @admin.action(description="Reset the selected users' token and cost quota", permissions=["reset"])
     def reset_quota(self, request, queryset):
+        barred = [user for user in queryset if not may_set_limits_of(request.user, user=user)]
+        if barred:
+            for user in barred:
+                refused(request, what="reset this quota", target=user)
+            self.message_user(request, "Refused: your own quota, or that of someone who holds more than you do. "
+                              "Nothing was reset.", messages.ERROR)
+            return
         for user in queryset:
             quota_reset(user=user, actor=request.user, client_ip=client_ip_for_request(request))
         self.message_user(request, f"Quota reset for {queryset.count()} user(s).", messages.SUCCESS)

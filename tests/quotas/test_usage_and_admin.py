@@ -9,6 +9,7 @@ from rest_framework.test import APIClient
 from apps.agents.runtime import agent_run
 from apps.conversations import pipeline
 from apps.conversations.normalized import NormalizedMessage
+from apps.identities.roles import Role
 from apps.logs.models import AuditEvent
 from apps.quotas.models import QuotaPolicy
 
@@ -71,8 +72,8 @@ class TestUsageApi:
 
 @pytest.fixture
 def staff(client, make_user):
-    """A staff member who may view and change quotas but not reset them (unless granted)."""
-    member = make_user(None, is_staff=True)
+    """A staff member (employee role) who may view and change quotas but not reset them (unless granted)."""
+    member = make_user(Role.EMPLOYEE, is_staff=True)
     for codename in ("view_userquota", "view_quotapolicy", "change_quotapolicy", "add_quotapolicy",
                      "add_iprule", "view_iprule"):
         member.user_permissions.add(Permission.objects.get(codename=codename))
@@ -120,10 +121,11 @@ class TestAdmin:
         event = AuditEvent.objects.get(action="quota_policy.created")
         assert event.actor == staff.member and event.after["request_rate"] == "5/m"
 
-    def test_ip_rule_admin_refuses_a_bad_network(self, staff):
+    def test_ip_rule_admin_refuses_a_bad_network(self, staff, api_channel):
         response = staff.post(reverse("admin:quotas_iprule_add"), {"action": "deny", "cidr": "300.1.1.1/8",
                                                                    "source": "manual", "enabled": "on"})
         assert response.status_code == 200 and b"not an IPv4/IPv6" in response.content
-        assert staff.post(reverse("admin:quotas_iprule_add"), {"action": "deny", "cidr": "2001:db8::/32",
-                                                               "source": "manual", "enabled": "on"}).status_code == 302
+        assert staff.post(reverse("admin:quotas_iprule_add"), {
+            "action": "deny", "cidr": "2001:db8::/32", "source": "manual", "enabled": "on",
+            "channel": api_channel.pk}).status_code == 302
         assert AuditEvent.objects.filter(action="ip_rule.created").exists()
