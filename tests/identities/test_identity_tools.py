@@ -7,6 +7,7 @@ from guardian.shortcuts import assign_perm
 
 from apps.agents.models import ToolCall
 from apps.agents.runtime import agent_run
+from apps.connectors.models import Channel
 from apps.identities.models import User
 from apps.logs.models import AuditEvent
 from tests.helpers import send
@@ -45,6 +46,14 @@ class TestToolPermissionAtExecution:
         assert ToolCall.objects.get(message=message).status == "ok"
         assert "order 1234" in reply.text
         assert not AuditEvent.objects.filter(action="tool.refused").exists()
+
+    def test_it_finds_only_what_was_said_on_channels_the_speaker_may_use(
+            self, api_channel, tool_agent, employee, make_user, agent, refund_chat):
+        board = Channel.objects.create(slug="board", name="Board", kind="api", default_agent=agent,
+                                       visibility="admin")
+        send(board, make_user("admin"), "refund the acquisition escrow")
+        reply = agent_run(send(api_channel, employee, SEARCH).id)
+        assert "order 1234" in reply.text and "escrow" not in reply.text
 
     def test_object_permission_grants_one_customer_one_employee_tool(
         self, api_channel, tool_agent, tools, customer, make_user, refund_chat

@@ -8,6 +8,8 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone as dj_timezone
 
 from apps.conversations.models import Message
+from apps.identities.channel_scope import sees_every_channel
+from apps.identities.permissions import usable_channel_ids
 from apps.identities.services import user_block
 from apps.logs.models import LLMCall
 
@@ -47,11 +49,10 @@ def current_time(ctx: ToolContext, *, timezone: str = "UTC") -> dict:
     },
 )
 def search_conversations(ctx: ToolContext, *, query: str, limit: int = 5) -> list[dict]:
-    rows = (
-        Message.objects.filter(text__icontains=query)
-        .select_related("conversation__user", "channel")
-        .order_by("-created_at")[:limit]
-    )
+    rows = Message.objects.filter(text__icontains=query)
+    if not sees_every_channel(ctx.user):  # what was said on channels the speaker may use, as staff see it
+        rows = rows.filter(channel_id__in=usable_channel_ids(ctx.user))
+    rows = rows.select_related("conversation__user", "channel").order_by("-created_at")[:limit]
     return [
         {"conversation_id": str(m.conversation_id), "channel": m.channel.slug,
          "user": m.conversation.user.username, "direction": m.direction, "text": m.text[:200],
