@@ -8,6 +8,7 @@ import time
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import IntegrityError, models
 
 from .secrets import decrypt_secret, encrypt_secret
@@ -131,14 +132,19 @@ class LLMModel(models.Model):
 
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="models")
     name = models.CharField(max_length=100, help_text="The model id sent to the provider.")
-    input_price_per_1k = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
-    output_price_per_1k = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0))
+    # Never negative: a negative price would turn every cost budget into credit.
+    input_price_per_1k = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0),
+                                             validators=[MinValueValidator(0)])
+    output_price_per_1k = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal(0),
+                                              validators=[MinValueValidator(0)])
     context_window = models.PositiveIntegerField(default=8192)
 
     class Meta:
         verbose_name = "model"
         constraints = [
-            models.UniqueConstraint(fields=["provider", "name"], name="model_unique_per_provider")
+            models.UniqueConstraint(fields=["provider", "name"], name="model_unique_per_provider"),
+            models.CheckConstraint(condition=models.Q(input_price_per_1k__gte=0, output_price_per_1k__gte=0),
+                                   name="model_prices_not_negative"),
         ]
 
     def __str__(self) -> str:

@@ -115,3 +115,22 @@ class TestKeyVariableAllowList:
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)
         assert Provider(slug="q", name="q", preset="qwen", api_key_env="DASHSCOPE_API_KEY").api_key() != "sk-openai"
         assert Provider(slug="o", name="o", api_key_env="").api_key() == "sk-openai"
+
+
+@pytest.mark.django_db
+def test_a_model_price_is_never_negative(client, make_user, provider):
+    """A negative price would make each call add credit to a cost budget."""
+    from django.db import IntegrityError, transaction
+
+    from apps.agents.models import LLMModel
+
+    admin_client = client
+    admin_client.force_login(make_user(None, is_staff=True, is_superuser=True))
+
+    form = {"provider": provider.pk, "name": "cheap", "input_price_per_1k": "-1000", "output_price_per_1k": "0",
+            "context_window": "8192"}
+    page = admin_client.post("/admin/agents/llmmodel/add/", form)
+    assert page.status_code == 200 and not LLMModel.objects.filter(name="cheap").exists()
+    assert admin_client.post("/admin/agents/llmmodel/add/", {**form, "input_price_per_1k": "0.5"}).status_code == 302
+    with pytest.raises(IntegrityError), transaction.atomic():
+        LLMModel.objects.filter(name="cheap").update(output_price_per_1k=-1)
