@@ -4,6 +4,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 # In an outbound reply's ``control``: see Message.follows_up.
@@ -50,6 +51,11 @@ class Conversation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel.slug} / {self.user} / {self.id}"
+
+    def clean(self) -> None:
+        # Routing rules read it as key → value (apps.routing): a list or a number would break every message.
+        if not isinstance(self.metadata, dict):
+            raise ValidationError({"metadata": "A JSON object of key → value."})
 
 
 class Direction(models.TextChoices):

@@ -77,7 +77,8 @@ def decide_route(*, text: str, metadata: dict, channel, user, conversation=None,
 
     sticky = conversation.agent if conversation is not None and conversation.agent_id else None
     vouched = metadata if metadata_vouched_for(channel.kind) else {}
-    merged = {**vouched, **(conversation.metadata if conversation is not None else {})}
+    stored = conversation.metadata if conversation is not None else {}
+    merged = {**vouched, **(stored if isinstance(stored, dict) else {})}  # a row written before Conversation.clean
     groups = user_access(user).groups
     decision = RouteDecision(agent=None)
     for route in enabled_routes():
