@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.connectors.base import reply_event
-from apps.connectors.models import Channel, channel_by_slug
+from apps.connectors.models import Channel, channel_by_id, channel_by_slug
 from apps.core.client_ip import client_ip_for_request
 from apps.core.errors import (
     AgentFailed,
@@ -27,7 +27,7 @@ from apps.core.errors import (
     ReplyTimeout,
     error_from_event,
 )
-from apps.identities.permissions import api_key_scope
+from apps.identities.permissions import api_key_scope, user_can_use_channel
 from gateway_project.db import database_sync_to_async
 
 from .async_api import API_CHANNEL_SLUG, ApiIpRulesMixin, AsyncAPIView
@@ -188,6 +188,14 @@ def _answered_body(accepted: Accepted, event: dict) -> dict:
     return {**_accepted_ids(accepted), "reply": {"message_id": event["message_id"], **reply}}
 
 
+def user_may_read(user, conversation: Conversation) -> bool:
+    """The conversation's channel is one the user may use now: a channel since closed to them
+    keeps its transcripts from them (and from a key anyone minted in their name), as from staff
+    who may not use it. Per-process channel and permission caches: no query on a role's channel."""
+    channel = channel_by_id(conversation.channel_id)
+    return channel is not None and user_can_use_channel(user, channel)
+
+
 def key_may_read(api_key, conversation: Conversation) -> bool:
     """A key limited to some channels reads only their conversations; one limited to some agents,
     only conversations no other agent spoke in."""
@@ -201,12 +209,13 @@ def key_may_read(api_key, conversation: Conversation) -> bool:
 
 
 class ConversationMessagesApi(ApiIpRulesMixin, APIView):
-    """The messages of one of the caller's own conversations, oldest first."""
+    """The messages of one of the caller's own conversations, on a channel they may use, oldest first."""
 
     @extend_schema(responses={200: ConversationMessageSerializer(many=True), 404: ErrorSerializer})
     def get(self, request, conversation_id):
         conversation = Conversation.objects.filter(pk=conversation_id, user=request.user).first()
-        if conversation is None or not key_may_read(request.auth, conversation):
+        if (conversation is None or not user_may_read(request.user, conversation)
+                or not key_may_read(request.auth, conversation)):
             raise NotFound("No such conversation.")
         limit = settings.GATEWAY_HISTORY_MESSAGES * 10
         messages = conversation.messages.order_by("created_at")[:limit]
