@@ -4,7 +4,9 @@ indexes (created_at, (status, created_at), (conversation, created_at))."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections import defaultdict
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -351,11 +353,16 @@ def conversation_search(period: Period, *, user: str = "", channel: str = "", te
     return table
 
 
-def conversation_detail(conversation_id, *, channel_ids: set[int] | None = None) -> dict | None:
+def conversation_detail(conversation_id, *, channel_ids: set[int] | None = None,
+                        audit_log: bool = True) -> dict | None:
     """The transcript, each model call with the tools it ran and the audit events near it, and
     the conversation's audit trail: a fixed number of queries whatever the conversation's size
     (messages, calls, tool calls and audit events are each one bounded query). None when there is
-    no such conversation, or its channel is not among ``channel_ids`` (None: any)."""
+    no such conversation, or its channel is not among ``channel_ids`` (None: any).
+
+    The audit events are those about the conversation and its messages; with ``audit_log`` (the
+    viewer may read the audit log) also its user's own in its time, but none about a conversation
+    or message of a channel outside ``channel_ids``."""
     conversation = (Conversation.objects.select_related("channel", "user", "agent")
                     .filter(pk=conversation_id).first())
     if conversation is None or (channel_ids is not None and conversation.channel_id not in channel_ids):
@@ -384,18 +391,41 @@ def conversation_detail(conversation_id, *, channel_ids: set[int] | None = None)
         messages.rows.append(row)
     first, last = conversation.created_at, conversation.last_message_at or timezone.now()
     message_ids = [row["id"] for row in messages.rows]
+    about_it = (Q(target_type="conversations.conversation", target_id=str(conversation.pk))
+                | Q(target_type="conversations.message", target_id__in=message_ids))
+    if audit_log:
+        about_it |= Q(actor_id=conversation.user_id, created_at__gte=first - timedelta(minutes=1),
+                      created_at__lte=last + timedelta(minutes=1))
+    audit_rows = list(AuditEvent.objects.filter(about_it).order_by("created_at").values(
+        "created_at", "action", "actor__username", "target_type", "target_id", "detail")[:LATEST_ROWS])
+    if audit_log and channel_ids is not None:  # the rest are about this conversation, on a shown channel
+        audit_rows = _about_channels(audit_rows, channel_ids)
     audit_events = Table("audit", "Audit events around it", [
         ("created_at", "Time"), ("action", "Action"), ("actor__username", "Actor"), ("target_type", "Target type"),
         ("target_id", "Target"), ("detail", "Detail"),
-    ], rows=list(AuditEvent.objects.filter(
-        Q(target_type="conversations.conversation", target_id=str(conversation.pk))
-        | Q(target_type="conversations.message", target_id__in=message_ids)
-        | Q(actor_id=conversation.user_id, created_at__gte=first - timedelta(minutes=1),
-            created_at__lte=last + timedelta(minutes=1))
-    ).order_by("created_at").values("created_at", "action", "actor__username", "target_type", "target_id",
-                                    "detail")[:LATEST_ROWS]))
+    ], rows=audit_rows)
     calls = _calls_with_tools(conversation, audit_events.rows)
     return {"conversation": conversation, "tables": [messages, calls, audit_events]}
+
+
+TRANSCRIPT_TARGETS = {"conversations.conversation": Conversation, "conversations.message": Message}
+
+
+def _about_channels(audit_rows: list[dict], channel_ids: set[int]) -> list[dict]:
+    """``audit_rows`` but those about a conversation or message that is not on one of the channels
+    ``channel_ids`` (or no longer exists): one query per kind of target they name."""
+    shown = set()
+    for target_type, model in TRANSCRIPT_TARGETS.items():
+        named = set()
+        for row in audit_rows:
+            if row["target_type"] == target_type:
+                with suppress(ValueError):
+                    named.add(uuid.UUID(row["target_id"]))
+        if named:
+            shown |= {(target_type, str(pk)) for pk in model.objects.filter(
+                pk__in=named, channel_id__in=channel_ids).values_list("pk", flat=True)}
+    return [row for row in audit_rows
+            if row["target_type"] not in TRANSCRIPT_TARGETS or (row["target_type"], row["target_id"]) in shown]
 
 
 def _calls_with_tools(conversation, audit_rows: list[dict]) -> Table:

@@ -209,7 +209,8 @@ def conversations(request):
 
 @staff_dashboard
 def conversation(request, conversation_id):
-    detail = selectors.conversation_detail(conversation_id, channel_ids=transcript_channels(request))
+    detail = selectors.conversation_detail(conversation_id, channel_ids=transcript_channels(request),
+                                           audit_log=request.user.has_perm(AUDIT_PERMISSION))
     if detail is None:
         raise Http404("No such conversation.")
     return render_page(request, "dashboard/conversation.html", None, detail)
