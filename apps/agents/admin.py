@@ -1,7 +1,7 @@
 from django import forms
 from django.contrib import admin
 
-from apps.identities.channel_scope import UsableChannelsOnly
+from apps.identities.channel_scope import UsableAgentsOnly, UsableChannelsOnly
 from apps.identities.guarded_admin import ObjectPermissionsAdmin, client_ip
 from apps.logs.services import audit
 
@@ -106,8 +106,9 @@ class AgentFallbackInline(admin.TabularInline):
 
 
 @admin.register(Agent)
-class AgentAdmin(ObjectPermissionsAdmin):
-    """Who may use an agent: its visibility (by role), or per user/group via Object permissions."""
+class AgentAdmin(UsableAgentsOnly, ObjectPermissionsAdmin):
+    """Who may use an agent: its visibility (by role), or per user/group via Object permissions.
+    Staff find only the agents they may use."""
 
     list_display = ("slug", "name", "model", "visibility", "max_tokens", "temperature", "enabled")
     list_filter = ("visibility", "enabled", "model__provider")

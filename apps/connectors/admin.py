@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin
 
+from apps.identities.channel_scope import UsableChannelsOnly
 from apps.identities.guarded_admin import ObjectPermissionsAdmin
 
 from .base import ConfigError
@@ -80,10 +81,11 @@ class ChannelAdminForm(forms.ModelForm):
 
 
 @admin.register(Channel)
-class ChannelAdmin(ObjectPermissionsAdmin):
+class ChannelAdmin(UsableChannelsOnly, ObjectPermissionsAdmin):
     """Who may talk on a channel: its visibility and unknown-sender policy, or per user/group via
-    Object permissions (``use_channel``)."""
+    Object permissions (``use_channel``). Staff find only the channels they may use."""
 
+    channel_path = "pk"  # the row is the channel
     form = ChannelAdminForm
     list_display = ("slug", "name", "kind", "enabled", "visibility", "unknown_senders", "default_agent",
                     "allow_visitors", "created_at")

@@ -1,13 +1,14 @@
 """The admin's pages of what was said on a channel (conversations, messages, model and tool
 calls, request logs) show a staff member only the channels they may use, as the staff console
 does; a hidden row is "not found", and cannot be deleted (nor can what its deletion would take
-along). Superusers who may act see everything."""
+along). The channels and agents themselves likewise: a channel opened in its admin page (its
+visibility) would open its transcripts. Superusers who may act see everything."""
 from __future__ import annotations
 
 from django.contrib import admin
 from django.db.models import Q
 
-from .permissions import usable_channel_ids, user_may_act
+from .permissions import usable_agent_ids, usable_channel_ids, user_may_act
 
 
 def sees_every_channel(user) -> bool:
@@ -22,10 +23,19 @@ def request_channel_ids(request) -> set[int]:
     return ids
 
 
+def request_agent_ids(request) -> set[int]:
+    """``usable_agent_ids`` of the request's user, worked out once per request."""
+    ids = getattr(request, "_usable_agent_ids", None)
+    if ids is None:
+        ids = request._usable_agent_ids = usable_agent_ids(request.user)
+    return ids
+
+
 class UsableChannelsOnly:
     """A ModelAdmin mixin; ``channel_path`` is the lookup from the model to its channel's id."""
 
     channel_path = "channel_id"
+    request_ids = staticmethod(request_channel_ids)
 
     def usable_rows(self, ids: set[int]) -> Q:
         return Q(**{f"{self.channel_path}__in": ids})
@@ -41,7 +51,7 @@ class UsableChannelsOnly:
         queryset = super().get_queryset(request)
         if sees_every_channel(request.user):
             return queryset
-        return queryset.filter(self.usable_rows(request_channel_ids(request)))
+        return queryset.filter(self.usable_rows(self.request_ids(request)))
 
     def has_delete_permission(self, request, obj=None) -> bool:
         # Also asked for each row another deletion would take along (a user's, a conversation's):
@@ -50,7 +60,14 @@ class UsableChannelsOnly:
             return False
         if obj is None or sees_every_channel(request.user):
             return True
-        return self.usable_row(obj, request_channel_ids(request))
+        return self.usable_row(obj, self.request_ids(request))
+
+
+class UsableAgentsOnly(UsableChannelsOnly):
+    """The agents' admin: only the agents the staff member may use (``usable_agent_ids``)."""
+
+    channel_path = "pk"  # the row is the agent
+    request_ids = staticmethod(request_agent_ids)
 
 
 class UsableChannelFilter(admin.RelatedFieldListFilter):

@@ -127,19 +127,28 @@ def user_can_use_channel(user, channel) -> bool:
 def usable_channel_ids(user) -> set[int]:
     """The ids of the channels ``user`` may use (``user_can_use_channel``'s rule), in a few queries
     whatever their number: the visibilities the role allows, and the channels granted one by one."""
+    return _usable_ids(user, "connectors.Channel", "channels", "connectors.use_channel")
+
+
+def usable_agent_ids(user) -> set[int]:
+    """The ids of the agents ``user`` may use (``user_can_use_agent``'s rule), as usable_channel_ids."""
+    return _usable_ids(user, "agents.Agent", "agents", "agents.use_agent")
+
+
+def _usable_ids(user, model: str, kind: str, object_perm: str) -> set[int]:
     from django.apps import apps
     from guardian.shortcuts import get_objects_for_user
 
-    channels = apps.get_model("connectors", "Channel").objects.all()
+    rows = apps.get_model(model).objects.all()
     if not user_may_act(user):
         return set()
     if user.is_superuser:
-        return set(channels.values_list("pk", flat=True))
-    allowed = [v for v in VISIBILITIES if visibility_allows(user, v, "channels")]
-    by_role = channels.filter(visibility__in=allowed)
+        return set(rows.values_list("pk", flat=True))
+    allowed = [v for v in VISIBILITIES if visibility_allows(user, v, kind)]
+    by_role = rows.filter(visibility__in=allowed)
     if "admin" in allowed:  # an unknown visibility counts as the strictest
-        by_role = by_role | channels.exclude(visibility__in=VISIBILITIES)
-    granted = get_objects_for_user(user, "connectors.use_channel", klass=channels, accept_global_perms=False)
+        by_role = by_role | rows.exclude(visibility__in=VISIBILITIES)
+    granted = get_objects_for_user(user, object_perm, klass=rows, accept_global_perms=False)
     return set(by_role.values_list("pk", flat=True)) | set(granted.values_list("pk", flat=True))
 
 

@@ -8,6 +8,7 @@ from django.contrib.auth.models import Permission
 from guardian.shortcuts import assign_perm
 from rest_framework.test import APIClient
 
+from apps.agents.models import Agent
 from apps.agents.runtime import agent_run
 from apps.connectors.models import Channel
 from apps.identities.roles import Role
@@ -104,3 +105,93 @@ def test_a_conversations_dashboard_page_shows_no_audit_event_of_a_hidden_one(
     seen, text = audit_seen_by(make_user(None, is_staff=True, is_superuser=True))  # every channel
     assert about_the_hidden in seen and about_the_hidden[1] in text
     assert ("message.flagged", str(hidden.pk)) in seen
+
+
+def channel_form(channel, **changes):
+    """The channel's change form as its admin page posts it."""
+    return {"name": channel.name, "slug": channel.slug, "kind": channel.kind, "enabled": "on",
+            "default_agent": channel.default_agent_id or "", "config": "{}", "visibility": channel.visibility,
+            "unknown_senders": channel.unknown_senders, "refusal_message": channel.refusal_message,
+            "allowed_origins": "[]", **changes}
+
+
+def test_staff_cannot_open_a_channel_they_may_not_use_in_its_admin(
+        client, webchat_channel, vip, make_user, fake_llm):
+    """An employee who may edit channels made an admin-only one internal, then read its
+    transcripts. The channels admin now shows staff only the channels they may use: the others
+    are "not found" on every page (change, history, delete, object permissions)."""
+    close(vip)
+    said = converse(vip, make_user(Role.ADMIN), "VIP-SECRET board minutes")
+    operator = desk_member(make_user, "view_channel", "add_channel", "change_channel", "delete_channel",
+                           "view_conversation", "view_message", "view_userobjectpermission",
+                           "view_groupobjectpermission")
+    client.force_login(operator)
+    base = "/admin/connectors/channel"
+    assert [c.slug for c in client.get(f"{base}/").context["cl"].result_list] == ["web"]
+    for page in ("change", "history", "delete"):
+        response = client.get(f"{base}/{vip.pk}/{page}/")
+        assert response.status_code == 302 and "VIP" not in response.content.decode(), page
+    assert client.get(f"{base}/{vip.pk}/permissions/").status_code == 404
+    client.post(f"{base}/{vip.pk}/change/", channel_form(vip, visibility="internal"))
+    client.post(f"{base}/{vip.pk}/delete/", {"post": "yes"})
+    client.post(f"{base}/", {"action": "delete_selected", "_selected_action": [vip.pk], "post": "yes"})
+    vip.refresh_from_db()
+    assert vip.visibility == "admin"
+    assert client.get(f"/admin/conversations/conversation/{said.conversation_id}/change/").status_code == 302
+    # Channels they may use: changed and added as before.
+    assert client.get(f"{base}/{webchat_channel.pk}/permissions/").status_code == 200
+    assert client.post(f"{base}/{webchat_channel.pk}/change/",
+                       channel_form(webchat_channel, name="Shop chat")).status_code == 302
+    added = client.post(f"{base}/add/", channel_form(Channel(slug="shop", name="Shop", kind="webchat")))
+    assert added.status_code == 302, added.context["errors"]
+    assert Channel.objects.get(slug="web").name == "Shop chat"
+    assert {c.slug for c in client.get(f"{base}/").context["cl"].result_list} == {"web", "shop"}
+    # Superusers see every channel.
+    client.force_login(make_user(None, is_staff=True, is_superuser=True))
+    assert {c.slug for c in client.get(f"{base}/").context["cl"].result_list} == {"web", "shop", "vip"}
+    assert client.get(f"{base}/{vip.pk}/change/").status_code == 200
+
+
+def test_staff_find_only_the_agents_they_may_use_in_its_admin(client, agent, llm_model, make_user):
+    ops = Agent.objects.create(slug="ops", name="Ops", model=llm_model, visibility="admin",
+                               system_prompt="OPS-SECRET runbook")
+    operator = desk_member(make_user, "view_agent", "change_agent", "delete_agent", "view_userobjectpermission",
+                           "view_groupobjectpermission")
+    client.force_login(operator)
+    base = "/admin/agents/agent"
+    assert [a.slug for a in client.get(f"{base}/").context["cl"].result_list] == ["assistant"]
+    for page in ("change", "history", "delete"):
+        response = client.get(f"{base}/{ops.pk}/{page}/")
+        assert response.status_code == 302 and "OPS-SECRET" not in response.content.decode(), page
+    assert client.get(f"{base}/{ops.pk}/permissions/").status_code == 404
+    client.post(f"{base}/{ops.pk}/change/", {"slug": "ops", "name": "Ops", "model": llm_model.pk,
+                                            "visibility": "public"})
+    client.post(f"{base}/{ops.pk}/delete/", {"post": "yes"})
+    ops.refresh_from_db()
+    assert ops.visibility == "admin"
+    assert client.get(f"{base}/{agent.pk}/change/").status_code == 200
+    # An agent granted one by one (use_agent) is one they may use.
+    assign_perm("agents.use_agent", operator, ops)
+    assert client.get(f"{base}/{ops.pk}/change/").status_code == 200
+    client.force_login(make_user(None, is_staff=True, is_superuser=True))
+    assert {a.slug for a in client.get(f"{base}/").context["cl"].result_list} == {"assistant", "ops"}
+
+
+def test_the_admin_pages_that_link_to_channels_and_agents_still_work(
+        client, webchat_channel, vip, agent, llm_model, make_user):
+    """Filters, pickers and popups that name channels or agents are read from their tables, not
+    through the channels' and agents' admin pages: they work for staff who see fewer of them."""
+    close(vip)
+    Agent.objects.create(slug="ops", name="Ops", model=llm_model, visibility="admin")
+    operator = desk_member(make_user, "view_channel", "view_agent", "view_route", "view_apikey", "add_apikey",
+                           "view_channelidentity", "view_iprule", "view_quotapolicy", "add_quotapolicy",
+                           "view_usagedaily", "view_conversation")
+    client.force_login(operator)
+    for url in ("/admin/routing/route/", f"/admin/routing/route/?channel__id__exact={webchat_channel.pk}",
+                f"/admin/routing/route/?agent__id__exact={agent.pk}", "/admin/identities/apikey/add/",
+                f"/admin/identities/channelidentity/?channel__id__exact={webchat_channel.pk}",
+                "/admin/quotas/iprule/", "/admin/quotas/usagedaily/", "/admin/quotas/quotapolicy/add/",
+                f"/admin/conversations/conversation/?agent__id__exact={agent.pk}"):
+        assert client.get(url).status_code == 200, url
+    popup = client.get("/admin/connectors/channel/", {"_to_field": "id", "_popup": "1"})
+    assert popup.status_code == 200 and [c.slug for c in popup.context["cl"].result_list] == ["web"]
