@@ -13,6 +13,7 @@ from django.urls import path
 from apps.connectors.models import Channel
 from apps.conversations.models import Conversation
 from apps.core.errors import GatewayError
+from apps.identities.channel_scope import request_channel_ids, sees_every_channel
 from apps.identities.permissions import user_can_use_agent
 
 from .models import Route
@@ -28,6 +29,10 @@ class RouteTestForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 2, "cols": 80}),
     )
     conversation = forms.UUIDField(required=False, help_text="Optional: an existing conversation (stickiness).")
+
+    def __init__(self, *args, channel_ids: set[int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.channel_ids = channel_ids  # conversations of these channels only (None: any)
 
     def clean_sender(self):
         user = get_user_model().objects.filter(username=self.cleaned_data["sender"]).first()
@@ -48,7 +53,10 @@ class RouteTestForm(forms.Form):
         pk = self.cleaned_data["conversation"]
         if pk is None:
             return None
-        conversation = Conversation.objects.select_related("agent").filter(pk=pk).first()
+        found = Conversation.objects.select_related("agent").filter(pk=pk)
+        if self.channel_ids is not None:  # one the staff member may not see is one that does not exist
+            found = found.filter(channel_id__in=self.channel_ids)
+        conversation = found.first()
         if conversation is None:
             raise forms.ValidationError("No such conversation.")
         return conversation
@@ -80,7 +88,8 @@ class RouteAdmin(admin.ModelAdmin):
         """Which route would answer this message from this sender, and why (nothing is sent)."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        form = RouteTestForm(request.POST or None)
+        form = RouteTestForm(request.POST or None, channel_ids=(
+            None if sees_every_channel(request.user) else request_channel_ids(request)))
         decision = error = None
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data

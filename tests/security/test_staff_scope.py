@@ -195,3 +195,24 @@ def test_the_admin_pages_that_link_to_channels_and_agents_still_work(
         assert client.get(url).status_code == 200, url
     popup = client.get("/admin/connectors/channel/", {"_to_field": "id", "_popup": "1"})
     assert popup.status_code == 200 and [c.slug for c in popup.context["cl"].result_list] == ["web"]
+
+
+def test_the_route_tester_finds_no_conversation_on_a_hidden_channel(
+        client, webchat_channel, vip, make_user, fake_llm):
+    """It told a hidden conversation from a missing one, and named the agent it sticks to."""
+    close(vip)
+    hidden = converse(vip, make_user(Role.ADMIN), "VIP-SECRET board minutes")
+    shown = converse(webchat_channel, make_user(Role.CUSTOMER), "hello from the public chat")
+    desk = desk_member(make_user, "view_route")
+
+    def tested(user, conversation_id):
+        client.force_login(user)
+        return client.post("/admin/routing/route/test/", {
+            "channel": webchat_channel.pk, "sender": desk.username, "message": "x", "metadata": "{}",
+            "conversation": str(conversation_id)}).content.decode()
+
+    assert "No such conversation." in tested(desk, uuid.uuid4())
+    refused = tested(desk, hidden.conversation_id)
+    assert "No such conversation." in refused and "sticks to" not in refused
+    assert "sticks to" in tested(desk, shown.conversation_id)
+    assert "sticks to" in tested(make_user(None, is_staff=True, is_superuser=True), hidden.conversation_id)
