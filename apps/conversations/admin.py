@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 
 from apps.agents.dispatch import enqueue_agent_run
+from apps.core.changelist import DateHierarchyAdmin
 from apps.identities.channel_scope import UsableChannelFilter, UsableChannelsOnly
 from apps.routing.handoff_admin import HandoffAdminMixin
 
@@ -38,7 +39,7 @@ class MessageInline(admin.TabularInline):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(UsableChannelsOnly, HandoffAdminMixin, admin.ModelAdmin):
+class ConversationAdmin(UsableChannelsOnly, HandoffAdminMixin, DateHierarchyAdmin, admin.ModelAdmin):
     list_display = ("id", "channel", "user", "agent", "created_at", "last_message_at")
     list_filter = (("channel", UsableChannelFilter), "agent")
     search_fields = ("id", "user__username", "external_thread_id", "messages__text")
@@ -49,7 +50,7 @@ class ConversationAdmin(UsableChannelsOnly, HandoffAdminMixin, admin.ModelAdmin)
 
 
 @admin.register(Message)
-class MessageAdmin(UsableChannelsOnly, admin.ModelAdmin):
+class MessageAdmin(UsableChannelsOnly, DateHierarchyAdmin, admin.ModelAdmin):
     list_display = ("created_at", "direction", "status", "channel", "sender", "short_text", "model",
                     "total_tokens", "latency_ms", "error_code")
     list_filter = ("direction", "status", ("channel", UsableChannelFilter))

@@ -31,6 +31,7 @@ from .selectors import Filters, Period
 DASHBOARD_PERMISSION = "logs.view_dashboard"
 AUDIT_PERMISSION = "logs.view_auditevent"  # the audit log, as in the admin
 DEFAULT_PERIOD_DAYS = 14
+LAST_DAY = date.max - timedelta(days=1)  # the last whose bounds (until the next midnight) a datetime holds
 MAX_PERIOD_DAYS = 366
 PAGE_ROWS = 50
 MAX_PAGE = 100_000
@@ -77,9 +78,11 @@ def period_from(request) -> Period:
     try:
         end = date.fromisoformat(request.GET["to"]) if request.GET.get("to") else today
         start = (date.fromisoformat(request.GET["from"]) if request.GET.get("from")
-                 else end - timedelta(days=DEFAULT_PERIOD_DAYS - 1))
+                 else end - min(timedelta(days=DEFAULT_PERIOD_DAYS - 1), end - date.min))  # not before year 1
     except ValueError as exc:
         raise BadInput("Dates must look like 2026-01-31.") from exc
+    if end > LAST_DAY:
+        raise BadInput(f"Dates must be at most {LAST_DAY}.")
     if start > end:
         raise BadInput("The start date is after the end date.")
     if (end - start).days >= MAX_PERIOD_DAYS:

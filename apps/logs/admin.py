@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from apps.core.changelist import DateHierarchyAdmin
 from apps.identities.channel_scope import UsableChannelFilter, UsableChannelsOnly
 
 from .models import AuditEvent, LLMCall, RequestLog
@@ -10,7 +11,7 @@ admin.site.index_title = "Administration"
 
 
 @admin.register(LLMCall)
-class LLMCallAdmin(UsableChannelsOnly, admin.ModelAdmin):
+class LLMCallAdmin(UsableChannelsOnly, DateHierarchyAdmin, admin.ModelAdmin):
     """Read-only: the log is what happened."""
 
     list_display = ("created_at", "model", "provider", "status", "attempt", "total_tokens", "cost",
@@ -28,7 +29,7 @@ class LLMCallAdmin(UsableChannelsOnly, admin.ModelAdmin):
 
 
 @admin.register(RequestLog)
-class RequestLogAdmin(UsableChannelsOnly, admin.ModelAdmin):
+class RequestLogAdmin(UsableChannelsOnly, DateHierarchyAdmin, admin.ModelAdmin):
     list_display = ("created_at", "channel_kind", "channel", "status_code", "rejection", "client_ip", "latency_ms")
     list_filter = ("status_code", "rejection", "channel_kind")
     search_fields = ("client_ip", "request_id", "user__username")
@@ -49,7 +50,7 @@ class RequestLogAdmin(UsableChannelsOnly, admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(DateHierarchyAdmin, admin.ModelAdmin):
     list_display = ("created_at", "action", "actor", "target_type", "target_id", "client_ip")
     list_filter = ("action", "target_type")
     search_fields = ("action", "target_id", "actor__username")

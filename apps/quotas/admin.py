@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.forms.models import construct_instance, model_to_dict
 from django.utils.html import format_html, format_html_join
 
+from apps.core.changelist import DateHierarchyAdmin
 from apps.core.client_ip import client_ip_for_request
 from apps.identities.permissions import role_rank, user_can_use_channel
 from apps.identities.privileges import outranks, refused
@@ -136,7 +137,7 @@ class IpRuleAdmin(LimitsOfOthersOnly, AuditedAdmin):
 
 
 @admin.register(UsageDaily)
-class UsageDailyAdmin(admin.ModelAdmin):
+class UsageDailyAdmin(DateHierarchyAdmin, admin.ModelAdmin):
     """The durable rollup: read-only."""
 
     list_display = ("date", "user", "api_key", "channel", "calls", "prompt_tokens", "completion_tokens",
