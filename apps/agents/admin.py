@@ -1,7 +1,7 @@
 from django import forms
 from django.contrib import admin
 
-from apps.identities.channel_scope import UsableAgentsOnly, UsableChannelsOnly
+from apps.identities.channel_scope import UsableAgentsOnly, UsableChannelsOnly, UsableToolsOnly
 from apps.identities.guarded_admin import ObjectPermissionsAdmin, client_ip
 from apps.logs.services import audit
 
@@ -119,7 +119,7 @@ class AgentAdmin(UsableAgentsOnly, ObjectPermissionsAdmin):
 
 
 @admin.register(Tool)
-class ToolAdmin(ObjectPermissionsAdmin):
+class ToolAdmin(UsableToolsOnly, ObjectPermissionsAdmin):
     """Who may use a tool: its visibility (by role), or per user/group via Object permissions."""
 
     list_display = ("slug", "name", "visibility", "enabled")

@@ -1,14 +1,15 @@
 """The admin's pages of what was said on a channel (conversations, messages, model and tool
 calls, request logs) show a staff member only the channels they may use, as the staff console
 does; a hidden row is "not found", and cannot be deleted (nor can what its deletion would take
-along). The channels and agents themselves likewise: a channel opened in its admin page (its
-visibility) would open its transcripts. Superusers who may act see everything."""
+along). The channels, agents and tools themselves likewise: a channel opened in its admin page
+(its visibility) would open its transcripts, a tool made public would be every customer's.
+Superusers who may act see everything."""
 from __future__ import annotations
 
 from django.contrib import admin
 from django.db.models import Q
 
-from .permissions import usable_agent_ids, usable_channel_ids, user_may_act
+from .permissions import usable_agent_ids, usable_channel_ids, usable_tool_ids, user_may_act
 
 
 def sees_every_channel(user) -> bool:
@@ -28,6 +29,14 @@ def request_agent_ids(request) -> set[int]:
     ids = getattr(request, "_usable_agent_ids", None)
     if ids is None:
         ids = request._usable_agent_ids = usable_agent_ids(request.user)
+    return ids
+
+
+def request_tool_ids(request) -> set[int]:
+    """``usable_tool_ids`` of the request's user, worked out once per request."""
+    ids = getattr(request, "_usable_tool_ids", None)
+    if ids is None:
+        ids = request._usable_tool_ids = usable_tool_ids(request.user)
     return ids
 
 
@@ -68,6 +77,14 @@ class UsableAgentsOnly(UsableChannelsOnly):
 
     channel_path = "pk"  # the row is the agent
     request_ids = staticmethod(request_agent_ids)
+
+
+class UsableToolsOnly(UsableChannelsOnly):
+    """The tools' admin: only the tools the staff member may use (a tool made public in its page
+    would be handed to every customer)."""
+
+    channel_path = "pk"  # the row is the tool
+    request_ids = staticmethod(request_tool_ids)
 
 
 class UsableChannelFilter(admin.RelatedFieldListFilter):

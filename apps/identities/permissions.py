@@ -135,6 +135,11 @@ def usable_agent_ids(user) -> set[int]:
     return _usable_ids(user, "agents.Agent", "agents", "agents.use_agent")
 
 
+def usable_tool_ids(user) -> set[int]:
+    """The ids of the tools ``user`` may use (``user_can_use_tool``'s rule), as usable_channel_ids."""
+    return _usable_ids(user, "agents.Tool", "tools", "agents.use_tool")
+
+
 def _usable_ids(user, model: str, kind: str, object_perm: str) -> set[int]:
     from django.apps import apps
     from guardian.shortcuts import get_objects_for_user

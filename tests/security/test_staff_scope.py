@@ -177,6 +177,27 @@ def test_staff_find_only_the_agents_they_may_use_in_its_admin(client, agent, llm
     assert {a.slug for a in client.get(f"{base}/").context["cl"].result_list} == {"assistant", "ops"}
 
 
+def test_staff_find_only_the_tools_they_may_use_in_its_admin(client, tools, make_user):
+    """An employee who may change tools cannot make the admin tool block_user public (every
+    customer's, on any agent that carries it)."""
+    block = tools["block_user"]
+    operator = desk_member(make_user, "view_tool", "change_tool")
+    client.force_login(operator)
+    base = "/admin/agents/tool"
+    listed = {t.slug for t in client.get(f"{base}/").context["cl"].result_list}
+    assert "search_conversations" in listed and "block_user" not in listed
+    assert client.get(f"{base}/{block.pk}/change/").status_code == 302
+    client.post(f"{base}/{block.pk}/change/", {"name": block.name, "description": block.description,
+                                               "visibility": "public", "enabled": "on"})
+    block.refresh_from_db()
+    assert block.visibility == "admin"
+    search = tools["search_conversations"]  # one she may use: the same form saves
+    assert client.post(f"{base}/{search.pk}/change/", {"name": search.name, "description": "Find messages.",
+                                                      "visibility": "internal", "enabled": "on"}).status_code == 302
+    search.refresh_from_db()
+    assert search.description == "Find messages."
+
+
 def test_the_admin_pages_that_link_to_channels_and_agents_still_work(
         client, webchat_channel, vip, agent, llm_model, make_user):
     """Filters, pickers and popups that name channels or agents are read from their tables, not
