@@ -1,8 +1,10 @@
 from django import forms
 from django.contrib import admin
 
+from apps.core.client_ip import client_ip_for_request
 from apps.identities.channel_scope import UsableChannelsOnly
 from apps.identities.guarded_admin import ObjectPermissionsAdmin
+from apps.logs.services import audit
 
 from .base import ConfigError
 from .models import Channel
@@ -99,3 +101,21 @@ class ChannelAdmin(UsableChannelsOnly, ObjectPermissionsAdmin):
         ("Secrets (write-only, encrypted at rest)", {"fields": (*SECRET_FIELDS, "clear_secrets")}),
         ("Web chat", {"fields": ("allow_visitors", "allowed_origins"), "classes": ("collapse",)}),
     )
+
+    # Audited as providers are: a channel's settings decide where its talk goes (a CRM callback URL).
+    def save_model(self, request, obj, form, change):
+        before = Channel.objects.get(pk=obj.pk).describe() if change else None
+        super().save_model(request, obj, form, change)
+        after = obj.describe()
+        if before != after:
+            audit(action=f"channel.{'changed' if change else 'created'}", actor=request.user, target=obj,
+                  before=before, after=after, client_ip=client_ip_for_request(request))
+
+    def delete_model(self, request, obj):
+        audit(action="channel.deleted", actor=request.user, target=obj, before=obj.describe(),
+              client_ip=client_ip_for_request(request))
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        for channel in queryset:
+            self.delete_model(request, channel)

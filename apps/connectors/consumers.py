@@ -283,8 +283,7 @@ def page_origin(scope, channel: Channel) -> str | None:
         return "own"
     if urlparse(origin).netloc == headers.get(b"host", b"").decode("latin-1"):
         return "own"
-    allowed = list(channel.allowed_origins or []) + list(settings.WEBCHAT_ALLOWED_ORIGINS)
-    return "embed" if origin in allowed or "*" in allowed else None
+    return "embed" if channel.embeddable_from(origin) else None
 
 
 class NoSuchSocket(AsyncJsonWebsocketConsumer):

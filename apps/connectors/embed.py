@@ -18,8 +18,7 @@ from .visitors import visitor_token_issue
 
 
 def embed_origin_allowed(origin: str, channel) -> bool:
-    allowed = list(channel.allowed_origins or []) + list(settings.WEBCHAT_ALLOWED_ORIGINS)
-    return bool(origin) and (origin in allowed or "*" in allowed)
+    return bool(origin) and channel.embeddable_from(origin)
 
 
 def _error(code: str, message: str, status: int) -> JsonResponse:

@@ -1,6 +1,8 @@
 """A configured channel instance: one Slack workspace app, one web chat, the API, ..."""
 from __future__ import annotations
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from apps.agents.models import Visibility
@@ -56,6 +58,30 @@ class Channel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.kind})"
+
+    def clean(self) -> None:
+        # Read as key → value and as a list of origins on every message and socket: another shape would fail them all.
+        errors = {}
+        if not isinstance(self.config, dict):
+            errors["config"] = "A JSON object of setting → value."
+        if not (isinstance(self.allowed_origins, list) and all(isinstance(o, str) for o in self.allowed_origins)):
+            errors["allowed_origins"] = 'A JSON list of origins, e.g. ["https://example.com"].'
+        if errors:
+            raise ValidationError(errors)
+
+    def embeddable_from(self, origin: str) -> bool:
+        """Whether a page at ``origin`` may embed its web chat: the channel's origins and
+        ``WEBCHAT_ALLOWED_ORIGINS`` ("*": any)."""
+        own = self.allowed_origins if isinstance(self.allowed_origins, list) else []  # a row from before clean()
+        allowed = [o for o in own if isinstance(o, str)] + list(settings.WEBCHAT_ALLOWED_ORIGINS)
+        return origin in allowed or "*" in allowed
+
+    def describe(self) -> dict:
+        """What decides where its talk comes from and goes (for the audit log; never the secrets)."""
+        return {"kind": self.kind, "enabled": self.enabled, "visibility": self.visibility,
+                "default_agent": self.default_agent_id, "config": self.config,
+                "allowed_origins": self.allowed_origins, "allow_visitors": self.allow_visitors,
+                "unknown_senders": self.unknown_senders, "secrets": sorted(self.secrets)}
 
     @property
     def secrets(self) -> dict[str, str]:
