@@ -330,7 +330,8 @@ GATEWAY_REDIS_POOL_TIMEOUT_SECONDS = env.float("GATEWAY_REDIS_POOL_TIMEOUT_SECON
 GATEWAY_MAX_WAITERS_PER_PROCESS = env.int("GATEWAY_MAX_WAITERS_PER_PROCESS", default=2000)
 GATEWAY_OVERLOAD_RETRY_AFTER_SECONDS = env.int("GATEWAY_OVERLOAD_RETRY_AFTER_SECONDS", default=2)
 GATEWAY_QUOTA_REDIS_TIMEOUT_SECONDS = env.float("GATEWAY_QUOTA_REDIS_TIMEOUT_SECONDS", default=1.0)
-# An unsettled reservation (its worker died) stops counting after this long.
+# A reservation stops counting this long after its process last renewed it (every third of it
+# while its call runs): only a worker that died leaves one to lapse.
 GATEWAY_QUOTA_RESERVATION_TTL_SECONDS = env.int("GATEWAY_QUOTA_RESERVATION_TTL_SECONDS", default=600)
 GATEWAY_QUOTA_DEFAULT_MAX_TOKENS = env.int("GATEWAY_QUOTA_DEFAULT_MAX_TOKENS", default=1024)
 # What is left of a budget held by other calls in flight: a run is tried again (queued, holding no

@@ -40,10 +40,11 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
     release_database_connection()
     started = time.monotonic()
     try:
-        result = llm.chat(
-            model, prompt, max_tokens=max_tokens, temperature=agent.temperature,
-            tools=tools, on_delta=on_delta,
-        )
+        with budgets.kept(reservation):  # renewed while the model answers, however long it takes
+            result = llm.chat(
+                model, prompt, max_tokens=max_tokens, temperature=agent.temperature,
+                tools=tools, on_delta=on_delta,
+            )
     except llm.LLMError as exc:
         _failed(message, model, prompt, tools, reservation, exc, attempt=attempt, started=started)
         raise

@@ -5,9 +5,15 @@ counters stay integers). Periods are UTC days and months. Subjects of a model ca
 (their own policy, else their role's), the API key that sent the message, and the channel.
 
     reservation = reserve_model_call(message, model, prompt, max_tokens=..., tools=...)
-    try:  result = llm.chat(...)
+    try:
+        with kept(reservation):  result = llm.chat(...)
     except ...:  release_model_call(reservation); raise
     settle_model_call(reservation, result)
+
+A reservation expires after ``GATEWAY_QUOTA_RESERVATION_TTL_SECONDS``, so that a worker that died
+does not hold a budget for ever; while its call runs, ``kept`` has it renewed (one thread per
+process, one ledger round trip per period for all of them), so a call however long keeps its
+budget, and only a dead process's reservations lapse.
 
 A settle that fails on the ledger's store (Redis away) is not lost: the call's usage goes to the
 durable rollup with its LLM call row all the same, with an ``UnsettledUsage`` row naming the
@@ -18,8 +24,10 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -277,6 +285,64 @@ def _settle(reservation: Reservation, amounts: list[int]) -> None:
         # is back (settle_unsettled), whether or not the store kept them.
         count_backend_error("budget_settle", "deferred", exc)
         reservation.unsettled = any(amounts)
+
+
+# --- reservations kept while their call runs -------------------------------------------------
+
+_held: dict[str, list[str]] = {}  # reservation id -> its counter keys, while its call runs in this process
+_keeper = threading.Condition()
+_keeper_thread: threading.Thread | None = None
+_renew_due = 0.0  # time.monotonic() of the keeper's next renewal
+
+
+@contextmanager
+def kept(reservation: Reservation):
+    """Renew ``reservation``'s expiry until the block ends (its model call is running)."""
+    global _keeper_thread, _renew_due
+    if not reservation.counters:  # nothing reserved
+        yield
+        return
+    with _keeper:
+        _held[reservation.id] = [c.key for c in reservation.counters]
+        if _keeper_thread is None or not _keeper_thread.is_alive():
+            _keeper_thread = threading.Thread(target=_renew_forever, name="reservation-keeper", daemon=True)
+            _renew_due = time.monotonic() + renewal_period()
+            _keeper_thread.start()
+        elif _renew_due > (due := time.monotonic() + renewal_period()):  # the TTL was lowered (tests)
+            _renew_due = due
+            _keeper.notify()
+    try:
+        yield
+    finally:
+        with _keeper:
+            _held.pop(reservation.id, None)
+
+
+def renewal_period() -> float:
+    return max(0.5, settings.GATEWAY_QUOTA_RESERVATION_TTL_SECONDS / 3)
+
+
+def renew_held() -> int:
+    """Push the expiry of every reservation this process holds forward, in one ledger round trip;
+    returns how many (counter, reservation) were renewed. A settled one is not brought back."""
+    with _keeper:
+        held = [(keys, rid) for rid, keys in _held.items()]
+    if not held:
+        return 0
+    return get_ledger().renew(held, expires_at=time.time() + settings.GATEWAY_QUOTA_RESERVATION_TTL_SECONDS)
+
+
+def _renew_forever() -> None:
+    global _renew_due
+    while True:
+        with _keeper:
+            while (wait := _renew_due - time.monotonic()) > 0:  # kept() may bring the renewal forward
+                _keeper.wait(wait)
+            _renew_due = time.monotonic() + renewal_period()
+        try:
+            renew_held()
+        except Exception as exc:  # the store is away: the next period tries again, before the TTL runs out
+            count_backend_error("budget_renew", "retried", exc)
 
 
 def usage_upsert(*, user_id, api_key_id, channel_id, prompt_tokens: int, completion_tokens: int,

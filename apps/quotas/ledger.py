@@ -6,7 +6,8 @@ Each counter (one subject, one meter, one period) holds ``used`` (settled usage)
 and reserves on all of them, or on none, in one atomic step: in Redis one Lua script (scripts run
 alone), in the embedded default one lock. A counter admits while ``used + reserved < limit``, so N
 concurrent callers can overshoot a limit by at most the last admitted reservation. A reservation
-that is never settled (its worker crashed) expires after the TTL given at reservation.
+expires after the TTL given at reservation unless ``renew`` pushes its expiry forward (its call is
+still running); one never settled (its worker crashed, so nobody renews it) then lapses.
 
 Missing counters (a new period, or Redis lost its data) are seeded from the durable rollup: admit
 returns which are missing, the caller computes the seeds from the database and admits again.
@@ -117,6 +118,20 @@ end
 return 1
 """
 
+# KEYS: per (counter, reservation), the counter's reservation-expiry zset. ARGV: the new expiry, then
+# the reservation id per key. Only a reservation still there is pushed forward (XX): a settled or
+# purged one is never brought back. Returns how many were.
+RENEW_LUA = """
+local renewed = 0
+for i = 1, #KEYS do
+  if redis.call('ZSCORE', KEYS[i], ARGV[i + 1]) then
+    redis.call('ZADD', KEYS[i], 'XX', ARGV[1], ARGV[i + 1])
+    renewed = renewed + 1
+  end
+end
+return renewed
+"""
+
 # ARGV: now. Returns used, reserved per counter (-1, 0 when missing).
 READ_LUA = _PURGE + """
 local now, out = tonumber(ARGV[1]), {}
@@ -190,6 +205,7 @@ class RedisLedger:
         self.client = client
         self._admit = client.register_script(ADMIT_LUA)
         self._settle = client.register_script(SETTLE_LUA)
+        self._renew = client.register_script(RENEW_LUA)
         self._read = client.register_script(READ_LUA)
         self._take_used = client.register_script(TAKE_USED_LUA)
         self._count_rates = client.register_script(RATES_LUA)
@@ -212,6 +228,14 @@ class RedisLedger:
 
     def settle(self, keys: list[str], *, reservation_id: str, amounts: list[int]) -> None:
         self._settle(keys=self._keys(keys), args=[reservation_id, *amounts])
+
+    def renew(self, reservations: list[tuple[list[str], str]], *, expires_at: float) -> int:
+        """Push the expiry of these (counter keys, reservation id) to ``expires_at``, where they are
+        still open, in one round trip; returns how many (counter, reservation) were."""
+        pairs = [(key, rid) for keys, rid in reservations for key in keys]
+        if not pairs:
+            return 0
+        return int(self._renew(keys=[_zkey(key) for key, _ in pairs], args=[expires_at, *(r for _, r in pairs)]))
 
     def read(self, keys: list[str], *, now: float) -> list[tuple[int, int] | None]:
         flat = self._read(keys=self._keys(keys), args=[now])
@@ -297,6 +321,17 @@ class LocalLedger:
                 if held is not None:
                     entry["reserved"] -= held[0]
                 entry["used"] += amount
+
+    def renew(self, reservations: list[tuple[list[str], str]], *, expires_at: float) -> int:
+        with self._lock:
+            renewed = 0
+            for keys, rid in reservations:
+                for key in keys:
+                    entry = self._counters.get(key)
+                    if entry is not None and rid in entry["res"]:  # settled or purged: not brought back
+                        entry["res"][rid] = (entry["res"][rid][0], expires_at)
+                        renewed += 1
+            return renewed
 
     def read(self, keys: list[str], *, now: float) -> list[tuple[int, int] | None]:
         with self._lock:
