@@ -35,6 +35,7 @@ from apps.core.errors import (
     error_from_event,
 )
 from apps.identities.permissions import api_key_allows_agent, user_can_use_agent
+from apps.logs.middleware import note_accepted_message
 from apps.routing.router import REQUESTED_AGENT_KEY
 from gateway_project.db import database_sync_to_async
 
@@ -155,6 +156,9 @@ class ChatCompletionsApi(OpenAIErrorsMixin, AsyncAPIView):
         except BaseException:
             await waiter.__aexit__(None, None, None)
             raise
+        # The completion carries no message id for the request log to read: told here, so its row is
+        # linked to this message (not through the client-chosen request id).
+        note_accepted_message(request, accepted.message.id)
         completion_id = f"chatcmpl-{accepted.message.id.hex}"
         created = int(time.time())
         if fields["stream"]:

@@ -89,6 +89,7 @@ def record_http_request(request, response, *, kind: str, latency_ms: int) -> Non
     error = body.get("error") if isinstance(body.get("error"), dict) else {}
     match = getattr(request, "resolver_match", None)
     slug = (match.kwargs.get("slug", "") if match else "") or ("api" if kind == "api" else "")
+    named = body.get("message_id") if isinstance(body.get("message_id"), str) else None
     request_log_record(
         status_code=response.status_code,
         rejection=str(error.get("code", "")) if response.status_code >= 400 else "",
@@ -96,12 +97,18 @@ def record_http_request(request, response, *, kind: str, latency_ms: int) -> Non
         channel_slug=slug,
         channel_kind=kind,
         user=_resolved_user(request),
-        message=body.get("message_id") if isinstance(body.get("message_id"), str) else None,
+        message=getattr(request, "accepted_message_id", None) or named,  # note_accepted_message, else the body
         api_key=getattr(getattr(request, "auth", None), "pk", None),
         client_ip=client_ip_for_request(request),
         latency_ms=latency_ms,
         request_id=request.request_id,
     )
+
+
+def note_accepted_message(request, message_id) -> None:
+    """For an entry point whose response does not name the message it accepted (the face's, streamed
+    or not): the request log links the row to it. No I/O; ``request`` may be DRF's."""
+    getattr(request, "_request", request).accepted_message_id = str(message_id)
 
 
 def _json_body(response) -> dict:

@@ -176,23 +176,26 @@ def _write_rows(rows: list[dict]) -> None:
 def _link_messages_by_request_id(rows: list[dict]) -> None:
     """Entry points that do not name the message they accepted (webhooks answer the platform, not
     with our ids) are linked through the request id the pipeline stored on the message, on the
-    row's own channel: a client chooses its X-Request-ID, and reusing one must not link a message
-    of another channel (whose text the row's page would show)."""
+    row's own channel and to the row's own user's: a client chooses its X-Request-ID, and reusing
+    one must not link a message of another channel or another sender (whose text the row's page
+    would show). A row that names no user (a webhook's: the platform's signed request) takes the
+    message's sender."""
     wanted = {row["request_id"] for row in rows
               if row["request_id"] and row["channel_slug"] and not row["message_id"] and row["status_code"] < 400}
     if not wanted:
         return
-    found: dict[tuple[str, str], tuple[str, str | None]] = {}
+    found: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
     for request_id, slug, message_id, sender_id in (
         Message.objects.filter(request_id__in=wanted, direction=Direction.INBOUND)
         .order_by("created_at").values_list("request_id", "channel__slug", "id", "sender_id")
     ):
-        found.setdefault((request_id, slug), (str(message_id), str(sender_id) if sender_id else None))
+        found.setdefault((request_id, slug), []).append((str(message_id), str(sender_id) if sender_id else None))
     for row in rows:
-        key = (row["request_id"], row["channel_slug"])
-        if key in found and not row["message_id"] and row["status_code"] < 400:
-            row["message_id"], sender = found[key]
-            row["user_id"] = row["user_id"] or sender
+        if row["message_id"] or row["status_code"] >= 400:
+            continue
+        candidates = found.get((row["request_id"], row["channel_slug"]), [])
+        if match := next((m for m in candidates if row["user_id"] in (None, m[1])), None):
+            row["message_id"], row["user_id"] = match[0], row["user_id"] or match[1]
 
 
 def _existing(model, ids: set) -> set[str]:
