@@ -8,7 +8,7 @@ the agent runtime asks ``tool_permitted`` before running a tool the model asked 
 from __future__ import annotations
 
 from apps.core.errors import Forbidden, GatewayError
-from apps.logs.services import audit
+from apps.logs.services import audit, first_refusal
 
 from .permissions import (
     api_key_allows_agent,
@@ -35,9 +35,14 @@ class UnknownSender(Forbidden):
 
 def refuse(error: GatewayError, *, action: str, reason: str, actor=None, target=None,
            client_ip: str | None = None, **detail):
-    """Audit a refusal, then raise ``error``."""
-    audit(action=action, actor=actor, target=target, client_ip=client_ip, reason=reason,
-          code=error.code, **detail)
+    """Audit a refusal, then raise ``error``. Once a minute for the same refusal (action, reason and
+    target, from the same user, else the same platform sender or address): a flood of a blocked key
+    stays in the request log (apps.logs.services.first_refusal)."""
+    who = getattr(actor, "pk", None) or detail.get("external_id") or client_ip
+    where = (target._meta.label_lower, target.pk) if target is not None else ()
+    if first_refusal(action, reason, who, *where):
+        audit(action=action, actor=actor, target=target, client_ip=client_ip, reason=reason,
+              code=error.code, **detail)
     raise error
 
 

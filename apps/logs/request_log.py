@@ -22,6 +22,7 @@ from apps.conversations.models import Direction, Message
 from . import metrics
 from .buffer import make_buffer
 from .models import AuditEvent, RequestLog
+from .services import first_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,9 @@ _buffer = None
 _buffer_lock = threading.Lock()
 _flush_lock = threading.Lock()
 FLUSH_LOCK_KEY = "gateway:logbuffer:requests:flushing"
-# Refusals that are security events (bad credentials, forbidden, blocked) also get an audit row;
-# floods of rate-limited or malformed requests stay in the request log only.
+# Refusals that are security events (bad credentials, forbidden, blocked) also get an audit row,
+# the first of each kind a minute (services.first_refusal); floods of them, and of rate-limited or
+# malformed requests, stay in the request log only.
 AUDITED_REFUSAL_STATUSES = frozenset({401, 403})
 FLUSH_LOCK_SECONDS = 120  # a crashed flusher's lock expires after this long
 
@@ -162,6 +164,11 @@ def _write_rows(rows: list[dict]) -> None:
         )
         for row in rows
     ])
+    refusals: dict[tuple, tuple[dict, RequestLog]] = {}  # the first row of each kind in the batch
+    for row, log in zip(rows, logs, strict=True):
+        if log.status_code in AUDITED_REFUSAL_STATUSES:
+            kind = (log.rejection, row.get("reason", ""), row["channel_slug"], log.user_id or log.client_ip)
+            refusals.setdefault(kind, (row, log))
     AuditEvent.objects.bulk_create([
         AuditEvent(
             actor_id=log.user_id, action="request.refused", target_type="logs.requestlog",
@@ -169,7 +176,7 @@ def _write_rows(rows: list[dict]) -> None:
             detail={"code": log.rejection, "status": log.status_code, "channel": log.channel_kind,
                     "request_id": log.request_id, **({"reason": row["reason"]} if row.get("reason") else {})},
         )
-        for row, log in zip(rows, logs, strict=True) if log.status_code in AUDITED_REFUSAL_STATUSES
+        for kind, (row, log) in refusals.items() if first_refusal("request.refused", *kind)
     ])
 
 

@@ -93,9 +93,11 @@ def crm_post(client, channel, payload, *, secret=CRM_SECRET, timestamp=None, sig
                        headers=crm_headers(body, secret=secret, timestamp=timestamp, signature=signature))
 
 
-def assert_refusal_logged_and_audited(response, channel, *, code: str = "unauthenticated", reason: str | None = None):
+def assert_refusal_logged_and_audited(response, channel, *, code: str = "unauthenticated", reason: str | None = None,
+                                      audited: bool = True):
     """The refused request is a RequestLog row naming the channel, and a ``request.refused`` audit
-    event (with the refusal's ``reason`` when it has one)."""
+    event (with the refusal's ``reason`` when it has one); none when ``audited`` is False (the same
+    refusal again within the minute)."""
     from apps.logs.models import AuditEvent, RequestLog
     from apps.logs.request_log import request_log_flush
 
@@ -103,6 +105,9 @@ def assert_refusal_logged_and_audited(response, channel, *, code: str = "unauthe
     row = RequestLog.objects.get(request_id=response["X-Request-ID"])
     assert (row.status_code, row.rejection, row.channel, row.client_ip) == (
         response.status_code, code, channel, "127.0.0.1")
+    if not audited:
+        assert not AuditEvent.objects.filter(action="request.refused", detail__request_id=row.request_id).exists()
+        return
     event = AuditEvent.objects.get(action="request.refused", detail__request_id=row.request_id)
     assert event.target_id == str(row.pk) and event.client_ip == "127.0.0.1"
     assert event.detail == {"code": code, "status": response.status_code, "channel": channel.kind,

@@ -199,7 +199,9 @@ class TestZendesk:
         ):
             response = zendesk_post(client, zendesk_channel, end_user_message(), **kwargs)
             assert_refused(response, 401, code="unauthenticated")
-            assert_refusal_logged_and_audited(response, zendesk_channel, reason=reason)
+            # The second malformed stamp is the same refusal within the minute: in the request log only.
+            assert_refusal_logged_and_audited(response, zendesk_channel, reason=reason,
+                                              audited=kwargs != {"timestamp": ""})
 
     def test_malformed_bodies_are_a_400(self, client, zendesk_channel):
         assert_refused(zendesk_post(client, zendesk_channel, body=b"{not json"), 400, code="invalid_request")
