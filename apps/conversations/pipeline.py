@@ -25,7 +25,7 @@ from apps.identities.services import identify_sender
 from apps.logs.structured import request_id_var
 from apps.quotas.iprules import check_ip_rules
 from apps.quotas.limits import check_limits, count_requests, rate_checks
-from apps.routing.router import route_message
+from apps.routing.router import REQUESTED_AGENT_KEY, route_message
 from gateway_project.db import Update, stored, write_together
 from gateway_project.plain import is_plain
 
@@ -73,12 +73,13 @@ def accept(
     msg.control["thread"] = conversation_thread(msg, channel=channel, user=user, api_key=api_key)
     conversation = find_conversation(msg, channel=channel, user=user)
     agent = route_message(msg, channel=channel, user=user, conversation=conversation)
-    check_agent_access(user=user, agent=agent, api_key=api_key, client_ip=client_ip)
+    requested = msg.control.get(REQUESTED_AGENT_KEY)
+    check_agent_access(user=user, agent=agent, api_key=api_key, client_ip=client_ip, requested=requested)
     try:
         accepted = persist(msg, channel=channel, user=user, conversation=conversation, agent=agent, api_key=api_key)
     except ThreadStarted as started:  # another first message of the thread started its conversation
         agent = route_message(msg, channel=channel, user=user, conversation=started.conversation)
-        check_agent_access(user=user, agent=agent, api_key=api_key, client_ip=client_ip)
+        check_agent_access(user=user, agent=agent, api_key=api_key, client_ip=client_ip, requested=requested)
         accepted = persist(msg, channel=channel, user=user, conversation=started.conversation, agent=agent,
                            api_key=api_key)
     if not accepted.duplicate:

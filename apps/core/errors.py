@@ -65,6 +65,14 @@ class NotFound(GatewayError):
     default_message = "Not found."
 
 
+class AgentUnavailable(NotFound):
+    """An agent asked for by name (the face's ``model``) that does not exist, or that the sender or
+    their API key may not use: one answer for all three, so agent names are not disclosed."""
+
+    def __init__(self, requested: str):
+        super().__init__(f"No assistant named {str(requested)[:64]!r} is available to you.")
+
+
 class PayloadTooLarge(GatewayError):
     code = "payload_too_large"
     status = 413

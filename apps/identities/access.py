@@ -7,7 +7,7 @@ the agent runtime asks ``tool_permitted`` before running a tool the model asked 
 """
 from __future__ import annotations
 
-from apps.core.errors import Forbidden, GatewayError
+from apps.core.errors import AgentUnavailable, Forbidden, GatewayError
 from apps.logs.services import audit, first_refusal
 
 from .permissions import (
@@ -73,11 +73,15 @@ def check_channel_access(*, user, channel, api_key=None, client_ip: str | None =
                reason="permission", actor=user, target=channel, client_ip=client_ip)
 
 
-def check_agent_access(*, user, agent, api_key=None, client_ip: str | None = None) -> None:
-    """The user (and their API key) may talk to ``agent``, by role or by object permission."""
+def check_agent_access(*, user, agent, api_key=None, client_ip: str | None = None,
+                       requested: str | None = None) -> None:
+    """The user (and their API key) may talk to ``agent``, by role or by object permission.
+    ``requested``: the name the agent was asked for by (the face's ``model``)."""
     if not api_key_allows_agent(api_key, agent):
-        refuse(Forbidden(f"This API key may not be used with the agent {agent.name!r}."),
-               action="agent.refused", reason="key_scope", actor=user, target=agent, client_ip=client_ip,
+        # Asked for by name (the face): the router's 404 for an agent missing or not the owner's,
+        # else the key's holder could list its owner's agents. Chosen by routing: a 403 naming none.
+        error = AgentUnavailable(requested) if requested else Forbidden("This API key may not be used with this agent.")
+        refuse(error, action="agent.refused", reason="key_scope", actor=user, target=agent, client_ip=client_ip,
                api_key=api_key.prefix)
     if not user_can_use_agent(user, agent):
         refuse(Forbidden(f"You are not allowed to use the agent {agent.name!r}."), action="agent.refused",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from apps.agents.models import agent_by_slug
 from apps.conversations.normalized import metadata_vouched_for
-from apps.core.errors import NoRoute, NotFound
+from apps.core.errors import AgentUnavailable, NoRoute
 from apps.identities.permissions import user_access, user_can_use_agent
 from gateway_project.config_cache import cached
 
@@ -71,8 +71,9 @@ def decide_route(*, text: str, metadata: dict, channel, user, conversation=None,
     if requested:
         agent = agent_by_slug(str(requested))
         if agent is None or not user_can_use_agent(user, agent):
-            # The same answer for "no such agent" and "not yours": names are not disclosed.
-            raise NotFound(f"No assistant named {str(requested)[:64]!r} is available to you.")
+            # The same answer for "no such agent" and "not yours" (and, in check_agent_access, "not
+            # this key's"): names are not disclosed.
+            raise AgentUnavailable(requested)
         return RouteDecision(agent=agent, reason=f"requested by name: {agent.slug}")
 
     sticky = conversation.agent if conversation is not None and conversation.agent_id else None

@@ -276,7 +276,8 @@ def test_per_ip_rate_counts_the_openai_face(sec, attack):
 
 
 def test_face_refusals_keep_the_client_address(sec, attack):
-    """An API key limited to one agent asks the face for another: refused (403), and the audit row
+    """An API key limited to one agent asks the face for another: refused as a missing agent (404
+    ``model_not_found``, naming nothing: the key cannot list its owner's agents), and the audit row
     of the refusal names the address it came from (the face used to pass none)."""
     scoped = sec.stack.manage("create_api_key", DEMO_USERS[Role.EMPLOYEE], "--name", "scoped-face",
                               "--agent", "assistant").strip()
@@ -286,7 +287,7 @@ def test_face_refusals_keep_the_client_address(sec, attack):
                            bearer(scoped))
     rows = sql(sec, "SELECT host(client_ip) FROM logs_auditevent WHERE id > %s AND action = 'agent.refused'", since)
     attack.tried(admitted=status == 200, audited=bool(rows))
-    assert status == 403 and body["error"]["code"] == "forbidden", body
+    assert status == 404 and body["error"]["code"] == "model_not_found", body
     assert rows == [("127.0.0.1",)], rows
 
 
