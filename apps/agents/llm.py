@@ -259,7 +259,8 @@ def _stream(client: openai.OpenAI, params: dict, on_delta, started: float) -> LL
             try:  # as in _complete: nothing in a chunk is validated
                 texts = _read_chunk(chunk, result, tool_calls)
             except (AttributeError, TypeError) as exc:
-                raise _cut_off("bad_response", f"Unreadable model response: {exc}", pieces, result) from exc
+                raise _cut_off("bad_response", f"Unreadable model response: {exc}", pieces, tool_calls,
+                               result) from exc
             for text in texts:
                 if result.ttft_ms is None:
                     result.ttft_ms = int((time.monotonic() - started) * 1000)
@@ -267,14 +268,14 @@ def _stream(client: openai.OpenAI, params: dict, on_delta, started: float) -> LL
                 on_delta(text)
     except openai.APIConnectionError as exc:
         # The connection dropped mid-answer (the client reports it as a connection error).
-        raise _cut_off("truncated_stream", "The model's answer was cut off.", pieces, result) from exc
+        raise _cut_off("truncated_stream", "The model's answer was cut off.", pieces, tool_calls, result) from exc
     except openai.APIError as exc:  # an error event mid-stream
         raise _cut_off("provider_error", f"The model provider reported an error: {exc.message}",
-                       pieces, result) from exc
+                       pieces, tool_calls, result) from exc
     finally:
         stream.close()
     if result.finish_reason is None:
-        raise _cut_off("truncated_stream", "The model's answer was cut off.", pieces, result)
+        raise _cut_off("truncated_stream", "The model's answer was cut off.", pieces, tool_calls, result)
     result.text = "".join(pieces)
     result.tool_calls = [tool_calls[i] for i in sorted(tool_calls)]
     return result
@@ -300,12 +301,15 @@ def _read_chunk(chunk: ChatCompletionChunk, result: LLMResult, tool_calls: dict[
     return texts
 
 
-def _cut_off(code: str, message: str, pieces: list[str], result: LLMResult) -> LLMError:
-    """A stream that failed after some of its answer went out: the words sent and any usage the
-    provider reported travel with the error, since the provider bills them (model_call books them)."""
+def _cut_off(code: str, message: str, pieces: list[str], tool_calls: dict[int, dict],
+             result: LLMResult) -> LLMError:
+    """A stream that failed after some of its answer was generated: the words and tool calls so far
+    and any usage the provider reported travel with the error, since the provider bills them
+    (model_call books them)."""
     error = LLMError(code, message, retryable=True)
     error.partial = LLMResult(text="".join(pieces), model=result.model, prompt_tokens=result.prompt_tokens,
-                              completion_tokens=result.completion_tokens, total_tokens=result.total_tokens)
+                              completion_tokens=result.completion_tokens, total_tokens=result.total_tokens,
+                              tool_calls=[tool_calls[i] for i in sorted(tool_calls)])
     return error
 
 

@@ -78,7 +78,7 @@ def _failed(message: Message, model, prompt, tools, reservation, exc: BaseExcept
     by the provider, so they are booked and logged at their usage, the rest of the reservation given back."""
     latency_ms = int((time.monotonic() - started) * 1000)
     partial = getattr(exc, "partial", None)
-    if partial is None or not (partial.text or partial.total_tokens):
+    if partial is None or not (partial.text or partial.tool_calls or partial.total_tokens):
         budgets.release_model_call(reservation)
         record_llm_call(message, model=model, error=exc, attempt=attempt, latency_ms=latency_ms)
         return

@@ -67,3 +67,13 @@ def test_an_agents_max_tokens_of_0_sends_what_was_reserved(api_channel, agent, c
     agent.save()
     reply = agent_run(send(api_channel, customer, "hello").id)
     assert reply is not None and fake_llm.stats()["last_request"]["max_tokens"] == 77
+
+
+def test_a_stream_cut_off_after_a_tool_call_is_billed_for_it(webchat_channel, tool_agent, customer, settings,
+                                                              fake_llm):
+    settings.GATEWAY_LLM_RETRIES = 0
+    message = send(webchat_channel, customer, 'what time [[tool:current_time {"timezone": "UTC"}]] [[error_event]]')
+    assert agent_run(message.id) is None
+    call = LLMCall.objects.get(message=message)
+    assert call.status == "error" and call.completion_tokens > 0 and call.cost > 0
+    assert booked(customer) == {"calls": 1, "tokens": call.total_tokens}
