@@ -1,7 +1,7 @@
 import functools
 
 from django.apps import AppConfig
-from django.db.models.signals import m2m_changed, pre_delete
+from django.db.models.signals import m2m_changed, post_delete, pre_delete
 
 
 class IdentitiesConfig(AppConfig):
@@ -25,17 +25,26 @@ class IdentitiesConfig(AppConfig):
             ApiKey.channels.through, ApiKey.agents.through,
         ])
         for scope, model in (("agents", "agents.Agent"), ("channels", "connectors.Channel")):
-            pre_delete.connect(functools.partial(_revoke_keys_scoped_only_to, scope), sender=model, weak=False,
-                               dispatch_uid=f"revoke-keys-scoped-only-to-{model}")
+            pre_delete.connect(functools.partial(_note_keys_scoped_to, scope), sender=model, weak=False,
+                               dispatch_uid=f"note-keys-scoped-to-{model}")
+            post_delete.connect(functools.partial(_revoke_keys_left_unscoped, scope), sender=model, weak=False,
+                                dispatch_uid=f"revoke-keys-left-unscoped-{model}")
         for through in (User.groups.through, User.user_permissions.through):
             m2m_changed.connect(_forget_access_of_instance, sender=through, weak=False,
                                 dispatch_uid=f"forget-access-{through._meta.label}")
 
 
-def _revoke_keys_scoped_only_to(scope: str, instance, **kwargs) -> None:
-    from .services import revoke_keys_scoped_only_to
+def _note_keys_scoped_to(scope: str, instance, **kwargs) -> None:
+    from .services import keys_scoped_to
 
-    revoke_keys_scoped_only_to(scope, instance)
+    instance._keys_scoped_to_it = keys_scoped_to(scope, instance)  # its scope rows are deleted with it
+
+
+def _revoke_keys_left_unscoped(scope: str, instance, **kwargs) -> None:
+    from .services import revoke_keys_left_unscoped
+
+    if getattr(instance, "_keys_scoped_to_it", None):
+        revoke_keys_left_unscoped(scope, instance._keys_scoped_to_it, instance)
 
 
 def _forget_access_of_instance(instance, action: str, **kwargs) -> None:

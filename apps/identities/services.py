@@ -263,14 +263,21 @@ def api_key_revoke(*, key: ApiKey, actor, client_ip: str | None = None, **detail
           after=api_key_describe(key), **detail)
 
 
-def revoke_keys_scoped_only_to(scope: str, obj) -> None:
-    """``obj`` (an agent or a channel) is being deleted: revoke the keys whose ``scope`` ("agents",
-    "channels") names only it. An empty scope means "any", so they would otherwise be widened to
-    every agent or channel their owner may use."""
-    named = ApiKey.objects.filter(**{scope: obj}, revoked_at__isnull=True).values("pk")
-    for key in ApiKey.objects.filter(pk__in=named).annotate(named=models.Count(scope)).filter(named=1):
+def keys_scoped_to(scope: str, obj) -> list:
+    """The pks of the usable keys whose ``scope`` ("agents", "channels") names ``obj``."""
+    return list(ApiKey.objects.filter(**{scope: obj}, revoked_at__isnull=True).values_list("pk", flat=True))
+
+
+def revoke_keys_left_unscoped(scope: str, key_pks, deleted) -> None:
+    """``deleted`` (an agent or a channel) is gone: revoke those of ``key_pks`` whose ``scope`` it
+    left empty. An empty scope means "any", so they would otherwise be widened to every agent or
+    channel their owner may use. Asked after the deletion, so a bulk one that takes a key's whole
+    scope at once is seen whole."""
+    empty = ApiKey.objects.filter(pk__in=key_pks, revoked_at__isnull=True).annotate(
+        named=models.Count(scope)).filter(named=0)
+    for key in empty:
         api_key_revoke(key=key, actor=None, reason=f"its whole {scope} scope was deleted",
-                       deleted=f"{obj._meta.label_lower}:{obj.pk}")
+                       deleted=f"{deleted._meta.label_lower}:{deleted.pk}")
 
 
 @transaction.atomic

@@ -44,3 +44,17 @@ def test_deleting_the_only_channel_a_key_names_revokes_the_key(api_channel, agen
     assert ask(raw) == 403
     other.delete()
     assert ask(raw) == 401 and ApiKey.objects.get(pk=key.pk).revoked_at is not None
+
+
+def test_deleting_a_keys_whole_scope_at_once_revokes_it(api_channel, agent, customer, llm_model):
+    """One deletion of every agent (or channel) a key names, as the admin's bulk action does."""
+    sales = Agent.objects.create(slug="sales", name="Sales", model=llm_model)
+    support = Agent.objects.create(slug="support", name="Support", model=llm_model)
+    by_agents, agents_raw = api_key_create(user=customer, actor=None, agents=[sales, support])
+    partners = [Channel.objects.create(slug=f"partner-{n}", name=f"Partner {n}", kind="api", default_agent=agent)
+                for n in (1, 2)]
+    by_channels, channels_raw = api_key_create(user=customer, actor=None, channels=partners)
+    Agent.objects.filter(pk__in=[sales.pk, support.pk]).delete()
+    Channel.objects.filter(pk__in=[c.pk for c in partners]).delete()
+    assert ask(agents_raw) == 401 and ask(channels_raw) == 401
+    assert not ApiKey.objects.filter(pk__in=[by_agents.pk, by_channels.pk], revoked_at__isnull=True).exists()
