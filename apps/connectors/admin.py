@@ -4,6 +4,7 @@ from django.contrib import admin
 from apps.core.client_ip import client_ip_for_request
 from apps.identities.channel_scope import UsableChannelsOnly
 from apps.identities.guarded_admin import ObjectPermissionsAdmin
+from apps.identities.privileges import refused
 from apps.logs.services import audit
 
 from .base import ConfigError
@@ -62,9 +63,24 @@ class ChannelAdminForm(forms.ModelForm):
         kind = cleaned.get("kind")
         if not kind:
             return cleaned
-        secrets = {} if cleaned.get("clear_secrets") else dict(self.instance.secrets if self.instance.pk else {})
+        stored = dict(self.instance.secrets if self.instance.pk else {})
+        secrets = {} if cleaned.get("clear_secrets") else dict(stored)
         secrets.update({name: cleaned[name] for name in SECRET_FIELDS if cleaned.get(name)})
         self._new_secrets = secrets
+        self.secrets_changed = {
+            "set": sorted(n for n in secrets if n not in stored),
+            "replaced": sorted(n for n in secrets if n in stored and secrets[n] != stored[n]),
+            "cleared": sorted(n for n in stored if n not in secrets),
+        }
+        if self.instance.pk and not self.actor.is_superuser and (
+                self.secrets_changed["replaced"] or self.secrets_changed["cleared"] or kind != self.instance.kind):
+            # Whoever holds a channel's secret can sign its platform's events as anyone on it, a
+            # superuser's identity included: only a superuser replaces one, or the kind it is for.
+            refused(self.request, what="replace a channel's secrets or kind", target=self.instance)
+            raise forms.ValidationError("Only a superuser replaces or clears a channel's stored secrets, or "
+                                        "changes its kind: whoever holds them speaks as anyone on it.")
+        if not isinstance(cleaned.get("config"), dict | None):
+            return cleaned  # Channel.clean says what is wrong
         if cleaned.get("enabled", True):
             try:
                 connector_class(kind).parse_config(cleaned.get("config") or {}, secrets)
@@ -102,14 +118,20 @@ class ChannelAdmin(UsableChannelsOnly, ObjectPermissionsAdmin):
         ("Web chat", {"fields": ("allow_visitors", "allowed_origins"), "classes": ("collapse",)}),
     )
 
-    # Audited as providers are: a channel's settings decide where its talk goes (a CRM callback URL).
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        return type(form.__name__, (form,), {"request": request, "actor": request.user})
+
+    # Audited as providers are: a channel's settings decide where its talk goes (a CRM callback URL),
+    # its secrets whose events it believes (named, never their values).
     def save_model(self, request, obj, form, change):
         before = Channel.objects.get(pk=obj.pk).describe() if change else None
         super().save_model(request, obj, form, change)
         after = obj.describe()
-        if before != after:
+        secrets = {k: v for k, v in form.secrets_changed.items() if v}
+        if before != after or secrets:
             audit(action=f"channel.{'changed' if change else 'created'}", actor=request.user, target=obj,
-                  before=before, after=after, client_ip=client_ip_for_request(request))
+                  before=before, after=after, secrets=secrets, client_ip=client_ip_for_request(request))
 
     def delete_model(self, request, obj):
         audit(action="channel.deleted", actor=request.user, target=obj, before=obj.describe(),
