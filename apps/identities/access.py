@@ -36,11 +36,12 @@ class UnknownSender(Forbidden):
 def refuse(error: GatewayError, *, action: str, reason: str, actor=None, target=None,
            client_ip: str | None = None, **detail):
     """Audit a refusal, then raise ``error``. Once a minute for the same refusal (action, reason and
-    target, from the same user, else the same platform sender or address): a flood of a blocked key
-    stays in the request log (apps.logs.services.first_refusal)."""
-    who = getattr(actor, "pk", None) or detail.get("external_id") or client_ip
+    target, from the same user or platform sender, API key and address): a flood of a blocked key
+    stays in the request log (apps.logs.services.first_refusal), while another key or address of
+    the same user is audited on its own."""
+    who = (getattr(actor, "pk", None) or detail.get("external_id"), detail.get("api_key"), client_ip)
     where = (target._meta.label_lower, target.pk) if target is not None else ()
-    if first_refusal(action, reason, who, *where):
+    if first_refusal(action, reason, *who, *where):
         audit(action=action, actor=actor, target=target, client_ip=client_ip, reason=reason,
               code=error.code, **detail)
     raise error

@@ -167,7 +167,8 @@ def _write_rows(rows: list[dict]) -> None:
     refusals: dict[tuple, tuple[dict, RequestLog]] = {}  # the first row of each kind in the batch
     for row, log in zip(rows, logs, strict=True):
         if log.status_code in AUDITED_REFUSAL_STATUSES:
-            kind = (log.rejection, row.get("reason", ""), row["channel_slug"], log.user_id or log.client_ip)
+            kind = (log.rejection, row.get("reason", ""), row["channel_slug"], log.user_id, log.api_key_id,
+                    log.client_ip)
             refusals.setdefault(kind, (row, log))
     AuditEvent.objects.bulk_create([
         AuditEvent(

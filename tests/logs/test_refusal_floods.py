@@ -7,8 +7,9 @@ or, without one, address) is audited once a minute; the request log still has ev
 import pytest
 from rest_framework.test import APIClient
 
+from apps.connectors.models import Channel
 from apps.identities.models import ApiKey
-from apps.identities.services import user_block
+from apps.identities.services import api_key_create, user_block
 from apps.logs.models import AuditEvent, RequestLog
 from apps.logs.request_log import request_log_flush
 from apps.quotas.models import IpRule
@@ -72,3 +73,20 @@ def test_a_flood_flushed_in_several_batches_is_audited_once(api_channel, custome
         request_log_flush(batch_size=2)
     assert RequestLog.objects.filter(client_ip="192.0.2.30").count() == 15
     assert audited("request.refused", client_ip="192.0.2.30") == 1
+
+
+def test_another_key_or_address_of_the_same_user_is_audited_on_its_own(api_channel, agent, customer):
+    """A noisy, misconfigured integration must not hide a second key being tried from elsewhere."""
+    partner = Channel.objects.create(slug="partner", name="Partner", kind="api", default_agent=agent)
+    keys = [api_key_create(user=customer, actor=None, channels=[partner]) for _ in range(2)]
+    for (_key, raw), ip in zip(keys, ("198.51.100.1", "203.0.113.66"), strict=True):
+        client = APIClient(REMOTE_ADDR=ip)
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
+        for _ in range(3):
+            assert client.post("/api/v1/messages", {"message": "hi"}, format="json").status_code == 403
+    request_log_flush()
+    refused = AuditEvent.objects.filter(action="channel.refused", actor=customer)
+    assert sorted((e.detail["api_key"], e.client_ip) for e in refused) == sorted(
+        [(keys[0][0].prefix, "198.51.100.1"), (keys[1][0].prefix, "203.0.113.66")])
+    assert audited("request.refused", client_ip="198.51.100.1") == audited("request.refused",
+                                                                            client_ip="203.0.113.66") == 1
