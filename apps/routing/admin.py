@@ -7,13 +7,14 @@ from django import forms
 from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.template.response import TemplateResponse
 from django.urls import path
 
 from apps.connectors.models import Channel
 from apps.conversations.models import Conversation
 from apps.core.errors import GatewayError
-from apps.identities.channel_scope import request_channel_ids, sees_every_channel
+from apps.identities.channel_scope import request_agent_ids, request_channel_ids, sees_every_channel
 from apps.identities.permissions import user_can_use_agent
 
 from .models import Route
@@ -32,7 +33,9 @@ class RouteTestForm(forms.Form):
 
     def __init__(self, *args, channel_ids: set[int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.channel_ids = channel_ids  # conversations of these channels only (None: any)
+        self.channel_ids = channel_ids  # channels and their conversations: these only (None: any)
+        if channel_ids is not None:
+            self.fields["channel"].queryset = Channel.objects.filter(pk__in=channel_ids)
 
     def clean_sender(self):
         user = get_user_model().objects.filter(username=self.cleaned_data["sender"]).first()
@@ -80,6 +83,14 @@ class RouteAdmin(admin.ModelAdmin):
     )
     change_list_template = "admin/routing/route/change_list.html"
 
+    def get_queryset(self, request):
+        # Routes to agents, and on channels, the staff member may use (as in their own admins).
+        queryset = super().get_queryset(request)
+        if sees_every_channel(request.user):
+            return queryset
+        return queryset.filter(Q(channel__isnull=True) | Q(channel_id__in=request_channel_ids(request)),
+                               agent_id__in=request_agent_ids(request))
+
     def get_urls(self):
         tester = path("test/", self.admin_site.admin_view(self.test_view), name="routing_route_test")
         return [tester, *super().get_urls()]
@@ -98,7 +109,10 @@ class RouteAdmin(admin.ModelAdmin):
                     text=data["message"], metadata=data["metadata"], channel=data["channel"],
                     user=data["sender"], conversation=data["conversation"],
                 )
-                if decision.agent is not None and not user_can_use_agent(data["sender"], decision.agent):
+                hidden = None if sees_every_channel(request.user) else request_agent_ids(request)
+                if hidden is not None and decision.agent is not None and decision.agent.pk not in hidden:
+                    decision, error = None, "The message would go to an agent you may not see."
+                elif decision.agent is not None and not user_can_use_agent(data["sender"], decision.agent):
                     error = f"The sender may not use {decision.agent.slug}: the message would be refused."
             except GatewayError as exc:
                 error = exc.message

@@ -14,6 +14,7 @@ from apps.connectors.models import Channel
 from apps.identities.roles import Role
 from apps.identities.services import api_key_create
 from apps.logs.services import audit
+from apps.routing.models import Route
 from tests.helpers import send
 
 pytestmark = pytest.mark.django_db
@@ -237,3 +238,27 @@ def test_the_route_tester_finds_no_conversation_on_a_hidden_channel(
     assert "No such conversation." in refused and "sticks to" not in refused
     assert "sticks to" in tested(desk, shown.conversation_id)
     assert "sticks to" in tested(make_user(None, is_staff=True, is_superuser=True), hidden.conversation_id)
+
+
+def test_routes_to_hidden_agents_or_on_hidden_channels_are_not_hers_to_see(client, make_user, llm_model, agent,
+                                                                           webchat_channel):
+    secret = Agent.objects.create(slug="secret-ops", name="Secret ops", model=llm_model, visibility="admin")
+    vip = Channel.objects.create(slug="vip-desk", name="VIP desk", kind="api", default_agent=secret,
+                                 visibility="admin")
+    Route.objects.create(name="board-escalations", priority=1, agent=secret, channel=vip, keyword="merger")
+    Route.objects.create(name="ops-anywhere", priority=2, agent=secret, keyword="outage")
+    Route.objects.create(name="greetings", priority=3, agent=agent, keyword="hello")
+    desk = desk_member(make_user, "view_route")
+    client.force_login(desk)
+    assert [r.name for r in client.get("/admin/routing/route/").context["cl"].result_list] == ["greetings"]
+    tester = "/admin/routing/route/test/"
+    assert "VIP desk" not in client.get(tester).content.decode()
+    boss = make_user(Role.ADMIN)
+    on_vip = client.post(tester, {"channel": vip.pk, "sender": boss.username, "message": "the merger",
+                                  "metadata": "{}"}).content.decode()
+    assert "secret-ops" not in on_vip and "board-escalations" not in on_vip  # not a channel she may pick
+    here = client.post(tester, {"channel": webchat_channel.pk, "sender": boss.username, "message": "an outage",
+                                "metadata": "{}"}).content.decode()
+    assert "agent you may not see" in here and "secret-ops" not in here and "ops-anywhere" not in here
+    assert "greetings" in client.post(tester, {"channel": webchat_channel.pk, "sender": boss.username,
+                                               "message": "hello", "metadata": "{}"}).content.decode()
