@@ -7,6 +7,7 @@ from rest_framework.test import APIClient
 
 from apps.connectors.visitors import visitor_token_issue
 from apps.identities.models import ApiKey
+from apps.quotas.ledger import LocalLedger, RedisLedger
 from apps.quotas.models import QuotaPolicy
 
 
@@ -68,3 +69,13 @@ def assert_error():
 def open_chat():
     """await open_chat(channel, client=(ip, port)) → a connected web chat socket (as a visitor)."""
     return _open_chat
+
+
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.services)])
+def ledger(request, settings):
+    """The budget ledger in both forms: the embedded default's, and Redis' (services only)."""
+    if request.param == "local":
+        return LocalLedger()
+    import redis
+
+    return RedisLedger(redis.Redis.from_url(settings.REDIS_URL))

@@ -20,7 +20,7 @@ from apps.core.errors import QuotaExceeded, error_from_event
 from apps.logs.models import AuditEvent, LLMCall
 from apps.quotas import budgets
 from apps.quotas.budgets import QuotaRefused, estimate_prompt_tokens
-from apps.quotas.ledger import ADMITTED, MISSING, REFUSED, CounterCall, LocalLedger, RateCall, RedisLedger
+from apps.quotas.ledger import ADMITTED, MISSING, REFUSED, CounterCall, LocalLedger, RateCall
 from apps.quotas.models import QuotaCredit, UsageDaily
 from apps.quotas.policies import user_limits
 from apps.quotas.selectors import budget_states
@@ -41,15 +41,6 @@ def live(user):
 
 
 # --- the ledger itself, in both forms ------------------------------------------------------
-
-
-@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.services)])
-def ledger(request, settings):
-    if request.param == "local":
-        return LocalLedger()
-    import redis
-
-    return RedisLedger(redis.Redis.from_url(settings.REDIS_URL))
 
 
 @pytest.fixture

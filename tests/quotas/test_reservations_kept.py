@@ -9,7 +9,7 @@ from apps.agents.runtime import agent_run
 from apps.logs.models import LLMCall
 from apps.quotas import budgets
 from apps.quotas.budgets import QuotaBusy
-from apps.quotas.ledger import ADMITTED, REFUSED, CounterCall, LocalLedger, RedisLedger
+from apps.quotas.ledger import ADMITTED, REFUSED, CounterCall
 from apps.quotas.policies import user_limits
 from apps.quotas.selectors import budget_states
 from tests.helpers import send, wait_until
@@ -24,15 +24,6 @@ def tokens_today(user) -> tuple[int, int]:
 
 
 # --- the ledger, in both forms ----------------------------------------------------------------
-
-
-@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.services)])
-def ledger(request, settings):
-    if request.param == "local":
-        return LocalLedger()
-    import redis
-
-    return RedisLedger(redis.Redis.from_url(settings.REDIS_URL))
 
 
 @pytest.fixture

@@ -33,6 +33,15 @@ def desk_member(make_user, *codenames):
     return user
 
 
+def assert_not_found_on_every_page(client, base: str, pk, secret: str) -> None:
+    """The admin pages of a row the staff member may not see: "not found" (the admin redirects),
+    its text nowhere, and no object-permission page."""
+    for page in ("change", "history", "delete"):
+        response = client.get(f"{base}/{pk}/{page}/")
+        assert response.status_code == 302 and secret not in response.content.decode(), page
+    assert client.get(f"{base}/{pk}/permissions/").status_code == 404
+
+
 def converse(channel, user, text, conversation_id=None):
     said = send(channel, user, text, conversation_id=conversation_id)
     agent_run(said.id)
@@ -129,10 +138,7 @@ def test_staff_cannot_open_a_channel_they_may_not_use_in_its_admin(
     client.force_login(operator)
     base = "/admin/connectors/channel"
     assert [c.slug for c in client.get(f"{base}/").context["cl"].result_list] == ["web"]
-    for page in ("change", "history", "delete"):
-        response = client.get(f"{base}/{vip.pk}/{page}/")
-        assert response.status_code == 302 and "VIP" not in response.content.decode(), page
-    assert client.get(f"{base}/{vip.pk}/permissions/").status_code == 404
+    assert_not_found_on_every_page(client, base, vip.pk, "VIP")
     client.post(f"{base}/{vip.pk}/change/", channel_form(vip, visibility="internal"))
     client.post(f"{base}/{vip.pk}/delete/", {"post": "yes"})
     client.post(f"{base}/", {"action": "delete_selected", "_selected_action": [vip.pk], "post": "yes"})
@@ -161,10 +167,7 @@ def test_staff_find_only_the_agents_they_may_use_in_its_admin(client, agent, llm
     client.force_login(operator)
     base = "/admin/agents/agent"
     assert [a.slug for a in client.get(f"{base}/").context["cl"].result_list] == ["assistant"]
-    for page in ("change", "history", "delete"):
-        response = client.get(f"{base}/{ops.pk}/{page}/")
-        assert response.status_code == 302 and "OPS-SECRET" not in response.content.decode(), page
-    assert client.get(f"{base}/{ops.pk}/permissions/").status_code == 404
+    assert_not_found_on_every_page(client, base, ops.pk, "OPS-SECRET")
     client.post(f"{base}/{ops.pk}/change/", {"slug": "ops", "name": "Ops", "model": llm_model.pk,
                                             "visibility": "public"})
     client.post(f"{base}/{ops.pk}/delete/", {"post": "yes"})
@@ -182,12 +185,13 @@ def test_staff_find_only_the_tools_they_may_use_in_its_admin(client, tools, make
     """An employee who may change tools cannot make the admin tool block_user public (every
     customer's, on any agent that carries it)."""
     block = tools["block_user"]
-    operator = desk_member(make_user, "view_tool", "change_tool")
+    operator = desk_member(make_user, "view_tool", "change_tool", "delete_tool", "view_userobjectpermission",
+                           "view_groupobjectpermission")
     client.force_login(operator)
     base = "/admin/agents/tool"
     listed = {t.slug for t in client.get(f"{base}/").context["cl"].result_list}
     assert "search_conversations" in listed and "block_user" not in listed
-    assert client.get(f"{base}/{block.pk}/change/").status_code == 302
+    assert_not_found_on_every_page(client, base, block.pk, block.description)
     client.post(f"{base}/{block.pk}/change/", {"name": block.name, "description": block.description,
                                                "visibility": "public", "enabled": "on"})
     block.refresh_from_db()
