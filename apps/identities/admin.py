@@ -16,6 +16,7 @@ from django.template.response import TemplateResponse
 
 from apps.logs.services import audit
 
+from .channel_scope import UsableChannelFilter, UsableChannelsOnly, request_channel_ids, sees_every_channel
 from .guarded_admin import client_ip
 from .models import ApiKey, ChannelIdentity, User
 from .privileges import beyond, grant_checked_form, group_outranks, outranks, refuse, refused
@@ -58,6 +59,11 @@ class ChannelIdentityInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        return queryset if sees_every_channel(request.user) else queryset.filter(
+            channel_id__in=request_channel_ids(request))
 
 
 class RoleFilter(admin.SimpleListFilter):
@@ -256,11 +262,12 @@ class UserAdmin(BaseUserAdmin):
 
 
 @admin.register(ChannelIdentity)
-class ChannelIdentityAdmin(admin.ModelAdmin):
-    """Linking: change an identity's user to say it is the same person as another account."""
+class ChannelIdentityAdmin(UsableChannelsOnly, admin.ModelAdmin):
+    """Linking: change an identity's user to say it is the same person as another account. Staff
+    find only the identities on channels they may use (who spoke there is part of what was said)."""
 
     list_display = ("external_id", "channel", "user", "display_name", "created_at")
-    list_filter = ("channel",)
+    list_filter = (("channel", UsableChannelFilter),)
     search_fields = ("external_id", "display_name", "user__username", "user__email")
     list_select_related = ("channel", "user")
     autocomplete_fields = ("user",)

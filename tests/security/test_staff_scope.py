@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 from apps.agents.models import Agent
 from apps.agents.runtime import agent_run
 from apps.connectors.models import Channel
+from apps.identities.models import ChannelIdentity
 from apps.identities.roles import Role
 from apps.identities.services import api_key_create
 from apps.logs.services import audit
@@ -266,3 +267,18 @@ def test_routes_to_hidden_agents_or_on_hidden_channels_are_not_hers_to_see(clien
     assert "agent you may not see" in here and "secret-ops" not in here and "ops-anywhere" not in here
     assert "greetings" in client.post(tester, {"channel": webchat_channel.pk, "sender": boss.username,
                                                "message": "hello", "metadata": "{}"}).content.decode()
+
+
+def test_identities_on_hidden_channels_are_not_listed(client, webchat_channel, vip, make_user):
+    """Who spoke on a channel is part of what was said there: the identities admin and a user's
+    page list only the identities on channels the staff member may use."""
+    close(vip)
+    customer = make_user(Role.CUSTOMER)
+    ChannelIdentity.objects.create(channel=webchat_channel, external_id="web-visitor-1", user=customer)
+    hidden = ChannelIdentity.objects.create(channel=vip, external_id="vip-board-member", user=customer)
+    client.force_login(desk_member(make_user, "view_channelidentity", "view_user"))
+    base = "/admin/identities/channelidentity"
+    assert [i.external_id for i in client.get(f"{base}/").context["cl"].result_list] == ["web-visitor-1"]
+    assert client.get(f"{base}/{hidden.pk}/change/").status_code == 302
+    page = client.get(f"/admin/identities/user/{customer.pk}/change/").content.decode()
+    assert "web-visitor-1" in page and "vip-board-member" not in page
