@@ -32,16 +32,15 @@ def held_permissions(user) -> set[str]:
     return {f"{app}.{codename}" for app, codename in rows}
 
 
-def held_object_permissions(user) -> list[tuple[object, str]]:
-    """(object, codename) of every object permission ``user`` holds, directly or through a group;
-    those on objects deleted since are left out."""
+def held_object_permissions(users) -> list[tuple[object, str]]:
+    """(object, codename) of every object permission any of ``users`` (a queryset) holds, directly
+    or through a group; those on objects deleted since are left out."""
     from guardian.models import GroupObjectPermission, UserObjectPermission
 
-    if user.pk is None:
-        return []
-    return _granted([*UserObjectPermission.objects.filter(user=user).select_related("permission", "content_type"),
-                     *GroupObjectPermission.objects.filter(group__user=user).select_related("permission",
-                                                                                             "content_type")])
+    return _granted([
+        *UserObjectPermission.objects.filter(user__in=users).select_related("permission", "content_type"),
+        *GroupObjectPermission.objects.filter(group__user__in=users).distinct().select_related("permission",
+                                                                                               "content_type")])
 
 
 def group_object_permissions(groups) -> list[tuple[object, str]]:
@@ -89,19 +88,27 @@ def outranks(target, actor) -> bool:
         return False
     if target.is_superuser:
         return True
-    if not held_permissions(target) <= held_permissions(actor):
-        return True
-    return any(not actor_holds(actor, obj, codename) for obj, codename in held_object_permissions(target))
+    return _any_holds_more(type(target)._default_manager.filter(pk=target.pk), actor)
 
 
 def group_outranks(group, actor) -> bool:
     """Whether ``group`` holds something ``actor`` does not, or has a member who does (then
-    ``actor`` may not change it: emptying a role's group would leave its members hers)."""
+    ``actor`` may not change it: emptying a role's group would leave its members hers). In a few
+    queries however many members it has."""
     if actor.is_superuser:
         return False
-    if beyond(actor, groups=[group]):
+    members = group.user_set.all()
+    return bool(beyond(actor, groups=[group])) or members.filter(is_superuser=True).exists() or _any_holds_more(
+        members, actor)
+
+
+def _any_holds_more(users, actor) -> bool:
+    """Whether any of ``users`` (a queryset) holds a global permission ``actor`` does not, or an
+    object permission ``actor`` does not hold on that object (read fresh, active or not)."""
+    held = Permission.objects.filter(Q(user=actor) | Q(group__user=actor))
+    if Permission.objects.filter(Q(user__in=users) | Q(group__user__in=users)).exclude(pk__in=held).exists():
         return True
-    return any(outranks(member, actor) for member in group.user_set.all())
+    return any(not actor_holds(actor, obj, codename) for obj, codename in held_object_permissions(users))
 
 
 def beyond(actor, *, permissions=(), groups=()) -> set[str]:

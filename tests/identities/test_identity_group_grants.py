@@ -103,3 +103,14 @@ def test_a_role_group_holding_more_than_her_is_read_only(client, make_user, role
     form = {"name": "renamed", "permissions": list(customers.permissions.values_list("pk", flat=True))}
     client.post(f"/admin/auth/group/{customers.pk}/change/", form)
     assert Group.objects.filter(name=Role.CUSTOMER).exists() and not Group.objects.filter(name="renamed").exists()
+
+
+def test_a_role_group_is_judged_in_a_few_queries_however_many_members(make_user, roles,
+                                                                     django_assert_max_num_queries):
+    from apps.identities.privileges import group_outranks
+
+    actor = make_user(Role.ADMIN, is_staff=True)
+    for _ in range(30):
+        make_user(Role.CUSTOMER)
+    with django_assert_max_num_queries(8):
+        assert not group_outranks(roles[Role.CUSTOMER], actor)
