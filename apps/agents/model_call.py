@@ -45,14 +45,11 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
                 model, prompt, max_tokens=max_tokens, temperature=agent.temperature,
                 tools=tools, on_delta=on_delta,
             )
-    except llm.LLMError as exc:
+    except Exception as exc:  # an LLMError, or a bug: the attempt is logged either way
         _failed(message, model, prompt, tools, reservation, exc, attempt=attempt, started=started)
         raise
-    except BaseException as exc:
-        if isinstance(exc, Exception):  # a bug, not the process stopping: the attempt is still logged
-            _failed(message, model, prompt, tools, reservation, exc, attempt=attempt, started=started)
-        else:
-            budgets.release_model_call(reservation)
+    except BaseException:  # the process is stopping
+        budgets.release_model_call(reservation)
         raise
     # The id the provider answered with names the reply as an agent's (Message.by_agent) and goes
     # in columns of 100 characters: never empty, never longer (a routed or dated id may be).

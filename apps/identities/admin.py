@@ -16,7 +16,7 @@ from django.template.response import TemplateResponse
 
 from apps.logs.services import audit
 
-from .channel_scope import UsableChannelFilter, UsableChannelsOnly, request_channel_ids, sees_every_channel
+from .channel_scope import UsableChannelFilter, UsableChannelsOnly
 from .guarded_admin import client_ip
 from .models import ApiKey, ChannelIdentity, User
 from .privileges import beyond, grant_checked_form, group_outranks, outranks, refuse, refused
@@ -47,8 +47,9 @@ def user_snapshot(user) -> dict:
     }
 
 
-class ChannelIdentityInline(admin.TabularInline):
-    """The user's identities; to move one to another person, open it (Channel identities)."""
+class ChannelIdentityInline(UsableChannelsOnly, admin.TabularInline):
+    """The user's identities on channels the staff member may use; to move one to another person,
+    open it (Channel identities)."""
 
     model = ChannelIdentity
     extra = 0
@@ -59,11 +60,6 @@ class ChannelIdentityInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
-
-    def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        return queryset if sees_every_channel(request.user) else queryset.filter(
-            channel_id__in=request_channel_ids(request))
 
 
 class RoleFilter(admin.SimpleListFilter):

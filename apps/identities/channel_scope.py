@@ -18,26 +18,24 @@ def sees_every_channel(user) -> bool:
 
 def request_channel_ids(request) -> set[int]:
     """``usable_channel_ids`` of the request's user, worked out once per request."""
-    ids = getattr(request, "_usable_channel_ids", None)
-    if ids is None:
-        ids = request._usable_channel_ids = usable_channel_ids(request.user)
-    return ids
+    return _once_per_request(request, usable_channel_ids)
 
 
 def request_agent_ids(request) -> set[int]:
     """``usable_agent_ids`` of the request's user, worked out once per request."""
-    ids = getattr(request, "_usable_agent_ids", None)
-    if ids is None:
-        ids = request._usable_agent_ids = usable_agent_ids(request.user)
-    return ids
+    return _once_per_request(request, usable_agent_ids)
 
 
 def request_tool_ids(request) -> set[int]:
     """``usable_tool_ids`` of the request's user, worked out once per request."""
-    ids = getattr(request, "_usable_tool_ids", None)
-    if ids is None:
-        ids = request._usable_tool_ids = usable_tool_ids(request.user)
-    return ids
+    return _once_per_request(request, usable_tool_ids)
+
+
+def _once_per_request(request, usable_ids) -> set[int]:
+    kept = request.__dict__.setdefault("_usable_ids", {})
+    if usable_ids not in kept:
+        kept[usable_ids] = usable_ids(request.user)
+    return kept[usable_ids]
 
 
 class UsableChannelsOnly:

@@ -109,8 +109,8 @@ class RouteAdmin(admin.ModelAdmin):
                     text=data["message"], metadata=data["metadata"], channel=data["channel"],
                     user=data["sender"], conversation=data["conversation"],
                 )
-                hidden = None if sees_every_channel(request.user) else request_agent_ids(request)
-                if hidden is not None and decision.agent is not None and decision.agent.pk not in hidden:
+                shown = None if sees_every_channel(request.user) else request_agent_ids(request)
+                if shown is not None and decision.agent is not None and decision.agent.pk not in shown:
                     decision, error = None, "The message would go to an agent you may not see."
                 elif decision.agent is not None and not user_can_use_agent(data["sender"], decision.agent):
                     error = f"The sender may not use {decision.agent.slug}: the message would be refused."
