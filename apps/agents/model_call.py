@@ -6,7 +6,6 @@ model answers) live in one place.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -55,7 +54,7 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
     # in columns of 100 characters: never empty, never longer (a routed or dated id may be).
     result.model = (result.model or model.name or "unknown")[:MODEL_ID_CHARS]
     if not result.total_tokens:  # the provider reported no usage: the estimate, in the log row as in the budgets
-        _estimate_usage(result, prompt, tools)
+        budgets.estimate_usage(result, prompt, tools)
     usage = budgets.settle_model_call(reservation, result, write_usage=False)
     # The day's usage and the call's log row, in one statement.
     unsettled = budgets.unsettled_usage(reservation)  # the ledger's store failed: recovery re-seeds from the rollup
@@ -80,18 +79,11 @@ def _failed(message: Message, model, prompt, tools, reservation, exc: BaseExcept
         record_llm_call(message, model=model, error=exc, attempt=attempt, latency_ms=latency_ms)
         return
     if not partial.total_tokens:
-        _estimate_usage(partial, prompt, tools)
+        budgets.estimate_usage(partial, prompt, tools)
     usage = budgets.settle_model_call(reservation, partial, write_usage=False)
     unsettled = budgets.unsettled_usage(reservation)
     through_outage(lambda: record_llm_call(message, model=model, error=exc, attempt=attempt, latency_ms=latency_ms,
                                            usage=usage, unsettled=unsettled, partial=partial))
-
-
-def _estimate_usage(result: llm.LLMResult, prompt: list[dict], tools: list[dict] | None) -> None:
-    result.prompt_tokens = budgets.estimate_prompt_tokens(prompt, tools)
-    result.completion_tokens = budgets.text_tokens(result.text) + (
-        budgets.text_tokens(json.dumps(result.tool_calls)) if result.tool_calls else 0)
-    result.total_tokens = result.prompt_tokens + result.completion_tokens
 
 
 def release_database_connection() -> None:

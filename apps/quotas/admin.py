@@ -133,7 +133,7 @@ class IpRuleAdmin(LimitsOfOthersOnly, AuditedAdmin):
 
     def targets(self, obj) -> dict:
         # A rule for every channel can shut every superuser out of the admin: superusers' own.
-        return {"channel": obj.channel, "global_rule": True} if obj.channel_id is None else {"channel": obj.channel}
+        return {"channel": obj.channel, "global_rule": obj.channel_id is None}
 
 
 @admin.register(UsageDaily)

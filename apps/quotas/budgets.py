@@ -173,6 +173,15 @@ def estimate_prompt_tokens(prompt: list[dict], tools: list[dict] | None = None) 
     return total
 
 
+def estimate_usage(result, prompt: list[dict], tools: list[dict] | None = None) -> None:
+    """Fill in ``result``'s usage from the prompt and the answer (its text and tool calls), for a
+    provider that reported none: booked and logged as if reported."""
+    result.prompt_tokens = estimate_prompt_tokens(prompt, tools)
+    result.completion_tokens = text_tokens(result.text) + (
+        text_tokens(json.dumps(result.tool_calls)) if result.tool_calls else 0)
+    result.total_tokens = result.prompt_tokens + result.completion_tokens
+
+
 # --- the model-call hooks -----------------------------------------------------------------
 
 
@@ -223,18 +232,15 @@ def count_refusal(channel, counter: Counter) -> None:
 
 
 def settle_model_call(reservation: Reservation, result, *, write_usage: bool = True) -> Statement:
-    """Book the call's real usage (from the response) and write it to the daily rollup.
+    """Book the call's usage and write it to the daily rollup: the response's, or ``estimate_usage``'s
+    when the provider reported none (the caller fills it in, so its log row says the same).
 
     Returns the rollup's upsert. ``write_usage=False``: the caller writes it, together with its own
     row (the agent run writes it with the model call's log row, in one statement).
     """
     prompt, completion = result.prompt_tokens or 0, result.completion_tokens or 0
     total = result.total_tokens or (prompt + completion)
-    if not total:  # the provider reported no usage: book the estimate rather than nothing
-        total = reservation.tokens
-        cost = Decimal(reservation.cost_micros) / MICROS
-    else:
-        cost = model_cost(reservation.model, prompt, completion)
+    cost = model_cost(reservation.model, prompt, completion)
     if reservation.counters:
         amounts = [total if c.meter == "tokens" else to_micros(cost) for c in reservation.counters]
         _settle(reservation, amounts)
