@@ -262,8 +262,15 @@ from apps.agents import dispatch
 def say(line):
     print(line, flush=True)
 
-idle, busy, started = dispatch._Pool(2), dispatch._Pool(1), threading.Event()
-idle.submit(dispatch.NOW, say, "idle pool: ran")
+idle, busy, started, idle_ran = dispatch._Pool(2), dispatch._Pool(1), threading.Event(), threading.Event()
+
+def idle_job():
+    say("idle pool: ran")
+    idle_ran.set()
+
+# Its thread is idle from here on; under load it could otherwise still be queued at the exit.
+idle.submit(dispatch.NOW, idle_job)
+idle_ran.wait(10)
 # The interpreter's exit hooks wait for this executor's thread: meanwhile no executor takes a
 # future (asgiref's publishing included), while the main thread does not count as ended yet.
 ThreadPoolExecutor(1).submit(time.sleep, 1.5)
