@@ -3,6 +3,7 @@ from django.contrib import admin
 
 from apps.identities.channel_scope import UsableAgentsOnly, UsableChannelsOnly, UsableToolsOnly
 from apps.identities.guarded_admin import ObjectPermissionsAdmin, client_ip
+from apps.identities.privileges import refused
 from apps.logs.services import audit
 
 from .models import Agent, AgentFallback, LLMModel, Provider, Tool, ToolCall
@@ -28,6 +29,37 @@ class ProviderForm(forms.ModelForm):
     class Meta:
         model = Provider
         fields = ("slug", "name", "preset", "base_url", "api_key_env", "timeout_seconds", "enabled")
+
+    # Set by ProviderAdmin.get_form.
+    request = None
+    actor = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._sends_to = self._destination() if self.instance.pk else None
+
+    def _destination(self) -> tuple[str, str]:
+        return self.instance.base_url, self.instance.api_key_env
+
+    def _post_clean(self):
+        super()._post_clean()  # the instance now holds the new settings, a preset's filled in
+        if self.errors or self.actor is None or self.actor.is_superuser:
+            return
+        # A key already held (stored, or in the environment) goes to the provider's URL: whoever
+        # else may edit providers may point their own key somewhere, never one they were not given.
+        typed = bool(self.cleaned_data.get("new_api_key"))
+        if self.cleaned_data.get("clear_api_key"):
+            why = "Only a superuser removes a provider's stored key: the environment's key would take its place."
+        elif not self.instance.pk and not typed:
+            why = "Type the provider's API key: only a superuser adds a provider using a key from the environment."
+        elif self.instance.pk and self._destination() != self._sends_to and not typed:
+            why = ("Type the API key for the new URL or key variable: only a superuser sends a key already "
+                   "held to another endpoint.")
+        else:
+            return
+        refused(self.request, what="send a provider key it was not given", target=self.instance if
+                self.instance.pk else None, slug=self.instance.slug)
+        self.add_error(None, why)
 
     def save(self, commit=True):
         provider = super().save(commit=False)
@@ -63,6 +95,10 @@ class ProviderAdmin(admin.ModelAdmin):
     @admin.display(boolean=True, description="key stored")
     def key_stored(self, obj) -> bool:
         return bool(obj and obj.has_stored_key)
+
+    def get_form(self, request, obj=None, **kwargs):
+        form = super().get_form(request, obj, **kwargs)
+        return type(form.__name__, (form,), {"request": request, "actor": request.user})
 
     def save_model(self, request, obj, form, change):
         before = provider_describe(Provider.objects.get(pk=obj.pk)) if change else None

@@ -134,3 +134,70 @@ def test_a_model_price_is_never_negative(client, make_user, provider):
     assert admin_client.post("/admin/agents/llmmodel/add/", {**form, "input_price_per_1k": "0.5"}).status_code == 302
     with pytest.raises(IntegrityError), transaction.atomic():
         LLMModel.objects.filter(name="cheap").update(output_price_per_1k=-1)
+
+
+@pytest.mark.django_db
+class TestKeysStayWhereTheyWereSent:
+    """Staff granted the provider permissions, not superusers, may not send a key they were not
+    given (stored, or in the environment) to an endpoint of their choosing."""
+
+    @pytest.fixture
+    def staff(self, client, admin_user):
+        from django.contrib.auth.models import Permission
+
+        admin_user.user_permissions.add(*Permission.objects.filter(
+            codename__in=["add_provider", "change_provider", "view_provider"]))
+        client.force_login(admin_user)
+        return client
+
+    @staticmethod
+    def form(provider, **changes) -> dict:
+        return {"slug": provider.slug, "name": provider.name, "preset": provider.preset,
+                "base_url": provider.base_url, "api_key_env": provider.api_key_env, "timeout_seconds": "10",
+                "enabled": "on", **changes}
+
+    def refusals(self) -> int:
+        from apps.logs.models import AuditEvent
+
+        return AuditEvent.objects.filter(action="admin.refused").count()
+
+    def test_moving_a_held_key_is_refused(self, staff, provider):
+        provider.set_api_key(SECRET)
+        provider.save()
+        url = f"/admin/agents/provider/{provider.pk}/change/"
+        for changes in ({"base_url": "https://attacker.example/v1"}, {"preset": "qwen", "base_url": ""},
+                        {"api_key_env": "OPENAI_API_KEY"}, {"clear_api_key": "on"}):
+            response = staff.post(url, self.form(provider, **changes))
+            assert response.status_code == 200 and "only a superuser" in response.content.decode().lower(), changes
+            row = Provider.objects.get(pk=provider.pk)
+            assert (row.base_url, row.api_key_env, row.api_key()) == (provider.base_url, "", SECRET), changes
+        assert self.refusals() == 4
+
+    def test_an_environment_key_cannot_be_sent_elsewhere(self, staff, provider, monkeypatch):
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+        response = staff.post("/admin/agents/provider/add/", {
+            **self.form(provider, slug="mine", base_url="https://attacker.example/v1", api_key_env="OPENAI_API_KEY")})
+        assert response.status_code == 200 and not Provider.objects.filter(slug="mine").exists()
+        assert self.refusals() == 1
+
+    def test_their_own_key_goes_where_they_say(self, staff, provider):
+        """What the permission is for: a provider with a key they type, its settings, its switch."""
+        response = staff.post("/admin/agents/provider/add/", {
+            **self.form(provider, slug="mine", base_url="https://mine.example/v1", new_api_key="sk-mine")})
+        assert response.status_code == 302
+        mine = Provider.objects.get(slug="mine")
+        url = f"/admin/agents/provider/{mine.pk}/change/"
+        assert staff.post(url, self.form(mine, base_url="https://other.example/v1",
+                                         new_api_key="sk-mine-2")).status_code == 302
+        assert staff.post(url, self.form(mine, base_url="https://other.example/v1", timeout_seconds="30",
+                                         enabled="")).status_code == 302
+        mine.refresh_from_db()
+        assert (mine.base_url, mine.api_key(), mine.timeout_seconds, mine.enabled) == (
+            "https://other.example/v1", "sk-mine-2", 30, False)
+        assert self.refusals() == 0
+
+    def test_a_superuser_may(self, staff, admin_user, provider):
+        admin_user.is_superuser = True
+        admin_user.save()
+        url = f"/admin/agents/provider/{provider.pk}/change/"
+        assert staff.post(url, self.form(provider, base_url="https://new.example/v1")).status_code == 302
