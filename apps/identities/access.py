@@ -74,6 +74,9 @@ def check_channel_access(*, user, channel, api_key=None, client_ip: str | None =
                reason="permission", actor=user, target=channel, client_ip=client_ip)
 
 
+AGENT_REFUSED = "You are not allowed to use the assistant that would answer this message."
+
+
 def check_agent_access(*, user, agent, api_key=None, client_ip: str | None = None,
                        requested: str | None = None) -> None:
     """The user (and their API key) may talk to ``agent``, by role or by object permission.
@@ -85,7 +88,9 @@ def check_agent_access(*, user, agent, api_key=None, client_ip: str | None = Non
         refuse(error, action="agent.refused", reason="key_scope", actor=user, target=agent, client_ip=client_ip,
                api_key=api_key.prefix)
     if not user_can_use_agent(user, agent):
-        refuse(Forbidden(f"You are not allowed to use the agent {agent.name!r}."), action="agent.refused",
+        # Chosen by routing (asked for by name, the router already answered 404): the sender learns
+        # no name of an agent they may not use; the audit row names it.
+        refuse(Forbidden(AGENT_REFUSED), action="agent.refused",
                reason="permission", actor=user, target=agent, client_ip=client_ip)
 
 

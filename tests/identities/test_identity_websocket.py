@@ -10,6 +10,7 @@ from guardian.shortcuts import assign_perm
 from apps.agents.models import Agent, Visibility
 from apps.connectors.visitors import visitor_token_issue
 from apps.conversations.models import Message
+from apps.identities.access import AGENT_REFUSED
 from apps.logs.models import AuditEvent
 from gateway_project.asgi import application
 
@@ -94,7 +95,7 @@ async def test_customer_session_asking_an_internal_agent_gets_an_error_frame(web
     communicator = await open_socket(webchat_channel, user=customer)
     frame = await send_message(communicator, client_id="c-9")
     assert frame == {"type": "error", "code": "forbidden", "client_id": "c-9",
-                     "message": "You are not allowed to use the agent 'Internal helper'."}
+                     "message": AGENT_REFUSED}
     assert not await sync_to_async(Message.objects.exists)()
     event = await sync_to_async(AuditEvent.objects.get)(action="agent.refused")
     assert event.actor_id == customer.pk
