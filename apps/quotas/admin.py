@@ -4,7 +4,8 @@ from __future__ import annotations
 import copy
 
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.forms.models import construct_instance, model_to_dict
 from django.utils.html import format_html, format_html_join
 
@@ -15,6 +16,7 @@ from apps.identities.privileges import outranks, refused
 from apps.identities.roles import ROLE_ORDER
 from apps.logs.services import audit
 
+from .ceiling import policy_change_beyond_own
 from .limits import RateCheck
 from .models import IpRule, QuotaPolicy, UsageDaily, UserQuota
 from .policies import user_limits
@@ -61,10 +63,16 @@ def may_set_limits_of(actor, *, user=None, role: str = "", channel=None, global_
 
 class LimitsOfOthersOnly:
     """A ModelAdmin mixin: rows whose limits the staff member may not set (``may_set_limits_of``)
-    are read-only to her, and a form naming such a target is refused (audited)."""
+    are read-only to her, and a form naming such a target, or giving limits beyond her own
+    (``beyond_own``), is refused (audited)."""
 
     def targets(self, obj) -> dict:
         raise NotImplementedError
+
+    def beyond_own(self, request, *, original, changed) -> list[str]:
+        """The limits that saving ``changed`` over ``original`` (deleting it: ``changed`` None)
+        would give beyond the staff member's own; [] where the model holds no such limits."""
+        return []
 
     def _may_set(self, request, obj) -> bool:
         return may_set_limits_of(request.user, **self.targets(obj))
@@ -74,6 +82,26 @@ class LimitsOfOthersOnly:
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return super().has_delete_permission(request, obj) and (obj is None or self._may_set(request, obj))
+
+    # Deleting a row gives its subject what follows (a role's, a setting's): checked on deleting, not
+    # in has_delete_permission, which also judges rows deleted along with their user.
+    def delete_view(self, request, object_id, extra_context=None):
+        if request.method == "POST":  # before the view's transaction: the refusal's audit stays
+            self._refuse_deleting_beyond_own(request, [self.get_object(request, unquote(object_id))])
+        return super().delete_view(request, object_id, extra_context)
+
+    def delete_queryset(self, request, queryset):  # the bulk delete action
+        self._refuse_deleting_beyond_own(request, list(queryset))
+        super().delete_queryset(request, queryset)
+
+    def _refuse_deleting_beyond_own(self, request, rows) -> None:
+        beyond = {row: fields for row in rows
+                  if row is not None and (fields := self.beyond_own(request, original=row, changed=None))}
+        for row, fields in beyond.items():
+            refused(request, what="delete these limits", target=self.targets(row).get("user"), limits=fields)
+        if beyond:
+            raise PermissionDenied("You may not delete these limits: what would follow them is more generous "
+                                   "than your own.")
 
     def get_form(self, request, obj=None, **kwargs):
         admin_ = self
@@ -89,9 +117,18 @@ class LimitsOfOthersOnly:
                     raise ValidationError("You may not set these limits: they are your own, or those of "
                                           "someone who holds more than you do, or of a channel, role or "
                                           "address range beyond yours.")
+                stored = type(wanted).objects.filter(pk=wanted.pk).first() if wanted.pk else None
+                if fields := admin_.beyond_own(request, original=stored, changed=wanted):
+                    refused(request, what="give limits beyond her own", target=admin_.targets(wanted).get("user"),
+                            limits=fields)
+                    raise ValidationError(f"You may not give limits more generous than your own: {_named(fields)}.")
                 return cleaned
 
         return Checked
+
+
+def _named(fields: list[str]) -> str:
+    return ", ".join(str(QuotaPolicy._meta.get_field(name).verbose_name) for name in fields)
 
 
 def _jsonable(data):
@@ -121,6 +158,9 @@ class QuotaPolicyAdmin(LimitsOfOthersOnly, AuditedAdmin):
         owner = obj.user if obj.user_id else (obj.api_key.user if obj.api_key_id else None)
         return {"user": owner, "role": obj.role if obj.scope == QuotaPolicy.Scope.ROLE else "",
                 "channel": obj.channel if obj.channel_id else None}
+
+    def beyond_own(self, request, *, original, changed) -> list[str]:
+        return policy_change_beyond_own(request.user, original=original, changed=changed)
 
 
 @admin.register(IpRule)

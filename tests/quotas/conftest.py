@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import pytest
 from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
 from apps.connectors.visitors import visitor_token_issue
 from apps.identities.models import ApiKey
+from apps.identities.roles import Role
 from apps.quotas.ledger import LocalLedger, RedisLedger
 from apps.quotas.models import QuotaPolicy
 
@@ -22,6 +24,18 @@ def key_client():
         return client, key
 
     return make
+
+
+@pytest.fixture
+def operator(client, make_user):
+    """A staff member (employee role), not a superuser, who may set and reset limits in the admin."""
+    member = make_user(Role.EMPLOYEE, is_staff=True)
+    member.user_permissions.add(*Permission.objects.filter(codename__in=[
+        "view_quotapolicy", "add_quotapolicy", "change_quotapolicy", "delete_quotapolicy", "view_iprule",
+        "add_iprule", "change_iprule", "view_userquota", "reset_quota"]))
+    client.force_login(member)
+    client.member = member
+    return client
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 more than they do, a role's only below their own, a channel's only if they may use it, and no
 rule for every address (it can shut every superuser out of the admin)."""
 import pytest
-from django.contrib.auth.models import Permission
 from django.urls import reverse
 
 from apps.connectors.models import Channel
@@ -14,17 +13,6 @@ from apps.quotas.policies import user_limits
 
 pytestmark = pytest.mark.django_db
 ADD_POLICY = "/admin/quotas/quotapolicy/add/"
-
-
-@pytest.fixture
-def operator(client, make_user):
-    member = make_user(Role.EMPLOYEE, is_staff=True)
-    member.user_permissions.add(*Permission.objects.filter(codename__in=[
-        "view_quotapolicy", "add_quotapolicy", "change_quotapolicy", "delete_quotapolicy", "view_iprule",
-        "add_iprule", "change_iprule", "view_userquota", "reset_quota"]))
-    client.force_login(member)
-    client.member = member
-    return client
 
 
 def policy_form(**fields):

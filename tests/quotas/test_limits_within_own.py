@@ -1,0 +1,149 @@
+"""A puppet's limits: staff who are not superusers give nobody a limit more generous than their own.
+
+Otherwise one makes a customer account, lifts its limits and uses its API key herself. The
+operator's own limits (set by a superuser): 30/m, 1,000 tokens a day, 20,000 a month, 5.00 a month.
+"""
+from decimal import Decimal
+
+import pytest
+from django.urls import reverse
+
+from apps.identities.roles import Role
+from apps.identities.services import api_key_create
+from apps.logs.models import AuditEvent
+from apps.quotas.models import QuotaPolicy
+from apps.quotas.policies import api_key_limits, user_limits
+
+pytestmark = pytest.mark.django_db
+ADD_POLICY = "/admin/quotas/quotapolicy/add/"
+BEYOND = "more generous than your own"
+
+
+@pytest.fixture
+def limited(operator, policy):
+    """The operator, with limits of her own."""
+    policy("user", operator.member, request_rate="30/m", tokens_per_day=1000, tokens_per_month=20000,
+           cost_limit=Decimal("5"), cost_period="month")
+    return operator
+
+
+def form(**fields):
+    return {"scope": "user", "enabled": "on", "cost_period": "month", **fields}
+
+
+def change_url(row) -> str:
+    return reverse("admin:quotas_quotapolicy_change", args=[row.pk])
+
+
+def refused_limits() -> list:
+    return [e.detail["limits"] for e in AuditEvent.objects.filter(action="admin.refused").order_by("pk")]
+
+
+def assert_refused(page, *names):
+    assert page.status_code == 200 and BEYOND in page.content.decode()
+    for name in names:
+        assert name in page.content.decode()
+
+
+def test_no_request_rate_above_her_own(limited, customer, policy):
+    policy("role", Role.CUSTOMER, request_rate="20/m")
+    # Faster over time, or more at once, or both.
+    for rate in ("31/m", "1/s", "1000/h", "31/2m"):
+        assert_refused(limited.post(ADD_POLICY, form(user=customer.pk, request_rate=rate)), "request rate")
+    assert not QuotaPolicy.objects.filter(user=customer).exists()
+    assert refused_limits() == [["request_rate"]] * 4
+    assert AuditEvent.objects.filter(action="admin.refused", target_id=str(customer.pk)).count() == 4
+    # Her own rate, or less (15 per 30 s is no faster and no more at once), is hers to give.
+    assert limited.post(ADD_POLICY, form(user=customer.pk, request_rate="15/30s")).status_code == 302
+    assert user_limits(customer).request_rate == "15/30s"
+    row = QuotaPolicy.objects.get(user=customer)
+    assert limited.post(change_url(row), form(user=customer.pk, request_rate="30/m")).status_code == 302
+    assert_refused(limited.post(change_url(row), form(user=customer.pk, request_rate="40/m")))
+    assert user_limits(customer).request_rate == "30/m"
+
+
+def test_an_empty_field_is_no_limit_and_beyond_hers(limited, customer, policy):
+    role = policy("role", Role.CUSTOMER, request_rate="20/m", tokens_per_month=10000)
+    own = policy("user", customer, tokens_per_day=500)
+    key, _raw = api_key_create(user=customer, actor=None)
+    throttled_key = policy("api_key", key, tokens_per_day=100, cost_limit=Decimal("1"))
+    # Cleared on the role's default: every customer unlimited this month.
+    assert_refused(limited.post(change_url(role), form(scope="role", role=Role.CUSTOMER, request_rate="20/m")),
+                   "tokens per month")
+    # Cleared on a key: unlimited; cleared on a user, the role's (unlimited a day).
+    assert_refused(limited.post(change_url(throttled_key), form(scope="api_key", api_key=key.pk)),
+                   "tokens per day", "cost limit")
+    assert_refused(limited.post(change_url(own), form(user=customer.pk)), "tokens per day")
+    assert refused_limits() == [["tokens_per_month"], ["tokens_per_day", "cost_limit"], ["tokens_per_day"]]
+    assert QuotaPolicy.objects.get(pk=role.pk).tokens_per_month == 10000
+    assert user_limits(customer).tokens_per_day == 500
+    assert api_key_limits(key.pk).tokens_per_day == 100
+    # The same fields filled in within hers save.
+    assert limited.post(change_url(role), form(scope="role", role=Role.CUSTOMER, request_rate="20/m",
+                                               tokens_per_month="20000")).status_code == 302
+    assert limited.post(change_url(own), form(user=customer.pk, tokens_per_day="1000")).status_code == 302
+    assert QuotaPolicy.objects.get(pk=role.pk).tokens_per_month == 20000
+    assert user_limits(customer).tokens_per_day == 1000
+
+
+def test_no_bigger_token_or_cost_budget_for_a_user_or_a_key(limited, customer, policy):
+    policy("role", Role.CUSTOMER, tokens_per_day=500, cost_limit=Decimal("1"), cost_period="month")
+    key, _raw = api_key_create(user=customer, actor=None)
+    key_policy = policy("api_key", key, tokens_per_month=100, cost_limit=Decimal("2"), cost_period="month")
+    assert_refused(limited.post(ADD_POLICY, form(user=customer.pk, tokens_per_day="1001")), "tokens per day")
+    assert_refused(limited.post(ADD_POLICY, form(user=customer.pk, cost_limit="5.01")), "cost limit")
+    key_form = form(scope="api_key", api_key=key.pk, tokens_per_month="100")
+    assert_refused(limited.post(change_url(key_policy), {**key_form, "tokens_per_month": "20001",
+                                                         "cost_limit": "2"}), "tokens per month")
+    assert_refused(limited.post(change_url(key_policy), {**key_form, "cost_limit": "6"}), "cost limit")
+    # 0.17 a day comes back every day: up to 5.27 in a month, more than her 5.00.
+    assert_refused(limited.post(change_url(key_policy), {**key_form, "cost_limit": "0.17", "cost_period": "day"}),
+                   "cost limit")
+    assert not QuotaPolicy.objects.filter(user=customer).exists() and len(refused_limits()) == 5
+    assert api_key_limits(key.pk).cost_limit == Decimal("2")
+    # Up to hers is fine: the same, or a day's share that fits in her month.
+    assert limited.post(ADD_POLICY, form(user=customer.pk, tokens_per_day="1000", cost_limit="5")).status_code == 302
+    assert limited.post(change_url(key_policy), {**key_form, "tokens_per_month": "20000", "cost_limit": "0.16",
+                                                 "cost_period": "day"}).status_code == 302
+    assert user_limits(customer).tokens_per_day == 1000
+    assert api_key_limits(key.pk).cost_limit == Decimal("0.16")
+
+
+def test_deleting_a_throttle_is_refused_when_what_follows_is_beyond_hers(limited, customer, policy):
+    role = policy("role", Role.CUSTOMER, tokens_per_day=5000)
+    throttle = policy("user", customer, tokens_per_day=100)
+    delete = reverse("admin:quotas_quotapolicy_delete", args=[throttle.pk])
+    assert limited.post(delete, {"post": "yes"}).status_code == 403
+    bulk = {"action": "delete_selected", "post": "yes", "_selected_action": [throttle.pk]}
+    assert limited.post(reverse("admin:quotas_quotapolicy_changelist"), bulk).status_code == 403
+    assert QuotaPolicy.objects.filter(pk=throttle.pk).exists()
+    assert refused_limits() == [["tokens_per_day"]] * 2
+    role.tokens_per_day = 800
+    role.save()
+    assert limited.post(delete, {"post": "yes"}).status_code == 302
+    assert user_limits(customer).tokens_per_day == 800
+
+
+def test_a_channels_per_address_rate_stays_within_the_global_one(limited, api_channel, settings):
+    settings.GATEWAY_IP_RATE = "10/m"
+    channel = form(scope="channel", channel=api_channel.pk)
+    assert_refused(limited.post(ADD_POLICY, {**channel, "per_ip_rate": "11/m"}), "per ip rate")
+    # The channel's own counters are shared by everyone on it: not a person's allowance.
+    assert limited.post(ADD_POLICY, {**channel, "per_ip_rate": "10/m", "request_rate": "5000/m",
+                                     "tokens_per_day": "100000000"}).status_code == 302
+
+
+def test_superusers_give_any_limits(client, make_user, customer, policy):
+    root = make_user(None, is_superuser=True, is_staff=True)
+    policy("user", root, request_rate="1/m", tokens_per_day=1)
+    client.force_login(root)
+    assert client.post(ADD_POLICY, form(user=customer.pk, request_rate="10000/s")).status_code == 302
+    assert user_limits(customer).request_rate == "10000/s"
+
+
+def test_what_someone_already_has_is_no_gift(limited, customer):
+    """Customers have the default rate (60/m) and no budget: a policy tightening them is hers to set,
+    though more generous than her own; someone else gave them that."""
+    assert limited.post(ADD_POLICY, form(user=customer.pk, request_rate="60/m",
+                                         tokens_per_day="1000000")).status_code == 302
+    assert user_limits(customer).tokens_per_day == 1_000_000
