@@ -16,7 +16,7 @@ from apps.identities.privileges import outranks, refused
 from apps.identities.roles import ROLE_ORDER
 from apps.logs.services import audit
 
-from .ceiling import policy_change_beyond_own
+from .ceiling import policy_change_beyond_own, reset_beyond_own
 from .limits import RateCheck
 from .models import IpRule, QuotaPolicy, UsageDaily, UserQuota
 from .policies import user_limits
@@ -268,6 +268,14 @@ class UserQuotaAdmin(admin.ModelAdmin):
                 refused(request, what="reset this quota", target=user)
             self.message_user(request, "Refused: your own quota, or that of someone who holds more than you do. "
                               "Nothing was reset.", messages.ERROR)
+            return
+        beyond = {user: fields for user in queryset if (fields := reset_beyond_own(request.user, user))}
+        if beyond:
+            for user, fields in beyond.items():
+                refused(request, what="reset this quota beyond her own", target=user, limits=fields)
+            whose = "; ".join(f"{user}: {_named(fields)}" for user, fields in beyond.items())
+            self.message_user(request, "Refused: after a reset they could spend more this period than your own "
+                              f"budget allows ({whose}). Nothing was reset.", messages.ERROR)
             return
         for user in queryset:
             quota_reset(user=user, actor=request.user, client_ip=client_ip_for_request(request))

@@ -451,14 +451,17 @@ def _admit(counters: list[Counter], amounts: list[int], *, reservation_id: str,
 
 def seed_from_rollup(counter: Counter) -> int:
     """The counter's usage so far from the durable rollup, minus what staff resets forgave."""
+    forgiven = QuotaCredit.objects.filter(
+        subject=counter.subject, meter=counter.meter, period=counter.period, period_start=counter.start,
+    ).aggregate(total=Sum("amount"))["total"] or 0
+    return max(0, spent_in_period(counter) - int(forgiven))
+
+
+def spent_in_period(counter: Counter) -> int:
+    """What the counter's subject really spent in its period so far (the rollup; resets forgive nothing here)."""
     kind, _, ident = counter.subject.partition(":")
     rows = UsageDaily.objects.filter(**{f"{kind}_id": ident}, date__gte=counter.start, date__lt=counter.end)
     totals = rows.aggregate(tokens=Sum("total_tokens"), cost=Sum("cost"))
     if counter.meter == "tokens":
-        used = totals["tokens"] or 0
-    else:
-        used = to_micros(totals["cost"] or Decimal(0))
-    forgiven = QuotaCredit.objects.filter(
-        subject=counter.subject, meter=counter.meter, period=counter.period, period_start=counter.start,
-    ).aggregate(total=Sum("amount"))["total"] or 0
-    return max(0, int(used) - int(forgiven))
+        return int(totals["tokens"] or 0)
+    return to_micros(totals["cost"] or Decimal(0))

@@ -1,15 +1,19 @@
 """No limit more generous than one's own: the most staff who are not superusers may give.
 
 Staff who may set a customer's limits could otherwise make an account (a puppet), lift its limits
-and use its API key herself. So a policy change by someone who is not a superuser may not leave
-any subject with a limit more generous than her own (``user_limits`` of herself), field by field,
-unless the subject had it already (someone else gave it). "No limit" is more generous than any
-number.
+or reset its budget again and again, and use its API key herself. So a policy change or a reset by
+someone who is not a superuser may not leave any subject with a limit more generous than her own
+(``user_limits`` of herself), field by field, unless the subject had it already (someone else
+gave it). "No limit" is more generous than any number.
 """
 from __future__ import annotations
 
+import time
+from decimal import Decimal
+
 from django.conf import settings
 
+from .budgets import MICROS, counters_for, spent_in_period, utc_today
 from .models import Period, QuotaPolicy, parse_rate
 from .policies import Limits, load_policies, policy_key, policy_subject_limits, user_limits
 
@@ -85,3 +89,22 @@ def policy_change_beyond_own(actor, *, original: QuotaPolicy | None, changed: Qu
                    if name in raised and name not in fields]
     return fields
 
+
+def reset_beyond_own(actor, user) -> list[str]:
+    """The budgets of ``user`` that a reset would let them spend past ``actor``'s own this period:
+    what they really spent (earlier resets forgive nothing here) plus their whole limit again.
+    [] for a superuser. So resets, however many, never give them more than she may spend."""
+    if actor.is_superuser:
+        return []
+    table = load_policies()
+    reach: dict = {}
+    for counter in counters_for(user_limits(user, table=table), utc_today(time.time())):
+        total = counter.limit + spent_in_period(counter)
+        if counter.meter == "cost":
+            reach["cost_limit"], reach["cost_period"] = Decimal(total) / MICROS, counter.period
+        else:
+            reach[f"tokens_per_{counter.period}"] = total
+    if not reach:
+        return []
+    fields = beyond(Limits(subject="", **reach), own_limits(actor, scope=QuotaPolicy.Scope.USER, table=table))
+    return [name for name in fields if name in reach]

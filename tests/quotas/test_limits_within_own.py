@@ -1,8 +1,10 @@
 """A puppet's limits: staff who are not superusers give nobody a limit more generous than their own.
 
-Otherwise one makes a customer account, lifts its limits and uses its API key herself. The
-operator's own limits (set by a superuser): 30/m, 1,000 tokens a day, 20,000 a month, 5.00 a month.
+Otherwise one makes a customer account, lifts its limits (or resets its budget again and again)
+and uses its API key herself. The operator's own limits (set by a superuser): 30/m, 1,000 tokens
+a day, 20,000 a month, 5.00 a month.
 """
+import time
 from decimal import Decimal
 
 import pytest
@@ -11,7 +13,8 @@ from django.urls import reverse
 from apps.identities.roles import Role
 from apps.identities.services import api_key_create
 from apps.logs.models import AuditEvent
-from apps.quotas.models import QuotaPolicy
+from apps.quotas.budgets import utc_today
+from apps.quotas.models import QuotaPolicy, UsageDaily
 from apps.quotas.policies import api_key_limits, user_limits
 
 pytestmark = pytest.mark.django_db
@@ -139,6 +142,32 @@ def test_superusers_give_any_limits(client, make_user, customer, policy):
     client.force_login(root)
     assert client.post(ADD_POLICY, form(user=customer.pk, request_rate="10000/s")).status_code == 302
     assert user_limits(customer).request_rate == "10000/s"
+
+
+def spent(user, tokens: int) -> None:
+    UsageDaily.objects.update_or_create(date=utc_today(time.time()), key=f"{user.pk}:-:-",
+                                        defaults={"user": user, "total_tokens": tokens})
+
+
+def test_resets_never_let_someone_spend_more_than_her_own_budget(limited, customer, policy):
+    """Allowed while what they really spent this period plus a whole budget again fits in hers."""
+    policy("user", customer, tokens_per_day=400)
+    changelist = reverse("admin:quotas_userquota_changelist")
+
+    def reset():
+        return limited.post(changelist, {"action": "reset_quota", "_selected_action": [customer.pk]})
+
+    spent(customer, 300)
+    assert reset().status_code == 302  # 300 + 400 ≤ 1000
+    assert AuditEvent.objects.filter(action="quota.reset").count() == 1
+    spent(customer, 700)  # resets forgive nothing of what was really spent
+    page = limited.post(changelist, {"action": "reset_quota", "_selected_action": [customer.pk]}, follow=True)
+    assert "Nothing was reset" in page.content.decode() and "tokens per day" in page.content.decode()
+    assert AuditEvent.objects.filter(action="quota.reset").count() == 1
+    event = AuditEvent.objects.get(action="admin.refused")
+    assert event.target_id == str(customer.pk) and event.detail["limits"] == ["tokens_per_day"]
+    spent(customer, 600)
+    assert reset().status_code == 302 and AuditEvent.objects.filter(action="quota.reset").count() == 2
 
 
 def test_what_someone_already_has_is_no_gift(limited, customer):
