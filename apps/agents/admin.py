@@ -4,6 +4,7 @@ from django.contrib import admin
 from apps.identities.channel_scope import UsableAgentsOnly, UsableChannelsOnly, UsableToolsOnly
 from apps.identities.guarded_admin import ObjectPermissionsAdmin, client_ip
 from apps.identities.privileges import refused
+from apps.identities.scoped_pickers import UsablePickers
 from apps.logs.services import audit
 
 from .models import Agent, AgentFallback, LLMModel, Provider, Tool, ToolCall
@@ -80,7 +81,7 @@ def provider_describe(provider: Provider) -> dict:
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin):
+class ProviderAdmin(UsablePickers, admin.ModelAdmin):
     """Every create, change and delete is audited (``provider.*``): the base URL decides where the
     key goes, so who pointed it where must be on record. Keys are never in the audit row."""
 
@@ -125,7 +126,7 @@ class ProviderAdmin(admin.ModelAdmin):
 
 
 @admin.register(LLMModel)
-class LLMModelAdmin(admin.ModelAdmin):
+class LLMModelAdmin(UsablePickers, admin.ModelAdmin):
     list_display = ("name", "provider", "input_price_per_1k", "output_price_per_1k", "context_window")
     list_filter = ("provider",)
     search_fields = ("name",)
@@ -142,12 +143,13 @@ class AgentFallbackInline(admin.TabularInline):
 
 
 @admin.register(Agent)
-class AgentAdmin(UsableAgentsOnly, ObjectPermissionsAdmin):
+class AgentAdmin(UsablePickers, UsableAgentsOnly, ObjectPermissionsAdmin):
     """Who may use an agent: its visibility (by role), or per user/group via Object permissions.
     Staff find only the agents they may use."""
 
     list_display = ("slug", "name", "model", "visibility", "max_tokens", "temperature", "enabled")
-    list_filter = ("visibility", "enabled", "model__provider")
+    # Providers of the agents she finds, not every provider.
+    list_filter = ("visibility", "enabled", ("model__provider", admin.RelatedOnlyFieldListFilter))
     search_fields = ("slug", "name", "system_prompt")
     list_select_related = ("model__provider",)
     filter_horizontal = ("tools",)
@@ -155,7 +157,7 @@ class AgentAdmin(UsableAgentsOnly, ObjectPermissionsAdmin):
 
 
 @admin.register(Tool)
-class ToolAdmin(UsableToolsOnly, ObjectPermissionsAdmin):
+class ToolAdmin(UsablePickers, UsableToolsOnly, ObjectPermissionsAdmin):
     """Who may use a tool: its visibility (by role), or per user/group via Object permissions."""
 
     list_display = ("slug", "name", "visibility", "enabled")
@@ -168,7 +170,7 @@ class ToolAdmin(UsableToolsOnly, ObjectPermissionsAdmin):
 
 
 @admin.register(ToolCall)
-class ToolCallAdmin(UsableChannelsOnly, admin.ModelAdmin):
+class ToolCallAdmin(UsablePickers, UsableChannelsOnly, admin.ModelAdmin):
     channel_path = "message__channel_id"
     list_display = ("created_at", "name", "status", "user", "step", "latency_ms")
     list_filter = ("status", "name")

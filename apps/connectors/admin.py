@@ -5,6 +5,7 @@ from apps.core.client_ip import client_ip_for_request
 from apps.identities.channel_scope import UsableChannelsOnly
 from apps.identities.guarded_admin import ObjectPermissionsAdmin
 from apps.identities.privileges import refused
+from apps.identities.scoped_pickers import UsablePickers
 from apps.logs.services import audit
 
 from .base import ConfigError
@@ -99,7 +100,7 @@ class ChannelAdminForm(forms.ModelForm):
 
 
 @admin.register(Channel)
-class ChannelAdmin(UsableChannelsOnly, ObjectPermissionsAdmin):
+class ChannelAdmin(UsablePickers, UsableChannelsOnly, ObjectPermissionsAdmin):
     """Who may talk on a channel: its visibility and unknown-sender policy, or per user/group via
     Object permissions (``use_channel``). Staff find only the channels they may use."""
 

@@ -3,7 +3,8 @@ from django.core.exceptions import PermissionDenied
 
 from apps.agents.dispatch import enqueue_agent_run
 from apps.core.changelist import DateHierarchyAdmin
-from apps.identities.channel_scope import UsableChannelFilter, UsableChannelsOnly
+from apps.identities.channel_scope import UsableChannelsOnly
+from apps.identities.scoped_pickers import UsablePickers
 from apps.routing.handoff_admin import HandoffAdminMixin
 
 from .models import Conversation, Message
@@ -39,9 +40,9 @@ class MessageInline(admin.TabularInline):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(UsableChannelsOnly, HandoffAdminMixin, DateHierarchyAdmin, admin.ModelAdmin):
+class ConversationAdmin(UsablePickers, UsableChannelsOnly, HandoffAdminMixin, DateHierarchyAdmin, admin.ModelAdmin):
     list_display = ("id", "channel", "user", "agent", "created_at", "last_message_at")
-    list_filter = (("channel", UsableChannelFilter), "agent")
+    list_filter = ("channel", "agent")
     search_fields = ("id", "user__username", "external_thread_id", "messages__text")
     list_select_related = ("channel", "user", "agent")
     readonly_fields = ("id", "channel", "user", "created_at", "last_message_at", "external_thread_id")
@@ -50,10 +51,10 @@ class ConversationAdmin(UsableChannelsOnly, HandoffAdminMixin, DateHierarchyAdmi
 
 
 @admin.register(Message)
-class MessageAdmin(UsableChannelsOnly, DateHierarchyAdmin, admin.ModelAdmin):
+class MessageAdmin(UsablePickers, UsableChannelsOnly, DateHierarchyAdmin, admin.ModelAdmin):
     list_display = ("created_at", "direction", "status", "channel", "sender", "short_text", "model",
                     "total_tokens", "latency_ms", "error_code")
-    list_filter = ("direction", "status", ("channel", UsableChannelFilter))
+    list_filter = ("direction", "status", "channel")
     search_fields = ("id", "external_id", "text", "sender__username")
     list_select_related = ("channel", "sender")
     date_hierarchy = "created_at"

@@ -16,11 +16,12 @@ from django.template.response import TemplateResponse
 
 from apps.logs.services import audit
 
-from .channel_scope import UsableChannelFilter, UsableChannelsOnly
+from .channel_scope import UsableChannelsOnly
 from .guarded_admin import client_ip
 from .models import ApiKey, ChannelIdentity, User
 from .privileges import beyond, grant_checked_form, group_outranks, outranks, refuse, refused
 from .roles import ROLE_ORDER, Role, ensure_role_groups
+from .scoped_pickers import UsablePickers
 from .services import (
     api_key_describe,
     api_key_revoke,
@@ -93,7 +94,7 @@ class BlockedFilter(admin.SimpleListFilter):
 
 
 @admin.register(User)
-class UserAdmin(BaseUserAdmin):
+class UserAdmin(UsablePickers, BaseUserAdmin):
     list_display = ("username", "email", "first_name", "roles", "is_staff", "is_blocked", "is_active",
                     "is_visitor", "date_joined")
     list_filter = (RoleFilter, BlockedFilter, "is_staff", "is_active", "is_visitor", "groups")
@@ -258,12 +259,12 @@ class UserAdmin(BaseUserAdmin):
 
 
 @admin.register(ChannelIdentity)
-class ChannelIdentityAdmin(UsableChannelsOnly, admin.ModelAdmin):
+class ChannelIdentityAdmin(UsablePickers, UsableChannelsOnly, admin.ModelAdmin):
     """Linking: change an identity's user to say it is the same person as another account. Staff
     find only the identities on channels they may use (who spoke there is part of what was said)."""
 
     list_display = ("external_id", "channel", "user", "display_name", "created_at")
-    list_filter = (("channel", UsableChannelFilter),)
+    list_filter = ("channel",)
     search_fields = ("external_id", "display_name", "user__username", "user__email")
     list_select_related = ("channel", "user")
     autocomplete_fields = ("user",)
@@ -316,7 +317,7 @@ class ChannelIdentityAdmin(UsableChannelsOnly, admin.ModelAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(UsablePickers, admin.ModelAdmin):
     """A new key is shown once, on the page after it is created; only its hash is kept.
 
     Keys are never deleted (revoke them: the history stays); scopes, name and expiry can change.
@@ -409,7 +410,7 @@ admin.site.unregister(Group)
 
 
 @admin.register(Group)
-class GroupAdmin(BaseGroupAdmin):
+class GroupAdmin(UsablePickers, BaseGroupAdmin):
     """Role groups and other groups; changing a group's permissions is audited."""
 
     def save_model(self, request, obj, form, change):

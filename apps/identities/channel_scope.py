@@ -3,10 +3,10 @@ calls, request logs) show a staff member only the channels they may use, as the 
 does; a hidden row is "not found", and cannot be deleted (nor can what its deletion would take
 along). The channels, agents and tools themselves likewise: a channel opened in its admin page
 (its visibility) would open its transcripts, a tool made public would be every customer's.
-Superusers who may act see everything."""
+Superusers who may act see everything. What the admin offers to pick or filter by, and its
+deletion pages: ``scoped_pickers``."""
 from __future__ import annotations
 
-from django.contrib import admin
 from django.db.models import Q
 
 from .permissions import usable_agent_ids, usable_channel_ids, usable_tool_ids, user_may_act
@@ -84,13 +84,3 @@ class UsableToolsOnly(UsableChannelsOnly):
     channel_path = "pk"  # the row is the tool
     request_ids = staticmethod(request_tool_ids)
 
-
-class UsableChannelFilter(admin.RelatedFieldListFilter):
-    """The channel filter, offering only the channels the staff member may use (read from the
-    channels table, not from the rows)."""
-
-    def field_choices(self, field, request, model_admin):
-        if sees_every_channel(request.user):
-            return super().field_choices(field, request, model_admin)
-        return field.get_choices(include_blank=False, ordering=self.field_admin_ordering(field, request, model_admin),
-                                 limit_choices_to={"pk__in": request_channel_ids(request)})

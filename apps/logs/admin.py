@@ -1,7 +1,8 @@
 from django.contrib import admin
 
 from apps.core.changelist import DateHierarchyAdmin
-from apps.identities.channel_scope import UsableChannelFilter, UsableChannelsOnly
+from apps.identities.channel_scope import UsableChannelsOnly
+from apps.identities.scoped_pickers import UsablePickers
 
 from .models import AuditEvent, LLMCall, RequestLog
 
@@ -11,12 +12,12 @@ admin.site.index_title = "Administration"
 
 
 @admin.register(LLMCall)
-class LLMCallAdmin(UsableChannelsOnly, DateHierarchyAdmin, admin.ModelAdmin):
+class LLMCallAdmin(UsablePickers, UsableChannelsOnly, DateHierarchyAdmin, admin.ModelAdmin):
     """Read-only: the log is what happened."""
 
     list_display = ("created_at", "model", "provider", "status", "attempt", "total_tokens", "cost",
                     "latency_ms", "ttft_ms", "agent", "channel", "user")
-    list_filter = ("status", "provider", "model", ("channel", UsableChannelFilter), "agent")
+    list_filter = ("status", "provider", "model", "channel", "agent")
     search_fields = ("model", "error", "message__id", "conversation__id")
     date_hierarchy = "created_at"
     list_select_related = ("agent", "channel", "user")
@@ -29,7 +30,7 @@ class LLMCallAdmin(UsableChannelsOnly, DateHierarchyAdmin, admin.ModelAdmin):
 
 
 @admin.register(RequestLog)
-class RequestLogAdmin(UsableChannelsOnly, DateHierarchyAdmin, admin.ModelAdmin):
+class RequestLogAdmin(UsablePickers, UsableChannelsOnly, DateHierarchyAdmin, admin.ModelAdmin):
     list_display = ("created_at", "channel_kind", "channel", "status_code", "rejection", "client_ip", "latency_ms")
     list_filter = ("status_code", "rejection", "channel_kind")
     search_fields = ("client_ip", "request_id", "user__username")
@@ -50,7 +51,7 @@ class RequestLogAdmin(UsableChannelsOnly, DateHierarchyAdmin, admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(DateHierarchyAdmin, admin.ModelAdmin):
+class AuditEventAdmin(UsablePickers, DateHierarchyAdmin, admin.ModelAdmin):
     list_display = ("created_at", "action", "actor", "target_type", "target_id", "client_ip")
     list_filter = ("action", "target_type")
     search_fields = ("action", "target_id", "actor__username")

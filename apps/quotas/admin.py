@@ -14,6 +14,7 @@ from apps.core.client_ip import client_ip_for_request
 from apps.identities.permissions import role_rank, user_can_use_channel
 from apps.identities.privileges import outranks, refused
 from apps.identities.roles import ROLE_ORDER
+from apps.identities.scoped_pickers import UsablePickers
 from apps.logs.services import audit
 
 from .ceiling import policy_change_beyond_own, reset_beyond_own
@@ -138,13 +139,13 @@ def _jsonable(data):
 
 
 @admin.register(QuotaPolicy)
-class QuotaPolicyAdmin(LimitsOfOthersOnly, AuditedAdmin):
+class QuotaPolicyAdmin(UsablePickers, LimitsOfOthersOnly, AuditedAdmin):
     audit_name = "quota_policy"
     list_display = ("__str__", "request_rate", "per_ip_rate", "tokens_per_day", "tokens_per_month", "cost_limit",
                     "cost_period", "enabled", "updated_at")
     list_filter = ("scope", "enabled", "role")
     search_fields = ("user__username", "api_key__prefix", "channel__slug", "note")
-    raw_id_fields = ("user", "api_key", "channel")
+    raw_id_fields = ("user", "api_key")  # not the channel: a raw id would print any channel's name
     list_select_related = ("user", "api_key", "channel")
     fieldsets = (
         ("Whose limits", {"fields": ("scope", "role", "user", "api_key", "channel", "enabled", "note"),
@@ -164,7 +165,7 @@ class QuotaPolicyAdmin(LimitsOfOthersOnly, AuditedAdmin):
 
 
 @admin.register(IpRule)
-class IpRuleAdmin(LimitsOfOthersOnly, AuditedAdmin):
+class IpRuleAdmin(UsablePickers, LimitsOfOthersOnly, AuditedAdmin):
     audit_name = "ip_rule"
     list_display = ("cidr", "action", "channel", "source", "enabled", "note", "created_at")
     list_filter = ("action", "enabled", "source", "channel")
@@ -177,7 +178,7 @@ class IpRuleAdmin(LimitsOfOthersOnly, AuditedAdmin):
 
 
 @admin.register(UsageDaily)
-class UsageDailyAdmin(DateHierarchyAdmin, admin.ModelAdmin):
+class UsageDailyAdmin(UsablePickers, DateHierarchyAdmin, admin.ModelAdmin):
     """The durable rollup: read-only."""
 
     list_display = ("date", "user", "api_key", "channel", "calls", "prompt_tokens", "completion_tokens",
@@ -195,7 +196,7 @@ class UsageDailyAdmin(DateHierarchyAdmin, admin.ModelAdmin):
 
 
 @admin.register(UserQuota)
-class UserQuotaAdmin(admin.ModelAdmin):
+class UserQuotaAdmin(UsablePickers, admin.ModelAdmin):
     """Each user's effective limits (and which policy gives them), live usage and what remains."""
 
     list_display = ("username", "role_name", "effective_rate", "budgets_summary", "tokens_today")

@@ -16,6 +16,7 @@ from apps.conversations.models import Conversation
 from apps.core.errors import GatewayError
 from apps.identities.channel_scope import request_agent_ids, request_channel_ids, sees_every_channel
 from apps.identities.permissions import user_can_use_agent
+from apps.identities.scoped_pickers import UsablePickers
 
 from .models import Route
 from .router import decide_route
@@ -66,7 +67,7 @@ class RouteTestForm(forms.Form):
 
 
 @admin.register(Route)
-class RouteAdmin(admin.ModelAdmin):
+class RouteAdmin(UsablePickers, admin.ModelAdmin):
     list_display = ("priority", "name", "agent", "enabled", "reroutes", "channel", "channel_kind", "sender_role",
                     "command", "keyword", "pattern")
     list_display_links = ("name",)

@@ -1,0 +1,126 @@
+"""What the admin offers to pick or filter by names only the channels, agents and tools the
+staff member may use (``channel_scope``'s rule; superusers who may act see everything).
+
+``UsablePickers``, a ModelAdmin mixin on every admin of the gateway:
+
+- list filters on a relation to a channel, agent or tool list only those she may use;
+- form choices (selects, multiple selects, autocompletes) offer only those; a row's current
+  hidden value stays selected, labelled without its name, so that a save keeps it; a POST naming
+  any other hidden id is a form error ("Select a valid choice"), audited (``admin.refused``).
+
+Raw-id widgets print the name of whatever id is typed into them: a field pointing to a channel,
+agent or tool is never one (``raw_id_fields``).
+"""
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.admin.utils import get_fields_from_path
+from django.core.exceptions import FieldDoesNotExist
+from django.forms import ModelChoiceField
+
+from .channel_scope import (
+    request_agent_ids,
+    request_channel_ids,
+    request_tool_ids,
+    sees_every_channel,
+)
+from .privileges import refused
+
+SCOPED = {"connectors.Channel": request_channel_ids, "agents.Agent": request_agent_ids,
+          "agents.Tool": request_tool_ids}
+HIDDEN_LABEL = "(one you may not use)"
+
+
+def usable_ids(request, model) -> set[int] | None:
+    """The ids of ``model``'s rows the staff member may use; None when she may use them all (not a
+    channel, agent or tool, or she sees everything)."""
+    request_ids = SCOPED.get(model._meta.label)
+    if request_ids is None or sees_every_channel(request.user):
+        return None
+    return request_ids(request)
+
+
+class UsableRelatedFilter(admin.RelatedFieldListFilter):
+    """A relation's filter, offering only the rows the staff member may use (read from their table,
+    not from the listed rows)."""
+
+    def field_choices(self, field, request, model_admin):
+        ids = usable_ids(request, field.related_model)
+        if ids is None:
+            return super().field_choices(field, request, model_admin)
+        return field.get_choices(include_blank=False, ordering=self.field_admin_ordering(field, request, model_admin),
+                                 limit_choices_to={"pk__in": ids})
+
+
+def narrow_choices(form, request) -> list[str]:
+    """Offer in ``form``'s relation fields only what the staff member may use, and the row's current
+    values (a hidden one unnamed). Returns the names of the fields narrowed."""
+    narrowed = []
+    for name, field in form.fields.items():
+        if not isinstance(field, ModelChoiceField):
+            continue
+        ids = usable_ids(request, field.queryset.model)
+        if ids is None:
+            continue
+        field.queryset = field.queryset.filter(pk__in=ids | _current_ids(form.instance, name))
+        field.label_from_instance = _masked(field.label_from_instance, ids)
+        narrowed.append(name)
+    return narrowed
+
+
+def audit_hidden_picks(form, request, narrowed: list[str]) -> None:
+    """Audit a POST naming what a narrowed field does not offer: crafted, the form never shows one."""
+    for name in narrowed:
+        if form.has_error(name, "invalid_choice"):
+            model = form.fields[name].queryset.model
+            refused(request, what=f"pick a {model._meta.verbose_name} she may not use", field=name)
+
+
+def _current_ids(instance, name: str) -> set:
+    """The ids the saved row holds in its field ``name`` (none for a new row, or a form-only field)."""
+    if instance._state.adding:
+        return set()
+    try:
+        field = instance._meta.get_field(name)
+    except FieldDoesNotExist:
+        return set()
+    if field.many_to_many:
+        return set(getattr(instance, name).values_list("pk", flat=True))
+    value = getattr(instance, field.attname, None) if field.many_to_one else None
+    return set() if value is None else {value}
+
+
+def _masked(label_from_instance, ids: set[int]):
+    return lambda obj: label_from_instance(obj) if obj.pk in ids else HIDDEN_LABEL
+
+
+class UsablePickers:
+    """A ModelAdmin mixin: filters and form choices as the module says."""
+
+    def get_list_filter(self, request):
+        return [_scoped_filter(self.model, entry) for entry in super().get_list_filter(request)]
+
+    def get_form(self, request, obj=None, **kwargs):
+        form_class = super().get_form(request, obj, **kwargs)
+
+        class Narrowed(form_class):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                self.narrowed = narrow_choices(self, request)
+
+            def clean(self):
+                audit_hidden_picks(self, request, self.narrowed)
+                return super().clean()
+
+        Narrowed.__name__ = form_class.__name__
+        return Narrowed
+
+
+def _scoped_filter(model, entry):
+    """A filter named by a field path, on a relation to a channel, agent or tool: the scoped one."""
+    if not isinstance(entry, str):
+        return entry
+    field = get_fields_from_path(model, entry)[-1]
+    if field.is_relation and field.related_model._meta.label in SCOPED:
+        return (entry, UsableRelatedFilter)
+    return entry
