@@ -1,12 +1,15 @@
-"""What the admin offers to pick or filter by names only the channels, agents and tools the
-staff member may use (``channel_scope``'s rule; superusers who may act see everything).
+"""What the admin offers to pick, filter by or delete along names only the channels, agents and
+tools the staff member may use (``channel_scope``'s rule; superusers who may act see everything).
 
 ``UsablePickers``, a ModelAdmin mixin on every admin of the gateway:
 
 - list filters on a relation to a channel, agent or tool list only those she may use;
 - form choices (selects, multiple selects, autocompletes) offer only those; a row's current
   hidden value stays selected, labelled without its name, so that a save keeps it; a POST naming
-  any other hidden id is a form error ("Select a valid choice"), audited (``admin.refused``).
+  any other hidden id is a form error ("Select a valid choice"), audited (``admin.refused``);
+- a deletion that would take along, or is held back by, a row she may not see (one pointing to a
+  channel, agent or tool she may not use: a route, an agent's fallback) is refused, and the page
+  names only the types of the rows it would take, never a row.
 
 Raw-id widgets print the name of whatever id is typed into them: a field pointing to a channel,
 agent or tool is never one (``raw_id_fields``).
@@ -14,11 +17,13 @@ agent or tool is never one (``raw_id_fields``).
 from __future__ import annotations
 
 from django.contrib import admin
-from django.contrib.admin.utils import get_fields_from_path
+from django.contrib.admin.utils import NestedObjects, get_fields_from_path
 from django.core.exceptions import FieldDoesNotExist
+from django.db import router
 from django.forms import ModelChoiceField
 
 from .channel_scope import (
+    UsableChannelsOnly,
     request_agent_ids,
     request_channel_ids,
     request_tool_ids,
@@ -94,8 +99,39 @@ def _masked(label_from_instance, ids: set[int]):
     return lambda obj: label_from_instance(obj) if obj.pk in ids else HIDDEN_LABEL
 
 
+def names_hidden(obj, request) -> bool:
+    """``obj`` is a channel, agent or tool the staff member may not use, or points to one."""
+    ids = usable_ids(request, type(obj))
+    if ids is not None and obj.pk not in ids:
+        return True
+    for field in obj._meta.concrete_fields:
+        if field.many_to_one and (ids := usable_ids(request, field.related_model)) is not None:
+            value = getattr(obj, field.attname)
+            if value is not None and value not in ids:
+                return True
+    return False
+
+
+def hidden_types(objs, request, site) -> set[str]:
+    """The types of the rows deleting ``objs`` would take along, or is protected by, that point to
+    something the staff member may not use. Left to Django's own check: rows whose admin scopes
+    them (``UsableChannelsOnly``: its ``has_delete_permission``); left out: links between rows
+    (many-to-many tables), which name nothing and whose deletion deletes nothing hidden."""
+    if not objs or sees_every_channel(request.user):
+        return set()
+    collector = NestedObjects(using=router.db_for_write(objs[0]._meta.model), origin=objs)
+    collector.collect(objs)
+    rows = [*collector.protected, *(obj for found in collector.model_objs.values() for obj in found)]
+    return {obj._meta.verbose_name for obj in rows
+            if not obj._meta.auto_created and not _scoped_rows(site, type(obj)) and names_hidden(obj, request)}
+
+
+def _scoped_rows(site, model) -> bool:
+    return site.is_registered(model) and isinstance(site.get_model_admin(model), UsableChannelsOnly)
+
+
 class UsablePickers:
-    """A ModelAdmin mixin: filters and form choices as the module says."""
+    """A ModelAdmin mixin: filters, form choices and deletion pages as the module says."""
 
     def get_list_filter(self, request):
         return [_scoped_filter(self.model, entry) for entry in super().get_list_filter(request)]
@@ -114,6 +150,10 @@ class UsablePickers:
 
         Narrowed.__name__ = form_class.__name__
         return Narrowed
+
+    def get_deleted_objects(self, objs, request):
+        to_delete, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        return to_delete, model_count, perms_needed | hidden_types(objs, request, self.admin_site), protected
 
 
 def _scoped_filter(model, entry):

@@ -1,10 +1,10 @@
-"""What the admin offers to pick or filter by names no channel, agent or tool the
+"""What the admin offers to pick, filter by or delete along names no channel, agent or tool the
 staff member may not use (apps/identities/scoped_pickers.py); superusers see them all."""
 import pytest
 from django.contrib import admin
 from django.contrib.auth.models import Permission
 
-from apps.agents.models import Agent, LLMModel, Provider
+from apps.agents.models import Agent, AgentFallback, LLMModel, Provider
 from apps.connectors.models import Channel
 from apps.conversations.models import Conversation
 from apps.identities.models import ApiKey
@@ -157,8 +157,29 @@ def test_a_hidden_value_a_row_holds_stays_unnamed_and_is_kept(client, make_user,
     assert set(key.channels.all()) == {webchat_channel, vip}
 
 
+def test_a_deletion_page_names_no_hidden_row(client, make_user, webchat_channel, agent, llm_model, hidden):
+    """Deleting a channel would take along a route to an agent she may not use; deleting a model is
+    held back by that agent's fallback on it: refused, the page naming the types, not the rows."""
+    secret, _ = hidden
+    Route.objects.create(name="board-escalations", priority=1, agent=secret, channel=webchat_channel)
+    spare = LLMModel.objects.create(provider=llm_model.provider, name="spare-gpt")
+    AgentFallback.objects.create(agent=secret, model=spare, position=1)
+    client.force_login(desk_member(make_user, "view_channel", "delete_channel", "view_route", "delete_route",
+                                   "view_llmmodel", "delete_llmmodel", "view_agent", "delete_agent"))
+    for url, kind in ((f"/admin/connectors/channel/{webchat_channel.pk}/delete/", "route"),
+                      (f"/admin/agents/llmmodel/{spare.pk}/delete/", "agent fallback")):
+        shown = page(client, url)
+        assert "board-escalations" not in shown and "secret-ops" not in shown, url
+        assert_names_none(shown, url)
+        assert f"<li>{kind}</li>" in shown, url  # the type, as for a hidden conversation
+        client.post(url, {"post": "yes"})
+    assert Channel.objects.filter(pk=webchat_channel.pk).exists() and LLMModel.objects.filter(pk=spare.pk).exists()
+    client.force_login(superuser(make_user))
+    assert "board-escalations" in page(client, f"/admin/connectors/channel/{webchat_channel.pk}/delete/")
+
+
 def test_every_gateway_admin_scopes_its_pickers():
-    """A new admin page gets the scoped filters and choices too; and no channel,
+    """A new admin page gets the scoped filters, choices and deletion pages too; and no channel,
     agent or tool is a raw-id field (its widget prints the name of any id typed in)."""
     ours = [model_admin for model, model_admin in admin.site._registry.items()
             if model.__module__.startswith("apps.") or type(model_admin).__module__.startswith("apps.")]
