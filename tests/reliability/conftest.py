@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -120,10 +123,11 @@ def gw_rabbitmq(request):
         yield from gateway_stack("rabbitmq")
 
 
-def gateway_stack(broker: str = "redis"):
+def gateway_stack(broker: str = "redis", relay: bool = False):
     """fake_llm + private PostgreSQL + private Redis + Celery worker + beat + Daphne, seeded with the demo.
 
-    ``broker="rabbitmq"`` adds a private RabbitMQ node as the Celery broker."""
+    ``broker="rabbitmq"`` adds a private RabbitMQ node as the Celery broker. ``relay``: the processes
+    reach Redis through a ``FailoverRelay`` (``.relay``), the address a failover keeps."""
     if broker not in ("redis", "rabbitmq"):
         raise ValueError(f"unknown broker {broker!r} (GATEWAY_RELIABILITY_BROKER: redis or rabbitmq)")
     rabbitmq = PrivateRabbitMQ() if broker == "rabbitmq" else None
@@ -135,8 +139,10 @@ def gateway_stack(broker: str = "redis"):
         pg.start()
         database = pg.create_database("gateway")
         redis_process = stack.redis()
+        redis_relay = FailoverRelay(redis_process.port) if relay else None
         llm_url = stack.fake_llm()
-        stack.env.update(DATABASE_URL=database, REDIS_URL=f"redis://127.0.0.1:{redis_process.port}/0",
+        redis_port = redis_relay.port if relay else redis_process.port
+        stack.env.update(DATABASE_URL=database, REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
                          OPENAI_BASE_URL=llm_url, SLACK_API_BASE_URL=platforms.slack_base_url,
                          WECOM_API_BASE_URL=platforms.wecom_base_url)
         if rabbitmq is not None:
@@ -148,7 +154,7 @@ def gateway_stack(broker: str = "redis"):
         stack.manage("shell", "-c", channels)
         gateway = SimpleNamespace(stack=stack, pg=pg, database=database, redis=redis_process, llm_url=llm_url,
                                   demo=demo, workers=[stack.worker()], beat=stack.beat(), platforms=platforms,
-                                  rabbitmq=rabbitmq)
+                                  rabbitmq=rabbitmq, relay=redis_relay)
         gateway.url = stack.daphne()
         gateway.auth = {"Authorization": f"Bearer {demo['api_keys']['customer']}"}
         yield gateway
@@ -161,7 +167,73 @@ def gateway_stack(broker: str = "redis"):
         pg.destroy()
         if rabbitmq is not None:
             rabbitmq.destroy()
+        if redis_relay is not None:
+            redis_relay.close()
         platforms.stop()
+
+
+class FailoverRelay:
+    """A TCP relay in front of the private Redis: the one address clients know Redis by (a service
+    or virtual IP) across a restart or failover behind it.
+
+    A connection whose server went away is not closed towards its client: the client learns of it
+    only when it next sends on it, and is then reset, as by a new host at that address that never
+    knew the connection. (Without the relay, the dead server's own kernel closes each connection and
+    redis-py drops it as it leaves the pool.) New connections go to the server on ``upstream_port``.
+    """
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, name="redis-relay", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            except OSError:
+                client.close()  # Redis is down: refused, as Redis itself would
+                continue
+            upstream.settimeout(None)
+            gone = threading.Event()  # the server side of this connection ended
+            threading.Thread(target=self._to_client, args=(upstream, client, gone), daemon=True).start()
+            threading.Thread(target=self._to_server, args=(client, upstream, gone), daemon=True).start()
+
+    @staticmethod
+    def _to_client(upstream: socket.socket, client: socket.socket, gone: threading.Event) -> None:
+        try:
+            while data := upstream.recv(65536):
+                client.sendall(data)
+        except OSError:
+            pass
+        gone.set()  # the client is not told
+        upstream.close()
+
+    @staticmethod
+    def _to_server(client: socket.socket, upstream: socket.socket, gone: threading.Event) -> None:
+        try:
+            while data := client.recv(65536):
+                if gone.is_set():
+                    break
+                upstream.sendall(data)
+            else:
+                client.close()  # the client hung up
+                upstream.close()
+                return
+        except OSError:
+            pass
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()  # a reset
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
 
 
 def sql(gw, query: str, *params):
