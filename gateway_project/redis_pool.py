@@ -6,6 +6,10 @@ TCP connection to Redis for its first rate-limit check. ``CACHES["default"]["OPT
 points here so all of them share one pool (redis-py's pools are thread-safe and reset after fork),
 and the ``SharedRedisCache`` backend shares one client object per pool as well. Every pool of the
 gateway's own Redis clients is a ``waiting_pool``.
+
+Each of these pools, and the channel layer's (settings ``CHANNEL_LAYERS``), tries a command once
+more on a fresh connection when its connection fails (``STALE_CONNECTION_RETRY``, ``_ASYNC``): a connection to
+a Redis that restarted or failed over is found dead only when used, and must not fail a request.
 """
 from __future__ import annotations
 
@@ -14,16 +18,27 @@ import threading
 import redis
 from django.conf import settings
 from django.core.cache.backends.redis import RedisCache, RedisCacheClient
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+# One more try, at once, on a new connection, after a connection error only: a pooled connection
+# that died with the server it was opened to. A timeout is not tried again (the command may have
+# run: a reservation or a count would be taken twice, and a stalled Redis would be waited on
+# twice); a Redis that is down refuses the second try too, so an outage is still an error at once.
+STALE_CONNECTION_RETRY = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+STALE_CONNECTION_RETRY_ASYNC = AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))  # the layer's
 
 
 def waiting_pool(url: str, **kwargs) -> redis.BlockingConnectionPool:
     """A pool that waits up to ``GATEWAY_REDIS_POOL_TIMEOUT_SECONDS`` for one of
     ``GATEWAY_REDIS_POOL_MAX_CONNECTIONS`` connections instead of refusing with MaxConnectionsError:
     the gateway's Redis clients (cache, budget counters, publishing) are used from as many threads
-    or greenlets as a process holds requests or runs."""
+    or greenlets as a process holds requests or runs. A command whose connection fails is tried
+    once more on a fresh one (``STALE_CONNECTION_RETRY``)."""
     return redis.BlockingConnectionPool.from_url(url, **{
         "max_connections": settings.GATEWAY_REDIS_POOL_MAX_CONNECTIONS,
-        "timeout": settings.GATEWAY_REDIS_POOL_TIMEOUT_SECONDS, **kwargs})
+        "timeout": settings.GATEWAY_REDIS_POOL_TIMEOUT_SECONDS, "retry": STALE_CONNECTION_RETRY, **kwargs})
 
 
 class SharedConnectionPool(redis.ConnectionPool):

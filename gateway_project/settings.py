@@ -155,6 +155,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.boo
     # transaction mode cannot keep prepared statements).
     DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=5)
 
+# Long-lived Redis connections that only wait for data (the channel layer's subscription, the
+# worker's BRPOP) are checked this often: one closed without notice (Redis failed over or restarted
+# behind an address that stayed) is dropped and opened again within a few such intervals.
+GATEWAY_REDIS_HEALTH_CHECK_SECONDS = env.int("GATEWAY_REDIS_HEALTH_CHECK_SECONDS", default=2)
+
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -167,13 +172,20 @@ if REDIS_URL:
     }
     if "redis_pool" in GATEWAY_PLAIN:
         CACHES["default"] = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    from gateway_project.redis_pool import STALE_CONNECTION_RETRY_ASYNC
+
     CHANNEL_LAYERS = {
         "default": {
             # Redis pub/sub: one subscription connection per server process carries the events of
             # every waiter and web chat socket in it (no blocking receive, so no Redis connection,
             # per waiter); workers publish with one synchronous PUBLISH (docs/decisions/reply-bus.md).
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [{"address": REDIS_URL}], "prefix": "asgi"},
+            # The subscription only reads: a PING every GATEWAY_REDIS_HEALTH_CHECK_SECONDS finds it
+            # dead when Redis went away without closing it (a failover), and the layer subscribes
+            # again; a command on a dead connection is tried once more (gateway_project/redis_pool.py).
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "retry": STALE_CONNECTION_RETRY_ASYNC,
+                                  "health_check_interval": GATEWAY_REDIS_HEALTH_CHECK_SECONDS}],
+                       "prefix": "asgi"},
         }
     }
 else:
@@ -224,6 +236,10 @@ if CELERY_BROKER_URL.partition("://")[0] in ("redis", "rediss", "redis+socket", 
     # an ack fails ("Too many connections") and the worker drops its broker connection, stranding
     # what it had taken. Connections open as needed and stay open: keep it at the worker's -c.
     CELERY_BROKER_TRANSPORT_OPTIONS["max_connections"] = env.int("CELERY_BROKER_MAX_CONNECTIONS", default=1000)
+    # kombu drops a BRPOP whose reply is overdue by this long and opens another (its default, 25 s,
+    # left a worker deaf for 45 s after a failover); also redis-py's PING before a command on a
+    # connection idle this long.
+    CELERY_BROKER_TRANSPORT_OPTIONS["health_check_interval"] = GATEWAY_REDIS_HEALTH_CHECK_SECONDS
 # The queue agent runs (and every other task) go to; workers consume it (`-Q`).
 CELERY_TASK_DEFAULT_QUEUE = env.str("GATEWAY_AGENT_QUEUE", default="gateway")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
