@@ -47,12 +47,27 @@ def amount_within(amount, period: str, ceiling, ceiling_period: str) -> bool:
     return amount <= ceiling
 
 
+def token_reach(limits: Limits) -> tuple[int | None, int | None]:
+    """The most tokens ``limits`` let go in one day and in one month, both budgets together (None:
+    no limit). A month's budget may all go in one day; a day's comes back every day of the month.
+    So a day's budget bounds the month even with no month's budget, and the other way round."""
+    day, month = limits.tokens_per_day, limits.tokens_per_month
+    in_a_day = min((n for n in (day, month) if n is not None), default=None)
+    in_a_month = min((n for n in (month, None if day is None else day * DAYS_IN_A_LONG_MONTH) if n is not None),
+                     default=None)
+    return in_a_day, in_a_month
+
+
 def beyond(limits: Limits, ceiling: Limits) -> list[str]:
-    """The limits of ``limits`` more generous than ``ceiling``'s, by field name."""
+    """The limits of ``limits`` more generous than ``ceiling``'s, by field name. Token budgets are
+    compared by what they let go in a day and in a month (``token_reach``), not field by field:
+    a day's budget lifted where only a month's is hers would otherwise pass as "no month's budget
+    before, none after"."""
     fields = [name for name in ("request_rate", "per_ip_rate")
               if not rate_within(getattr(limits, name), getattr(ceiling, name))]
-    fields += [name for name, period in (("tokens_per_day", Period.DAY), ("tokens_per_month", Period.MONTH))
-               if not amount_within(getattr(limits, name), period, getattr(ceiling, name), period)]
+    fields += [name for name, amount, top in zip(("tokens_per_day", "tokens_per_month"), token_reach(limits),
+                                                 token_reach(ceiling), strict=True)
+               if not amount_within(amount, Period.DAY, top, Period.DAY)]
     if not amount_within(limits.cost_limit, limits.cost_period, ceiling.cost_limit, ceiling.cost_period):
         fields.append("cost_limit")
     return fields
@@ -107,4 +122,6 @@ def reset_beyond_own(actor, user) -> list[str]:
     if not reach:
         return []
     fields = beyond(Limits(subject="", **reach), own_limits(actor, scope=QuotaPolicy.Scope.USER, table=table))
-    return [name for name in fields if name in reach]
+    # A budget they do not have is not one a reset gives; a day's bounds their month and back.
+    tokens = any(name.startswith("tokens_") for name in reach)
+    return [name for name in fields if name in reach or (tokens and name.startswith("tokens_"))]

@@ -77,13 +77,15 @@ def test_an_empty_field_is_no_limit_and_beyond_hers(limited, customer, policy):
     assert_refused(limited.post(change_url(throttled_key), form(scope="api_key", api_key=key.pk)),
                    "tokens per day", "cost limit")
     assert_refused(limited.post(change_url(own), form(user=customer.pk)), "tokens per day")
-    assert refused_limits() == [["tokens_per_month"], ["tokens_per_day", "cost_limit"], ["tokens_per_day"]]
+    # Unlimited a month is unlimited a day too (the role's 10,000 a month was at most 10,000 a day).
+    assert refused_limits() == [["tokens_per_day", "tokens_per_month"], ["tokens_per_day", "tokens_per_month",
+                                "cost_limit"], ["tokens_per_day"]]
     assert QuotaPolicy.objects.get(pk=role.pk).tokens_per_month == 10000
     assert user_limits(customer).tokens_per_day == 500
     assert api_key_limits(key.pk).tokens_per_day == 100
     # The same fields filled in within hers save.
     assert limited.post(change_url(role), form(scope="role", role=Role.CUSTOMER, request_rate="20/m",
-                                               tokens_per_month="20000")).status_code == 302
+                                               tokens_per_day="1000", tokens_per_month="20000")).status_code == 302
     assert limited.post(change_url(own), form(user=customer.pk, tokens_per_day="1000")).status_code == 302
     assert QuotaPolicy.objects.get(pk=role.pk).tokens_per_month == 20000
     assert user_limits(customer).tokens_per_day == 1000
@@ -105,9 +107,10 @@ def test_no_bigger_token_or_cost_budget_for_a_user_or_a_key(limited, customer, p
     assert not QuotaPolicy.objects.filter(user=customer).exists() and len(refused_limits()) == 5
     assert api_key_limits(key.pk).cost_limit == Decimal("2")
     # Up to hers is fine: the same, or a day's share that fits in her month.
-    assert limited.post(ADD_POLICY, form(user=customer.pk, tokens_per_day="1000", cost_limit="5")).status_code == 302
-    assert limited.post(change_url(key_policy), {**key_form, "tokens_per_month": "20000", "cost_limit": "0.16",
-                                                 "cost_period": "day"}).status_code == 302
+    assert limited.post(ADD_POLICY, form(user=customer.pk, tokens_per_day="1000", tokens_per_month="20000",
+                                         cost_limit="5")).status_code == 302
+    assert limited.post(change_url(key_policy), {**key_form, "tokens_per_day": "1000", "tokens_per_month": "20000",
+                                                 "cost_limit": "0.16", "cost_period": "day"}).status_code == 302
     assert user_limits(customer).tokens_per_day == 1000
     assert api_key_limits(key.pk).cost_limit == Decimal("0.16")
 
@@ -120,11 +123,14 @@ def test_deleting_a_throttle_is_refused_when_what_follows_is_beyond_hers(limited
     bulk = {"action": "delete_selected", "post": "yes", "_selected_action": [throttle.pk]}
     assert limited.post(reverse("admin:quotas_quotapolicy_changelist"), bulk).status_code == 403
     assert QuotaPolicy.objects.filter(pk=throttle.pk).exists()
-    assert refused_limits() == [["tokens_per_day"]] * 2
-    role.tokens_per_day = 800
+    assert refused_limits() == [["tokens_per_day", "tokens_per_month"]] * 2
+    role.tokens_per_day = 800  # 24,800 in a 31-day month: beyond her 20,000 still
+    role.save()
+    assert limited.post(delete, {"post": "yes"}).status_code == 403
+    role.tokens_per_day = 600
     role.save()
     assert limited.post(delete, {"post": "yes"}).status_code == 302
-    assert user_limits(customer).tokens_per_day == 800
+    assert user_limits(customer).tokens_per_day == 600
 
 
 def test_a_channels_per_address_rate_stays_within_the_global_one(limited, api_channel, settings):
@@ -151,7 +157,7 @@ def spent(user, tokens: int) -> None:
 
 def test_resets_never_let_someone_spend_more_than_her_own_budget(limited, customer, policy):
     """Allowed while what they really spent this period plus a whole budget again fits in hers."""
-    policy("user", customer, tokens_per_day=400)
+    policy("user", customer, tokens_per_day=400, tokens_per_month=10000)
     changelist = reverse("admin:quotas_userquota_changelist")
 
     def reset():
@@ -176,3 +182,41 @@ def test_what_someone_already_has_is_no_gift(limited, customer):
     assert limited.post(ADD_POLICY, form(user=customer.pk, request_rate="60/m",
                                          tokens_per_day="1000000")).status_code == 302
     assert user_limits(customer).tokens_per_day == 1_000_000
+
+
+def test_a_days_budget_bounds_the_month_and_a_months_the_day(operator, customer, employee, policy):
+    """Whoever may spend 1,000 tokens a day may spend 31,000 a month, and a month's budget may all go
+    in one day: lifting the one where only the other is hers is no limit at all, not "no limit
+    before, none after"."""
+    own = policy("user", operator.member, tokens_per_month=20000)  # and no daily budget
+    role = policy("role", Role.CUSTOMER, tokens_per_day=1000)  # at most 31,000 a month
+    throttle = policy("user", customer, tokens_per_day=100)
+    # Deleting the role's policy: every customer unlimited; clearing the puppet's: 31,000 a month.
+    delete_role = reverse("admin:quotas_quotapolicy_delete", args=[role.pk])
+    assert operator.post(delete_role, {"post": "yes"}).status_code == 403
+    assert_refused(operator.post(change_url(throttle), form(user=customer.pk)), "tokens per month")
+    assert refused_limits() == [["tokens_per_day", "tokens_per_month"], ["tokens_per_month"]]
+    assert QuotaPolicy.objects.filter(pk=role.pk).exists() and user_limits(customer).tokens_per_day == 100
+    assert operator.post(change_url(throttle), form(user=customer.pk, tokens_per_day="600")).status_code == 302
+    # The other way round: hers 1,000 a day and no month's budget; the puppet's 800 a month.
+    own.tokens_per_month, own.tokens_per_day = None, 1000
+    own.save()
+    QuotaPolicy.objects.filter(pk=throttle.pk).update(tokens_per_day=None, tokens_per_month=800)
+    role.delete()
+    assert_refused(operator.post(change_url(throttle), form(user=customer.pk)), "tokens per day")
+    assert user_limits(customer).tokens_per_month == 800
+
+
+def test_a_monthly_ceiling_holds_against_a_daily_budget_reset_again_and_again(operator, customer, policy):
+    """Her own: 20,000 tokens a month and no daily budget. The puppet's: 1,000 a day, none a month.
+    A reset every day (or several a day) must not give the puppet more than her month."""
+    policy("user", operator.member, tokens_per_month=20000)
+    policy("user", customer, tokens_per_day=500)
+    changelist = reverse("admin:quotas_userquota_changelist")
+    spent(customer, 100)  # 600 a day, every day of a month: 18,600
+    assert operator.post(changelist, {"action": "reset_quota", "_selected_action": [customer.pk]}).status_code == 302
+    assert AuditEvent.objects.filter(action="quota.reset").count() == 1
+    spent(customer, 500)  # 1,000 a day: 31,000
+    operator.post(changelist, {"action": "reset_quota", "_selected_action": [customer.pk]})
+    assert AuditEvent.objects.filter(action="quota.reset").count() == 1
+    assert AuditEvent.objects.get(action="admin.refused").detail["limits"] == ["tokens_per_month"]
