@@ -27,6 +27,14 @@ def test_every_admin_changelist_opens(staff_client, api_channel, customer):
 
 
 @pytest.mark.django_db
+def test_a_nul_in_an_admin_query_is_a_400_not_a_500(staff_client):
+    """A list filter's value goes into SQL, and PostgreSQL refuses a NUL in text."""
+    for query in ("role=%00", "scope=user&role=a%00b", "%00=1"):
+        assert staff_client.get(f"/admin/quotas/quotapolicy/?{query}").status_code == 400, query
+    assert staff_client.get("/admin/quotas/quotapolicy/?role=customer").status_code == 200
+
+
+@pytest.mark.django_db
 def test_conversation_page_shows_its_messages_in_order(staff_client, api_channel, customer):
     first = pipeline.accept(NormalizedMessage(channel="api", channel_id="api", user_id="x", message="first words"),
                             channel=api_channel, principal=customer)
