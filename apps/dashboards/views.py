@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET
 from apps.agents.models import Agent
 from apps.connectors.models import Channel
 from apps.conversations.models import Status
-from apps.identities.channel_scope import request_channel_ids, sees_every_channel
+from apps.identities.channel_scope import request_agent_ids, request_channel_ids, sees_every_channel
 from apps.identities.permissions import role_rank, staff_may_act
 from apps.identities.roles import ROLE_ORDER, Role
 
@@ -190,12 +190,17 @@ def conversations(request):
         raise BadInput(f"page must be at most {MAX_PAGE}.")
     filters = filters_from(request)
     export = bool(request.GET.get("export"))
+    channel_ids = transcript_channels(request)
     table = selectors.conversation_search(
         period, user=filters.user, channel=filters.channel, text=request.GET.get("text", "").strip(),
         status=filters.status, agent=filters.agent, model=filters.model,
         limit=selectors.GROUP_ROWS * 10 if export else PAGE_ROWS, offset=0 if export else (page - 1) * PAGE_ROWS,
-        channel_ids=transcript_channels(request),
+        channel_ids=channel_ids,
     )
+    # The filters offer the channels and agents she may use, as the admin's do (scoped_pickers).
+    channels, agents = Channel.objects.all(), Agent.objects.all()
+    if channel_ids is not None:
+        channels, agents = channels.filter(pk__in=channel_ids), agents.filter(pk__in=request_agent_ids(request))
 
     carried = carried_query(request)
     if carried:  # opening a conversation keeps the filters for the way back
@@ -203,9 +208,9 @@ def conversations(request):
             row["url"] += "?" + carried
     return render_page(request, "dashboard/conversations.html", period, {
         "tables": [table], "page": page, "has_next": len(table.rows) == PAGE_ROWS,
-        "channels": list(Channel.objects.values_list("slug", flat=True)),
+        "channels": list(channels.values_list("slug", flat=True)),
         "statuses": STATUSES,
-        "agents": list(Agent.objects.order_by("slug").values_list("slug", flat=True)),
+        "agents": list(agents.order_by("slug").values_list("slug", flat=True)),
         "filters": {k: request.GET.get(k, "") for k in ("user", "channel", "text", "status", "agent", "model")},
     })
 

@@ -111,6 +111,12 @@ class RouteAdmin(UsablePickers, admin.ModelAdmin):
                     user=data["sender"], conversation=data["conversation"],
                 )
                 shown = None if sees_every_channel(request.user) else request_agent_ids(request)
+                if shown is not None:
+                    # The rules checked on the way name their agent, channel and conditions: only
+                    # those she finds in the routes' list (get_queryset).
+                    channels = request_channel_ids(request)
+                    decision.checks = [check for check in decision.checks if check.route.agent_id in shown
+                                       and check.route.channel_id in (None, *channels)]
                 if shown is not None and decision.agent is not None and decision.agent.pk not in shown:
                     decision, error = None, "The message would go to an agent you may not see."
                 elif decision.agent is not None and not user_can_use_agent(data["sender"], decision.agent):
