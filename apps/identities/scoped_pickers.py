@@ -8,8 +8,9 @@ tools the staff member may use (``channel_scope``'s rule; superusers who may act
   hidden value stays selected, labelled without its name, so that a save keeps it; a POST naming
   any other hidden id is a form error ("Select a valid choice"), audited (``admin.refused``);
 - a deletion that would take along, or is held back by, a row she may not see (one pointing to a
-  channel, agent or tool she may not use: a route, an agent's fallback) is refused, and the page
-  names only the types of the rows it would take, never a row.
+  channel, agent or tool she may not use: a route, an agent's fallback; or naming one by content
+  type and id: a guardian object permission, an admin log entry) is refused, and the page names
+  only the types of the rows it would take, never a row.
 
 Raw-id widgets print the name of whatever id is typed into them: a field pointing to a channel,
 agent or tool is never one (``raw_id_fields``).
@@ -17,8 +18,11 @@ agent or tool is never one (``raw_id_fields``).
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.admin.models import LogEntry
 from django.contrib.admin.utils import NestedObjects, get_fields_from_path
-from django.core.exceptions import FieldDoesNotExist
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import router
 from django.forms import ModelChoiceField
 
@@ -123,11 +127,46 @@ def hidden_types(objs, request, site) -> set[str]:
     collector.collect(objs)
     rows = [*collector.protected, *(obj for found in collector.model_objs.values() for obj in found)]
     return {obj._meta.verbose_name for obj in rows
-            if not obj._meta.auto_created and not _scoped_rows(site, type(obj)) and names_hidden(obj, request)}
+            if not obj._meta.auto_created and not _scoped_rows(site, type(obj))
+            and (names_hidden(obj, request) or _names_hidden_by_id(obj, request, site))}
 
 
 def _scoped_rows(site, model) -> bool:
     return site.is_registered(model) and isinstance(site.get_model_admin(model), UsableChannelsOnly)
+
+
+def _names_hidden_by_id(obj, request, site) -> bool:
+    """``obj`` names, by content type and id rather than a foreign key, a row the staff member may
+    not see: a guardian object permission (its name is its object's), an admin log entry (its
+    object's name when it was written)."""
+    pairs = [(field.ct_field, field.fk_field) for field in obj._meta.private_fields
+             if isinstance(field, GenericForeignKey)]
+    if isinstance(obj, LogEntry):
+        pairs.append(("content_type", "object_id"))
+    for ct_field, fk_field in pairs:
+        type_id = getattr(obj, obj._meta.get_field(ct_field).attname, None)
+        model = ContentType.objects.get_for_id(type_id).model_class() if type_id else None
+        if model is not None and _hidden_row(model, getattr(obj, fk_field), request, site):
+            return True
+    return False
+
+
+def _hidden_row(model, pk, request, site) -> bool:
+    """The row of ``model`` with this ``pk`` is, or points to, one the staff member may not see (as
+    its admin judges it); a row gone since is not."""
+    ids = usable_ids(request, model)
+    if ids is not None:
+        return str(pk) not in {str(pk_) for pk_ in ids}
+    try:
+        row = model._default_manager.filter(pk=pk).first()
+    except (ValueError, TypeError, ValidationError):
+        return False
+    if row is None:
+        return False
+    if _scoped_rows(site, model):
+        model_admin = site.get_model_admin(model)
+        return not model_admin.usable_row(row, model_admin.request_ids(request))
+    return names_hidden(row, request)
 
 
 class UsablePickers:

@@ -1,10 +1,17 @@
 """Pages beyond the admin's filters, choices and model deletion pages that named a channel, agent
 or tool the staff member may not use (apps/identities/scoped_pickers.py; docs/security.md "Names
-of what she may not use"): the route tester's list of rules, the dashboards' conversation filters."""
+of what she may not use"): the route tester's list of rules, a user's or group's deletion page
+(their object permissions, their admin log), the dashboards' conversation filters."""
 import pytest
+from django.contrib.admin.models import CHANGE, LogEntry
+from django.contrib.auth.models import Group
+from django.contrib.contenttypes.models import ContentType
+from guardian.shortcuts import assign_perm
 
 from apps.agents.models import Agent, LLMModel, Provider
 from apps.connectors.models import Channel
+from apps.conversations.models import Conversation
+from apps.identities.models import User
 from apps.identities.roles import Role
 from apps.routing.models import Route
 from tests.security.test_staff_pickers import desk_member, page, superuser
@@ -48,6 +55,57 @@ def test_the_route_tester_lists_no_rule_she_may_not_see(client, make_user, agent
     assert "vip-only" not in text
     client.force_login(superuser(make_user))
     assert "board-escalations" in client.post("/admin/routing/route/test/", form).content.decode()
+
+
+def test_deleting_a_user_or_group_names_no_object_permission_on_what_she_may_not_use(
+        client, make_user, agent, hidden):
+    """Guardian's object permissions point to their object by content type and id, not by a
+    foreign key: a user's "change_agent" on the hidden agent, a group's "view_channel" on the
+    hidden channel, were listed by name ("Secret ops | someone | change_agent")."""
+    secret, vip = hidden
+    someone = make_user(Role.CUSTOMER)
+    assign_perm("agents.change_agent", someone, secret)
+    team = Group.objects.create(name="vip team")
+    assign_perm("connectors.view_channel", team, vip)
+    # She holds these globally: neither outranks her, so she may delete them.
+    client.force_login(desk_member(make_user, "view_user", "delete_user", "view_group", "delete_group",
+                                   "view_agent", "change_agent", "view_channel"))
+    for url, kind in ((f"/admin/identities/user/{someone.pk}/delete/", "user object permission"),
+                      (f"/admin/auth/group/{team.pk}/delete/", "group object permission")):
+        shown = page(client, url)
+        assert_names_none(shown, url)
+        assert f"<li>{kind}</li>" in shown, url  # refused, by type
+        client.post(url, {"post": "yes"})
+    assert User.objects.filter(pk=someone.pk).exists() and Group.objects.filter(pk=team.pk).exists()
+    client.force_login(superuser(make_user))
+    assert "Secret ops" in page(client, f"/admin/identities/user/{someone.pk}/delete/")
+
+
+def logged(user, obj) -> None:
+    """An admin log entry of ``user`` changing ``obj``, as the admin writes it."""
+    LogEntry.objects.create(user=user, content_type=ContentType.objects.get_for_model(obj), object_id=str(obj.pk),
+                            object_repr=str(obj), action_flag=CHANGE, change_message="Changed name.")
+
+
+def test_deleting_a_user_names_no_admin_log_entry_of_what_she_may_not_see(client, make_user, webchat_channel,
+                                                                          agent, hidden):
+    """Deleting a user takes their admin log along, each entry named by its object: the hidden agent,
+    a conversation on the hidden channel ("vip-desk / … / id")."""
+    secret, vip = hidden
+    former = make_user(Role.CUSTOMER)
+    talk = Conversation.objects.create(channel=vip, user=former, agent=secret)
+    for obj in (secret, talk):
+        logged(former, obj)
+    Conversation.objects.filter(pk=talk.pk).update(user=make_user(Role.CUSTOMER))  # the entries remain hers
+    client.force_login(desk_member(make_user, "view_user", "delete_user"))
+    url = f"/admin/identities/user/{former.pk}/delete/"
+    shown = page(client, url)
+    assert_names_none(shown, url)
+    assert "<li>log entry</li>" in shown
+    # An entry about what she may use is listed as before.
+    LogEntry.objects.filter(user=former).delete()
+    logged(former, agent)
+    assert "Assistant" in page(client, url)
 
 
 def test_the_dashboards_conversation_filters_offer_only_what_she_may_use(client, make_user, agent,
