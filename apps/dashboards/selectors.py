@@ -123,8 +123,45 @@ def live_day(period: Period) -> date | None:
     return today if period.start <= today <= period.end else None
 
 
-def _channel_names() -> dict:
-    return dict(Channel.objects.values_list("id", "slug"))
+@dataclass(frozen=True)
+class Visible:
+    """The channels and agents a staff member may use, by id (None: every one, a superuser). The
+    pages count and cost everything, but name only these; the rest are summed under HIDDEN_ROWS."""
+
+    channels: frozenset | None = None
+    agents: frozenset | None = None
+
+
+HIDDEN_ROWS = "(those you may not use)"
+
+
+def _channel_names(visible: Visible = Visible()) -> dict:
+    names = dict(Channel.objects.values_list("id", "slug"))
+    if visible.channels is None:
+        return names
+    return {pk: slug if pk in visible.channels else HIDDEN_ROWS for pk, slug in names.items()}
+
+
+def _fold_hidden(rows: list[dict], id_key: str, ids: frozenset | None, label_keys: list[str]) -> list[dict]:
+    """Cost rows of the channels or agents not in ``ids`` summed into one row naming none of them,
+    the table still sorted by cost; ``id_key`` is dropped from every row."""
+    if ids is None:
+        return rows
+    shown: list[dict] = []
+    hidden: dict | None = None
+    for row in rows:
+        row_id = row.pop(id_key)
+        if row_id is None or row_id in ids:
+            shown.append(row)
+            continue
+        if hidden is None:
+            hidden = {**dict.fromkeys(label_keys, ""), label_keys[0]: HIDDEN_ROWS,
+                      **{key: 0 for key, _ in _COST_COLUMNS}}
+        for key, _ in _COST_COLUMNS:
+            hidden[key] += row[key] or 0
+    if hidden is not None:
+        shown.append(hidden)
+    return sorted(shown, key=lambda row: row["cost"] or 0, reverse=True)[:GROUP_ROWS]
 
 
 def _series(per_day: dict, days: list[date]) -> list:
@@ -134,13 +171,13 @@ def _series(per_day: dict, days: list[date]) -> list:
 # --- overview --------------------------------------------------------------------------------
 
 
-def overview(period: Period, filters: Filters = Filters()) -> dict:
+def overview(period: Period, filters: Filters = Filters(), visible: Visible = Visible()) -> dict:
     """Rollup rows for every day; for today, its rollup (rows before its RollupMark) plus the raw
     rows since then (or since midnight if today has no rollup yet). Only the channel filter applies:
     the message rollups are per channel only."""
     days = period.days
     labels = [d.isoformat() for d in days]
-    names = _channel_names()
+    names = _channel_names(visible)
     live = live_day(period)
     day_start, day_end = day_bounds(live) if live else (None, None)
     covered = RollupMark.objects.filter(day=live).values_list("covered_until", flat=True).first() if live else None
@@ -263,7 +300,7 @@ COST_CALL_FILTERS = {"channel": "channel__slug", "agent": "agent__slug", "model"
 COST_SPENDER_FILTERS = {"user": "user__username__icontains"}
 
 
-def cost(period: Period, filters: Filters = Filters()) -> dict:
+def cost(period: Period, filters: Filters = Filters(), visible: Visible = Visible()) -> dict:
     rollups = _apply(DailyCallStats.objects.filter(day__gte=period.start, day__lte=period.end).order_by(),
                      filters, COST_CALL_FILTERS)
     spender_rollups = _apply(DailySpenderStats.objects.filter(day__gte=period.start, day__lte=period.end)
@@ -277,9 +314,14 @@ def cost(period: Period, filters: Filters = Filters()) -> dict:
         ("api_key", "By API key", spender_rollups, ["api_key__prefix", "api_key__name", "api_key__user__username"],
          [("api_key__prefix", "Key prefix"), ("api_key__name", "Key name"), ("api_key__user__username", "Owner")]),
     ]
+    scoped = {"agent": ("agent_id", visible.agents), "channel": ("channel_id", visible.channels)}
     tables = []
     for name, title, source, fields, columns in groups:
-        rows = list(source.values(*fields).annotate(**_COST_SUMS).order_by("-cost")[:GROUP_ROWS])
+        id_key, ids = scoped.get(name, ("", None))
+        if ids is None:
+            rows = list(source.values(*fields).annotate(**_COST_SUMS).order_by("-cost")[:GROUP_ROWS])
+        else:  # every row (one per channel or agent), the hidden ones folded into one
+            rows = _fold_hidden(list(source.values(id_key, *fields).annotate(**_COST_SUMS)), id_key, ids, fields)
         tables.append(Table(name, title, columns + _COST_COLUMNS, rows))
     spenders = list(spender_rollups.filter(user__isnull=False).values("user__username").annotate(**_COST_SUMS)
                     .order_by("-cost")[:TOP_SPENDERS])

@@ -37,6 +37,7 @@ PAGE_ROWS = 50
 MAX_PAGE = 100_000
 # Filters that follow the staff member from page to page (nav links) and into the CSV export.
 FILTER_KEYS = ("channel", "agent", "model", "user", "status")
+NO_SUCH_SLUG = "/"  # no slug holds a slash: a filter that matches nothing
 STATUSES = (Status.ACCEPTED, Status.PROCESSING, Status.ANSWERED, Status.FAILED)
 
 
@@ -94,7 +95,20 @@ def filters_from(request) -> Filters:
     values = {k: request.GET.get(k, "").strip() for k in FILTER_KEYS}
     if values["status"] and values["status"] not in STATUSES:
         raise BadInput("Unknown status.")
+    # A channel or agent she may not use matches nothing, as one that does not exist does: its
+    # totals would say it exists.
+    visible = visible_to(request)
+    for key, model, ids in (("channel", Channel, visible.channels), ("agent", Agent, visible.agents)):
+        if values[key] and ids is not None and not model.objects.filter(pk__in=ids, slug=values[key]).exists():
+            values[key] = NO_SUCH_SLUG
     return Filters(**values)
+
+
+def visible_to(request) -> selectors.Visible:
+    """What the pages may name to this staff member: the channels and agents she may use."""
+    if sees_every_channel(request.user):
+        return selectors.Visible()
+    return selectors.Visible(frozenset(request_channel_ids(request)), frozenset(request_agent_ids(request)))
 
 
 def render_page(request, template: str, period: Period | None, context: dict):
@@ -163,13 +177,15 @@ NAV = [("dashboard-overview", "Overview"), ("dashboard-cost", "Cost"),
 @staff_dashboard
 def overview(request):
     period = period_from(request)
-    return render_page(request, "dashboard/overview.html", period, selectors.overview(period, filters_from(request)))
+    return render_page(request, "dashboard/overview.html", period,
+                       selectors.overview(period, filters_from(request), visible_to(request)))
 
 
 @staff_dashboard
 def cost(request):
     period = period_from(request)
-    return render_page(request, "dashboard/cost.html", period, selectors.cost(period, filters_from(request)))
+    return render_page(request, "dashboard/cost.html", period,
+                       selectors.cost(period, filters_from(request), visible_to(request)))
 
 
 def transcript_channels(request) -> set[int] | None:

@@ -117,3 +117,36 @@ def test_the_dashboards_conversation_filters_offer_only_what_she_may_use(client,
     client.force_login(superuser(make_user))
     shown = page(client, "/dashboard/conversations/")
     assert "secret-ops" in shown and "vip-desk" in shown
+
+
+def test_the_dashboards_count_everything_but_name_only_what_she_may_use(client, make_user, agent, webchat_channel,
+                                                                       hidden):
+    """The cost page's tables by agent and by channel, and the overview's messages per channel,
+    named every channel and agent; counts and costs stay whole, the hidden ones summed into one
+    row. Filtering by a hidden one finds nothing, as filtering by one that does not exist does."""
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from apps.logs.models import DailyCallStats, DailyMessageStats
+
+    secret, vip = hidden
+    yesterday = timezone.localdate() - timezone.timedelta(days=1)
+    for channel, answering, cost in ((webchat_channel, agent, "1.00"), (vip, secret, "2.00")):
+        DailyCallStats.objects.create(day=yesterday, channel=channel, agent=answering, model="fake-gpt",
+                                      provider="fake", calls=1, total_tokens=10, cost=Decimal(cost))
+        DailyMessageStats.objects.create(day=yesterday, channel=channel, inbound=3)
+    client.force_login(desk_member(make_user, "view_dashboard"))
+    for url in ("/dashboard/cost/", "/dashboard/", "/dashboard/cost/?export=agent", "/dashboard/cost/?export=channel"):
+        shown = page(client, url)
+        assert_names_none(shown, url)
+    cost = page(client, "/dashboard/cost/?export=channel")
+    assert webchat_channel.slug in cost and "(those you may not use)" in cost and "2.00" in cost, cost
+    def calls(query: str) -> int:
+        return client.get(f"/dashboard/cost/?{query}").context["summary"]["calls"]
+
+    assert [calls(q) for q in ("channel=vip-desk", "agent=secret-ops", "channel=no-such-channel")] == [0, 0, 0]
+    assert calls(f"channel={webchat_channel.slug}") == 1 and calls("") == 2
+    client.force_login(superuser(make_user))
+    shown = page(client, "/dashboard/cost/")
+    assert "secret-ops" in shown and "vip-desk" in shown
