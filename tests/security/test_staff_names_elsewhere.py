@@ -150,3 +150,20 @@ def test_the_dashboards_count_everything_but_name_only_what_she_may_use(client, 
     client.force_login(superuser(make_user))
     shown = page(client, "/dashboard/cost/")
     assert "secret-ops" in shown and "vip-desk" in shown
+
+
+def test_daily_usage_lists_no_row_of_a_channel_she_may_not_use(client, make_user, webchat_channel, customer, hidden):
+    """The durable usage rollup listed every channel's rows, with the channel's name."""
+    from django.utils import timezone
+
+    from apps.quotas.models import UsageDaily
+
+    today = timezone.localdate()
+    for key, channel in (("a", webchat_channel), ("b", hidden[1]), ("c", None)):
+        UsageDaily.objects.create(date=today, key=key, user=customer, channel=channel, calls=1)
+    client.force_login(desk_member(make_user, "view_usagedaily"))
+    listed = client.get("/admin/quotas/usagedaily/")
+    assert_names_none(listed.content.decode(), "daily usage")
+    assert {row.key for row in listed.context["cl"].result_list} == {"a", "c"}
+    hidden_row = UsageDaily.objects.get(key="b")
+    assert client.get(f"/admin/quotas/usagedaily/{hidden_row.pk}/change/").status_code in (302, 404)
