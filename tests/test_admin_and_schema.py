@@ -35,6 +35,17 @@ def test_a_nul_in_an_admin_query_is_a_400_not_a_500(staff_client):
 
 
 @pytest.mark.django_db
+def test_an_action_on_an_id_that_is_no_uuid_is_a_400_not_a_500(staff_client, customer):
+    """The admin's actions look up the selected ids as they come: a user's id must be a UUID."""
+    for ids in (["not-a-uuid"], [str(customer.pk), "1"]):
+        response = staff_client.post("/admin/identities/user/", {"action": "delete_selected", "_selected_action": ids})
+        assert response.status_code == 400, ids
+    response = staff_client.post("/admin/identities/user/", {"action": "delete_selected",
+                                                             "_selected_action": [str(customer.pk)]})
+    assert response.status_code == 200 and customer.username in response.content.decode()  # the confirmation
+
+
+@pytest.mark.django_db
 def test_conversation_page_shows_its_messages_in_order(staff_client, api_channel, customer):
     first = pipeline.accept(NormalizedMessage(channel="api", channel_id="api", user_id="x", message="first words"),
                             channel=api_channel, principal=customer)

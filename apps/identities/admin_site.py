@@ -3,6 +3,7 @@ import functools
 
 from django.contrib import admin
 from django.contrib.admin.apps import AdminConfig
+from django.core.exceptions import ValidationError
 from django.http import HttpResponseBadRequest
 
 
@@ -14,14 +15,19 @@ class GatewayAdminSite(admin.AdminSite):
 
     def admin_view(self, view, cacheable=False):
         """Every admin page, refusing a query with a NUL character (400): a list filter's value
-        ends up in SQL, and PostgreSQL refuses a NUL in text (a 500)."""
+        ends up in SQL, and PostgreSQL refuses a NUL in text (a 500). A value Django's own views
+        let through to a lookup that refuses it (an action's selected id that is no UUID) is a 400
+        too, not a 500."""
         guarded = super().admin_view(view, cacheable)
 
         @functools.wraps(guarded)
         def inner(request, *args, **kwargs):
             if any("\x00" in part for key, values in request.GET.lists() for part in (key, *values)):
                 return HttpResponseBadRequest("The query holds a NUL character.")
-            return guarded(request, *args, **kwargs)
+            try:
+                return guarded(request, *args, **kwargs)
+            except ValidationError as error:
+                return HttpResponseBadRequest(f"Not a value this page can use: {'; '.join(error.messages)[:200]}")
 
         return inner
 
