@@ -49,6 +49,7 @@ def test_a_stronger_users_policy_is_read_only_to_her(operator, make_user, policy
     assert operator.post(reverse("admin:quotas_quotapolicy_delete", args=[throttled.pk]),
                          {"post": "yes"}).status_code == 403
     assert QuotaPolicy.objects.get(pk=throttled.pk).tokens_per_day == 10
+    assert refusals() == 2  # each crafted POST on a page shown read-only
     # Nor can she move a policy she may change onto such a user.
     own = policy("user", make_user(Role.CUSTOMER), tokens_per_day=10)
     page = operator.post(reverse("admin:quotas_quotapolicy_change", args=[own.pk]),
