@@ -26,6 +26,8 @@ from redis.retry import Retry
 # that died with the server it was opened to. A timeout is not tried again (the command may have
 # run: a reservation or a count would be taken twice, and a stalled Redis would be waited on
 # twice); a Redis that is down refuses the second try too, so an outage is still an error at once.
+# A connection error can also come after Redis ran the command (the reply lost): the budget ledger's
+# reservations and settlements are idempotent for that (apps/quotas/ledger.py).
 STALE_CONNECTION_RETRY = Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
 STALE_CONNECTION_RETRY_ASYNC = AsyncRetry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))  # the layer's
 

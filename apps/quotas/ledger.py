@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+import time
 from dataclasses import dataclass
 
 MISSING = "missing"
@@ -68,6 +69,8 @@ end
 ADMIT_LUA = _PURGE + """
 local now, rid, rexp = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local n = #KEYS / 2
+-- Already admitted: this is the same admission run again (its reply was lost, the pool retried).
+if rid ~= '' and n > 0 and redis.call('HEXISTS', KEYS[1], 'r:' .. rid) == 1 then return {1} end
 local missing = {}
 for i = 1, n do
   local h, base = KEYS[2 * i - 1], 3 + (i - 1) * 4
@@ -102,18 +105,26 @@ end
 return {1}
 """
 
-# ARGV: reservation id, then per counter the usage to book.
+# KEYS: per counter, its hash, its reservation-expiry zset and its settled zset (the reservations
+# settled until when they are remembered). ARGV: reservation id, now, until when this settlement is
+# remembered, then per counter the usage to book. A reservation settled already is not booked
+# again: the same settlement run again (its reply was lost, the pool retried) changes nothing.
 SETTLE_LUA = """
-local rid = ARGV[1]
-for i = 1, #KEYS / 2 do
-  local h, z = KEYS[2 * i - 1], KEYS[2 * i]
-  local amount = redis.call('HGET', h, 'r:' .. rid)
-  if amount then
-    redis.call('HINCRBY', h, 'reserved', -tonumber(amount))
-    redis.call('HDEL', h, 'r:' .. rid)
+local rid, now, keep = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+for i = 1, #KEYS / 3 do
+  local h, z, done = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  redis.call('ZREMRANGEBYSCORE', done, '-inf', now)
+  if not redis.call('ZSCORE', done, rid) then
+    local amount = redis.call('HGET', h, 'r:' .. rid)
+    if amount then
+      redis.call('HINCRBY', h, 'reserved', -tonumber(amount))
+      redis.call('HDEL', h, 'r:' .. rid)
+    end
+    redis.call('ZREM', z, rid)
+    if redis.call('EXISTS', h) == 1 then redis.call('HINCRBY', h, 'used', ARGV[3 + i]) end
+    redis.call('ZADD', done, keep, rid)
+    redis.call('EXPIREAT', done, keep)
   end
-  redis.call('ZREM', z, rid)
-  if redis.call('EXISTS', h) == 1 then redis.call('HINCRBY', h, 'used', ARGV[1 + i]) end
 end
 return 1
 """
@@ -194,8 +205,18 @@ class RateCall:
 MAX_LOCAL_RATE_COUNTERS = 100_000  # the embedded default's bound; past it the lowest counts are dropped
 
 
+# How long a settlement is remembered, so that the same one run again is not booked twice: the
+# Redis pools try a command once more at once after a connection error (gateway_project/redis_pool.py),
+# which may have come after Redis ran it.
+SETTLED_KEPT_SECONDS = 60
+
+
 def _zkey(key: str) -> str:
     return f"{key}:res"
+
+
+def _settled_key(key: str) -> str:
+    return f"{key}:settled"
 
 
 class RedisLedger:
@@ -227,7 +248,9 @@ class RedisLedger:
         return Admission(ADMITTED)
 
     def settle(self, keys: list[str], *, reservation_id: str, amounts: list[int]) -> None:
-        self._settle(keys=self._keys(keys), args=[reservation_id, *amounts])
+        now = time.time()
+        self._settle(keys=[k for key in keys for k in (key, _zkey(key), _settled_key(key))],
+                     args=[reservation_id, now, int(now) + SETTLED_KEPT_SECONDS, *amounts])
 
     def renew(self, reservations: list[tuple[list[str], str]], *, expires_at: float) -> int:
         """Push the expiry of these (counter keys, reservation id) to ``expires_at``, where they are
