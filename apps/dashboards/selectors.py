@@ -133,6 +133,14 @@ class Visible:
 
 
 HIDDEN_ROWS = "(those you may not use)"
+HIDDEN_ONE = "(one you may not use)"  # a row's agent she may not use, on a channel she may (as the admin's)
+
+
+def _agent_label(slug: str | None, agent_id: int | None, agent_ids) -> str:
+    """A row's agent: its slug, none, or HIDDEN_ONE when ``agent_ids`` (None: every one) lacks it."""
+    if agent_id is None:
+        return ""
+    return slug if agent_ids is None or agent_id in agent_ids else HIDDEN_ONE
 
 
 def _channel_names(visible: Visible = Visible()) -> dict:
@@ -359,8 +367,9 @@ def _audit_table(start, end, action: str) -> Table:
 
 def conversation_search(period: Period, *, user: str = "", channel: str = "", text: str = "", status: str = "",
                         agent: str = "", model: str = "", limit: int = 50, offset: int = 0,
-                        channel_ids: set[int] | None = None) -> Table:
-    """``channel_ids``: only conversations of these channels (None: all)."""
+                        channel_ids: set[int] | None = None, agent_ids: set[int] | None = None) -> Table:
+    """``channel_ids``: only conversations of these channels (None: all); ``agent_ids``: the agents
+    named (None: all), the others HIDDEN_ONE."""
     start, end = period.bounds
     found = (Conversation.objects.filter(last_message_at__gte=start, last_message_at__lt=end)
              .select_related("channel", "user", "agent").order_by("-last_message_at"))
@@ -390,13 +399,14 @@ def conversation_search(period: Period, *, user: str = "", channel: str = "", te
         table.rows.append({
             "id": str(c.id), "url": f"/dashboard/conversations/{c.id}/",
             "last_message_at": c.last_message_at, "channel": c.channel.slug, "user": c.user.username,
-            "agent": c.agent.slug if c.agent else "", "message_count": counts.get(c.id, 0),
+            "agent": _agent_label(c.agent.slug if c.agent else None, c.agent_id, agent_ids),
+            "message_count": counts.get(c.id, 0),
         })
     return table
 
 
 def conversation_detail(conversation_id, *, channel_ids: set[int] | None = None,
-                        audit_log: bool = True) -> dict | None:
+                        audit_log: bool = True, agent_ids: set[int] | None = None) -> dict | None:
     """The transcript, each model call with the tools it ran and the audit events near it, and
     the conversation's audit trail: a fixed number of queries whatever the conversation's size
     (messages, calls, tool calls and audit events are each one bounded query). None when there is
@@ -447,7 +457,8 @@ def conversation_detail(conversation_id, *, channel_ids: set[int] | None = None,
         ("target_id", "Target"), ("detail", "Detail"),
     ], rows=audit_rows)
     calls = _calls_with_tools(conversation, audit_events.rows)
-    return {"conversation": conversation, "tables": [messages, calls, audit_events]}
+    agent = _agent_label(conversation.agent.slug if conversation.agent else None, conversation.agent_id, agent_ids)
+    return {"conversation": conversation, "agent": agent, "tables": [messages, calls, audit_events]}
 
 
 TRANSCRIPT_TARGETS = {"conversations.conversation": Conversation, "conversations.message": Message}
@@ -534,9 +545,11 @@ ERROR_REQUEST_FILTERS = {"channel": "channel__slug", "user": "user__username__ic
 
 
 def errors_and_security(period: Period, *, action: str = "", filters: Filters = Filters(),
-                        channel_ids: set[int] | None = None, audit_log: bool = True) -> dict:
+                        channel_ids: set[int] | None = None, audit_log: bool = True,
+                        agent_ids: set[int] | None = None) -> dict:
     """``channel_ids``: failed model calls and refused requests of these channels only (None: all),
-    as the admin lists them. ``audit_log``: include the audit log (the viewer may read it)."""
+    as the admin lists them; ``agent_ids``: the agents they name (None: all), the others
+    HIDDEN_ONE. ``audit_log``: include the audit log (the viewer may read it)."""
     start, end = period.bounds
     failed_calls = LLMCall.objects.filter(status=LLMCall.Status.ERROR, created_at__gte=start, created_at__lt=end)
     if channel_ids is not None:
@@ -547,8 +560,10 @@ def errors_and_security(period: Period, *, action: str = "", filters: Filters = 
         ("conversation_id", "Conversation"),
     ], rows=list(_apply(failed_calls, filters, ERROR_CALL_FILTERS)
                  .order_by("-created_at").values("created_at", "model", "provider", "attempt", "error",
-                                                 "agent__slug", "channel__slug", "user__username",
+                                                 "agent_id", "agent__slug", "channel__slug", "user__username",
                                                  "conversation_id")[:LATEST_ROWS]))
+    for row in failed.rows:
+        row["agent__slug"] = _agent_label(row["agent__slug"], row.pop("agent_id"), agent_ids)
     refused_requests = RequestLog.objects.filter(created_at__gte=start, created_at__lt=end, rejection__gt="")
     if channel_ids is not None:
         refused_requests = refused_requests.filter(RequestLog.on_channels(channel_ids))

@@ -211,7 +211,7 @@ def conversations(request):
         period, user=filters.user, channel=filters.channel, text=request.GET.get("text", "").strip(),
         status=filters.status, agent=filters.agent, model=filters.model,
         limit=selectors.GROUP_ROWS * 10 if export else PAGE_ROWS, offset=0 if export else (page - 1) * PAGE_ROWS,
-        channel_ids=channel_ids,
+        channel_ids=channel_ids, agent_ids=visible_to(request).agents,
     )
     # The filters offer the channels and agents she may use, as the admin's do (scoped_pickers).
     channels, agents = Channel.objects.all(), Agent.objects.all()
@@ -234,7 +234,8 @@ def conversations(request):
 @staff_dashboard
 def conversation(request, conversation_id):
     detail = selectors.conversation_detail(conversation_id, channel_ids=transcript_channels(request),
-                                           audit_log=request.user.has_perm(AUDIT_PERMISSION))
+                                           audit_log=request.user.has_perm(AUDIT_PERMISSION),
+                                           agent_ids=visible_to(request).agents)
     if detail is None:
         raise Http404("No such conversation.")
     return render_page(request, "dashboard/conversation.html", None, detail)
@@ -245,4 +246,5 @@ def errors(request):
     period = period_from(request)
     return render_page(request, "dashboard/errors.html", period, selectors.errors_and_security(
         period, action=request.GET.get("action", "").strip(), filters=filters_from(request),
-        channel_ids=transcript_channels(request), audit_log=request.user.has_perm(AUDIT_PERMISSION)))
+        channel_ids=transcript_channels(request), audit_log=request.user.has_perm(AUDIT_PERMISSION),
+        agent_ids=visible_to(request).agents))

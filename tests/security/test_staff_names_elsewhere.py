@@ -167,3 +167,30 @@ def test_daily_usage_lists_no_row_of_a_channel_she_may_not_use(client, make_user
     assert {row.key for row in listed.context["cl"].result_list} == {"a", "c"}
     hidden_row = UsageDaily.objects.get(key="b")
     assert client.get(f"/admin/quotas/usagedaily/{hidden_row.pk}/change/").status_code in (302, 404)
+
+
+def test_the_dashboards_rows_on_her_channels_name_no_agent_she_may_not_use(client, make_user, webchat_channel,
+                                                                           hidden):
+    """A conversation on a channel she may use can be answered by an agent she may not (a route to
+    it, for a sender who may use it): the conversations page and its CSV, the conversation's page,
+    and the errors page's failed model calls and their CSV named that agent in the row."""
+    from django.utils import timezone
+
+    from apps.logs.models import LLMCall
+
+    secret, _vip = hidden
+    customer = make_user(Role.CUSTOMER)
+    talk = Conversation.objects.create(channel=webchat_channel, user=customer, agent=secret,
+                                       last_message_at=timezone.now())
+    LLMCall.objects.create(conversation=talk, channel=webchat_channel, agent=secret, user=customer,
+                           model="vault-gpt", provider="vault", status="error", error="boom")
+    client.force_login(desk_member(make_user, "view_dashboard"))
+    for url in ("/dashboard/conversations/", "/dashboard/conversations/?export=conversations",
+                f"/dashboard/conversations/{talk.pk}/", "/dashboard/errors/",
+                "/dashboard/errors/?export=failed_calls"):
+        shown = page(client, url)
+        assert str(talk.pk) in shown, url  # the row is still there, its agent unnamed
+        assert_names_none(shown, url)
+    client.force_login(superuser(make_user))
+    for url in ("/dashboard/conversations/", f"/dashboard/conversations/{talk.pk}/", "/dashboard/errors/"):
+        assert "secret-ops" in page(client, url), url
