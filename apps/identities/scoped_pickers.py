@@ -25,6 +25,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.db import router
 from django.forms import ModelChoiceField
+from django.utils.text import capfirst
 
 from .channel_scope import (
     UsableChannelsOnly,
@@ -175,6 +176,11 @@ class UsablePickers:
     def get_list_filter(self, request):
         return [_scoped_filter(self.model, entry) for entry in super().get_list_filter(request)]
 
+    def get_list_display(self, request):
+        editable = set(self.list_editable)
+        return [entry if entry in editable else _masked_column(self.model, entry, request)
+                for entry in super().get_list_display(request)]
+
     def get_form(self, request, obj=None, **kwargs):
         form_class = super().get_form(request, obj, **kwargs)
 
@@ -193,6 +199,33 @@ class UsablePickers:
     def get_deleted_objects(self, objs, request):
         to_delete, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
         return to_delete, model_count, perms_needed | hidden_types(objs, request, self.admin_site), protected
+
+
+def _masked_column(model, entry, request):
+    """A list column of a relation to a channel, agent or tool: a row on a channel she may use can
+    point to an agent she may not (a route to it); that one is shown as HIDDEN_LABEL."""
+    if not isinstance(entry, str):
+        return entry
+    try:
+        field = model._meta.get_field(entry)
+    except FieldDoesNotExist:
+        return entry
+    if not (field.many_to_one and field.related_model._meta.label in SCOPED):
+        return entry
+    ids = usable_ids(request, field.related_model)
+    if ids is None:
+        return entry
+
+    # Not sortable: the order of the rows would place the hidden name among the others.
+    @admin.display(description=capfirst(field.verbose_name))
+    def column(obj):
+        value = getattr(obj, field.attname)
+        if value is None:
+            return None
+        return str(getattr(obj, field.name)) if value in ids else HIDDEN_LABEL
+
+    column.__name__ = entry
+    return column
 
 
 def _scoped_filter(model, entry):

@@ -9,6 +9,7 @@ from django.urls import path, reverse
 
 from apps.conversations.models import Status
 from apps.core.errors import GatewayError
+from apps.identities.scoped_pickers import HIDDEN_LABEL, names_hidden
 
 from .services import handoff_end, handoff_open, handoff_reply, handoff_start
 
@@ -50,7 +51,11 @@ class HandoffAdminMixin:
             handoff = handoff_open(self.model._meta.pk.to_python(object_id)) if object_id else None
         except ValidationError:  # not a conversation's id: the admin says there is no such one
             handoff = None
-        extra_context = {**(extra_context or {}), "handoff": handoff}
+        conversation = self.get_object(request, object_id) if object_id else None
+        agent = conversation.agent if conversation is not None else None
+        # Its agent by slug, unless she may not use it (a route to it on a channel she may use).
+        agent_label = None if agent is None else HIDDEN_LABEL if names_hidden(agent, request) else agent.slug
+        extra_context = {**(extra_context or {}), "handoff": handoff, "agent_label": agent_label}
         return super().change_view(request, object_id, form_url, extra_context)
 
 

@@ -194,3 +194,28 @@ def test_the_dashboards_rows_on_her_channels_name_no_agent_she_may_not_use(clien
     client.force_login(superuser(make_user))
     for url in ("/dashboard/conversations/", f"/dashboard/conversations/{talk.pk}/", "/dashboard/errors/"):
         assert "secret-ops" in page(client, url), url
+
+
+def test_the_admins_rows_on_her_channels_name_no_agent_she_may_not_use(client, make_user, webchat_channel, hidden):
+    """The same rows in the admin: the conversations' and model calls' lists named the agent in
+    their agent column ("Secret ops"), the conversation's page in its handoff panel ("secret-ops")."""
+    from django.utils import timezone
+
+    from apps.logs.models import LLMCall
+
+    secret, _vip = hidden
+    customer = make_user(Role.CUSTOMER)
+    talk = Conversation.objects.create(channel=webchat_channel, user=customer, agent=secret,
+                                       last_message_at=timezone.now())
+    LLMCall.objects.create(conversation=talk, channel=webchat_channel, agent=secret, user=customer,
+                           model="vault-gpt", provider="vault", status="error", error="boom")
+    client.force_login(desk_member(make_user, "view_conversation", "change_conversation", "view_llmcall"))
+    for url in ("/admin/conversations/conversation/", f"/admin/conversations/conversation/{talk.pk}/change/",
+                "/admin/logs/llmcall/"):
+        shown = page(client, url)
+        assert "(one you may not use)" in shown, url
+        assert_names_none(shown, url)
+    client.force_login(superuser(make_user))
+    for url in ("/admin/conversations/conversation/", f"/admin/conversations/conversation/{talk.pk}/change/",
+                "/admin/logs/llmcall/"):
+        assert "ecret" in page(client, url) and "(one you may not use)" not in page(client, url), url
