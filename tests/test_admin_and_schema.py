@@ -46,6 +46,15 @@ def test_an_action_on_an_id_that_is_no_uuid_is_a_400_not_a_500(staff_client, cus
 
 
 @pytest.mark.django_db
+def test_the_400_for_an_id_that_is_no_uuid_is_plain_text(staff_client):
+    """The 400 quotes the value posted: served as HTML, a value holding markup ran as a script."""
+    response = staff_client.post("/admin/identities/user/", {"action": "delete_selected",
+                                                             "_selected_action": ["<script>alert(1)</script>"]})
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/plain"), response["Content-Type"]
+
+
+@pytest.mark.django_db
 def test_conversation_page_shows_its_messages_in_order(staff_client, api_channel, customer):
     first = pipeline.accept(NormalizedMessage(channel="api", channel_id="api", user_id="x", message="first words"),
                             channel=api_channel, principal=customer)

@@ -27,7 +27,9 @@ class GatewayAdminSite(admin.AdminSite):
             try:
                 return guarded(request, *args, **kwargs)
             except ValidationError as error:
-                return HttpResponseBadRequest(f"Not a value this page can use: {'; '.join(error.messages)[:200]}")
+                # Plain text: the message quotes the value posted, which may hold markup.
+                return HttpResponseBadRequest(f"Not a value this page can use: {'; '.join(error.messages)[:200]}",
+                                              content_type="text/plain; charset=utf-8")
 
         return inner
 
