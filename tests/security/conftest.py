@@ -14,6 +14,8 @@ from types import SimpleNamespace
 import psycopg
 import pytest
 
+from apps.agents.models import Agent, LLMModel, Provider
+from apps.connectors.models import Channel
 from devtools.fake_platforms import FakePlatforms
 from devtools.stack import PrivatePostgres, Stack, base_env
 
@@ -37,6 +39,18 @@ class Attack:
 
 
 _ATTACKS: dict[str, Attack] = {}
+
+
+@pytest.fixture
+def hidden(llm_model, fake_llm):
+    """For the staff-scope tests: an admin-only agent on a provider of its own, and an admin-only
+    channel it answers."""
+    vault = Provider.objects.create(slug="vault", name="Vault LLM", base_url=fake_llm.base_url)
+    model = LLMModel.objects.create(provider=vault, name="vault-gpt")
+    agent = Agent.objects.create(slug="secret-ops", name="Secret ops", model=model, visibility="admin")
+    channel = Channel.objects.create(slug="vip-desk", name="VIP desk", kind="api", default_agent=agent,
+                                     visibility="admin")
+    return agent, channel
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import pytest
 from django.contrib import admin
 from django.contrib.auth.models import Permission
 
-from apps.agents.models import Agent, AgentFallback, LLMModel, Provider
+from apps.agents.models import Agent, AgentFallback, LLMModel
 from apps.connectors.models import Channel
 from apps.conversations.models import Conversation
 from apps.identities.models import ApiKey
@@ -16,17 +16,6 @@ from apps.routing.models import Route
 pytestmark = pytest.mark.django_db
 
 SECRETS = ("Secret ops", "VIP desk", "Vault LLM")  # the hidden agent, channel, and the agent's provider
-
-
-@pytest.fixture
-def hidden(llm_model, fake_llm):
-    """An admin-only agent on a provider of its own, and an admin-only channel it answers."""
-    vault = Provider.objects.create(slug="vault", name="Vault LLM", base_url=fake_llm.base_url)
-    model = LLMModel.objects.create(provider=vault, name="vault-gpt")
-    agent = Agent.objects.create(slug="secret-ops", name="Secret ops", model=model, visibility="admin")
-    channel = Channel.objects.create(slug="vip-desk", name="VIP desk", kind="api", default_agent=agent,
-                                     visibility="admin")
-    return agent, channel
 
 
 def desk_member(make_user, *codenames):
