@@ -5,6 +5,7 @@ import copy
 import hmac
 from datetime import datetime, timedelta
 
+from django.db.models import Q
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
@@ -20,12 +21,14 @@ _last_used_written: dict[str, datetime] = {}  # per process: key prefix → when
 
 
 def api_key_by_prefix(prefix: str) -> ApiKey | None:
-    """The key with this prefix and its user, kept per process (gateway_project.config_cache):
-    a revoked key, a disabled or blocked user is refused everywhere within
-    GATEWAY_CONFIG_CHECK_SECONDS. Unknown prefixes are not kept. Each call gets its own copies."""
+    """The key with this prefix, current or replaced by a rotation, and its user, kept per process
+    (gateway_project.config_cache): a revoked or rotated key, a disabled or blocked user is refused
+    everywhere within GATEWAY_CONFIG_CHECK_SECONDS. Unknown prefixes are not kept. Each call gets
+    its own copies."""
     from gateway_project.config_cache import cached_copy
 
-    key = cached_copy("api_key", prefix, lambda: ApiKey.objects.select_related("user").filter(prefix=prefix).first())
+    key = cached_copy("api_key", prefix, lambda: ApiKey.objects.select_related("user").filter(
+        Q(prefix=prefix) | Q(previous_prefix=prefix)).first())  # no prefix is both (ApiKey.set_new_secret)
     if key is not None:
         key.user = copy.copy(key.user)  # the request may mark its user (permission caches)
     return key
@@ -37,28 +40,34 @@ def key_prefix_of(raw_key: str) -> str | None:
     return parts[1] if len(parts) >= 3 and parts[0] == "gw" and parts[1] else None
 
 
-def _refused(message: str, key: ApiKey | None = None) -> exceptions.AuthenticationFailed:
-    """The failure, carrying the prefix of the existing key it named (counted per key)."""
+def _refused(message: str, key: ApiKey | None = None, prefix: str | None = None) -> exceptions.AuthenticationFailed:
+    """The failure, carrying the prefix it named when that names an existing key (counted per
+    prefix, the one the lock in apps.quotas.auth_failures checks: a key's previous one too)."""
     failure = exceptions.AuthenticationFailed(message)
-    failure.key_prefix = key.prefix if key is not None else None
+    failure.key_prefix = prefix if key is not None else None
     return failure
 
 
 def api_key_user(raw_key: str):
-    """(user, ApiKey) for a usable key, or raise AuthenticationFailed. At most one indexed query."""
+    """(user, ApiKey) for a usable key, or raise AuthenticationFailed. At most one indexed query.
+
+    The secret a rotation replaced is accepted, under its own prefix, until the key's
+    ``previous_valid_until``; a revoked or expired key refuses both."""
     prefix = key_prefix_of(raw_key)
     if prefix is None:
         raise _refused("Malformed API key.")
     key = api_key_by_prefix(prefix)
     # Compare even when the prefix is unknown. (A prefix kept per process answers sooner than one
     # looked up, which tells only that it was used lately; the 256-bit secret is what guards a key.)
-    expected = key.key_hash if key is not None else "0" * 64
+    expected = (key.hash_for_prefix(prefix) if key is not None else "") or "0" * 64
     if not hmac.compare_digest(expected, hash_api_key(raw_key)) or key is None:
-        raise _refused("Invalid API key.", key)
+        raise _refused("Invalid API key.", key, prefix)
     if not key.is_usable:
-        raise _refused("This API key is revoked or expired.", key)
+        raise _refused("This API key is revoked or expired.", key, prefix)
+    if prefix != key.prefix and not key.previous_secret_accepted:
+        raise _refused("This API key was rotated and its old secret no longer works; use the new key.", key, prefix)
     if not key.user.is_active:
-        raise _refused("This account is disabled.", key)
+        raise _refused("This account is disabled.", key, prefix)
     check_user_active(key.user)  # blocked users are refused on every endpoint (403, audited)
     now = timezone.now()
     last_used = max(filter(None, (key.last_used_at, _last_used_written.get(key.prefix))), default=None)
@@ -81,8 +90,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         client_ip = client_ip_for_request(request)  # behind a proxy: the real client, not the proxy
         scheme, _, raw_key = header.partition(" ")
         raw_key = raw_key.strip()
+        named_prefix = key_prefix_of(raw_key)  # a rotated key's old one too: counted and locked apart
         # brute force: refused (429) before the key is even looked at (apps.quotas.auth_failures)
-        check_auth_failures(client_ip, key_prefix_of(raw_key))
+        check_auth_failures(client_ip, named_prefix)
         try:
             if scheme.lower() != self.keyword.lower() or not raw_key:
                 raise exceptions.AuthenticationFailed("Use 'Authorization: Bearer <API key>'.")
@@ -90,7 +100,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         except exceptions.AuthenticationFailed as failure:
             record_auth_failure(client_ip, reason=str(failure.detail), key_prefix=getattr(failure, "key_prefix", None))
             raise
-        record_auth_success(client_ip, key.prefix)
+        record_auth_success(client_ip, named_prefix or key.prefix)
         return user, key
 
     def authenticate_header(self, request) -> str:

@@ -120,6 +120,11 @@ class ApiKey(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # The secret a rotation replaced, accepted until previous_valid_until so that clients can move to
+    # the new one (services.api_key_rotate). Only one is ever kept; its hash only, like the current one.
+    previous_prefix = models.CharField(max_length=16, unique=True, null=True, blank=True, editable=False)
+    previous_key_hash = models.CharField(max_length=64, blank=True, editable=False)
+    previous_valid_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     # Scopes: empty means every channel / every agent the owner may use.
     channels = models.ManyToManyField(
@@ -148,8 +153,12 @@ class ApiKey(models.Model):
         return key, raw_key
 
     def set_new_secret(self) -> str:
-        """Give this (unsaved) key a fresh prefix and secret; returns the raw key, kept nowhere."""
-        self.prefix = secrets.token_hex(API_KEY_PREFIX_CHARS // 2)
+        """Give this key (unsaved) a fresh prefix, one no key has as its current or previous prefix,
+        and a fresh secret; returns the raw key, kept nowhere."""
+        while True:
+            self.prefix = secrets.token_hex(API_KEY_PREFIX_CHARS // 2)
+            if not ApiKey.objects.filter(models.Q(prefix=self.prefix) | models.Q(previous_prefix=self.prefix)).exists():
+                break
         raw_key = f"gw_{self.prefix}_{secrets.token_urlsafe(32)}"
         self.key_hash = hash_api_key(raw_key)
         return raw_key
@@ -157,6 +166,19 @@ class ApiKey(models.Model):
     @property
     def masked(self) -> str:
         return f"gw_{self.prefix}_…"
+
+    def hash_for_prefix(self, prefix: str) -> str:
+        """The stored hash a raw key naming ``prefix`` must match: the current secret's, or the
+        previous one's (whether it is still accepted is ``previous_secret_accepted``)."""
+        if prefix == self.prefix or prefix != self.previous_prefix:
+            return self.key_hash
+        return self.previous_key_hash
+
+    @property
+    def previous_secret_accepted(self) -> bool:
+        """Whether the secret the last rotation replaced still works (within its grace period)."""
+        return bool(self.previous_prefix and self.previous_key_hash and self.previous_valid_until
+                    and self.previous_valid_until > timezone.now())
 
     @property
     def is_usable(self) -> bool:
