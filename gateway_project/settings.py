@@ -321,6 +321,10 @@ GATEWAY_AUTH_FAILURE_WINDOW_SECONDS = env.int("GATEWAY_AUTH_FAILURE_WINDOW_SECON
 # locked; and how long a key that worked from an address stays exempt there (apps.quotas.auth_failures).
 GATEWAY_AUTH_FAILURES_PER_KEY = env.int("GATEWAY_AUTH_FAILURES_PER_KEY", default=10)
 GATEWAY_AUTH_KNOWN_GOOD_SECONDS = env.int("GATEWAY_AUTH_KNOWN_GOOD_SECONDS", default=86400)
+# API key rotation: how long the replaced secret keeps working unless told otherwise, and the most
+# a rotation may give it (apps.identities.services.api_key_rotate).
+GATEWAY_API_KEY_ROTATION_GRACE_SECONDS = env.int("GATEWAY_API_KEY_ROTATION_GRACE_SECONDS", default=86400)
+GATEWAY_API_KEY_ROTATION_MAX_GRACE_SECONDS = env.int("GATEWAY_API_KEY_ROTATION_MAX_GRACE_SECONDS", default=2592000)
 # Admin password guessing: this many failed logins per client IP per the window above, then 429.
 GATEWAY_ADMIN_LOGIN_FAILURES_PER_IP = env.int("GATEWAY_ADMIN_LOGIN_FAILURES_PER_IP", default=10)
 # Traffic and spend control (apps/quotas, README "Traffic and spend control"). Rates: "20/m", "500/h",

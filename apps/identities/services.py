@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -261,6 +262,42 @@ def api_key_revoke(*, key: ApiKey, actor, client_ip: str | None = None, **detail
     key.save(update_fields=["revoked_at"])
     audit(action="apikey.revoked", actor=actor, target=key, client_ip=client_ip, before=before,
           after=api_key_describe(key), **detail)
+
+
+class KeyNotRotated(ValueError):
+    """The key cannot be rotated as asked (revoked or expired, or a grace period out of bounds)."""
+
+
+@transaction.atomic
+def api_key_rotate(*, key: ApiKey, actor, grace_seconds: int, client_ip: str | None = None) -> str:
+    """Give ``key`` a new prefix and secret; returns the raw new key, kept nowhere (show it once).
+
+    The row stays, and with it everything that points to it (quota policy, usage, logs, audit) and
+    its name, owner, expiry and scopes. The secret it replaces keeps working for ``grace_seconds``
+    (0: not at all; at most GATEWAY_API_KEY_ROTATION_MAX_GRACE_SECONDS) so clients can move over;
+    it replaces any older one still in its grace period. Raises KeyNotRotated for a revoked or
+    expired key or a grace period out of bounds. Audited as ``apikey.rotated`` (prefixes, never a
+    secret or a hash); the save is a configuration change, so every process sees it promptly.
+    """
+    if not 0 <= grace_seconds <= settings.GATEWAY_API_KEY_ROTATION_MAX_GRACE_SECONDS:
+        raise KeyNotRotated(f"The grace period must be between 0 and "
+                            f"{settings.GATEWAY_API_KEY_ROTATION_MAX_GRACE_SECONDS} seconds.")
+    key.refresh_from_db(from_queryset=ApiKey.objects.select_for_update())  # two rotations: one after the other
+    if not key.is_usable:
+        raise KeyNotRotated(f"{key.masked} is revoked or expired: it cannot be rotated.")
+    before = {"prefix": key.prefix, "previous_prefix": key.previous_prefix}
+    if grace_seconds:
+        key.previous_prefix, key.previous_key_hash = key.prefix, key.key_hash
+        key.previous_valid_until = timezone.now() + timedelta(seconds=grace_seconds)
+    else:
+        key.previous_prefix, key.previous_key_hash, key.previous_valid_until = None, "", None
+    raw_key = key.set_new_secret()
+    key.save(update_fields=["prefix", "key_hash", "previous_prefix", "previous_key_hash", "previous_valid_until"])
+    valid_until = key.previous_valid_until.isoformat() if key.previous_valid_until else None
+    audit(action="apikey.rotated", actor=actor, target=key, client_ip=client_ip, before=before,
+          after={"prefix": key.prefix, "previous_prefix": key.previous_prefix, "previous_valid_until": valid_until},
+          grace_seconds=grace_seconds)
+    return raw_key
 
 
 def keys_scoped_to(scope: str, obj) -> list:

@@ -1,0 +1,205 @@
+"""Rotating an API key: a new secret on the same row, the old one accepted for a grace period.
+
+From the client's side (the new key works, the old one until its grace period ends, never after a
+revocation), the staff's (the admin action, refused for an outranking owner or a revoked key) and
+the operator's (``manage.py rotate_api_key``). The raw key is shown once and written nowhere.
+"""
+import io
+import logging
+from datetime import timedelta
+
+import pytest
+from django.core.cache import cache, caches
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from apps.identities.models import ApiKey, hash_api_key
+from apps.identities.services import KeyNotRotated, api_key_create, api_key_revoke, api_key_rotate
+from apps.logs.models import AuditEvent
+from apps.quotas.models import QuotaPolicy
+from gateway_project import config_cache
+
+pytestmark = pytest.mark.django_db
+
+HOUR = 3600
+
+
+def post(raw_key: str, ip: str = "192.0.2.60"):
+    client = APIClient(REMOTE_ADDR=ip)
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+    return client.post("/api/v1/messages", {"message": "hi"}, format="json")
+
+
+@pytest.fixture(autouse=True)
+def _no_failures_counted_before(settings):
+    """The addresses used here start with no failed authentications from an earlier run."""
+    cache.delete_many([f"gateway:authfail:ip:192.0.2.{n}" for n in range(60, 64)])
+
+
+@pytest.fixture
+def issued(customer, api_channel):
+    """A key of the customer's, scoped to nothing, and its raw secret."""
+    return api_key_create(user=customer, actor=None, name="crm sync")
+
+
+def end_grace_period(key):
+    key.refresh_from_db()
+    key.previous_valid_until = timezone.now() - timedelta(seconds=1)
+    key.save(update_fields=["previous_valid_until"])  # a configuration change, as a rotation is
+
+
+def everything_audited() -> str:
+    return str(list(AuditEvent.objects.values("action", "before", "after", "detail")))
+
+
+class TestRotation:
+    def test_new_key_works_old_one_until_its_grace_period_ends(self, issued, customer):
+        key, old_raw = issued
+        old_prefix, expires_at = key.prefix, key.expires_at
+        new_raw = api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        key.refresh_from_db()
+        assert new_raw.startswith(f"gw_{key.prefix}_") and key.prefix != old_prefix
+        assert (key.name, key.user, key.expires_at, key.previous_prefix) == ("crm sync", customer, expires_at,
+                                                                             old_prefix)
+        assert key.previous_key_hash == hash_api_key(old_raw) and key.key_hash == hash_api_key(new_raw)
+        assert ApiKey.objects.count() == 1
+        assert post(new_raw).status_code == 202
+        assert post(old_raw).status_code == 202  # still in its grace period
+        end_grace_period(key)
+        refused = post(old_raw)
+        assert refused.status_code == 401 and "rotated" in refused.json()["error"]["message"]
+        assert post(new_raw).status_code == 202
+
+    def test_no_grace_period_refuses_the_old_secret_at_once_even_where_it_was_kept(self, issued):
+        key, old_raw = issued
+        assert post(old_raw).status_code == 202  # this process now keeps the key under its prefix
+        new_raw = api_key_rotate(key=key, actor=None, grace_seconds=0)
+        assert post(old_raw).status_code == 401
+        assert post(new_raw).status_code == 202
+        key.refresh_from_db()
+        assert (key.previous_prefix, key.previous_key_hash, key.previous_valid_until) == (None, "", None)
+
+    def test_rotation_tells_the_other_processes(self, issued, django_capture_on_commit_callbacks):
+        key, _old_raw = issued
+        before = caches["config"].get(config_cache.GENERATION_KEY)
+        with django_capture_on_commit_callbacks(execute=True):
+            api_key_rotate(key=key, actor=None, grace_seconds=0)
+        assert caches["config"].get(config_cache.GENERATION_KEY) != before
+
+    @pytest.mark.parametrize("stop", ["revoke", "expire"])
+    def test_a_revoked_or_expired_key_refuses_both_secrets(self, issued, stop):
+        key, old_raw = issued
+        new_raw = api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        assert post(old_raw).status_code == post(new_raw).status_code == 202
+        key.refresh_from_db()
+        if stop == "revoke":
+            api_key_revoke(key=key, actor=None)
+        else:
+            key.expires_at = timezone.now() - timedelta(seconds=1)
+            key.save(update_fields=["expires_at"])
+        assert post(old_raw).status_code == post(new_raw).status_code == 401
+
+    def test_rotating_again_keeps_only_the_latest_previous_secret(self, issued):
+        key, first = issued
+        second = api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        third = api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        key.refresh_from_db()
+        assert f"gw_{key.previous_prefix}_" == second[:len(key.previous_prefix) + 4]
+        assert post(first).status_code == 401
+        assert post(second).status_code == post(third).status_code == 202
+
+    def test_the_keys_quota_policy_counts_both_secrets_as_one_key(self, issued):
+        key, old_raw = issued
+        QuotaPolicy.objects.create(scope="api_key", api_key=key, request_rate="1/h")
+        new_raw = api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        assert post(old_raw).status_code == 202
+        limited = post(new_raw)
+        assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limited"
+
+    def test_the_keys_scopes_still_apply_to_the_new_secret(self, customer, api_channel, webchat_channel):
+        _key, old_raw = api_key_create(user=customer, actor=None, channels=[webchat_channel])
+        key = ApiKey.objects.get()
+        new_raw = api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        assert list(key.channels.all()) == [webchat_channel]
+        assert post(old_raw).status_code == post(new_raw).status_code == 403  # not the API channel
+
+    def test_a_revoked_key_or_a_grace_period_out_of_bounds_is_not_rotated(self, issued, settings):
+        key, old_raw = issued
+        for grace in (-1, settings.GATEWAY_API_KEY_ROTATION_MAX_GRACE_SECONDS + 1):
+            with pytest.raises(KeyNotRotated):
+                api_key_rotate(key=key, actor=None, grace_seconds=grace)
+        api_key_revoke(key=key, actor=None)
+        with pytest.raises(KeyNotRotated):
+            api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        key.refresh_from_db()
+        assert key.key_hash == hash_api_key(old_raw) and key.previous_prefix is None
+        assert not AuditEvent.objects.filter(action="apikey.rotated").exists()
+
+    def test_audited_without_any_secret_and_logged_nowhere(self, issued, admin_user, caplog):
+        key, old_raw = issued
+        old_prefix = key.prefix
+        with caplog.at_level(logging.DEBUG):
+            new_raw = api_key_rotate(key=key, actor=admin_user, grace_seconds=HOUR, client_ip="192.0.2.7")
+            post(new_raw), post(old_raw), post(new_raw + "x")
+        event = AuditEvent.objects.get(action="apikey.rotated")
+        assert (event.actor, event.target_id, event.client_ip) == (admin_user, str(key.pk), "192.0.2.7")
+        assert event.before["prefix"] == old_prefix and event.after["prefix"] == new_raw.split("_")[1]
+        assert event.after["previous_prefix"] == old_prefix and event.detail["grace_seconds"] == HOUR
+        audited = everything_audited()
+        for secret in (old_raw, new_raw, old_raw.split("_", 2)[2], new_raw.split("_", 2)[2],
+                       hash_api_key(old_raw), hash_api_key(new_raw)):
+            assert secret not in audited and secret not in caplog.text
+
+
+class TestLockout:
+    def test_failures_with_the_old_prefix_lock_that_prefix_only(self, settings, issued):
+        settings.GATEWAY_AUTH_FAILURES_PER_KEY = 2
+        key, old_raw = issued
+        new_raw = api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        assert post(old_raw, ip="192.0.2.61").status_code == 202  # it has worked from there
+        old_prefix = old_raw.split("_")[1]
+        assert [post(f"gw_{old_prefix}_guess{i}", ip="192.0.2.62").status_code for i in range(2)] == [401, 401]
+        assert set(AuditEvent.objects.filter(action="apikey.auth_failed").values_list(
+            "detail__key_prefix", flat=True)) == {old_prefix}
+        assert post(old_raw, ip="192.0.2.63").status_code == 429  # the old prefix is locked
+        assert post(old_raw, ip="192.0.2.61").status_code == 202  # except where it worked before
+        assert post(new_raw, ip="192.0.2.63").status_code == 202  # the new prefix was not guessed
+
+
+class TestCommand:
+    def rotate(self, *args):
+        out, err = io.StringIO(), io.StringIO()
+        call_command("rotate_api_key", *args, stdout=out, stderr=err)
+        return out.getvalue().strip(), err.getvalue()
+
+    def test_prints_the_new_key_once_and_the_old_one_keeps_its_default_grace(self, issued, settings):
+        key, old_raw = issued
+        new_raw, told = self.rotate(key.prefix)
+        key.refresh_from_db()
+        assert new_raw.startswith(f"gw_{key.prefix}_") and new_raw not in told and "until" in told
+        expected_end = timezone.now() + timedelta(seconds=settings.GATEWAY_API_KEY_ROTATION_GRACE_SECONDS)
+        assert abs(key.previous_valid_until - expected_end) < timedelta(minutes=1)
+        assert post(new_raw).status_code == post(old_raw).status_code == 202
+        assert AuditEvent.objects.get(action="apikey.rotated").actor is None
+
+    def test_grace_hours_zero_stops_the_old_secret(self, issued):
+        key, old_raw = issued
+        new_raw, _told = self.rotate(f"gw_{key.prefix}_…", "--grace-hours", "0")
+        assert post(old_raw).status_code == 401 and post(new_raw).status_code == 202
+
+    def test_refuses_an_unknown_replaced_or_revoked_prefix(self, issued):
+        key, _old_raw = issued
+        with pytest.raises(CommandError, match="No API key"):
+            self.rotate("00000000")
+        old_prefix = key.prefix
+        self.rotate(old_prefix)
+        with pytest.raises(CommandError, match="rotated since"):
+            self.rotate(old_prefix)
+        key.refresh_from_db()
+        api_key_revoke(key=key, actor=None)
+        with pytest.raises(CommandError, match="revoked"):
+            self.rotate(key.prefix)
+        with pytest.raises(CommandError, match="between 0 and"):
+            key2, _ = api_key_create(user=key.user, actor=None)
+            self.rotate(key2.prefix, "--grace-hours", "100000")
