@@ -6,6 +6,7 @@ of the usual model permissions) and every change writes an audit event.
 from __future__ import annotations
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import unquote
@@ -23,8 +24,10 @@ from .privileges import beyond, grant_checked_form, group_outranks, outranks, re
 from .roles import ROLE_ORDER, Role, ensure_role_groups
 from .scoped_pickers import UsablePickers
 from .services import (
+    KeyNotRotated,
     api_key_describe,
     api_key_revoke,
+    api_key_rotate,
     identity_link,
     user_block,
     user_merge,
@@ -316,11 +319,19 @@ class ChannelIdentityAdmin(UsablePickers, UsableChannelsOnly, admin.ModelAdmin):
                   after={"user": str(obj.user_id), "channel": obj.channel.slug, "external_id": obj.external_id})
 
 
+class RotateKeyForm(forms.Form):
+    grace_hours = forms.FloatField(
+        min_value=0, max_value=settings.GATEWAY_API_KEY_ROTATION_MAX_GRACE_SECONDS / 3600,
+        initial=settings.GATEWAY_API_KEY_ROTATION_GRACE_SECONDS / 3600,
+        help_text="How long the old secret keeps working, so clients can move to the new one (0: it stops now).")
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(UsablePickers, admin.ModelAdmin):
     """A new key is shown once, on the page after it is created; only its hash is kept.
 
     Keys are never deleted (revoke them: the history stays); scopes, name and expiry can change.
+    Rotating one gives it a new secret, shown once likewise; the old one works for a grace period.
     """
 
     list_display = ("masked", "name", "user", "created_at", "last_used_at", "expires_at", "revoked_at")
@@ -329,22 +340,34 @@ class ApiKeyAdmin(UsablePickers, admin.ModelAdmin):
     list_select_related = ("user",)
     autocomplete_fields = ("user",)
     filter_horizontal = ("channels", "agents")
-    actions = ["revoke_keys"]
+    actions = ["revoke_keys", "rotate_keys"]
 
     def get_fields(self, request, obj=None):
         if obj is None:
             return ("user", "name", "expires_at", "channels", "agents")
-        return ("masked", "user", "name", "created_at", "last_used_at", "expires_at", "revoked_at",
-                "channels", "agents")
+        return ("masked", "previous_secret", "user", "name", "created_at", "last_used_at", "expires_at",
+                "revoked_at", "channels", "agents")
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
-        return ("masked", "user", "created_at", "last_used_at", "revoked_at")
+        return ("masked", "previous_secret", "user", "created_at", "last_used_at", "revoked_at")
 
     @admin.display(description="key")
     def masked(self, obj) -> str:
         return obj.masked
+
+    @admin.display(description="previous secret")
+    def previous_secret(self, obj) -> str:
+        """Whether the secret the last rotation replaced still works, and until when (its prefix only)."""
+        if not obj.previous_prefix or obj.previous_valid_until is None:
+            return "-"
+        old, until = f"gw_{obj.previous_prefix}_…", f"{obj.previous_valid_until:%Y-%m-%d %H:%M} UTC"
+        if not obj.is_usable:
+            return f"{old} refused: this key is revoked or expired"
+        if obj.previous_secret_accepted:
+            return f"{old} still accepted until {until}"
+        return f"{old} no longer accepted (since {until})"
 
     def has_change_permission(self, request, obj=None) -> bool:
         return super().has_change_permission(request, obj) and not outranks(obj and obj.user, request.user)
@@ -404,6 +427,41 @@ class ApiKeyAdmin(UsablePickers, admin.ModelAdmin):
         for key in queryset.filter(revoked_at__isnull=True):
             api_key_revoke(key=key, actor=request.user, client_ip=client_ip(request))
         self.message_user(request, "Revoked.")
+
+    @admin.action(description="Rotate the selected key (new secret, shown once)…", permissions=["change"])
+    def rotate_keys(self, request, queryset):
+        """One key at a time: ask for the grace period, then show the new key once (as on creation)."""
+        keys = list(queryset.select_related("user")[:2])
+        if len(keys) != 1:
+            self.message_user(request, "Select one key to rotate.", messages.WARNING)
+            return None
+        key = keys[0]
+        if outranks(key.user, request.user):
+            refused(request, what="rotate this key", target=key)
+            self.message_user(request, "Refused: this key belongs to a user who holds more than you.", messages.ERROR)
+            return None
+        if not key.is_usable:
+            self.message_user(request, f"{key.masked} is revoked or expired: it cannot be rotated.", messages.ERROR)
+            return None
+        form = RotateKeyForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            grace_seconds = round(form.cleaned_data["grace_hours"] * 3600)
+            try:
+                raw_key = api_key_rotate(key=key, actor=request.user, grace_seconds=grace_seconds,
+                                         client_ip=client_ip(request))
+            except KeyNotRotated as refusal:
+                self.message_user(request, str(refusal), messages.ERROR)
+                return None
+            # The raw key on this one page only, as on creation (never in a message: it sits in a cookie).
+            return TemplateResponse(request, "admin/identities/apikey/created.html", {
+                **self.admin_site.each_context(request),
+                "title": "API key rotated", "opts": self.model._meta, "key": key, "raw_key": raw_key, "rotated": True,
+            }, headers={"Cache-Control": "no-store"})
+        return TemplateResponse(request, "admin/identities/apikey/rotate.html", {
+            **self.admin_site.each_context(request),
+            "title": "Rotate an API key", "opts": self.model._meta, "key": key, "form": form,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+        })
 
 
 admin.site.unregister(Group)

@@ -6,15 +6,18 @@ the operator's (``manage.py rotate_api_key``). The raw key is shown once and wri
 """
 import io
 import logging
+import re
 from datetime import timedelta
 
 import pytest
 from django.core.cache import cache, caches
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from apps.identities.models import ApiKey, hash_api_key
+from apps.identities.roles import Role
 from apps.identities.services import KeyNotRotated, api_key_create, api_key_revoke, api_key_rotate
 from apps.logs.models import AuditEvent
 from apps.quotas.models import QuotaPolicy
@@ -41,6 +44,17 @@ def _no_failures_counted_before(settings):
 def issued(customer, api_channel):
     """A key of the customer's, scoped to nothing, and its raw secret."""
     return api_key_create(user=customer, actor=None, name="crm sync")
+
+
+@pytest.fixture
+def admin_client(client, admin_user):
+    client.force_login(admin_user)
+    return client
+
+
+def rotate_in_admin(client, key, **form):
+    return client.post(reverse("admin:identities_apikey_changelist"),
+                       {"action": "rotate_keys", "_selected_action": [str(key.pk)], **form})
 
 
 def end_grace_period(key):
@@ -165,6 +179,61 @@ class TestLockout:
         assert post(old_raw, ip="192.0.2.63").status_code == 429  # the old prefix is locked
         assert post(old_raw, ip="192.0.2.61").status_code == 202  # except where it worked before
         assert post(new_raw, ip="192.0.2.63").status_code == 202  # the new prefix was not guessed
+
+
+class TestAdminAction:
+    def test_asks_for_the_grace_period_then_shows_the_key_once(self, admin_client, admin_user, issued):
+        key, old_raw = issued
+        old_prefix = key.prefix
+        asked = rotate_in_admin(admin_client, key)
+        assert asked.status_code == 200 and 'name="grace_hours"' in asked.content.decode()
+        assert ApiKey.objects.get().prefix == old_prefix  # nothing happens before the form is sent
+        shown = rotate_in_admin(admin_client, key, apply="Rotate", grace_hours="2")
+        assert shown.status_code == 200 and "no-store" in shown["Cache-Control"]
+        new_raw = re.search(r'id="raw-api-key"[^>]*>(gw_[^<]+)<', shown.content.decode()).group(1)
+        key.refresh_from_db()
+        assert new_raw.startswith(f"gw_{key.prefix}_") and key.previous_prefix == old_prefix
+        assert timedelta(hours=1.9) < key.previous_valid_until - timezone.now() <= timedelta(hours=2)
+        assert not shown.cookies.get("messages")
+        event = AuditEvent.objects.get(action="apikey.rotated")
+        assert event.actor == admin_user and event.detail["grace_seconds"] == 2 * HOUR
+        assert new_raw not in everything_audited()
+        assert post(new_raw).status_code == post(old_raw).status_code == 202
+        page = admin_client.get(reverse("admin:identities_apikey_change", args=[key.pk])).content.decode()
+        assert f"gw_{old_prefix}_… still accepted until" in page
+        assert new_raw not in page and key.key_hash not in page and key.previous_key_hash not in page
+        end_grace_period(key)
+        page = admin_client.get(reverse("admin:identities_apikey_change", args=[key.pk])).content.decode()
+        assert f"gw_{old_prefix}_… no longer accepted" in page
+
+    def test_refused_for_a_key_whose_owner_outranks_the_actor(self, admin_client, admin_user, make_user):
+        boss = make_user(Role.ADMIN, is_superuser=True)
+        key, raw = ApiKey.generate(user=boss)
+        response = rotate_in_admin(admin_client, key, apply="Rotate", grace_hours="0")
+        assert response.status_code == 302
+        assert ApiKey.objects.get(pk=key.pk).key_hash == hash_api_key(raw)
+        refusal = AuditEvent.objects.get(action="admin.refused")
+        assert (refusal.actor, refusal.target_id, refusal.detail["what"]) == (admin_user, str(key.pk),
+                                                                              "rotate this key")
+        assert not AuditEvent.objects.filter(action="apikey.rotated").exists()
+
+    def test_refused_for_a_revoked_key(self, admin_client, issued):
+        key, raw = issued
+        api_key_revoke(key=key, actor=None)
+        response = rotate_in_admin(admin_client, key, apply="Rotate", grace_hours="1")
+        assert response.status_code == 302
+        assert ApiKey.objects.get(pk=key.pk).key_hash == hash_api_key(raw)
+        assert not AuditEvent.objects.filter(action="apikey.rotated").exists()
+
+    def test_refused_to_staff_who_may_only_view_keys(self, client, make_user, issued):
+        from django.contrib.auth.models import Permission
+
+        viewer = make_user(Role.EMPLOYEE, is_staff=True)
+        viewer.user_permissions.add(Permission.objects.get(codename="view_apikey"))
+        client.force_login(viewer)
+        key, raw = issued
+        rotate_in_admin(client, key, apply="Rotate", grace_hours="1")
+        assert ApiKey.objects.get(pk=key.pk).key_hash == hash_api_key(raw)
 
 
 class TestCommand:
