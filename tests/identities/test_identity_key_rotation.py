@@ -272,3 +272,14 @@ class TestCommand:
         with pytest.raises(CommandError, match="between 0 and"):
             key2, _ = api_key_create(user=key.user, actor=None)
             self.rotate(key2.prefix, "--grace-hours", "100000")
+
+
+def test_a_prefix_reused_as_a_current_one_names_that_key(customer, issued):
+    """seed_demo derives its keys' prefixes: a demo key created again after the old one was rotated
+    holds as its current prefix what the rotated key holds as its previous one."""
+    key, old_raw = issued
+    api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+    reused = old_raw + "2"  # the same prefix, another secret
+    ApiKey.objects.create(user=customer, name="demo", prefix=old_raw.split("_")[1], key_hash=hash_api_key(reused))
+    assert post(reused).status_code == 202
+    assert post(old_raw).status_code == 401  # checked against the key holding the prefix now
