@@ -16,6 +16,8 @@ from apps.quotas.auth_failures import check_auth_failures, record_auth_failure, 
 from .access import check_user_active
 from .models import ApiKey, hash_api_key
 
+API_KEY_PREFIX_MAX_CHARS = ApiKey._meta.get_field("prefix").max_length
+
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # write last_used_at at most this often per key
 _last_used_written: dict[str, datetime] = {}  # per process: key prefix → when this process last wrote it
 
@@ -39,7 +41,12 @@ def api_key_by_prefix(prefix: str) -> ApiKey | None:
 def key_prefix_of(raw_key: str) -> str | None:
     """The prefix of a well-formed ``gw_<prefix>_<secret>``, else None."""
     parts = raw_key.split("_")
-    return parts[1] if len(parts) >= 3 and parts[0] == "gw" and parts[1] else None
+    if len(parts) < 3 or parts[0] != "gw":
+        return None
+    prefix = parts[1]
+    # What no key can hold (ApiKey.prefix: 16 ASCII letters or digits at most) is refused unread: a
+    # NUL byte would fail the query (a 500), and a long prefix is not worth a lookup or a counter.
+    return prefix if 0 < len(prefix) <= API_KEY_PREFIX_MAX_CHARS and prefix.isascii() and prefix.isalnum() else None
 
 
 def _refused(message: str, key: ApiKey | None = None, prefix: str | None = None) -> exceptions.AuthenticationFailed:
@@ -79,6 +86,9 @@ def api_key_user(raw_key: str):
             _last_used_written.clear()
         _last_used_written[key.prefix] = now
         key.last_used_at = now
+    # The prefix the client named: an answer quotes it, not the key's current one (whoever holds a
+    # replaced, maybe leaked, secret does not learn the new prefix, which a few guesses would lock).
+    key.named_prefix = prefix
     return key.user, key
 
 

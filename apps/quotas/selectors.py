@@ -95,5 +95,6 @@ def usage_for_caller(*, user, api_key=None) -> dict:
             rates.append(rate_state(RateCheck("api_key", f"api_key:{api_key.pk}", key_limits.request_rate, ""),
                                     source=key_limits.sources.get("request_rate", "")))
         budgets.extend(budget_states(key_limits))
-        body["api_key"] = {"prefix": api_key.prefix, "usage": usage_totals(api_key_id=api_key.pk)}
+        body["api_key"] = {"prefix": getattr(api_key, "named_prefix", api_key.prefix),  # as the client named it
+                           "usage": usage_totals(api_key_id=api_key.pk)}
     return body

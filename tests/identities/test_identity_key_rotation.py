@@ -283,3 +283,102 @@ def test_a_prefix_reused_as_a_current_one_names_that_key(customer, issued):
     ApiKey.objects.create(user=customer, name="demo", prefix=old_raw.split("_")[1], key_hash=hash_api_key(reused))
     assert post(reused).status_code == 202
     assert post(old_raw).status_code == 401  # checked against the key holding the prefix now
+
+
+class TestAttacks:
+    """Attacks from outside on a rotated key (h-attack4)."""
+
+    def test_seed_demo_does_not_bring_back_a_rotated_demo_keys_secret(self, agent):
+        """scripts/run.sh runs seed_demo at every start. A demo key staff rotated (its derived secret
+        leaked: seed_demo --json prints it) must stay rotated, as a revoked one stays revoked."""
+        from apps.conversations.management.commands.seed_demo import demo_api_key
+
+        call_command("seed_demo", stdout=io.StringIO(), stderr=io.StringIO())
+        prefix, demo_raw = demo_api_key("customer")
+        key = ApiKey.objects.get(prefix=prefix)
+        new_raw = api_key_rotate(key=key, actor=None, grace_seconds=0)
+        assert post(demo_raw).status_code == 401 and post(new_raw).status_code == 202
+        call_command("seed_demo", stdout=io.StringIO(), stderr=io.StringIO())  # the next start
+        assert post(demo_raw).status_code == 401  # the leaked secret is not back
+        assert post(new_raw).status_code == 202  # and the clients moved to the new one still work
+
+    def test_the_old_secret_does_not_tell_its_holder_the_new_prefix(self, issued):
+        """Whoever holds the replaced (leaked) secret during the grace period must not learn the new
+        prefix: with it, a few wrong guesses lock the new key (per-prefix lockout) for its clients."""
+        key, old_raw = issued
+        new_raw = api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        client = APIClient(REMOTE_ADDR="192.0.2.60")
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {old_raw}")
+        response = client.get("/api/v1/usage")
+        assert response.status_code == 200
+        assert new_raw.split("_")[1] not in response.content.decode()
+
+    @pytest.mark.parametrize("grace", ["nan", "inf", "-inf", "1e9"])
+    def test_command_refuses_a_grace_that_is_not_a_number_of_hours(self, issued, grace):
+        key, old_raw = issued
+        with pytest.raises(CommandError):
+            call_command("rotate_api_key", key.prefix, "--grace-hours", grace,
+                         stdout=io.StringIO(), stderr=io.StringIO())
+        key.refresh_from_db()
+        assert key.key_hash == hash_api_key(old_raw)
+
+    @pytest.mark.parametrize("grace", ["nan", "inf", "-1", "1e9", "", "720.01", "0x10"])
+    def test_admin_form_refuses_crafted_grace(self, admin_client, issued, grace):
+        key, old_raw = issued
+        response = rotate_in_admin(admin_client, key, apply="Rotate", grace_hours=grace)
+        assert response.status_code == 200 and "raw-api-key" not in response.content.decode()
+        key.refresh_from_db()
+        assert key.key_hash == hash_api_key(old_raw)
+
+    @pytest.mark.parametrize("prefix", ["", "%", "_", "%%%%%%%%", pytest.param("a" * 5000, id="long"), "é", "a\tb",
+                                        "' OR 1=1 --"])
+    def test_crafted_prefixes_are_refused(self, issued, prefix):
+        key, old_raw = issued
+        api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        assert post(f"gw_{prefix}_{old_raw.split('_', 2)[2]}").status_code == 401
+
+    def test_nul_in_the_prefix_is_refused_not_a_500(self, issued):
+        key, old_raw = issued
+        assert post(f"gw_ab\x00cd_{old_raw.split('_', 2)[2]}").status_code == 401
+
+    @pytest.mark.parametrize("stop", ["block", "deactivate"])
+    def test_old_secret_refused_once_the_owner_is_stopped(self, issued, customer, stop):
+        from apps.identities.services import user_block
+
+        key, old_raw = issued
+        new_raw = api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        if stop == "block":
+            user_block(user=customer, actor=None, reason="test")
+        else:
+            customer.is_active = False
+            customer.save(update_fields=["is_active"])
+        assert post(old_raw).status_code in (401, 403) and post(new_raw).status_code in (401, 403)
+
+    def test_one_keys_old_secret_never_authenticates_as_another(self, issued, make_user):
+        key, old_raw = issued
+        other_user = make_user(Role.CUSTOMER)
+        other, other_raw = api_key_create(user=other_user, actor=None)
+        api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        # the other key's prefix with this key's old secret, and the reverse
+        assert post(f"gw_{other.prefix}_{old_raw.split('_', 2)[2]}").status_code == 401
+        assert post(f"gw_{old_raw.split('_')[1]}_{other_raw.split('_', 2)[2]}").status_code == 401
+
+    def test_success_with_the_old_prefix_does_not_unlock_the_new(self, settings, issued):
+        settings.GATEWAY_AUTH_FAILURES_PER_KEY = 2
+        key, old_raw = issued
+        new_raw = api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        new_prefix = new_raw.split("_")[1]
+        for i in range(2):
+            post(f"gw_{new_prefix}_guess{i}", ip="192.0.2.62")
+        assert post(old_raw, ip="192.0.2.63").status_code == 202
+        assert post(f"gw_{new_prefix}_guess9", ip="192.0.2.63").status_code == 429
+
+    def test_the_rotated_page_is_not_cached_and_rotation_needs_post(self, admin_client, issued):
+        key, _ = issued
+        admin_client.get(reverse("admin:identities_apikey_changelist"),
+                         {"action": "rotate_keys", "_selected_action": [str(key.pk)],
+                          "apply": "Rotate", "grace_hours": "1"})
+        key.refresh_from_db()
+        assert key.previous_prefix is None
+        shown = rotate_in_admin(admin_client, key, apply="Rotate", grace_hours="1")
+        assert "no-store" in shown["Cache-Control"]

@@ -24,6 +24,7 @@ from apps.connectors.demo_presets import demo_preset_channels
 from apps.connectors.models import Channel
 from apps.identities.models import ApiKey, hash_api_key
 from apps.identities.roles import Role, ensure_role_groups, grant_role_permissions
+from apps.logs.models import AuditEvent
 from apps.routing.models import Route
 from gateway_project.config_cache import config_changed
 
@@ -36,6 +37,15 @@ def demo_api_key(role: str) -> tuple[str, str]:
     hexed = demo_secret(f"api-key:{role}", 64)
     prefix = hexed[:8]
     return prefix, f"gw_{prefix}_{hexed[8:56]}"
+
+
+def demo_key_rotated(prefix: str) -> bool:
+    """Whether staff rotated the demo key that had ``prefix`` (no key holds it now): its derived
+    secret, printed by seed_demo --json, may be why. Like a revoked one, it is not created again
+    (the derived secret would work again) and the rotated key is not revoked as a stale demo key."""
+    return not ApiKey.objects.filter(prefix=prefix).exists() and (
+        ApiKey.objects.filter(previous_prefix=prefix).exists()
+        or AuditEvent.objects.filter(action="apikey.rotated", before__prefix=prefix).exists())
 
 
 def demo_staff_password(seed: str | None = None) -> str:
@@ -71,6 +81,9 @@ class Command(BaseCommand):
             if created:
                 user.groups.add(groups[role])
             prefix, raw_key = demo_api_key(role)
+            if demo_key_rotated(prefix):
+                api_keys[role] = None  # staff gave it a secret of their own: not brought back, not revoked
+                continue
             key, _ = ApiKey.objects.get_or_create(
                 prefix=prefix, defaults={"user": user, "name": "demo", "key_hash": hash_api_key(raw_key)})
             # Demo keys of an earlier seed (derived from SECRET_KEY, which was public) are revoked.

@@ -1,3 +1,5 @@
+import math
+
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
@@ -18,6 +20,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, prefix: str, grace_hours, **options):
         prefix = prefix.removeprefix("gw_").split("_")[0]
+        if grace_hours is not None and not math.isfinite(grace_hours):  # nan, inf: no number of seconds
+            raise CommandError("--grace-hours must be a number of hours.")
         grace_seconds = (settings.GATEWAY_API_KEY_ROTATION_GRACE_SECONDS if grace_hours is None
                          else round(grace_hours * 3600))
         key = ApiKey.objects.filter(prefix=prefix).first()
