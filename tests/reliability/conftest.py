@@ -172,15 +172,9 @@ def gateway_stack(broker: str = "redis", relay: bool = False):
         platforms.stop()
 
 
-class FailoverRelay:
-    """A TCP relay in front of the private Redis: the one address clients know Redis by (a service
-    or virtual IP) across a restart or failover behind it.
-
-    A connection whose server went away is not closed towards its client: the client learns of it
-    only when it next sends on it, and is then reset, as by a new host at that address that never
-    knew the connection. (Without the relay, the dead server's own kernel closes each connection and
-    redis-py drops it as it leaves the pool.) New connections go to the server on ``upstream_port``.
-    """
+class Relay:
+    """A TCP relay to the server on ``upstream_port``; a subclass pipes each connection's two
+    directions (``_to_client``, ``_to_server``), sharing ``_state()``'s value between them."""
 
     def __init__(self, upstream_port: int):
         self.upstream_port = upstream_port
@@ -188,6 +182,9 @@ class FailoverRelay:
         self.port = self._listener.getsockname()[1]
         self._closed = False
         threading.Thread(target=self._accept, name="redis-relay", daemon=True).start()
+
+    def _state(self):
+        raise NotImplementedError
 
     def _accept(self) -> None:
         while not self._closed:
@@ -198,12 +195,30 @@ class FailoverRelay:
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
             except OSError:
-                client.close()  # Redis is down: refused, as Redis itself would
+                client.close()  # the server is down: refused, as the server itself would
                 continue
             upstream.settimeout(None)
-            gone = threading.Event()  # the server side of this connection ended
-            threading.Thread(target=self._to_client, args=(upstream, client, gone), daemon=True).start()
-            threading.Thread(target=self._to_server, args=(client, upstream, gone), daemon=True).start()
+            state = self._state()
+            threading.Thread(target=self._to_client, args=(upstream, client, state), daemon=True).start()
+            threading.Thread(target=self._to_server, args=(client, upstream, state), daemon=True).start()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+
+class FailoverRelay(Relay):
+    """A relay in front of the private Redis: the one address clients know Redis by (a service
+    or virtual IP) across a restart or failover behind it.
+
+    A connection whose server went away is not closed towards its client: the client learns of it
+    only when it next sends on it, and is then reset, as by a new host at that address that never
+    knew the connection. (Without the relay, the dead server's own kernel closes each connection and
+    redis-py drops it as it leaves the pool.) New connections go to the server on ``upstream_port``.
+    """
+
+    def _state(self) -> threading.Event:
+        return threading.Event()  # the server side of this connection ended
 
     @staticmethod
     def _to_client(upstream: socket.socket, client: socket.socket, gone: threading.Event) -> None:
@@ -230,10 +245,6 @@ class FailoverRelay:
             pass
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()  # a reset
-
-    def close(self) -> None:
-        self._closed = True
-        self._listener.close()
 
 
 def sql(gw, query: str, *params):

@@ -20,41 +20,27 @@ import redis
 
 from devtools.stack import Stack, base_env
 
+from .conftest import Relay
+
 pytestmark = pytest.mark.services
 
 
-class ReplyLosingRelay:
-    """TCP relay to ``upstream_port``; ``lose_reply_to(token)``: the reply to the next command
+class ReplyLosingRelay(Relay):
+    """A relay to ``upstream_port``; ``lose_reply_to(token)``: the reply to the next command
     holding ``token`` is dropped and its connection closed (Redis has run the command)."""
 
     def __init__(self, upstream_port: int):
-        self.upstream_port = upstream_port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
         self._token: bytes | None = None
         self._lock = threading.Lock()
         self.lost = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream_port)
+
+    def _state(self) -> dict:
+        return {"lose": False}
 
     def lose_reply_to(self, token: bytes) -> None:
         with self._lock:
             self._token = token
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            state = {"lose": False}
-            threading.Thread(target=self._to_client, args=(upstream, client, state), daemon=True).start()
-            threading.Thread(target=self._to_server, args=(client, upstream, state), daemon=True).start()
 
     def _to_server(self, client, upstream, state) -> None:
         try:
@@ -80,9 +66,6 @@ class ReplyLosingRelay:
         except OSError:
             pass
         client.close()
-
-    def close(self) -> None:
-        self._listener.close()
 
 
 @pytest.fixture
