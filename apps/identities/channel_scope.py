@@ -70,6 +70,17 @@ class UsableChannelsOnly:
         return self.usable_row(obj, self.request_ids(request))
 
 
+class UsableChannelsOrNone(UsableChannelsOnly):
+    """``UsableChannelsOnly`` for rows whose channel may be blank (a rule or a policy for no one
+    channel, usage on a channel deleted since): those stay listed."""
+
+    def usable_rows(self, ids: set[int]) -> Q:
+        return super().usable_rows(ids) | Q(**{f"{self.channel_path}__isnull": True})
+
+    def usable_row(self, obj, ids: set[int]) -> bool:
+        return getattr(obj, self.channel_path) is None or super().usable_row(obj, ids)
+
+
 class UsableAgentsOnly(UsableChannelsOnly):
     """The agents' admin: only the agents the staff member may use (``usable_agent_ids``)."""
 

@@ -6,13 +6,12 @@ import copy
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Q
 from django.forms.models import construct_instance, model_to_dict
 from django.utils.html import format_html, format_html_join
 
 from apps.core.changelist import DateHierarchyAdmin
 from apps.core.client_ip import client_ip_for_request
-from apps.identities.channel_scope import UsableChannelsOnly
+from apps.identities.channel_scope import UsableChannelsOrNone
 from apps.identities.permissions import role_rank, user_can_use_channel
 from apps.identities.privileges import outranks, refused
 from apps.identities.roles import ROLE_ORDER
@@ -154,7 +153,7 @@ def _jsonable(data):
 
 
 @admin.register(QuotaPolicy)
-class QuotaPolicyAdmin(UsablePickers, LimitsOfOthersOnly, AuditedAdmin):
+class QuotaPolicyAdmin(UsableChannelsOrNone, UsablePickers, LimitsOfOthersOnly, AuditedAdmin):
     audit_name = "quota_policy"
     list_display = ("__str__", "request_rate", "per_ip_rate", "tokens_per_day", "tokens_per_month", "cost_limit",
                     "cost_period", "enabled", "updated_at")
@@ -180,7 +179,7 @@ class QuotaPolicyAdmin(UsablePickers, LimitsOfOthersOnly, AuditedAdmin):
 
 
 @admin.register(IpRule)
-class IpRuleAdmin(UsablePickers, LimitsOfOthersOnly, AuditedAdmin):
+class IpRuleAdmin(UsableChannelsOrNone, UsablePickers, LimitsOfOthersOnly, AuditedAdmin):
     audit_name = "ip_rule"
     list_display = ("cidr", "action", "channel", "source", "enabled", "note", "created_at")
     list_filter = ("action", "enabled", "source", "channel")
@@ -193,15 +192,9 @@ class IpRuleAdmin(UsablePickers, LimitsOfOthersOnly, AuditedAdmin):
 
 
 @admin.register(UsageDaily)
-class UsageDailyAdmin(UsableChannelsOnly, UsablePickers, DateHierarchyAdmin, admin.ModelAdmin):
+class UsageDailyAdmin(UsableChannelsOrNone, UsablePickers, DateHierarchyAdmin, admin.ModelAdmin):
     """The durable rollup: read-only. Staff find the usage on channels they may use, and what was
     spent on none (a channel deleted since)."""
-
-    def usable_rows(self, ids: set[int]) -> Q:
-        return Q(channel_id__in=ids) | Q(channel_id__isnull=True)
-
-    def usable_row(self, obj, ids: set[int]) -> bool:
-        return obj.channel_id is None or obj.channel_id in ids
 
     list_display = ("date", "user", "api_key", "channel", "calls", "prompt_tokens", "completion_tokens",
                     "total_tokens", "cost")

@@ -207,3 +207,24 @@ def test_the_admins_rows_on_her_channels_name_no_agent_she_may_not_use(client, m
     for url in ("/admin/conversations/conversation/", f"/admin/conversations/conversation/{talk.pk}/change/",
                 "/admin/logs/llmcall/"):
         assert "ecret" in page(client, url) and "(one you may not use)" not in page(client, url), url
+
+
+def test_limits_on_a_channel_she_may_not_use_are_not_listed(client, make_user, webchat_channel, hidden):
+    """Quota policies and IP rules of a hidden channel were listed read-only, with its name."""
+    from apps.quotas.models import IpRule, QuotaPolicy
+
+    mine = QuotaPolicy.objects.create(scope="channel", channel=webchat_channel, request_rate="60/m")
+    theirs = QuotaPolicy.objects.create(scope="channel", channel=hidden[1], request_rate="60/m")
+    everyone = QuotaPolicy.objects.create(scope="role", role=Role.CUSTOMER, request_rate="60/m")
+    rules = {key: IpRule.objects.create(action="deny", cidr=cidr, channel=channel) for key, cidr, channel in
+             (("mine", "192.0.2.0/24", webchat_channel), ("theirs", "198.51.100.0/24", hidden[1]),
+              ("everywhere", "203.0.113.0/24", None))}
+    client.force_login(desk_member(make_user, "view_quotapolicy", "view_iprule"))
+    policies = client.get("/admin/quotas/quotapolicy/")
+    assert_names_none(policies.content.decode(), "quota policies")
+    assert set(policies.context["cl"].result_list) == {mine, everyone}
+    listed = client.get("/admin/quotas/iprule/")
+    assert_names_none(listed.content.decode(), "IP rules")
+    assert set(listed.context["cl"].result_list) == {rules["mine"], rules["everywhere"]}
+    for url in (f"/admin/quotas/quotapolicy/{theirs.pk}/change/", f"/admin/quotas/iprule/{rules['theirs'].pk}/change/"):
+        assert client.get(url).status_code in (302, 404), url
