@@ -105,7 +105,9 @@ def filters_from(request) -> Filters:
 
 
 def visible_to(request) -> selectors.Visible:
-    """What the pages may name to this staff member: the channels and agents she may use."""
+    """The channels and agents the staff member may use (None: every one, a superuser). What was
+    said, the errors of model calls and the refused requests are shown only on those channels (as
+    in the console and the admin), and only those are named; counts and costs stay whole."""
     if sees_every_channel(request.user):
         return selectors.Visible()
     return selectors.Visible(frozenset(request_channel_ids(request)), frozenset(request_agent_ids(request)))
@@ -188,13 +190,6 @@ def cost(request):
                        selectors.cost(period, filters_from(request), visible_to(request)))
 
 
-def transcript_channels(request) -> set[int] | None:
-    """What was said, the errors of model calls and the refused requests are shown only on the
-    channels the staff member may use (as in the console and the admin); None for a superuser:
-    every channel. Counts and costs stay whole."""
-    return None if sees_every_channel(request.user) else request_channel_ids(request)
-
-
 @staff_dashboard
 def conversations(request):
     period = period_from(request)
@@ -206,17 +201,17 @@ def conversations(request):
         raise BadInput(f"page must be at most {MAX_PAGE}.")
     filters = filters_from(request)
     export = bool(request.GET.get("export"))
-    channel_ids = transcript_channels(request)
+    visible = visible_to(request)
     table = selectors.conversation_search(
         period, user=filters.user, channel=filters.channel, text=request.GET.get("text", "").strip(),
         status=filters.status, agent=filters.agent, model=filters.model,
         limit=selectors.GROUP_ROWS * 10 if export else PAGE_ROWS, offset=0 if export else (page - 1) * PAGE_ROWS,
-        channel_ids=channel_ids, agent_ids=visible_to(request).agents,
+        channel_ids=visible.channels, agent_ids=visible.agents,
     )
     # The filters offer the channels and agents she may use, as the admin's do (scoped_pickers).
     channels, agents = Channel.objects.all(), Agent.objects.all()
-    if channel_ids is not None:
-        channels, agents = channels.filter(pk__in=channel_ids), agents.filter(pk__in=request_agent_ids(request))
+    if visible.channels is not None:
+        channels, agents = channels.filter(pk__in=visible.channels), agents.filter(pk__in=visible.agents)
 
     carried = carried_query(request)
     if carried:  # opening a conversation keeps the filters for the way back
@@ -233,9 +228,10 @@ def conversations(request):
 
 @staff_dashboard
 def conversation(request, conversation_id):
-    detail = selectors.conversation_detail(conversation_id, channel_ids=transcript_channels(request),
+    visible = visible_to(request)
+    detail = selectors.conversation_detail(conversation_id, channel_ids=visible.channels,
                                            audit_log=request.user.has_perm(AUDIT_PERMISSION),
-                                           agent_ids=visible_to(request).agents)
+                                           agent_ids=visible.agents)
     if detail is None:
         raise Http404("No such conversation.")
     return render_page(request, "dashboard/conversation.html", None, detail)
@@ -244,7 +240,8 @@ def conversation(request, conversation_id):
 @staff_dashboard
 def errors(request):
     period = period_from(request)
+    visible = visible_to(request)
     return render_page(request, "dashboard/errors.html", period, selectors.errors_and_security(
         period, action=request.GET.get("action", "").strip(), filters=filters_from(request),
-        channel_ids=transcript_channels(request), audit_log=request.user.has_perm(AUDIT_PERMISSION),
-        agent_ids=visible_to(request).agents))
+        channel_ids=visible.channels, audit_log=request.user.has_perm(AUDIT_PERMISSION),
+        agent_ids=visible.agents))

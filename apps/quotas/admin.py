@@ -94,16 +94,18 @@ class LimitsOfOthersOnly:
     # in has_delete_permission, which also judges rows deleted along with their user.
     def delete_view(self, request, object_id, extra_context=None):
         if request.method == "POST":  # before the view's transaction: the refusal's audit stays
-            self._audit_refused_post(request, object_id, what="delete these limits")
-            self._refuse_deleting_beyond_own(request, [self.get_object(request, unquote(object_id))])
+            row = self._audit_refused_post(request, object_id, what="delete these limits")
+            self._refuse_deleting_beyond_own(request, [row])
         return super().delete_view(request, object_id, extra_context)
 
-    def _audit_refused_post(self, request, object_id, *, what: str) -> None:
+    def _audit_refused_post(self, request, object_id, *, what: str):
         """A POST on a row she may not set, which the view then answers 403: audited, as every
-        refused staff action is (the page showed it read-only, so the POST was crafted)."""
+        refused staff action is (the page showed it read-only, so the POST was crafted). Returns
+        the row (None: not found)."""
         row = self.get_object(request, unquote(object_id))
         if row is not None and not self._may_set(request, row):
             refused(request, what=what, target=self.targets(row).get("user"))
+        return row
 
     def delete_queryset(self, request, queryset):  # the bulk delete action
         self._refuse_deleting_beyond_own(request, list(queryset))
