@@ -172,6 +172,25 @@ def gateway_stack(broker: str = "redis", relay: bool = False):
         platforms.stop()
 
 
+KEY_WITH_A_DAILY_BUDGET = """
+from django.contrib.auth import get_user_model
+from apps.identities.roles import Role, ensure_role_groups
+from apps.identities.services import api_key_create
+from apps.quotas.models import QuotaPolicy
+user, _ = get_user_model().objects.get_or_create(username=%(username)r)
+user.groups.add(ensure_role_groups()[Role.CUSTOMER])
+key, raw = api_key_create(user=user, actor=None, name=%(username)r)
+QuotaPolicy.objects.create(scope="api_key", api_key=key, tokens_per_day=%(tokens)d)
+print(raw)
+"""
+
+
+def key_with_a_daily_budget(gw, username: str, tokens: int) -> str:
+    """A new API key of a customer ``username``, with a budget of ``tokens`` a day of its own."""
+    script = KEY_WITH_A_DAILY_BUDGET % {"username": username, "tokens": tokens}
+    return gw.stack.manage("shell", "-c", script).strip().splitlines()[-1]
+
+
 class Relay:
     """A TCP relay to the server on ``upstream_port``; a subclass pipes each connection's two
     directions (``_to_client``, ``_to_server``), sharing ``_state()``'s value between them."""

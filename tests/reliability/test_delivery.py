@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 import redis
 
-from .conftest import post_message, slack_deliver, slack_message_event, sql
+from .conftest import key_with_a_daily_budget, post_message, slack_deliver, slack_message_event, sql
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
@@ -213,17 +213,6 @@ def test_a_message_waiting_its_turn_has_one_live_task(gw, ledger):
     assert all(len(ids) <= 1 for ids in seen.values()), seen
 
 
-SET_KEY_QUOTA = """
-from django.contrib.auth import get_user_model
-from apps.identities.roles import Role, ensure_role_groups
-from apps.identities.services import api_key_create
-from apps.quotas.models import QuotaPolicy
-user, _ = get_user_model().objects.get_or_create(username="settle-fault")
-user.groups.add(ensure_role_groups()[Role.CUSTOMER])
-key, raw = api_key_create(user=user, actor=None, name="settle fault")
-QuotaPolicy.objects.create(scope="api_key", api_key=key, tokens_per_day=1)
-print(raw)
-"""
 
 
 def test_budget_settle_failing_on_redis_still_counts_the_usage(gw, ledger):
@@ -231,7 +220,7 @@ def test_budget_settle_failing_on_redis_still_counts_the_usage(gw, ledger):
     out), then answers again with its data. The call's usage still reaches the budget counter (from
     the database's record of the call), so a key whose daily quota that call used up is refused
     afterwards, also once the call's reservation has expired."""
-    key = gw.stack.manage("shell", "-c", SET_KEY_QUOTA).strip().splitlines()[-1]
+    key = key_with_a_daily_budget(gw, "settle-fault", tokens=1)
     auth = {"Authorization": f"Bearer {key}"}
     before = llm_requests(gw)
     status, body, _ = post_message(gw, {"message": "spend my quota [[delay:2]]"}, headers=auth)

@@ -16,23 +16,10 @@ import redis
 
 from devtools.stack import http
 
-from .conftest import BROKER, gateway_stack, post_message, wait_for_quiet_broker
+from .conftest import BROKER, gateway_stack, key_with_a_daily_budget, post_message, wait_for_quiet_broker
 
 pytestmark = [pytest.mark.services, pytest.mark.e2e]
 
-# A budget the requests are far from: the entry check and the run's reservation go to Redis (a
-# budget fails closed: a dead connection there is a 503 at entry).
-SET_KEY_BUDGET = """
-from django.contrib.auth import get_user_model
-from apps.identities.roles import Role, ensure_role_groups
-from apps.identities.services import api_key_create
-from apps.quotas.models import QuotaPolicy
-user, _ = get_user_model().objects.get_or_create(username="redis-restart")
-user.groups.add(ensure_role_groups()[Role.CUSTOMER])
-key, raw = api_key_create(user=user, actor=None, name="redis restart")
-QuotaPolicy.objects.create(scope="api_key", api_key=key, tokens_per_day=100_000_000)
-print(raw)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +42,9 @@ def test_no_request_is_refused_once_a_restarted_redis_is_back(request, ledger, p
     connections to the old server. Once Redis is back, every request is answered (200), with and
     without a budget to check: none is refused (503 with Retry-After) for a dead pooled connection."""
     gw = request.getfixturevalue("gw" if path == "direct" else "gw_relay")
-    budgeted = {"Authorization": f"Bearer {gw.stack.manage('shell', '-c', SET_KEY_BUDGET).strip().splitlines()[-1]}"}
+    # A budget the requests are far from: the entry check and the run's reservation go to Redis (a
+    # budget fails closed: a dead connection there is a 503 at entry).
+    budgeted = {"Authorization": f"Bearer {key_with_a_daily_budget(gw, 'redis-restart', tokens=100_000_000)}"}
     # Warm every pool: Daphne's cache, counters and inbox; the worker's counters, publisher, broker.
     for i, headers in enumerate([None, budgeted] * 2):
         status, body, _ = post_message(gw, {"message": f"before the restart {i}", "wait": 15}, headers=headers)
