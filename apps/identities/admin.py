@@ -26,6 +26,7 @@ from .scoped_pickers import UsablePickers
 from .services import (
     KeyNotRotated,
     api_key_describe,
+    api_key_end_grace,
     api_key_revoke,
     api_key_rotate,
     identity_link,
@@ -340,7 +341,7 @@ class ApiKeyAdmin(UsablePickers, admin.ModelAdmin):
     list_select_related = ("user",)
     autocomplete_fields = ("user",)
     filter_horizontal = ("channels", "agents")
-    actions = ["revoke_keys", "rotate_keys"]
+    actions = ["revoke_keys", "rotate_keys", "end_grace"]
 
     def get_fields(self, request, obj=None):
         if obj is None:
@@ -365,9 +366,11 @@ class ApiKeyAdmin(UsablePickers, admin.ModelAdmin):
         old, until = f"gw_{obj.previous_prefix}_…", f"{obj.previous_valid_until:%Y-%m-%d %H:%M} UTC"
         if not obj.is_usable:
             return f"{old} refused: this key is revoked or expired"
+        used = (f"last used {obj.previous_last_used_at:%Y-%m-%d %H:%M} UTC" if obj.previous_last_used_at
+                else "not used since the rotation")
         if obj.previous_secret_accepted:
-            return f"{old} still accepted until {until}"
-        return f"{old} no longer accepted (since {until})"
+            return f"{old} still accepted until {until}; {used}"
+        return f"{old} no longer accepted (since {until}); {used}"
 
     def has_change_permission(self, request, obj=None) -> bool:
         return super().has_change_permission(request, obj) and not outranks(obj and obj.user, request.user)
@@ -427,6 +430,25 @@ class ApiKeyAdmin(UsablePickers, admin.ModelAdmin):
         for key in queryset.filter(revoked_at__isnull=True):
             api_key_revoke(key=key, actor=request.user, client_ip=client_ip(request))
         self.message_user(request, "Revoked.")
+
+    @admin.action(description="Stop accepting the old secrets of the selected keys now", permissions=["change"])
+    def end_grace(self, request, queryset):
+        """End the grace period of rotated keys whose clients have moved to the new secret (the
+        "previous secret" field tells when the old one was last used), or whose old secret leaked."""
+        keys = list(queryset.select_related("user"))
+        above = [key for key in keys if outranks(key.user, request.user)]
+        if above:
+            for key in above:
+                refused(request, what="end the grace period of this key", target=key)
+            self.message_user(request, "Refused: some keys belong to users who hold more than you.", messages.ERROR)
+            return
+        ended = [key.masked for key in keys if api_key_end_grace(key=key, actor=request.user,
+                                                                    client_ip=client_ip(request))]
+        if ended:
+            self.message_user(request, f"The old secret is no longer accepted for {', '.join(ended)}.")
+        else:
+            self.message_user(request, "None of the selected keys had an old secret still accepted.",
+                              messages.WARNING)
 
     @admin.action(description="Rotate the selected key (new secret, shown once)…", permissions=["change"])
     def rotate_keys(self, request, queryset):

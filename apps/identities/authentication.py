@@ -19,7 +19,7 @@ from .models import ApiKey, hash_api_key
 API_KEY_PREFIX_MAX_CHARS = ApiKey._meta.get_field("prefix").max_length
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # write last_used_at at most this often per key
-_last_used_written: dict[str, datetime] = {}  # per process: key prefix → when this process last wrote it
+_last_used_written: dict[str, datetime] = {}  # per process: secret → when this process last wrote its use
 
 
 def api_key_by_prefix(prefix: str) -> ApiKey | None:
@@ -57,6 +57,26 @@ def _refused(message: str, key: ApiKey | None = None, prefix: str | None = None)
     return failure
 
 
+def _note_used(key: ApiKey, prefix: str) -> None:
+    """Write when the key was last used, and when its previous secret was (``prefix`` names it), at
+    most once a LAST_USED_RESOLUTION per secret and process: not a configuration change."""
+    old_secret = prefix != key.prefix
+    known = key.previous_last_used_at if old_secret else key.last_used_at  # as of the cached copy
+    now = timezone.now()
+    # Keyed apart: a prefix a rotation replaced was written as the current one just before.
+    written = f"{prefix}:previous" if old_secret else prefix
+    last_used = max(filter(None, (known, _last_used_written.get(written))), default=None)
+    if last_used is not None and now - last_used <= LAST_USED_RESOLUTION:
+        return
+    fields = {"last_used_at": now, **({"previous_last_used_at": now} if old_secret else {})}
+    ApiKey.objects.filter(pk=key.pk).update(**fields)
+    if len(_last_used_written) > 10_000:
+        _last_used_written.clear()
+    _last_used_written[written] = now
+    for name, value in fields.items():
+        setattr(key, name, value)
+
+
 def api_key_user(raw_key: str):
     """(user, ApiKey) for a usable key, or raise AuthenticationFailed. At most one indexed query.
 
@@ -78,14 +98,7 @@ def api_key_user(raw_key: str):
     if not key.user.is_active:
         raise _refused("This account is disabled.", key, prefix)
     check_user_active(key.user)  # blocked users are refused on every endpoint (403, audited)
-    now = timezone.now()
-    last_used = max(filter(None, (key.last_used_at, _last_used_written.get(key.prefix))), default=None)
-    if last_used is None or now - last_used > LAST_USED_RESOLUTION:
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)  # not a configuration change
-        if len(_last_used_written) > 10_000:
-            _last_used_written.clear()
-        _last_used_written[key.prefix] = now
-        key.last_used_at = now
+    _note_used(key, prefix)
     # The prefix the client named: an answer quotes it, not the key's current one (whoever holds a
     # replaced, maybe leaked, secret does not learn the new prefix, which a few guesses would lock).
     key.named_prefix = prefix

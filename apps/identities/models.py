@@ -125,6 +125,9 @@ class ApiKey(models.Model):
     previous_prefix = models.CharField(max_length=16, unique=True, null=True, blank=True, editable=False)
     previous_key_hash = models.CharField(max_length=64, blank=True, editable=False)
     previous_valid_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # When the previous secret was last accepted (to the minute): whether clients still use it, so
+    # that staff can end its grace period early (services.api_key_end_grace). None: not since the rotation.
+    previous_last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     # Scopes: empty means every channel / every agent the owner may use.
     channels = models.ManyToManyField(

@@ -291,13 +291,34 @@ def api_key_rotate(*, key: ApiKey, actor, grace_seconds: int, client_ip: str | N
         key.previous_valid_until = timezone.now() + timedelta(seconds=grace_seconds)
     else:
         key.previous_prefix, key.previous_key_hash, key.previous_valid_until = None, "", None
+    key.previous_last_used_at = None  # not used yet as the previous secret
     raw_key = key.set_new_secret()
-    key.save(update_fields=["prefix", "key_hash", "previous_prefix", "previous_key_hash", "previous_valid_until"])
+    key.save(update_fields=["prefix", "key_hash", "previous_prefix", "previous_key_hash", "previous_valid_until",
+                            "previous_last_used_at"])
     valid_until = key.previous_valid_until.isoformat() if key.previous_valid_until else None
     audit(action="apikey.rotated", actor=actor, target=key, client_ip=client_ip, before=before,
           after={"prefix": key.prefix, "previous_prefix": key.previous_prefix, "previous_valid_until": valid_until},
           grace_seconds=grace_seconds)
     return raw_key
+
+
+@transaction.atomic
+def api_key_end_grace(*, key: ApiKey, actor, client_ip: str | None = None) -> bool:
+    """Stop accepting the secret ``key``'s last rotation replaced, now rather than at the end of its
+    grace period (once its clients have moved over, or when it leaked). Its prefix is kept, so that
+    it is refused as a rotated key's old secret. Returns False, auditing nothing, when no previous
+    secret was still accepted; audited as ``apikey.grace_ended`` otherwise."""
+    key.refresh_from_db(from_queryset=ApiKey.objects.select_for_update())
+    if not key.previous_secret_accepted:
+        return False
+    before = {"previous_prefix": key.previous_prefix, "previous_valid_until": key.previous_valid_until.isoformat()}
+    key.previous_valid_until = timezone.now()
+    key.save(update_fields=["previous_valid_until"])
+    last_used = key.previous_last_used_at.isoformat() if key.previous_last_used_at else None
+    audit(action="apikey.grace_ended", actor=actor, target=key, client_ip=client_ip, before=before,
+          after={"previous_prefix": key.previous_prefix, "previous_valid_until": key.previous_valid_until.isoformat()},
+          previous_last_used_at=last_used)
+    return True
 
 
 def keys_scoped_to(scope: str, obj) -> list:

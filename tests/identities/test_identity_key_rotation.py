@@ -274,6 +274,83 @@ class TestCommand:
             self.rotate(key2.prefix, "--grace-hours", "100000")
 
 
+class TestEndingTheGraceEarly:
+    """Staff see whether clients still use the old secret, and stop accepting it before its grace
+    period ends: once they have moved over, or at once when it leaked."""
+
+    def end_in_admin(self, client, *keys):
+        return client.post(reverse("admin:identities_apikey_changelist"),
+                           {"action": "end_grace", "_selected_action": [str(key.pk) for key in keys]})
+
+    def test_the_old_secrets_last_use_is_kept_apart_from_the_new_ones(self, admin_client, issued):
+        key, old_raw = issued
+        assert post(old_raw).status_code == 202  # its use as the current secret, just before the rotation
+        new_raw = api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        page = admin_client.get(reverse("admin:identities_apikey_change", args=[key.pk])).content.decode()
+        assert "still accepted until" in page and "not used since the rotation" in page
+        assert post(new_raw).status_code == 202
+        key.refresh_from_db()
+        assert key.previous_last_used_at is None and key.last_used_at is not None
+        assert post(old_raw).status_code == 202
+        key.refresh_from_db()
+        assert key.previous_last_used_at is not None
+        page = admin_client.get(reverse("admin:identities_apikey_change", args=[key.pk])).content.decode()
+        assert f"last used {key.previous_last_used_at:%Y-%m-%d %H:%M} UTC" in page
+        api_key_rotate(key=key, actor=None, grace_seconds=HOUR)  # a newer old secret, not used yet
+        key.refresh_from_db()
+        assert key.previous_last_used_at is None
+
+    def test_admin_action_stops_the_old_secret_now_and_audits_it(self, admin_client, admin_user, issued):
+        key, old_raw = issued
+        new_raw = api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        assert post(old_raw).status_code == 202  # this process keeps the key, and the old secret is used
+        response = self.end_in_admin(admin_client, key)
+        assert response.status_code == 302
+        refused = post(old_raw)
+        assert refused.status_code == 401 and "rotated" in refused.json()["error"]["message"]
+        assert post(new_raw).status_code == 202
+        event = AuditEvent.objects.get(action="apikey.grace_ended")
+        assert event.actor == admin_user and event.target_id == str(key.pk)
+        assert event.detail["previous_last_used_at"] is not None
+        assert old_raw not in everything_audited() and new_raw not in everything_audited()
+        page = admin_client.get(reverse("admin:identities_apikey_change", args=[key.pk])).content.decode()
+        assert "no longer accepted" in page
+        self.end_in_admin(admin_client, key)  # nothing left to end: nothing audited again
+        assert AuditEvent.objects.filter(action="apikey.grace_ended").count() == 1
+
+    def test_refused_for_an_outranking_owner_and_to_staff_who_may_only_view(self, admin_client, admin_user,
+                                                                          client, make_user):
+        boss = make_user(Role.ADMIN, is_superuser=True)
+        key, _raw = ApiKey.generate(user=boss)
+        api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        self.end_in_admin(admin_client, key)
+        assert ApiKey.objects.get(pk=key.pk).previous_secret_accepted
+        refusal = AuditEvent.objects.get(action="admin.refused")
+        assert (refusal.actor, refusal.detail["what"]) == (admin_user, "end the grace period of this key")
+        from django.contrib.auth.models import Permission
+
+        viewer = make_user(Role.EMPLOYEE, is_staff=True)
+        viewer.user_permissions.add(Permission.objects.get(codename="view_apikey"))
+        client.force_login(viewer)
+        self.end_in_admin(client, key)
+        assert ApiKey.objects.get(pk=key.pk).previous_secret_accepted
+        assert not AuditEvent.objects.filter(action="apikey.grace_ended").exists()
+
+    def test_command_stops_the_old_secret_and_says_when_it_was_last_used(self, issued):
+        key, old_raw = issued
+        with pytest.raises(CommandError, match="no old secret"):
+            call_command("end_api_key_grace", key.prefix, stdout=io.StringIO())
+        new_raw = api_key_rotate(key=key, actor=None, grace_seconds=HOUR)
+        out = io.StringIO()
+        call_command("end_api_key_grace", f"gw_{key.prefix}_…", stdout=out)
+        assert "not used since the rotation" in out.getvalue() and new_raw not in out.getvalue()
+        assert post(old_raw).status_code == 401 and post(new_raw).status_code == 202
+        assert AuditEvent.objects.get(action="apikey.grace_ended").actor is None
+        for unknown in ("00000000", "", "%"):
+            with pytest.raises(CommandError, match="No API key"):
+                call_command("end_api_key_grace", unknown, stdout=io.StringIO())
+
+
 def test_a_prefix_reused_as_a_current_one_names_that_key(customer, issued):
     """seed_demo derives its keys' prefixes: a demo key created again after the old one was rotated
     holds as its current prefix what the rotated key holds as its previous one."""
