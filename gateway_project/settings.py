@@ -9,6 +9,7 @@ import importlib.util
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 from gateway_project import plain, secret_key
 
@@ -359,6 +360,19 @@ GATEWAY_QUOTA_DEFAULT_MAX_TOKENS = env.int("GATEWAY_QUOTA_DEFAULT_MAX_TOKENS", d
 # GATEWAY_QUOTA_BUSY_RETRY_SECONDS (docs/limits.md).
 GATEWAY_QUOTA_BUSY_WAIT_SECONDS = env.float("GATEWAY_QUOTA_BUSY_WAIT_SECONDS", default=30.0)
 GATEWAY_QUOTA_BUSY_RETRY_SECONDS = env.int("GATEWAY_QUOTA_BUSY_RETRY_SECONDS", default=5)
+# Budget alerts (docs/limits.md): a budget reaching each of these percents of its limit in a period
+# is recorded once (admin: Budget alerts) and, when a webhook is set, sent to it signed with its
+# secret, every GATEWAY_BUDGET_ALERT_SEND_SECONDS; an empty list turns alerts off.
+GATEWAY_BUDGET_ALERT_PERCENTS = env.list("GATEWAY_BUDGET_ALERT_PERCENTS", cast=int, default=[80, 100])
+GATEWAY_BUDGET_ALERT_WEBHOOK_URL = env.str("GATEWAY_BUDGET_ALERT_WEBHOOK_URL", default="")
+GATEWAY_BUDGET_ALERT_WEBHOOK_SECRET = env.str("GATEWAY_BUDGET_ALERT_WEBHOOK_SECRET", default="")
+GATEWAY_BUDGET_ALERT_SEND_SECONDS = env.float("GATEWAY_BUDGET_ALERT_SEND_SECONDS", default=10.0)
+GATEWAY_BUDGET_ALERT_MAX_ATTEMPTS = env.int("GATEWAY_BUDGET_ALERT_MAX_ATTEMPTS", default=12)
+if any(not 0 < percent <= 100 for percent in GATEWAY_BUDGET_ALERT_PERCENTS):
+    raise ImproperlyConfigured("GATEWAY_BUDGET_ALERT_PERCENTS: whole percents from 1 to 100, e.g. 80,100.")
+if GATEWAY_BUDGET_ALERT_WEBHOOK_URL and len(GATEWAY_BUDGET_ALERT_WEBHOOK_SECRET) < 16:
+    raise ImproperlyConfigured("GATEWAY_BUDGET_ALERT_WEBHOOK_URL needs GATEWAY_BUDGET_ALERT_WEBHOOK_SECRET "
+                               "(16 characters or more): the receiver checks each alert's signature with it.")
 GATEWAY_LIMIT_KEY_PREFIX = env.str("GATEWAY_LIMIT_KEY_PREFIX", default="gw")
 # Redis unreachable: request rates let traffic through, budgets refuse (money is at stake).
 GATEWAY_RATE_LIMIT_FAIL_OPEN = env.bool("GATEWAY_RATE_LIMIT_FAIL_OPEN", default=True)
@@ -468,6 +482,8 @@ CELERY_BEAT_SCHEDULE["logs.flush_request_logs"] = {
 }
 CELERY_BEAT_SCHEDULE["logs.rollup_daily"] = {"task": "logs.rollup_daily", "schedule": GATEWAY_LOG_ROLLUP_SECONDS}
 CELERY_BEAT_SCHEDULE["logs.purge_old_logs"] = {"task": "logs.purge_old_logs", "schedule": GATEWAY_LOG_PURGE_SECONDS}
+CELERY_BEAT_SCHEDULE["quotas.send_budget_alerts"] = {"task": "quotas.send_budget_alerts",
+                                                     "schedule": GATEWAY_BUDGET_ALERT_SEND_SECONDS}
 
 # --- Logging --------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

@@ -25,8 +25,9 @@ def as_setting(raw: str, default):
     """``raw`` read the way django-environ reads it into a value of ``default``'s type."""
     if isinstance(default, bool):
         return raw.lower() in ("1", "true", "yes", "on")
-    if isinstance(default, list):
-        return [item.strip() for item in raw.split(",") if item.strip()]
+    if isinstance(default, list):  # of the default's items' type (GATEWAY_BUDGET_ALERT_PERCENTS: ints)
+        cast = type(default[0]) if default else str
+        return [cast(item.strip()) for item in raw.split(",") if item.strip()]
     return type(default)(raw) if isinstance(default, (int, float)) else raw
 
 

@@ -24,6 +24,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from apps.conversations.models import Direction, Message, Status
+from apps.quotas import alerts
 from apps.quotas.budgets import settle_unsettled
 
 from . import hooks
@@ -162,6 +163,7 @@ def _recover_forever() -> None:
         try:
             requeue_stuck_messages()
             settle_unsettled_usage()
+            alerts.send_due()  # celery beat's quotas.send_budget_alerts, where there is no beat
         except Exception:
             logger.exception("recovery failed")
         finally:

@@ -46,6 +46,7 @@ _ADMIN = [
     "guardian.view_userobjectpermission", "guardian.change_userobjectpermission",
     "guardian.view_groupobjectpermission", "guardian.change_groupobjectpermission",
     "logs.view_auditevent",
+    "quotas.view_budgetalert",
 ]
 
 ROLE_PERMISSIONS: dict[str, list[str]] = {

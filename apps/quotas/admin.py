@@ -18,9 +18,10 @@ from apps.identities.roles import ROLE_ORDER
 from apps.identities.scoped_pickers import UsablePickers
 from apps.logs.services import audit
 
+from .alerts import amount_text
 from .ceiling import policy_change_beyond_own, reset_beyond_own
 from .limits import RateCheck
-from .models import IpRule, QuotaPolicy, UsageDaily, UserQuota
+from .models import BudgetAlert, IpRule, QuotaPolicy, UsageDaily, UserQuota
 from .policies import user_limits
 from .selectors import budget_states, rate_state, usage_totals
 from .services import quota_reset
@@ -204,6 +205,41 @@ class UsageDailyAdmin(UsableChannelsOrNone, UsablePickers, DateHierarchyAdmin, a
     search_fields = ("user__username",)
     date_hierarchy = "date"
     list_select_related = ("user", "api_key", "channel")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(UsableChannelsOrNone, UsablePickers, DateHierarchyAdmin, admin.ModelAdmin):
+    """Budgets that reached an alert percent of their limit (GATEWAY_BUDGET_ALERT_PERCENTS), and
+    whether each went out to the webhook: read-only. Staff find those of channels they may use,
+    and of users and keys."""
+
+    list_display = ("created_at", "user", "api_key", "channel", "budget", "percent", "used_of_limit", "delivery")
+    list_filter = ("percent", "meter", "period", "channel")
+    search_fields = ("user__username", "subject")
+    date_hierarchy = "created_at"
+    list_select_related = ("user", "api_key", "channel")
+
+    @admin.display(description="budget")
+    def budget(self, obj) -> str:
+        return f"{obj.meter} per {obj.period} from {obj.period_start:%Y-%m-%d}"
+
+    @admin.display(description="used / limit")
+    def used_of_limit(self, obj) -> str:
+        return f"{amount_text(obj.meter, obj.used)} / {amount_text(obj.meter, obj.limit)}"
+
+    @admin.display(description="webhook")
+    def delivery(self, obj) -> str:
+        if obj.sent_at:
+            return f"sent {obj.sent_at:%Y-%m-%d %H:%M:%S} UTC"
+        if not obj.attempts:
+            return "not sent (no webhook set)" if obj.next_attempt_at is None else "due"
+        return f"not sent after {obj.attempts} attempts: {obj.last_error}"
 
     def has_add_permission(self, request) -> bool:
         return False

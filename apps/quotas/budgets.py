@@ -39,6 +39,7 @@ from django.db.models import Sum
 from apps.core.errors import GatewayError, LLMError, QuotaExceeded, ServiceUnavailable
 from gateway_project.db import Statement, stored, through_outage
 
+from . import alerts
 from .ledger import ADMITTED, MISSING, CounterCall, get_ledger
 from .metrics import count_backend_error, count_rejection
 from .models import Period, QuotaCredit, UnsettledUsage, UsageDaily
@@ -243,7 +244,9 @@ def settle_model_call(reservation: Reservation, result, *, write_usage: bool = T
     cost = model_cost(reservation.model, prompt, completion)
     if reservation.counters:
         amounts = [total if c.meter == "tokens" else to_micros(cost) for c in reservation.counters]
-        _settle(reservation, amounts)
+        used_after = _settle(reservation, amounts)
+        if used_after is not None and settings.GATEWAY_BUDGET_ALERT_PERCENTS:
+            alerts.record(alerts.crossed(reservation.counters, amounts, used_after))
     upsert = usage_upsert(
         user_id=reservation.user_id, api_key_id=reservation.api_key_id, channel_id=reservation.channel_id,
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=total, cost=cost,
@@ -283,14 +286,18 @@ def release_model_call(reservation: Reservation) -> None:
         _settle(reservation, [0] * len(reservation.counters))
 
 
-def _settle(reservation: Reservation, amounts: list[int]) -> None:
+def _settle(reservation: Reservation, amounts: list[int]) -> list[int | None] | None:
+    """Book ``amounts``: each counter's used amount after (None where nothing was booked), or None
+    when the store could not be reached."""
     try:
-        get_ledger().settle([c.key for c in reservation.counters], reservation_id=reservation.id, amounts=amounts)
+        return get_ledger().settle([c.key for c in reservation.counters], reservation_id=reservation.id,
+                                   amounts=amounts)
     except Exception as exc:
         # The usage still reaches the daily rollup; the counters are re-seeded from it once the store
         # is back (settle_unsettled), whether or not the store kept them.
         count_backend_error("budget_settle", "deferred", exc)
         reservation.unsettled = any(amounts)
+        return None
 
 
 # --- reservations kept while their call runs -------------------------------------------------

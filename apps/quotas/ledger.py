@@ -109,10 +109,14 @@ return {1}
 # settled until when they are remembered). ARGV: reservation id, now, until when this settlement is
 # remembered, then per counter the usage to book. A reservation settled already is not booked
 # again: the same settlement run again (its reply was lost, the pool retried) changes nothing.
+# Returns per counter its used amount after booking, or -1 where nothing was booked (settled
+# already, or no counter).
 SETTLE_LUA = """
 local rid, now, keep = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local out = {}
 for i = 1, #KEYS / 3 do
   local h, z, done = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  out[i] = -1
   redis.call('ZREMRANGEBYSCORE', done, '-inf', now)
   if not redis.call('ZSCORE', done, rid) then
     local amount = redis.call('HGET', h, 'r:' .. rid)
@@ -121,12 +125,12 @@ for i = 1, #KEYS / 3 do
       redis.call('HDEL', h, 'r:' .. rid)
     end
     redis.call('ZREM', z, rid)
-    if redis.call('EXISTS', h) == 1 then redis.call('HINCRBY', h, 'used', ARGV[3 + i]) end
+    if redis.call('EXISTS', h) == 1 then out[i] = redis.call('HINCRBY', h, 'used', ARGV[3 + i]) end
     redis.call('ZADD', done, keep, rid)
     redis.call('EXPIREAT', done, keep)
   end
 end
-return 1
+return out
 """
 
 # KEYS: per (counter, reservation), the counter's reservation-expiry zset. ARGV: the new expiry, then
@@ -247,10 +251,12 @@ class RedisLedger:
             return Admission(REFUSED, refused_index=reply[1] - 1, spent=bool(reply[2]))
         return Admission(ADMITTED)
 
-    def settle(self, keys: list[str], *, reservation_id: str, amounts: list[int]) -> None:
+    def settle(self, keys: list[str], *, reservation_id: str, amounts: list[int]) -> list[int | None]:
+        """Book ``amounts``; returns each counter's used amount after, None where nothing was booked."""
         now = time.time()
-        self._settle(keys=[k for key in keys for k in (key, _zkey(key), _settled_key(key))],
-                     args=[reservation_id, now, int(now) + SETTLED_KEPT_SECONDS, *amounts])
+        used = self._settle(keys=[k for key in keys for k in (key, _zkey(key), _settled_key(key))],
+                            args=[reservation_id, now, int(now) + SETTLED_KEPT_SECONDS, *amounts])
+        return [None if u == -1 else int(u) for u in used]
 
     def renew(self, reservations: list[tuple[list[str], str]], *, expires_at: float) -> int:
         """Push the expiry of these (counter keys, reservation id) to ``expires_at``, where they are
@@ -334,16 +340,20 @@ class LocalLedger:
                     entry["res"][reservation_id] = (c.amount, reservation_expires_at)
             return Admission(ADMITTED)
 
-    def settle(self, keys: list[str], *, reservation_id: str, amounts: list[int]) -> None:
+    def settle(self, keys: list[str], *, reservation_id: str, amounts: list[int]) -> list[int | None]:
         with self._lock:
+            used = []
             for key, amount in zip(keys, amounts, strict=True):
                 entry = self._counters.get(key)
                 if entry is None:
+                    used.append(None)
                     continue
                 held = entry["res"].pop(reservation_id, None)
                 if held is not None:
                     entry["reserved"] -= held[0]
                 entry["used"] += amount
+                used.append(entry["used"])
+            return used
 
     def renew(self, reservations: list[tuple[list[str], str]], *, expires_at: float) -> int:
         with self._lock:

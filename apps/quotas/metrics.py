@@ -17,6 +17,11 @@ LIMIT_BACKEND_ERRORS = Counter(
     "Limit checks that could not reach their store (Redis), by limit kind and the outcome chosen.",
     ["limit", "outcome"],
 )
+BUDGET_ALERTS = Counter(
+    "gateway_budget_alerts_total",
+    "Budgets that reached an alert percent of their limit (GATEWAY_BUDGET_ALERT_PERCENTS), by meter and period.",
+    ["meter", "period", "percent"],
+)
 
 
 def count_rejection(code: str, channel=None, *, limit: str = "") -> None:
@@ -28,3 +33,8 @@ def count_rejection(code: str, channel=None, *, limit: str = "") -> None:
 def count_backend_error(limit: str, outcome: str, exc: Exception) -> None:
     LIMIT_BACKEND_ERRORS.labels(limit=limit, outcome=outcome).inc()
     logger.warning("limit store unavailable", extra={"limit": limit, "outcome": outcome, "error": repr(exc)})
+
+
+
+def count_budget_alert(meter: str, period: str, percent: int) -> None:
+    BUDGET_ALERTS.labels(meter=meter, period=period, percent=str(percent)).inc()

@@ -254,3 +254,41 @@ class UnsettledUsage(models.Model):
 
     def __str__(self) -> str:
         return f"unsettled since {self.created_at:%Y-%m-%d %H:%M:%S}: {len(self.counter_keys)} counters"
+
+
+class BudgetAlert(models.Model):
+    """A budget reached one of GATEWAY_BUDGET_ALERT_PERCENTS of its limit in a period. Recorded by the
+    settlement that crossed the mark, once per budget, period and percent; sent to
+    GATEWAY_BUDGET_ALERT_WEBHOOK_URL, when one is set, by ``quotas.send_budget_alerts`` (apps.quotas.alerts)."""
+
+    counter = models.CharField(max_length=200, editable=False, help_text="The budget and period: its live counter.")
+    percent = models.PositiveSmallIntegerField()
+    subject = models.CharField(max_length=80, help_text='e.g. "user:<uuid>", "api_key:7", "channel:2"')
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        "identities.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    channel = models.ForeignKey(
+        "connectors.Channel", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    meter = models.CharField(max_length=16, help_text="tokens, or cost (in millionths of the price currency)")
+    period = models.CharField(max_length=8, choices=Period.choices)
+    period_start = models.DateField()
+    limit = models.BigIntegerField()
+    used = models.BigIntegerField(help_text="Used once the call that crossed the mark was booked.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Delivery to the webhook (none set: nothing is sent, and these stay empty).
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.UniqueConstraint(fields=["counter", "percent"], name="budget_alert_once_per_period")]
+        indexes = [models.Index(fields=["sent_at", "next_attempt_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.subject} reached {self.percent}% of its {self.meter} per {self.period}"

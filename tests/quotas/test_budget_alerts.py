@@ -1,0 +1,214 @@
+"""Budget alerts: a budget reaching GATEWAY_BUDGET_ALERT_PERCENTS of its limit is recorded once, by
+the model call that passed the mark, and sent, signed, to the webhook when one is set."""
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from apps.agents.runtime import agent_run
+from apps.conversations import pipeline
+from apps.conversations.normalized import NormalizedMessage
+from apps.identities.roles import Role
+from apps.quotas import alerts, budgets
+from apps.quotas.ledger import CounterCall
+from apps.quotas.models import BudgetAlert
+
+FAR = 4_000_000_000
+SECRET = "a-test-webhook-secret-of-some-length"
+
+
+def send(channel, user, text="hello"):
+    msg = NormalizedMessage(channel=channel.kind, channel_id=channel.slug, user_id=str(user.pk), message=text)
+    return pipeline.accept(msg, channel=channel, principal=user).message
+
+
+def spend(message, model, tokens: int):
+    """One model call of ``message`` that used ``tokens``, reserved and settled as a run does."""
+    reservation = budgets.reserve_model_call(message, model, [{"role": "user", "content": "x"}], max_tokens=1)
+    result = SimpleNamespace(prompt_tokens=tokens, completion_tokens=0, total_tokens=tokens)
+    budgets.settle_model_call(reservation, result)
+    return reservation
+
+
+class TestTheLedgerSaysWhatWasUsed:
+    def test_settle_returns_each_counters_use_after_and_nothing_for_a_repeat(self, ledger, settings):
+        key = f"{settings.GATEWAY_LIMIT_KEY_PREFIX}:alert-test:{os.getpid()}:a"
+        ledger.forget([key])
+        ledger.admit([CounterCall(key, 100, 60, FAR, seed=10)], reservation_id="r1", now=1000,
+                     reservation_expires_at=2000)
+        assert ledger.settle([key, key + ":missing"], reservation_id="r1", amounts=[25, 5]) == [35, None]
+        if type(ledger).__name__ == "RedisLedger":  # the embedded ledger is never asked twice
+            assert ledger.settle([key], reservation_id="r1", amounts=[25]) == [None]
+
+    def test_concurrent_settlements_pass_each_mark_once(self, ledger, settings):
+        settings.GATEWAY_BUDGET_ALERT_PERCENTS = [50, 80, 100]
+        key = f"{settings.GATEWAY_LIMIT_KEY_PREFIX}:alert-test:{os.getpid()}:b"
+        ledger.forget([key])
+        counter = SimpleNamespace(key=key, limit=1000)
+
+        def one_call(n):
+            rid = f"r{n}"
+            ledger.admit([CounterCall(key, 1000, 1, FAR, seed=0)], reservation_id=rid, now=1000,
+                         reservation_expires_at=2000)
+            return alerts.crossed([counter], [70], ledger.settle([key], reservation_id=rid, amounts=[70]))
+
+        with ThreadPoolExecutor(8) as pool:
+            crossings = [c for found in pool.map(one_call, range(20)) for c in found]
+        assert sorted(c.percent for c in crossings) == [50, 80, 100]  # 20 × 70 = 1,400: each mark passed once
+        assert {c.percent: c.used for c in crossings} == {50: 560, 80: 840, 100: 1050}
+
+
+@pytest.mark.django_db
+class TestRecorded:
+    def test_each_mark_is_recorded_once_by_the_call_that_passes_it(self, api_channel, customer, policy, llm_model,
+                                                                 django_capture_on_commit_callbacks):
+        policy("user", customer, tokens_per_day=1000)
+        message = send(api_channel, customer)
+        with django_capture_on_commit_callbacks(execute=True):
+            spend(message, llm_model, 500)
+            assert not BudgetAlert.objects.exists()
+            spend(message, llm_model, 350)  # 850: past 80%
+            spend(message, llm_model, 100)  # 950
+            spend(message, llm_model, 100)  # 1,050: past 100%
+        rows = list(BudgetAlert.objects.order_by("percent").values_list("percent", "used", "limit", "user_id",
+                                                                         "meter", "period"))
+        assert rows == [(80, 850, 1000, customer.pk, "tokens", "day"), (100, 1050, 1000, customer.pk, "tokens", "day")]
+        assert all(a.next_attempt_at is None for a in BudgetAlert.objects.all())  # no webhook: nothing to send
+
+    def test_one_call_past_both_marks_records_both_and_a_repeat_records_none(
+            self, api_channel, customer, policy, llm_model, django_capture_on_commit_callbacks):
+        policy("user", customer, tokens_per_day=100)
+        message = send(api_channel, customer)
+        with django_capture_on_commit_callbacks(execute=True):
+            reservation = spend(message, llm_model, 120)
+            alerts.record(alerts.crossed(reservation.counters, [120], [120]))  # as if the settle ran again
+        assert sorted(BudgetAlert.objects.values_list("percent", flat=True)) == [80, 100]
+
+    def test_alerts_off_when_no_percents_are_set(self, api_channel, customer, policy, llm_model, settings,
+                                                 django_capture_on_commit_callbacks):
+        settings.GATEWAY_BUDGET_ALERT_PERCENTS = []
+        policy("user", customer, tokens_per_day=100)
+        with django_capture_on_commit_callbacks(execute=True):
+            spend(send(api_channel, customer), llm_model, 120)
+        assert not BudgetAlert.objects.exists()
+
+    def test_an_agent_run_past_the_key_and_channel_budgets_records_theirs(
+            self, api_channel, customer, policy, agent, key_client, django_capture_on_commit_callbacks):
+        client, key = key_client(customer)
+        policy("api_key", key, tokens_per_month=1)
+        policy("channel", api_channel, tokens_per_day=1_000_000)
+        accepted = client.post("/api/v1/messages", {"message": "hello"}, format="json")
+        assert accepted.status_code == 202
+        with django_capture_on_commit_callbacks(execute=True):
+            agent_run(accepted.json()["message_id"])
+        alerted = set(BudgetAlert.objects.values_list("subject", "percent", "api_key_id", "period"))
+        assert alerted == {(f"api_key:{key.pk}", 80, key.pk, "month"), (f"api_key:{key.pk}", 100, key.pk, "month")}
+
+
+class Hook(BaseHTTPRequestHandler):
+    """A webhook receiver: records each POST; answers the statuses queued in ``server.statuses``."""
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received.append((dict(self.headers), body))
+        status = self.server.statuses.pop(0) if self.server.statuses else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hook(settings):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    server.received, server.statuses = [], []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings.GATEWAY_BUDGET_ALERT_WEBHOOK_URL = f"http://127.0.0.1:{server.server_port}/alerts?token=t0ken"
+    settings.GATEWAY_BUDGET_ALERT_WEBHOOK_SECRET = SECRET
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.django_db
+class TestSent:
+    def test_sent_once_signed_with_what_staff_need(self, hook, api_channel, customer, policy, llm_model, caplog,
+                                                   django_capture_on_commit_callbacks):
+        policy("user", customer, tokens_per_day=1000)
+        with django_capture_on_commit_callbacks(execute=True):
+            spend(send(api_channel, customer), llm_model, 900)
+        assert alerts.send_due() == 1
+        assert alerts.send_due() == 0  # sent: not again
+        (headers, body), = hook.received
+        signed = hmac.new(SECRET.encode(), headers["X-Gateway-Timestamp"].encode() + b"." + body,
+                          hashlib.sha256).hexdigest()
+        assert headers["X-Gateway-Signature"] == f"sha256={signed}"
+        alert = json.loads(body)
+        assert {k: alert[k] for k in ("type", "meter", "period", "percent", "limit", "used")} == {
+            "type": "budget.threshold_reached", "meter": "tokens", "period": "day", "percent": 80,
+            "limit": "1000", "used": "900"}
+        assert alert["subject"] == {"type": "user", "id": str(customer.pk), "name": customer.username}
+        assert BudgetAlert.objects.get().sent_at is not None
+        assert SECRET not in caplog.text and SECRET not in body.decode()
+
+    def test_a_failed_send_is_tried_again_later_then_given_up(self, hook, api_channel, customer, policy, llm_model,
+                                                               settings, django_capture_on_commit_callbacks):
+        settings.GATEWAY_BUDGET_ALERT_MAX_ATTEMPTS = 2
+        policy("user", customer, tokens_per_day=1000)
+        with django_capture_on_commit_callbacks(execute=True):
+            spend(send(api_channel, customer), llm_model, 900)
+        hook.statuses = [500, 503]
+        assert alerts.send_due() == 0
+        alert = BudgetAlert.objects.get()
+        assert (alert.attempts, alert.sent_at) == (1, None)
+        assert alert.last_error == f"HTTP 500 from 127.0.0.1:{hook.server_port}"
+        assert "t0ken" not in alert.last_error  # the URL's query is never written down
+        assert alerts.send_due() == 0 and len(hook.received) == 1  # not due yet
+        BudgetAlert.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+        assert alerts.send_due() == 0 and len(hook.received) == 2
+        BudgetAlert.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+        assert alerts.send_due() == 0 and len(hook.received) == 2  # its attempts are used up
+        assert BudgetAlert.objects.get().attempts == 2
+
+    def test_a_channel_limits_alerts_to_staff_who_may_use_it(self, hook, client, make_user, api_channel, customer,
+                                                             policy, llm_model, django_capture_on_commit_callbacks):
+        from django.contrib.auth.models import Permission
+
+        policy("channel", api_channel, tokens_per_day=1000)
+        with django_capture_on_commit_callbacks(execute=True):
+            spend(send(api_channel, customer), llm_model, 900)
+        api_channel.visibility = "admin"
+        api_channel.save(update_fields=["visibility"])
+        staff = make_user(Role.EMPLOYEE, is_staff=True)  # may not use an admin channel
+        staff.user_permissions.add(Permission.objects.get(codename="view_budgetalert"))
+        client.force_login(staff)
+        listed = client.get(reverse("admin:quotas_budgetalert_changelist"))
+        assert listed.status_code == 200 and "0 budget alerts" in listed.content.decode()
+        admin = make_user(Role.ADMIN, is_staff=True, is_superuser=True)
+        client.force_login(admin)
+        page = client.get(reverse("admin:quotas_budgetalert_changelist")).content.decode()
+        assert "1 budget alert" in page and "900 / 1000" in page and "due" in page
+
+
+@pytest.mark.parametrize("env, complaint", [
+    ({"GATEWAY_BUDGET_ALERT_PERCENTS": "80,150"}, "whole percents from 1 to 100"),
+    ({"GATEWAY_BUDGET_ALERT_WEBHOOK_URL": "https://hooks.example/alerts"}, "needs GATEWAY_BUDGET_ALERT_WEBHOOK_SECRET"),
+])
+def test_settings_refuse_what_cannot_work(env, complaint):
+    done = subprocess.run([sys.executable, "manage.py", "check"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+    assert done.returncode != 0 and complaint in done.stderr
