@@ -209,7 +209,7 @@ def key_may_read(api_key, conversation: Conversation) -> bool:
 
 
 class ConversationMessagesApi(ApiIpRulesMixin, APIView):
-    """The messages of one of the caller's own conversations, on a channel they may use, oldest first."""
+    """The newest messages of one of the caller's own conversations, on a channel they may use, oldest first."""
 
     @extend_schema(responses={200: ConversationMessageSerializer(many=True), 404: ErrorSerializer})
     def get(self, request, conversation_id):
@@ -217,8 +217,9 @@ class ConversationMessagesApi(ApiIpRulesMixin, APIView):
         if (conversation is None or not user_may_read(request.user, conversation)
                 or not key_may_read(request.auth, conversation)):
             raise NotFound("No such conversation.")
+        # The newest ones (a long conversation's first ones would hide every later reply), oldest first.
         limit = settings.GATEWAY_HISTORY_MESSAGES * 10
-        messages = conversation.messages.order_by("created_at")[:limit]
+        messages = list(conversation.messages.order_by("-created_at")[:limit])[::-1]
         return Response({
             "conversation_id": str(conversation.id),
             "messages": ConversationMessageSerializer(messages, many=True).data,

@@ -202,6 +202,15 @@ class TestConversationMessages:
         assert response.status_code == 200
         assert [m["message"] for m in response.json()["messages"]] == ["one", "two"]
 
+    def test_a_long_conversation_shows_its_newest_messages(self, client, settings):
+        """Past the window, the latest message (and so a reply read later) is still shown."""
+        settings.GATEWAY_HISTORY_MESSAGES = 1  # a window of 10 messages
+        conversation_id = client.post(URL, {"message": "m0"}, format="json").json()["conversation_id"]
+        for i in range(1, 12):
+            client.post(URL, {"message": f"m{i}", "conversation_id": conversation_id}, format="json")
+        response = client.get(f"/api/v1/conversations/{conversation_id}/messages")
+        assert [m["message"] for m in response.json()["messages"]] == [f"m{i}" for i in range(2, 12)]
+
     def test_another_user_gets_404(self, client, client_for, outsider):
         first = client.post(URL, {"message": "secret"}, format="json").json()
         response = client_for(outsider).get(f"/api/v1/conversations/{first['conversation_id']}/messages")
