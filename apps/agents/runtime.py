@@ -18,6 +18,9 @@ import logging
 from django.db.models import Q
 
 from apps.conversations.models import Direction, Message, Status
+from apps.core.errors import Forbidden
+from apps.identities.models import api_key_by_id
+from apps.identities.permissions import user_may_act
 from apps.logs.structured import message_id_var, request_id_var
 from gateway_project.db import is_database_outage, through_outage
 
@@ -115,6 +118,9 @@ def _answer(message: Message, *, wait_for_budget: bool = False) -> Message | Non
     if message.agent is None:  # deleted since the message was routed to it (a retry or recovery)
         fail_message(message, llm.LLMError("agent_unavailable", "The agent this message went to was deleted."))
         return None
+    if (refused := sender_refused(message)) is not None:
+        fail_message(message, refused)
+        return None
     connector = message.channel.connector
     prompt = build_prompt(message)
     on_delta = on_reset = None
@@ -143,6 +149,20 @@ def _answer(message: Message, *, wait_for_budget: bool = False) -> Message | Non
         return None
     deliver(reply, inbound=message, then_start_next=True)
     return reply
+
+
+def sender_refused(message: Message) -> llm.LLMError | None:
+    """Why a message accepted earlier may no longer be answered: its sender was blocked or disabled,
+    or the API key it came with revoked or expired, meanwhile. Its queue then spends nothing more."""
+    if message.sender is not None and not user_may_act(message.sender):
+        error = Forbidden("This account may no longer be answered.")
+    elif message.api_key_id is not None and not getattr(api_key_by_id(message.api_key_id), "is_usable", False):
+        error = Forbidden("The API key this message came with is revoked or expired.")
+    else:
+        return None
+    refused = llm.LLMError("sender_refused", error.message)
+    refused.gateway_error = error  # what the sender is told (delivery.fail_message)
+    return refused
 
 
 def _unless_stopping(send, *args) -> None:

@@ -94,6 +94,14 @@ def user_by_id(pk) -> User | None:
     return cached_copy("user_by_id", pk, lambda: User.objects.filter(pk=pk).first())
 
 
+def api_key_by_id(pk) -> ApiKey | None:
+    """The API key with primary key ``pk`` (a worker answering a message it brought), kept per
+    process as ``user_by_id``: a revocation reaches the workers within GATEWAY_CONFIG_CHECK_SECONDS."""
+    from gateway_project.config_cache import cached_copy
+
+    return cached_copy("api_key_by_id", pk, lambda: ApiKey.objects.filter(pk=pk).first())
+
+
 def hash_api_key(raw_key: str) -> str:
     """API keys carry 256 bits of randomness, so one SHA-256 is the right hash (no salt/KDF)."""
     return hashlib.sha256(raw_key.encode()).hexdigest()

@@ -6,6 +6,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.db import connection
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from apps.agents.claims import claim, release_claim
 from apps.agents.delivery import save_reply
@@ -118,6 +119,31 @@ class TestAgentRun:
         told = error_from_event(events[0])
         retold = error_from_event(async_to_sync(stored_reply_within)(message.id, 1))
         assert (retold.status, retold.code, retold.message) == (told.status, "agent_failed", told.message)
+
+    @pytest.mark.parametrize("withdrawn", ["revoked", "expired", "blocked", "disabled"])
+    def test_a_message_queued_before_its_key_or_sender_was_refused_is_not_answered(
+            self, api_channel, customer, api_key_for, fake_llm, withdrawn):
+        """A revoked key's (or a blocked sender's) queue must not keep spending on the model."""
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_key_for(customer)}")
+        accepted = client.post("/api/v1/messages", {"message": "queued before"}, format="json")
+        assert accepted.status_code == 202
+        message = Message.objects.get(pk=accepted.json()["message_id"])
+        listener = Listener.waiting_for(message)
+        key = message.api_key
+        if withdrawn in ("revoked", "expired"):
+            setattr(key, {"revoked": "revoked_at", "expired": "expires_at"}[withdrawn], timezone.now())
+            key.save()
+        else:
+            customer.blocked_at = timezone.now() if withdrawn == "blocked" else None
+            customer.is_active = withdrawn != "disabled"
+            customer.save()
+        before = fake_llm.stats()["requests"]
+        assert agent_run(message.id) is None
+        message.refresh_from_db()
+        assert (message.status, message.error_code) == ("failed", "sender_refused")
+        assert fake_llm.stats()["requests"] == before and not LLMCall.objects.filter(message=message).exists()
+        assert [e["type"] for e in listener.drain()] == ["agent.error"]
 
     def test_web_chat_streams_deltas_then_the_reply(self, webchat_channel, customer):
         message = send(webchat_channel, customer, "stream this please")
