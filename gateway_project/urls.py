@@ -6,7 +6,7 @@ from apps.connectors.embed import widget_session
 from apps.connectors.views import chat_page
 from apps.connectors.webhooks import channel_webhook
 from apps.conversations.apis import ConversationMessagesApi, MessageCreateApi
-from apps.conversations.openai_face import ChatCompletionsApi, ModelsApi
+from apps.conversations.openai_face import ChatCompletionsApi, ModelDetailApi, ModelsApi
 from apps.logs.health import healthz, readyz
 from apps.logs.metrics import metrics_view
 from apps.quotas.apis import UsageApi
@@ -22,6 +22,7 @@ urlpatterns = [
     ),
     path("v1/chat/completions", ChatCompletionsApi.as_view(), name="openai-chat-completions"),
     path("v1/models", ModelsApi.as_view(), name="openai-models"),
+    path("v1/models/<str:model>", ModelDetailApi.as_view(), name="openai-model"),
     path("api/v1/channels/<slug:slug>/webhook", channel_webhook, name="channel-webhook"),
     path("api/v1/usage", UsageApi.as_view(), name="api-usage"),
     path("api/v1/schema", SpectacularAPIView.as_view(), name="api-schema"),

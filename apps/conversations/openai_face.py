@@ -28,6 +28,7 @@ from apps.agents.models import Agent
 from apps.core.client_ip import client_ip_for_request
 from apps.core.errors import (
     AgentFailed,
+    AgentUnavailable,
     AnswerReplaced,
     BadRequest,
     ReplyTimeout,
@@ -243,16 +244,31 @@ async def _sse(waiter: ReplyWaiter, completion_id: str, created: int, model: str
         await waiter.__aexit__(None, None, None)
 
 
+def usable_agents(request, **filters) -> list[Agent]:
+    """The enabled agents the caller and their API key may use."""
+    return [a for a in Agent.objects.filter(enabled=True, **filters).order_by("slug")
+            if user_can_use_agent(request.user, a) and api_key_allows_agent(request.auth, a)]
+
+
+def model_object(agent: Agent) -> dict:
+    return {"id": agent.slug, "object": "model", "created": int(agent.created_at.timestamp()), "owned_by": "gateway"}
+
+
 class ModelsApi(OpenAIErrorsMixin, ApiIpRulesMixin, APIView):
     """The agents the caller's API key may use, as OpenAI models."""
 
     @extend_schema(responses={200: dict})
     def get(self, request):
-        agents = [
-            a for a in Agent.objects.filter(enabled=True).order_by("slug")
-            if user_can_use_agent(request.user, a) and api_key_allows_agent(request.auth, a)
-        ]
-        return Response({"object": "list", "data": [
-            {"id": a.slug, "object": "model", "created": int(a.created_at.timestamp()), "owned_by": "gateway"}
-            for a in agents
-        ]})
+        return Response({"object": "list", "data": [model_object(a) for a in usable_agents(request)]})
+
+
+class ModelDetailApi(OpenAIErrorsMixin, ApiIpRulesMixin, APIView):
+    """One of those models (``client.models.retrieve``); any other name, existing or not, is the
+    same 404 ``model_not_found`` the face gives, so agent names are not disclosed."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request, model: str):
+        found = usable_agents(request, slug=model)
+        if not found:
+            raise AgentUnavailable(model)
+        return Response(model_object(found[0]))

@@ -22,6 +22,22 @@ def test_models_are_the_agents_the_key_may_use(embedded_stack):
     assert {"assistant", "internal-helper", "ops"} <= admin_models
 
 
+def test_a_model_is_retrieved_by_name_and_others_are_not_found_alike(embedded_stack):
+    """``client.models.retrieve``: a model the key may use; an admin's or a made-up one is the same
+    ``model_not_found``, in OpenAI's error shape, so agent names are not disclosed."""
+    client = client_for(embedded_stack)
+    model = client.models.retrieve("assistant")
+    assert (model.id, model.object, model.owned_by) == ("assistant", "model", "gateway")
+    answers = []
+    for name in ("ops", "no-such-agent"):
+        with pytest.raises(openai.NotFoundError) as info:
+            client.models.retrieve(name)
+        assert info.value.code == "model_not_found" and info.value.body["type"] == "invalid_request_error"
+        answers.append(info.value.body["message"].replace(repr(name), "NAME"))
+    assert answers[0] == answers[1]
+    assert client_for(embedded_stack, "admin").models.retrieve("ops").id == "ops"
+
+
 def test_completion(embedded_stack):
     completion = client_for(embedded_stack).chat.completions.create(
         model="assistant", messages=[{"role": "user", "content": "hello face"}],

@@ -9,7 +9,7 @@ from django.test import Client
 pytestmark = pytest.mark.django_db
 
 PATHS = ["/api/v1/conversations/{}/messages", "/api/v1/messages", "/chat/{}/", "/healthz", "/readyz",
-         "/api/v1/schema", "/api/v1/docs", "/admin/", "/v1/chat/completions", "/v1/models",
+         "/api/v1/schema", "/api/v1/docs", "/admin/", "/v1/chat/completions", "/v1/models", "/v1/models/{}",
          "/api/v1/channels/{}/webhook", "/dashboard/", "/metrics"]
 PARTS = ["x", "web", "api", "00000000-0000-0000-0000-000000000000", "%25", "a.b"]
 METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
