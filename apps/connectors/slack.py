@@ -1,11 +1,13 @@
 """Slack (Events API in, ``chat.postMessage`` out).
 
 In: ``X-Slack-Signature`` = ``v0=`` HMAC-SHA256 of ``v0:{timestamp}:{raw body}`` with the
-signing secret (slack_sdk's verifier), timestamps older than CONNECTOR_SIGNATURE_MAX_AGE_SECONDS
-refused; ``url_verification`` answered with its challenge; ``message`` / ``app_mention`` events
-become messages, anything from a bot (ours included) or with a subtype is dropped. The dedupe key
-is the Slack message itself (``channel:ts``), so a retried event (``X-Slack-Retry-Num``) and the
-``message`` + ``app_mention`` pair Slack sends for one mention run the agent once.
+signing secret, over the raw bytes (not slack_sdk's verifier: it decodes the body and compares
+str, and raises on bytes that are not UTF-8 or a non-ASCII signature), timestamps older than
+CONNECTOR_SIGNATURE_MAX_AGE_SECONDS refused; ``url_verification`` answered with its challenge;
+``message`` / ``app_mention`` events become messages, anything from a bot (ours included) or with
+a subtype is dropped. The dedupe key is the Slack message itself (``channel:ts``), so a retried
+event (``X-Slack-Retry-Num``) and the ``message`` + ``app_mention`` pair Slack sends for one
+mention run the agent once.
 Out: the bot token posts into the thread (``thread_ts`` = the thread's root) through slack_sdk's
 WebClient at SLACK_API_BASE_URL.
 """
@@ -19,14 +21,21 @@ from django.conf import settings
 from django.http import JsonResponse
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackRequestError
-from slack_sdk.signature import SignatureVerifier
 
 from apps.conversations.normalized import NormalizedMessage
-from apps.core.errors import BadRequest, GatewayError, Unauthenticated
+from apps.core.errors import BadRequest, GatewayError
 from apps.core.http import ConnectorError
 from gateway_project.json_limits import loads_bounded
 
-from .base import Connector, WebhookRequest, WebhookResult, check_timestamp, parse_epoch
+from .base import (
+    Connector,
+    WebhookRequest,
+    WebhookResult,
+    check_timestamp,
+    hmac_sha256_hex,
+    parse_epoch,
+    require_signature,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +64,8 @@ class SlackConnector(Connector):
     def verify(self, request: WebhookRequest) -> None:
         timestamp = request.header("X-Slack-Request-Timestamp")
         check_timestamp(timestamp)
-        verifier = SignatureVerifier(self.conf.signing_secret)
-        if not verifier.is_valid(request.body, timestamp, request.header("X-Slack-Signature")):
-            raise Unauthenticated("The request signature does not match.", reason="signature_mismatch")
+        expected = "v0=" + hmac_sha256_hex(self.conf.signing_secret, b"v0:" + timestamp.encode() + b":" + request.body)
+        require_signature(expected, request.header("X-Slack-Signature"))
 
     def parse(self, request: WebhookRequest) -> WebhookResult:
         try:

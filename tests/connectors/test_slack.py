@@ -154,3 +154,15 @@ class TestRefusals:
     def test_other_methods_are_refused(self, client, slack_channel):
         response = client.put(f"/api/v1/channels/{slack_channel.slug}/webhook", data=b"{}")
         assert_refused(response, 405, code="method_not_allowed")
+
+    @pytest.mark.parametrize("body, signature", [
+        (b'{"type": "url_verification", "challenge": "\xff"}', None),  # bytes that are not UTF-8
+        (b'{"type": "url_verification", "challenge": "x"}', "v0=\xe9"),  # a signature that is not ASCII
+    ])
+    def test_undecodable_body_or_signature_is_401_not_500(self, client, slack_channel, body, signature):
+        response = slack_post(client, slack_channel, None, body=body, secret="not-the-secret", signature=signature)
+        assert_refused(response, 401, code="unauthenticated")
+        assert_refusal_logged_and_audited(response, slack_channel, reason="signature_mismatch")
+
+    def test_a_signed_body_that_is_not_utf8_is_400(self, client, slack_channel):
+        assert_refused(slack_post(client, slack_channel, None, body=b'{"type": "\xff"}'), 400, code="invalid_request")
