@@ -14,8 +14,9 @@ In (open.feishu.cn "接收事件" / "Receive events"):
   (``bot_open_id``; any mention when it is not configured, since Feishu only pushes group messages
   that mention the bot unless the app holds the "read all group messages" scope). The mention is
   removed from the text; other mentions become ``@name``. Messages from apps are never answered.
-- Dedupe on ``header.event_id`` (Feishu redelivers until it gets a 200); the thread is the
-  message's ``root_id`` (a reply thread) or else the chat.
+- Dedupe on ``message.message_id``, not ``header.event_id``: Feishu redelivers until it gets a
+  200, and may push one message again as a new event ("如有幂等需求请使用 message_id 去重，不要
+  依赖 event_id"); the thread is the message's ``root_id`` (a reply thread) or else the chat.
 Out: ``POST /open-apis/im/v1/messages/{message_id}/reply`` with a tenant access token from
 ``/open-apis/auth/v3/tenant_access_token/internal``, kept in the Django cache until shortly before it
 expires and fetched again when Feishu says it is invalid. The reply's ``uuid`` is our reply id, so a
@@ -230,7 +231,7 @@ class FeishuConnector(Connector):
         root_id = message.get("root_id") or ""
         return NormalizedMessage(
             channel=self.kind, channel_id=self.channel.slug, user_id=open_id,
-            message=text[: settings.GATEWAY_MAX_MESSAGE_CHARS], external_id=event_id,
+            message=text[: settings.GATEWAY_MAX_MESSAGE_CHARS], external_id=message_id,
             timestamp=_epoch_ms(message.get("create_time")),
             metadata={
                 "thread_id": f"{chat_id}:{root_id}" if root_id else chat_id,

@@ -198,6 +198,20 @@ def test_a_redelivered_event_runs_the_agent_once(client, feishu_channel, django_
     assert len(queued) == 1
 
 
+def test_one_message_pushed_again_as_a_new_event_runs_the_agent_once(
+    client, feishu_channel, django_capture_on_commit_callbacks
+):
+    # Feishu: "如有幂等需求请使用 message_id 去重，不要依赖 event_id" (a message may come back as a new event).
+    event = feishu_event()
+    with django_capture_on_commit_callbacks() as queued:
+        first = feishu_post(client, feishu_channel, event)
+        event["header"]["event_id"] = "another-event-id"
+        again = feishu_post(client, feishu_channel, event, nonce="other-nonce")
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert Message.objects.get().external_id == event["event"]["message"]["message_id"]
+    assert len(queued) == 1
+
+
 def test_token_only_channel_takes_plain_events(client, token_only_channel):
     response = feishu_post(client, token_only_channel, feishu_event(), encrypt_key=None, signed=False)
     assert response.status_code == 200
