@@ -253,10 +253,16 @@ class FeishuConnector(Connector):
         """The bot's mention placeholder (``@_user_1``) removed, others replaced by ``@name``.
         Without ``bot_open_id`` the mentions the text starts with are taken to be the bot's."""
         leading = set(re.findall(r"@_user_\d+", re.match(r"^(\s*@_user_\d+)*", text).group(0)))
-        for mention in sorted(mentions, key=lambda m: len(m["key"]), reverse=True):  # @_user_10 before @_user_1
+        shown: dict[str, str] = {}  # placeholder → what replaces it (the first mention of a key wins)
+        for mention in mentions:
             bot = self._is_bot(mention) if self.conf.bot_open_id else mention["key"] in leading
             name = mention.get("name") if isinstance(mention.get("name"), str) else ""
-            text = text.replace(mention["key"], "" if bot else f"@{name[:MENTION_NAME_CHARS]}")
+            shown.setdefault(mention["key"], "" if bot else f"@{name[:MENTION_NAME_CHARS]}")
+        if shown:
+            # One pass, longest key first (@_user_10 before @_user_1): a name that holds a placeholder
+            # is never replaced again, so names cannot multiply the text mention after mention.
+            keys = re.compile("|".join(re.escape(key) for key in sorted(shown, key=len, reverse=True)))
+            text = keys.sub(lambda found: shown[found.group(0)], text)
         return re.sub(r"[ \t]{2,}", " ", text)
 
     # --- outbound -------------------------------------------------------------------------

@@ -330,6 +330,15 @@ def test_mentions_with_odd_keys_or_long_names_cannot_multiply_the_text(client, f
     assert Message.objects.get().text == f"hi @{'Z' * 64} hi"
 
 
+def test_names_holding_placeholders_are_not_replaced_again(client, feishu_channel):
+    """A name (a person's chosen display name) that holds the next mention's placeholder: replaced
+    in turn, each mention multiplied the text by 8 (2 KB of event, gigabytes of text)."""
+    mentions = [{"key": f"@_user_{i}", "id": {"open_id": f"ou_{i}"}, "name": f"@_user_{i + 1}" * 8}
+                for i in range(1, 7)]
+    feishu_post(client, feishu_channel, feishu_event(text="@_user_1 hi", chat_type="p2p", mentions=mentions))
+    assert Message.objects.get().text == "@" + "@_user_2" * 8 + " hi"
+
+
 @pytest.mark.parametrize("mentions", [5, True, {"key": "@_user_1"}, "@_user_1"])
 def test_mentions_that_are_not_a_list_are_no_mentions(client, feishu_channel, mentions):
     response = feishu_post(client, feishu_channel, feishu_event(text="hi", chat_type="p2p", mentions=mentions))
