@@ -113,7 +113,7 @@ class SlackConnector(Connector):
                 "thread_id": thread_id, "slack_channel": channel, "slack_thread_ts": reply_thread,
                 "slack_event_id": payload.get("event_id"), "slack_team": payload.get("team_id"),
             },
-            raw=payload,
+            raw={k: v for k, v in payload.items() if k != "token"},  # the app's Verification Token: a secret
         )
 
     def client(self) -> WebClient:

@@ -54,6 +54,15 @@ def test_app_mention_is_acked_at_once_and_answered_in_its_thread(
                       "text": "Echo: is it everything a river should be?", "token": "xoxb-test-bot-token"}
 
 
+def test_the_apps_verification_token_is_not_stored(client, slack_channel):
+    payload = slack_event("app_mention.json")
+    assert payload["token"]  # Slack puts the app's (legacy) Verification Token in every event
+    slack_post(client, slack_channel, payload)
+    raw = Message.objects.get().raw_payload
+    assert "token" not in raw and raw["event"] == payload["event"]
+    assert payload["token"] not in json.dumps(raw)
+
+
 def test_thread_replies_continue_the_threads_conversation(client, slack_channel, platforms):
     root = slack_event("app_mention.json")
     slack_post(client, slack_channel, root)
