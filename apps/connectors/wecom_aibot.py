@@ -14,7 +14,8 @@ text generated so far, then ``finish: true`` with the whole answer. The text liv
 cache (Redis with services), keyed by stream id: the worker writes the agent's deltas, any web
 process answers the refresh. WeCom stops refreshing 6 minutes after the message: once
 ``stream_window_seconds`` have passed, a refresh closes the stream with what is there and the final
-answer goes to the message's ``response_url`` (valid one hour, usable once, plain JSON).
+answer goes to the message's ``response_url`` (valid one hour, usable once, plain JSON), taken only
+when it lies under WECOM_API_BASE_URL.
 
 Who ends the stream is decided once, with an atomic ``cache.add`` on the stream's ``closed`` key:
 the first answer (``reply:<id>``, an agent's or a person's) or failure (``error:<message id>``)
@@ -217,6 +218,10 @@ class WeComAiBotConnector(Connector):
         if chattype == "group":
             text = LEADING_MENTION.sub("", text, count=1) or text  # "@RobotA hello" → "hello"
         response_url = data.get("response_url") if isinstance(data.get("response_url"), str) else ""
+        if response_url and not response_url.startswith(settings.WECOM_API_BASE_URL.rstrip("/") + "/"):
+            # WeCom's own API host (…/cgi-bin/aibot/response): the answer never goes where a body says.
+            logger.warning("wecom ai bot response_url outside WECOM_API_BASE_URL ignored")
+            response_url = ""
         return NormalizedMessage(
             channel=self.kind, channel_id=self.channel.slug, user_id=user,
             message=text.strip()[: settings.GATEWAY_MAX_MESSAGE_CHARS], external_id=msgid,

@@ -125,6 +125,20 @@ class TestStreamedReply:
         assert platforms.state.aibot_responses == [
             {"code": url.rsplit("=", 1)[1], "msgtype": "markdown", "markdown": {"content": "Echo: a long question"}}]
 
+    def test_a_response_url_off_the_wecom_api_gets_nothing(self, client, aibot_channel, platforms):
+        """A callback naming another host (here the stand-ins' CRM receiver, which records what it
+        gets) as its response_url: the answer is not posted there, the message is marked failed."""
+        aibot_channel.config["stream_window_seconds"] = 0.05
+        aibot_channel.save()
+        callback = text_callback("a long question", response_url=f"{platforms.crm_callback_url}?steal=1")
+        assert aibot_post(client, aibot_channel, callback).status_code == 200
+        stream_id = stream_id_for(aibot_channel.slug, callback["msgid"])
+        deadline = time.monotonic() + 5
+        while refresh(client, aibot_channel, stream_id)["finish"] is False:
+            assert time.monotonic() < deadline
+        assert agent_run(Message.objects.get().id).status == "failed"
+        assert platforms.state.crm_callbacks == [] and platforms.state.crm_rejected == 0
+
     def test_an_answer_within_the_window_is_not_posted_to_response_url(self, client, aibot_channel, platforms):
         callback = text_callback("quick one", response_url=platforms.aibot_response_url())
         aibot_post(client, aibot_channel, callback)
