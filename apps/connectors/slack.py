@@ -84,7 +84,9 @@ class SlackConnector(Connector):
     def normalize(self, payload: dict) -> NormalizedMessage | None:
         """The message in an ``event_callback``, or None when it is not one to answer."""
         event = payload["event"]
-        if event.get("type") not in MESSAGE_EVENTS or event.get("subtype") or event.get("bot_id"):
+        event_type = event.get("type")  # a list or an object here is no event of ours (and unhashable)
+        if not isinstance(event_type, str) or event_type not in MESSAGE_EVENTS or event.get("subtype") \
+                or event.get("bot_id"):
             return None
         user, text, channel, ts = (event.get(k) for k in ("user", "text", "channel", "ts"))
         if not all(isinstance(v, str) and v for v in (user, text, channel, ts)):

@@ -173,5 +173,11 @@ class TestRefusals:
         assert_refused(response, 401, code="unauthenticated")
         assert_refusal_logged_and_audited(response, slack_channel, reason="signature_mismatch")
 
+    @pytest.mark.parametrize("event_type", [["message"], {"a": 1}, [], 7, None])
+    def test_an_event_type_that_is_not_a_string_is_acknowledged_and_dropped(self, client, slack_channel, event_type):
+        response = slack_post(client, slack_channel, slack_event("message_im.json", type=event_type))
+        assert response.status_code == 200
+        assert not Message.objects.exists()
+
     def test_a_signed_body_that_is_not_utf8_is_400(self, client, slack_channel):
         assert_refused(slack_post(client, slack_channel, None, body=b'{"type": "\xff"}'), 400, code="invalid_request")
