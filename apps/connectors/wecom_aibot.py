@@ -117,6 +117,15 @@ class StreamState:
     def mark_posted(self, by: str) -> None:
         cache.set(f"{self.key}:closed", f"posted:{by}", timeout=STATE_TTL_SECONDS)
 
+    def keep_response_url(self, url: str) -> None:
+        """The message's response_url: a credential for an hour, kept here, not stored with the
+        message (as DingTalk's sessionWebhook). A redelivered callback keeps the first."""
+        if url:
+            cache.add(f"{self.key}:response_url", url, timeout=STATE_TTL_SECONDS)
+
+    def response_url(self) -> str:
+        return cache.get(f"{self.key}:response_url") or ""
+
 
 class WeComAiBotConnector(Connector):
     kind = "wecom_aibot"
@@ -222,16 +231,24 @@ class WeComAiBotConnector(Connector):
             # WeCom's own API host (…/cgi-bin/aibot/response): the answer never goes where a body says.
             logger.warning("wecom ai bot response_url outside WECOM_API_BASE_URL ignored")
             response_url = ""
+        stream_id = stream_id_for(self.channel.slug, msgid)
+        self.stream(stream_id).keep_response_url(response_url)
         return NormalizedMessage(
             channel=self.kind, channel_id=self.channel.slug, user_id=user,
             message=text.strip()[: settings.GATEWAY_MAX_MESSAGE_CHARS], external_id=msgid,
             metadata={
                 "thread_id": f"group:{chatid}" if chattype == "group" and chatid else f"user:{user}",
-                "aibot_stream_id": stream_id_for(self.channel.slug, msgid), "aibot_response_url": response_url,
-                "aibot_chattype": chattype, "aibot_chatid": chatid, "wecom_user": user,
+                "aibot_stream_id": stream_id, "aibot_chattype": chattype, "aibot_chatid": chatid,
+                "wecom_user": user,
             },
-            raw=data,
+            raw={k: v for k, v in data.items() if k != "response_url"},  # a credential: not stored
         )
+
+    def response_url_of(self, inbound) -> str:
+        """Where an answer goes once the message's stream is closed (a message stored before it was
+        kept in the stream's state carries it in its metadata)."""
+        stream_id = inbound.metadata.get("aibot_stream_id")
+        return (stream_id and self.stream(stream_id).response_url()) or inbound.metadata.get("aibot_response_url", "")
 
     def refresh(self, stream_id: str, *, nonce: str) -> HttpResponse:
         """The answer to a stream refresh: the text so far, or the whole answer with finish."""
@@ -278,7 +295,7 @@ class WeComAiBotConnector(Connector):
 
     def send(self, reply, *, inbound) -> None:
         if reply.follows_up:  # the message's stream has the agent's answer: this one goes after it
-            self.post_response_url(inbound.metadata.get("aibot_response_url", ""), reply.text)
+            self.post_response_url(self.response_url_of(inbound), reply.text)
             return
         self.finish(inbound, reply.text, by=f"reply:{reply.pk}")
 
@@ -306,7 +323,7 @@ class WeComAiBotConnector(Connector):
         if state is not None:
             if self._end_stream(state, text, by=by) or state.closed_by() == f"posted:{by}":
                 return  # the stream shows it, or an earlier attempt of this delivery posted it
-        self.post_response_url(inbound.metadata.get("aibot_response_url", ""), text)
+        self.post_response_url(self.response_url_of(inbound), text)
         if state is not None:
             state.mark_posted(by)
 

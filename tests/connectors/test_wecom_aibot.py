@@ -121,7 +121,9 @@ class TestStreamedReply:
             assert time.monotonic() < deadline
         assert stream == {"id": stream_id, "finish": True, "content": ""}  # closed with what there was
 
-        assert agent_run(Message.objects.get().id).status == "sent"
+        stored = Message.objects.get()  # the URL is a credential for an hour: kept in the cache only
+        assert url not in json.dumps([stored.metadata, stored.raw_payload])
+        assert agent_run(stored.id).status == "sent"
         assert platforms.state.aibot_responses == [
             {"code": url.rsplit("=", 1)[1], "msgtype": "markdown", "markdown": {"content": "Echo: a long question"}}]
 
