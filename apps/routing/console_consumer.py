@@ -68,8 +68,8 @@ class InboxConsumer(AsyncJsonWebsocketConsumer):
         if self.joined:
             await self.channel_layer.group_discard(INBOX_GROUP, self.channel_name)
 
-    async def receive_json(self, content, **kwargs):
-        pass  # the inbox only listens; actions are HTTP posts
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        pass  # the inbox only listens (actions are HTTP posts): a frame is never parsed
 
     async def inbox_changed(self, event):
         if time.monotonic() - self.checked_at >= RECHECK_SECONDS:

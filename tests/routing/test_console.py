@@ -404,6 +404,26 @@ class TestInboxSocket:
 
         async_to_sync(scenario)()
 
+    def test_a_client_frame_is_ignored_whatever_it_holds(self, staff, webchat_channel):
+        """The inbox only listens: bad JSON, a binary or a deeply nested frame neither fails the
+        consumer (a server error, the socket closed with 1011) nor stops its frames."""
+        from channels.layers import get_channel_layer
+
+        async def scenario():
+            socket, ok, _ = await open_inbox(staff)
+            assert ok
+            await socket.send_to(text_data="not json")
+            await socket.send_to(bytes_data=b"\x00binary")
+            await socket.send_to(text_data="[" * 100_000 + "]" * 100_000)
+            await socket.send_json_to({"type": "changed", "conversation_id": "c-other"})
+            await get_channel_layer().group_send(INBOX_GROUP, {
+                "type": "inbox.changed", "kind": "message", "conversation_id": "c-web",
+                "channel_id": webchat_channel.pk})
+            assert (await socket.receive_json_from(timeout=5))["conversation_id"] == "c-web"
+            await socket.disconnect()
+
+        async_to_sync(scenario)()
+
     def test_refused_to_customers_anonymous_and_other_sites(self, staff, customer):
         async def scenario():
             for user, origin in ((customer, b"http://testserver"), (None, b"http://testserver"),
