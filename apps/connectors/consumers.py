@@ -32,7 +32,7 @@ from gateway_project.db import database_sync_to_async
 from gateway_project.json_limits import TooDeep, loads_bounded
 
 from .models import Channel, channel_by_slug
-from .visitors import resolve_chat_user, visitor_user
+from .visitors import resolve_chat_user, sender_now, visitor_user
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +191,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 # A visitor's first message: now it becomes a customer user.
                 self.user = await database_sync_to_async(visitor_user)(
                     channel=self.channel_row, visitor_id=self.visitor_id)
+            else:  # read again: the one checked when the socket opened may be blocked since
+                self.user = await database_sync_to_async(sender_now)(self.user)
             if self.conversation_id is None:
                 # Open the conversation and listen to it before the agent can answer.
                 conversation = await database_sync_to_async(conversation_open)(

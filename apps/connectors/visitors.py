@@ -18,7 +18,7 @@ from django.db.models import Exists, OuterRef
 from apps.conversations.models import Conversation, Message
 from apps.core.errors import Forbidden, NotFound, Unauthenticated
 from apps.identities.access import check_channel_access, refuse
-from apps.identities.models import ChannelIdentity
+from apps.identities.models import ChannelIdentity, user_by_id
 from apps.identities.roles import Role, ensure_role_groups
 from apps.identities.services import identity_create_customer
 
@@ -111,6 +111,15 @@ def resolve_chat_user(*, channel, session_user, visitor_token: str, conversation
     if not Conversation.objects.filter(pk=conversation_id, channel=channel, user=user).exists():
         raise NotFound("No such conversation.")
     return ChatSender(user=user, visitor_id=visitor_id, conversation_id=conversation_id)
+
+
+def sender_now(user):
+    """The socket's user as it stands now (kept per process until a user changes): a block, a
+    deactivation or a permission taken away after the socket opened applies to its next message."""
+    current = user_by_id(user.pk)
+    if current is None:
+        raise Unauthenticated("You are no longer signed in; reload the page.")
+    return current
 
 
 def visitor_user(*, channel, visitor_id: str):

@@ -62,6 +62,43 @@ async def test_logged_in_session_is_that_user(webchat_channel, employee):
     await ws.disconnect()
 
 
+async def next_answer(ws):
+    """The next ack or error frame (the agent run's frames for earlier messages skipped)."""
+    while True:
+        frame = await ws.receive_json_from(timeout=5)
+        if frame["type"] in ("ack", "error"):
+            return frame
+
+
+async def test_a_visitor_blocked_while_its_socket_is_open_is_refused_on_it(webchat_channel, admin_user):
+    from apps.identities.services import user_block
+
+    ws = await connect(visitor_path(webchat_channel), origin="http://testserver")
+    await ws.send_json_to({"type": "message", "message": "hi", "client_id": "c-1"})
+    ack = await next_answer(ws)
+    sender = (await Message.objects.select_related("sender").aget(pk=ack["message_id"])).sender
+    await sync_to_async(user_block)(user=sender, actor=admin_user, reason="abuse")
+    await ws.send_json_to({"type": "message", "message": "after the block", "client_id": "c-2"})
+    frame = await next_answer(ws)
+    assert frame["type"] == "error" and frame["code"] == "blocked" and frame["client_id"] == "c-2", frame
+    assert not await Message.objects.filter(text="after the block").aexists()
+    await ws.disconnect()
+
+
+async def test_a_session_user_deactivated_while_the_socket_is_open_is_refused_on_it(webchat_channel, employee):
+    ws = await connect(f"/ws/chat/{webchat_channel.slug}/", user=employee)
+    await ws.send_json_to({"type": "message", "message": "as staff"})
+    assert (await next_answer(ws))["type"] == "ack"
+    row = await employee.__class__.objects.aget(pk=employee.pk)  # another copy: as the admin saves it
+    row.is_active = False
+    await row.asave()
+    await ws.send_json_to({"type": "message", "message": "after the deactivation"})
+    frame = await next_answer(ws)
+    assert frame["type"] == "error" and frame["code"] == "forbidden", frame
+    assert not await Message.objects.filter(text="after the deactivation").aexists()
+    await ws.disconnect()
+
+
 async def test_no_identity_is_refused(webchat_channel):
     await refused_with(await connect(f"/ws/chat/{webchat_channel.slug}/"), "unauthenticated")
 
