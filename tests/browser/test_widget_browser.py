@@ -107,3 +107,35 @@ def test_the_widget_refuses_a_foreign_site(browser, screenshot, shop_site, webch
         screenshot(page, "widget-refused")
     finally:
         context.close()
+
+
+# Markup that loads a resource with no click while <img> is forbidden: a reply (what the model
+# writes may carry what a page or a tool told it) must not reach any address by being shown.
+BEACONS = ('<video poster="{leak}/poster"></video> <audio src="{leak}/audio" preload="auto"></audio> '
+           '<video><source src="{leak}/source"></video>\n\n'
+           '<table background="{leak}/background"><tr><td>cell</td></tr></table>')
+
+
+def test_a_reply_loads_nothing_from_another_address(browser, shop_site, webchat_channel):
+    allowed = f"http://localhost:{shop_site}"
+    webchat_channel.allowed_origins = [allowed]
+    webchat_channel.save()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    beacons = []
+    page.on("request", lambda request: beacons.append(request.url) if "/leak/" in request.url else None)
+    try:
+        page.goto(allowed + "/")
+        open_widget(page)
+        page.wait_for_selector("[data-agent-gateway-chat] .send:not([disabled])", timeout=TIMEOUT_MS)
+        page.fill("[data-agent-gateway-chat] .text", BEACONS.format(leak=allowed + "/leak"))
+        page.click("[data-agent-gateway-chat] .send")
+        page.wait_for_selector("[data-agent-gateway-chat] .msg.bot[data-id] td >> text=cell", timeout=TIMEOUT_MS)
+        reply = page.locator("[data-agent-gateway-chat] .msg.bot[data-id]")
+        loading = reply.evaluate("el => Array.from(el.querySelectorAll("
+                                 "'video, audio, source, track, picture, [src], [srcset], [poster], [background]'))"
+                                 ".map(e => e.outerHTML)")
+        assert loading == []
+    finally:
+        context.close()
+    assert beacons == []

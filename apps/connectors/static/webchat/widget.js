@@ -91,8 +91,13 @@
     // No sanitizer, no HTML: the text is shown as text.
     if (!window.marked || !window.DOMPurify) { var d = document.createElement("div"); d.textContent = source; return d.innerHTML; }
     var html = window.marked.parse(source, { gfm: true, breaks: true });
-    return window.DOMPurify.sanitize(html, { USE_PROFILES: { html: true }, FORBID_TAGS: ["style", "form", "input", "img"],
-                                             FORBID_ATTR: ["style"] });
+    // Nothing that loads a resource on display (images, media, backgrounds): a reply must not
+    // reach another address unless the visitor clicks a link.
+    return window.DOMPurify.sanitize(html, {
+      USE_PROFILES: { html: true },
+      FORBID_TAGS: ["style", "form", "input", "img", "audio", "video", "source", "track", "picture"],
+      FORBID_ATTR: ["style", "src", "srcset", "poster", "background"]
+    });
   }
 
   function scroll() { log.scrollTop = log.scrollHeight; }
