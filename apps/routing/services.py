@@ -21,6 +21,7 @@ from apps.agents.claims import still_claimed
 from apps.agents.delivery import deliver
 from apps.agents.dispatch import enqueue_agent_run
 from apps.conversations.models import ANSWERED_BY_KEY, FOLLOW_UP_KEY, Direction, Message, Status
+from apps.conversations.normalized import storable_text
 from apps.conversations.realtime import publish
 from apps.core.errors import BadRequest, GatewayError
 from apps.logs.services import audit
@@ -162,6 +163,8 @@ def handoff_reply(*, conversation, staff, text: str) -> Message:
     text = (text or "").strip()
     if not text:
         raise BadRequest("The reply is empty.")
+    if not storable_text(text):  # PostgreSQL would refuse the insert: a 500
+        raise BadRequest("Text with NUL characters or unpaired surrogates cannot be stored.")
     current = handoff_open(conversation.pk)
     if current is None or current.staff_id != staff.pk:
         raise HandoffConflict("Take the conversation over before replying.")

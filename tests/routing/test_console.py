@@ -95,6 +95,18 @@ class TestInbox:
                        .values_list("action", flat=True))
         assert actions == ["handoff.requested", "handoff.started", "handoff.replied", "handoff.ended"]
 
+    def test_a_reply_that_cannot_be_stored_is_refused_not_a_server_error(self, client, staff, webchat_channel,
+                                                                         customer, fake_llm):
+        asking = ask_for_a_person(webchat_channel, customer, fake_llm)
+        client.force_login(staff)
+        base = f"/console/c/{asking.conversation_id}/"
+        assert client.post(base + "take/").status_code == 302
+        for url in (base + "reply/", f"/admin/conversations/conversation/{asking.conversation_id}/handoff/reply/"):
+            response = client.post(url, {"text": "nul\x00here"}, follow=True)
+            assert response.status_code == 200
+            assert "cannot be stored" in response.content.decode()
+        assert not Message.objects.filter(reply_to=asking).exists()
+
     def test_a_deleted_staff_members_reply_stays_theirs_in_the_transcript(self, client, staff, make_user,
                                                                           webchat_channel, customer, fake_llm):
         from apps.routing.services import handoff_reply, handoff_start
