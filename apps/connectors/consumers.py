@@ -67,6 +67,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     client_ip: str | None = None
     user = None
     visitor_id: str | None = None
+    session_key: str | None = None  # the session a signed-in user's socket speaks for
     group: str | None = None
     conversation_id: str | None = None
     ANSWERED_KEPT = 256  # messages this socket saw answered, newest last (their streams are over)
@@ -109,6 +110,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self._refuse(error, CLOSE_POLICY_VIOLATION)
             return
         self.user, self.visitor_id, self.conversation_id = sender.user, sender.visitor_id, sender.conversation_id
+        if sender.user is not None and sender.visitor_id is None:  # the session's user: it must stay signed in
+            self.session_key = getattr(self.scope.get("session"), "session_key", None)
         await self.accept()
         if self.conversation_id:
             await self._join(self.conversation_id)
@@ -192,7 +195,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 self.user = await database_sync_to_async(visitor_user)(
                     channel=self.channel_row, visitor_id=self.visitor_id)
             else:  # read again: the one checked when the socket opened may be blocked since
-                self.user = await database_sync_to_async(sender_now)(self.user)
+                self.user = await database_sync_to_async(sender_now)(self.user, session_key=self.session_key)
             if self.conversation_id is None:
                 # Open the conversation and listen to it before the agent can answer.
                 conversation = await database_sync_to_async(conversation_open)(

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from importlib import import_module
+from types import SimpleNamespace
 
 from django.conf import settings
+from django.contrib import auth
 from django.contrib.auth import get_user_model
 from django.core import signing
 from django.db.models import Exists, OuterRef
@@ -113,9 +116,14 @@ def resolve_chat_user(*, channel, session_user, visitor_token: str, conversation
     return ChatSender(user=user, visitor_id=visitor_id, conversation_id=conversation_id)
 
 
-def sender_now(user):
+def sender_now(user, *, session_key: str | None = None):
     """The socket's user as it stands now (kept per process until a user changes): a block, a
-    deactivation or a permission taken away after the socket opened applies to its next message."""
+    deactivation or a permission taken away after the socket opened applies to its next message,
+    and so does signing out of the session it speaks for (``session_key``)."""
+    if session_key is not None:
+        session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)  # read afresh
+        if auth.get_user(SimpleNamespace(session=session)).pk != user.pk:
+            raise Unauthenticated("You have signed out; sign in and reload the page.")
     current = user_by_id(user.pk)
     if current is None:
         raise Unauthenticated("You are no longer signed in; reload the page.")

@@ -99,6 +99,26 @@ async def test_a_session_user_deactivated_while_the_socket_is_open_is_refused_on
     await ws.disconnect()
 
 
+async def test_a_session_signed_out_while_the_socket_is_open_is_refused_on_it(webchat_channel, employee):
+    from django.conf import settings
+    from django.test import Client
+
+    browser = Client()
+    await sync_to_async(browser.force_login)(employee)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={browser.cookies[settings.SESSION_COOKIE_NAME].value}"
+    ws = WebsocketCommunicator(application, f"/ws/chat/{webchat_channel.slug}/", headers=[
+        (b"host", b"testserver"), (b"origin", b"http://testserver"), (b"cookie", cookie.encode())])
+    assert (await ws.connect())[0]
+    await ws.send_json_to({"type": "message", "message": "signed in"})
+    assert (await next_answer(ws))["type"] == "ack"
+    await sync_to_async(browser.logout)()
+    await ws.send_json_to({"type": "message", "message": "after signing out"})
+    frame = await next_answer(ws)
+    assert frame["type"] == "error" and frame["code"] == "unauthenticated", frame
+    assert not await Message.objects.filter(text="after signing out").aexists()
+    await ws.disconnect()
+
+
 async def test_no_identity_is_refused(webchat_channel):
     await refused_with(await connect(f"/ws/chat/{webchat_channel.slug}/"), "unauthenticated")
 
