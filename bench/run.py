@@ -585,7 +585,7 @@ def soak(urls: dict, demo: dict, *, server: int, worker: int) -> dict:
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
-    prefix = "asgi"  # settings.CHANNEL_LAYERS' prefix
+    prefix = os.environ.get("GATEWAY_CHANNEL_LAYER_PREFIX", "asgi")  # settings.CHANNEL_LAYERS' prefix
 
     def sample(done: int, settle: float = 0.0, at_rest: int = 0) -> dict:
         # Sockets just closed: their server side is still leaving; wait (up to ``settle`` s) for the

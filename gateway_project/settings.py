@@ -160,6 +160,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env.boo
 # worker's BRPOP) are checked this often: one closed without notice (Redis failed over or restarted
 # behind an address that stayed) is dropped and opened again within a few such intervals.
 GATEWAY_REDIS_HEALTH_CHECK_SECONDS = env.int("GATEWAY_REDIS_HEALTH_CHECK_SECONDS", default=2)
+# The channel layer's prefix. Redis pub/sub ignores the database number: two gateways sharing one
+# Redis must each set their own, or each hears the other's replies and chat events.
+GATEWAY_CHANNEL_LAYER_PREFIX = env.str("GATEWAY_CHANNEL_LAYER_PREFIX", default="asgi")
 
 if REDIS_URL:
     CACHES = {
@@ -186,7 +189,7 @@ if REDIS_URL:
             # again; a command on a dead connection is tried once more (gateway_project/redis_pool.py).
             "CONFIG": {"hosts": [{"address": REDIS_URL, "retry": STALE_CONNECTION_RETRY_ASYNC,
                                   "health_check_interval": GATEWAY_REDIS_HEALTH_CHECK_SECONDS}],
-                       "prefix": "asgi"},
+                       "prefix": GATEWAY_CHANNEL_LAYER_PREFIX},
         }
     }
 else:
