@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
@@ -165,6 +166,8 @@ def handoff_reply(*, conversation, staff, text: str) -> Message:
         raise BadRequest("The reply is empty.")
     if not storable_text(text):  # PostgreSQL would refuse the insert: a 500
         raise BadRequest("Text with NUL characters or unpaired surrogates cannot be stored.")
+    if len(text) > settings.GATEWAY_MAX_MESSAGE_CHARS:  # the bound every channel's messages have
+        raise BadRequest(f"The reply is longer than {settings.GATEWAY_MAX_MESSAGE_CHARS} characters.")
     current = handoff_open(conversation.pk)
     if current is None or current.staff_id != staff.pk:
         raise HandoffConflict("Take the conversation over before replying.")

@@ -102,9 +102,10 @@ class TestInbox:
         base = f"/console/c/{asking.conversation_id}/"
         assert client.post(base + "take/").status_code == 302
         for url in (base + "reply/", f"/admin/conversations/conversation/{asking.conversation_id}/handoff/reply/"):
-            response = client.post(url, {"text": "nul\x00here"}, follow=True)
-            assert response.status_code == 200
-            assert "cannot be stored" in response.content.decode()
+            for text, told in (("nul\x00here", "cannot be stored"), ("x" * 8001, "longer than 8000 characters")):
+                response = client.post(url, {"text": text}, follow=True)
+                assert response.status_code == 200
+                assert told in response.content.decode()
         assert not Message.objects.filter(reply_to=asking).exists()
 
     def test_a_deleted_staff_members_reply_stays_theirs_in_the_transcript(self, client, staff, make_user,
