@@ -31,8 +31,9 @@ class ConnectorError(Exception):
 
 
 def request_json(method: str, url: str, *, payload: Any = None, body: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> Any:
-    """Send one request and return the decoded JSON answer; raises ConnectorError."""
+                 headers: dict[str, str] | None = None, answer_json: bool = True) -> Any:
+    """Send one request and return the decoded JSON answer (``answer_json=False``: any answer of a
+    status below 300 is success, returns None); raises ConnectorError."""
     data = body if body is not None else (json.dumps(payload).encode() if payload is not None else None)
     try:
         response = httpx2.request(
@@ -50,7 +51,7 @@ def request_json(method: str, url: str, *, payload: Any = None, body: bytes | No
         transient = status == 429 or status >= 500
         raise ConnectorError(f"HTTP {status} from {host(url)}", permanent=not transient,
                              retry_after=retry_after(response.headers))
-    if not response.content:
+    if not response.content or not answer_json:
         return None
     try:
         return json.loads(response.content)

@@ -140,7 +140,8 @@ def send_due(*, limit: int = SEND_BATCH) -> int:
         if not claimed:
             continue
         try:
-            request_json("POST", url, body=body, headers=headers)
+            # Receivers answer "ok", HTML or nothing: only the status tells (a resend would be a duplicate).
+            request_json("POST", url, body=body, headers=headers, answer_json=False)
         except ConnectorError as exc:
             BudgetAlert.objects.filter(pk=alert.pk).update(last_error=str(exc)[:200])
             logger.warning("budget alert not sent", extra={"alert_id": alert.pk, "host": host(url),

@@ -124,8 +124,9 @@ class Hook(BaseHTTPRequestHandler):
         self.server.received.append((dict(self.headers), body))
         status = self.server.statuses.pop(0) if self.server.statuses else 200
         self.send_response(status)
-        self.send_header("Content-Length", "0")
+        self.send_header("Content-Length", str(len(self.server.answer)))
         self.end_headers()
+        self.wfile.write(self.server.answer)
 
     def log_message(self, *args):
         pass
@@ -134,7 +135,7 @@ class Hook(BaseHTTPRequestHandler):
 @pytest.fixture
 def hook(settings):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    server.received, server.statuses = [], []
+    server.received, server.statuses, server.answer = [], [], b""
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     settings.GATEWAY_BUDGET_ALERT_WEBHOOK_URL = f"http://127.0.0.1:{server.server_port}/alerts?token=t0ken"
@@ -164,6 +165,19 @@ class TestSent:
         assert alert["subject"] == {"type": "user", "id": str(customer.pk), "name": customer.username}
         assert BudgetAlert.objects.get().sent_at is not None
         assert SECRET not in caplog.text and SECRET not in body.decode()
+
+    @pytest.mark.parametrize("answer", [b"ok", b"<html><body>Accepted</body></html>"])
+    def test_a_receiver_answering_200_with_text_got_it_once(self, hook, answer, api_channel, customer, policy,
+                                                            llm_model, django_capture_on_commit_callbacks):
+        hook.answer = answer  # as chat webhooks answer: the status says it was taken, not the body
+        policy("user", customer, tokens_per_day=1000)
+        with django_capture_on_commit_callbacks(execute=True):
+            spend(send(api_channel, customer), llm_model, 900)
+        assert alerts.send_due() == 1
+        BudgetAlert.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+        assert alerts.send_due() == 0 and len(hook.received) == 1
+        alert = BudgetAlert.objects.get()
+        assert (alert.sent_at is not None, alert.attempts, alert.last_error) == (True, 1, "")
 
     def test_a_failed_send_is_tried_again_later_then_given_up(self, hook, api_channel, customer, policy, llm_model,
                                                                settings, django_capture_on_commit_callbacks):
