@@ -69,8 +69,9 @@ def retry_after(headers) -> float | None:
 
 
 def host(url: str) -> str:
-    # Errors are logged and shown in the admin: never include query strings (tokens, keys).
-    return urllib.parse.urlsplit(url).netloc
+    # Errors are logged and shown in the admin: never include query strings (tokens, keys), nor a
+    # user and password written in the URL (https://user:password@host/).
+    return urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
 
 
 # --- outbound retries: the one place ------------------------------------------------------

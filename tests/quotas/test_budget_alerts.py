@@ -198,6 +198,19 @@ class TestSent:
         assert alerts.send_due() == 0 and len(hook.received) == 2  # its attempts are used up
         assert BudgetAlert.objects.get().attempts == 2
 
+    def test_a_password_in_the_url_is_never_written_down(self, hook, api_channel, customer, policy, llm_model,
+                                                         settings, caplog, django_capture_on_commit_callbacks):
+        settings.GATEWAY_BUDGET_ALERT_WEBHOOK_URL = f"http://alerts:pa55word@127.0.0.1:{hook.server_port}/alerts"
+        policy("user", customer, tokens_per_day=1000)
+        with django_capture_on_commit_callbacks(execute=True):
+            spend(send(api_channel, customer), llm_model, 900)
+        hook.statuses = [500]
+        assert alerts.send_due() == 0
+        assert BudgetAlert.objects.get().last_error == f"HTTP 500 from 127.0.0.1:{hook.server_port}"
+        assert "pa55word" not in caplog.text
+        (headers, _body), = hook.received
+        assert headers["Authorization"].startswith("Basic ")  # the receiver still gets them
+
     def test_a_channel_limits_alerts_to_staff_who_may_use_it(self, hook, client, make_user, api_channel, customer,
                                                              policy, llm_model, django_capture_on_commit_callbacks):
         from django.contrib.auth.models import Permission
