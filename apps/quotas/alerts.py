@@ -2,7 +2,7 @@
 
 - ``crossed``: which marks a settlement passed. The ledger books a settlement atomically and says
   what was used after it, so exactly one settlement passes each mark, in any number of processes.
-- ``record``: one ``BudgetAlert`` row per budget, period and percent (a unique constraint: a
+- ``record``: one ``BudgetAlert`` row per budget, period, limit and percent (a unique constraint: a
   settlement run again, or two processes racing, adds none), counted in
   ``gateway_budget_alerts_total``. Never fails the call that crossed the mark.
 - ``send_due``: the rows not yet sent, POSTed to GATEWAY_BUDGET_ALERT_WEBHOOK_URL as JSON, signed

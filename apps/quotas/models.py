@@ -258,7 +258,7 @@ class UnsettledUsage(models.Model):
 
 class BudgetAlert(models.Model):
     """A budget reached one of GATEWAY_BUDGET_ALERT_PERCENTS of its limit in a period. Recorded by the
-    settlement that crossed the mark, once per budget, period and percent; sent to
+    settlement that crossed the mark, once per budget, period, limit and percent; sent to
     GATEWAY_BUDGET_ALERT_WEBHOOK_URL, when one is set, by ``quotas.send_budget_alerts`` (apps.quotas.alerts)."""
 
     counter = models.CharField(max_length=200, editable=False, help_text="The budget and period: its live counter.")
@@ -287,7 +287,9 @@ class BudgetAlert(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        constraints = [models.UniqueConstraint(fields=["counter", "percent"], name="budget_alert_once_per_period")]
+        # The limit too: staff raising a budget that filled up are told when it fills up again.
+        constraints = [models.UniqueConstraint(fields=["counter", "limit", "percent"],
+                                               name="budget_alert_once_per_period_and_limit")]
         indexes = [models.Index(fields=["sent_at", "next_attempt_at"])]
 
     def __str__(self) -> str:

@@ -95,6 +95,21 @@ class TestRecorded:
             alerts.record(alerts.crossed(reservation.counters, [120], [120]))  # as if the settle ran again
         assert sorted(BudgetAlert.objects.values_list("percent", flat=True)) == [80, 100]
 
+    def test_a_limit_raised_in_the_period_is_alerted_again_at_its_own_marks(
+            self, api_channel, customer, policy, llm_model, django_capture_on_commit_callbacks):
+        budget = policy("user", customer, tokens_per_day=1000)
+        message = send(api_channel, customer)
+        with django_capture_on_commit_callbacks(execute=True):
+            spend(message, llm_model, 850)
+            spend(message, llm_model, 200)  # 1,050: both marks of 1,000
+        budget.tokens_per_day = 2000  # staff raise the budget that filled up
+        budget.save()
+        with django_capture_on_commit_callbacks(execute=True):
+            spend(message, llm_model, 600)  # 1,650: past 80% of 2,000
+            spend(message, llm_model, 100)  # 1,750: nothing new
+        rows = sorted(BudgetAlert.objects.values_list("limit", "percent", "used"))
+        assert rows == [(1000, 80, 850), (1000, 100, 1050), (2000, 80, 1650)]
+
     def test_alerts_off_when_no_percents_are_set(self, api_channel, customer, policy, llm_model, settings,
                                                  django_capture_on_commit_callbacks):
         settings.GATEWAY_BUDGET_ALERT_PERCENTS = []
