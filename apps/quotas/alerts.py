@@ -8,8 +8,8 @@
 - ``send_due``: the rows not yet sent, POSTed to GATEWAY_BUDGET_ALERT_WEBHOOK_URL as JSON, signed
   (``X-Gateway-Timestamp``, ``X-Gateway-Signature: sha256=<hex>`` over ``timestamp.body``). A failed
   send is tried again at the next passes, waiting longer each time, up to
-  GATEWAY_BUDGET_ALERT_MAX_ATTEMPTS. Run by celery beat (``quotas.send_budget_alerts``) and, on the
-  embedded default, by the server's recovery loop.
+  GATEWAY_BUDGET_ALERT_MAX_ATTEMPTS, and ends its pass (the rest wait for the next). Run by celery
+  beat (``quotas.send_budget_alerts``) and, on the embedded default, by the server's recovery loop.
 """
 from __future__ import annotations
 
@@ -123,9 +123,8 @@ def send_due(*, limit: int = SEND_BATCH) -> int:
     url = settings.GATEWAY_BUDGET_ALERT_WEBHOOK_URL
     if not url:
         return 0
-    now = timezone.now()
     due = (BudgetAlert.objects.filter(sent_at__isnull=True, attempts__lt=settings.GATEWAY_BUDGET_ALERT_MAX_ATTEMPTS)
-           .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+           .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()))
            .select_related("user", "api_key", "channel").order_by("created_at"))
     sent = 0
     for alert in due[:limit]:
@@ -133,10 +132,12 @@ def send_due(*, limit: int = SEND_BATCH) -> int:
         timestamp = str(int(time.time()))
         headers = {"X-Gateway-Timestamp": timestamp,
                    "X-Gateway-Signature": signature(settings.GATEWAY_BUDGET_ALERT_WEBHOOK_SECRET, timestamp, body)}
-        # Claimed first, so that a pass running beside this one (two beats, or a slow send) skips it.
+        # Claimed first, so that a pass running beside this one (two beats, or a slow send) skips it;
+        # until the backoff counted from now, not from the pass's start (slow sends before this one).
         claimed = BudgetAlert.objects.filter(pk=alert.pk, sent_at__isnull=True, attempts=alert.attempts).update(
             attempts=alert.attempts + 1,
-            next_attempt_at=now + timedelta(seconds=min(RETRY_BASE_SECONDS * 2 ** alert.attempts, RETRY_MAX_SECONDS)))
+            next_attempt_at=timezone.now() + timedelta(
+                seconds=min(RETRY_BASE_SECONDS * 2 ** alert.attempts, RETRY_MAX_SECONDS)))
         if not claimed:
             continue
         try:
@@ -146,7 +147,9 @@ def send_due(*, limit: int = SEND_BATCH) -> int:
             BudgetAlert.objects.filter(pk=alert.pk).update(last_error=str(exc)[:200])
             logger.warning("budget alert not sent", extra={"alert_id": alert.pk, "host": host(url),
                                                             "error": str(exc), "attempts": alert.attempts + 1})
-            continue
+            # The webhook is down or refusing: the rest wait for the next pass, their attempts kept,
+            # rather than each waiting out a timeout (the embedded recovery loop runs this pass).
+            break
         BudgetAlert.objects.filter(pk=alert.pk).update(sent_at=timezone.now(), last_error="")
         sent += 1
     return sent

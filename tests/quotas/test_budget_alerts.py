@@ -213,6 +213,19 @@ class TestSent:
         assert alerts.send_due() == 0 and len(hook.received) == 2  # its attempts are used up
         assert BudgetAlert.objects.get().attempts == 2
 
+    def test_a_pass_stops_at_its_first_failed_send(self, hook, api_channel, customer, policy, llm_model,
+                                                   django_capture_on_commit_callbacks):
+        policy("user", customer, tokens_per_day=100)
+        with django_capture_on_commit_callbacks(execute=True):
+            spend(send(api_channel, customer), llm_model, 120)  # past 80% and 100%: two alerts due
+        hook.statuses = [503]  # down: the next alert would wait out the same failure (a timeout)
+        assert alerts.send_due() == 0 and len(hook.received) == 1
+        assert sorted(BudgetAlert.objects.values_list("attempts", flat=True)) == [0, 1]  # the other one kept
+        assert alerts.send_due() == 1 and len(hook.received) == 2  # back: the one not tried goes out
+        BudgetAlert.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+        assert alerts.send_due() == 1 and len(hook.received) == 3
+        assert BudgetAlert.objects.filter(sent_at__isnull=True).count() == 0
+
     def test_a_password_in_the_url_is_never_written_down(self, hook, api_channel, customer, policy, llm_model,
                                                          settings, caplog, django_capture_on_commit_callbacks):
         settings.GATEWAY_BUDGET_ALERT_WEBHOOK_URL = f"http://alerts:pa55word@127.0.0.1:{hook.server_port}/alerts"
