@@ -28,6 +28,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from apps.core.http import ConnectorError, host, request_json
+from gateway_project.db import through_outage
 
 from .metrics import count_budget_alert
 from .models import BudgetAlert
@@ -69,17 +70,23 @@ def _write(crossings: list[Crossing]) -> None:
     for crossing in crossings:
         counter = crossing.counter
         kind, _, subject_id = counter.subject.partition(":")
-        try:
+        fields = dict(
+            counter=counter.key, percent=crossing.percent, subject=counter.subject,
+            user_id=subject_id if kind == "user" else None,
+            api_key_id=int(subject_id) if kind == "api_key" else None,
+            channel_id=int(subject_id) if kind == "channel" else None,
+            meter=counter.meter, period=counter.period, period_start=counter.start,
+            limit=counter.limit, used=crossing.used,
+            next_attempt_at=timezone.now() if settings.GATEWAY_BUDGET_ALERT_WEBHOOK_URL else None,
+        )
+
+        def insert(fields=fields):
             with transaction.atomic():
-                BudgetAlert.objects.create(
-                    counter=counter.key, percent=crossing.percent, subject=counter.subject,
-                    user_id=subject_id if kind == "user" else None,
-                    api_key_id=int(subject_id) if kind == "api_key" else None,
-                    channel_id=int(subject_id) if kind == "channel" else None,
-                    meter=counter.meter, period=counter.period, period_start=counter.start,
-                    limit=counter.limit, used=crossing.used,
-                    next_attempt_at=timezone.now() if settings.GATEWAY_BUDGET_ALERT_WEBHOOK_URL else None,
-                )
+                BudgetAlert.objects.create(**fields)
+
+        try:
+            # No settlement passes this mark again: ride out a dropped connection, as the call's usage does.
+            through_outage(insert)
         except IntegrityError:
             continue  # recorded already: this settlement ran again, or the alert's subject is gone
         except Exception:

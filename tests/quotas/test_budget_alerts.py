@@ -131,6 +131,25 @@ class TestRecorded:
         assert alerted == {(f"api_key:{key.pk}", 80, key.pk, "month"), (f"api_key:{key.pk}", 100, key.pk, "month")}
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_database_blip_as_the_mark_is_passed_does_not_lose_the_alert(api_channel, customer, policy, llm_model):
+    """The call's usage rides out a dropped connection (through_outage); its alert does too."""
+    import psycopg
+    from django.db import connection
+
+    policy("user", customer, tokens_per_day=1000)
+    reservation = budgets.reserve_model_call(send(api_channel, customer), llm_model, [{"role": "user", "content": "x"}],
+                                             max_tokens=1)
+    db = connection.settings_dict
+    connection.ensure_connection()
+    with psycopg.connect(host=db["HOST"] or None, port=db["PORT"] or None, user=db["USER"] or None,
+                         password=db["PASSWORD"] or None, dbname=db["NAME"], autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s, 10000)", [connection.connection.info.backend_pid])
+    result = SimpleNamespace(prompt_tokens=900, completion_tokens=0, total_tokens=900)
+    budgets.settle_model_call(reservation, result, write_usage=False)  # its alert is the first write after
+    assert list(BudgetAlert.objects.values_list("percent", "used")) == [(80, 900)]
+
+
 class Hook(BaseHTTPRequestHandler):
     """A webhook receiver: records each POST; answers the statuses queued in ``server.statuses``."""
 
