@@ -6,6 +6,7 @@ Two ways to run:
 - services (DATABASE_URL + REDIS_URL): PostgreSQL, Redis cache and channel layer, Celery workers.
 """
 import importlib.util
+import urllib.parse
 from pathlib import Path
 
 import environ
@@ -373,6 +374,20 @@ GATEWAY_BUDGET_ALERT_SEND_SECONDS = env.float("GATEWAY_BUDGET_ALERT_SEND_SECONDS
 GATEWAY_BUDGET_ALERT_MAX_ATTEMPTS = env.int("GATEWAY_BUDGET_ALERT_MAX_ATTEMPTS", default=12)
 if any(not 0 < percent <= 100 for percent in GATEWAY_BUDGET_ALERT_PERCENTS):
     raise ImproperlyConfigured("GATEWAY_BUDGET_ALERT_PERCENTS: whole percents from 1 to 100, e.g. 80,100.")
+
+def _http_url(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and url.isprintable() and " " not in url
+
+
+if GATEWAY_BUDGET_ALERT_WEBHOOK_URL and not _http_url(GATEWAY_BUDGET_ALERT_WEBHOOK_URL):
+    # Else each send would fail before leaving, spending the alerts' attempts with no error to show.
+    raise ImproperlyConfigured("GATEWAY_BUDGET_ALERT_WEBHOOK_URL: an http:// or https:// URL with a host "
+                               "(and a numeric port, if any).")
 if GATEWAY_BUDGET_ALERT_WEBHOOK_URL and len(GATEWAY_BUDGET_ALERT_WEBHOOK_SECRET) < 16:
     raise ImproperlyConfigured("GATEWAY_BUDGET_ALERT_WEBHOOK_URL needs GATEWAY_BUDGET_ALERT_WEBHOOK_SECRET "
                                "(16 characters or more): the receiver checks each alert's signature with it.")

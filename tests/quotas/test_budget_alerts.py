@@ -281,6 +281,10 @@ class TestSent:
 @pytest.mark.parametrize("env, complaint", [
     ({"GATEWAY_BUDGET_ALERT_PERCENTS": "80,150"}, "whole percents from 1 to 100"),
     ({"GATEWAY_BUDGET_ALERT_WEBHOOK_URL": "https://hooks.example/alerts"}, "needs GATEWAY_BUDGET_ALERT_WEBHOOK_SECRET"),
+    *[({"GATEWAY_BUDGET_ALERT_WEBHOOK_URL": url, "GATEWAY_BUDGET_ALERT_WEBHOOK_SECRET": SECRET},
+       "an http:// or https:// URL") for url in ("hooks.example/alerts", "htps://hooks.example/alerts",
+                                                 "https://hooks.example:443a/alerts", "https:///alerts",
+                                                 "https://hooks.example/alerts?t=a b")],
 ])
 def test_settings_refuse_what_cannot_work(env, complaint):
     done = subprocess.run([sys.executable, "manage.py", "check"], capture_output=True, text=True, timeout=120,
