@@ -24,7 +24,6 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from apps.core.http import ConnectorError, host, request_json
@@ -130,8 +129,10 @@ def send_due(*, limit: int = SEND_BATCH) -> int:
     url = settings.GATEWAY_BUDGET_ALERT_WEBHOOK_URL
     if not url:
         return 0
-    due = (BudgetAlert.objects.filter(sent_at__isnull=True, attempts__lt=settings.GATEWAY_BUDGET_ALERT_MAX_ATTEMPTS)
-           .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()))
+    # Those recorded while a webhook was set (next_attempt_at): setting one later does not send
+    # the alerts of past periods all at once.
+    due = (BudgetAlert.objects.filter(sent_at__isnull=True, attempts__lt=settings.GATEWAY_BUDGET_ALERT_MAX_ATTEMPTS,
+                                      next_attempt_at__lte=timezone.now())
            .select_related("user", "api_key", "channel").order_by("created_at"))
     sent = 0
     for alert in due[:limit]:

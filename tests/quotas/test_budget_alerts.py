@@ -213,6 +213,19 @@ class TestSent:
         alert = BudgetAlert.objects.get()
         assert (alert.sent_at is not None, alert.attempts, alert.last_error) == (True, 1, "")
 
+    def test_alerts_recorded_before_a_webhook_was_set_are_not_sent_by_it(
+            self, hook, api_channel, customer, policy, llm_model, settings, django_capture_on_commit_callbacks):
+        url, settings.GATEWAY_BUDGET_ALERT_WEBHOOK_URL = settings.GATEWAY_BUDGET_ALERT_WEBHOOK_URL, ""
+        policy("user", customer, tokens_per_day=1000)
+        with django_capture_on_commit_callbacks(execute=True):
+            spend(send(api_channel, customer), llm_model, 900)  # no webhook yet: the admin has it
+        settings.GATEWAY_BUDGET_ALERT_WEBHOOK_URL = url
+        assert alerts.send_due() == 0 and hook.received == []
+        with django_capture_on_commit_callbacks(execute=True):
+            spend(send(api_channel, customer), llm_model, 200)  # 1,100: past 100%, with the webhook set
+        assert alerts.send_due() == 1
+        assert [json.loads(body)["percent"] for _headers, body in hook.received] == [100]
+
     def test_a_failed_send_is_tried_again_later_then_given_up(self, hook, api_channel, customer, policy, llm_model,
                                                                settings, django_capture_on_commit_callbacks):
         settings.GATEWAY_BUDGET_ALERT_MAX_ATTEMPTS = 2

@@ -39,7 +39,7 @@ class Migration(migrations.Migration):
             options={
                 'ordering': ['-created_at'],
                 'indexes': [models.Index(fields=['sent_at', 'next_attempt_at'], name='quotas_budg_sent_at_aaea02_idx')],
-                'constraints': [models.UniqueConstraint(fields=('counter', 'percent'), name='budget_alert_once_per_period')],
+                'constraints': [models.UniqueConstraint(fields=('counter', 'limit', 'percent'), name='budget_alert_once_per_period_and_limit')],
             },
         ),
     ]
