@@ -268,7 +268,8 @@ class ModelDetailApi(OpenAIErrorsMixin, ApiIpRulesMixin, APIView):
 
     @extend_schema(responses={200: dict})
     def get(self, request, model: str):
-        found = usable_agents(request, slug=model)
+        # A name PostgreSQL cannot hold (NUL) names no agent: the same 404, not a query's 500.
+        found = usable_agents(request, slug=model) if storable_text(model) else []
         if not found:
             raise AgentUnavailable(model)
         return Response(model_object(found[0]))

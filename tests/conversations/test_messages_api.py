@@ -186,6 +186,14 @@ class TestBadInput:
             assert response.status_code == 405
             assert response.json()["error"]["type"] == "invalid_request_error", path
 
+    def test_a_model_named_with_nul_is_not_found_like_any_other(self, client):
+        """``GET /v1/models/<name>`` with a NUL (``%00``) is the face's 404 ``model_not_found``: a
+        name no agent can have, not a query PostgreSQL refuses (a 500)."""
+        for path in ("/v1/models/%00", "/v1/models/as%00sistant"):
+            response = client.get(path)
+            assert response.status_code == 404, path
+            assert response.json()["error"]["code"] == "model_not_found", path
+
     def test_a_host_not_served_is_a_json_400_on_api_paths(self, client, settings):
         settings.ALLOWED_HOSTS = ["gateway.example"]
         for path in (URL, "/api/v1/channels/crm/webhook", "/v1/chat/completions"):
