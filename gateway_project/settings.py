@@ -379,6 +379,7 @@ def _http_url(url: str) -> bool:
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 (raises on a port that is not a number)
+        (parts.hostname or "").encode("idna")  # raises on an empty or too long label ("hooks..example")
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname) and url.isprintable() and " " not in url

@@ -44,6 +44,9 @@ def request_json(method: str, url: str, *, payload: Any = None, body: bytes | No
         )
     except httpx2.TransportError as exc:  # refused, reset, DNS, TLS, timeouts
         raise ConnectorError(f"cannot reach {host(url)}: {type(exc).__name__}: {exc}") from exc
+    except (httpx2.InvalidURL, UnicodeError) as exc:  # refused before sending, e.g. a host IDNA cannot encode
+        raise ConnectorError(f"cannot send to {host(url)}: invalid URL or header ({type(exc).__name__})",
+                             permanent=True) from exc
     except httpx2.TooManyRedirects as exc:
         raise ConnectorError(f"too many redirects from {host(url)}", permanent=True) from exc
     status = response.status_code

@@ -226,6 +226,19 @@ class TestSent:
         assert alerts.send_due() == 1
         assert [json.loads(body)["percent"] for _headers, body in hook.received] == [100]
 
+    def test_a_webhook_url_no_request_can_name_is_a_failed_send_the_admin_shows(
+            self, hook, api_channel, customer, policy, llm_model, settings, django_capture_on_commit_callbacks):
+        """A host httpx refuses before sending (an IDNA label it cannot encode): the send fails with
+        a last error for the admin, as an unreachable one does, instead of escaping the pass."""
+        policy("user", customer, tokens_per_day=1000)
+        with django_capture_on_commit_callbacks(execute=True):
+            spend(send(api_channel, customer), llm_model, 900)
+        settings.GATEWAY_BUDGET_ALERT_WEBHOOK_URL = "https://\u2603.example/alerts?token=t0ken"
+        assert alerts.send_due() == 0
+        alert = BudgetAlert.objects.get()
+        assert (alert.sent_at, alert.attempts) == (None, 1)
+        assert "invalid URL" in alert.last_error and "t0ken" not in alert.last_error
+
     def test_a_failed_send_is_tried_again_later_then_given_up(self, hook, api_channel, customer, policy, llm_model,
                                                                settings, django_capture_on_commit_callbacks):
         settings.GATEWAY_BUDGET_ALERT_MAX_ATTEMPTS = 2
@@ -297,7 +310,8 @@ class TestSent:
     *[({"GATEWAY_BUDGET_ALERT_WEBHOOK_URL": url, "GATEWAY_BUDGET_ALERT_WEBHOOK_SECRET": SECRET},
        "an http:// or https:// URL") for url in ("hooks.example/alerts", "htps://hooks.example/alerts",
                                                  "https://hooks.example:443a/alerts", "https:///alerts",
-                                                 "https://hooks.example/alerts?t=a b")],
+                                                 "https://hooks.example/alerts?t=a b", "https://hooks..example/alerts",
+                                                 f"https://{'h' * 64}.example/alerts")],
 ])
 def test_settings_refuse_what_cannot_work(env, complaint):
     done = subprocess.run([sys.executable, "manage.py", "check"], capture_output=True, text=True, timeout=120,
