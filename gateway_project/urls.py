@@ -22,7 +22,7 @@ urlpatterns = [
     ),
     path("v1/chat/completions", ChatCompletionsApi.as_view(), name="openai-chat-completions"),
     path("v1/models", ModelsApi.as_view(), name="openai-models"),
-    path("v1/models/<str:model>", ModelDetailApi.as_view(), name="openai-model"),
+    path("v1/models/<path:model>", ModelDetailApi.as_view(), name="openai-model"),  # "org/model" too
     path("api/v1/channels/<slug:slug>/webhook", channel_webhook, name="channel-webhook"),
     path("api/v1/usage", UsageApi.as_view(), name="api-usage"),
     path("api/v1/schema", SpectacularAPIView.as_view(), name="api-schema"),

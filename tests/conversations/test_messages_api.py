@@ -194,6 +194,15 @@ class TestBadInput:
             assert response.status_code == 404, path
             assert response.json()["error"]["code"] == "model_not_found", path
 
+    def test_a_model_name_with_a_slash_is_not_found_in_the_faces_shape(self, client):
+        """OpenAI clients name models such as ``org/model``: any name the key may not use is the
+        face's 404 ``model_not_found``, one with a slash (or a trailing one) too."""
+        for path in ("/v1/models/org/model", "/v1/models/org%2Fmodel", "/v1/models/assistant/"):
+            response = client.get(path)
+            assert response.status_code == 404, path
+            error = response.json()["error"]
+            assert (error["type"], error["code"]) == ("invalid_request_error", "model_not_found"), path
+
     def test_a_host_not_served_is_a_json_400_on_api_paths(self, client, settings):
         settings.ALLOWED_HOSTS = ["gateway.example"]
         for path in (URL, "/api/v1/channels/crm/webhook", "/v1/chat/completions"):
