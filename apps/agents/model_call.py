@@ -32,16 +32,14 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
 
     Raises llm.LLMError (QuotaRefused, before the model is called, when a budget is used up).
     """
-    agent = message.agent
-    # What the reservation counts on is what the model is told (an agent's 0 means the default).
-    max_tokens = agent.max_tokens or settings.GATEWAY_QUOTA_DEFAULT_MAX_TOKENS
+    max_tokens, temperature = sampling(message)
     reservation = budgets.reserve_model_call(message, model, prompt, max_tokens=max_tokens, tools=tools)
     release_database_connection()
     started = time.monotonic()
     try:
         with budgets.kept(reservation):  # renewed while the model answers, however long it takes
             result = llm.chat(
-                model, prompt, max_tokens=max_tokens, temperature=agent.temperature,
+                model, prompt, max_tokens=max_tokens, temperature=temperature,
                 tools=tools, on_delta=on_delta,
             )
     except Exception as exc:  # an LLMError, or a bug: the attempt is logged either way
@@ -66,6 +64,22 @@ def call_model(message: Message, model, prompt: list[dict], *, tools: list[dict]
                "latency_ms": result.latency_ms, "llm_call_id": call.pk, "attempt": attempt},
     )
     return result
+
+
+def sampling(message: Message) -> tuple[int, float]:
+    """The call's max_tokens and temperature: the agent's, or what an OpenAI face request asked for
+    (``control["sampling"]``, set by the face alone), its max_tokens never above the agent's. What
+    the reservation counts on is what the model is told (an agent's 0 means the default)."""
+    agent = message.agent
+    max_tokens, temperature = agent.max_tokens or settings.GATEWAY_QUOTA_DEFAULT_MAX_TOKENS, agent.temperature
+    control = getattr(message, "control", None)
+    asked = control.get("sampling") if isinstance(control, dict) else None
+    if isinstance(asked, dict):
+        if isinstance(asked.get("max_tokens"), int) and asked["max_tokens"] > 0:
+            max_tokens = min(max_tokens, asked["max_tokens"])
+        if isinstance(asked.get("temperature"), int | float) and 0 <= asked["temperature"] <= 2:
+            temperature = float(asked["temperature"])
+    return max_tokens, temperature
 
 
 def _failed(message: Message, model, prompt, tools, reservation, exc: BaseException, *, attempt: int,

@@ -47,6 +47,7 @@ from .realtime import INBOX_KEY
 from .waiters import ReplyWaiter
 
 CLIENT_HISTORY_KEY = "client_history"  # in NormalizedMessage.control, read by the runtime's build_prompt
+SAMPLING_KEY = "sampling"  # in NormalizedMessage.control: the request's max_tokens and temperature (agents.model_call)
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
@@ -131,7 +132,26 @@ def parse_completion_request(body) -> dict:
     include_usage = stream_options.get("include_usage", False)
     history = [t for t in turns[:-1] if t["role"] in ("system", "developer", "user", "assistant") and t["content"]]
     return {"model": model.strip(), "text": last["content"], "stream": stream, "include_usage": include_usage,
-            "history": history[-settings.GATEWAY_HISTORY_MESSAGES:]}
+            "history": history[-settings.GATEWAY_HISTORY_MESSAGES:], "sampling": parse_sampling(body)}
+
+
+def parse_sampling(body: dict) -> dict:
+    """The request's ``max_completion_tokens`` (or the older ``max_tokens``) and ``temperature``,
+    checked; the run uses them within the agent's own bound (agents.model_call)."""
+    sampling = {}
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ParamError(name, f"'{name}' must be a positive integer.")
+        sampling.setdefault("max_tokens", value)  # max_completion_tokens, OpenAI's newer name, wins
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2:
+            raise ParamError("temperature", "'temperature' must be a number from 0 to 2.")
+        sampling["temperature"] = float(temperature)
+    return sampling
 
 
 class ChatCompletionsApi(OpenAIErrorsMixin, AsyncAPIView):
@@ -149,7 +169,8 @@ class ChatCompletionsApi(OpenAIErrorsMixin, AsyncAPIView):
         message = dict(
             id=message_id, user_id=str(user.pk), principal_id=str(user.pk), message=fields["text"],
             control={REQUESTED_AGENT_KEY: fields["model"], "stream": fields["stream"], "openai": True,
-                     CLIENT_HISTORY_KEY: fields["history"], INBOX_KEY: waiter.inbox_name},
+                     CLIENT_HISTORY_KEY: fields["history"], SAMPLING_KEY: fields["sampling"],
+                     INBOX_KEY: waiter.inbox_name},
         )
         try:
             accepted = await database_sync_to_async(accept_on_api_channel)(

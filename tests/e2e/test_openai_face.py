@@ -38,6 +38,26 @@ def test_a_model_is_retrieved_by_name_and_others_are_not_found_alike(embedded_st
     assert client_for(embedded_stack, "admin").models.retrieve("ops").id == "ops"
 
 
+def test_max_tokens_and_temperature_reach_the_model_within_the_agents_bound(embedded_stack):
+    from apps.agents.models import Agent
+
+    agents_bound = Agent._meta.get_field("max_tokens").default  # the demo agents keep the default
+    client = client_for(embedded_stack)
+    ask = {"model": "assistant", "messages": [{"role": "user", "content": "hello sampling"}]}
+    client.chat.completions.create(**ask, max_tokens=7, temperature=0.1)
+    sent = fake_stats(embedded_stack)["last_request"]
+    assert (sent["max_tokens"], sent["temperature"]) == (7, 0.1)
+    client.chat.completions.create(**ask, max_completion_tokens=agents_bound + 10_000)
+    sent = fake_stats(embedded_stack)["last_request"]
+    assert sent["max_tokens"] == agents_bound  # a request never lifts the agent's bound
+    assert sent["temperature"] == Agent._meta.get_field("temperature").default
+    for bad in ({"max_tokens": 0}, {"max_tokens": 2.5}, {"max_completion_tokens": True}, {"temperature": 2.5},
+                {"temperature": "hot"}):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(**ask, **bad)
+        assert info.value.body["param"] == next(iter(bad))
+
+
 def test_completion(embedded_stack):
     completion = client_for(embedded_stack).chat.completions.create(
         model="assistant", messages=[{"role": "user", "content": "hello face"}],
