@@ -26,6 +26,10 @@ USER = {"role": "user", "content": "hi"}
     ({"model": "a", "messages": [{"role": "user", "content": "\ud800"}]}, "messages[0].content"),
     ({"model": "a", "messages": [{"role": "system", "content": [{"type": "text", "text": "\x00"}]}, USER]},
      "messages[0].content"),
+    ({"model": "a", "messages": [USER], "max_tokens": -1}, "max_tokens"),
+    ({"model": "a", "messages": [USER], "max_completion_tokens": "9"}, "max_completion_tokens"),
+    ({"model": "a", "messages": [USER], "temperature": float("nan")}, "temperature"),
+    ({"model": "a", "messages": [USER], "temperature": False}, "temperature"),
 ])
 def test_malformed_bodies_name_the_bad_parameter(body, param):
     with pytest.raises(ParamError) as info:
@@ -40,4 +44,13 @@ def test_a_valid_request(settings):
                      {"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "image_url"}]}],
     })
     assert fields == {"model": "assistant", "text": "hi ", "stream": True, "include_usage": True,
-                      "history": [{"role": "developer", "content": "terse"}]}
+                      "history": [{"role": "developer", "content": "terse"}], "sampling": {}}
+
+
+@pytest.mark.parametrize("extra, sampling", [
+    ({"max_tokens": 50, "temperature": 0}, {"max_tokens": 50, "temperature": 0.0}),
+    ({"max_tokens": 50, "max_completion_tokens": 20}, {"max_tokens": 20}),  # the newer name wins
+    ({"temperature": 2, "max_tokens": None}, {"temperature": 2.0}),
+])
+def test_sampling_fields(extra, sampling):
+    assert parse_completion_request({"model": "a", "messages": [USER], **extra})["sampling"] == sampling
