@@ -49,47 +49,52 @@ def open_widget(page):
     page.click("[data-agent-gateway-chat] .launcher")  # Playwright's CSS pierces the open shadow root
 
 
-def test_the_widget_on_an_allowed_site(browser, screenshot, shop_site, webchat_channel):
+@pytest.fixture
+def allowed_site(browser, shop_site, webchat_channel):
+    """(the shop's address, a desktop-sized browser context) with the shop listed on the channel."""
     allowed = f"http://localhost:{shop_site}"
     webchat_channel.allowed_origins = [allowed]
     webchat_channel.save()
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield allowed, context
+    context.close()
+
+
+def test_the_widget_on_an_allowed_site(screenshot, allowed_site):
+    allowed, context = allowed_site
     page = context.new_page()
     dialogs = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    try:
-        page.goto(allowed + "/")
-        open_widget(page)
-        page.wait_for_selector("[data-agent-gateway-chat] .send:not([disabled])", timeout=TIMEOUT_MS)
-        page.fill("[data-agent-gateway-chat] .text", HOSTILE)
-        page.click("[data-agent-gateway-chat] .send")
-        # A streamed reply is re-rendered when its final message lands, which sets data-id; a
-        # handle taken from a delta's render would be detached by then, so wait for the final one.
-        page.wait_for_selector("[data-agent-gateway-chat] .msg.bot[data-id] a >> text=docs", timeout=TIMEOUT_MS)
-        reply = page.locator("[data-agent-gateway-chat] .msg.bot[data-id]")
-        assert page.locator("[data-agent-gateway-chat] .msg.bot").count() == 1
-        assert reply.evaluate("el => el.querySelectorAll('img, script, [onerror]').length") == 0
-        hrefs = reply.evaluate("el => Array.from(el.querySelectorAll('a')).map(a => [a.textContent, "
-                               "a.getAttribute('href'), a.getAttribute('rel')])")
-        assert ["docs", "https://example.com/docs", "noopener noreferrer nofollow"] in hrefs
-        assert all(not (href or "").lower().startswith("javascript:") for _text, href, _rel in hrefs)
-        # the site's "* { color: #c00 }" and "button { display: none }" stay outside
-        assert page.evaluate("getComputedStyle(document.querySelector('[data-agent-gateway-chat]').shadowRoot"
-                             ".querySelector('.send')).display") != "none"
-        screenshot(page, "widget-desktop")
+    page.goto(allowed + "/")
+    open_widget(page)
+    page.wait_for_selector("[data-agent-gateway-chat] .send:not([disabled])", timeout=TIMEOUT_MS)
+    page.fill("[data-agent-gateway-chat] .text", HOSTILE)
+    page.click("[data-agent-gateway-chat] .send")
+    # A streamed reply is re-rendered when its final message lands, which sets data-id; a
+    # handle taken from a delta's render would be detached by then, so wait for the final one.
+    page.wait_for_selector("[data-agent-gateway-chat] .msg.bot[data-id] a >> text=docs", timeout=TIMEOUT_MS)
+    reply = page.locator("[data-agent-gateway-chat] .msg.bot[data-id]")
+    assert page.locator("[data-agent-gateway-chat] .msg.bot").count() == 1
+    assert reply.evaluate("el => el.querySelectorAll('img, script, [onerror]').length") == 0
+    hrefs = reply.evaluate("el => Array.from(el.querySelectorAll('a')).map(a => [a.textContent, "
+                           "a.getAttribute('href'), a.getAttribute('rel')])")
+    assert ["docs", "https://example.com/docs", "noopener noreferrer nofollow"] in hrefs
+    assert all(not (href or "").lower().startswith("javascript:") for _text, href, _rel in hrefs)
+    # the site's "* { color: #c00 }" and "button { display: none }" stay outside
+    assert page.evaluate("getComputedStyle(document.querySelector('[data-agent-gateway-chat]').shadowRoot"
+                         ".querySelector('.send')).display") != "none"
+    screenshot(page, "widget-desktop")
 
-        page.reload()  # the conversation (and the open panel) is kept across page loads
-        page.wait_for_selector("[data-agent-gateway-chat] .panel.open", timeout=TIMEOUT_MS)
-        page.wait_for_selector("[data-agent-gateway-chat] .msg.user >> text=click me", timeout=TIMEOUT_MS)
-        page.wait_for_selector("[data-agent-gateway-chat] .msg.bot a >> text=docs", timeout=TIMEOUT_MS)
+    page.reload()  # the conversation (and the open panel) is kept across page loads
+    page.wait_for_selector("[data-agent-gateway-chat] .panel.open", timeout=TIMEOUT_MS)
+    page.wait_for_selector("[data-agent-gateway-chat] .msg.user >> text=click me", timeout=TIMEOUT_MS)
+    page.wait_for_selector("[data-agent-gateway-chat] .msg.bot a >> text=docs", timeout=TIMEOUT_MS)
 
-        page.set_viewport_size({"width": 390, "height": 844})  # a phone
-        width = page.evaluate("document.querySelector('[data-agent-gateway-chat]').shadowRoot"
-                              ".querySelector('.panel').getBoundingClientRect().width")
-        assert width == 390
-        screenshot(page, "widget-phone")
-    finally:
-        context.close()
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone
+    width = page.evaluate("document.querySelector('[data-agent-gateway-chat]').shadowRoot"
+                          ".querySelector('.panel').getBoundingClientRect().width")
+    assert width == 390
+    screenshot(page, "widget-phone")
     assert dialogs == []
 
 
@@ -116,26 +121,20 @@ BEACONS = ('<video poster="{leak}/poster"></video> <audio src="{leak}/audio" pre
            '<table background="{leak}/background"><tr><td>cell</td></tr></table>')
 
 
-def test_a_reply_loads_nothing_from_another_address(browser, shop_site, webchat_channel):
-    allowed = f"http://localhost:{shop_site}"
-    webchat_channel.allowed_origins = [allowed]
-    webchat_channel.save()
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+def test_a_reply_loads_nothing_from_another_address(allowed_site):
+    allowed, context = allowed_site
     page = context.new_page()
     beacons = []
     page.on("request", lambda request: beacons.append(request.url) if "/leak/" in request.url else None)
-    try:
-        page.goto(allowed + "/")
-        open_widget(page)
-        page.wait_for_selector("[data-agent-gateway-chat] .send:not([disabled])", timeout=TIMEOUT_MS)
-        page.fill("[data-agent-gateway-chat] .text", BEACONS.format(leak=allowed + "/leak"))
-        page.click("[data-agent-gateway-chat] .send")
-        page.wait_for_selector("[data-agent-gateway-chat] .msg.bot[data-id] td >> text=cell", timeout=TIMEOUT_MS)
-        reply = page.locator("[data-agent-gateway-chat] .msg.bot[data-id]")
-        loading = reply.evaluate("el => Array.from(el.querySelectorAll("
-                                 "'video, audio, source, track, picture, [src], [srcset], [poster], [background]'))"
-                                 ".map(e => e.outerHTML)")
-        assert loading == []
-    finally:
-        context.close()
+    page.goto(allowed + "/")
+    open_widget(page)
+    page.wait_for_selector("[data-agent-gateway-chat] .send:not([disabled])", timeout=TIMEOUT_MS)
+    page.fill("[data-agent-gateway-chat] .text", BEACONS.format(leak=allowed + "/leak"))
+    page.click("[data-agent-gateway-chat] .send")
+    page.wait_for_selector("[data-agent-gateway-chat] .msg.bot[data-id] td >> text=cell", timeout=TIMEOUT_MS)
+    reply = page.locator("[data-agent-gateway-chat] .msg.bot[data-id]")
+    loading = reply.evaluate("el => Array.from(el.querySelectorAll("
+                             "'video, audio, source, track, picture, [src], [srcset], [poster], [background]'))"
+                             ".map(e => e.outerHTML)")
+    assert loading == []
     assert beacons == []
