@@ -15,7 +15,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from apps.conversations.models import PERSONS_REPLY, Direction, Message, Status
+from apps.conversations.models import FINISH_REASON_KEY, PERSONS_REPLY, Direction, Message, Status
 from apps.core.errors import AgentFailed, ChannelMisconfigured
 from apps.core.http import ConnectorError, send_with_retries
 from gateway_project.db import Update, is_database_outage, stored, through_outage, update_then_fetch, write_together
@@ -49,6 +49,7 @@ def save_reply(message: Message, result: llm.LLMResult) -> Message | None:
         completion_tokens=result.completion_tokens,
         total_tokens=result.total_tokens,
         latency_ms=latency_ms,
+        control={FINISH_REASON_KEY: result.finish_reason} if result.finish_reason not in (None, "stop") else {},
     )
     # Stored with this run's delivery lease: nobody else delivers it while this run is alive.
     reply.lease_until = now + timedelta(seconds=settings.GATEWAY_AGENT_LEASE_SECONDS)

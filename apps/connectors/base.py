@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.http import HttpResponse
 
+from apps.conversations.models import FINISH_REASON_KEY
 from apps.conversations.pipeline import accept
 from apps.conversations.realtime import to_waiter
 from apps.core.errors import BadRequest, ChannelMisconfigured, GatewayError, Unauthenticated
@@ -234,5 +235,6 @@ def reply_event(reply) -> dict:
             "total_tokens": reply.total_tokens or 0,
         },
         "latency_ms": reply.latency_ms,
+        "finish_reason": (reply.control or {}).get(FINISH_REASON_KEY) or "stop",  # "length": cut at max_tokens
         "by_person": not reply.by_agent,  # a staff member's reply during a handoff
     }

@@ -9,6 +9,9 @@ from django.db import models
 
 # In an outbound reply's ``control``: see Message.follows_up.
 FOLLOW_UP_KEY = "follow_up"
+# In an outbound reply's ``control``: why the model stopped, when not "stop" (e.g. "length": cut at
+# max_tokens); the OpenAI face reports it as the choice's finish_reason.
+FINISH_REASON_KEY = "finish_reason"
 # In an inbound message's ``control``: the id of a person's reply to a later message that answers
 # it too (a handoff); its own reply, if any, is the agent's.
 ANSWERED_BY_KEY = "answered_by"

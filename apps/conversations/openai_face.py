@@ -202,7 +202,7 @@ class ChatCompletionsApi(OpenAIErrorsMixin, AsyncAPIView):
         return Response({
             "id": completion_id, "object": "chat.completion", "created": created, "model": fields["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": event["message"], "refusal": None},
-                         "logprobs": None, "finish_reason": "stop"}],
+                         "logprobs": None, "finish_reason": event.get("finish_reason") or "stop"}],
             "usage": event["usage"], "system_fingerprint": None,
         })
 
@@ -256,7 +256,7 @@ async def _sse(waiter: ReplyWaiter, completion_id: str, created: int, model: str
                     return
                 if not sent_text and event["message"]:
                     yield chunk({"content": event["message"]})  # e.g. a human's reply: not streamed
-                yield chunk({}, "stop")
+                yield chunk({}, event.get("finish_reason") or "stop")
                 if include_usage:
                     yield f"data: {json.dumps({**head, 'choices': [], 'usage': event['usage']})}\n\n"
                 yield "data: [DONE]\n\n"

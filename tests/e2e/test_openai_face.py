@@ -58,6 +58,20 @@ def test_max_tokens_and_temperature_reach_the_model_within_the_agents_bound(embe
         assert info.value.body["param"] == next(iter(bad))
 
 
+def test_an_answer_cut_at_max_tokens_finishes_with_length(embedded_stack):
+    """The model stopped at the request's max_tokens: the client is told ``length`` (as OpenAI
+    does), streaming or not, not ``stop``, which would pass the cut answer off as complete."""
+    client = client_for(embedded_stack)
+    ask = {"model": "assistant", "messages": [{"role": "user", "content": "one two three four five"}]}
+    cut = client.chat.completions.create(**ask, max_tokens=2)
+    assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == ("Echo: one", "length")
+    assert cut.usage.completion_tokens == 2
+    finishes = [c.choices[0].finish_reason for c in client.chat.completions.create(**ask, max_tokens=2, stream=True)
+                if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["length"]
+    assert client.chat.completions.create(**ask).choices[0].finish_reason == "stop"
+
+
 def test_completion(embedded_stack):
     completion = client_for(embedded_stack).chat.completions.create(
         model="assistant", messages=[{"role": "user", "content": "hello face"}],

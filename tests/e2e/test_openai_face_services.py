@@ -37,3 +37,11 @@ def test_stream_through_redis_with_a_fallback(gateway):
     calls = LLMCall.objects.order_by("attempt")
     assert [(c.model, c.status) for c in calls][-1] == ("fake-qwen", "ok")
     assert [c.model for c in calls if c.status == "error"] == ["fake-gpt"] * 3
+
+
+def test_a_cut_answer_finishes_with_length_through_the_worker(gateway):
+    """On PostgreSQL and Redis: the reply stored cut at the request's max_tokens says so."""
+    ask = {"model": "assistant", "messages": [{"role": "user", "content": "one two three four five"}]}
+    assert gateway.chat.completions.create(**ask, max_tokens=2).choices[0].finish_reason == "length"
+    chunks = list(gateway.chat.completions.create(**ask, max_tokens=2, stream=True))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
