@@ -259,6 +259,13 @@ def _compose(body: dict[str, Any], last: int, found: Directives, echo: str) -> _
     ]
     pieces: list[str] = []
     finish = "tool_calls" if calls else "stop"
+    limit = _limit(body)
+    if calls and limit is not None and sum(len(c["function"]["arguments"].split()) for c in calls) > limit:
+        # As a provider does: the arguments stop where max_tokens ran out, mid-JSON.
+        for call in calls:
+            words = call["function"]["arguments"].split()
+            call["function"]["arguments"], limit = " ".join(words[:limit]), max(0, limit - len(words))
+        finish = "length"
     if not calls:
         if found.reply is not None:
             text = found.reply
@@ -267,7 +274,6 @@ def _compose(body: dict[str, Any], last: int, found: Directives, echo: str) -> _
         else:
             text = f"Echo: {echo}"
         pieces = _PIECE_RE.findall(text) or ([text] if text else [])
-        limit = _limit(body)
         if limit is not None and len(pieces) > limit:
             pieces, finish = pieces[:limit], "length"
             pieces[-1] = pieces[-1].rstrip()

@@ -58,6 +58,10 @@ def generate(message, prompt: list[dict], *, on_delta: Callable[[str], None] | N
         if not result.tool_calls:
             result.prompt_tokens, result.completion_tokens, result.total_tokens = totals
             return result
+        if result.finish_reason == "length":
+            # Cut off at max_tokens: the calls' arguments may be incomplete (and "" reads as {}),
+            # so none of them runs.
+            raise llm.LLMError("tool_call_cut_off", "The model ran out of max_tokens in the middle of a tool call.")
         if step > settings.GATEWAY_TOOL_MAX_STEPS:
             raise llm.LLMError(
                 "tool_steps_exceeded",

@@ -51,6 +51,18 @@ class TestToolLoop:
         calls = LLMCall.objects.filter(message=message)
         assert calls.count() == 2 and reply.total_tokens == sum(c.total_tokens for c in calls)
 
+    def test_a_tool_call_cut_off_at_max_tokens_is_not_run(self, api_channel, tool_agent, customer, fake_llm):
+        """A model stopped by max_tokens mid-call sends arguments cut short (finish_reason "length"):
+        "" would read as {}, so a tool of no required argument would run with none of those meant."""
+        tool_agent.max_tokens = 1
+        tool_agent.save(update_fields=["max_tokens"])
+        message = send(api_channel, customer, 'time? [[tool:current_time {"timezone": "Asia/Shanghai"}]]')
+        assert agent_run(message.id) is None
+        message.refresh_from_db()
+        assert (message.status, message.error_code) == ("failed", "tool_call_cut_off")
+        assert fake_llm.stats()["last_request"]["max_tokens"] == 1
+        assert not ToolCall.objects.filter(message=message).exists()
+
     def test_invalid_arguments_are_refused_by_the_schema_not_run(self, api_channel, tool_agent, customer):
         message = send(api_channel, customer, 'time? [[tool:current_time {"timezone": 42}]]')
         reply = agent_run(message.id)
