@@ -131,6 +131,7 @@ class TestRecorded:
         assert alerted == {(f"api_key:{key.pk}", 80, key.pk, "month"), (f"api_key:{key.pk}", 100, key.pk, "month")}
 
 
+@pytest.mark.services  # ends a PostgreSQL session
 @pytest.mark.django_db(transaction=True)
 def test_a_database_blip_as_the_mark_is_passed_does_not_lose_the_alert(api_channel, customer, policy, llm_model):
     """The call's usage rides out a dropped connection (through_outage); its alert does too."""
