@@ -22,6 +22,7 @@ from django.http import JsonResponse
 from apps.conversations.normalized import NormalizedMessage
 from apps.core.errors import BadRequest, Unauthenticated
 from apps.core.http import request_json
+from apps.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, timestamped_signature
 from gateway_project.json_limits import loads_bounded
 
 from .base import (
@@ -30,13 +31,10 @@ from .base import (
     WebhookResult,
     check_timestamp,
     constant_time_equals,
-    hmac_sha256_hex,
     parse_epoch,
     require_signature,
 )
 
-SIGNATURE_HEADER = "X-Gateway-Signature"
-TIMESTAMP_HEADER = "X-Gateway-Timestamp"
 DEFAULT_FIELD_MAP = {"user_id": "user_id", "message": "message", "external_id": "id", "timestamp": "timestamp"}
 REQUIRED_FIELDS = ("user_id", "message", "external_id")
 
@@ -62,12 +60,12 @@ CALLBACK_SIGNING_PREFIX = b"gateway-callback:"
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
     """The signature of an inbound webhook (CRM → gateway)."""
-    return "sha256=" + hmac_sha256_hex(secret, timestamp.encode() + b"." + body)
+    return timestamped_signature(secret, timestamp, body)
 
 
 def sign_callback(secret: str, timestamp: str, body: bytes) -> str:
     """The signature of a reply callback (gateway → CRM): a distinct signed string from ``sign``."""
-    return "sha256=" + hmac_sha256_hex(secret, CALLBACK_SIGNING_PREFIX + timestamp.encode() + b"." + body)
+    return timestamped_signature(secret, timestamp, body, prefix=CALLBACK_SIGNING_PREFIX)
 
 
 def json_path(data: Any, path: str) -> Any:

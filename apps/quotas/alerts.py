@@ -13,8 +13,6 @@
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import time
@@ -27,6 +25,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.core.http import ConnectorError, host, request_json
+from apps.core.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, timestamped_signature
 from gateway_project.db import through_outage
 
 from .metrics import count_budget_alert
@@ -120,10 +119,6 @@ def payload(alert: BudgetAlert) -> dict:
     }
 
 
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-
-
 def send_due(*, limit: int = SEND_BATCH) -> int:
     """Send the alerts due to the webhook (none set: nothing to do); returns how many went out."""
     url = settings.GATEWAY_BUDGET_ALERT_WEBHOOK_URL
@@ -138,8 +133,8 @@ def send_due(*, limit: int = SEND_BATCH) -> int:
     for alert in due[:limit]:
         body = json.dumps(payload(alert)).encode()
         timestamp = str(int(time.time()))
-        headers = {"X-Gateway-Timestamp": timestamp,
-                   "X-Gateway-Signature": signature(settings.GATEWAY_BUDGET_ALERT_WEBHOOK_SECRET, timestamp, body)}
+        headers = {TIMESTAMP_HEADER: timestamp, SIGNATURE_HEADER: timestamped_signature(
+            settings.GATEWAY_BUDGET_ALERT_WEBHOOK_SECRET, timestamp, body)}
         # Claimed first, so that a pass running beside this one (two beats, or a slow send) skips it;
         # until the backoff counted from now, not from the pass's start (slow sends before this one).
         claimed = BudgetAlert.objects.filter(pk=alert.pk, sent_at__isnull=True, attempts=alert.attempts).update(
