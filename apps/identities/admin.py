@@ -366,11 +366,9 @@ class ApiKeyAdmin(UsablePickers, admin.ModelAdmin):
         old, until = f"gw_{obj.previous_prefix}_…", f"{obj.previous_valid_until:%Y-%m-%d %H:%M} UTC"
         if not obj.is_usable:
             return f"{old} refused: this key is revoked or expired"
-        used = (f"last used {obj.previous_last_used_at:%Y-%m-%d %H:%M} UTC" if obj.previous_last_used_at
-                else "not used since the rotation")
         if obj.previous_secret_accepted:
-            return f"{old} still accepted until {until}; {used}"
-        return f"{old} no longer accepted (since {until}); {used}"
+            return f"{old} still accepted until {until}; {obj.previous_secret_use}"
+        return f"{old} no longer accepted (since {until}); {obj.previous_secret_use}"
 
     def has_change_permission(self, request, obj=None) -> bool:
         return super().has_change_permission(request, obj) and not outranks(obj and obj.user, request.user)

@@ -192,6 +192,13 @@ class ApiKey(models.Model):
                     and self.previous_valid_until > timezone.now())
 
     @property
+    def previous_secret_use(self) -> str:
+        """When the previous secret was last accepted, as staff read it."""
+        if self.previous_last_used_at is None:
+            return "not used since the rotation"
+        return f"last used {self.previous_last_used_at:%Y-%m-%d %H:%M} UTC"
+
+    @property
     def is_usable(self) -> bool:
         if self.revoked_at is not None:
             return False

@@ -18,7 +18,5 @@ class Command(BaseCommand):
             raise CommandError(f"No API key has the prefix {prefix!r}.")
         if not api_key_end_grace(key=key, actor=None):
             raise CommandError(f"{key.masked} has no old secret still accepted.")
-        used = (f"last used {key.previous_last_used_at:%Y-%m-%d %H:%M} UTC" if key.previous_last_used_at
-                else "not used since the rotation")
         self.stdout.write(f"The old secret of {key.masked} (gw_{key.previous_prefix}_…) is no longer accepted; "
-                          f"it was {used}.")
+                          f"it was {key.previous_secret_use}.")
